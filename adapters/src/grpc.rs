@@ -1,0 +1,97 @@
+//! A [`Source`] backed by a remote `samblik.source.v1` adapter.
+
+use crate::{CaseQuery, Health, Source, SourceAnswer, SourceError};
+use async_trait::async_trait;
+use samblik_proto::source::v1::source_service_client::SourceServiceClient;
+use samblik_proto::source::v1::{CallerContext, FindCasesRequest};
+use std::time::{Duration, SystemTime};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The gRPC service name sources report health for.
+pub const SOURCE_SERVICE_NAME: &str = "samblik.source.v1.SourceService";
+
+/// A remote source. The connection is made lazily and re-made after failures, so a source that
+/// is down when the gateway starts is picked up when it comes back.
+#[derive(Debug, Clone)]
+pub struct GrpcSource {
+    id: String,
+    channel: Channel,
+}
+
+impl GrpcSource {
+    /// A source at `endpoint` (e.g. `http://127.0.0.1:50061`). Fails only on a malformed URI;
+    /// nothing is dialled until the first call.
+    pub fn new(
+        id: impl Into<String>,
+        endpoint: &str,
+        connect_timeout: Duration,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(endpoint.to_owned())?
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        Ok(GrpcSource {
+            id: id.into(),
+            channel,
+        })
+    }
+}
+
+#[async_trait]
+impl Source for GrpcSource {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn find_cases(
+        &self,
+        query: CaseQuery,
+        caller: CallerContext,
+    ) -> Result<SourceAnswer, SourceError> {
+        let request = FindCasesRequest {
+            cpr: query.cpr.as_str().to_owned(),
+            max_tier: query.max_tier as i32,
+            caller: Some(caller),
+        };
+        let response = SourceServiceClient::new(self.channel.clone())
+            .find_cases(request)
+            .await
+            .map_err(status_to_error)?
+            .into_inner();
+        let as_of = response
+            .as_of
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .ok_or_else(|| SourceError::Failed("answer without a valid as_of time".into()))?;
+        Ok(SourceAnswer {
+            cases: response.cases,
+            as_of,
+        })
+    }
+
+    async fn health(&self) -> Health {
+        let request = HealthCheckRequest {
+            service: SOURCE_SERVICE_NAME.to_owned(),
+        };
+        match HealthClient::new(self.channel.clone()).check(request).await {
+            Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => Health::Serving,
+            _ => Health::NotServing,
+        }
+    }
+}
+
+fn status_to_error(status: tonic::Status) -> SourceError {
+    let message = status.message().to_owned();
+    match status.code() {
+        Code::Unavailable => SourceError::Unavailable(message),
+        Code::DeadlineExceeded | Code::Cancelled => SourceError::Timeout,
+        Code::PermissionDenied | Code::Unauthenticated => SourceError::Denied(message),
+        Code::InvalidArgument => SourceError::InvalidQuery(message),
+        code => SourceError::Failed(format!("{code:?}: {message}")),
+    }
+}

@@ -1,0 +1,85 @@
+//! Samblik's sources: where the cases come from.
+//!
+//! - [`Source`]: the contract every department's adapter fulfils — `id()`, `find_cases()`,
+//!   `health()`. Timeouts, tracing and the rest are applied uniformly by the gateway around
+//!   every source, never inside one.
+//! - [`GrpcSource`]: a [`Source`] that calls a remote adapter over `samblik.source.v1`.
+//! - [`server`]: exposes any [`Source`] as a `samblik.source.v1` gRPC server (with health and
+//!   reflection), so an adapter only has to implement the trait.
+//! - [`reference`]: the reference sources for child welfare, jobcenter and integration, serving
+//!   their department's slice of the synthetic municipality. They stand in for the adapters that
+//!   run next to real fagsystemer.
+
+mod grpc;
+pub mod reference;
+pub mod server;
+
+pub use grpc::GrpcSource;
+
+use async_trait::async_trait;
+use samblik_proto::Cpr;
+use samblik_proto::source::v1::CallerContext;
+use samblik_proto::v1::{Case, Tier};
+use std::time::SystemTime;
+
+/// What the gateway asks a source.
+#[derive(Debug, Clone)]
+pub struct CaseQuery {
+    pub cpr: Cpr,
+    /// The highest tier the gateway could disclose; a source fills in nothing above it.
+    pub max_tier: Tier,
+}
+
+/// A source's answer.
+#[derive(Debug, Clone)]
+pub struct SourceAnswer {
+    /// Every case the department holds for the citizen, filled in up to the asked tier.
+    pub cases: Vec<Case>,
+    /// When the source's data was current.
+    pub as_of: SystemTime,
+}
+
+/// Why a source gave no answer. The messages are for logs; callers see only the status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// The source could not be reached or is not serving.
+    #[error("source unavailable: {0}")]
+    Unavailable(String),
+    /// The source's own deadline passed.
+    #[error("source timed out")]
+    Timeout,
+    /// The source refused the lookup.
+    #[error("source denied the lookup: {0}")]
+    Denied(String),
+    /// The query was not acceptable to the source.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// The source failed, or answered with something that is not a valid answer.
+    #[error("source error: {0}")]
+    Failed(String),
+}
+
+/// Whether a source can serve lookups now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Serving,
+    NotServing,
+}
+
+/// A department's case source. Implementations must be cancel-safe: the gateway drops the
+/// future when its deadline passes, and the work must stop then.
+#[async_trait]
+pub trait Source: Send + Sync + 'static {
+    /// The source id, e.g. `jobcenter`; unique within a gateway.
+    fn id(&self) -> &str;
+
+    /// The cases of one citizen, up to `query.max_tier`. No case is `Ok` with an empty list;
+    /// not being able to tell is an error.
+    async fn find_cases(
+        &self,
+        query: CaseQuery,
+        caller: CallerContext,
+    ) -> Result<SourceAnswer, SourceError>;
+
+    async fn health(&self) -> Health;
+}

@@ -1,0 +1,122 @@
+//! Exposes any [`Source`] as a `samblik.source.v1` gRPC server, with the standard health service
+//! and server reflection, so an adapter only implements the trait.
+
+use crate::grpc::SOURCE_SERVICE_NAME;
+use crate::{CaseQuery, Source, SourceError};
+use samblik_proto::Cpr;
+use samblik_proto::source::v1::source_service_server::{SourceService, SourceServiceServer};
+use samblik_proto::source::v1::{FindCasesRequest, FindCasesResponse};
+use samblik_proto::v1::Tier;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+/// The tonic service around a [`Source`].
+#[derive(Clone)]
+pub struct SourceGrpc {
+    source: Arc<dyn Source>,
+}
+
+impl std::fmt::Debug for SourceGrpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceGrpc")
+            .field("source", &self.source.id())
+            .finish()
+    }
+}
+
+impl SourceGrpc {
+    pub fn new(source: Arc<dyn Source>) -> Self {
+        SourceGrpc { source }
+    }
+
+    pub fn into_server(self) -> SourceServiceServer<Self> {
+        SourceServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl SourceService for SourceGrpc {
+    async fn find_cases(
+        &self,
+        request: Request<FindCasesRequest>,
+    ) -> Result<Response<FindCasesResponse>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        let span = tracing::info_span!(
+            "find_cases",
+            source = %self.source.id(),
+            request_id = %caller.request_id,
+            caller = %caller.caller_id,
+            max_tier = request.max_tier,
+            cases = tracing::field::Empty,
+        );
+        async {
+            let cpr =
+                Cpr::parse(&request.cpr).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let max_tier = Tier::try_from(request.max_tier)
+                .map_err(|_| Status::invalid_argument("max_tier is not a known tier"))?;
+            let answer = self
+                .source
+                .find_cases(CaseQuery { cpr, max_tier }, caller)
+                .await
+                .map_err(error_to_status)?;
+            tracing::Span::current().record("cases", answer.cases.len());
+            Ok(Response::new(FindCasesResponse {
+                cases: answer.cases,
+                as_of: Some(answer.as_of.into()),
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn error_to_status(error: SourceError) -> Status {
+    match error {
+        SourceError::Unavailable(_) => Status::unavailable("source unavailable"),
+        SourceError::Timeout => Status::deadline_exceeded("source timed out"),
+        SourceError::Denied(_) => Status::permission_denied("lookup denied"),
+        SourceError::InvalidQuery(m) => Status::invalid_argument(m),
+        SourceError::Failed(m) => {
+            tracing::warn!(error = %m, "source failed");
+            Status::internal("source failed")
+        }
+    }
+}
+
+/// Why a source server stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves `source` on `listener` until `shutdown` completes: `samblik.source.v1.SourceService`,
+/// `grpc.health.v1.Health` (SERVING for the source service) and server reflection.
+pub async fn serve(
+    source: Arc<dyn Source>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status(SOURCE_SERVICE_NAME, tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(samblik_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(SourceGrpc::new(source).into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

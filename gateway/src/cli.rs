@@ -1,0 +1,272 @@
+//! The `samblik` command line: `demo`, `synth`, `source`, `token`, `lookup`, `serve`.
+
+use crate::config::Config;
+use crate::demo::{self, DemoOptions};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use samblik_adapters::reference::ReferenceSource;
+use samblik_proto::v1::Purpose;
+use samblik_synth::{Department, SynthConfig, store};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "samblik",
+    version,
+    about = "Samblik: a federated, read-only lookup of a citizen's cases across a municipality's departments"
+)]
+struct Cli {
+    /// Log as JSON lines instead of text (logs go to stderr; RUST_LOG sets the level).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything on loopback with a synthetic municipality: three sources and the gateway.
+    Demo {
+        /// Data directory (generated on first run, reused after).
+        #[arg(long, default_value = "samblik-demo")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 2017)]
+        seed: u64,
+        /// Inhabitants of the synthetic municipality (an average Danish one has ~43,000).
+        #[arg(long, default_value_t = 43_000)]
+        citizens: usize,
+        /// The gateway's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: SocketAddr,
+    },
+    /// Generate a synthetic municipality into a data directory.
+    Synth {
+        #[arg(long)]
+        seed: u64,
+        #[arg(long, default_value_t = 43_000)]
+        citizens: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run one reference source service over a data directory.
+    Source {
+        /// child-welfare, jobcenter or integration.
+        #[arg(long)]
+        kind: Department,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+    /// Print a signed access token for a demo user.
+    Token {
+        /// The demo's data directory.
+        #[arg(long, default_value = "samblik-demo")]
+        dir: PathBuf,
+        /// The user id, e.g. cw-jobcenter-003 (demo.json lists the demo users).
+        #[arg(long)]
+        user: String,
+        /// How long the token is valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+    /// Look up a citizen and print a readable overview.
+    Lookup {
+        /// The gateway, e.g. http://127.0.0.1:50051.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// The access token (or set SAMBLIK_TOKEN).
+        #[arg(long, env = "SAMBLIK_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long)]
+        cpr: String,
+        /// prepare-meeting, draft-plan, follow-up or coordinate.
+        #[arg(long, value_parser = parse_purpose)]
+        purpose: Purpose,
+        /// Only these sources (repeatable).
+        #[arg(long = "source")]
+        sources: Vec<String>,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+    /// Run the gateway from a config file.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn parse_purpose(code: &str) -> Result<Purpose, String> {
+    Purpose::from_code(code)
+        .ok_or_else(|| "expected prepare-meeting, draft-plan, follow-up or coordinate".to_owned())
+}
+
+/// Runs the command line; the exit code says whether it succeeded.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        trigger.cancel();
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Demo {
+            dir,
+            seed,
+            citizens,
+            addr,
+        } => {
+            let options = DemoOptions {
+                dir,
+                seed,
+                citizens,
+                addr,
+            };
+            demo::run(options, shutdown_on_signal()).await
+        }
+        Command::Synth {
+            seed,
+            citizens,
+            out,
+        } => {
+            let started = std::time::Instant::now();
+            let data = samblik_synth::generate(&SynthConfig::new(seed, citizens))?;
+            store::write(&out, &data)?;
+            println!(
+                "{}: {} citizens, {} caseworkers, {} cases written to {} in {:.1} s",
+                data.municipality.name,
+                data.citizens.len(),
+                data.caseworkers.len(),
+                data.cases.len(),
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::Source { kind, data, listen } => {
+            let source = ReferenceSource::load(&data, kind)
+                .with_context(|| format!("cannot load the {kind} data from {}", data.display()))?;
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            // Scripts and tests read this line to learn the port when listening on port 0.
+            println!(
+                "samblik source {kind} listening on {}",
+                listener.local_addr()?
+            );
+            let shutdown = shutdown_on_signal();
+            samblik_adapters::server::serve(Arc::new(source), listener, shutdown.cancelled_owned())
+                .await?;
+            Ok(())
+        }
+        Command::Token {
+            dir,
+            user,
+            ttl_secs,
+        } => {
+            println!(
+                "{}",
+                demo::token_for(&dir, &user, Duration::from_secs(ttl_secs))?
+            );
+            Ok(())
+        }
+        Command::Lookup {
+            addr,
+            token,
+            cpr,
+            purpose,
+            sources,
+            timeout_ms,
+        } => {
+            let response = crate::client::lookup(
+                &addr,
+                &token,
+                &cpr,
+                purpose,
+                sources,
+                Duration::from_millis(timeout_ms),
+            )
+            .await
+            .map_err(|e| match e.downcast::<tonic::Status>() {
+                Ok(status) => anyhow::anyhow!("{:?}: {}", status.code(), status.message()),
+                Err(e) => e,
+            })?;
+            print!("{}", crate::client::render(&response));
+            Ok(())
+        }
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            // Keys and endpoints are checked before the port is bound.
+            let pipeline = crate::server::pipeline_from_config(&config)?;
+            let listener = TcpListener::bind(config.server.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+            println!("samblik gateway listening on {}", listener.local_addr()?);
+            let shutdown = shutdown_on_signal();
+            crate::server::serve(Arc::new(pipeline), listener, shutdown.cancelled_owned()).await?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! `samblik lookup`: a small gRPC client that prints a readable overview.
+
+use samblik_proto::v1::lookup_service_client::LookupServiceClient;
+use samblik_proto::v1::{Case, CaseState, LookupRequest, LookupResponse, Purpose, SourceStatus};
+use std::fmt::Write;
+use std::time::Duration;
+
+/// Calls `Lookup` on the gateway at `addr` (e.g. `http://127.0.0.1:50051`).
+pub async fn lookup(
+    addr: &str,
+    token: &str,
+    cpr: &str,
+    purpose: Purpose,
+    sources: Vec<String>,
+    timeout: Duration,
+) -> anyhow::Result<LookupResponse> {
+    let mut client = LookupServiceClient::connect(addr.to_owned()).await?;
+    let mut request = tonic::Request::new(LookupRequest {
+        cpr: cpr.to_owned(),
+        purpose: purpose as i32,
+        sources,
+    });
+    request.set_timeout(timeout);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(client.lookup(request).await?.into_inner())
+}
+
+/// A readable overview of a lookup answer.
+pub fn render(response: &LookupResponse) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Lookup {}", response.request_id);
+    for source in &response.sources {
+        let status = source.status();
+        let as_of = source
+            .as_of
+            .as_ref()
+            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string());
+        let _ = write!(out, "\n{} [{}] — ", source.department, source.source_id);
+        match (status, as_of) {
+            (SourceStatus::Ok, Some(as_of)) => {
+                let _ = writeln!(out, "{} case(s), data as of {as_of}", source.cases.len());
+            }
+            (status, _) => {
+                let _ = writeln!(out, "{}: {}", status.as_str_name(), source.detail);
+            }
+        }
+        for case in &source.cases {
+            render_case(&mut out, case);
+        }
+    }
+    out
+}
+
+fn render_case(out: &mut String, case: &Case) {
+    let Some(existence) = &case.existence else {
+        return;
+    };
+    let (name, paragraph) = existence
+        .case_type
+        .as_ref()
+        .map_or(("", ""), |t| (t.name.as_str(), t.legal_paragraph.as_str()));
+    let state = match existence.state() {
+        CaseState::Open => format!("open since {}", existence.opened_on),
+        CaseState::Closed => format!(
+            "closed {} (opened {})",
+            existence.closed_on, existence.opened_on
+        ),
+        CaseState::Unspecified => "state unknown".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "  {}  {} ({}) — {} — tier {}",
+        case.case_id, name, paragraph, state, case.tier
+    );
+    if let Some(r) = &existence.responsible {
+        let _ = writeln!(
+            out,
+            "      responsible: {}, {}, {}, {}",
+            r.name, r.unit, r.phone, r.email
+        );
+    }
+    if let Some(selected) = &case.selected {
+        for i in &selected.interventions {
+            let _ = writeln!(
+                out,
+                "      intervention: {} ({}) by {}, {}, {} – {}",
+                i.description, i.legal_paragraph, i.provider, i.scope, i.start_on, i.end_on
+            );
+        }
+        for g in &selected.goals {
+            let _ = writeln!(out, "      goal: {}", g.description);
+        }
+        if !selected.next_follow_up_on.is_empty() {
+            let _ = writeln!(out, "      next follow-up: {}", selected.next_follow_up_on);
+        }
+    }
+    if let Some(full) = &case.full {
+        for d in &full.documents {
+            let _ = writeln!(out, "      document: {} ({})", d.title, d.dated_on);
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The gateway's configuration: one serde tree, loaded and validated once, before any port is
+//! bound. A bad file is refused with a message that says how to fix it.
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:50051"
+//! default_deadline_ms = 3000
+//! max_deadline_ms = 10000
+//!
+//! [auth]
+//! issuer = "https://idp.sonderaa.kommune.example"
+//! audience = "samblik"
+//! [[auth.keys]]
+//! kid = "idp-2026-1"
+//! algorithm = "ES256"
+//! public_key_file = "keys/idp-2026-1.pub.pem"
+//!
+//! [[sources]]
+//! id = "jobcenter"
+//! department = "Jobcenter"
+//! endpoint = "http://jobcenter-adapter:50061"
+//! timeout_ms = 2000
+//! ```
+
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config is not valid: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    /// The departments' sources, fanned out to on every lookup.
+    pub sources: Vec<SourceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where the gRPC API listens.
+    pub listen: SocketAddr,
+    /// The overall deadline of a lookup whose caller sent no `grpc-timeout`.
+    #[serde(default = "defaults::default_deadline_ms")]
+    pub default_deadline_ms: u64,
+    /// The longest deadline honoured, whatever the caller asks for.
+    #[serde(default = "defaults::max_deadline_ms")]
+    pub max_deadline_ms: u64,
+    /// Requests whose encoded size exceeds this are refused as invalid.
+    #[serde(default = "defaults::max_request_bytes")]
+    pub max_request_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// The `aud` every token must carry.
+    pub audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[serde(default = "defaults::leeway_secs")]
+    pub leeway_secs: u64,
+    /// The identity provider's signing keys.
+    pub keys: Vec<KeyConfig>,
+}
+
+/// Accepted signature algorithms. Symmetric algorithms are deliberately absent: the gateway
+/// must never hold a key that can mint tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum KeyAlgorithm {
+    ES256,
+    ES384,
+    RS256,
+    PS256,
+    EdDSA,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The `kid` tokens signed with this key carry.
+    pub kid: String,
+    pub algorithm: KeyAlgorithm,
+    /// PEM file with the public key (SubjectPublicKeyInfo). Relative paths are relative to the
+    /// config file.
+    pub public_key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Unique source id, e.g. `jobcenter`.
+    pub id: String,
+    /// The department's name as caseworkers know it, e.g. "Jobcenter".
+    pub department: String,
+    /// The adapter's gRPC endpoint, e.g. `http://127.0.0.1:50061`.
+    pub endpoint: String,
+    /// The longest this source may take to answer one lookup.
+    #[serde(default = "defaults::source_timeout_ms")]
+    pub timeout_ms: u64,
+    /// The longest a connection attempt may take.
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+mod defaults {
+    pub fn default_deadline_ms() -> u64 {
+        3_000
+    }
+    pub fn max_deadline_ms() -> u64 {
+        10_000
+    }
+    pub fn max_request_bytes() -> usize {
+        4 * 1024
+    }
+    pub fn leeway_secs() -> u64 {
+        30
+    }
+    pub fn source_timeout_ms() -> u64 {
+        2_000
+    }
+    pub fn connect_timeout_ms() -> u64 {
+        1_000
+    }
+}
+
+/// The most leeway accepted: more would make expiry meaningless.
+const MAX_LEEWAY_SECS: u64 = 300;
+
+impl Config {
+    /// Reads, parses and validates a TOML config file. Relative key paths are resolved against
+    /// the file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for key in &mut config.auth.keys {
+            if key.public_key_file.is_relative() {
+                key.public_key_file = base.join(&key.public_key_file);
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks everything that can be checked without I/O.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let s = &self.server;
+        if s.default_deadline_ms == 0 || s.default_deadline_ms > s.max_deadline_ms {
+            return invalid(format!(
+                "server.default_deadline_ms must be between 1 and server.max_deadline_ms ({}), got {}",
+                s.max_deadline_ms, s.default_deadline_ms
+            ));
+        }
+        if s.max_request_bytes < 64 {
+            return invalid("server.max_request_bytes must be at least 64".into());
+        }
+        let a = &self.auth;
+        if a.issuer.trim().is_empty() || a.audience.trim().is_empty() {
+            return invalid("auth.issuer and auth.audience must not be empty".into());
+        }
+        if a.leeway_secs > MAX_LEEWAY_SECS {
+            return invalid(format!(
+                "auth.leeway_secs must be at most {MAX_LEEWAY_SECS}, got {}",
+                a.leeway_secs
+            ));
+        }
+        if a.keys.is_empty() {
+            return invalid(
+                "auth.keys is empty: add at least one [[auth.keys]] with kid, algorithm and public_key_file"
+                    .into(),
+            );
+        }
+        let mut kids = HashSet::new();
+        for key in &a.keys {
+            if key.kid.is_empty() || !kids.insert(key.kid.as_str()) {
+                return invalid(format!("auth.keys: kid {:?} is empty or repeated", key.kid));
+            }
+        }
+        if self.sources.is_empty() {
+            return invalid("no [[sources]] configured: a gateway needs at least one".into());
+        }
+        let mut ids = HashSet::new();
+        for source in &self.sources {
+            if !is_source_id(&source.id) || !ids.insert(source.id.as_str()) {
+                return invalid(format!(
+                    "sources: id {:?} is repeated or not of lowercase letters, digits and '-'",
+                    source.id
+                ));
+            }
+            if !(source.endpoint.starts_with("http://") || source.endpoint.starts_with("https://"))
+            {
+                return invalid(format!(
+                    "sources.{}: endpoint must be an http:// or https:// URL, got {:?}",
+                    source.id, source.endpoint
+                ));
+            }
+            if source.timeout_ms == 0 || source.connect_timeout_ms == 0 {
+                return invalid(format!(
+                    "sources.{}: timeout_ms and connect_timeout_ms must be positive",
+                    source.id
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ServerConfig {
+    pub fn default_deadline(&self) -> Duration {
+        Duration::from_millis(self.default_deadline_ms)
+    }
+    pub fn max_deadline(&self) -> Duration {
+        Duration::from_millis(self.max_deadline_ms)
+    }
+}
+
+impl SourceConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+fn is_source_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [server]
+        listen = "127.0.0.1:0"
+        [auth]
+        issuer = "https://idp.example"
+        audience = "samblik"
+        [[auth.keys]]
+        kid = "k1"
+        algorithm = "ES256"
+        public_key_file = "k1.pem"
+        [[sources]]
+        id = "jobcenter"
+        department = "Jobcenter"
+        endpoint = "http://127.0.0.1:1"
+    "#;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn accepts_a_minimal_config_with_defaults() {
+        let config = parse(GOOD);
+        assert!(config.is_ok(), "{config:?}");
+        let config = config.unwrap_or_else(|_| unreachable!());
+        assert_eq!(config.server.default_deadline_ms, 3_000);
+        assert_eq!(config.auth.leeway_secs, 30);
+        assert_eq!(config.sources[0].timeout_ms, 2_000);
+    }
+
+    #[test]
+    fn refuses_unknown_fields() {
+        let err = parse(&GOOD.replace("[server]", "[server]\nlisten_tls = true"));
+        assert!(err.is_err_and(|e| e.contains("unknown field")));
+    }
+
+    #[test]
+    fn refuses_bad_values_with_a_helpful_message() {
+        let cases = [
+            (GOOD.replace("\"ES256\"", "\"HS256\""), "unknown variant"),
+            (
+                GOOD.replace("id = \"jobcenter\"", "id = \"Job Center\""),
+                "lowercase",
+            ),
+            (GOOD.replace("http://127.0.0.1:1", "127.0.0.1:1"), "http://"),
+            (
+                GOOD.replace("[auth]", "[auth]\nleeway_secs = 3600"),
+                "leeway_secs must be at most",
+            ),
+            (
+                GOOD.replace(
+                    "listen = \"127.0.0.1:0\"",
+                    "listen = \"127.0.0.1:0\"\ndefault_deadline_ms = 20000",
+                ),
+                "default_deadline_ms",
+            ),
+            (GOOD.replace("kid = \"k1\"", "kid = \"\""), "kid"),
+        ];
+        for (text, needle) in cases {
+            let err = parse(&text);
+            assert!(
+                err.as_ref().is_err_and(|e| e.contains(needle)),
+                "expected an error containing {needle:?}, got {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_duplicate_sources() {
+        let dup = format!(
+            "{GOOD}\n[[sources]]\nid = \"jobcenter\"\ndepartment = \"X\"\nendpoint = \"http://127.0.0.1:2\"\n"
+        );
+        assert!(parse(&dup).is_err_and(|e| e.contains("repeated")));
+    }
+}

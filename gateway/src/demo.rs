@@ -1,0 +1,410 @@
+//! `samblik demo`: the whole system on loopback with a synthetic municipality — three reference
+//! sources and the gateway, real gRPC between them — and a `demo.json` that tells scripts (and
+//! people) where everything is, who the demo users are and which citizens are worth a look.
+
+use crate::config::{AuthConfig, Config, KeyAlgorithm, KeyConfig, ServerConfig, SourceConfig};
+use crate::server;
+use crate::tokens::{DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, DemoIssuer, TokenClaims};
+use anyhow::Context;
+use samblik_adapters::reference::ReferenceSource;
+use samblik_synth::store::{self, DepartmentData};
+use samblik_synth::{CaseState, Caseworker, Dataset, Department, SynthConfig};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The file the demo writes when everything is listening.
+pub const DEMO_FACTS_FILE: &str = "demo.json";
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub dir: PathBuf,
+    pub seed: u64,
+    pub citizens: usize,
+    pub addr: SocketAddr,
+}
+
+/// What `demo.json` says.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoFacts {
+    pub municipality: String,
+    pub seed: u64,
+    pub data_dir: PathBuf,
+    /// The gateway's gRPC address, e.g. `127.0.0.1:50051`.
+    pub gateway_addr: SocketAddr,
+    /// The same as a URL for gRPC clients, e.g. `http://127.0.0.1:50051`.
+    pub gateway_url: String,
+    pub issuer: String,
+    pub audience: String,
+    pub sources: Vec<DemoSource>,
+    pub users: Vec<DemoUser>,
+    pub sample_citizens: Vec<SampleCitizen>,
+    /// How to get a token for a demo user.
+    pub token_command: String,
+    /// A lookup with grpcurl, ready to paste after `TOKEN=$(…token_command…)`.
+    pub grpcurl_example: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoSource {
+    pub id: String,
+    pub department: String,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoUser {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub department: String,
+    pub unit: String,
+    /// CPR numbers of citizens this caseworker holds an open case for.
+    pub citizens: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleCitizen {
+    /// What makes this citizen interesting, e.g. `all-departments`, `no-cases`.
+    pub label: String,
+    pub cpr: String,
+    pub name: String,
+    /// The departments with a case for the citizen.
+    pub departments: Vec<String>,
+}
+
+/// Runs the demo until `shutdown` is cancelled.
+pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let dir = &options.dir;
+    let facts_path = dir.join(DEMO_FACTS_FILE);
+    if facts_path.exists() {
+        std::fs::remove_file(&facts_path)
+            .with_context(|| format!("cannot remove the old {}", facts_path.display()))?;
+    }
+    let data = ensure_data(&options)?;
+    let issuer = DemoIssuer::load_or_create(dir).context("cannot set up the demo signing key")?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut sources = Vec::new();
+    for department in Department::ALL {
+        let source = ReferenceSource::new(DepartmentData::slice(&data, department))
+            .with_context(|| format!("the {department} data is inconsistent"))?;
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("cannot bind a loopback port for a source")?;
+        let addr = listener.local_addr()?;
+        let stop = shutdown.clone().cancelled_owned();
+        tasks.spawn(async move {
+            samblik_adapters::server::serve(Arc::new(source), listener, stop)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+        sources.push(DemoSource {
+            id: department.id().to_owned(),
+            department: department.display_name().to_owned(),
+            addr,
+        });
+    }
+
+    let listener = TcpListener::bind(options.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.addr))?;
+    let gateway_addr = listener.local_addr()?;
+    let config = demo_config(gateway_addr, issuer.public_key_path(), &sources);
+    config.validate()?;
+    let pipeline = server::pipeline_from_config(&config)?;
+    let stop = shutdown.clone().cancelled_owned();
+    tasks.spawn(async move {
+        server::serve(Arc::new(pipeline), listener, stop)
+            .await
+            .map_err(anyhow::Error::from)
+    });
+
+    let facts = demo_facts(&options, &data, gateway_addr, sources);
+    write_facts(&facts_path, &facts)?;
+    print_welcome(&facts);
+
+    // The demo runs until shutdown, or until any server stops on its own (an error).
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.context("a demo server panicked")?;
+        if !shutdown.is_cancelled() {
+            shutdown.cancel();
+            result.context("a demo server stopped")?;
+        }
+    }
+    Ok(())
+}
+
+/// Generates the synthetic municipality unless the directory already has one.
+fn ensure_data(options: &DemoOptions) -> anyhow::Result<Dataset> {
+    let dir = &options.dir;
+    if store::exists(dir) {
+        let data = store::read(dir)
+            .with_context(|| format!("cannot read the data in {}", dir.display()))?;
+        if data.municipality.seed != options.seed {
+            tracing::warn!(
+                existing_seed = data.municipality.seed,
+                requested_seed = options.seed,
+                "the data directory already holds data of another seed; using it (delete the directory to regenerate)"
+            );
+        }
+        return Ok(data);
+    }
+    let data = samblik_synth::generate(&SynthConfig::new(options.seed, options.citizens))?;
+    store::write(dir, &data)?;
+    tracing::info!(
+        cases = data.cases.len(),
+        citizens = data.citizens.len(),
+        "generated the synthetic municipality"
+    );
+    Ok(data)
+}
+
+fn demo_config(gateway: SocketAddr, public_key: &Path, sources: &[DemoSource]) -> Config {
+    Config {
+        server: ServerConfig {
+            listen: gateway,
+            default_deadline_ms: 3_000,
+            max_deadline_ms: 10_000,
+            max_request_bytes: 4 * 1024,
+        },
+        auth: AuthConfig {
+            issuer: DEMO_ISSUER.to_owned(),
+            audience: DEMO_AUDIENCE.to_owned(),
+            leeway_secs: 30,
+            keys: vec![KeyConfig {
+                kid: DEMO_KID.to_owned(),
+                algorithm: KeyAlgorithm::ES256,
+                public_key_file: public_key.to_owned(),
+            }],
+        },
+        sources: sources
+            .iter()
+            .map(|s| SourceConfig {
+                id: s.id.clone(),
+                department: s.department.clone(),
+                endpoint: format!("http://{}", s.addr),
+                timeout_ms: 2_000,
+                connect_timeout_ms: 1_000,
+            })
+            .collect(),
+    }
+}
+
+/// The claims of a demo caseworker's token.
+pub fn caseworker_claims(caseworker: &Caseworker, municipality_code: &str) -> TokenClaims {
+    TokenClaims {
+        sub: caseworker.id.clone(),
+        name: caseworker.name.clone(),
+        department: caseworker.department.id().to_owned(),
+        municipality: municipality_code.to_owned(),
+        roles: vec!["caseworker".to_owned()],
+    }
+}
+
+/// Mints a token for demo user `user` from the demo directory `dir`.
+pub fn token_for(dir: &Path, user: &str, ttl: std::time::Duration) -> anyhow::Result<String> {
+    let caseworkers = store::read_caseworkers(dir).with_context(|| {
+        format!(
+            "{} holds no demo data; run `samblik demo --dir {}` first",
+            dir.display(),
+            dir.display()
+        )
+    })?;
+    let municipality = store::read_municipality(dir)?;
+    let caseworker = caseworkers
+        .iter()
+        .find(|c| c.id == user)
+        .with_context(|| format!("no demo user {user:?}; demo.json lists them"))?;
+    let issuer = DemoIssuer::load(dir).context("no demo signing key; run `samblik demo` first")?;
+    Ok(issuer.mint(&caseworker_claims(caseworker, &municipality.code), ttl)?)
+}
+
+fn demo_facts(
+    options: &DemoOptions,
+    data: &Dataset,
+    gateway_addr: SocketAddr,
+    sources: Vec<DemoSource>,
+) -> DemoFacts {
+    // Departments per citizen, and each caseworker's citizens with an open case.
+    let mut departments: BTreeMap<&str, BTreeSet<Department>> = BTreeMap::new();
+    let mut open_by_worker: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for case in &data.cases {
+        departments
+            .entry(&case.cpr)
+            .or_default()
+            .insert(case.department());
+        if case.state == CaseState::Open {
+            open_by_worker
+                .entry(&case.responsible)
+                .or_default()
+                .insert(&case.cpr);
+        }
+    }
+    let sample = |label: &str, cpr: &str| {
+        let citizen = data.citizens.iter().find(|c| c.cpr == cpr);
+        SampleCitizen {
+            label: label.to_owned(),
+            cpr: cpr.to_owned(),
+            name: citizen.map(|c| c.name.clone()).unwrap_or_default(),
+            departments: departments
+                .get(cpr)
+                .map(|d| d.iter().map(|d| d.id().to_owned()).collect())
+                .unwrap_or_default(),
+        }
+    };
+    let protected: BTreeSet<&str> = data
+        .citizens
+        .iter()
+        .filter(|c| c.address_protected)
+        .map(|c| c.cpr.as_str())
+        .collect();
+    let mut samples = Vec::new();
+    let all_three = departments
+        .iter()
+        .find(|(cpr, d)| d.len() == Department::ALL.len() && !protected.contains(*cpr))
+        .map(|(cpr, _)| *cpr);
+    if let Some(cpr) = all_three {
+        samples.push(sample("all-departments", cpr));
+    }
+    if let Some((cpr, _)) = departments.iter().find(|(_, d)| d.len() == 2) {
+        samples.push(sample("two-departments", cpr));
+    }
+    if let Some(c) = data
+        .citizens
+        .iter()
+        .find(|c| !departments.contains_key(c.cpr.as_str()) && !c.address_protected)
+    {
+        samples.push(sample("no-cases", &c.cpr));
+    }
+
+    // One caseworker per department: the one responsible for the all-departments citizen's
+    // case there, else the one with the most open cases.
+    let mut users = Vec::new();
+    for department in Department::ALL {
+        let from_sample = all_three.and_then(|cpr| {
+            data.cases
+                .iter()
+                .find(|c| c.cpr == cpr && c.department() == department)
+                .map(|c| c.responsible.as_str())
+        });
+        let busiest = || {
+            data.caseworkers
+                .iter()
+                .filter(|w| w.department == department)
+                .max_by_key(|w| open_by_worker.get(w.id.as_str()).map_or(0, BTreeSet::len))
+                .map(|w| w.id.as_str())
+        };
+        let Some(id) = from_sample.or_else(busiest) else {
+            continue;
+        };
+        let Some(worker) = data.caseworkers.iter().find(|w| w.id == id) else {
+            continue;
+        };
+        let mut citizens: Vec<String> = all_three
+            .filter(|cpr| open_by_worker.get(id).is_some_and(|s| s.contains(cpr)))
+            .map(str::to_owned)
+            .into_iter()
+            .collect();
+        for cpr in open_by_worker.get(id).into_iter().flatten() {
+            if citizens.len() >= 5 {
+                break;
+            }
+            if !citizens.iter().any(|c| c == cpr) {
+                citizens.push((*cpr).to_owned());
+            }
+        }
+        users.push(DemoUser {
+            id: worker.id.clone(),
+            name: worker.name.clone(),
+            role: "caseworker".to_owned(),
+            department: department.id().to_owned(),
+            unit: worker.unit.clone(),
+            citizens,
+        });
+    }
+
+    let dir = options.dir.display().to_string();
+    let example_cpr = samples.first().map(|s| s.cpr.clone()).unwrap_or_default();
+    DemoFacts {
+        municipality: data.municipality.name.clone(),
+        seed: data.municipality.seed,
+        data_dir: options.dir.clone(),
+        gateway_addr,
+        gateway_url: format!("http://{gateway_addr}"),
+        issuer: DEMO_ISSUER.to_owned(),
+        audience: DEMO_AUDIENCE.to_owned(),
+        sources,
+        token_command: format!(
+            "samblik token --dir {dir} --user {}",
+            users.first().map_or("USER", |u| u.id.as_str())
+        ),
+        grpcurl_example: format!(
+            "grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"cpr\":\"{example_cpr}\",\"purpose\":\"PURPOSE_PREPARE_MEETING\"}}' {gateway_addr} samblik.v1.LookupService/Lookup"
+        ),
+        users,
+        sample_citizens: samples,
+    }
+}
+
+fn write_facts(path: &Path, facts: &DemoFacts) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(facts)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn print_welcome(facts: &DemoFacts) {
+    let dir = facts.data_dir.display();
+    let mut out = String::new();
+    out.push_str(&format!(
+        "\nSamblik demo — {} (synthetic data, seed {})\n\n",
+        facts.municipality, facts.seed
+    ));
+    out.push_str(&format!(
+        "Gateway (gRPC, plaintext, loopback only): {}\n",
+        facts.gateway_addr
+    ));
+    for s in &facts.sources {
+        out.push_str(&format!(
+            "  source {:<14} {}  ({})\n",
+            s.id, s.addr, s.department
+        ));
+    }
+    out.push_str("\nDemo users:\n");
+    for u in &facts.users {
+        out.push_str(&format!(
+            "  {:<22} {} — {} — holds cases for {}\n",
+            u.id,
+            u.name,
+            u.unit,
+            u.citizens.join(", ")
+        ));
+    }
+    out.push_str("\nSample citizens:\n");
+    for c in &facts.sample_citizens {
+        out.push_str(&format!(
+            "  {:<16} {}  {}  [{}]\n",
+            c.label,
+            c.cpr,
+            c.name,
+            c.departments.join(", ")
+        ));
+    }
+    out.push_str(&format!(
+        "\nTry it:\n  TOKEN=$({})\n  {}\n  samblik lookup --addr {} --token \"$TOKEN\" --cpr {} --purpose prepare-meeting\n",
+        facts.token_command,
+        facts.grpcurl_example,
+        facts.gateway_url,
+        facts.sample_citizens.first().map_or("CPR", |c| c.cpr.as_str()),
+    ));
+    out.push_str(&format!(
+        "\nThe same facts are in {dir}/{DEMO_FACTS_FILE}. Ctrl-C stops the demo.\n"
+    ));
+    print!("{out}");
+}

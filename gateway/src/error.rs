@@ -1,0 +1,40 @@
+//! The one place where gateway errors become gRPC statuses. Callers get a stable code, a safe
+//! message and the request id; the details go to the log only.
+
+use crate::auth::AuthError;
+use samblik_proto::CprError;
+use tonic::{Code, Status};
+
+/// The response header that carries the request id, on answers and on errors alike.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Why a request was refused before any source was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(#[from] AuthError),
+    #[error("invalid CPR number: {0}")]
+    InvalidCpr(#[from] CprError),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+impl GatewayError {
+    /// The status for the caller. Exhaustive: a new variant must decide what the caller sees.
+    pub fn to_status(&self, request_id: &str) -> Status {
+        let (code, message) = match self {
+            // Which check failed is useful to an attacker and to nobody else.
+            GatewayError::Unauthenticated(_) => (
+                Code::Unauthenticated,
+                "missing or invalid access token".to_owned(),
+            ),
+            GatewayError::InvalidCpr(e) => (Code::InvalidArgument, e.to_string()),
+            GatewayError::InvalidRequest(m) => (Code::InvalidArgument, m.clone()),
+        };
+        let mut status = Status::new(code, format!("{message} (request id {request_id})"));
+        if let Ok(value) = request_id.parse() {
+            status.metadata_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        status
+    }
+}

@@ -1,0 +1,404 @@
+//! The lookup pipeline: authenticate → validate → plan → fan out → decide → filter → respond.
+//!
+//! Every source is asked concurrently under one overall deadline, each also under its own
+//! timeout. A source that is slow, down or answers nonsense yields an explicit status for that
+//! source while the others are served; nothing is ever silently missing.
+
+use crate::auth::{Authenticator, Caller};
+use crate::error::GatewayError;
+use futures::stream::{FuturesUnordered, StreamExt};
+use prost::Message;
+use samblik_adapters::{CaseQuery, Source, SourceError};
+use samblik_policy::{CaseFacts, LookupFacts, MinimumVariation};
+use samblik_proto::Cpr;
+use samblik_proto::source::v1::CallerContext;
+use samblik_proto::v1::{LookupRequest, LookupResponse, Purpose, SourceResult, SourceStatus, Tier};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+/// Most sources one request may name in its filter.
+const MAX_SOURCE_FILTER: usize = 64;
+/// Time kept back from the caller's deadline so the answer reaches it before it gives up.
+const DEADLINE_MARGIN_MAX: Duration = Duration::from_millis(100);
+
+/// One configured source with what the gateway applies around it.
+pub struct GatewaySource {
+    pub source: Arc<dyn Source>,
+    /// The department's name as shown to caseworkers.
+    pub department: String,
+    /// The longest this source may take.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for GatewaySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewaySource")
+            .field("id", &self.source.id())
+            .field("department", &self.department)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Limits applied to every lookup.
+#[derive(Debug, Clone)]
+pub struct LookupLimits {
+    pub default_deadline: Duration,
+    pub max_deadline: Duration,
+    pub max_request_bytes: usize,
+}
+
+/// The gateway's lookup pipeline, shared by the gRPC API (and later the panel).
+#[derive(Debug)]
+pub struct LookupPipeline {
+    auth: Authenticator,
+    policy: MinimumVariation,
+    sources: Vec<GatewaySource>,
+    limits: LookupLimits,
+}
+
+/// A validated lookup, ready to fan out.
+#[derive(Debug)]
+pub struct LookupPlan {
+    pub request_id: String,
+    pub caller: Caller,
+    pub purpose: Purpose,
+    cpr: Cpr,
+    /// Indexes into the pipeline's sources, in configuration order.
+    targets: Vec<usize>,
+    deadline: Instant,
+}
+
+impl LookupPipeline {
+    pub fn new(auth: Authenticator, sources: Vec<GatewaySource>, limits: LookupLimits) -> Self {
+        LookupPipeline {
+            auth,
+            policy: MinimumVariation,
+            sources,
+            limits,
+        }
+    }
+
+    /// The ids of the configured sources.
+    pub fn source_ids(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().map(|s| s.source.id())
+    }
+
+    /// Authenticates and validates a request. Nothing is asked of any source before this
+    /// succeeds. `client_timeout` is the caller's `grpc-timeout`, if it sent one.
+    pub fn prepare(
+        &self,
+        request_id: String,
+        metadata: &tonic::metadata::MetadataMap,
+        request: &LookupRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<LookupPlan, GatewayError> {
+        let started = Instant::now();
+        let caller = self.auth.authenticate(metadata)?;
+        if request.encoded_len() > self.limits.max_request_bytes {
+            return Err(GatewayError::InvalidRequest(format!(
+                "request is larger than {} bytes",
+                self.limits.max_request_bytes
+            )));
+        }
+        let cpr = Cpr::parse(&request.cpr)?;
+        let purpose = match Purpose::try_from(request.purpose) {
+            Ok(Purpose::Unspecified) => {
+                return Err(GatewayError::InvalidRequest(
+                    "purpose is missing: say why you are looking (e.g. PURPOSE_PREPARE_MEETING)"
+                        .into(),
+                ));
+            }
+            Ok(p) => p,
+            Err(_) => {
+                return Err(GatewayError::InvalidRequest(
+                    "purpose is not a known purpose".into(),
+                ));
+            }
+        };
+        let targets = self.select_sources(&request.sources)?;
+        let budget = client_timeout
+            .map(|t| t.saturating_sub((t / 10).min(DEADLINE_MARGIN_MAX)))
+            .unwrap_or(self.limits.default_deadline)
+            .min(self.limits.max_deadline);
+        Ok(LookupPlan {
+            request_id,
+            caller,
+            purpose,
+            cpr,
+            targets,
+            deadline: started + budget,
+        })
+    }
+
+    fn select_sources(&self, filter: &[String]) -> Result<Vec<usize>, GatewayError> {
+        if filter.is_empty() {
+            return Ok((0..self.sources.len()).collect());
+        }
+        if filter.len() > MAX_SOURCE_FILTER {
+            return Err(GatewayError::InvalidRequest(format!(
+                "at most {MAX_SOURCE_FILTER} sources may be named"
+            )));
+        }
+        let mut targets = Vec::with_capacity(filter.len());
+        for id in filter {
+            let index = self
+                .sources
+                .iter()
+                .position(|s| s.source.id() == id)
+                .ok_or_else(|| {
+                    // Source ids are configuration, not personal data: safe to echo (bounded).
+                    let shown: String = id.chars().take(64).collect();
+                    GatewayError::InvalidRequest(format!("unknown source {shown:?}"))
+                })?;
+            if !targets.contains(&index) {
+                targets.push(index);
+            }
+        }
+        targets.sort_unstable();
+        Ok(targets)
+    }
+
+    /// Asks every planned source and returns all answers, in configuration order, when the last
+    /// one is in or the deadline has passed.
+    pub async fn lookup(&self, plan: &LookupPlan) -> LookupResponse {
+        let mut results: Vec<(usize, SourceResult)> = plan
+            .targets
+            .iter()
+            .map(|&i| async move { (i, self.ask(plan, i).await) })
+            .collect::<FuturesUnordered<_>>()
+            .collect()
+            .await;
+        results.sort_unstable_by_key(|(i, _)| *i);
+        LookupResponse {
+            request_id: plan.request_id.clone(),
+            sources: results.into_iter().map(|(_, r)| r).collect(),
+        }
+    }
+
+    /// Asks every planned source and yields each answer as it arrives. When the receiver is
+    /// dropped (the caller went away), outstanding source calls are cancelled.
+    pub fn lookup_stream(self: Arc<Self>, plan: LookupPlan) -> mpsc::Receiver<SourceResult> {
+        let (tx, rx) = mpsc::channel(plan.targets.len().max(1));
+        let span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                let mut pending: FuturesUnordered<_> =
+                    plan.targets.iter().map(|&i| self.ask(&plan, i)).collect();
+                loop {
+                    tokio::select! {
+                        next = pending.next() => match next {
+                            Some(result) => {
+                                if tx.send(result).await.is_err() {
+                                    break;
+                                }
+                            }
+                            None => break,
+                        },
+                        () = tx.closed() => {
+                            tracing::debug!("caller went away; cancelling source calls");
+                            break;
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        rx
+    }
+
+    /// One source call, with the gateway's timeout, policy and filtering around it.
+    async fn ask(&self, plan: &LookupPlan, index: usize) -> SourceResult {
+        let gs = &self.sources[index];
+        let id = gs.source.id();
+        let span = tracing::info_span!(
+            "source_call",
+            source = %id,
+            request_id = %plan.request_id,
+            status = tracing::field::Empty,
+            cases = tracing::field::Empty,
+            elapsed_ms = tracing::field::Empty,
+        );
+        async {
+            let started = Instant::now();
+            let lookup_facts = LookupFacts {
+                caller_department: &plan.caller.department,
+                source_id: id,
+            };
+            let max_tier = to_wire_tier(self.policy.ceiling(&lookup_facts));
+            let query = CaseQuery {
+                cpr: plan.cpr.clone(),
+                max_tier,
+            };
+            let caller = CallerContext {
+                request_id: plan.request_id.clone(),
+                caller_id: plan.caller.id.clone(),
+                caller_department: plan.caller.department.clone(),
+                municipality: plan.caller.municipality.clone(),
+                purpose: plan.purpose as i32,
+            };
+            let deadline = plan.deadline.min(started + gs.timeout);
+            let outcome =
+                tokio::time::timeout_at(deadline.into(), gs.source.find_cases(query, caller)).await;
+            let mut result = SourceResult {
+                source_id: id.to_owned(),
+                department: gs.department.clone(),
+                ..SourceResult::default()
+            };
+            match outcome {
+                Ok(Ok(answer)) => match self.disclose(plan, id, max_tier, answer.cases) {
+                    Ok(cases) => {
+                        result.status = SourceStatus::Ok as i32;
+                        result.as_of = Some(answer.as_of.into());
+                        result.cases = cases;
+                    }
+                    Err(reason) => {
+                        tracing::warn!(source = %id, reason, "source answer rejected");
+                        result.status = SourceStatus::Error as i32;
+                        result.detail = "the department's system answered with invalid data".into();
+                    }
+                },
+                Ok(Err(error)) => {
+                    tracing::warn!(source = %id, error = %error, "source lookup failed");
+                    let (status, detail) = match error {
+                        SourceError::Timeout => (
+                            SourceStatus::Timeout,
+                            "the department's system did not answer in time",
+                        ),
+                        SourceError::Unavailable(_) => (
+                            SourceStatus::Unavailable,
+                            "the department's system is unavailable",
+                        ),
+                        SourceError::Denied(_) => (
+                            SourceStatus::Denied,
+                            "the department's system refused the lookup",
+                        ),
+                        SourceError::InvalidQuery(_) | SourceError::Failed(_) => {
+                            (SourceStatus::Error, "the department's system failed")
+                        }
+                    };
+                    result.status = status as i32;
+                    result.detail = detail.into();
+                }
+                Err(_elapsed) => {
+                    tracing::warn!(source = %id, "source lookup timed out");
+                    result.status = SourceStatus::Timeout as i32;
+                    result.detail = "the department's system did not answer in time".into();
+                }
+            }
+            let span = tracing::Span::current();
+            span.record("status", result.status().as_str_name());
+            span.record("cases", result.cases.len());
+            span.record("elapsed_ms", started.elapsed().as_millis() as u64);
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Decides and filters one source's cases. Cases about another citizen are dropped; a
+    /// malformed case makes the whole answer unusable (it could hide that a case exists).
+    fn disclose(
+        &self,
+        plan: &LookupPlan,
+        source_id: &str,
+        asked: Tier,
+        cases: Vec<samblik_proto::v1::Case>,
+    ) -> Result<Vec<samblik_proto::v1::Case>, &'static str> {
+        let mut disclosed = Vec::with_capacity(cases.len());
+        let mut foreign = 0usize;
+        for mut case in cases {
+            if case.subject_cpr != plan.cpr.as_str() {
+                foreign += 1;
+                continue;
+            }
+            let case_type = match &case.existence {
+                Some(e) if !case.case_id.is_empty() => e
+                    .case_type
+                    .as_ref()
+                    .map(|t| t.code.clone())
+                    .unwrap_or_default(),
+                _ => return Err("case without id or existence part"),
+            };
+            if case.carried_tier() > asked {
+                tracing::warn!(source = %source_id, case_id = %case.case_id, "source sent fields above the asked tier; dropped");
+            }
+            let decision = self.policy.decide(&CaseFacts {
+                lookup: LookupFacts {
+                    caller_department: &plan.caller.department,
+                    source_id,
+                },
+                case_type: &case_type,
+            });
+            let tier = to_wire_tier(decision.tier).min(asked);
+            if tier == Tier::Hidden {
+                continue;
+            }
+            case.restrict_to(tier);
+            // The caller knows whom they asked about; the number need not travel again.
+            case.subject_cpr.clear();
+            disclosed.push(case);
+        }
+        if foreign > 0 {
+            tracing::warn!(source = %source_id, dropped = foreign, "source returned cases of another citizen; dropped");
+        }
+        Ok(disclosed)
+    }
+}
+
+fn to_wire_tier(tier: samblik_policy::Tier) -> Tier {
+    match tier {
+        samblik_policy::Tier::Hidden => Tier::Hidden,
+        samblik_policy::Tier::Existence => Tier::Existence,
+        samblik_policy::Tier::Selected => Tier::Selected,
+        samblik_policy::Tier::Full => Tier::Full,
+    }
+}
+
+/// Parses a `grpc-timeout` header value (e.g. `1500m`, `2S`): up to 8 digits and a unit.
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_grpc_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(
+            parse_grpc_timeout("1500m"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1M"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_grpc_timeout("250000u"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_grpc_timeout("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "m", "10", "10x", "-1S", "123456789S", "1.5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+}

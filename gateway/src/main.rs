@@ -1,0 +1,5 @@
+//! The `samblik` command. All the work is in the library; this only parses arguments.
+
+fn main() -> std::process::ExitCode {
+    samblik_gateway::cli::main()
+}

@@ -1,0 +1,219 @@
+//! The gateway's gRPC server: `samblik.v1.LookupService`, the standard health service and
+//! server reflection, on one listener.
+
+use crate::auth::{AuthSetupError, Authenticator};
+use crate::config::Config;
+use crate::error::REQUEST_ID_HEADER;
+use crate::lookup::{GatewaySource, LookupLimits, LookupPipeline, parse_grpc_timeout};
+use samblik_adapters::GrpcSource;
+use samblik_proto::v1::lookup_service_server::{LookupService, LookupServiceServer};
+use samblik_proto::v1::{LookupRequest, LookupResponse, SourceResult};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+/// The gRPC service name the health service reports for.
+pub const LOOKUP_SERVICE_NAME: &str = "samblik.v1.LookupService";
+
+/// Largest message the server decodes at all; requests above the configured (much smaller)
+/// request limit but below this are refused as invalid arguments.
+const MAX_DECODING_MESSAGE_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+    #[error("source {id}: invalid endpoint: {source}")]
+    SourceEndpoint {
+        id: String,
+        source: tonic::transport::Error,
+    },
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Builds the lookup pipeline from a validated config: reads the keys, sets up the sources.
+pub fn pipeline_from_config(config: &Config) -> Result<LookupPipeline, ServerError> {
+    let auth = Authenticator::from_config(&config.auth)?;
+    let mut sources = Vec::with_capacity(config.sources.len());
+    for s in &config.sources {
+        let source =
+            GrpcSource::new(s.id.clone(), &s.endpoint, s.connect_timeout()).map_err(|source| {
+                ServerError::SourceEndpoint {
+                    id: s.id.clone(),
+                    source,
+                }
+            })?;
+        sources.push(GatewaySource {
+            source: Arc::new(source),
+            department: s.department.clone(),
+            timeout: s.timeout(),
+        });
+    }
+    Ok(LookupPipeline::new(
+        auth,
+        sources,
+        LookupLimits {
+            default_deadline: config.server.default_deadline(),
+            max_deadline: config.server.max_deadline(),
+            max_request_bytes: config.server.max_request_bytes,
+        },
+    ))
+}
+
+/// Runs the gateway from `config` on `listener` until `shutdown` completes.
+pub async fn run(
+    config: &Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let pipeline = pipeline_from_config(config)?;
+    serve(Arc::new(pipeline), listener, shutdown).await
+}
+
+/// Serves `pipeline` on `listener` until `shutdown` completes.
+pub async fn serve(
+    pipeline: Arc<LookupPipeline>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status(LOOKUP_SERVICE_NAME, tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(samblik_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let lookup = LookupServiceServer::new(LookupApi { pipeline })
+        .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
+    tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(lookup)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// The tonic face of the pipeline.
+#[derive(Debug, Clone)]
+struct LookupApi {
+    pipeline: Arc<LookupPipeline>,
+}
+
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn client_timeout<T>(request: &Request<T>) -> Option<std::time::Duration> {
+    request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+}
+
+fn with_request_id<T>(mut response: Response<T>, request_id: &str) -> Response<T> {
+    if let Ok(value) = request_id.parse() {
+        response.metadata_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+type SourceResultStream = Pin<Box<dyn Stream<Item = Result<SourceResult, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl LookupService for LookupApi {
+    async fn lookup(
+        &self,
+        request: Request<LookupRequest>,
+    ) -> Result<Response<LookupResponse>, Status> {
+        let request_id = new_request_id();
+        let span = tracing::info_span!(
+            "lookup",
+            request_id = %request_id,
+            rpc = "Lookup",
+            caller = tracing::field::Empty,
+            department = tracing::field::Empty,
+            purpose = tracing::field::Empty,
+        );
+        async {
+            let started = Instant::now();
+            let timeout = client_timeout(&request);
+            let plan = self
+                .pipeline
+                .prepare(
+                    request_id.clone(),
+                    request.metadata(),
+                    request.get_ref(),
+                    timeout,
+                )
+                .map_err(|e| {
+                    tracing::info!(error = %e, "lookup refused");
+                    e.to_status(&request_id)
+                })?;
+            record_caller(&plan);
+            let response = self.pipeline.lookup(&plan).await;
+            tracing::info!(
+                sources = response.sources.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "lookup answered"
+            );
+            Ok(with_request_id(Response::new(response), &request_id))
+        }
+        .instrument(span)
+        .await
+    }
+
+    type LookupStreamStream = SourceResultStream;
+
+    async fn lookup_stream(
+        &self,
+        request: Request<LookupRequest>,
+    ) -> Result<Response<Self::LookupStreamStream>, Status> {
+        let request_id = new_request_id();
+        let span = tracing::info_span!(
+            "lookup",
+            request_id = %request_id,
+            rpc = "LookupStream",
+            caller = tracing::field::Empty,
+            department = tracing::field::Empty,
+            purpose = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        let timeout = client_timeout(&request);
+        let plan = self
+            .pipeline
+            .prepare(
+                request_id.clone(),
+                request.metadata(),
+                request.get_ref(),
+                timeout,
+            )
+            .map_err(|e| {
+                tracing::info!(error = %e, "lookup refused");
+                e.to_status(&request_id)
+            })?;
+        record_caller(&plan);
+        let results = Arc::clone(&self.pipeline).lookup_stream(plan);
+        let stream: SourceResultStream = Box::pin(ReceiverStream::new(results).map(Ok));
+        Ok(with_request_id(Response::new(stream), &request_id))
+    }
+}
+
+fn record_caller(plan: &crate::lookup::LookupPlan) {
+    let span = tracing::Span::current();
+    span.record("caller", plan.caller.id.as_str());
+    span.record("department", plan.caller.department.as_str());
+    span.record("purpose", plan.purpose.code());
+}
