@@ -88,8 +88,9 @@ impl Source for GrpcSource {
 fn status_to_error(status: tonic::Status) -> SourceError {
     let message = status.message().to_owned();
     match status.code() {
-        Code::Unavailable => SourceError::Unavailable(message),
-        Code::DeadlineExceeded | Code::Cancelled => SourceError::Timeout,
+        // A broken connection (e.g. a peer that does not speak HTTP/2) surfaces as Cancelled.
+        Code::Unavailable | Code::Cancelled => SourceError::Unavailable(message),
+        Code::DeadlineExceeded => SourceError::Timeout,
         Code::PermissionDenied | Code::Unauthenticated => SourceError::Denied(message),
         Code::InvalidArgument => SourceError::InvalidQuery(message),
         code => SourceError::Failed(format!("{code:?}: {message}")),

@@ -183,3 +183,114 @@ impl Source for ReferenceSource {
         Health::Serving
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+    use samblik_proto::Cpr;
+    use samblik_synth::{Document, Goal, Intervention, PlanType};
+
+    const CPR: &str = "1505851235";
+
+    fn date(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    fn data() -> DepartmentData {
+        let worker = Caseworker {
+            id: "cw-jobcenter-001".into(),
+            name: "Mette Holm".into(),
+            department: Department::Jobcenter,
+            unit: "Jobcenter – Sygedagpenge".into(),
+            phone: "+45 72 00 00 01".into(),
+            email: "mette.holm@sonderaa.kommune.example".into(),
+        };
+        let case = CaseRecord {
+            case_id: "JC-2025-000001".into(),
+            cpr: CPR.into(),
+            plan_type: PlanType::Lab30a,
+            state: CaseState::Open,
+            opened_on: date("2025-02-01"),
+            closed_on: None,
+            responsible: worker.id.clone(),
+            situation: "Situation".into(),
+            goals: vec![Goal {
+                description: "Goal".into(),
+                target_on: None,
+            }],
+            interventions: vec![Intervention {
+                legal_paragraph: "LAB § 68 b".into(),
+                description: "Ressourceforløb".into(),
+                provider: "Jobcenter".into(),
+                scope: "10 timer om ugen".into(),
+                start_on: date("2025-03-01"),
+                end_on: None,
+            }],
+            next_follow_up_on: Some(date("2026-12-01")),
+            assessment_summary: "Summary".into(),
+            documents: vec![Document {
+                document_id: "JC-2025-000001-D01".into(),
+                kind: DocumentKind::MedicalStatement,
+                title: "Lægeattest LÆ 265".into(),
+                dated_on: date("2025-02-10"),
+                author: "Praktiserende læge".into(),
+                third_party_origin: Some("Almen praksis".into()),
+                body: "Body".into(),
+            }],
+        };
+        DepartmentData {
+            department: Department::Jobcenter,
+            caseworkers: vec![worker],
+            cases: vec![case],
+        }
+    }
+
+    async fn ask(source: &ReferenceSource, cpr: &str, tier: Tier) -> Vec<pb::Case> {
+        let query = CaseQuery {
+            cpr: Cpr::parse(cpr).unwrap(),
+            max_tier: tier,
+        };
+        source
+            .find_cases(query, CallerContext::default())
+            .await
+            .unwrap()
+            .cases
+    }
+
+    #[tokio::test]
+    async fn never_fills_in_more_than_the_asked_tier() {
+        let source = ReferenceSource::new(data()).unwrap();
+        assert!(ask(&source, CPR, Tier::Hidden).await.is_empty());
+        for tier in [Tier::Existence, Tier::Selected, Tier::Full] {
+            let cases = ask(&source, CPR, tier).await;
+            assert_eq!(cases.len(), 1);
+            assert_eq!(cases[0].carried_tier(), tier);
+            assert_eq!(cases[0].tier(), tier);
+            assert_eq!(cases[0].subject_cpr, CPR);
+        }
+        let full = ask(&source, CPR, Tier::Full).await;
+        let existence = full[0].existence.as_ref().unwrap();
+        assert_eq!(existence.responsible.as_ref().unwrap().name, "Mette Holm");
+        assert_eq!(existence.case_type.as_ref().unwrap().code, "LAB-30a");
+        let documents = &full[0].full.as_ref().unwrap().documents;
+        assert_eq!(documents[0].kind(), pb::DocumentKind::MedicalStatement);
+        assert_eq!(documents[0].third_party_origin, "Almen praksis");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_citizen_is_an_empty_answer_not_an_error() {
+        let source = ReferenceSource::new(data()).unwrap();
+        assert!(ask(&source, "0101901235", Tier::Full).await.is_empty());
+    }
+
+    #[test]
+    fn refuses_data_whose_caseworker_is_unknown() {
+        let mut data = data();
+        data.caseworkers.clear();
+        assert!(matches!(
+            ReferenceSource::new(data),
+            Err(LoadError::UnknownCaseworker { .. })
+        ));
+    }
+}

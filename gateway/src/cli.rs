@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use samblik_adapters::reference::ReferenceSource;
 use samblik_proto::v1::Purpose;
 use samblik_synth::{Department, SynthConfig, store};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -170,6 +171,27 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// How long a stopping server waits for calls in flight before it closes what is left.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs `server` until it ends; once `shutdown` is cancelled it gets [`SHUTDOWN_GRACE`] to finish
+/// the calls in flight, so an idle or stuck client cannot hold the process open.
+async fn with_grace<E>(
+    server: impl Future<Output = Result<(), E>>,
+    shutdown: &CancellationToken,
+) -> Result<(), E> {
+    tokio::select! {
+        result = server => result,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "grace period over; closing the remaining connections");
+            Ok(())
+        }
+    }
+}
+
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Demo {
@@ -184,7 +206,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 citizens,
                 addr,
             };
-            demo::run(options, shutdown_on_signal()).await
+            let shutdown = shutdown_on_signal();
+            with_grace(demo::run(options, shutdown.clone()), &shutdown).await
         }
         Command::Synth {
             seed,
@@ -217,8 +240,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 listener.local_addr()?
             );
             let shutdown = shutdown_on_signal();
-            samblik_adapters::server::serve(Arc::new(source), listener, shutdown.cancelled_owned())
-                .await?;
+            let server = samblik_adapters::server::serve(
+                Arc::new(source),
+                listener,
+                shutdown.clone().cancelled_owned(),
+            );
+            with_grace(server, &shutdown).await?;
             Ok(())
         }
         Command::Token {

@@ -336,3 +336,21 @@ mod tests {
         assert!(parse(&dup).is_err_and(|e| e.contains("repeated")));
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::Config;
+
+    /// The example in `deploy/` is a real, valid config: it cannot rot.
+    #[test]
+    fn the_deploy_example_parses_and_validates() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/samblik.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let config: Config =
+            toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(config.validate().is_ok(), "{:?}", config.validate());
+        let ids: Vec<&str> = config.sources.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["child-welfare", "jobcenter", "integration"]);
+    }
+}

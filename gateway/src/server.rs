@@ -89,16 +89,21 @@ pub async fn serve(
     health_reporter
         .set_service_status(LOOKUP_SERVICE_NAME, tonic_health::ServingStatus::Serving)
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(samblik_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: grpcurl and older clients still ask v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(samblik_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let lookup = LookupServiceServer::new(LookupApi { pipeline })
         .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
     tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
     tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(lookup)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;

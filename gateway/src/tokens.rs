@@ -98,14 +98,20 @@ impl DemoIssuer {
         &self.public_key_path
     }
 
+    /// Signs arbitrary claims with the demo key (kid included), for tests that need tokens the
+    /// gateway must refuse: wrong issuer, expired, and so on.
+    pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, TokenError> {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(DEMO_KID.to_owned());
+        Ok(jsonwebtoken::encode(&header, claims, &self.encoding_key)?)
+    }
+
     /// Signs an access token valid for `ttl` from now.
     pub fn mint(&self, claims: &TokenClaims, ttl: Duration) -> Result<String, TokenError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(DEMO_KID.to_owned());
         let signed = SignedClaims {
             claims,
             iss: DEMO_ISSUER,
@@ -114,7 +120,7 @@ impl DemoIssuer {
             nbf: now,
             exp: now + ttl.as_secs(),
         };
-        Ok(jsonwebtoken::encode(&header, &signed, &self.encoding_key)?)
+        self.sign(&signed)
     }
 }
 

@@ -1,1 +1,424 @@
-pub fn placeholder() {}
+//! The end-to-end test harness: a small synthetic municipality, the demo token issuer, real
+//! source servers and the real gateway on `127.0.0.1:0`, and a few misbehaving sources.
+//!
+//! Everything a test starts is stopped when its handle is dropped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use async_trait::async_trait;
+use samblik_adapters::reference::ReferenceSource;
+use samblik_adapters::{CaseQuery, Health, Source, SourceAnswer, SourceError};
+use samblik_gateway::config::{
+    AuthConfig, Config, KeyAlgorithm, KeyConfig, ServerConfig, SourceConfig,
+};
+use samblik_gateway::demo::caseworker_claims;
+use samblik_gateway::tokens::{DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, DemoIssuer};
+use samblik_proto::source::v1::CallerContext;
+use samblik_proto::v1::lookup_service_client::LookupServiceClient;
+use samblik_proto::v1::{Case, LookupRequest, Purpose};
+use samblik_synth::store::DepartmentData;
+use samblik_synth::{Caseworker, Dataset, Department, SynthConfig};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// The synthetic municipality every test shares (generated once per test binary).
+pub fn municipality() -> &'static Dataset {
+    static DATA: OnceLock<Dataset> = OnceLock::new();
+    DATA.get_or_init(|| samblik_synth::generate(&SynthConfig::new(7, 4_000)).unwrap())
+}
+
+/// The demo token issuer, with its keys in a temporary directory kept for the whole run.
+pub fn issuer() -> &'static (tempfile::TempDir, DemoIssuer) {
+    static ISSUER: OnceLock<(tempfile::TempDir, DemoIssuer)> = OnceLock::new();
+    ISSUER.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = DemoIssuer::load_or_create(dir.path()).unwrap();
+        (dir, issuer)
+    })
+}
+
+/// A caseworker of `department` from the shared municipality.
+pub fn caseworker(department: Department) -> &'static Caseworker {
+    municipality()
+        .caseworkers
+        .iter()
+        .find(|c| c.department == department)
+        .unwrap()
+}
+
+/// A valid token for a caseworker of `department`.
+pub fn token(department: Department) -> String {
+    let claims = caseworker_claims(caseworker(department), &municipality().municipality.code);
+    issuer().1.mint(&claims, Duration::from_secs(600)).unwrap()
+}
+
+/// The departments each citizen has cases in.
+pub fn departments_of(cpr: &str) -> BTreeSet<Department> {
+    municipality()
+        .cases
+        .iter()
+        .filter(|c| c.cpr == cpr)
+        .map(|c| c.department())
+        .collect()
+}
+
+/// A citizen with cases in all three departments.
+pub fn three_department_citizen() -> &'static str {
+    municipality()
+        .citizens
+        .iter()
+        .map(|c| c.cpr.as_str())
+        .find(|cpr| departments_of(cpr).len() == 3)
+        .expect("the test municipality has a citizen in all three departments")
+}
+
+/// A citizen with no case anywhere.
+pub fn citizen_without_cases() -> &'static str {
+    let with_cases: BTreeSet<&str> = municipality()
+        .cases
+        .iter()
+        .map(|c| c.cpr.as_str())
+        .collect();
+    municipality()
+        .citizens
+        .iter()
+        .map(|c| c.cpr.as_str())
+        .find(|cpr| !with_cases.contains(cpr))
+        .unwrap()
+}
+
+/// A lookup request with a bearer token and an optional client deadline (`grpc-timeout`).
+pub fn request(
+    cpr: &str,
+    purpose: Purpose,
+    token: Option<&str>,
+    timeout: Option<Duration>,
+) -> tonic::Request<LookupRequest> {
+    let mut request = tonic::Request::new(LookupRequest {
+        cpr: cpr.to_owned(),
+        purpose: purpose as i32,
+        sources: Vec::new(),
+    });
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    if let Some(timeout) = timeout {
+        request.set_timeout(timeout);
+    }
+    request
+}
+
+/// A source server started for a test; stopped on drop.
+#[derive(Debug)]
+pub struct RunningSource {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Drop for RunningSource {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Serves `source` over real gRPC on a loopback port.
+pub async fn start_source(source: Arc<dyn Source>) -> RunningSource {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone().cancelled_owned();
+    tokio::spawn(async move {
+        samblik_adapters::server::serve(source, listener, shutdown)
+            .await
+            .unwrap();
+    });
+    RunningSource { addr, stop }
+}
+
+/// The reference source of `department` over the shared municipality.
+pub fn reference(department: Department) -> Arc<dyn Source> {
+    Arc::new(ReferenceSource::new(DepartmentData::slice(municipality(), department)).unwrap())
+}
+
+/// Where the gateway finds one source.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    pub id: String,
+    pub department: String,
+    pub endpoint: String,
+    pub timeout_ms: u64,
+}
+
+impl SourceSpec {
+    pub fn at(id: &str, addr: SocketAddr) -> Self {
+        SourceSpec {
+            id: id.to_owned(),
+            department: format!("Department {id}"),
+            endpoint: format!("http://{addr}"),
+            timeout_ms: 2_000,
+        }
+    }
+
+    pub fn timeout_ms(mut self, timeout_ms: u64) -> Self {
+        self.timeout_ms = timeout_ms;
+        self
+    }
+}
+
+/// The real gateway on a loopback port; stopped on drop.
+#[derive(Debug)]
+pub struct RunningGateway {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl RunningGateway {
+    pub async fn client(&self) -> LookupServiceClient<Channel> {
+        LookupServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+}
+
+/// The gateway's config for `sources`, trusting the test issuer.
+pub fn gateway_config(sources: &[SourceSpec], default_deadline_ms: u64) -> Config {
+    Config {
+        server: ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            default_deadline_ms,
+            max_deadline_ms: 10_000,
+            max_request_bytes: 4 * 1024,
+        },
+        auth: AuthConfig {
+            issuer: DEMO_ISSUER.to_owned(),
+            audience: DEMO_AUDIENCE.to_owned(),
+            leeway_secs: 30,
+            keys: vec![KeyConfig {
+                kid: DEMO_KID.to_owned(),
+                algorithm: KeyAlgorithm::ES256,
+                public_key_file: issuer().1.public_key_path().to_owned(),
+            }],
+        },
+        sources: sources
+            .iter()
+            .map(|s| SourceConfig {
+                id: s.id.clone(),
+                department: s.department.clone(),
+                endpoint: s.endpoint.clone(),
+                timeout_ms: s.timeout_ms,
+                connect_timeout_ms: 1_000,
+            })
+            .collect(),
+    }
+}
+
+/// Starts the gateway over `sources`, with `default_deadline_ms` for callers that send none.
+pub async fn start_gateway(sources: &[SourceSpec], default_deadline_ms: u64) -> RunningGateway {
+    let config = gateway_config(sources, default_deadline_ms);
+    config.validate().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone().cancelled_owned();
+    tokio::spawn(async move {
+        samblik_gateway::server::run(&config, listener, shutdown)
+            .await
+            .unwrap();
+    });
+    RunningGateway { addr, stop }
+}
+
+/// The three reference sources and a gateway over them.
+pub struct Municipal {
+    pub gateway: RunningGateway,
+    pub sources: Vec<RunningSource>,
+    /// Calls that reached any source.
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Municipal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Municipal")
+            .field("gateway", &self.gateway)
+            .finish()
+    }
+}
+
+/// Starts the three reference sources (counting their calls) and a gateway over them.
+pub async fn start_municipal() -> Municipal {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut sources = Vec::new();
+    let mut specs = Vec::new();
+    for department in Department::ALL {
+        let running = start_source(Arc::new(Counting {
+            inner: reference(department),
+            calls: Arc::clone(&calls),
+        }))
+        .await;
+        let mut spec = SourceSpec::at(department.id(), running.addr);
+        spec.department = department.display_name().to_owned();
+        specs.push(spec);
+        sources.push(running);
+    }
+    Municipal {
+        gateway: start_gateway(&specs, 3_000).await,
+        sources,
+        calls,
+    }
+}
+
+/// Counts the calls that reach a source.
+pub struct Counting {
+    pub inner: Arc<dyn Source>,
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Counting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counting")
+            .field("source", &self.inner.id())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Source for Counting {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+    async fn find_cases(
+        &self,
+        query: CaseQuery,
+        caller: CallerContext,
+    ) -> Result<SourceAnswer, SourceError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.find_cases(query, caller).await
+    }
+    async fn health(&self) -> Health {
+        self.inner.health().await
+    }
+}
+
+/// A source that never answers. Counts the calls that were started and those whose work was
+/// cancelled (the future dropped), so a test can see that nothing is left running.
+#[derive(Debug, Default)]
+pub struct Hanging {
+    pub started: AtomicUsize,
+    pub cancelled: Arc<AtomicUsize>,
+}
+
+struct OnDrop(Arc<AtomicUsize>);
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Source for Hanging {
+    fn id(&self) -> &str {
+        "hanging"
+    }
+    async fn find_cases(
+        &self,
+        _query: CaseQuery,
+        _caller: CallerContext,
+    ) -> Result<SourceAnswer, SourceError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let _guard = OnDrop(Arc::clone(&self.cancelled));
+        futures::future::pending::<()>().await;
+        unreachable!()
+    }
+    async fn health(&self) -> Health {
+        Health::Serving
+    }
+}
+
+/// A source that answers with fixed cases, whatever it is asked.
+#[derive(Debug)]
+pub struct Scripted {
+    pub cases: Vec<Case>,
+}
+
+#[async_trait]
+impl Source for Scripted {
+    fn id(&self) -> &str {
+        "scripted"
+    }
+    async fn find_cases(
+        &self,
+        _query: CaseQuery,
+        _caller: CallerContext,
+    ) -> Result<SourceAnswer, SourceError> {
+        Ok(SourceAnswer {
+            cases: self.cases.clone(),
+            as_of: SystemTime::now(),
+        })
+    }
+    async fn health(&self) -> Health {
+        Health::Serving
+    }
+}
+
+/// A TCP server that answers every connection with bytes that are not HTTP/2.
+pub async fn start_garbage_server() -> RunningSource {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stopped.cancelled() => break,
+                accepted = listener.accept() => {
+                    if let Ok((mut socket, _)) = accepted {
+                        let _ = socket.write_all(b"HTTP/1.1 500 Oops\r\n\r\n\x00\xff\xfe garbage").await;
+                        let _ = socket.shutdown().await;
+                    }
+                }
+            }
+        }
+    });
+    RunningSource { addr, stop }
+}
+
+/// An address on which nothing listens.
+pub async fn dead_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Polls `condition` every 10 ms for up to `limit`.
+pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition()
+}

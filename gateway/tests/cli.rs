@@ -1,0 +1,345 @@
+//! The `samblik` command as a newcomer uses it: the README's demo, token, lookup and grpcurl
+//! steps, `synth` at a real municipality's size, a lone `source`, and `serve` refusing bad
+//! config before it binds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SAMBLIK: &str = env!("CARGO_BIN_EXE_samblik");
+
+fn samblik(args: &[&str]) -> Output {
+    Command::new(SAMBLIK).args(args).output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "samblik failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+/// Stops a child process on drop, so a failing test leaves nothing running.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    /// Asks the process to stop (SIGTERM) and waits for a clean exit.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Polls for `path` to exist (the demo writes demo.json once everything listens).
+fn wait_for_file(path: &Path, child: &mut Running) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !path.exists() {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("the demo exited early: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {} after 120 s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let mut demo = Running(
+        Command::new(SAMBLIK)
+            .args([
+                "demo",
+                "--dir",
+                dir_arg,
+                "--addr",
+                "127.0.0.1:0",
+                "--citizens",
+                "5000",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let facts_path = dir.path().join("demo.json");
+    wait_for_file(&facts_path, &mut demo);
+    let facts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&facts_path).unwrap()).unwrap();
+
+    let users = facts["users"].as_array().unwrap();
+    let departments: Vec<&str> = users
+        .iter()
+        .map(|u| u["department"].as_str().unwrap())
+        .collect();
+    assert_eq!(departments, ["child-welfare", "jobcenter", "integration"]);
+    for user in users {
+        assert!(!user["citizens"].as_array().unwrap().is_empty(), "{user}");
+        assert!(user["name"].as_str().is_some_and(|n| !n.is_empty()));
+    }
+    let samples = facts["sample_citizens"].as_array().unwrap();
+    let labels: Vec<&str> = samples
+        .iter()
+        .map(|s| s["label"].as_str().unwrap())
+        .collect();
+    assert!(
+        labels.contains(&"all-departments") && labels.contains(&"no-cases"),
+        "{labels:?}"
+    );
+    let everywhere = samples[0]["cpr"].as_str().unwrap();
+    let user = users[1]["id"].as_str().unwrap();
+    assert!(
+        users[1]["citizens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == everywhere)
+    );
+
+    // `samblik token`, as the README says.
+    let token = stdout(&samblik(&["token", "--dir", dir_arg, "--user", user]))
+        .trim()
+        .to_owned();
+    assert_eq!(token.split('.').count(), 3);
+    let unknown = samblik(&["token", "--dir", dir_arg, "--user", "nobody"]);
+    assert!(!unknown.status.success());
+
+    // `samblik lookup`: the readable overview names all three departments.
+    let url = facts["gateway_url"].as_str().unwrap();
+    let overview = stdout(&samblik(&[
+        "lookup",
+        "--addr",
+        url,
+        "--token",
+        &token,
+        "--cpr",
+        everywhere,
+        "--purpose",
+        "prepare-meeting",
+    ]));
+    for name in [
+        "Børne- og Familieafdelingen",
+        "Jobcenter",
+        "Integrationsafdelingen",
+    ] {
+        assert!(overview.contains(name), "{name} missing in\n{overview}");
+    }
+    assert_eq!(overview.matches("data as of").count(), 3, "{overview}");
+    assert!(overview.contains("responsible: "));
+
+    // The README's grpcurl example, exactly as demo.json spells it.
+    let example = facts["grpcurl_example"].as_str().unwrap();
+    match Command::new("sh")
+        .args(["-c", example])
+        .env("TOKEN", &token)
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(text.matches("SOURCE_STATUS_OK").count(), 3, "{text}");
+            assert!(text.contains("\"responsible\""), "{text}");
+        }
+        Ok(out)
+            if std::env::var_os("SAMBLIK_REQUIRE_GRPCURL").is_none()
+                && String::from_utf8_lossy(&out.stderr).contains("not found") =>
+        {
+            eprintln!("grpcurl is not installed; the README's test command installs it");
+        }
+        other => panic!("grpcurl example failed: {other:?}"),
+    }
+
+    // Ctrl-C / SIGTERM stops the whole demo cleanly.
+    assert!(demo.terminate().success());
+}
+
+#[test]
+fn synth_generates_an_average_municipality_in_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("data");
+    let started = Instant::now();
+    let line = stdout(&samblik(&[
+        "synth",
+        "--seed",
+        "42",
+        "--citizens",
+        "43000",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let elapsed = started.elapsed();
+    assert!(line.contains("43000 citizens"), "{line}");
+    for file in [
+        "municipality.json",
+        "citizens.json",
+        "caseworkers.json",
+        "cases-child-welfare.json",
+        "cases-jobcenter.json",
+        "cases-integration.json",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    // Generous even for an unoptimised build on a busy 2-core machine; the release figure is
+    // in BENCHMARKS.md.
+    assert!(elapsed < Duration::from_secs(60), "took {elapsed:?}");
+    // Deterministic: the same seed writes the same cases.
+    let again = dir.path().join("again");
+    stdout(&samblik(&[
+        "synth",
+        "--seed",
+        "42",
+        "--citizens",
+        "43000",
+        "--out",
+        again.to_str().unwrap(),
+    ]));
+    let read = |d: &Path| std::fs::read(d.join("cases-jobcenter.json")).unwrap();
+    assert!(read(&out) == read(&again), "same seed, different data");
+}
+
+#[test]
+fn a_lone_source_serves_its_department_and_reports_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    stdout(&samblik(&[
+        "synth",
+        "--seed",
+        "5",
+        "--citizens",
+        "2000",
+        "--out",
+        data,
+    ]));
+    let mut child = Running(
+        Command::new(SAMBLIK)
+            .args([
+                "source",
+                "--kind",
+                "integration",
+                "--data",
+                data,
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("samblik source integration listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = runtime.block_on(async {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        client
+            .check(HealthCheckRequest {
+                service: "samblik.source.v1.SourceService".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    });
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    drop(runtime);
+    assert!(child.terminate().success());
+
+    let bad = samblik(&["source", "--kind", "tax-office", "--data", data]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown department"));
+}
+
+#[test]
+fn serve_refuses_a_bad_config_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let base = r#"
+[server]
+listen = "127.0.0.1:0"
+[auth]
+issuer = "https://idp.example"
+audience = "samblik"
+[[auth.keys]]
+kid = "k1"
+algorithm = "ES256"
+public_key_file = "missing.pem"
+[[sources]]
+id = "jobcenter"
+department = "Jobcenter"
+endpoint = "http://127.0.0.1:1"
+"#;
+    let cases = [
+        (
+            write(
+                "typo.toml",
+                &base.replace("[server]", "[server]\nlisten_port = 1"),
+            ),
+            "unknown field",
+        ),
+        (write("nokey.toml", base), "cannot read public key file"),
+        (
+            write("nosources.toml", &base[..base.find("[[sources]]").unwrap()]),
+            "missing field `sources`",
+        ),
+        (dir.path().join("absent.toml"), "cannot read config file"),
+    ];
+    for (path, needle) in cases {
+        let out = samblik(&["serve", "--config", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{needle}: accepted");
+        assert!(stderr.contains(needle), "{needle} not in: {stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "printed before refusing: {:?}",
+            out.stdout
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! Load test: lookups per second through the whole gateway (three reference sources over real
+//! gRPC on loopback, JWT verification, fan-out, policy, filtering) against a bare tonic server
+//! that implements the same `LookupService` by echoing the request — the same client, the same
+//! wire, none of the work. Both run in this process, in the same run, so the ratio is what
+//! counts on a noisy machine.
+//!
+//! `cargo run --release -p samblik-tests --bin loadtest -- [--seconds 10] [--concurrency 32]`
+
+use anyhow::Context;
+use samblik_adapters::reference::ReferenceSource;
+use samblik_gateway::demo::caseworker_claims;
+use samblik_proto::v1::lookup_service_client::LookupServiceClient;
+use samblik_proto::v1::lookup_service_server::{LookupService, LookupServiceServer};
+use samblik_proto::v1::{LookupRequest, LookupResponse, Purpose, SourceResult, SourceStatus};
+use samblik_synth::store::DepartmentData;
+use samblik_synth::{Department, SynthConfig};
+use samblik_tests::{SourceSpec, issuer, start_gateway, start_source};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+/// The baseline: a `LookupService` that does nothing but echo.
+struct Echo;
+
+#[tonic::async_trait]
+impl LookupService for Echo {
+    async fn lookup(
+        &self,
+        request: Request<LookupRequest>,
+    ) -> Result<Response<LookupResponse>, Status> {
+        Ok(Response::new(LookupResponse {
+            request_id: request.into_inner().cpr,
+            sources: Vec::new(),
+        }))
+    }
+    type LookupStreamStream = tokio_stream::Empty<Result<SourceResult, Status>>;
+    async fn lookup_stream(
+        &self,
+        _request: Request<LookupRequest>,
+    ) -> Result<Response<Self::LookupStreamStream>, Status> {
+        Ok(Response::new(tokio_stream::empty()))
+    }
+}
+
+struct Args {
+    seconds: u64,
+    concurrency: usize,
+    connections: usize,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        seconds: 10,
+        concurrency: 32,
+        connections: 4,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--seconds" => args.seconds = value.parse()?,
+            "--concurrency" => args.concurrency = value.parse()?,
+            "--connections" => args.connections = value.parse()?,
+            other => {
+                anyhow::bail!("unknown flag {other}; use --seconds, --concurrency, --connections")
+            }
+        }
+    }
+    Ok(args)
+}
+
+struct Run {
+    lookups: usize,
+    failures: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Run {
+    fn per_second(&self) -> f64 {
+        self.lookups as f64 / self.elapsed.as_secs_f64()
+    }
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted.get(index).copied().unwrap_or_default()
+    }
+}
+
+async fn drive(
+    addr: SocketAddr,
+    args: &Args,
+    cprs: Arc<Vec<String>>,
+    token: Arc<String>,
+    check: fn(&LookupResponse) -> bool,
+) -> anyhow::Result<Run> {
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(
+            Channel::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await?,
+        );
+    }
+    let stop_at = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..args.concurrency {
+        let mut client = LookupServiceClient::new(channels[worker % channels.len()].clone());
+        let cprs = Arc::clone(&cprs);
+        let token = Arc::clone(&token);
+        workers.spawn(async move {
+            let (mut ok, mut failed, mut latencies) = (0usize, 0usize, Vec::new());
+            let mut i = worker;
+            while Instant::now() < stop_at {
+                let mut request = Request::new(LookupRequest {
+                    cpr: cprs[i % cprs.len()].clone(),
+                    purpose: Purpose::PrepareMeeting as i32,
+                    sources: Vec::new(),
+                });
+                request.metadata_mut().insert(
+                    "authorization",
+                    format!("Bearer {token}")
+                        .parse()
+                        .unwrap_or_else(|_| unreachable!()),
+                );
+                let t = Instant::now();
+                match client.lookup(request).await {
+                    Ok(r) if check(r.get_ref()) => ok += 1,
+                    _ => failed += 1,
+                }
+                latencies.push(t.elapsed());
+                i += args_stride();
+            }
+            (ok, failed, latencies)
+        });
+    }
+    let mut run = Run {
+        lookups: 0,
+        failures: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    while let Some(joined) = workers.join_next().await {
+        let (ok, failed, latencies) = joined?;
+        run.lookups += ok;
+        run.failures += failed;
+        run.latencies.extend(latencies);
+    }
+    run.elapsed = started.elapsed();
+    Ok(run)
+}
+
+/// Workers step through the citizens with a stride so they do not ask for the same one.
+fn args_stride() -> usize {
+    97
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    eprintln!("generating the synthetic municipality (43,000 inhabitants)…");
+    let data = samblik_synth::generate(&SynthConfig::new(2017, 43_000))?;
+    // Citizens with at least one case, so every lookup does real work in some source.
+    let mut cprs: Vec<String> = data.cases.iter().map(|c| c.cpr.clone()).collect();
+    cprs.sort();
+    cprs.dedup();
+    let cprs = Arc::new(cprs);
+    let worker = data
+        .caseworkers
+        .iter()
+        .find(|w| w.department == Department::Jobcenter)
+        .context("no jobcenter caseworker")?;
+    let token = issuer().1.mint(
+        &caseworker_claims(worker, &data.municipality.code),
+        Duration::from_secs(3600),
+    )?;
+    let token = Arc::new(token);
+
+    let mut sources = Vec::new();
+    let mut specs = Vec::new();
+    for department in Department::ALL {
+        let source = ReferenceSource::new(DepartmentData::slice(&data, department))?;
+        let running = start_source(Arc::new(source)).await;
+        specs.push(SourceSpec::at(department.id(), running.addr));
+        sources.push(running);
+    }
+    let gateway = start_gateway(&specs, 3_000).await;
+
+    let echo_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let echo_addr = echo_listener.local_addr()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(LookupServiceServer::new(Echo))
+            .serve_with_incoming(TcpListenerStream::new(echo_listener)),
+    );
+
+    println!(
+        "loadtest: {} s per phase, {} concurrent callers over {} connections, {} citizens with cases",
+        args.seconds,
+        args.concurrency,
+        args.connections,
+        cprs.len()
+    );
+    let echo = drive(
+        echo_addr,
+        &args,
+        Arc::clone(&cprs),
+        Arc::clone(&token),
+        |_| true,
+    )
+    .await?;
+    let full = drive(
+        gateway.addr,
+        &args,
+        Arc::clone(&cprs),
+        Arc::clone(&token),
+        |r| r.sources.len() == 3 && r.sources.iter().all(|s| s.status() == SourceStatus::Ok),
+    )
+    .await?;
+    for (name, run) in [("bare tonic echo", &echo), ("samblik gateway", &full)] {
+        println!(
+            "{name:<16} {:>9.0} lookups/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} ok, {} failed)",
+            run.per_second(),
+            run.percentile(0.50).as_secs_f64() * 1e3,
+            run.percentile(0.99).as_secs_f64() * 1e3,
+            run.lookups,
+            run.failures
+        );
+    }
+    println!(
+        "ratio gateway / echo: {:.3} (target ≥ 0.3)",
+        full.per_second() / echo.per_second()
+    );
+    drop(gateway);
+    drop(sources);
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! Sources that are down, hang, answer garbage or answer about someone else: that source's
+//! status says so, the others are served, and the call returns within its deadline.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use samblik_proto::v1::{
+    Case, CaseType, Existence, Full, LookupResponse, Purpose, Selected, SourceStatus, Tier,
+};
+use samblik_synth::Department;
+use samblik_tests::*;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+fn status_of(response: &LookupResponse, id: &str) -> SourceStatus {
+    response
+        .sources
+        .iter()
+        .find(|s| s.source_id == id)
+        .unwrap_or_else(|| panic!("no result for {id}"))
+        .status()
+}
+
+/// The jobcenter reference source plus `faulty` behind the gateway; one lookup.
+async fn lookup_with(faulty: SourceSpec, deadline: Option<Duration>) -> (LookupResponse, Duration) {
+    let jobcenter = start_source(reference(Department::Jobcenter)).await;
+    let gateway = start_gateway(
+        &[SourceSpec::at("jobcenter", jobcenter.addr), faulty],
+        1_000,
+    )
+    .await;
+    let token = token(Department::ChildWelfare);
+    let mut client = gateway.client().await;
+    let started = Instant::now();
+    let response = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.lookup(request(
+            three_department_citizen(),
+            Purpose::PrepareMeeting,
+            Some(&token),
+            deadline,
+        )),
+    )
+    .await
+    .expect("the gateway answered")
+    .unwrap()
+    .into_inner();
+    let elapsed = started.elapsed();
+    assert_eq!(status_of(&response, "jobcenter"), SourceStatus::Ok);
+    let jobcenter_cases = response
+        .sources
+        .iter()
+        .find(|s| s.source_id == "jobcenter")
+        .unwrap();
+    assert!(!jobcenter_cases.cases.is_empty());
+    (response, elapsed)
+}
+
+#[tokio::test]
+async fn a_source_that_is_down_is_unavailable_and_the_rest_are_served() {
+    let dead = dead_address().await;
+    let (response, _) = lookup_with(SourceSpec::at("down", dead), None).await;
+    assert_eq!(status_of(&response, "down"), SourceStatus::Unavailable);
+    let down = response
+        .sources
+        .iter()
+        .find(|s| s.source_id == "down")
+        .unwrap();
+    assert!(down.cases.is_empty() && down.as_of.is_none());
+    assert!(!down.detail.is_empty());
+}
+
+#[tokio::test]
+async fn a_hanging_source_times_out_within_the_callers_deadline_and_its_call_is_cancelled() {
+    let hanging = Arc::new(Hanging::default());
+    let cancelled = Arc::clone(&hanging.cancelled);
+    let server = start_source(hanging.clone()).await;
+    let (response, elapsed) = lookup_with(
+        SourceSpec::at("hanging", server.addr),
+        Some(Duration::from_millis(800)),
+    )
+    .await;
+    assert_eq!(status_of(&response, "hanging"), SourceStatus::Timeout);
+    assert!(
+        elapsed < Duration::from_millis(800),
+        "answered after {elapsed:?}"
+    );
+    assert_eq!(hanging.started.load(Ordering::SeqCst), 1);
+    // The abandoned call does not linger: the source sees it cancelled.
+    assert!(
+        eventually(Duration::from_secs(5), || cancelled.load(Ordering::SeqCst)
+            == 1)
+        .await,
+        "the hanging call was never cancelled"
+    );
+}
+
+#[tokio::test]
+async fn without_a_client_deadline_the_configured_default_applies() {
+    let hanging = start_source(Arc::new(Hanging::default())).await;
+    let (response, elapsed) = lookup_with(SourceSpec::at("hanging", hanging.addr), None).await;
+    assert_eq!(status_of(&response, "hanging"), SourceStatus::Timeout);
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "gave up early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(2_000),
+        "answered after {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_per_source_timeout_is_shorter_than_the_deadline() {
+    let hanging = start_source(Arc::new(Hanging::default())).await;
+    let (response, elapsed) = lookup_with(
+        SourceSpec::at("hanging", hanging.addr).timeout_ms(200),
+        Some(Duration::from_secs(5)),
+    )
+    .await;
+    assert_eq!(status_of(&response, "hanging"), SourceStatus::Timeout);
+    assert!(
+        elapsed < Duration::from_millis(2_000),
+        "answered after {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_source_that_answers_garbage_is_reported_and_the_rest_are_served() {
+    let garbage = start_garbage_server().await;
+    let (response, _) = lookup_with(SourceSpec::at("garbage", garbage.addr), None).await;
+    let status = status_of(&response, "garbage");
+    assert!(
+        matches!(status, SourceStatus::Unavailable | SourceStatus::Error),
+        "garbage reported as {status:?}"
+    );
+    assert!(
+        response
+            .sources
+            .iter()
+            .find(|s| s.source_id == "garbage")
+            .unwrap()
+            .cases
+            .is_empty()
+    );
+}
+
+fn case(id: &str, cpr: &str, tier: Tier) -> Case {
+    let mut case = Case {
+        case_id: id.into(),
+        subject_cpr: cpr.into(),
+        tier: Tier::Full as i32,
+        existence: Some(Existence {
+            case_type: Some(CaseType {
+                code: "LAB-27".into(),
+                name: "Min Plan".into(),
+                legal_paragraph: "Lov om en aktiv beskæftigelsesindsats § 27".into(),
+            }),
+            opened_on: "2025-01-01".into(),
+            ..Existence::default()
+        }),
+        selected: Some(Selected {
+            situation: "secret situation".into(),
+            ..Selected::default()
+        }),
+        full: Some(Full::default()),
+    };
+    case.restrict_to(tier);
+    case
+}
+
+#[tokio::test]
+async fn cases_about_another_citizen_are_dropped_and_fields_above_the_tier_are_removed() {
+    let cpr = three_department_citizen();
+    let other = citizen_without_cases();
+    let scripted = start_source(Arc::new(Scripted {
+        cases: vec![
+            case("MINE-1", cpr, Tier::Full),
+            case("OTHER-1", other, Tier::Existence),
+            case("MINE-2", cpr, Tier::Existence),
+        ],
+    }))
+    .await;
+    let (response, _) = lookup_with(SourceSpec::at("scripted", scripted.addr), None).await;
+    let result = response
+        .sources
+        .iter()
+        .find(|s| s.source_id == "scripted")
+        .unwrap();
+    assert_eq!(result.status(), SourceStatus::Ok);
+    let ids: Vec<&str> = result.cases.iter().map(|c| c.case_id.as_str()).collect();
+    assert_eq!(ids, ["MINE-1", "MINE-2"]);
+    for case in &result.cases {
+        assert_eq!(case.tier(), Tier::Existence);
+        assert!(case.selected.is_none() && case.full.is_none(), "{case:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_case_makes_the_source_an_error_not_a_silent_gap() {
+    let cpr = three_department_citizen();
+    let mut broken = case("BROKEN", cpr, Tier::Existence);
+    broken.existence = None;
+    let scripted = start_source(Arc::new(Scripted {
+        cases: vec![case("FINE", cpr, Tier::Existence), broken],
+    }))
+    .await;
+    let (response, _) = lookup_with(SourceSpec::at("scripted", scripted.addr), None).await;
+    let result = response
+        .sources
+        .iter()
+        .find(|s| s.source_id == "scripted")
+        .unwrap();
+    assert_eq!(result.status(), SourceStatus::Error);
+    assert!(result.cases.is_empty());
+}
