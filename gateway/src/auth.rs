@@ -6,6 +6,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::metadata::MetadataMap;
 
 /// Tokens longer than this are refused before any parsing: no honest access token is this big.
@@ -68,6 +70,7 @@ pub enum AuthSetupError {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -83,9 +86,41 @@ struct VerifyingKey {
     validation: Validation,
 }
 
+/// A verified token's caller, valid until the token's `exp`.
+#[derive(Debug, Clone)]
+struct Verified {
+    caller: Arc<Caller>,
+    expires_at: SystemTime,
+}
+
+/// Cache entries live until their token expires, and never longer than this.
+const MAX_CACHE_TTL: Duration = Duration::from_secs(300);
+
+struct UntilExpiry;
+
+impl moka::Expiry<String, Verified> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _token: &String,
+        verified: &Verified,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        let left = verified
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        Some(left.min(MAX_CACHE_TTL))
+    }
+}
+
 /// Verifies bearer tokens. Cheap to share behind an `Arc`.
+///
+/// A fagsystem sends the same access token with every call for the token's lifetime, so the
+/// outcome of a successful verification is cached by the exact token string until its `exp`
+/// (at most five minutes). Only successes are cached: a token that failed is checked afresh.
 pub struct Authenticator {
     keys: HashMap<String, VerifyingKey>,
+    verified: Option<moka::sync::Cache<String, Verified>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -125,11 +160,17 @@ impl Authenticator {
             validation.validate_nbf = true;
             keys.insert(k.kid.clone(), VerifyingKey { key, validation });
         }
-        Ok(Authenticator { keys })
+        let verified = (config.verified_token_cache > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(config.verified_token_cache)
+                .expire_after(UntilExpiry)
+                .build()
+        });
+        Ok(Authenticator { keys, verified })
     }
 
     /// Authenticates the caller of a request from its `authorization: Bearer …` header.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, AuthError> {
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Arc<Caller>, AuthError> {
         let value = metadata.get("authorization").ok_or(AuthError::Missing)?;
         let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
         let token = value
@@ -141,10 +182,26 @@ impl Authenticator {
     }
 
     /// Verifies one token.
-    pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+    pub fn verify(&self, token: &str) -> Result<Arc<Caller>, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
         }
+        let Some(cache) = &self.verified else {
+            return self.verify_uncached(token).map(|v| v.caller);
+        };
+        if let Some(hit) = cache.get(token) {
+            // The cache's own expiry is coarse; the token's is not.
+            if hit.expires_at > SystemTime::now() {
+                return Ok(hit.caller);
+            }
+            cache.invalidate(token);
+        }
+        let verified = self.verify_uncached(token)?;
+        cache.insert(token.to_owned(), verified.clone());
+        Ok(verified.caller)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Verified, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::MalformedHeader(e.to_string()))?;
         let kid = header.kid.ok_or(AuthError::NoKeyId)?;
@@ -161,12 +218,16 @@ impl Authenticator {
             .department
             .filter(|d| !d.is_empty())
             .ok_or(AuthError::MissingClaim("department"))?;
-        Ok(Caller {
+        let caller = Caller {
             name: claims.name.unwrap_or_else(|| claims.sub.clone()),
             id: claims.sub,
             department,
             municipality: claims.municipality.unwrap_or_default(),
             roles: claims.roles,
+        };
+        Ok(Verified {
+            caller: Arc::new(caller),
+            expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
         })
     }
 }
@@ -182,4 +243,78 @@ fn decoding_key(
         KeyAlgorithm::PS256 => (Algorithm::PS256, DecodingKey::from_rsa_pem(pem)?),
         KeyAlgorithm::EdDSA => (Algorithm::EdDSA, DecodingKey::from_ed_pem(pem)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KeyConfig;
+    use crate::tokens::{DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, DemoIssuer};
+
+    fn setup(cache: u64) -> (tempfile::TempDir, DemoIssuer, Authenticator) {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = DemoIssuer::load_or_create(dir.path()).unwrap();
+        let config = AuthConfig {
+            issuer: DEMO_ISSUER.into(),
+            audience: DEMO_AUDIENCE.into(),
+            leeway_secs: 0,
+            keys: vec![KeyConfig {
+                kid: DEMO_KID.into(),
+                algorithm: KeyAlgorithm::ES256,
+                public_key_file: issuer.public_key_path().to_owned(),
+            }],
+            verified_token_cache: cache,
+        };
+        let auth = Authenticator::from_config(&config).unwrap();
+        (dir, issuer, auth)
+    }
+
+    fn token_expiring_in(issuer: &DemoIssuer, secs: u64) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        issuer
+            .sign(&serde_json::json!({
+                "sub": "cw-1", "department": "jobcenter", "iss": DEMO_ISSUER,
+                "aud": DEMO_AUDIENCE, "iat": now, "exp": now + secs,
+            }))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_cached_token_is_refused_once_it_expires() {
+        for cache in [0, 100] {
+            let (_dir, issuer, auth) = setup(cache);
+            let token = token_expiring_in(&issuer, 1);
+            assert_eq!(auth.verify(&token).unwrap().id, "cw-1");
+            assert_eq!(auth.verify(&token).unwrap().id, "cw-1");
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let mut refused = false;
+            while std::time::Instant::now() < deadline && !refused {
+                refused = auth.verify(&token).is_err();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(refused, "cache {cache}: token accepted after its expiry");
+        }
+    }
+
+    #[test]
+    fn only_successes_are_cached() {
+        let (_dir, issuer, auth) = setup(100);
+        let token = token_expiring_in(&issuer, 600);
+        let mut tampered = token.clone();
+        tampered.pop();
+        assert!(auth.verify(&tampered).is_err());
+        assert!(auth.verify(&tampered).is_err());
+        assert!(auth.verify(&token).is_ok());
+        assert!(auth.verify(&tampered).is_err());
+    }
+
+    #[test]
+    fn oversized_tokens_are_refused_before_parsing() {
+        let (_dir, _issuer, auth) = setup(100);
+        let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
+        assert_eq!(auth.verify(&huge).unwrap_err(), AuthError::TooLarge);
+    }
 }

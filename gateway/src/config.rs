@@ -78,6 +78,10 @@ pub struct AuthConfig {
     pub leeway_secs: u64,
     /// The identity provider's signing keys.
     pub keys: Vec<KeyConfig>,
+    /// How many verified tokens to remember (until each one's expiry) so a fagsystem's repeated
+    /// calls with the same token skip the signature check; 0 turns the cache off.
+    #[serde(default = "defaults::verified_token_cache")]
+    pub verified_token_cache: u64,
 }
 
 /// Accepted signature algorithms. Symmetric algorithms are deliberately absent: the gateway
@@ -131,6 +135,9 @@ mod defaults {
     }
     pub fn leeway_secs() -> u64 {
         30
+    }
+    pub fn verified_token_cache() -> u64 {
+        10_000
     }
     pub fn source_timeout_ms() -> u64 {
         2_000

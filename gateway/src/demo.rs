@@ -176,6 +176,7 @@ fn demo_config(gateway: SocketAddr, public_key: &Path, sources: &[DemoSource]) -
             issuer: DEMO_ISSUER.to_owned(),
             audience: DEMO_AUDIENCE.to_owned(),
             leeway_secs: 30,
+            verified_token_cache: 10_000,
             keys: vec![KeyConfig {
                 kid: DEMO_KID.to_owned(),
                 algorithm: KeyAlgorithm::ES256,

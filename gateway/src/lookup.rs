@@ -63,7 +63,7 @@ pub struct LookupPipeline {
 #[derive(Debug)]
 pub struct LookupPlan {
     pub request_id: String,
-    pub caller: Caller,
+    pub caller: Arc<Caller>,
     pub purpose: Purpose,
     cpr: Cpr,
     /// Indexes into the pipeline's sources, in configuration order.

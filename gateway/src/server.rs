@@ -13,8 +13,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -89,14 +90,7 @@ pub async fn serve(
     health_reporter
         .set_service_status(LOOKUP_SERVICE_NAME, tonic_health::ServingStatus::Serving)
         .await;
-    // Both reflection versions: grpcurl and older clients still ask v1alpha.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(samblik_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let (reflection_v1, reflection_v1alpha) = samblik_adapters::server::reflection_services()?;
     let lookup = LookupServiceServer::new(LookupApi { pipeline })
         .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
     tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
@@ -105,7 +99,10 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(lookup)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     Ok(())
 }

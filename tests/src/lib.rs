@@ -216,6 +216,7 @@ pub fn gateway_config(sources: &[SourceSpec], default_deadline_ms: u64) -> Confi
             issuer: DEMO_ISSUER.to_owned(),
             audience: DEMO_AUDIENCE.to_owned(),
             leeway_secs: 30,
+            verified_token_cache: 10_000,
             keys: vec![KeyConfig {
                 kid: DEMO_KID.to_owned(),
                 algorithm: KeyAlgorithm::ES256,
@@ -245,6 +246,42 @@ pub async fn start_gateway(sources: &[SourceSpec], default_deadline_ms: u64) -> 
     let shutdown = stop.clone().cancelled_owned();
     tokio::spawn(async move {
         samblik_gateway::server::run(&config, listener, shutdown)
+            .await
+            .unwrap();
+    });
+    RunningGateway { addr, stop }
+}
+
+/// Starts the gateway over sources held in this process (trait objects, no network hop to them).
+pub async fn start_gateway_in_process(
+    sources: Vec<(Arc<dyn Source>, &str)>,
+    default_deadline_ms: u64,
+    verified_token_cache: u64,
+) -> RunningGateway {
+    let mut config = gateway_config(&[], default_deadline_ms);
+    config.auth.verified_token_cache = verified_token_cache;
+    let pipeline = samblik_gateway::LookupPipeline::new(
+        samblik_gateway::auth::Authenticator::from_config(&config.auth).unwrap(),
+        sources
+            .into_iter()
+            .map(|(source, department)| samblik_gateway::GatewaySource {
+                source,
+                department: department.to_owned(),
+                timeout: Duration::from_secs(2),
+            })
+            .collect(),
+        samblik_gateway::LookupLimits {
+            default_deadline: config.server.default_deadline(),
+            max_deadline: config.server.max_deadline(),
+            max_request_bytes: config.server.max_request_bytes,
+        },
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone().cancelled_owned();
+    tokio::spawn(async move {
+        samblik_gateway::server::serve(Arc::new(pipeline), listener, shutdown)
             .await
             .unwrap();
     });

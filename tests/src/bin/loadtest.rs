@@ -7,6 +7,7 @@
 //! `cargo run --release -p samblik-tests --bin loadtest -- [--seconds 10] [--concurrency 32]`
 
 use anyhow::Context;
+use samblik_adapters::Source;
 use samblik_adapters::reference::ReferenceSource;
 use samblik_gateway::demo::caseworker_claims;
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;
@@ -14,13 +15,13 @@ use samblik_proto::v1::lookup_service_server::{LookupService, LookupServiceServe
 use samblik_proto::v1::{LookupRequest, LookupResponse, Purpose, SourceResult, SourceStatus};
 use samblik_synth::store::DepartmentData;
 use samblik_synth::{Department, SynthConfig};
-use samblik_tests::{SourceSpec, issuer, start_gateway, start_source};
+use samblik_tests::{SourceSpec, issuer, start_gateway, start_gateway_in_process, start_source};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 /// The baseline: a `LookupService` that does nothing but echo.
@@ -96,7 +97,7 @@ async fn drive(
     addr: SocketAddr,
     args: &Args,
     cprs: Arc<Vec<String>>,
-    token: Arc<String>,
+    tokens: Arc<Vec<String>>,
     check: fn(&LookupResponse) -> bool,
 ) -> anyhow::Result<Run> {
     let mut channels = Vec::new();
@@ -113,7 +114,7 @@ async fn drive(
     for worker in 0..args.concurrency {
         let mut client = LookupServiceClient::new(channels[worker % channels.len()].clone());
         let cprs = Arc::clone(&cprs);
-        let token = Arc::clone(&token);
+        let token = tokens[worker % tokens.len()].clone();
         workers.spawn(async move {
             let (mut ok, mut failed, mut latencies) = (0usize, 0usize, Vec::new());
             let mut i = worker;
@@ -171,33 +172,43 @@ async fn main() -> anyhow::Result<()> {
     cprs.sort();
     cprs.dedup();
     let cprs = Arc::new(cprs);
-    let worker = data
+    // One token per jobcenter caseworker: each caller reuses its own, as a fagsystem does.
+    let mut tokens = Vec::new();
+    for worker in data
         .caseworkers
         .iter()
-        .find(|w| w.department == Department::Jobcenter)
-        .context("no jobcenter caseworker")?;
-    let token = issuer().1.mint(
-        &caseworker_claims(worker, &data.municipality.code),
-        Duration::from_secs(3600),
-    )?;
-    let token = Arc::new(token);
+        .filter(|w| w.department == Department::Jobcenter)
+    {
+        let claims = caseworker_claims(worker, &data.municipality.code);
+        tokens.push(issuer().1.mint(&claims, Duration::from_secs(3600))?);
+    }
+    anyhow::ensure!(!tokens.is_empty(), "no jobcenter caseworker");
+    let tokens = Arc::new(tokens);
 
-    let mut sources = Vec::new();
+    // The same three reference sources, once in this process behind the trait and once each
+    // behind its own gRPC server on loopback.
+    let mut in_process: Vec<(Arc<dyn Source>, &str)> = Vec::new();
+    let mut servers = Vec::new();
     let mut specs = Vec::new();
     for department in Department::ALL {
-        let source = ReferenceSource::new(DepartmentData::slice(&data, department))?;
-        let running = start_source(Arc::new(source)).await;
+        let source: Arc<dyn Source> = Arc::new(ReferenceSource::new(DepartmentData::slice(
+            &data, department,
+        ))?);
+        let running = start_source(Arc::clone(&source)).await;
         specs.push(SourceSpec::at(department.id(), running.addr));
-        sources.push(running);
+        servers.push(running);
+        in_process.push((source, department.display_name()));
     }
-    let gateway = start_gateway(&specs, 3_000).await;
+    let gateway = start_gateway_in_process(in_process.clone(), 3_000, 10_000).await;
+    let gateway_uncached = start_gateway_in_process(in_process, 3_000, 0).await;
+    let gateway_remote = start_gateway(&specs, 3_000).await;
 
     let echo_listener = TcpListener::bind("127.0.0.1:0").await?;
     let echo_addr = echo_listener.local_addr()?;
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(LookupServiceServer::new(Echo))
-            .serve_with_incoming(TcpListenerStream::new(echo_listener)),
+            .serve_with_incoming(TcpIncoming::from(echo_listener).with_nodelay(Some(true))),
     );
 
     println!(
@@ -211,21 +222,45 @@ async fn main() -> anyhow::Result<()> {
         echo_addr,
         &args,
         Arc::clone(&cprs),
-        Arc::clone(&token),
+        Arc::clone(&tokens),
         |_| true,
     )
     .await?;
+    let all_ok = |r: &LookupResponse| {
+        r.sources.len() == 3 && r.sources.iter().all(|s| s.status() == SourceStatus::Ok)
+    };
     let full = drive(
         gateway.addr,
         &args,
         Arc::clone(&cprs),
-        Arc::clone(&token),
-        |r| r.sources.len() == 3 && r.sources.iter().all(|s| s.status() == SourceStatus::Ok),
+        Arc::clone(&tokens),
+        all_ok,
     )
     .await?;
-    for (name, run) in [("bare tonic echo", &echo), ("samblik gateway", &full)] {
+    let remote = drive(
+        gateway_remote.addr,
+        &args,
+        Arc::clone(&cprs),
+        Arc::clone(&tokens),
+        all_ok,
+    )
+    .await?;
+    let uncached = drive(
+        gateway_uncached.addr,
+        &args,
+        Arc::clone(&cprs),
+        Arc::clone(&tokens),
+        all_ok,
+    )
+    .await?;
+    for (name, run) in [
+        ("bare tonic echo", &echo),
+        ("gateway, in-process sources", &full),
+        ("gateway, gRPC sources", &remote),
+        ("gateway, no token cache", &uncached),
+    ] {
         println!(
-            "{name:<16} {:>9.0} lookups/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} ok, {} failed)",
+            "{name:<28} {:>8.0} lookups/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} ok, {} failed)",
             run.per_second(),
             run.percentile(0.50).as_secs_f64() * 1e3,
             run.percentile(0.99).as_secs_f64() * 1e3,
@@ -234,10 +269,17 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "ratio gateway / echo: {:.3} (target ≥ 0.3)",
+        "ratio gateway (in-process sources) / echo: {:.3} (target >= 0.3)",
         full.per_second() / echo.per_second()
     );
-    drop(gateway);
-    drop(sources);
+    println!(
+        "ratio gateway (gRPC sources) / echo: {:.3} (four gRPC calls per lookup instead of one)",
+        remote.per_second() / echo.per_second()
+    );
+    println!(
+        "ratio gateway (in-process sources, token cache off) / echo: {:.3}",
+        uncached.per_second() / echo.per_second()
+    );
+    drop((gateway, gateway_remote, gateway_uncached, servers));
     Ok(())
 }
