@@ -114,7 +114,17 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         .await
         .with_context(|| format!("cannot listen on {}", options.addr))?;
     let gateway_addr = listener.local_addr()?;
-    let config = demo_config(gateway_addr, issuer.public_key_path(), &sources);
+    let source_configs = sources
+        .iter()
+        .map(|s| SourceConfig {
+            id: s.id.clone(),
+            department: s.department.clone(),
+            endpoint: format!("http://{}", s.addr),
+            timeout_ms: 2_000,
+            connect_timeout_ms: 1_000,
+        })
+        .collect();
+    let config = demo_config(gateway_addr, issuer.public_key_path(), source_configs);
     config.validate()?;
     let pipeline = server::pipeline_from_config(&config)?;
     let stop = shutdown.clone().cancelled_owned();
@@ -164,10 +174,11 @@ fn ensure_data(options: &DemoOptions) -> anyhow::Result<Dataset> {
     Ok(data)
 }
 
-fn demo_config(gateway: SocketAddr, public_key: &Path, sources: &[DemoSource]) -> Config {
+/// A gateway config that trusts the demo token issuer, with the demo's limits.
+pub fn demo_config(listen: SocketAddr, public_key: &Path, sources: Vec<SourceConfig>) -> Config {
     Config {
         server: ServerConfig {
-            listen: gateway,
+            listen,
             default_deadline_ms: 3_000,
             max_deadline_ms: 10_000,
             max_request_bytes: 4 * 1024,
@@ -183,16 +194,7 @@ fn demo_config(gateway: SocketAddr, public_key: &Path, sources: &[DemoSource]) -
                 public_key_file: public_key.to_owned(),
             }],
         },
-        sources: sources
-            .iter()
-            .map(|s| SourceConfig {
-                id: s.id.clone(),
-                department: s.department.clone(),
-                endpoint: format!("http://{}", s.addr),
-                timeout_ms: 2_000,
-                connect_timeout_ms: 1_000,
-            })
-            .collect(),
+        sources,
     }
 }
 

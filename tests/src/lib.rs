@@ -8,11 +8,11 @@
 use async_trait::async_trait;
 use samblik_adapters::reference::ReferenceSource;
 use samblik_adapters::{CaseQuery, Health, Source, SourceAnswer, SourceError};
-use samblik_gateway::config::{
-    AuthConfig, Config, KeyAlgorithm, KeyConfig, ServerConfig, SourceConfig,
-};
-use samblik_gateway::demo::caseworker_claims;
-use samblik_gateway::tokens::{DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, DemoIssuer};
+use samblik_gateway::auth::Authenticator;
+use samblik_gateway::config::{Config, SourceConfig};
+use samblik_gateway::demo::{caseworker_claims, demo_config};
+use samblik_gateway::tokens::DemoIssuer;
+use samblik_gateway::{GatewaySource, LookupLimits, LookupPipeline};
 use samblik_proto::source::v1::CallerContext;
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;
 use samblik_proto::v1::{Case, LookupRequest, Purpose};
@@ -205,77 +205,27 @@ impl RunningGateway {
 
 /// The gateway's config for `sources`, trusting the test issuer.
 pub fn gateway_config(sources: &[SourceSpec], default_deadline_ms: u64) -> Config {
-    Config {
-        server: ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            default_deadline_ms,
-            max_deadline_ms: 10_000,
-            max_request_bytes: 4 * 1024,
-        },
-        auth: AuthConfig {
-            issuer: DEMO_ISSUER.to_owned(),
-            audience: DEMO_AUDIENCE.to_owned(),
-            leeway_secs: 30,
-            verified_token_cache: 10_000,
-            keys: vec![KeyConfig {
-                kid: DEMO_KID.to_owned(),
-                algorithm: KeyAlgorithm::ES256,
-                public_key_file: issuer().1.public_key_path().to_owned(),
-            }],
-        },
-        sources: sources
-            .iter()
-            .map(|s| SourceConfig {
-                id: s.id.clone(),
-                department: s.department.clone(),
-                endpoint: s.endpoint.clone(),
-                timeout_ms: s.timeout_ms,
-                connect_timeout_ms: 1_000,
-            })
-            .collect(),
-    }
-}
-
-/// Starts the gateway over `sources`, with `default_deadline_ms` for callers that send none.
-pub async fn start_gateway(sources: &[SourceSpec], default_deadline_ms: u64) -> RunningGateway {
-    let config = gateway_config(sources, default_deadline_ms);
-    config.validate().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let shutdown = stop.clone().cancelled_owned();
-    tokio::spawn(async move {
-        samblik_gateway::server::run(&config, listener, shutdown)
-            .await
-            .unwrap();
-    });
-    RunningGateway { addr, stop }
-}
-
-/// Starts the gateway over sources held in this process (trait objects, no network hop to them).
-pub async fn start_gateway_in_process(
-    sources: Vec<(Arc<dyn Source>, &str)>,
-    default_deadline_ms: u64,
-    verified_token_cache: u64,
-) -> RunningGateway {
-    let mut config = gateway_config(&[], default_deadline_ms);
-    config.auth.verified_token_cache = verified_token_cache;
-    let pipeline = samblik_gateway::LookupPipeline::new(
-        samblik_gateway::auth::Authenticator::from_config(&config.auth).unwrap(),
-        sources
-            .into_iter()
-            .map(|(source, department)| samblik_gateway::GatewaySource {
-                source,
-                department: department.to_owned(),
-                timeout: Duration::from_secs(2),
-            })
-            .collect(),
-        samblik_gateway::LookupLimits {
-            default_deadline: config.server.default_deadline(),
-            max_deadline: config.server.max_deadline(),
-            max_request_bytes: config.server.max_request_bytes,
-        },
+    let sources = sources
+        .iter()
+        .map(|s| SourceConfig {
+            id: s.id.clone(),
+            department: s.department.clone(),
+            endpoint: s.endpoint.clone(),
+            timeout_ms: s.timeout_ms,
+            connect_timeout_ms: 1_000,
+        })
+        .collect();
+    let mut config = demo_config(
+        "127.0.0.1:0".parse().unwrap(),
+        issuer().1.public_key_path(),
+        sources,
     );
+    config.server.default_deadline_ms = default_deadline_ms;
+    config
+}
+
+/// Serves `pipeline` on a loopback port.
+async fn serve_pipeline(pipeline: LookupPipeline) -> RunningGateway {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
@@ -286,6 +236,40 @@ pub async fn start_gateway_in_process(
             .unwrap();
     });
     RunningGateway { addr, stop }
+}
+
+/// Starts the gateway over `sources`, with `default_deadline_ms` for callers that send none.
+pub async fn start_gateway(sources: &[SourceSpec], default_deadline_ms: u64) -> RunningGateway {
+    let config = gateway_config(sources, default_deadline_ms);
+    config.validate().unwrap();
+    serve_pipeline(samblik_gateway::server::pipeline_from_config(&config).unwrap()).await
+}
+
+/// Starts the gateway over sources held in this process (trait objects, no network hop to them).
+pub async fn start_gateway_in_process(
+    sources: Vec<(Arc<dyn Source>, &str)>,
+    default_deadline_ms: u64,
+    verified_token_cache: u64,
+) -> RunningGateway {
+    let mut config = gateway_config(&[], default_deadline_ms);
+    config.auth.verified_token_cache = verified_token_cache;
+    let pipeline = LookupPipeline::new(
+        Authenticator::from_config(&config.auth).unwrap(),
+        sources
+            .into_iter()
+            .map(|(source, department)| GatewaySource {
+                source,
+                department: department.to_owned(),
+                timeout: Duration::from_secs(2),
+            })
+            .collect(),
+        LookupLimits {
+            default_deadline: config.server.default_deadline(),
+            max_deadline: config.server.max_deadline(),
+            max_request_bytes: config.server.max_request_bytes,
+        },
+    );
+    serve_pipeline(pipeline).await
 }
 
 /// The three reference sources and a gateway over them.

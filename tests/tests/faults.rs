@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use samblik_proto::v1::{
-    Case, CaseType, Existence, Full, LookupResponse, Purpose, Selected, SourceStatus, Tier,
+    Case, CaseType, Existence, Full, LookupResponse, Purpose, Selected, SourceResult, SourceStatus,
+    Tier,
 };
 use samblik_synth::Department;
 use samblik_tests::*;
@@ -145,6 +146,16 @@ async fn a_source_that_answers_garbage_is_reported_and_the_rest_are_served() {
     );
 }
 
+/// What the gateway made of a scripted source's answer.
+async fn scripted_result(scripted: &RunningSource) -> SourceResult {
+    let (response, _) = lookup_with(SourceSpec::at("scripted", scripted.addr), None).await;
+    response
+        .sources
+        .into_iter()
+        .find(|s| s.source_id == "scripted")
+        .unwrap()
+}
+
 fn case(id: &str, cpr: &str, tier: Tier) -> Case {
     let mut case = Case {
         case_id: id.into(),
@@ -181,12 +192,7 @@ async fn cases_about_another_citizen_are_dropped_and_fields_above_the_tier_are_r
         ],
     }))
     .await;
-    let (response, _) = lookup_with(SourceSpec::at("scripted", scripted.addr), None).await;
-    let result = response
-        .sources
-        .iter()
-        .find(|s| s.source_id == "scripted")
-        .unwrap();
+    let result = scripted_result(&scripted).await;
     assert_eq!(result.status(), SourceStatus::Ok);
     let ids: Vec<&str> = result.cases.iter().map(|c| c.case_id.as_str()).collect();
     assert_eq!(ids, ["MINE-1", "MINE-2"]);
@@ -205,12 +211,7 @@ async fn a_malformed_case_makes_the_source_an_error_not_a_silent_gap() {
         cases: vec![case("FINE", cpr, Tier::Existence), broken],
     }))
     .await;
-    let (response, _) = lookup_with(SourceSpec::at("scripted", scripted.addr), None).await;
-    let result = response
-        .sources
-        .iter()
-        .find(|s| s.source_id == "scripted")
-        .unwrap();
+    let result = scripted_result(&scripted).await;
     assert_eq!(result.status(), SourceStatus::Error);
     assert!(result.cases.is_empty());
 }
