@@ -57,6 +57,9 @@ pub struct CaseFacts<'a> {
     pub case_type: &'a str,
 }
 
+/// The version of the policy in force, recorded in every audit record.
+pub const POLICY_VERSION: &str = "minimum-variation/v1";
+
 /// The rule id of the minimum variation.
 pub const RULE_MINIMUM_VARIATION: &str = "minimum-variation/existence-and-contact";
 

@@ -1,0 +1,136 @@
+//! Signed checkpoints: an Ed25519 signature over a chain's head, written every N records or T
+//! seconds, so that cutting or rewriting the tail of a chain is detectable.
+
+use crate::AuditError;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub chain: String,
+    /// The seq of the record whose hash is signed.
+    pub seq: u64,
+    pub head_hash: String,
+    pub at: String,
+    /// Ed25519 signature, hex.
+    pub signature: String,
+}
+
+impl Checkpoint {
+    fn message(chain: &str, seq: u64, head_hash: &str, at: &str) -> Vec<u8> {
+        format!("samblik-audit-checkpoint/v1\n{chain}\n{seq}\n{head_hash}\n{at}").into_bytes()
+    }
+
+    /// Whether the signature is valid for this checkpoint under `key`.
+    pub fn verify(&self, key: &VerifyingKey) -> bool {
+        let Ok(bytes) = hex::decode(&self.signature) else {
+            return false;
+        };
+        let Ok(signature) = Signature::from_slice(&bytes) else {
+            return false;
+        };
+        key.verify(
+            &Self::message(&self.chain, self.seq, &self.head_hash, &self.at),
+            &signature,
+        )
+        .is_ok()
+    }
+}
+
+/// The audit log's checkpoint signing key.
+pub struct CheckpointSigner {
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for CheckpointSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointSigner")
+            .field(
+                "public_key",
+                &hex::encode(self.key.verifying_key().as_bytes()),
+            )
+            .finish()
+    }
+}
+
+impl CheckpointSigner {
+    /// Loads the secret key from `path` (64 hex digits), creating it (mode 0600) and its public
+    /// half at `<path>.pub` on first use.
+    pub fn load_or_create(path: &Path) -> Result<Self, AuditError> {
+        if !path.exists() {
+            let mut secret = [0u8; 32];
+            rand::Rng::fill(&mut rand::rng(), &mut secret);
+            let key = SigningKey::from_bytes(&secret);
+            write_private(path, hex::encode(secret).as_bytes())?;
+            std::fs::write(
+                public_key_path(path),
+                hex::encode(key.verifying_key().as_bytes()),
+            )
+            .map_err(|e| AuditError::Key(format!("{}: {e}", public_key_path(path).display())))?;
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| AuditError::Key(format!("{}: {e}", path.display())))?;
+        let bytes: [u8; 32] = hex::decode(text.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| AuditError::Key(format!("{} is not 64 hex digits", path.display())))?;
+        Ok(CheckpointSigner {
+            key: SigningKey::from_bytes(&bytes),
+        })
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    pub fn sign(&self, chain: &str, seq: u64, head_hash: &str, at: &str) -> Checkpoint {
+        let signature = self
+            .key
+            .sign(&Checkpoint::message(chain, seq, head_hash, at));
+        Checkpoint {
+            chain: chain.to_owned(),
+            seq,
+            head_hash: head_hash.to_owned(),
+            at: at.to_owned(),
+            signature: hex::encode(signature.to_bytes()),
+        }
+    }
+}
+
+/// Where the public half of the signing key at `path` lives.
+pub fn public_key_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+/// Reads a public checkpoint key (64 hex digits).
+pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, AuditError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AuditError::Key(format!("{}: {e}", path.display())))?;
+    let bytes: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| AuditError::Key(format!("{} is not 64 hex digits", path.display())))?;
+    VerifyingKey::from_bytes(&bytes)
+        .map_err(|e| AuditError::Key(format!("{}: {e}", path.display())))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AuditError> {
+    let io = |e: std::io::Error| AuditError::Key(format!("{}: {e}", path.display()));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)
+}

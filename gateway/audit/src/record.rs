@@ -1,0 +1,199 @@
+//! The audit record and its canonical encoding.
+//!
+//! A record's hash is SHA-256 over its canonical encoding: the record as JSON with its fields in
+//! declaration order and the `hash` field empty. The encoding includes `prev_hash`, so each record
+//! commits to the whole chain before it.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The hash a chain's first record points back to.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// A unary lookup.
+    Lookup,
+    /// A streamed lookup; one record per request, written when the stream ends.
+    LookupStream,
+    /// The audit log itself: start-up after a crash, pruning, and the like.
+    AuditMaintenance,
+}
+
+/// How the request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// An answer left the gateway.
+    Answered,
+    /// No valid token.
+    Unauthenticated,
+    /// The caller may not do this.
+    Denied,
+    /// The request was malformed; nothing was asked of any source.
+    Invalid,
+    /// The caller went away before the answer.
+    Cancelled,
+    /// The gateway failed.
+    Failed,
+}
+
+/// Who acted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The token's subject; empty when unauthenticated.
+    pub caller_id: String,
+    pub name: String,
+    pub department: String,
+    pub municipality: String,
+    /// The calling system (fagsystem) when it identified itself, e.g. by client certificate.
+    pub system: Option<String>,
+}
+
+/// What one case disclosed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseEntry {
+    pub case_id: String,
+    pub tier: u8,
+    /// The legal basis that carried the disclosure.
+    pub basis: Option<String>,
+    pub rule_ids: Vec<String>,
+    /// The field paths actually disclosed, e.g. `existence.responsible.phone`.
+    pub fields: Vec<String>,
+}
+
+/// One source's part of a lookup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceEntry {
+    pub source_id: String,
+    /// `ok`, `timeout`, `unavailable`, `denied`, `error`.
+    pub status: String,
+    pub cases: Vec<CaseEntry>,
+}
+
+/// What the gateway reports; the writer adds the chain fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub request_id: String,
+    pub action: Action,
+    pub actor: Actor,
+    /// The citizen looked up, normalised to 10 digits; `None` when the request held no valid CPR.
+    pub cpr: Option<String>,
+    pub purpose: Option<String>,
+    pub break_glass_reason: Option<String>,
+    pub outcome: Outcome,
+    /// A short, safe reason for outcomes other than `answered`.
+    pub detail: Option<String>,
+    pub sources: Vec<SourceEntry>,
+    pub policy_version: String,
+}
+
+/// A record as stored: the event, its place in the chain and its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// The chain (one per gateway replica).
+    pub chain: String,
+    /// Position in the chain, from 1.
+    pub seq: u64,
+    /// When the record was written, RFC 3339 UTC.
+    pub at: String,
+    pub request_id: String,
+    pub action: Action,
+    pub actor: Actor,
+    pub cpr: Option<String>,
+    pub purpose: Option<String>,
+    pub break_glass_reason: Option<String>,
+    pub outcome: Outcome,
+    pub detail: Option<String>,
+    pub sources: Vec<SourceEntry>,
+    pub policy_version: String,
+    /// The previous record's hash ([`GENESIS_HASH`] for the first).
+    pub prev_hash: String,
+    /// SHA-256 of the canonical encoding, hex.
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// Places `event` in a chain after `prev_hash` and computes its hash.
+    pub fn seal(event: AuditEvent, chain: &str, seq: u64, at: String, prev_hash: &str) -> Self {
+        let mut record = AuditRecord {
+            chain: chain.to_owned(),
+            seq,
+            at,
+            request_id: event.request_id,
+            action: event.action,
+            actor: event.actor,
+            cpr: event.cpr,
+            purpose: event.purpose,
+            break_glass_reason: event.break_glass_reason,
+            outcome: event.outcome,
+            detail: event.detail,
+            sources: event.sources,
+            policy_version: event.policy_version,
+            prev_hash: prev_hash.to_owned(),
+            hash: String::new(),
+        };
+        record.hash = record.compute_hash();
+        record
+    }
+
+    /// The hash this record should carry, computed from its content.
+    pub fn compute_hash(&self) -> String {
+        let mut unhashed = self.clone();
+        unhashed.hash.clear();
+        // Serialising a plain struct of strings, numbers and enums cannot fail.
+        let bytes = serde_json::to_vec(&unhashed).unwrap_or_default();
+        hex::encode(Sha256::digest(&bytes))
+    }
+
+    /// The stored encoding (with the hash).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> AuditEvent {
+        AuditEvent {
+            request_id: "r-1".into(),
+            action: Action::Lookup,
+            actor: Actor {
+                caller_id: "cw-1".into(),
+                ..Actor::default()
+            },
+            cpr: Some("0101901235".into()),
+            purpose: Some("prepare-meeting".into()),
+            break_glass_reason: None,
+            outcome: Outcome::Answered,
+            detail: None,
+            sources: vec![],
+            policy_version: "v1".into(),
+        }
+    }
+
+    #[test]
+    fn the_hash_covers_every_field_and_the_previous_hash() {
+        let a = AuditRecord::seal(event(), "c", 1, "2026-01-01T00:00:00Z".into(), GENESIS_HASH);
+        assert_eq!(a.hash, a.compute_hash());
+        assert_eq!(a.hash.len(), 64);
+        let mut changed = a.clone();
+        changed.cpr = Some("0101901236".into());
+        assert_ne!(changed.compute_hash(), a.hash);
+        let b = AuditRecord::seal(event(), "c", 1, "2026-01-01T00:00:00Z".into(), &a.hash);
+        assert_ne!(b.hash, a.hash);
+    }
+
+    #[test]
+    fn the_stored_encoding_round_trips() {
+        let a = AuditRecord::seal(event(), "c", 1, "2026-01-01T00:00:00Z".into(), GENESIS_HASH);
+        let back: AuditRecord = serde_json::from_str(&a.to_json()).unwrap();
+        assert_eq!(back, a);
+        assert_eq!(back.compute_hash(), a.hash);
+    }
+}
