@@ -48,6 +48,39 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The departments' sources, fanned out to on every lookup.
     pub sources: Vec<SourceConfig>,
+    /// Where every request is recorded before its answer leaves.
+    pub audit: AuditConfig,
+}
+
+/// The audit log. There is no default: a gateway without an audit store does not start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The SQLite file (created if missing). Relative paths are relative to the config file.
+    pub path: PathBuf,
+    /// The Ed25519 checkpoint signing key (created with its `.pub` half if missing).
+    pub signing_key_file: PathBuf,
+    /// This replica's chain id; unique per gateway replica writing to one store.
+    #[serde(default = "defaults::audit_chain")]
+    pub chain: String,
+    /// A signed checkpoint at least every this many records…
+    #[serde(default = "defaults::checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// …and at least this often.
+    #[serde(default = "defaults::checkpoint_interval_secs")]
+    pub checkpoint_interval_secs: u64,
+    /// `full` (default): a record is on disk before the answer leaves. `off` skips the fsync and
+    /// exists only to measure what durability costs; never run a municipality on it.
+    #[serde(default)]
+    pub durability: AuditDurability,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditDurability {
+    #[default]
+    Full,
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +178,15 @@ mod defaults {
     pub fn connect_timeout_ms() -> u64 {
         1_000
     }
+    pub fn audit_chain() -> String {
+        "gateway-1".to_owned()
+    }
+    pub fn checkpoint_every() -> u64 {
+        100
+    }
+    pub fn checkpoint_interval_secs() -> u64 {
+        10
+    }
 }
 
 /// The most leeway accepted: more would make expiry meaningless.
@@ -163,11 +205,16 @@ impl Config {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for key in &mut config.auth.keys {
-            if key.public_key_file.is_relative() {
-                key.public_key_file = base.join(&key.public_key_file);
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
             }
+        };
+        for key in &mut config.auth.keys {
+            resolve(&mut key.public_key_file);
         }
+        resolve(&mut config.audit.path);
+        resolve(&mut config.audit.signing_key_file);
         config.validate()?;
         Ok(config)
     }
@@ -206,6 +253,16 @@ impl Config {
             if key.kid.is_empty() || !kids.insert(key.kid.as_str()) {
                 return invalid(format!("auth.keys: kid {:?} is empty or repeated", key.kid));
             }
+        }
+        let audit = &self.audit;
+        if audit.chain.is_empty()
+            || audit.checkpoint_every == 0
+            || audit.checkpoint_interval_secs == 0
+        {
+            return invalid(
+                "audit.chain must not be empty and audit.checkpoint_every / checkpoint_interval_secs must be positive"
+                    .into(),
+            );
         }
         if self.sources.is_empty() {
             return invalid("no [[sources]] configured: a gateway needs at least one".into());
@@ -280,6 +337,9 @@ mod tests {
         id = "jobcenter"
         department = "Jobcenter"
         endpoint = "http://127.0.0.1:1"
+        [audit]
+        path = "audit.db"
+        signing_key_file = "audit.key"
     "#;
 
     fn parse(text: &str) -> Result<Config, String> {

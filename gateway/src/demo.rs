@@ -2,7 +2,10 @@
 //! sources and the gateway, real gRPC between them — and a `demo.json` that tells scripts (and
 //! people) where everything is, who the demo users are and which citizens are worth a look.
 
-use crate::config::{AuthConfig, Config, KeyAlgorithm, KeyConfig, ServerConfig, SourceConfig};
+use crate::config::{
+    AuditConfig, AuditDurability, AuthConfig, Config, KeyAlgorithm, KeyConfig, ServerConfig,
+    SourceConfig,
+};
 use crate::server;
 use crate::tokens::{DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, DemoIssuer, TokenClaims};
 use anyhow::Context;
@@ -19,6 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 /// The file the demo writes when everything is listening.
 pub const DEMO_FACTS_FILE: &str = "demo.json";
+/// The demo's audit log, in its data directory.
+pub const AUDIT_DB_FILE: &str = "audit.db";
+/// The demo's audit checkpoint key (its public half is `<this>.pub`).
+pub const AUDIT_KEY_FILE: &str = "keys/audit-signing.key";
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -124,7 +131,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             connect_timeout_ms: 1_000,
         })
         .collect();
-    let config = demo_config(gateway_addr, issuer.public_key_path(), source_configs);
+    let config = demo_config(dir, gateway_addr, issuer.public_key_path(), source_configs);
     config.validate()?;
     let pipeline = server::pipeline_from_config(&config)?;
     let stop = shutdown.clone().cancelled_owned();
@@ -174,8 +181,14 @@ fn ensure_data(options: &DemoOptions) -> anyhow::Result<Dataset> {
     Ok(data)
 }
 
-/// A gateway config that trusts the demo token issuer, with the demo's limits.
-pub fn demo_config(listen: SocketAddr, public_key: &Path, sources: Vec<SourceConfig>) -> Config {
+/// A gateway config that trusts the demo token issuer, with the demo's limits, auditing into
+/// `dir` (the demo's data directory).
+pub fn demo_config(
+    dir: &Path,
+    listen: SocketAddr,
+    public_key: &Path,
+    sources: Vec<SourceConfig>,
+) -> Config {
     Config {
         server: ServerConfig {
             listen,
@@ -195,6 +208,14 @@ pub fn demo_config(listen: SocketAddr, public_key: &Path, sources: Vec<SourceCon
             }],
         },
         sources,
+        audit: AuditConfig {
+            path: dir.join(AUDIT_DB_FILE),
+            signing_key_file: dir.join(AUDIT_KEY_FILE),
+            chain: "demo-gateway".to_owned(),
+            checkpoint_every: 100,
+            checkpoint_interval_secs: 10,
+            durability: AuditDurability::Full,
+        },
     }
 }
 

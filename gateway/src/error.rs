@@ -17,6 +17,9 @@ pub enum GatewayError {
     InvalidCpr(#[from] CprError),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The audit record could not be made durable, so nothing may be disclosed.
+    #[error("the audit log cannot be written")]
+    AuditUnavailable,
 }
 
 impl GatewayError {
@@ -30,6 +33,11 @@ impl GatewayError {
             ),
             GatewayError::InvalidCpr(e) => (Code::InvalidArgument, e.to_string()),
             GatewayError::InvalidRequest(m) => (Code::InvalidArgument, m.clone()),
+            GatewayError::AuditUnavailable => (
+                Code::Unavailable,
+                "the service cannot record this lookup right now, so nothing is disclosed; try again shortly"
+                    .to_owned(),
+            ),
         };
         let mut status = Status::new(code, format!("{message} (request id {request_id})"));
         if let Ok(value) = request_id.parse() {

@@ -15,6 +15,7 @@
 //! Errors become gRPC statuses in one place, [`error`]. The configuration is [`config`]; the
 //! demo, with its synthetic municipality and token issuer, is [`demo`] and [`tokens`].
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod client;

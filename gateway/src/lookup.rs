@@ -1,15 +1,20 @@
-//! The lookup pipeline: authenticate → validate → plan → fan out → decide → filter → respond.
+//! The lookup pipeline: authenticate → validate → plan → fan out → decide → filter → audit →
+//! respond.
 //!
 //! Every source is asked concurrently under one overall deadline, each also under its own
 //! timeout. A source that is slow, down or answers nonsense yields an explicit status for that
-//! source while the others are served; nothing is ever silently missing.
+//! source while the others are served; nothing is ever silently missing. Every path — answered,
+//! refused, abandoned — leaves an audit record, and an answer leaves only after its record is
+//! durable.
 
+use crate::audit::{AuditDraft, disclosed_fields, source_entry};
 use crate::auth::{Authenticator, Caller};
 use crate::error::GatewayError;
 use futures::stream::{FuturesUnordered, StreamExt};
 use prost::Message;
 use samblik_adapters::{CaseQuery, Source, SourceError};
-use samblik_policy::{CaseFacts, LookupFacts, MinimumVariation};
+use samblik_audit::{Action, AuditLog, CaseEntry, SourceEntry};
+use samblik_policy::{CaseFacts, Decision, LookupFacts, MinimumVariation, POLICY_VERSION};
 use samblik_proto::Cpr;
 use samblik_proto::source::v1::CallerContext;
 use samblik_proto::v1::{LookupRequest, LookupResponse, Purpose, SourceResult, SourceStatus, Tier};
@@ -57,6 +62,13 @@ pub struct LookupPipeline {
     policy: MinimumVariation,
     sources: Vec<GatewaySource>,
     limits: LookupLimits,
+    audit: Arc<AuditLog>,
+}
+
+/// One source's part of a lookup: what the caller sees and what the audit log records.
+struct Answer {
+    result: SourceResult,
+    audit: SourceEntry,
 }
 
 /// A validated lookup, ready to fan out.
@@ -72,13 +84,124 @@ pub struct LookupPlan {
 }
 
 impl LookupPipeline {
-    pub fn new(auth: Authenticator, sources: Vec<GatewaySource>, limits: LookupLimits) -> Self {
+    pub fn new(
+        auth: Authenticator,
+        sources: Vec<GatewaySource>,
+        limits: LookupLimits,
+        audit: Arc<AuditLog>,
+    ) -> Self {
         LookupPipeline {
             auth,
             policy: MinimumVariation,
             sources,
             limits,
+            audit,
         }
+    }
+
+    /// The audit log every lookup is written to.
+    pub fn audit_log(&self) -> &Arc<AuditLog> {
+        &self.audit
+    }
+
+    /// A unary lookup: every source's answer at once, after its audit record is durable.
+    pub async fn lookup(
+        &self,
+        request_id: String,
+        metadata: &tonic::metadata::MetadataMap,
+        request: &LookupRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<LookupResponse, GatewayError> {
+        let mut draft = AuditDraft::new(
+            Arc::clone(&self.audit),
+            &request_id,
+            Action::Lookup,
+            POLICY_VERSION,
+        );
+        let plan = match self.prepare(request_id, &mut draft, metadata, request, client_timeout) {
+            Ok(plan) => plan,
+            Err(e) => {
+                draft.refused(&e).await?;
+                return Err(e);
+            }
+        };
+        let plan = &plan;
+        let mut answers: Vec<(usize, Answer)> = plan
+            .targets
+            .iter()
+            .map(|&i| async move { (i, self.ask(plan, i).await) })
+            .collect::<FuturesUnordered<_>>()
+            .collect()
+            .await;
+        answers.sort_unstable_by_key(|(i, _)| *i);
+        let (results, entries): (Vec<_>, Vec<_>) = answers
+            .into_iter()
+            .map(|(_, a)| (a.result, a.audit))
+            .unzip();
+        draft.answered(entries).await?;
+        Ok(LookupResponse {
+            request_id: plan.request_id.clone(),
+            sources: results,
+        })
+    }
+
+    /// A streamed lookup: each source's answer as it arrives, each sent only after its own audit
+    /// record is durable. When the receiver is dropped (the caller went away), outstanding source
+    /// calls are cancelled and the abandonment is recorded.
+    pub async fn lookup_stream(
+        self: Arc<Self>,
+        request_id: String,
+        metadata: &tonic::metadata::MetadataMap,
+        request: &LookupRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<mpsc::Receiver<Result<SourceResult, GatewayError>>, GatewayError> {
+        let mut draft = AuditDraft::new(
+            Arc::clone(&self.audit),
+            &request_id,
+            Action::LookupStream,
+            POLICY_VERSION,
+        );
+        let plan = match self.prepare(request_id, &mut draft, metadata, request, client_timeout) {
+            Ok(plan) => plan,
+            Err(e) => {
+                draft.refused(&e).await?;
+                return Err(e);
+            }
+        };
+        let (tx, rx) = mpsc::channel(plan.targets.len().max(1));
+        let span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                let mut pending: FuturesUnordered<_> =
+                    plan.targets.iter().map(|&i| self.ask(&plan, i)).collect();
+                loop {
+                    tokio::select! {
+                        next = pending.next() => match next {
+                            Some(answer) => {
+                                if let Err(e) = draft.answered_part(answer.audit).await {
+                                    let _ = tx.send(Err(e)).await;
+                                    draft.complete();
+                                    return;
+                                }
+                                if tx.send(Ok(answer.result)).await.is_err() {
+                                    // Recorded but not delivered: the draft's drop records
+                                    // that the caller left.
+                                    return;
+                                }
+                            }
+                            None => break,
+                        },
+                        () = tx.closed() => {
+                            tracing::debug!("caller went away; cancelling source calls");
+                            return;
+                        }
+                    }
+                }
+                draft.complete();
+            }
+            .instrument(span),
+        );
+        Ok(rx)
     }
 
     /// The ids of the configured sources.
@@ -86,17 +209,21 @@ impl LookupPipeline {
         self.sources.iter().map(|s| s.source.id())
     }
 
-    /// Authenticates and validates a request. Nothing is asked of any source before this
-    /// succeeds. `client_timeout` is the caller's `grpc-timeout`, if it sent one.
-    pub fn prepare(
+    /// Authenticates and validates a request, noting what it learns in the audit draft.
+    /// Nothing is asked of any source before this succeeds. `client_timeout` is the caller's
+    /// `grpc-timeout`, if it sent one.
+    fn prepare(
         &self,
         request_id: String,
+        draft: &mut AuditDraft,
         metadata: &tonic::metadata::MetadataMap,
         request: &LookupRequest,
         client_timeout: Option<Duration>,
     ) -> Result<LookupPlan, GatewayError> {
         let started = Instant::now();
         let caller = self.auth.authenticate(metadata)?;
+        draft.caller(&caller);
+        record_caller(&caller);
         if request.encoded_len() > self.limits.max_request_bytes {
             return Err(GatewayError::InvalidRequest(format!(
                 "request is larger than {} bytes",
@@ -104,6 +231,7 @@ impl LookupPipeline {
             )));
         }
         let cpr = Cpr::parse(&request.cpr)?;
+        draft.citizen(&cpr);
         let purpose = match Purpose::try_from(request.purpose) {
             Ok(Purpose::Unspecified) => {
                 return Err(GatewayError::InvalidRequest(
@@ -118,6 +246,8 @@ impl LookupPipeline {
                 ));
             }
         };
+        draft.purpose(purpose);
+        tracing::Span::current().record("purpose", purpose.code());
         let targets = self.select_sources(&request.sources)?;
         let budget = client_timeout
             .map(|t| t.saturating_sub((t / 10).min(DEADLINE_MARGIN_MAX)))
@@ -161,56 +291,8 @@ impl LookupPipeline {
         Ok(targets)
     }
 
-    /// Asks every planned source and returns all answers, in configuration order, when the last
-    /// one is in or the deadline has passed.
-    pub async fn lookup(&self, plan: &LookupPlan) -> LookupResponse {
-        let mut results: Vec<(usize, SourceResult)> = plan
-            .targets
-            .iter()
-            .map(|&i| async move { (i, self.ask(plan, i).await) })
-            .collect::<FuturesUnordered<_>>()
-            .collect()
-            .await;
-        results.sort_unstable_by_key(|(i, _)| *i);
-        LookupResponse {
-            request_id: plan.request_id.clone(),
-            sources: results.into_iter().map(|(_, r)| r).collect(),
-        }
-    }
-
-    /// Asks every planned source and yields each answer as it arrives. When the receiver is
-    /// dropped (the caller went away), outstanding source calls are cancelled.
-    pub fn lookup_stream(self: Arc<Self>, plan: LookupPlan) -> mpsc::Receiver<SourceResult> {
-        let (tx, rx) = mpsc::channel(plan.targets.len().max(1));
-        let span = tracing::Span::current();
-        tokio::spawn(
-            async move {
-                let mut pending: FuturesUnordered<_> =
-                    plan.targets.iter().map(|&i| self.ask(&plan, i)).collect();
-                loop {
-                    tokio::select! {
-                        next = pending.next() => match next {
-                            Some(result) => {
-                                if tx.send(result).await.is_err() {
-                                    break;
-                                }
-                            }
-                            None => break,
-                        },
-                        () = tx.closed() => {
-                            tracing::debug!("caller went away; cancelling source calls");
-                            break;
-                        }
-                    }
-                }
-            }
-            .instrument(span),
-        );
-        rx
-    }
-
     /// One source call, with the gateway's timeout, policy and filtering around it.
-    async fn ask(&self, plan: &LookupPlan, index: usize) -> SourceResult {
+    async fn ask(&self, plan: &LookupPlan, index: usize) -> Answer {
         let gs = &self.sources[index];
         let id = gs.source.id();
         let span = tracing::info_span!(
@@ -247,12 +329,16 @@ impl LookupPipeline {
                 department: gs.department.clone(),
                 ..SourceResult::default()
             };
+            let mut audited = Vec::new();
             match outcome {
                 Ok(Ok(answer)) => match self.disclose(plan, id, max_tier, answer.cases) {
                     Ok(cases) => {
                         result.status = SourceStatus::Ok as i32;
                         result.as_of = Some(answer.as_of.into());
-                        result.cases = cases;
+                        for (case, decision) in cases {
+                            audited.push(case_entry(&case, &decision));
+                            result.cases.push(case);
+                        }
                     }
                     Err(reason) => {
                         tracing::warn!(source = %id, reason, "source answer rejected");
@@ -292,7 +378,10 @@ impl LookupPipeline {
             span.record("status", result.status().as_str_name());
             span.record("cases", result.cases.len());
             span.record("elapsed_ms", started.elapsed().as_millis() as u64);
-            result
+            Answer {
+                audit: source_entry(id, result.status(), audited),
+                result,
+            }
         }
         .instrument(span)
         .await
@@ -306,7 +395,7 @@ impl LookupPipeline {
         source_id: &str,
         asked: Tier,
         cases: Vec<samblik_proto::v1::Case>,
-    ) -> Result<Vec<samblik_proto::v1::Case>, &'static str> {
+    ) -> Result<Vec<(samblik_proto::v1::Case, Decision)>, &'static str> {
         let mut disclosed = Vec::with_capacity(cases.len());
         let mut foreign = 0usize;
         for mut case in cases {
@@ -339,13 +428,30 @@ impl LookupPipeline {
             case.restrict_to(tier);
             // The caller knows whom they asked about; the number need not travel again.
             case.subject_cpr.clear();
-            disclosed.push(case);
+            disclosed.push((case, decision));
         }
         if foreign > 0 {
             tracing::warn!(source = %source_id, dropped = foreign, "source returned cases of another citizen; dropped");
         }
         Ok(disclosed)
     }
+}
+
+fn case_entry(case: &samblik_proto::v1::Case, decision: &Decision) -> CaseEntry {
+    CaseEntry {
+        case_id: case.case_id.clone(),
+        tier: u8::try_from(case.tier).unwrap_or(0),
+        basis: decision.basis.as_ref().map(|b| b.as_str().to_owned()),
+        rule_ids: decision.rule_ids.iter().map(|r| (*r).to_owned()).collect(),
+        fields: disclosed_fields(case),
+    }
+}
+
+/// Notes the authenticated caller on the request's span.
+fn record_caller(caller: &Caller) {
+    let span = tracing::Span::current();
+    span.record("caller", caller.id.as_str());
+    span.record("department", caller.department.as_str());
 }
 
 fn to_wire_tier(tier: samblik_policy::Tier) -> Tier {

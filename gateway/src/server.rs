@@ -2,10 +2,12 @@
 //! server reflection, on one listener.
 
 use crate::auth::{AuthSetupError, Authenticator};
-use crate::config::Config;
+use crate::config::{AuditConfig, AuditDurability, Config};
 use crate::error::REQUEST_ID_HEADER;
 use crate::lookup::{GatewaySource, LookupLimits, LookupPipeline, parse_grpc_timeout};
 use samblik_adapters::GrpcSource;
+use samblik_audit::sqlite::{Durability, SqliteStore};
+use samblik_audit::{AuditLog, CheckpointSigner, WriterOptions};
 use samblik_proto::v1::lookup_service_server::{LookupService, LookupServiceServer};
 use samblik_proto::v1::{LookupRequest, LookupResponse, SourceResult};
 use std::future::Future;
@@ -30,6 +32,8 @@ const MAX_DECODING_MESSAGE_BYTES: usize = 1024 * 1024;
 pub enum ServerError {
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
+    #[error("audit log: {0}")]
+    Audit(#[from] samblik_audit::AuditError),
     #[error("source {id}: invalid endpoint: {source}")]
     SourceEndpoint {
         id: String,
@@ -41,7 +45,29 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Builds the lookup pipeline from a validated config: reads the keys, sets up the sources.
+/// Opens the audit log of a validated config: the store, the signing key, the writer. Fails
+/// (and the gateway must not start) if a start-up record cannot be written.
+pub fn open_audit_log(config: &AuditConfig) -> Result<AuditLog, ServerError> {
+    let durability = match config.durability {
+        AuditDurability::Full => Durability::Full,
+        AuditDurability::Off => {
+            tracing::warn!(
+                "audit.durability = off: records are not fsync'ed; for measurement only"
+            );
+            Durability::Off
+        }
+    };
+    let store = SqliteStore::open(&config.path, durability)?;
+    let signer = CheckpointSigner::load_or_create(&config.signing_key_file)?;
+    let mut options = WriterOptions::new(config.chain.clone());
+    options.checkpoint_every = config.checkpoint_every;
+    options.checkpoint_interval = std::time::Duration::from_secs(config.checkpoint_interval_secs);
+    options.policy_version = samblik_policy::POLICY_VERSION.to_owned();
+    Ok(AuditLog::start(Box::new(store), signer, options)?)
+}
+
+/// Builds the lookup pipeline from a validated config: reads the keys, sets up the sources,
+/// opens the audit log.
 pub fn pipeline_from_config(config: &Config) -> Result<LookupPipeline, ServerError> {
     let auth = Authenticator::from_config(&config.auth)?;
     let mut sources = Vec::with_capacity(config.sources.len());
@@ -59,6 +85,7 @@ pub fn pipeline_from_config(config: &Config) -> Result<LookupPipeline, ServerErr
             timeout: s.timeout(),
         });
     }
+    let audit = open_audit_log(&config.audit)?;
     Ok(LookupPipeline::new(
         auth,
         sources,
@@ -67,6 +94,7 @@ pub fn pipeline_from_config(config: &Config) -> Result<LookupPipeline, ServerErr
             max_deadline: config.server.max_deadline(),
             max_request_bytes: config.server.max_request_bytes,
         },
+        Arc::new(audit),
     ))
 }
 
@@ -87,10 +115,27 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_service_status(LOOKUP_SERVICE_NAME, tonic_health::ServingStatus::Serving)
-        .await;
+    // Serving exactly while the audit log can be written: without it nothing may be disclosed.
+    let mut audit_health = pipeline.audit_log().health();
+    tokio::spawn(async move {
+        loop {
+            let healthy = *audit_health.borrow_and_update();
+            let status = if healthy {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health_reporter
+                .set_service_status(LOOKUP_SERVICE_NAME, status)
+                .await;
+            health_reporter.set_service_status("", status).await;
+            if audit_health.changed().await.is_err() {
+                break;
+            }
+        }
+    });
     let (reflection_v1, reflection_v1alpha) = samblik_adapters::server::reflection_services()?;
+    let audit = Arc::clone(pipeline.audit_log());
     let lookup = LookupServiceServer::new(LookupApi { pipeline })
         .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
     tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
@@ -104,6 +149,13 @@ pub async fn serve(
             shutdown,
         )
         .await?;
+    // Let the audit writer finish what is queued and sign its head before the process exits.
+    match Arc::try_unwrap(audit) {
+        Ok(log) => log.close(),
+        Err(_) => {
+            tracing::debug!("audit log still shared; its writer closes when the last user goes")
+        }
+    }
     Ok(())
 }
 
@@ -141,31 +193,20 @@ impl LookupService for LookupApi {
         request: Request<LookupRequest>,
     ) -> Result<Response<LookupResponse>, Status> {
         let request_id = new_request_id();
-        let span = tracing::info_span!(
-            "lookup",
-            request_id = %request_id,
-            rpc = "Lookup",
-            caller = tracing::field::Empty,
-            department = tracing::field::Empty,
-            purpose = tracing::field::Empty,
-        );
+        let span = request_span(&request_id, "Lookup");
         async {
             let started = Instant::now();
             let timeout = client_timeout(&request);
-            let plan = self
+            let response = self
                 .pipeline
-                .prepare(
+                .lookup(
                     request_id.clone(),
                     request.metadata(),
                     request.get_ref(),
                     timeout,
                 )
-                .map_err(|e| {
-                    tracing::info!(error = %e, "lookup refused");
-                    e.to_status(&request_id)
-                })?;
-            record_caller(&plan);
-            let response = self.pipeline.lookup(&plan).await;
+                .await
+                .map_err(|e| refuse(&e, &request_id))?;
             tracing::info!(
                 sources = response.sources.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -184,38 +225,40 @@ impl LookupService for LookupApi {
         request: Request<LookupRequest>,
     ) -> Result<Response<Self::LookupStreamStream>, Status> {
         let request_id = new_request_id();
-        let span = tracing::info_span!(
-            "lookup",
-            request_id = %request_id,
-            rpc = "LookupStream",
-            caller = tracing::field::Empty,
-            department = tracing::field::Empty,
-            purpose = tracing::field::Empty,
-        );
-        let _entered = span.enter();
-        let timeout = client_timeout(&request);
-        let plan = self
-            .pipeline
-            .prepare(
-                request_id.clone(),
-                request.metadata(),
-                request.get_ref(),
-                timeout,
-            )
-            .map_err(|e| {
-                tracing::info!(error = %e, "lookup refused");
-                e.to_status(&request_id)
-            })?;
-        record_caller(&plan);
-        let results = Arc::clone(&self.pipeline).lookup_stream(plan);
-        let stream: SourceResultStream = Box::pin(ReceiverStream::new(results).map(Ok));
-        Ok(with_request_id(Response::new(stream), &request_id))
+        let span = request_span(&request_id, "LookupStream");
+        async {
+            let timeout = client_timeout(&request);
+            let results = Arc::clone(&self.pipeline)
+                .lookup_stream(
+                    request_id.clone(),
+                    request.metadata(),
+                    request.get_ref(),
+                    timeout,
+                )
+                .await
+                .map_err(|e| refuse(&e, &request_id))?;
+            let id = request_id.clone();
+            let stream: SourceResultStream =
+                Box::pin(ReceiverStream::new(results).map(move |r| r.map_err(|e| refuse(&e, &id))));
+            Ok(with_request_id(Response::new(stream), &request_id))
+        }
+        .instrument(span)
+        .await
     }
 }
 
-fn record_caller(plan: &crate::lookup::LookupPlan) {
-    let span = tracing::Span::current();
-    span.record("caller", plan.caller.id.as_str());
-    span.record("department", plan.caller.department.as_str());
-    span.record("purpose", plan.purpose.code());
+fn request_span(request_id: &str, rpc: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "lookup",
+        request_id = %request_id,
+        rpc,
+        caller = tracing::field::Empty,
+        department = tracing::field::Empty,
+        purpose = tracing::field::Empty,
+    )
+}
+
+fn refuse(error: &crate::error::GatewayError, request_id: &str) -> Status {
+    tracing::info!(error = %error, "lookup refused");
+    error.to_status(request_id)
 }

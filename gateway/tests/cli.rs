@@ -315,6 +315,9 @@ public_key_file = "missing.pem"
 id = "jobcenter"
 department = "Jobcenter"
 endpoint = "http://127.0.0.1:1"
+[audit]
+path = "audit.db"
+signing_key_file = "audit.key"
 "#;
     let cases = [
         (

@@ -32,6 +32,15 @@ pub enum LegalBasis {
     MinimumVariation,
 }
 
+impl LegalBasis {
+    /// A stable name for the audit record.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LegalBasis::MinimumVariation => "minimum-variation",
+        }
+    }
+}
+
 /// The outcome for one case.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {

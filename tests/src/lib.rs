@@ -178,6 +178,8 @@ impl SourceSpec {
 #[derive(Debug)]
 pub struct RunningGateway {
     pub addr: SocketAddr,
+    /// The gateway's audit store (SQLite file) and key, in a directory of its own.
+    pub audit_dir: tempfile::TempDir,
     stop: CancellationToken,
 }
 
@@ -203,8 +205,12 @@ impl RunningGateway {
     }
 }
 
-/// The gateway's config for `sources`, trusting the test issuer.
-pub fn gateway_config(sources: &[SourceSpec], default_deadline_ms: u64) -> Config {
+/// The gateway's config for `sources`, trusting the test issuer and auditing into `audit_dir`.
+pub fn gateway_config(
+    audit_dir: &std::path::Path,
+    sources: &[SourceSpec],
+    default_deadline_ms: u64,
+) -> Config {
     let sources = sources
         .iter()
         .map(|s| SourceConfig {
@@ -216,6 +222,7 @@ pub fn gateway_config(sources: &[SourceSpec], default_deadline_ms: u64) -> Confi
         })
         .collect();
     let mut config = demo_config(
+        audit_dir,
         "127.0.0.1:0".parse().unwrap(),
         issuer().1.public_key_path(),
         sources,
@@ -225,7 +232,7 @@ pub fn gateway_config(sources: &[SourceSpec], default_deadline_ms: u64) -> Confi
 }
 
 /// Serves `pipeline` on a loopback port.
-async fn serve_pipeline(pipeline: LookupPipeline) -> RunningGateway {
+async fn serve_pipeline(pipeline: LookupPipeline, audit_dir: tempfile::TempDir) -> RunningGateway {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
@@ -235,14 +242,20 @@ async fn serve_pipeline(pipeline: LookupPipeline) -> RunningGateway {
             .await
             .unwrap();
     });
-    RunningGateway { addr, stop }
+    RunningGateway {
+        addr,
+        audit_dir,
+        stop,
+    }
 }
 
 /// Starts the gateway over `sources`, with `default_deadline_ms` for callers that send none.
 pub async fn start_gateway(sources: &[SourceSpec], default_deadline_ms: u64) -> RunningGateway {
-    let config = gateway_config(sources, default_deadline_ms);
+    let audit_dir = tempfile::tempdir().unwrap();
+    let config = gateway_config(audit_dir.path(), sources, default_deadline_ms);
     config.validate().unwrap();
-    serve_pipeline(samblik_gateway::server::pipeline_from_config(&config).unwrap()).await
+    let pipeline = samblik_gateway::server::pipeline_from_config(&config).unwrap();
+    serve_pipeline(pipeline, audit_dir).await
 }
 
 /// Starts the gateway over sources held in this process (trait objects, no network hop to them).
@@ -251,8 +264,10 @@ pub async fn start_gateway_in_process(
     default_deadline_ms: u64,
     verified_token_cache: u64,
 ) -> RunningGateway {
-    let mut config = gateway_config(&[], default_deadline_ms);
+    let audit_dir = tempfile::tempdir().unwrap();
+    let mut config = gateway_config(audit_dir.path(), &[], default_deadline_ms);
     config.auth.verified_token_cache = verified_token_cache;
+    let audit = samblik_gateway::server::open_audit_log(&config.audit).unwrap();
     let pipeline = LookupPipeline::new(
         Authenticator::from_config(&config.auth).unwrap(),
         sources
@@ -268,8 +283,9 @@ pub async fn start_gateway_in_process(
             max_deadline: config.server.max_deadline(),
             max_request_bytes: config.server.max_request_bytes,
         },
+        Arc::new(audit),
     );
-    serve_pipeline(pipeline).await
+    serve_pipeline(pipeline, audit_dir).await
 }
 
 /// The three reference sources and a gateway over them.

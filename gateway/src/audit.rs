@@ -1,0 +1,182 @@
+//! The gateway's side of the audit log: what each request becomes as an audit record, on every
+//! path — answered, refused, or abandoned by its caller.
+
+use crate::auth::Caller;
+use crate::error::GatewayError;
+use samblik_audit::{Action, Actor, AuditEvent, AuditLog, CaseEntry, Outcome, SourceEntry};
+use samblik_proto::Cpr;
+use samblik_proto::v1::{Case, Purpose, SourceStatus};
+use std::sync::Arc;
+
+/// A request's audit record while the request runs. It must be finished with
+/// [`AuditDraft::answered`] or [`AuditDraft::refused`]; if it is dropped instead (the caller
+/// went away and the handler was cancelled), a `cancelled` record is queued.
+#[derive(Debug)]
+pub struct AuditDraft {
+    log: Arc<AuditLog>,
+    event: Option<AuditEvent>,
+}
+
+impl AuditDraft {
+    pub fn new(log: Arc<AuditLog>, request_id: &str, action: Action, policy_version: &str) -> Self {
+        AuditDraft {
+            log,
+            event: Some(AuditEvent {
+                request_id: request_id.to_owned(),
+                action,
+                actor: Actor::default(),
+                cpr: None,
+                purpose: None,
+                break_glass_reason: None,
+                outcome: Outcome::Cancelled,
+                detail: None,
+                sources: Vec::new(),
+                policy_version: policy_version.to_owned(),
+            }),
+        }
+    }
+
+    fn event_mut(&mut self) -> Option<&mut AuditEvent> {
+        self.event.as_mut()
+    }
+
+    pub fn caller(&mut self, caller: &Caller) {
+        if let Some(e) = self.event_mut() {
+            e.actor = Actor {
+                caller_id: caller.id.clone(),
+                name: caller.name.clone(),
+                department: caller.department.clone(),
+                municipality: caller.municipality.clone(),
+                system: None,
+            };
+        }
+    }
+
+    pub fn citizen(&mut self, cpr: &Cpr) {
+        if let Some(e) = self.event_mut() {
+            e.cpr = Some(cpr.as_str().to_owned());
+        }
+    }
+
+    pub fn purpose(&mut self, purpose: Purpose) {
+        if let Some(e) = self.event_mut() {
+            e.purpose = Some(purpose.code().to_owned());
+        }
+    }
+
+    /// Records a refusal and waits until it is durable.
+    pub async fn refused(mut self, error: &GatewayError) -> Result<(), GatewayError> {
+        let Some(mut event) = self.event.take() else {
+            return Ok(());
+        };
+        event.outcome = match error {
+            GatewayError::Unauthenticated(_) => Outcome::Unauthenticated,
+            GatewayError::InvalidCpr(_) | GatewayError::InvalidRequest(_) => Outcome::Invalid,
+            GatewayError::AuditUnavailable => Outcome::Failed,
+        };
+        // The variant's text is safe: it never contains the token or the CPR.
+        event.detail = Some(error.to_string());
+        write(&self.log, event).await
+    }
+
+    /// Records what was disclosed and waits until it is durable. Only then may it be sent.
+    pub async fn answered(mut self, sources: Vec<SourceEntry>) -> Result<(), GatewayError> {
+        let Some(mut event) = self.event.take() else {
+            return Ok(());
+        };
+        event.outcome = Outcome::Answered;
+        event.sources = sources;
+        write(&self.log, event).await
+    }
+
+    /// Records one part of a streamed answer (one department) and waits until it is durable;
+    /// the draft stays open for the next part.
+    pub async fn answered_part(&self, source: SourceEntry) -> Result<(), GatewayError> {
+        let Some(base) = &self.event else {
+            return Ok(());
+        };
+        let mut event = base.clone();
+        event.outcome = Outcome::Answered;
+        event.sources = vec![source];
+        write(&self.log, event).await
+    }
+
+    /// Closes a streamed lookup whose parts were all recorded.
+    pub fn complete(mut self) {
+        self.event = None;
+    }
+}
+
+impl Drop for AuditDraft {
+    fn drop(&mut self) {
+        if let Some(mut event) = self.event.take() {
+            event.outcome = Outcome::Cancelled;
+            event.detail = Some("the caller went away before the answer".into());
+            self.log.append_detached(event);
+        }
+    }
+}
+
+async fn write(log: &AuditLog, event: AuditEvent) -> Result<(), GatewayError> {
+    log.append(event).await.map(|_| ()).map_err(|e| {
+        tracing::error!(error = %e, "audit record not written; refusing to answer");
+        GatewayError::AuditUnavailable
+    })
+}
+
+/// The audit entry for one source's part of an answer.
+pub fn source_entry(source_id: &str, status: SourceStatus, cases: Vec<CaseEntry>) -> SourceEntry {
+    SourceEntry {
+        source_id: source_id.to_owned(),
+        status: match status {
+            SourceStatus::Ok => "ok",
+            SourceStatus::Timeout => "timeout",
+            SourceStatus::Unavailable => "unavailable",
+            SourceStatus::Denied => "denied",
+            SourceStatus::Error | SourceStatus::Unspecified => "error",
+        }
+        .to_owned(),
+        cases,
+    }
+}
+
+/// The field paths a filtered case discloses, e.g. `existence.responsible.phone`.
+pub fn disclosed_fields(case: &Case) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut push = |present: bool, path: &str| {
+        if present {
+            fields.push(path.to_owned());
+        }
+    };
+    if let Some(e) = &case.existence {
+        push(e.case_type.is_some(), "existence.case_type");
+        push(true, "existence.state");
+        push(!e.opened_on.is_empty(), "existence.opened_on");
+        push(!e.closed_on.is_empty(), "existence.closed_on");
+        if let Some(r) = &e.responsible {
+            push(!r.name.is_empty(), "existence.responsible.name");
+            push(!r.unit.is_empty(), "existence.responsible.unit");
+            push(!r.phone.is_empty(), "existence.responsible.phone");
+            push(!r.email.is_empty(), "existence.responsible.email");
+        }
+    }
+    if let Some(s) = &case.selected {
+        push(!s.interventions.is_empty(), "selected.interventions");
+        push(!s.situation.is_empty(), "selected.situation");
+        push(!s.goals.is_empty(), "selected.goals");
+        push(
+            !s.next_follow_up_on.is_empty(),
+            "selected.next_follow_up_on",
+        );
+        push(
+            !s.assessment_summary.is_empty(),
+            "selected.assessment_summary",
+        );
+    }
+    if let Some(f) = &case.full {
+        for d in &f.documents {
+            fields.push(format!("full.documents[{}]", d.document_id));
+        }
+    }
+    fields
+}
