@@ -101,6 +101,25 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every chain of the audit log: hashes, links, indexed columns and signed
+    /// checkpoints. Names the first bad record and exits non-zero if there is one.
+    Verify {
+        /// The demo's data directory.
+        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        dir: Option<PathBuf>,
+        /// A gateway config file (its [audit] section).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn parse_purpose(code: &str) -> Result<Purpose, String> {
@@ -169,6 +188,24 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+fn verify_audit(db: &std::path::Path, key: &std::path::Path) -> anyhow::Result<()> {
+    use samblik_audit::checkpoint::{load_verifying_key, public_key_path};
+    use samblik_audit::sqlite::SqliteStore;
+    anyhow::ensure!(db.is_file(), "no audit log at {}", db.display());
+    let public = public_key_path(key);
+    let key = load_verifying_key(&public)
+        .with_context(|| format!("cannot read the checkpoint key {}", public.display()))?;
+    let mut store = SqliteStore::open_read_only(db)?;
+    let summaries = samblik_audit::verify::verify_store(&mut store, &key)?;
+    for s in summaries {
+        println!(
+            "chain {}: {} records, {} signed checkpoints, head {} — verified",
+            s.chain, s.records, s.checkpoints, s.head_hash
+        );
+    }
+    Ok(())
 }
 
 /// How long a stopping server waits for calls in flight before it closes what is left.
@@ -282,6 +319,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
             })?;
             print!("{}", crate::client::render(&response));
             Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { dir, config },
+        } => {
+            let (db, key) = match (dir, config) {
+                (Some(dir), _) => (
+                    dir.join(demo::AUDIT_DB_FILE),
+                    dir.join(demo::AUDIT_KEY_FILE),
+                ),
+                (None, Some(config)) => {
+                    let config = Config::load(&config)?;
+                    (config.audit.path, config.audit.signing_key_file)
+                }
+                (None, None) => anyhow::bail!("give --dir or --config"),
+            };
+            verify_audit(&db, &key)
         }
         Command::Serve { config } => {
             let config = Config::load(&config)?;

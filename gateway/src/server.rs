@@ -69,6 +69,15 @@ pub fn open_audit_log(config: &AuditConfig) -> Result<AuditLog, ServerError> {
 /// Builds the lookup pipeline from a validated config: reads the keys, sets up the sources,
 /// opens the audit log.
 pub fn pipeline_from_config(config: &Config) -> Result<LookupPipeline, ServerError> {
+    let audit = open_audit_log(&config.audit)?;
+    pipeline_with_audit(config, Arc::new(audit))
+}
+
+/// As [`pipeline_from_config`], writing to an audit log that is already open.
+pub fn pipeline_with_audit(
+    config: &Config,
+    audit: Arc<AuditLog>,
+) -> Result<LookupPipeline, ServerError> {
     let auth = Authenticator::from_config(&config.auth)?;
     let mut sources = Vec::with_capacity(config.sources.len());
     for s in &config.sources {
@@ -85,7 +94,6 @@ pub fn pipeline_from_config(config: &Config) -> Result<LookupPipeline, ServerErr
             timeout: s.timeout(),
         });
     }
-    let audit = open_audit_log(&config.audit)?;
     Ok(LookupPipeline::new(
         auth,
         sources,
@@ -94,7 +102,7 @@ pub fn pipeline_from_config(config: &Config) -> Result<LookupPipeline, ServerErr
             max_deadline: config.server.max_deadline(),
             max_request_bytes: config.server.max_request_bytes,
         },
-        Arc::new(audit),
+        audit,
     ))
 }
 

@@ -288,6 +288,56 @@ pub async fn start_gateway_in_process(
     serve_pipeline(pipeline, audit_dir).await
 }
 
+/// Starts the gateway over `sources`, auditing into `store` (e.g. a fault-injecting one).
+pub async fn start_gateway_audited_by(
+    sources: &[SourceSpec],
+    store: Box<dyn samblik_audit::AuditStore>,
+) -> RunningGateway {
+    let audit_dir = tempfile::tempdir().unwrap();
+    let config = gateway_config(audit_dir.path(), sources, 3_000);
+    let signer =
+        samblik_audit::CheckpointSigner::load_or_create(&config.audit.signing_key_file).unwrap();
+    let log = samblik_audit::AuditLog::start(
+        store,
+        signer,
+        samblik_audit::WriterOptions::new(config.audit.chain.clone()),
+    )
+    .unwrap();
+    let pipeline = samblik_gateway::server::pipeline_with_audit(&config, Arc::new(log)).unwrap();
+    serve_pipeline(pipeline, audit_dir).await
+}
+
+impl RunningGateway {
+    /// The audit store's file.
+    pub fn audit_db(&self) -> std::path::PathBuf {
+        self.audit_dir
+            .path()
+            .join(samblik_gateway::demo::AUDIT_DB_FILE)
+    }
+
+    /// Every record in the gateway's audit log, in chain order.
+    pub fn audit_records(&self) -> Vec<samblik_audit::AuditRecord> {
+        use samblik_audit::AuditStore;
+        let mut store =
+            samblik_audit::sqlite::SqliteStore::open_read_only(&self.audit_db()).unwrap();
+        let mut records = Vec::new();
+        for chain in store.chains().unwrap() {
+            for stored in store.records(&chain, 0, usize::MAX).unwrap() {
+                records.push(serde_json::from_str(&stored.body).unwrap());
+            }
+        }
+        records
+    }
+
+    /// The records of one request.
+    pub fn audit_records_of(&self, request_id: &str) -> Vec<samblik_audit::AuditRecord> {
+        self.audit_records()
+            .into_iter()
+            .filter(|r| r.request_id == request_id)
+            .collect()
+    }
+}
+
 /// The three reference sources and a gateway over them.
 pub struct Municipal {
     pub gateway: RunningGateway,

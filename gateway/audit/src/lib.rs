@@ -19,6 +19,7 @@
 pub mod checkpoint;
 pub mod record;
 pub mod sqlite;
+pub mod testing;
 pub mod verify;
 mod writer;
 

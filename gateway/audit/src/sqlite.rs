@@ -63,6 +63,19 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Opens an existing store for reading only (verification, search): nothing is created or
+    /// changed.
+    pub fn open_read_only(path: &Path) -> Result<Self, AuditError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(SqliteStore { conn })
+    }
+}
+
 impl From<rusqlite::Error> for AuditError {
     fn from(e: rusqlite::Error) -> Self {
         AuditError::Store(e.to_string())

@@ -1,13 +1,16 @@
 //! The audit log over a real SQLite file: durability, group commit, fail-closed behaviour and
 //! tamper evidence.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use samblik_audit::checkpoint::{load_verifying_key, public_key_path};
 use samblik_audit::sqlite::{Durability, SqliteStore};
+use samblik_audit::testing::FaultInjecting;
 use samblik_audit::verify::{VerifyError, verify_store};
 use samblik_audit::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 struct Setup {
@@ -108,34 +111,9 @@ async fn records_chain_and_verify_across_restarts() {
 
 #[tokio::test]
 async fn concurrent_appends_are_group_committed() {
-    struct Counting(SqliteStore, Arc<AtomicUsize>);
-    impl AuditStore for Counting {
-        fn head(&mut self, c: &str) -> Result<Option<(u64, String)>, AuditError> {
-            self.0.head(c)
-        }
-        fn last_checkpoint(&mut self, c: &str) -> Result<Option<Checkpoint>, AuditError> {
-            self.0.last_checkpoint(c)
-        }
-        fn append(&mut self, r: &[AuditRecord], c: Option<&Checkpoint>) -> Result<(), AuditError> {
-            self.1.fetch_add(1, Ordering::SeqCst);
-            self.0.append(r, c)
-        }
-        fn chains(&mut self) -> Result<Vec<String>, AuditError> {
-            self.0.chains()
-        }
-        fn records(&mut self, c: &str, a: u64, l: usize) -> Result<Vec<StoredRecord>, AuditError> {
-            self.0.records(c, a, l)
-        }
-        fn checkpoints(&mut self, c: &str) -> Result<Vec<Checkpoint>, AuditError> {
-            self.0.checkpoints(c)
-        }
-    }
     let s = setup();
-    let commits = Arc::new(AtomicUsize::new(0));
-    let store = Counting(
-        SqliteStore::open(&s.db, Durability::Full).unwrap(),
-        commits.clone(),
-    );
+    let store = FaultInjecting::new(SqliteStore::open(&s.db, Durability::Full).unwrap());
+    let commits = Arc::clone(&store.commits);
     let log = Arc::new(open(&s, store));
     let before = commits.load(Ordering::SeqCst);
     let mut tasks = Vec::new();
@@ -167,39 +145,10 @@ async fn concurrent_appends_are_group_committed() {
 
 #[tokio::test]
 async fn a_failing_store_refuses_appends_turns_unhealthy_and_recovers() {
-    struct Faulty(SqliteStore, Arc<AtomicBool>);
-    impl AuditStore for Faulty {
-        fn head(&mut self, c: &str) -> Result<Option<(u64, String)>, AuditError> {
-            self.0.head(c)
-        }
-        fn last_checkpoint(&mut self, c: &str) -> Result<Option<Checkpoint>, AuditError> {
-            self.0.last_checkpoint(c)
-        }
-        fn append(&mut self, r: &[AuditRecord], c: Option<&Checkpoint>) -> Result<(), AuditError> {
-            if self.1.load(Ordering::SeqCst) {
-                return Err(AuditError::Store("disk full (injected)".into()));
-            }
-            self.0.append(r, c)
-        }
-        fn chains(&mut self) -> Result<Vec<String>, AuditError> {
-            self.0.chains()
-        }
-        fn records(&mut self, c: &str, a: u64, l: usize) -> Result<Vec<StoredRecord>, AuditError> {
-            self.0.records(c, a, l)
-        }
-        fn checkpoints(&mut self, c: &str) -> Result<Vec<Checkpoint>, AuditError> {
-            self.0.checkpoints(c)
-        }
-    }
     let s = setup();
-    let failing = Arc::new(AtomicBool::new(false));
-    let log = open(
-        &s,
-        Faulty(
-            SqliteStore::open(&s.db, Durability::Full).unwrap(),
-            failing.clone(),
-        ),
-    );
+    let store = FaultInjecting::new(SqliteStore::open(&s.db, Durability::Full).unwrap());
+    let failing = Arc::clone(&store.failing);
+    let log = open(&s, store);
     let health = log.health();
     log.append(event(1)).await.unwrap();
     failing.store(true, Ordering::SeqCst);

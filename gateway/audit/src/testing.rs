@@ -1,0 +1,62 @@
+//! A fault-injecting store for tests of what happens when the audit log cannot be written
+//! (disk full, I/O error, database down): it fails every write while switched on.
+
+use crate::checkpoint::Checkpoint;
+use crate::{AuditError, AuditRecord, AuditStore, StoredRecord};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Wraps a store; while `failing` is set, every append fails as a full disk would.
+#[derive(Debug)]
+pub struct FaultInjecting<S> {
+    inner: S,
+    pub failing: Arc<AtomicBool>,
+    /// Appends that reached the inner store (each one transaction).
+    pub commits: Arc<AtomicUsize>,
+}
+
+impl<S: AuditStore> FaultInjecting<S> {
+    pub fn new(inner: S) -> Self {
+        FaultInjecting {
+            inner,
+            failing: Arc::new(AtomicBool::new(false)),
+            commits: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+impl<S: AuditStore> AuditStore for FaultInjecting<S> {
+    fn head(&mut self, chain: &str) -> Result<Option<(u64, String)>, AuditError> {
+        self.inner.head(chain)
+    }
+    fn last_checkpoint(&mut self, chain: &str) -> Result<Option<Checkpoint>, AuditError> {
+        self.inner.last_checkpoint(chain)
+    }
+    fn append(
+        &mut self,
+        records: &[AuditRecord],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), AuditError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(AuditError::Store(
+                "database or disk is full (injected fault)".into(),
+            ));
+        }
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        self.inner.append(records, checkpoint)
+    }
+    fn chains(&mut self) -> Result<Vec<String>, AuditError> {
+        self.inner.chains()
+    }
+    fn records(
+        &mut self,
+        chain: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, AuditError> {
+        self.inner.records(chain, after_seq, limit)
+    }
+    fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError> {
+        self.inner.checkpoints(chain)
+    }
+}

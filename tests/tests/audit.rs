@@ -1,0 +1,299 @@
+//! Every lookup leaves an audit record — answered, refused or abandoned — and no answer leaves
+//! before its record is durable.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use samblik_audit::sqlite::{Durability, SqliteStore};
+use samblik_audit::testing::FaultInjecting;
+use samblik_audit::{Action, Outcome};
+use samblik_proto::v1::{Purpose, SourceStatus};
+use samblik_synth::Department;
+use samblik_tests::*;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+fn request_id_of<T>(response: &tonic::Response<T>) -> String {
+    response
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn request_id_of_status(status: &tonic::Status) -> String {
+    status
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn an_answered_lookup_records_who_looked_at_whom_and_exactly_what_was_disclosed() {
+    let m = start_municipal().await;
+    let cpr = three_department_citizen();
+    let dashed = format!("{}-{}", &cpr[..6], &cpr[6..]);
+    let token = token(Department::Jobcenter);
+    let response = m
+        .gateway
+        .client()
+        .await
+        .lookup(request(&dashed, Purpose::FollowUp, Some(&token), None))
+        .await
+        .unwrap();
+    let id = request_id_of(&response);
+    let answer = response.into_inner();
+    let records = m.gateway.audit_records_of(&id);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(r.action, Action::Lookup);
+    assert_eq!(r.outcome, Outcome::Answered);
+    assert_eq!(r.cpr.as_deref(), Some(cpr), "the CPR is stored normalised");
+    assert_eq!(r.purpose.as_deref(), Some("follow-up"));
+    let worker = caseworker(Department::Jobcenter);
+    assert_eq!(
+        (r.actor.caller_id.as_str(), r.actor.department.as_str()),
+        (worker.id.as_str(), "jobcenter")
+    );
+    assert_eq!(r.policy_version, samblik_policy_version());
+    assert_eq!(r.sources.len(), 3);
+    for (entry, result) in r.sources.iter().zip(&answer.sources) {
+        assert_eq!(entry.source_id, result.source_id);
+        assert_eq!(entry.status, "ok");
+        let ids: Vec<&str> = entry.cases.iter().map(|c| c.case_id.as_str()).collect();
+        let sent: Vec<&str> = result.cases.iter().map(|c| c.case_id.as_str()).collect();
+        assert_eq!(ids, sent);
+        for case in &entry.cases {
+            assert_eq!(case.tier, 1);
+            assert_eq!(case.basis.as_deref(), Some("minimum-variation"));
+            assert!(!case.rule_ids.is_empty());
+            assert!(
+                case.fields
+                    .iter()
+                    .any(|f| f == "existence.responsible.phone"),
+                "{:?}",
+                case.fields
+            );
+            assert!(
+                case.fields.iter().all(|f| f.starts_with("existence.")),
+                "{:?}",
+                case.fields
+            );
+        }
+    }
+}
+
+fn samblik_policy_version() -> String {
+    // The policy version the gateway records; kept here so a change to it is a visible change.
+    "minimum-variation/v1".to_owned()
+}
+
+#[tokio::test]
+async fn refusals_are_recorded_too() {
+    let m = start_municipal().await;
+    let mut client = m.gateway.client().await;
+    let cpr = three_department_citizen();
+    let token = token(Department::ChildWelfare);
+
+    let no_token = client
+        .lookup(request(cpr, Purpose::PrepareMeeting, None, None))
+        .await
+        .unwrap_err();
+    let bad_cpr = client
+        .lookup(request(
+            "3002901234",
+            Purpose::PrepareMeeting,
+            Some(&token),
+            None,
+        ))
+        .await
+        .unwrap_err();
+    let no_purpose = client
+        .lookup(request(cpr, Purpose::Unspecified, Some(&token), None))
+        .await
+        .unwrap_err();
+
+    let r = &m.gateway.audit_records_of(&request_id_of_status(&no_token))[0];
+    assert_eq!(r.outcome, Outcome::Unauthenticated);
+    assert!(r.actor.caller_id.is_empty() && r.cpr.is_none());
+
+    let r = &m.gateway.audit_records_of(&request_id_of_status(&bad_cpr))[0];
+    assert_eq!(r.outcome, Outcome::Invalid);
+    assert_eq!(r.actor.caller_id, caseworker(Department::ChildWelfare).id);
+    assert!(r.cpr.is_none(), "an invalid CPR is not a CPR");
+
+    let r = &m
+        .gateway
+        .audit_records_of(&request_id_of_status(&no_purpose))[0];
+    assert_eq!(r.outcome, Outcome::Invalid);
+    assert_eq!(r.cpr.as_deref(), Some(cpr));
+    assert!(r.sources.is_empty());
+}
+
+#[tokio::test]
+async fn a_lookup_abandoned_by_its_caller_is_recorded_as_cancelled() {
+    let hanging = Arc::new(Hanging::default());
+    let server = start_source(hanging.clone()).await;
+    let gateway = start_gateway(&[SourceSpec::at("hanging", server.addr)], 5_000).await;
+    let mut client = gateway.client().await;
+    let token = token(Department::Jobcenter);
+    let cpr = three_department_citizen().to_owned();
+    let call = tokio::spawn(async move {
+        client
+            .lookup(request(&cpr, Purpose::PrepareMeeting, Some(&token), None))
+            .await
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || hanging
+            .started
+            .load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    call.abort();
+    let cancelled = || {
+        gateway.audit_records().iter().any(|r| {
+            r.outcome == Outcome::Cancelled && r.cpr.as_deref() == Some(three_department_citizen())
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(5), cancelled).await,
+        "no cancellation record"
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_lookup_records_each_part_before_sending_it() {
+    let m = start_municipal().await;
+    let token = token(Department::Integration);
+    let response = m
+        .gateway
+        .client()
+        .await
+        .lookup_stream(request(
+            three_department_citizen(),
+            Purpose::DraftPlan,
+            Some(&token),
+            None,
+        ))
+        .await
+        .unwrap();
+    let id = request_id_of(&response);
+    let mut stream = response.into_inner();
+    let mut sent = Vec::new();
+    while let Some(part) = stream.message().await.unwrap() {
+        // The part's record is durable before the part arrives.
+        let recorded: Vec<String> = m
+            .gateway
+            .audit_records_of(&id)
+            .iter()
+            .flat_map(|r| r.sources.iter().map(|s| s.source_id.clone()))
+            .collect();
+        assert!(
+            recorded.contains(&part.source_id),
+            "{} sent before recorded",
+            part.source_id
+        );
+        sent.push(part.source_id);
+    }
+    let records = m.gateway.audit_records_of(&id);
+    assert_eq!(records.len(), 3);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.action == Action::LookupStream && r.outcome == Outcome::Answered)
+    );
+    assert_eq!(sent.len(), 3);
+}
+
+#[tokio::test]
+async fn when_the_audit_store_fails_nothing_is_disclosed_health_says_so_and_it_recovers() {
+    let jobcenter = start_source(reference(Department::Jobcenter)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = FaultInjecting::new(
+        SqliteStore::open(&dir.path().join("audit.db"), Durability::Full).unwrap(),
+    );
+    let failing = Arc::clone(&store.failing);
+    let gateway = start_gateway_audited_by(
+        &[SourceSpec::at("jobcenter", jobcenter.addr)],
+        Box::new(store),
+    )
+    .await;
+    let mut client = gateway.client().await;
+    let mut health = HealthClient::new(gateway.channel().await);
+    let serving = |h: &mut HealthClient<_>| {
+        let mut h = h.clone();
+        async move {
+            h.check(HealthCheckRequest {
+                service: "samblik.v1.LookupService".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+        }
+    };
+    let token = token(Department::ChildWelfare);
+    let cpr = three_department_citizen();
+    assert_eq!(serving(&mut health).await, ServingStatus::Serving as i32);
+
+    failing.store(true, Ordering::SeqCst);
+    let status = client
+        .lookup(request(cpr, Purpose::PrepareMeeting, Some(&token), None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(!status.message().contains(cpr));
+    let status = client
+        .lookup_stream(request(cpr, Purpose::PrepareMeeting, Some(&token), None))
+        .await
+        .map(|_| ())
+        .err();
+    // The stream is refused outright or ends with UNAVAILABLE before any part: never a part.
+    if status.is_none() {
+        let mut stream = client
+            .lookup_stream(request(cpr, Purpose::PrepareMeeting, Some(&token), None))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            stream.message().await.unwrap_err().code(),
+            Code::Unavailable
+        );
+    }
+    let mut last = 0;
+    for _ in 0..100 {
+        last = serving(&mut health).await;
+        if last == ServingStatus::NotServing as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(last, ServingStatus::NotServing as i32);
+
+    failing.store(false, Ordering::SeqCst);
+    let answer = client
+        .lookup(request(cpr, Purpose::PrepareMeeting, Some(&token), None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.sources[0].status(), SourceStatus::Ok);
+    let mut last = 0;
+    for _ in 0..100 {
+        last = serving(&mut health).await;
+        if last == ServingStatus::Serving as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(last, ServingStatus::Serving as i32);
+}
