@@ -263,10 +263,12 @@ pub async fn start_gateway_in_process(
     sources: Vec<(Arc<dyn Source>, &str)>,
     default_deadline_ms: u64,
     verified_token_cache: u64,
+    audit_durability: samblik_gateway::config::AuditDurability,
 ) -> RunningGateway {
     let audit_dir = tempfile::tempdir().unwrap();
     let mut config = gateway_config(audit_dir.path(), &[], default_deadline_ms);
     config.auth.verified_token_cache = verified_token_cache;
+    config.audit.durability = audit_durability;
     let audit = samblik_gateway::server::open_audit_log(&config.audit).unwrap();
     let pipeline = LookupPipeline::new(
         Authenticator::from_config(&config.auth).unwrap(),

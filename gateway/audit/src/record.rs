@@ -1,8 +1,9 @@
 //! The audit record and its canonical encoding.
 //!
 //! A record's hash is SHA-256 over its canonical encoding: the record as JSON with its fields in
-//! declaration order and the `hash` field empty. The encoding includes `prev_hash`, so each record
-//! commits to the whole chain before it.
+//! declaration order, without the hash itself. The encoding includes `prev_hash`, so each record
+//! commits to the whole chain before it. The store keeps exactly these bytes as the record's
+//! body, so verification hashes what is stored, byte for byte.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -112,7 +113,8 @@ pub struct AuditRecord {
     pub policy_version: String,
     /// The previous record's hash ([`GENESIS_HASH`] for the first).
     pub prev_hash: String,
-    /// SHA-256 of the canonical encoding, hex.
+    /// SHA-256 of the canonical encoding, hex. Not part of the encoding: it is kept beside it.
+    #[serde(skip)]
     pub hash: String,
 }
 
@@ -136,22 +138,54 @@ impl AuditRecord {
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
         };
-        record.hash = record.compute_hash();
+        record.hash = hash_of(&record.canonical_json());
         record
     }
 
     /// The hash this record should carry, computed from its content.
     pub fn compute_hash(&self) -> String {
-        let mut unhashed = self.clone();
-        unhashed.hash.clear();
-        // Serialising a plain struct of strings, numbers and enums cannot fail.
-        let bytes = serde_json::to_vec(&unhashed).unwrap_or_default();
-        hex::encode(Sha256::digest(&bytes))
+        hash_of(&self.canonical_json())
     }
 
-    /// The stored encoding (with the hash).
-    pub fn to_json(&self) -> String {
+    /// The canonical encoding, as stored.
+    pub fn canonical_json(&self) -> String {
+        // Serialising a plain struct of strings, numbers and enums cannot fail.
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads a stored body back; `hash` is the hash stored beside it.
+    pub fn from_stored(body: &str, hash: &str) -> Result<Self, serde_json::Error> {
+        let mut record: AuditRecord = serde_json::from_str(body)?;
+        record.hash = hash.to_owned();
+        Ok(record)
+    }
+}
+
+/// SHA-256 of a canonical encoding, hex.
+pub fn hash_of(canonical: &str) -> String {
+    hex::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Lookup => "lookup",
+            Action::LookupStream => "lookup-stream",
+            Action::AuditMaintenance => "audit-maintenance",
+        }
+    }
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Answered => "answered",
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::Denied => "denied",
+            Outcome::Invalid => "invalid",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Failed => "failed",
+        }
     }
 }
 
@@ -178,6 +212,27 @@ mod tests {
     }
 
     #[test]
+    fn the_text_forms_match_serde() {
+        for a in [
+            Action::Lookup,
+            Action::LookupStream,
+            Action::AuditMaintenance,
+        ] {
+            assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
+        }
+        for o in [
+            Outcome::Answered,
+            Outcome::Unauthenticated,
+            Outcome::Denied,
+            Outcome::Invalid,
+            Outcome::Cancelled,
+            Outcome::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+    }
+
+    #[test]
     fn the_hash_covers_every_field_and_the_previous_hash() {
         let a = AuditRecord::seal(event(), "c", 1, "2026-01-01T00:00:00Z".into(), GENESIS_HASH);
         assert_eq!(a.hash, a.compute_hash());
@@ -192,8 +247,9 @@ mod tests {
     #[test]
     fn the_stored_encoding_round_trips() {
         let a = AuditRecord::seal(event(), "c", 1, "2026-01-01T00:00:00Z".into(), GENESIS_HASH);
-        let back: AuditRecord = serde_json::from_str(&a.to_json()).unwrap();
+        let back = AuditRecord::from_stored(&a.canonical_json(), &a.hash).unwrap();
         assert_eq!(back, a);
+        assert!(!a.canonical_json().contains(&a.hash));
         assert_eq!(back.compute_hash(), a.hash);
     }
 }

@@ -18,8 +18,8 @@ CREATE TABLE IF NOT EXISTS audit_records (
     outcome    TEXT    NOT NULL,
     body       TEXT    NOT NULL,
     hash       TEXT    NOT NULL,
-    PRIMARY KEY (chain, seq)
-) WITHOUT ROWID;
+    UNIQUE (chain, seq)
+);
 CREATE INDEX IF NOT EXISTS audit_records_cpr ON audit_records (cpr, at);
 CREATE INDEX IF NOT EXISTS audit_records_caller ON audit_records (caller_id, at);
 CREATE INDEX IF NOT EXISTS audit_records_at ON audit_records (at);
@@ -82,13 +82,6 @@ impl From<rusqlite::Error> for AuditError {
     }
 }
 
-fn enum_text<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 impl AuditStore for SqliteStore {
     fn head(&mut self, chain: &str) -> Result<Option<(u64, String)>, AuditError> {
         let row = self
@@ -129,9 +122,9 @@ impl AuditStore for SqliteStore {
                     r.cpr,
                     r.actor.caller_id,
                     r.actor.department,
-                    enum_text(&r.action),
-                    enum_text(&r.outcome),
-                    r.to_json(),
+                    r.action.as_str(),
+                    r.outcome.as_str(),
+                    r.canonical_json(),
                     r.hash,
                 ])?;
             }

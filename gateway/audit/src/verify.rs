@@ -2,7 +2,7 @@
 //! indexed columns against the hashed body, and every signed checkpoint.
 
 use crate::checkpoint::Checkpoint;
-use crate::record::{AuditRecord, GENESIS_HASH};
+use crate::record::{AuditRecord, GENESIS_HASH, hash_of};
 use crate::{AuditError, AuditStore};
 use ed25519_dalek::VerifyingKey;
 use std::collections::BTreeMap;
@@ -85,11 +85,11 @@ fn verify_chain(
                 ));
             }
             let seq = stored.seq;
-            let record: AuditRecord = serde_json::from_str(&stored.body)
-                .map_err(|e| broken(seq, format!("body is not a valid record: {e}")))?;
-            if record.hash != record.compute_hash() || record.hash != stored.hash {
+            if hash_of(&stored.body) != stored.hash {
                 return Err(broken(seq, "content does not match its hash".into()));
             }
+            let record = AuditRecord::from_stored(&stored.body, &stored.hash)
+                .map_err(|e| broken(seq, format!("body is not a valid record: {e}")))?;
             if record.prev_hash != prev_hash {
                 return Err(broken(seq, "does not link to the previous record".into()));
             }

@@ -4,11 +4,15 @@
 //! wire, none of the work. Both run in this process, in the same run, so the ratio is what
 //! counts on a noisy machine.
 //!
+//! Further phases: the gateway with the audit log's fsync off (what durability costs), with
+//! sources over gRPC, and with the verified-token cache off.
+//!
 //! `cargo run --release -p samblik-tests --bin loadtest -- [--seconds 10] [--concurrency 32]`
 
 use anyhow::Context;
 use samblik_adapters::Source;
 use samblik_adapters::reference::ReferenceSource;
+use samblik_gateway::config::AuditDurability;
 use samblik_gateway::demo::caseworker_claims;
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;
 use samblik_proto::v1::lookup_service_server::{LookupService, LookupServiceServer};
@@ -199,8 +203,12 @@ async fn main() -> anyhow::Result<()> {
         servers.push(running);
         in_process.push((source, department.display_name()));
     }
-    let gateway = start_gateway_in_process(in_process.clone(), 3_000, 10_000).await;
-    let gateway_uncached = start_gateway_in_process(in_process, 3_000, 0).await;
+    let gateway =
+        start_gateway_in_process(in_process.clone(), 3_000, 10_000, AuditDurability::Full).await;
+    let gateway_no_fsync =
+        start_gateway_in_process(in_process.clone(), 3_000, 10_000, AuditDurability::Off).await;
+    let gateway_uncached =
+        start_gateway_in_process(in_process, 3_000, 0, AuditDurability::Full).await;
     let gateway_remote = start_gateway(&specs, 3_000).await;
 
     let echo_listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -245,6 +253,14 @@ async fn main() -> anyhow::Result<()> {
         all_ok,
     )
     .await?;
+    let no_fsync = drive(
+        gateway_no_fsync.addr,
+        &args,
+        Arc::clone(&cprs),
+        Arc::clone(&tokens),
+        all_ok,
+    )
+    .await?;
     let uncached = drive(
         gateway_uncached.addr,
         &args,
@@ -257,6 +273,7 @@ async fn main() -> anyhow::Result<()> {
         ("bare tonic echo", &echo),
         ("gateway, in-process sources", &full),
         ("gateway, gRPC sources", &remote),
+        ("gateway, audit fsync off", &no_fsync),
         ("gateway, no token cache", &uncached),
     ] {
         println!(
@@ -277,9 +294,19 @@ async fn main() -> anyhow::Result<()> {
         remote.per_second() / echo.per_second()
     );
     println!(
+        "ratio audit fsync on / off (in-process sources): {:.3} (target >= 0.8)",
+        full.per_second() / no_fsync.per_second()
+    );
+    println!(
         "ratio gateway (in-process sources, token cache off) / echo: {:.3}",
         uncached.per_second() / echo.per_second()
     );
-    drop((gateway, gateway_remote, gateway_uncached, servers));
+    drop((
+        gateway,
+        gateway_remote,
+        gateway_uncached,
+        gateway_no_fsync,
+        servers,
+    ));
     Ok(())
 }
