@@ -190,15 +190,23 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn verify_audit(db: &std::path::Path, key: &std::path::Path) -> anyhow::Result<()> {
+/// Verifies an audit store. Runs on a thread of its own: the PostgreSQL client blocks.
+fn verify_audit(
+    open: impl FnOnce() -> Result<Box<dyn samblik_audit::AuditStore>, samblik_audit::AuditError>
+    + Send
+    + 'static,
+    key: &std::path::Path,
+) -> anyhow::Result<()> {
     use samblik_audit::checkpoint::{load_verifying_key, public_key_path};
-    use samblik_audit::sqlite::SqliteStore;
-    anyhow::ensure!(db.is_file(), "no audit log at {}", db.display());
     let public = public_key_path(key);
     let key = load_verifying_key(&public)
         .with_context(|| format!("cannot read the checkpoint key {}", public.display()))?;
-    let mut store = SqliteStore::open_read_only(db)?;
-    let summaries = samblik_audit::verify::verify_store(&mut store, &key)?;
+    let summaries = std::thread::spawn(move || -> anyhow::Result<_> {
+        let mut store = open()?;
+        Ok(samblik_audit::verify::verify_store(&mut *store, &key)?)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the verification thread panicked"))??;
     for s in summaries {
         println!(
             "chain {}: {} records, {} signed checkpoints, head {} — verified",
@@ -322,20 +330,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Audit {
             command: AuditCommand::Verify { dir, config },
-        } => {
-            let (db, key) = match (dir, config) {
-                (Some(dir), _) => (
-                    dir.join(demo::AUDIT_DB_FILE),
-                    dir.join(demo::AUDIT_KEY_FILE),
-                ),
-                (None, Some(config)) => {
-                    let config = Config::load(&config)?;
-                    (config.audit.path, config.audit.signing_key_file)
-                }
-                (None, None) => anyhow::bail!("give --dir or --config"),
-            };
-            verify_audit(&db, &key)
-        }
+        } => match (dir, config) {
+            (Some(dir), _) => {
+                let db = dir.join(demo::AUDIT_DB_FILE);
+                anyhow::ensure!(db.is_file(), "no audit log at {}", db.display());
+                let open = move || -> Result<Box<dyn samblik_audit::AuditStore>, _> {
+                    Ok(Box::new(
+                        samblik_audit::sqlite::SqliteStore::open_read_only(&db)?,
+                    ))
+                };
+                verify_audit(open, &dir.join(demo::AUDIT_KEY_FILE))
+            }
+            (None, Some(config)) => {
+                let config = Config::load(&config)?;
+                let open = crate::server::audit_store_opener(&config.audit)?;
+                verify_audit(open, &config.audit.signing_key_file)
+            }
+            (None, None) => anyhow::bail!("give --dir or --config"),
+        },
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             // Keys and endpoints are checked before the port is bound.

@@ -56,8 +56,14 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// The SQLite file (created if missing). Relative paths are relative to the config file.
-    pub path: PathBuf,
+    /// The embedded store: a SQLite file (created if missing). Relative paths are relative to
+    /// the config file. Give this or `postgres_url_env`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The production store for several replicas: the name of the environment variable that
+    /// holds the PostgreSQL connection URL (it may carry a password, so it is not in this file).
+    #[serde(default)]
+    pub postgres_url_env: Option<String>,
     /// The Ed25519 checkpoint signing key (created with its `.pub` half if missing).
     pub signing_key_file: PathBuf,
     /// This replica's chain id; unique per gateway replica writing to one store.
@@ -213,7 +219,9 @@ impl Config {
         for key in &mut config.auth.keys {
             resolve(&mut key.public_key_file);
         }
-        resolve(&mut config.audit.path);
+        if let Some(p) = &mut config.audit.path {
+            resolve(p);
+        }
         resolve(&mut config.audit.signing_key_file);
         config.validate()?;
         Ok(config)
@@ -255,6 +263,12 @@ impl Config {
             }
         }
         let audit = &self.audit;
+        if audit.path.is_some() == audit.postgres_url_env.is_some() {
+            return invalid(
+                "audit: give exactly one store: path = \"…/audit.db\" (SQLite) or postgres_url_env = \"VAR\" (PostgreSQL)"
+                    .into(),
+            );
+        }
         if audit.chain.is_empty()
             || audit.checkpoint_every == 0
             || audit.checkpoint_interval_secs == 0

@@ -209,7 +209,8 @@ pub fn demo_config(
         },
         sources,
         audit: AuditConfig {
-            path: dir.join(AUDIT_DB_FILE),
+            path: Some(dir.join(AUDIT_DB_FILE)),
+            postgres_url_env: None,
             signing_key_file: dir.join(AUDIT_KEY_FILE),
             chain: "demo-gateway".to_owned(),
             checkpoint_every: 100,

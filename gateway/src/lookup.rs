@@ -25,8 +25,9 @@ use tracing::Instrument;
 
 /// Most sources one request may name in its filter.
 const MAX_SOURCE_FILTER: usize = 64;
-/// Time kept back from the caller's deadline so the answer reaches it before it gives up.
-const DEADLINE_MARGIN_MAX: Duration = Duration::from_millis(100);
+/// Time kept back from the caller's deadline (a fifth of it, at most this) so that the audit
+/// record can be made durable and the answer reach the caller before it gives up.
+const DEADLINE_MARGIN_MAX: Duration = Duration::from_millis(250);
 
 /// One configured source with what the gateway applies around it.
 pub struct GatewaySource {
@@ -250,7 +251,7 @@ impl LookupPipeline {
         tracing::Span::current().record("purpose", purpose.code());
         let targets = self.select_sources(&request.sources)?;
         let budget = client_timeout
-            .map(|t| t.saturating_sub((t / 10).min(DEADLINE_MARGIN_MAX)))
+            .map(|t| t.saturating_sub((t / 5).min(DEADLINE_MARGIN_MAX)))
             .unwrap_or(self.limits.default_deadline)
             .min(self.limits.max_deadline);
         Ok(LookupPlan {

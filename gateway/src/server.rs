@@ -6,8 +6,9 @@ use crate::config::{AuditConfig, AuditDurability, Config};
 use crate::error::REQUEST_ID_HEADER;
 use crate::lookup::{GatewaySource, LookupLimits, LookupPipeline, parse_grpc_timeout};
 use samblik_adapters::GrpcSource;
+use samblik_audit::postgres::PostgresStore;
 use samblik_audit::sqlite::{Durability, SqliteStore};
-use samblik_audit::{AuditLog, CheckpointSigner, WriterOptions};
+use samblik_audit::{AuditError, AuditLog, AuditStore, CheckpointSigner, WriterOptions};
 use samblik_proto::v1::lookup_service_server::{LookupService, LookupServiceServer};
 use samblik_proto::v1::{LookupRequest, LookupResponse, SourceResult};
 use std::future::Future;
@@ -33,7 +34,7 @@ pub enum ServerError {
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
     #[error("audit log: {0}")]
-    Audit(#[from] samblik_audit::AuditError),
+    Audit(#[from] AuditError),
     #[error("source {id}: invalid endpoint: {source}")]
     SourceEndpoint {
         id: String,
@@ -48,6 +49,26 @@ pub enum ServerError {
 /// Opens the audit log of a validated config: the store, the signing key, the writer. Fails
 /// (and the gateway must not start) if a start-up record cannot be written.
 pub fn open_audit_log(config: &AuditConfig) -> Result<AuditLog, ServerError> {
+    let open = audit_store_opener(config)?;
+    let signer = CheckpointSigner::load_or_create(&config.signing_key_file)?;
+    let mut options = WriterOptions::new(config.chain.clone());
+    options.checkpoint_every = config.checkpoint_every;
+    options.checkpoint_interval = std::time::Duration::from_secs(config.checkpoint_interval_secs);
+    options.policy_version = samblik_policy::POLICY_VERSION.to_owned();
+    Ok(AuditLog::start_with(open, signer, options)?)
+}
+
+/// How to open the configured audit store. The store is opened by whoever runs the returned
+/// function — the audit writer's own thread — because PostgreSQL's blocking client must not run
+/// on the async runtime.
+pub fn audit_store_opener(
+    config: &AuditConfig,
+) -> Result<impl FnOnce() -> Result<Box<dyn AuditStore>, AuditError> + Send + 'static, ServerError>
+{
+    enum Target {
+        Sqlite(std::path::PathBuf, Durability),
+        Postgres(String),
+    }
     let durability = match config.durability {
         AuditDurability::Full => Durability::Full,
         AuditDurability::Off => {
@@ -57,13 +78,25 @@ pub fn open_audit_log(config: &AuditConfig) -> Result<AuditLog, ServerError> {
             Durability::Off
         }
     };
-    let store = SqliteStore::open(&config.path, durability)?;
-    let signer = CheckpointSigner::load_or_create(&config.signing_key_file)?;
-    let mut options = WriterOptions::new(config.chain.clone());
-    options.checkpoint_every = config.checkpoint_every;
-    options.checkpoint_interval = std::time::Duration::from_secs(config.checkpoint_interval_secs);
-    options.policy_version = samblik_policy::POLICY_VERSION.to_owned();
-    Ok(AuditLog::start(Box::new(store), signer, options)?)
+    let target = match (&config.path, &config.postgres_url_env) {
+        (Some(path), _) => Target::Sqlite(path.clone(), durability),
+        (None, Some(var)) => Target::Postgres(std::env::var(var).map_err(|_| {
+            ServerError::Audit(AuditError::Store(format!(
+                "audit.postgres_url_env names {var}, which is not set"
+            )))
+        })?),
+        (None, None) => {
+            return Err(ServerError::Audit(AuditError::Store(
+                "no audit store configured".into(),
+            )));
+        }
+    };
+    Ok(move || -> Result<Box<dyn AuditStore>, AuditError> {
+        Ok(match target {
+            Target::Sqlite(path, durability) => Box::new(SqliteStore::open(&path, durability)?),
+            Target::Postgres(url) => Box::new(PostgresStore::connect(&url)?),
+        })
+    })
 }
 
 /// Builds the lookup pipeline from a validated config: reads the keys, sets up the sources,

@@ -346,3 +346,168 @@ signing_key_file = "audit.key"
         );
     }
 }
+
+/// An admin URL of the test PostgreSQL server, or `None` off CI when there is none.
+fn postgres_admin_url() -> Option<String> {
+    match std::env::var("SAMBLIK_TEST_POSTGRES_URL") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("CI must test the PostgreSQL audit store: run the tests through ./scripts/test")
+        }
+        Err(_) => {
+            eprintln!("SAMBLIK_TEST_POSTGRES_URL not set: PostgreSQL audit store not tested");
+            None
+        }
+    }
+}
+
+#[test]
+fn serve_from_a_config_file_audits_into_postgresql_and_verifies() {
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    let database = format!("samblik_serve_{}", std::process::id());
+    let mut pg = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+    pg.batch_execute(&format!("DROP DATABASE IF EXISTS {database}"))
+        .unwrap();
+    pg.batch_execute(&format!("CREATE DATABASE {database}"))
+        .unwrap();
+    let url = format!("{}/{database}", admin.rsplit_once('/').unwrap().0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    stdout(&samblik(&[
+        "synth",
+        "--seed",
+        "3",
+        "--citizens",
+        "3000",
+        "--out",
+        data.to_str().unwrap(),
+    ]));
+    let mut source = Running(
+        Command::new(SAMBLIK)
+            .args([
+                "source",
+                "--kind",
+                "jobcenter",
+                "--data",
+                data.to_str().unwrap(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(source.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let source_addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+
+    let issuer = samblik_gateway::tokens::DemoIssuer::load_or_create(dir.path()).unwrap();
+    let config = dir.path().join("samblik.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[auth]
+issuer = "{issuer_url}"
+audience = "{audience}"
+[[auth.keys]]
+kid = "{kid}"
+algorithm = "ES256"
+public_key_file = "{key}"
+[[sources]]
+id = "jobcenter"
+department = "Jobcenter"
+endpoint = "http://{source_addr}"
+[audit]
+postgres_url_env = "SAMBLIK_AUDIT_DATABASE_URL"
+signing_key_file = "keys/audit-signing.key"
+chain = "replica-a"
+"#,
+            issuer_url = samblik_gateway::tokens::DEMO_ISSUER,
+            audience = samblik_gateway::tokens::DEMO_AUDIENCE,
+            kid = samblik_gateway::tokens::DEMO_KID,
+            key = issuer.public_key_path().display(),
+        ),
+    )
+    .unwrap();
+    let mut gateway = Running(
+        Command::new(SAMBLIK)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("SAMBLIK_AUDIT_DATABASE_URL", &url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(gateway.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("samblik gateway listening on ")
+        .unwrap()
+        .to_owned();
+
+    let caseworkers = samblik_synth::store::read_caseworkers(&data).unwrap();
+    let worker = caseworkers
+        .iter()
+        .find(|w| w.id.starts_with("cw-jobcenter"))
+        .unwrap();
+    let token = issuer
+        .mint(
+            &samblik_gateway::demo::caseworker_claims(worker, "999"),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let cases = samblik_synth::store::read(&data).unwrap().cases;
+    let cpr = &cases
+        .iter()
+        .find(|c| c.plan_type.department() == samblik_synth::Department::Jobcenter)
+        .unwrap()
+        .cpr;
+    let overview = stdout(&samblik(&[
+        "lookup",
+        "--addr",
+        &format!("http://{addr}"),
+        "--token",
+        &token,
+        "--cpr",
+        cpr,
+        "--purpose",
+        "follow-up",
+    ]));
+    assert!(overview.contains("data as of"), "{overview}");
+    assert!(gateway.terminate().success());
+    drop(source);
+
+    let verified = Command::new(SAMBLIK)
+        .args(["audit", "verify", "--config", config.to_str().unwrap()])
+        .env("SAMBLIK_AUDIT_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    let text = stdout(&verified);
+    assert!(text.contains("chain replica-a: 2 records"), "{text}");
+    let cprs: Vec<Option<String>> = pg_records(&url);
+    assert!(
+        cprs.iter().any(|c| c.as_deref() == Some(cpr.as_str())),
+        "lookup not in PostgreSQL"
+    );
+    drop(pg);
+}
+
+fn pg_records(url: &str) -> Vec<Option<String>> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    client
+        .query("SELECT cpr FROM audit_records ORDER BY seq", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}

@@ -17,6 +17,7 @@
 //! nothing, and [`AuditLog::health`] reports unhealthy until a write succeeds again.
 
 pub mod checkpoint;
+pub mod postgres;
 pub mod record;
 pub mod sqlite;
 pub mod testing;

@@ -59,56 +59,48 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Starts the writer over `store`. Before returning it writes a start-up record (so every
-    /// restart, including one after a crash, is itself in the log); if that fails, so does
-    /// `start`, and a gateway must not serve.
+    /// Starts the writer over `store`. See [`AuditLog::start_with`].
     pub fn start(
-        mut store: Box<dyn AuditStore>,
+        store: Box<dyn AuditStore>,
         signer: CheckpointSigner,
         options: WriterOptions,
     ) -> Result<Self, AuditError> {
-        let head = store.head(&options.chain)?;
-        let last_checkpoint = store.last_checkpoint(&options.chain)?;
-        let mut state = ChainState {
-            seq: head.as_ref().map_or(0, |(s, _)| *s),
-            hash: head.map_or_else(|| GENESIS_HASH.to_owned(), |(_, h)| h),
-            checkpointed_seq: last_checkpoint.map_or(0, |c| c.seq),
-            checkpointed_at: Instant::now(),
-            stale: false,
-        };
-        let detail = format!(
-            "writer started; chain head at seq {}, last checkpoint at seq {}",
-            state.seq, state.checkpointed_seq
-        );
-        let started = AuditEvent {
-            request_id: String::new(),
-            action: Action::AuditMaintenance,
-            actor: Actor {
-                caller_id: "samblik".into(),
-                name: "Samblik audit writer".into(),
-                ..Actor::default()
-            },
-            cpr: None,
-            purpose: None,
-            break_glass_reason: None,
-            outcome: Outcome::Answered,
-            detail: Some(detail),
-            sources: Vec::new(),
-            policy_version: options.policy_version.clone(),
-        };
-        // The start-up record is checkpointed at once, so the chain's head is always signed.
-        let record = state.seal(started, &options.chain);
-        let checkpoint = signer.sign(&options.chain, record.seq, &record.hash, &record.at);
-        store.append(std::slice::from_ref(&record), Some(&checkpoint))?;
-        state.checkpointed_seq = record.seq;
+        Self::start_with(move || Ok(store), signer, options)
+    }
 
+    /// Starts the writer thread, which opens its store with `open` (on its own thread: some
+    /// stores, such as PostgreSQL's blocking client, must not run on an async runtime), reads the
+    /// chain's head and writes a start-up record — so every restart, including one after a crash,
+    /// is itself in the log. If any of that fails, so does `start_with`, and a gateway must not
+    /// serve.
+    pub fn start_with(
+        open: impl FnOnce() -> Result<Box<dyn AuditStore>, AuditError> + Send + 'static,
+        signer: CheckpointSigner,
+        options: WriterOptions,
+    ) -> Result<Self, AuditError> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (health_tx, health) = watch::channel(true);
+        let (ready_tx, ready) = mpsc::sync_channel::<Result<(), AuditError>>(1);
         let chain = options.chain.clone();
         let writer = std::thread::Builder::new()
             .name("samblik-audit-writer".into())
-            .spawn(move || run(store, signer, options, state, rx, health_tx))
+            .spawn(move || {
+                let started = open().and_then(|mut store| {
+                    let state = begin(&mut *store, &signer, &options)?;
+                    Ok((store, state))
+                });
+                match started {
+                    Ok((store, state)) => {
+                        let _ = ready_tx.send(Ok(()));
+                        run(store, signer, options, state, rx, health_tx);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
             .map_err(|e| AuditError::Store(format!("cannot start the writer thread: {e}")))?;
+        ready.recv().map_err(|_| AuditError::Stopped)??;
         Ok(AuditLog {
             jobs,
             health,
@@ -157,6 +149,49 @@ impl AuditLog {
             tracing::error!("the audit writer panicked while closing");
         }
     }
+}
+
+/// Reads the chain's head and writes the start-up record, checkpointed at once so the head is
+/// always signed.
+fn begin(
+    store: &mut dyn AuditStore,
+    signer: &CheckpointSigner,
+    options: &WriterOptions,
+) -> Result<ChainState, AuditError> {
+    let head = store.head(&options.chain)?;
+    let last_checkpoint = store.last_checkpoint(&options.chain)?;
+    let mut state = ChainState {
+        seq: head.as_ref().map_or(0, |(s, _)| *s),
+        hash: head.map_or_else(|| GENESIS_HASH.to_owned(), |(_, h)| h),
+        checkpointed_seq: last_checkpoint.map_or(0, |c| c.seq),
+        checkpointed_at: Instant::now(),
+        stale: false,
+    };
+    let detail = format!(
+        "writer started; chain head at seq {}, last checkpoint at seq {}",
+        state.seq, state.checkpointed_seq
+    );
+    let started = AuditEvent {
+        request_id: String::new(),
+        action: Action::AuditMaintenance,
+        actor: Actor {
+            caller_id: "samblik".into(),
+            name: "Samblik audit writer".into(),
+            ..Actor::default()
+        },
+        cpr: None,
+        purpose: None,
+        break_glass_reason: None,
+        outcome: Outcome::Answered,
+        detail: Some(detail),
+        sources: Vec::new(),
+        policy_version: options.policy_version.clone(),
+    };
+    let record = state.seal(started, &options.chain);
+    let checkpoint = signer.sign(&options.chain, record.seq, &record.hash, &record.at);
+    store.append(std::slice::from_ref(&record), Some(&checkpoint))?;
+    state.checkpointed_seq = record.seq;
+    Ok(state)
 }
 
 struct ChainState {
@@ -256,11 +291,12 @@ fn run(
                 (state.seq, state.hash) = before;
                 state.stale = true;
                 tracing::error!(error = %e, records = records.len(), "audit write failed; lookups are refused until it recovers");
+                // Health first: whoever hears of the failure must find the gateway unhealthy.
+                health.send_if_modified(|h| std::mem::replace(h, false));
                 let jobs = replies.into_iter().map(|(reply, _)| reply);
                 for reply in jobs.flatten() {
                     let _ = reply.send(Err(e.clone()));
                 }
-                health.send_if_modified(|h| std::mem::replace(h, false));
             }
         }
     }
@@ -290,10 +326,10 @@ fn sign_head(
 
 fn fail(jobs: Vec<Job>, error: &AuditError, health: &watch::Sender<bool>) {
     tracing::error!(error = %error, "audit store unavailable; lookups are refused until it recovers");
+    health.send_if_modified(|h| std::mem::replace(h, false));
     for job in jobs {
         if let Some(reply) = job.reply {
             let _ = reply.send(Err(error.clone()));
         }
     }
-    health.send_if_modified(|h| std::mem::replace(h, false));
 }
