@@ -23,7 +23,7 @@
 //! ```
 
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -76,13 +76,107 @@ pub struct AuthConfig {
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     #[serde(default = "defaults::leeway_secs")]
     pub leeway_secs: u64,
-    /// The identity provider's signing keys.
+    /// The identity provider's signing keys, if not (only) from `jwks`.
+    #[serde(default)]
     pub keys: Vec<KeyConfig>,
     /// How many verified tokens to remember (until each one's expiry) so a fagsystem's repeated
     /// calls with the same token skip the signature check; 0 turns the cache off.
     #[serde(default = "defaults::verified_token_cache")]
     pub verified_token_cache: u64,
+    /// The only signature algorithms a token may use, whatever its header says.
+    #[serde(default = "defaults::algorithms")]
+    pub algorithms: Vec<KeyAlgorithm>,
+    /// The identity provider's JWKS endpoint, for keys that rotate without a config change.
+    #[serde(default)]
+    pub jwks: Option<JwksConfig>,
+    /// What makes a token an access token, and which claims name the caller.
+    #[serde(default)]
+    pub claims: ClaimsConfig,
 }
+
+/// Keys fetched over HTTPS from the identity provider's JWKS endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksConfig {
+    /// The `https://` URL of the key set. Never plain HTTP: whoever can change the keys can mint
+    /// any caller.
+    pub url: String,
+    /// PEM file with the CA certificate(s) to trust for the JWKS endpoint, instead of the
+    /// system's roots (for an identity provider behind a municipal CA). Relative paths are
+    /// relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Fetched keys are trusted this long after their last successful fetch, also while the
+    /// identity provider is down; after that, tokens are refused until a fetch succeeds.
+    #[serde(default = "defaults::jwks_ttl_secs")]
+    pub ttl_secs: u64,
+    /// The key set is refreshed in the background when it is older than this.
+    #[serde(default = "defaults::jwks_refresh_secs")]
+    pub refresh_secs: u64,
+    /// At most one fetch per this interval, however many tokens name an unknown `kid`: made-up
+    /// key ids must not turn the gateway into a load generator against the identity provider.
+    #[serde(default = "defaults::jwks_min_refresh_secs")]
+    pub min_refresh_secs: u64,
+    /// The longest one fetch may take.
+    #[serde(default = "defaults::jwks_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// How a verified token becomes a caller. Claim names may be dotted paths into nested objects
+/// (e.g. `realm_access.roles`), so a municipality can use its identity provider's names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimsConfig {
+    /// The header `typ` every token must carry (RFC 9068: `at+jwt`), compared case-insensitively
+    /// and with an optional `application/` prefix. An ID token (`typ` `JWT` or none) is then not
+    /// an access token. Empty turns the check off; then set `token_use`.
+    pub typ: String,
+    /// A claim that must hold a given value, e.g. `{ claim = "token_use", value = "access" }`
+    /// (Cognito) or a scope the gateway requires.
+    pub token_use: Option<ClaimMatch>,
+    /// The claim with the caller's display name (falls back to `sub`).
+    pub name: String,
+    /// The claim with the caller's department (required).
+    pub department: String,
+    /// The claim with the municipality code.
+    pub municipality: String,
+    /// The claim with the caller's roles: an array of strings or a space-separated string.
+    pub roles: String,
+    /// The identity provider's role names mapped to Samblik's (caseworker, department_leader,
+    /// auditor, admin, citizen). Samblik's own names are always accepted; any other is ignored.
+    pub role_names: BTreeMap<String, String>,
+}
+
+/// A claim that must hold `value` (or, if it is an array or a space-separated string, contain it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimMatch {
+    pub claim: String,
+    pub value: String,
+}
+
+impl Default for ClaimsConfig {
+    fn default() -> Self {
+        ClaimsConfig {
+            typ: "at+jwt".to_owned(),
+            token_use: None,
+            name: "name".to_owned(),
+            department: "department".to_owned(),
+            municipality: "municipality".to_owned(),
+            roles: "roles".to_owned(),
+            role_names: BTreeMap::new(),
+        }
+    }
+}
+
+/// Samblik's roles; tokens' role names map onto these.
+pub const ROLES: [&str; 5] = [
+    "caseworker",
+    "department_leader",
+    "auditor",
+    "admin",
+    "citizen",
+];
 
 /// Accepted signature algorithms. Symmetric algorithms are deliberately absent: the gateway
 /// must never hold a key that can mint tokens.
@@ -139,6 +233,21 @@ mod defaults {
     pub fn verified_token_cache() -> u64 {
         10_000
     }
+    pub fn algorithms() -> Vec<super::KeyAlgorithm> {
+        vec![super::KeyAlgorithm::ES256, super::KeyAlgorithm::RS256]
+    }
+    pub fn jwks_ttl_secs() -> u64 {
+        24 * 3600
+    }
+    pub fn jwks_refresh_secs() -> u64 {
+        300
+    }
+    pub fn jwks_min_refresh_secs() -> u64 {
+        30
+    }
+    pub fn jwks_timeout_ms() -> u64 {
+        5_000
+    }
     pub fn source_timeout_ms() -> u64 {
         2_000
     }
@@ -168,6 +277,11 @@ impl Config {
                 key.public_key_file = base.join(&key.public_key_file);
             }
         }
+        if let Some(ca) = config.auth.jwks.as_mut().and_then(|j| j.ca_file.as_mut())
+            && ca.is_relative()
+        {
+            *ca = base.join(&*ca);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -195,17 +309,66 @@ impl Config {
                 a.leeway_secs
             ));
         }
-        if a.keys.is_empty() {
+        if a.keys.is_empty() && a.jwks.is_none() {
             return invalid(
-                "auth.keys is empty: add at least one [[auth.keys]] with kid, algorithm and public_key_file"
+                "no token keys: add [auth.jwks] url = \"https://…\" or at least one [[auth.keys]] with kid, algorithm and public_key_file"
                     .into(),
             );
+        }
+        if a.algorithms.is_empty() {
+            return invalid("auth.algorithms is empty: list the algorithms the identity provider signs with, e.g. [\"ES256\", \"RS256\"]".into());
         }
         let mut kids = HashSet::new();
         for key in &a.keys {
             if key.kid.is_empty() || !kids.insert(key.kid.as_str()) {
                 return invalid(format!("auth.keys: kid {:?} is empty or repeated", key.kid));
             }
+            if !a.algorithms.contains(&key.algorithm) {
+                return invalid(format!(
+                    "auth.keys: kid {:?} uses {:?}, which is not in auth.algorithms",
+                    key.kid, key.algorithm
+                ));
+            }
+        }
+        if let Some(j) = &a.jwks {
+            if !j.url.starts_with("https://") {
+                return invalid(format!(
+                    "auth.jwks.url must be an https:// URL, got {:?}",
+                    j.url
+                ));
+            }
+            if j.url.parse::<http::Uri>().is_err() {
+                return invalid(format!("auth.jwks.url is not a valid URL: {:?}", j.url));
+            }
+            if j.ttl_secs == 0 || j.refresh_secs == 0 || j.timeout_ms == 0 {
+                return invalid(
+                    "auth.jwks: ttl_secs, refresh_secs and timeout_ms must be positive".into(),
+                );
+            }
+            if j.refresh_secs > j.ttl_secs || j.min_refresh_secs > j.refresh_secs {
+                return invalid(
+                    "auth.jwks: need min_refresh_secs <= refresh_secs <= ttl_secs".into(),
+                );
+            }
+        }
+        let c = &a.claims;
+        if c.typ.is_empty() && c.token_use.is_none() {
+            return invalid("auth.claims: set typ (e.g. \"at+jwt\") or token_use, or ID tokens would pass as access tokens".into());
+        }
+        if [&c.name, &c.department, &c.municipality, &c.roles]
+            .iter()
+            .any(|n| n.is_empty())
+        {
+            return invalid("auth.claims: claim names must not be empty".into());
+        }
+        if let Some((from, to)) = c
+            .role_names
+            .iter()
+            .find(|(_, to)| !ROLES.contains(&to.as_str()))
+        {
+            return invalid(format!(
+                "auth.claims.role_names: {from:?} maps to {to:?}, which is not one of {ROLES:?}"
+            ));
         }
         if self.sources.is_empty() {
             return invalid("no [[sources]] configured: a gateway needs at least one".into());
@@ -325,6 +488,23 @@ mod tests {
                 "default_deadline_ms",
             ),
             (GOOD.replace("kid = \"k1\"", "kid = \"\""), "kid"),
+            (
+                GOOD.replace("[auth]", "[auth]\nalgorithms = [\"RS256\"]"),
+                "not in auth.algorithms",
+            ),
+            (
+                GOOD.replace("[auth]", "[auth]\nalgorithms = [\"HS256\"]"),
+                "unknown variant",
+            ),
+            (
+                format!("{GOOD}\n[auth.jwks]\nurl = \"http://idp.example/jwks\"\n"),
+                "https://",
+            ),
+            (format!("{GOOD}\n[auth.claims]\ntyp = \"\"\n"), "ID tokens"),
+            (
+                format!("{GOOD}\n[auth.claims.role_names]\nSagsbehandler = \"boss\"\n"),
+                "not one of",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse(&text);

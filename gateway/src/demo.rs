@@ -2,7 +2,9 @@
 //! sources and the gateway, real gRPC between them — and a `demo.json` that tells scripts (and
 //! people) where everything is, who the demo users are and which citizens are worth a look.
 
-use crate::config::{AuthConfig, Config, KeyAlgorithm, KeyConfig, ServerConfig, SourceConfig};
+use crate::config::{
+    AuthConfig, ClaimsConfig, Config, KeyAlgorithm, KeyConfig, ServerConfig, SourceConfig,
+};
 use crate::server;
 use crate::tokens::{DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, DemoIssuer, TokenClaims};
 use anyhow::Context;
@@ -193,6 +195,9 @@ pub fn demo_config(listen: SocketAddr, public_key: &Path, sources: Vec<SourceCon
                 algorithm: KeyAlgorithm::ES256,
                 public_key_file: public_key.to_owned(),
             }],
+            algorithms: vec![KeyAlgorithm::ES256, KeyAlgorithm::RS256],
+            jwks: None,
+            claims: ClaimsConfig::default(),
         },
         sources,
     }

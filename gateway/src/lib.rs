@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod jwks;
 pub mod lookup;
 pub mod server;
 pub mod tokens;

@@ -86,6 +86,12 @@ impl LookupPipeline {
         self.sources.iter().map(|s| s.source.id())
     }
 
+    /// Fetches the identity provider's keys if the request's token needs keys not yet known
+    /// (rate-limited; see [`Authenticator::refresh_keys_for`]). Call before [`Self::prepare`].
+    pub async fn refresh_keys_for(&self, metadata: &tonic::metadata::MetadataMap) {
+        self.auth.refresh_keys_for(metadata).await;
+    }
+
     /// Authenticates and validates a request. Nothing is asked of any source before this
     /// succeeds. `client_timeout` is the caller's `grpc-timeout`, if it sent one.
     pub fn prepare(

@@ -151,6 +151,7 @@ impl LookupService for LookupApi {
         );
         async {
             let started = Instant::now();
+            self.pipeline.refresh_keys_for(request.metadata()).await;
             let timeout = client_timeout(&request);
             let plan = self
                 .pipeline
@@ -192,6 +193,11 @@ impl LookupService for LookupApi {
             department = tracing::field::Empty,
             purpose = tracing::field::Empty,
         );
+        // Before entering the span: its guard must not be held across an await.
+        self.pipeline
+            .refresh_keys_for(request.metadata())
+            .instrument(span.clone())
+            .await;
         let _entered = span.enter();
         let timeout = client_timeout(&request);
         let plan = self

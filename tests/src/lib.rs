@@ -5,11 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod idp;
+
 use async_trait::async_trait;
 use samblik_adapters::reference::ReferenceSource;
 use samblik_adapters::{CaseQuery, Health, Source, SourceAnswer, SourceError};
 use samblik_gateway::auth::Authenticator;
-use samblik_gateway::config::{Config, SourceConfig};
+use samblik_gateway::config::{AuthConfig, Config, SourceConfig};
 use samblik_gateway::demo::{caseworker_claims, demo_config};
 use samblik_gateway::tokens::DemoIssuer;
 use samblik_gateway::{GatewaySource, LookupLimits, LookupPipeline};
@@ -21,7 +23,7 @@ use samblik_synth::{Caseworker, Dataset, Department, SynthConfig};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -270,6 +272,66 @@ pub async fn start_gateway_in_process(
         },
     );
     serve_pipeline(pipeline).await
+}
+
+/// Starts the gateway with `auth` instead of the demo's, over the in-process jobcenter source;
+/// returns the caller contexts every call to that source carried.
+pub async fn start_gateway_with_auth(
+    auth: AuthConfig,
+) -> (RunningGateway, Arc<Mutex<Vec<CallerContext>>>) {
+    let mut config = gateway_config(&[], 3_000);
+    config.auth = auth;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let source = Arc::new(Recording {
+        inner: reference(Department::Jobcenter),
+        seen: Arc::clone(&seen),
+    });
+    let pipeline = LookupPipeline::new(
+        Authenticator::from_config(&config.auth).unwrap(),
+        vec![GatewaySource {
+            source,
+            department: "Jobcenter".to_owned(),
+            timeout: Duration::from_secs(2),
+        }],
+        LookupLimits {
+            default_deadline: config.server.default_deadline(),
+            max_deadline: config.server.max_deadline(),
+            max_request_bytes: config.server.max_request_bytes,
+        },
+    );
+    (serve_pipeline(pipeline).await, seen)
+}
+
+/// Records the caller context of every call that reaches a source.
+pub struct Recording {
+    pub inner: Arc<dyn Source>,
+    pub seen: Arc<Mutex<Vec<CallerContext>>>,
+}
+
+impl std::fmt::Debug for Recording {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recording")
+            .field("source", &self.inner.id())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Source for Recording {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+    async fn find_cases(
+        &self,
+        query: CaseQuery,
+        caller: CallerContext,
+    ) -> Result<SourceAnswer, SourceError> {
+        self.seen.lock().unwrap().push(caller.clone());
+        self.inner.find_cases(query, caller).await
+    }
+    async fn health(&self) -> Health {
+        self.inner.health().await
+    }
 }
 
 /// The three reference sources and a gateway over them.
