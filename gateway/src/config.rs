@@ -22,6 +22,7 @@
 //! timeout_ms = 2000
 //! ```
 
+pub use samblik_adapters::tls::ClientAuth;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -64,6 +65,43 @@ pub struct ServerConfig {
     /// Requests whose encoded size exceeds this are refused as invalid.
     #[serde(default = "defaults::max_request_bytes")]
     pub max_request_bytes: usize,
+    /// TLS on the gRPC port. Without it the gateway speaks plaintext (the demo's `--insecure`).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS for a listener: certificate and key from PEM files, reloaded when they change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain. Relative paths are relative to the config file.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// Client certificates: `off`, `optional` (checked if presented) or `required`.
+    #[serde(default)]
+    pub client_certs: ClientAuth,
+    /// The CA(s) client certificates must chain to; needed unless `client_certs` is `off`.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for changes.
+    #[serde(default = "defaults::tls_reload_ms")]
+    pub reload_ms: u64,
+}
+
+/// Mutual TLS to a source: the source's certificate must chain to `ca_file` and be valid for
+/// `server_name`; the gateway presents `cert_file`/`key_file`. Reloaded when the files change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceTlsConfig {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The name the source's certificate must carry; by default the endpoint's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    #[serde(default = "defaults::tls_reload_ms")]
+    pub reload_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -215,6 +253,9 @@ pub struct SourceConfig {
     /// The longest a connection attempt may take.
     #[serde(default = "defaults::connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Mutual TLS to the source; required for an `https://` endpoint.
+    #[serde(default)]
+    pub tls: Option<SourceTlsConfig>,
 }
 
 mod defaults {
@@ -254,6 +295,9 @@ mod defaults {
     pub fn connect_timeout_ms() -> u64 {
         1_000
     }
+    pub fn tls_reload_ms() -> u64 {
+        10_000
+    }
 }
 
 /// The most leeway accepted: more would make expiry meaningless.
@@ -277,10 +321,25 @@ impl Config {
                 key.public_key_file = base.join(&key.public_key_file);
             }
         }
-        if let Some(ca) = config.auth.jwks.as_mut().and_then(|j| j.ca_file.as_mut())
-            && ca.is_relative()
-        {
-            *ca = base.join(&*ca);
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(ca) = config.auth.jwks.as_mut().and_then(|j| j.ca_file.as_mut()) {
+            resolve(ca);
+        }
+        if let Some(tls) = config.server.tls.as_mut() {
+            resolve(&mut tls.cert_file);
+            resolve(&mut tls.key_file);
+            if let Some(ca) = tls.client_ca_file.as_mut() {
+                resolve(ca);
+            }
+        }
+        for tls in config.sources.iter_mut().filter_map(|s| s.tls.as_mut()) {
+            resolve(&mut tls.ca_file);
+            resolve(&mut tls.cert_file);
+            resolve(&mut tls.key_file);
         }
         config.validate()?;
         Ok(config)
@@ -298,6 +357,17 @@ impl Config {
         }
         if s.max_request_bytes < 64 {
             return invalid("server.max_request_bytes must be at least 64".into());
+        }
+        if let Some(tls) = &s.tls {
+            if tls.client_certs != ClientAuth::Off && tls.client_ca_file.is_none() {
+                return invalid(format!(
+                    "server.tls.client_certs is {:?}: set server.tls.client_ca_file to the CA client certificates must chain to",
+                    tls.client_certs
+                ));
+            }
+            if tls.reload_ms == 0 {
+                return invalid("server.tls.reload_ms must be positive".into());
+            }
         }
         let a = &self.auth;
         if a.issuer.trim().is_empty() || a.audience.trim().is_empty() {
@@ -386,6 +456,27 @@ impl Config {
                 return invalid(format!(
                     "sources.{}: endpoint must be an http:// or https:// URL, got {:?}",
                     source.id, source.endpoint
+                ));
+            }
+            match (source.endpoint.starts_with("https://"), &source.tls) {
+                (true, None) => {
+                    return invalid(format!(
+                        "sources.{}: an https:// endpoint needs [sources.tls] with ca_file, cert_file and key_file",
+                        source.id
+                    ));
+                }
+                (false, Some(_)) => {
+                    return invalid(format!(
+                        "sources.{}: [sources.tls] is set, so the endpoint must be https://",
+                        source.id
+                    ));
+                }
+                _ => {}
+            }
+            if source.tls.as_ref().is_some_and(|t| t.reload_ms == 0) {
+                return invalid(format!(
+                    "sources.{}: tls.reload_ms must be positive",
+                    source.id
                 ));
             }
             if source.timeout_ms == 0 || source.connect_timeout_ms == 0 {

@@ -24,6 +24,7 @@ pub mod error;
 pub mod jwks;
 pub mod lookup;
 pub mod server;
+pub mod tls;
 pub mod tokens;
 
 pub use config::Config;

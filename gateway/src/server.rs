@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::error::REQUEST_ID_HEADER;
 use crate::lookup::{GatewaySource, LookupLimits, LookupPipeline, parse_grpc_timeout};
 use samblik_adapters::GrpcSource;
+use samblik_adapters::tls::ReloadingServerConfig;
 use samblik_proto::v1::lookup_service_server::{LookupService, LookupServiceServer};
 use samblik_proto::v1::{LookupRequest, LookupResponse, SourceResult};
 use std::future::Future;
@@ -15,7 +16,7 @@ use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Router, TcpIncoming};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -39,6 +40,8 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] samblik_adapters::tls::TlsError),
 }
 
 /// Builds the lookup pipeline from a validated config: reads the keys, sets up the sources.
@@ -46,13 +49,19 @@ pub fn pipeline_from_config(config: &Config) -> Result<LookupPipeline, ServerErr
     let auth = Authenticator::from_config(&config.auth)?;
     let mut sources = Vec::with_capacity(config.sources.len());
     for s in &config.sources {
-        let source =
-            GrpcSource::new(s.id.clone(), &s.endpoint, s.connect_timeout()).map_err(|source| {
-                ServerError::SourceEndpoint {
-                    id: s.id.clone(),
-                    source,
-                }
-            })?;
+        let source = match &s.tls {
+            Some(tls) => GrpcSource::with_tls(
+                s.id.clone(),
+                &s.endpoint,
+                s.connect_timeout(),
+                crate::tls::source_connector(s, tls)?,
+            ),
+            None => GrpcSource::new(s.id.clone(), &s.endpoint, s.connect_timeout()),
+        }
+        .map_err(|source| ServerError::SourceEndpoint {
+            id: s.id.clone(),
+            source,
+        })?;
         sources.push(GatewaySource {
             source: Arc::new(source),
             department: s.department.clone(),
@@ -76,16 +85,52 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let pipeline = pipeline_from_config(config)?;
-    serve(Arc::new(pipeline), listener, shutdown).await
+    let pipeline = Arc::new(pipeline_from_config(config)?);
+    match &config.server.tls {
+        Some(tls) => serve_tls(pipeline, listener, crate::tls::server_tls(tls)?, shutdown).await,
+        None => serve(pipeline, listener, shutdown).await,
+    }
 }
 
-/// Serves `pipeline` on `listener` until `shutdown` completes.
+/// Serves `pipeline` on `listener` until `shutdown` completes, in plaintext.
 pub async fn serve(
     pipeline: Arc<LookupPipeline>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening (plaintext)");
+    router(pipeline)
+        .await?
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Serves `pipeline` on `listener` over TLS until `shutdown` completes.
+pub async fn serve_tls(
+    pipeline: Arc<LookupPipeline>,
+    listener: TcpListener,
+    tls: Arc<ReloadingServerConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening (TLS)");
+    router(pipeline)
+        .await?
+        .serve_with_incoming_shutdown(
+            samblik_adapters::tls::tls_incoming(listener, MAX_CONNECTIONS, tls),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Connections beyond this wait in the kernel's backlog until one closes.
+const MAX_CONNECTIONS: usize = 1024;
+
+async fn router(pipeline: Arc<LookupPipeline>) -> Result<Router, ServerError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_service_status(LOOKUP_SERVICE_NAME, tonic_health::ServingStatus::Serving)
@@ -93,18 +138,11 @@ pub async fn serve(
     let (reflection_v1, reflection_v1alpha) = samblik_adapters::server::reflection_services()?;
     let lookup = LookupServiceServer::new(LookupApi { pipeline })
         .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
-    tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
-    tonic::transport::Server::builder()
+    Ok(tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(lookup)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await?;
-    Ok(())
+        .add_service(lookup))
 }
 
 /// The tonic face of the pipeline.

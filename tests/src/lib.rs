@@ -215,6 +215,7 @@ pub fn gateway_config(sources: &[SourceSpec], default_deadline_ms: u64) -> Confi
             endpoint: s.endpoint.clone(),
             timeout_ms: s.timeout_ms,
             connect_timeout_ms: 1_000,
+            tls: None,
         })
         .collect();
     let mut config = demo_config(
@@ -272,6 +273,39 @@ pub async fn start_gateway_in_process(
         },
     );
     serve_pipeline(pipeline).await
+}
+
+/// Serves `source` over TLS with `tls` on a loopback port.
+pub async fn start_source_tls(
+    source: Arc<dyn Source>,
+    tls: Arc<samblik_adapters::tls::ReloadingServerConfig>,
+) -> RunningSource {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone().cancelled_owned();
+    tokio::spawn(async move {
+        samblik_adapters::server::serve_tls(source, listener, tls, shutdown)
+            .await
+            .unwrap();
+    });
+    RunningSource { addr, stop }
+}
+
+/// Runs the gateway exactly as `samblik serve` would with `config` (TLS included), on a
+/// loopback port.
+pub async fn start_gateway_from_config(config: Config) -> RunningGateway {
+    config.validate().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone().cancelled_owned();
+    tokio::spawn(async move {
+        samblik_gateway::server::run(&config, listener, shutdown)
+            .await
+            .unwrap();
+    });
+    RunningGateway { addr, stop }
 }
 
 /// Starts the gateway with `auth` instead of the demo's, over the in-process jobcenter source;
