@@ -321,13 +321,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("samblik gateway listening on {}", listener.local_addr()?);
             let shutdown = shutdown_on_signal();
             let stop = shutdown.cancelled_owned();
-            match tls {
-                Some(tls) => crate::server::serve_tls(pipeline, listener, tls, stop).await?,
-                None => {
-                    tracing::warn!("no [server.tls]: the gateway speaks plaintext");
-                    crate::server::serve(pipeline, listener, stop).await?;
-                }
-            }
+            crate::server::serve_configured(pipeline, listener, tls, &config.server.limits, stop)
+                .await?;
             Ok(())
         }
     }

@@ -68,6 +68,40 @@ pub struct ServerConfig {
     /// TLS on the gRPC port. Without it the gateway speaks plaintext (the demo's `--insecure`).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// What one client may take of the gateway.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Limits that keep one misbehaving client from exhausting the gateway. The defaults are safe
+/// for a municipality's fagsystemer; raise them only with a reason.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// The largest gRPC message decoded at all (larger: RESOURCE_EXHAUSTED / OUT_OF_RANGE, not
+    /// read). Requests above `server.max_request_bytes` but below this are INVALID_ARGUMENT.
+    pub max_message_bytes: usize,
+    /// The largest HTTP/2 header list (all metadata of one request, the token included).
+    pub max_header_list_bytes: u32,
+    /// Concurrent calls on one connection; more wait at the client or are refused.
+    pub max_concurrent_streams: u32,
+    /// Open connections; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// The longest any call may run, whatever deadline it asks for (a backstop behind
+    /// `max_deadline_ms`).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 256 * 1024,
+            max_header_list_bytes: 16 * 1024,
+            max_concurrent_streams: 100,
+            max_connections: 1_024,
+            request_timeout_ms: 15_000,
+        }
+    }
 }
 
 /// TLS for a listener: certificate and key from PEM files, reloaded when they change.
@@ -358,6 +392,30 @@ impl Config {
         if s.max_request_bytes < 64 {
             return invalid("server.max_request_bytes must be at least 64".into());
         }
+        let l = &s.limits;
+        if l.max_message_bytes < s.max_request_bytes {
+            return invalid(format!(
+                "server.limits.max_message_bytes ({}) must be at least server.max_request_bytes ({})",
+                l.max_message_bytes, s.max_request_bytes
+            ));
+        }
+        if l.max_header_list_bytes < 9 * 1024 {
+            return invalid(
+                "server.limits.max_header_list_bytes must be at least 9216: an 8 KiB access token must fit"
+                    .into(),
+            );
+        }
+        if l.max_concurrent_streams == 0 || l.max_connections == 0 {
+            return invalid(
+                "server.limits.max_concurrent_streams and max_connections must be positive".into(),
+            );
+        }
+        if l.request_timeout_ms < s.max_deadline_ms {
+            return invalid(format!(
+                "server.limits.request_timeout_ms ({}) must be at least server.max_deadline_ms ({})",
+                l.request_timeout_ms, s.max_deadline_ms
+            ));
+        }
         if let Some(tls) = &s.tls {
             if tls.client_certs != ClientAuth::Off && tls.client_ca_file.is_none() {
                 return invalid(format!(
@@ -595,6 +653,28 @@ mod tests {
             (
                 format!("{GOOD}\n[auth.claims.role_names]\nSagsbehandler = \"boss\"\n"),
                 "not one of",
+            ),
+            (
+                format!("{GOOD}\n[server.limits]\nmax_message_bytes = 100\n"),
+                "max_message_bytes",
+            ),
+            (
+                format!("{GOOD}\n[server.limits]\nrequest_timeout_ms = 5000\n"),
+                "request_timeout_ms",
+            ),
+            (
+                format!("{GOOD}\n[server.limits]\nmax_header_list_bytes = 4096\n"),
+                "8 KiB access token",
+            ),
+            (
+                format!(
+                    "{GOOD}\n[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_certs = \"required\"\n"
+                ),
+                "client_ca_file",
+            ),
+            (
+                GOOD.replace("http://127.0.0.1:1", "https://127.0.0.1:1"),
+                "needs [sources.tls]",
             ),
         ];
         for (text, needle) in cases {

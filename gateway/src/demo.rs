@@ -167,12 +167,11 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         .map(crate::tls::server_tls)
         .transpose()?;
     let stop = shutdown.clone().cancelled_owned();
+    let limits = config.server.limits.clone();
     tasks.spawn(async move {
-        match tls {
-            Some(tls) => server::serve_tls(pipeline, listener, tls, stop).await,
-            None => server::serve(pipeline, listener, stop).await,
-        }
-        .map_err(anyhow::Error::from)
+        server::serve_configured(pipeline, listener, tls, &limits, stop)
+            .await
+            .map_err(anyhow::Error::from)
     });
 
     let facts = demo_facts(&options, &data, gateway_addr, sources, pki.as_ref());
@@ -224,6 +223,7 @@ pub fn demo_config(listen: SocketAddr, public_key: &Path, sources: Vec<SourceCon
             max_deadline_ms: 10_000,
             max_request_bytes: 4 * 1024,
             tls: None,
+            limits: Default::default(),
         },
         auth: AuthConfig {
             issuer: DEMO_ISSUER.to_owned(),

@@ -2,7 +2,7 @@
 //! server reflection, on one listener.
 
 use crate::auth::{AuthSetupError, Authenticator};
-use crate::config::Config;
+use crate::config::{Config, LimitsConfig};
 use crate::error::REQUEST_ID_HEADER;
 use crate::lookup::{GatewaySource, LookupLimits, LookupPipeline, parse_grpc_timeout};
 use samblik_adapters::GrpcSource;
@@ -12,20 +12,15 @@ use samblik_proto::v1::{LookupRequest, LookupResponse, SourceResult};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::server::{Router, TcpIncoming};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 /// The gRPC service name the health service reports for.
 pub const LOOKUP_SERVICE_NAME: &str = "samblik.v1.LookupService";
-
-/// Largest message the server decodes at all; requests above the configured (much smaller)
-/// request limit but below this are refused as invalid arguments.
-const MAX_DECODING_MESSAGE_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -86,63 +81,85 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let pipeline = Arc::new(pipeline_from_config(config)?);
-    match &config.server.tls {
-        Some(tls) => serve_tls(pipeline, listener, crate::tls::server_tls(tls)?, shutdown).await,
-        None => serve(pipeline, listener, shutdown).await,
-    }
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(crate::tls::server_tls)
+        .transpose()?;
+    serve_configured(pipeline, listener, tls, &config.server.limits, shutdown).await
 }
 
-/// Serves `pipeline` on `listener` until `shutdown` completes, in plaintext.
+/// Serves `pipeline` on `listener` until `shutdown` completes, in plaintext, with the default
+/// limits.
 pub async fn serve(
     pipeline: Arc<LookupPipeline>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening (plaintext)");
-    router(pipeline)
-        .await?
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await?;
-    Ok(())
+    serve_configured(pipeline, listener, None, &LimitsConfig::default(), shutdown).await
 }
 
-/// Serves `pipeline` on `listener` over TLS until `shutdown` completes.
+/// Serves `pipeline` on `listener` over TLS, with the default limits.
 pub async fn serve_tls(
     pipeline: Arc<LookupPipeline>,
     listener: TcpListener,
     tls: Arc<ReloadingServerConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening (TLS)");
-    router(pipeline)
-        .await?
-        .serve_with_incoming_shutdown(
-            samblik_adapters::tls::tls_incoming(listener, MAX_CONNECTIONS, tls),
-            shutdown,
-        )
-        .await?;
-    Ok(())
+    serve_configured(
+        pipeline,
+        listener,
+        Some(tls),
+        &LimitsConfig::default(),
+        shutdown,
+    )
+    .await
 }
 
-/// Connections beyond this wait in the kernel's backlog until one closes.
-const MAX_CONNECTIONS: usize = 1024;
-
-async fn router(pipeline: Arc<LookupPipeline>) -> Result<Router, ServerError> {
+/// Serves `pipeline` on `listener` until `shutdown` completes: over TLS when `tls` is set,
+/// within `limits`.
+pub async fn serve_configured(
+    pipeline: Arc<LookupPipeline>,
+    listener: TcpListener,
+    tls: Option<Arc<ReloadingServerConfig>>,
+    limits: &LimitsConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_service_status(LOOKUP_SERVICE_NAME, tonic_health::ServingStatus::Serving)
         .await;
     let (reflection_v1, reflection_v1alpha) = samblik_adapters::server::reflection_services()?;
     let lookup = LookupServiceServer::new(LookupApi { pipeline })
-        .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
-    Ok(tonic::transport::Server::builder()
+        .max_decoding_message_size(limits.max_message_bytes);
+    let router = tonic::transport::Server::builder()
+        .http2_max_header_list_size(limits.max_header_list_bytes)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .timeout(Duration::from_millis(limits.request_timeout_ms))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(lookup))
+        .add_service(lookup);
+    let addr = listener.local_addr().ok();
+    match tls {
+        Some(tls) => {
+            tracing::info!(addr = ?addr, "gateway listening (TLS)");
+            let incoming =
+                samblik_adapters::tls::tls_incoming(listener, limits.max_connections, tls);
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?;
+        }
+        None => {
+            tracing::warn!(addr = ?addr, "gateway listening in PLAINTEXT");
+            let incoming = samblik_adapters::tls::plain_incoming(listener, limits.max_connections);
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// The tonic face of the pipeline.
@@ -155,7 +172,7 @@ fn new_request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-fn client_timeout<T>(request: &Request<T>) -> Option<std::time::Duration> {
+fn client_timeout<T>(request: &Request<T>) -> Option<Duration> {
     request
         .metadata()
         .get("grpc-timeout")
