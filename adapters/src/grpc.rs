@@ -41,6 +41,30 @@ impl GrpcSource {
             channel,
         })
     }
+
+    /// A source at `endpoint` (`https://host:port`) over mutual TLS through `connector`, which
+    /// checks the source's certificate and presents the gateway's.
+    pub fn with_tls(
+        id: impl Into<String>,
+        endpoint: &str,
+        connect_timeout: Duration,
+        connector: crate::tls::TlsConnector,
+    ) -> Result<Self, tonic::transport::Error> {
+        // The connector does the TLS; tonic must not try (and refuses `https` without its own).
+        let plain = match endpoint.strip_prefix("https://") {
+            Some(rest) => format!("http://{rest}"),
+            None => endpoint.to_owned(),
+        };
+        let channel = Endpoint::from_shared(plain)?
+            .connect_timeout(connect_timeout)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .connect_with_connector_lazy(connector);
+        Ok(GrpcSource {
+            id: id.into(),
+            channel,
+        })
+    }
 }
 
 #[async_trait]

@@ -9,10 +9,13 @@
 //! - [`reference`]: the reference sources for child welfare, jobcenter and integration, serving
 //!   their department's slice of the synthetic municipality. They stand in for the adapters that
 //!   run next to real fagsystemer.
+//! - [`tls`]: rustls for every listener and for the gateway's mutual-TLS connections to
+//!   sources, with certificates reloaded from their files on change.
 
 mod grpc;
 pub mod reference;
 pub mod server;
+pub mod tls;
 
 pub use grpc::GrpcSource;
 

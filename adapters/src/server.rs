@@ -125,20 +125,46 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_service_status(SOURCE_SERVICE_NAME, tonic_health::ServingStatus::Serving)
-        .await;
-    let (reflection_v1, reflection_v1alpha) = reflection_services()?;
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(SourceGrpc::new(source).into_server())
+    router(source)
+        .await?
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await?;
     Ok(())
+}
+
+/// [`serve`] over TLS with `tls` (which should require client certificates: only the gateway
+/// may ask a source anything).
+pub async fn serve_tls(
+    source: Arc<dyn Source>,
+    listener: TcpListener,
+    tls: Arc<crate::tls::ReloadingServerConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    router(source)
+        .await?
+        .serve_with_incoming_shutdown(
+            crate::tls::tls_incoming(listener, MAX_SOURCE_CONNECTIONS, tls),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}
+
+/// A source serves a handful of gateway replicas; more connections than this wait.
+const MAX_SOURCE_CONNECTIONS: usize = 256;
+
+async fn router(source: Arc<dyn Source>) -> Result<tonic::transport::server::Router, ServeError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status(SOURCE_SERVICE_NAME, tonic_health::ServingStatus::Serving)
+        .await;
+    let (reflection_v1, reflection_v1alpha) = reflection_services()?;
+    Ok(tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(SourceGrpc::new(source).into_server()))
 }

@@ -1,9 +1,17 @@
 //! Who is calling: the caseworker's JWT access token, verified against the identity provider's
-//! keys from config (issuer, audience, expiry, not-before, signature, algorithm pinned per key).
+//! keys — static ones from config and/or the provider's JWKS endpoint ([`crate::jwks`]).
+//!
+//! Every check fails closed: the algorithm must be on the configured allow-list (never a
+//! symmetric one) and equal the key's own; `exp`, `iss`, `aud` and `sub` are required and `nbf`
+//! is checked, with a small leeway; the token must be an access token (`typ` `at+jwt` and/or a
+//! configured claim), so an ID token is refused. Header fields that point elsewhere (`jku`,
+//! `x5u`, `jwk`, `x5c`) are never read. Claims become a [`Caller`] through the configured claim
+//! names.
 
-use crate::config::{AuthConfig, KeyAlgorithm};
+use crate::config::{AuthConfig, ClaimsConfig, KeyAlgorithm, ROLES};
+use crate::jwks::{JwksKeys, JwksSetupError, MAX_KID_BYTES, PublicKey};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,6 +31,7 @@ pub struct Caller {
     pub department: String,
     /// Municipality code.
     pub municipality: String,
+    /// Samblik role names (see [`ROLES`]), mapped from the token's.
     pub roles: Vec<String>,
 }
 
@@ -35,16 +44,26 @@ pub enum AuthError {
     NotBearer,
     #[error("token is larger than {MAX_TOKEN_BYTES} bytes")]
     TooLarge,
+    #[error("token is not three base64url segments")]
+    NotCompact,
     #[error("token header is malformed: {0}")]
     MalformedHeader(String),
+    #[error("token algorithm {0:?} is not allowed")]
+    AlgorithmNotAllowed(Algorithm),
+    #[error("token header has `crit` extensions, none of which are understood")]
+    CriticalHeader,
+    #[error("token is not an access token (typ or token use)")]
+    NotAccessToken,
     #[error("token names no key id")]
     NoKeyId,
     #[error("token names an unknown key id")]
     UnknownKey,
+    #[error("token algorithm does not match its key's")]
+    AlgorithmMismatch,
     #[error("token is not valid: {0}")]
     Invalid(String),
     #[error("token lacks the claim {0}")]
-    MissingClaim(&'static str),
+    MissingClaim(String),
 }
 
 /// The auth configuration could not be turned into verifying keys.
@@ -65,25 +84,8 @@ pub enum AuthSetupError {
         algorithm: KeyAlgorithm,
         message: String,
     },
-}
-
-#[derive(Debug, Deserialize)]
-struct Claims {
-    sub: String,
-    exp: u64,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    department: Option<String>,
-    #[serde(default)]
-    municipality: Option<String>,
-    #[serde(default)]
-    roles: Vec<String>,
-}
-
-struct VerifyingKey {
-    key: DecodingKey,
-    validation: Validation,
+    #[error(transparent)]
+    Jwks(#[from] JwksSetupError),
 }
 
 /// A verified token's caller, valid until the token's `exp`.
@@ -91,6 +93,8 @@ struct VerifyingKey {
 struct Verified {
     caller: Arc<Caller>,
     expires_at: SystemTime,
+    /// The key that verified it: a cached token is accepted only while that key still is.
+    kid: String,
 }
 
 /// Cache entries live until their token expires, and never longer than this.
@@ -117,9 +121,14 @@ impl moka::Expiry<String, Verified> for UntilExpiry {
 ///
 /// A fagsystem sends the same access token with every call for the token's lifetime, so the
 /// outcome of a successful verification is cached by the exact token string until its `exp`
-/// (at most five minutes). Only successes are cached: a token that failed is checked afresh.
+/// (at most five minutes), and used only while the key that verified it is still trusted (a
+/// key removed from the JWKS ends its tokens at once). Only successes are cached.
 pub struct Authenticator {
-    keys: HashMap<String, VerifyingKey>,
+    keys: HashMap<String, PublicKey>,
+    jwks: Option<JwksKeys>,
+    /// One validation per allowed algorithm, each accepting only that algorithm.
+    validations: HashMap<Algorithm, Validation>,
+    claims: ClaimsConfig,
     verified: Option<moka::sync::Cache<String, Verified>>,
 }
 
@@ -129,12 +138,14 @@ impl std::fmt::Debug for Authenticator {
         kids.sort();
         f.debug_struct("Authenticator")
             .field("kids", &kids)
+            .field("jwks", &self.jwks)
             .finish()
     }
 }
 
 impl Authenticator {
-    /// Reads every configured public key. Fails on the first unreadable or invalid one.
+    /// Reads every configured public key and sets up the JWKS client. Fails on the first
+    /// unreadable or invalid key.
     pub fn from_config(config: &AuthConfig) -> Result<Self, AuthSetupError> {
         let mut keys = HashMap::new();
         for k in &config.keys {
@@ -144,41 +155,80 @@ impl Authenticator {
                     path: k.public_key_file.clone(),
                     source,
                 })?;
-            let (algorithm, key) =
-                decoding_key(k.algorithm, &pem).map_err(|e| AuthSetupError::BadKey {
-                    kid: k.kid.clone(),
-                    path: k.public_key_file.clone(),
-                    algorithm: k.algorithm,
-                    message: e.to_string(),
-                })?;
-            let mut validation = Validation::new(algorithm);
-            validation.set_issuer(&[&config.issuer]);
-            validation.set_audience(&[&config.audience]);
-            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-            validation.leeway = config.leeway_secs;
-            validation.validate_exp = true;
-            validation.validate_nbf = true;
-            keys.insert(k.kid.clone(), VerifyingKey { key, validation });
+            let key = decoding_key(k.algorithm, &pem).map_err(|e| AuthSetupError::BadKey {
+                kid: k.kid.clone(),
+                path: k.public_key_file.clone(),
+                algorithm: k.algorithm,
+                message: e.to_string(),
+            })?;
+            keys.insert(
+                k.kid.clone(),
+                PublicKey {
+                    algorithm: k.algorithm.to_jwt(),
+                    key,
+                },
+            );
         }
+        let jwks = config
+            .jwks
+            .as_ref()
+            .map(|j| JwksKeys::new(j, &config.algorithms))
+            .transpose()?;
+        let validations = config
+            .algorithms
+            .iter()
+            .map(|a| {
+                let mut validation = Validation::new(a.to_jwt());
+                validation.set_issuer(&[&config.issuer]);
+                validation.set_audience(&[&config.audience]);
+                validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+                validation.leeway = config.leeway_secs;
+                validation.validate_exp = true;
+                validation.validate_nbf = true;
+                (a.to_jwt(), validation)
+            })
+            .collect();
         let verified = (config.verified_token_cache > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(config.verified_token_cache)
                 .expire_after(UntilExpiry)
                 .build()
         });
-        Ok(Authenticator { keys, verified })
+        Ok(Authenticator {
+            keys,
+            jwks,
+            validations,
+            claims: config.claims.clone(),
+            verified,
+        })
     }
 
     /// Authenticates the caller of a request from its `authorization: Bearer …` header.
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Arc<Caller>, AuthError> {
-        let value = metadata.get("authorization").ok_or(AuthError::Missing)?;
-        let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or(AuthError::NotBearer)?
-            .trim();
-        self.verify(token)
+        self.verify(bearer_token(metadata)?)
+    }
+
+    /// Before [`Self::authenticate`]: when keys come from a JWKS endpoint and the request's
+    /// token names a key id that is not known (or the keys are old), fetch the key set — within
+    /// the rate limit. Does nothing for static keys or a request without a usable token;
+    /// `authenticate` then refuses it.
+    pub async fn refresh_keys_for(&self, metadata: &MetadataMap) {
+        let Some(jwks) = &self.jwks else {
+            return;
+        };
+        let Ok(token) = bearer_token(metadata) else {
+            return;
+        };
+        if token.len() > MAX_TOKEN_BYTES || segments(token) != 3 {
+            return;
+        }
+        let Ok(header) = jsonwebtoken::decode_header(token) else {
+            return;
+        };
+        match header.kid {
+            Some(kid) if !self.keys.contains_key(&kid) => jwks.prepare(&kid).await,
+            _ => {}
+        }
     }
 
     /// Verifies one token.
@@ -190,8 +240,9 @@ impl Authenticator {
             return self.verify_uncached(token).map(|v| v.caller);
         };
         if let Some(hit) = cache.get(token) {
-            // The cache's own expiry is coarse; the token's is not.
-            if hit.expires_at > SystemTime::now() {
+            // The cache's own expiry is coarse; the token's is not. And a key that was
+            // withdrawn takes its tokens with it.
+            if hit.expires_at > SystemTime::now() && self.key(&hit.kid).is_some() {
                 return Ok(hit.caller);
             }
             cache.invalidate(token);
@@ -201,48 +252,151 @@ impl Authenticator {
         Ok(verified.caller)
     }
 
+    fn key(&self, kid: &str) -> Option<PublicKey> {
+        if let Some(key) = self.keys.get(kid) {
+            return Some(key.clone());
+        }
+        self.jwks.as_ref()?.get(kid)
+    }
+
     fn verify_uncached(&self, token: &str) -> Result<Verified, AuthError> {
+        if segments(token) != 3 {
+            return Err(AuthError::NotCompact);
+        }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::MalformedHeader(e.to_string()))?;
-        let kid = header.kid.ok_or(AuthError::NoKeyId)?;
-        let key = self.keys.get(&kid).ok_or(AuthError::UnknownKey)?;
-        // The key's validation pins its one algorithm; a token whose header claims another is
-        // rejected by `decode`, whatever the header says.
-        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let claims = data.claims;
-        if claims.sub.trim().is_empty() {
-            return Err(AuthError::MissingClaim("sub"));
+        // The allow-list first: whatever else the header says is irrelevant for an algorithm
+        // that is not accepted.
+        let validation = self
+            .validations
+            .get(&header.alg)
+            .ok_or(AuthError::AlgorithmNotAllowed(header.alg))?;
+        if header.crit.is_some() {
+            return Err(AuthError::CriticalHeader);
         }
-        let department = claims
-            .department
-            .filter(|d| !d.is_empty())
-            .ok_or(AuthError::MissingClaim("department"))?;
-        let caller = Caller {
-            name: claims.name.unwrap_or_else(|| claims.sub.clone()),
-            id: claims.sub,
-            department,
-            municipality: claims.municipality.unwrap_or_default(),
-            roles: claims.roles,
-        };
+        if !self.claims.typ.is_empty() && !typ_matches(header.typ.as_deref(), &self.claims.typ) {
+            return Err(AuthError::NotAccessToken);
+        }
+        let kid = header.kid.ok_or(AuthError::NoKeyId)?;
+        if kid.len() > MAX_KID_BYTES {
+            return Err(AuthError::UnknownKey);
+        }
+        let key = self.key(&kid).ok_or(AuthError::UnknownKey)?;
+        // Each key verifies exactly one algorithm: an RSA key never checks an HMAC, an ES256 key
+        // never an ES384.
+        if key.algorithm != header.alg {
+            return Err(AuthError::AlgorithmMismatch);
+        }
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let (caller, exp) = caller_from_claims(&data.claims, &self.claims)?;
         Ok(Verified {
             caller: Arc::new(caller),
-            expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
+            expires_at: UNIX_EPOCH + Duration::from_secs(exp),
+            kid,
         })
     }
+}
+
+fn bearer_token(metadata: &MetadataMap) -> Result<&str, AuthError> {
+    let value = metadata.get("authorization").ok_or(AuthError::Missing)?;
+    let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
+    Ok(value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or(AuthError::NotBearer)?
+        .trim())
+}
+
+fn segments(token: &str) -> usize {
+    token.split('.').count()
+}
+
+/// `typ` per RFC 9068 §2.1: `at+jwt`, optionally as `application/at+jwt`, in any case.
+fn typ_matches(typ: Option<&str>, required: &str) -> bool {
+    let Some(typ) = typ else {
+        return false;
+    };
+    let typ = typ.to_ascii_lowercase();
+    let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+    typ == required.to_ascii_lowercase()
+}
+
+/// The value at a dotted claim path, e.g. `realm_access.roles`. A claim whose name itself holds
+/// a dot is found too.
+fn claim<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    if let Some(value) = claims.get(path) {
+        return Some(value);
+    }
+    let (first, rest) = path.split_once('.')?;
+    claim(claims.get(first)?.as_object()?, rest)
+}
+
+fn claim_str<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a str> {
+    claim(claims, path)?
+        .as_str()
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// The strings of a claim that is a string array or a space-separated string (like `scope`).
+fn claim_words<'a>(claims: &'a Map<String, Value>, path: &str) -> Vec<&'a str> {
+    match claim(claims, path) {
+        Some(Value::String(s)) => s.split_whitespace().collect(),
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn caller_from_claims(
+    claims: &Map<String, Value>,
+    config: &ClaimsConfig,
+) -> Result<(Caller, u64), AuthError> {
+    // `decode` has checked `exp` is a number in the future; a float or a string never gets here.
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
+    let sub = claim_str(claims, "sub").ok_or_else(|| AuthError::MissingClaim("sub".into()))?;
+    if let Some(required) = &config.token_use
+        && !claim_words(claims, &required.claim).contains(&required.value.as_str())
+    {
+        return Err(AuthError::NotAccessToken);
+    }
+    let department = claim_str(claims, &config.department)
+        .ok_or_else(|| AuthError::MissingClaim(config.department.clone()))?;
+    let mut roles: Vec<String> = Vec::new();
+    for role in claim_words(claims, &config.roles) {
+        let mapped = match config.role_names.get(role) {
+            Some(to) => to.as_str(),
+            None if ROLES.contains(&role) => role,
+            // A role Samblik does not know grants nothing.
+            None => continue,
+        };
+        if !roles.iter().any(|r| r == mapped) {
+            roles.push(mapped.to_owned());
+        }
+    }
+    let caller = Caller {
+        id: sub.to_owned(),
+        name: claim_str(claims, &config.name).unwrap_or(sub).to_owned(),
+        department: department.to_owned(),
+        municipality: claim_str(claims, &config.municipality)
+            .unwrap_or_default()
+            .to_owned(),
+        roles,
+    };
+    Ok((caller, exp))
 }
 
 fn decoding_key(
     algorithm: KeyAlgorithm,
     pem: &[u8],
-) -> Result<(Algorithm, DecodingKey), jsonwebtoken::errors::Error> {
-    Ok(match algorithm {
-        KeyAlgorithm::ES256 => (Algorithm::ES256, DecodingKey::from_ec_pem(pem)?),
-        KeyAlgorithm::ES384 => (Algorithm::ES384, DecodingKey::from_ec_pem(pem)?),
-        KeyAlgorithm::RS256 => (Algorithm::RS256, DecodingKey::from_rsa_pem(pem)?),
-        KeyAlgorithm::PS256 => (Algorithm::PS256, DecodingKey::from_rsa_pem(pem)?),
-        KeyAlgorithm::EdDSA => (Algorithm::EdDSA, DecodingKey::from_ed_pem(pem)?),
-    })
+) -> Result<DecodingKey, jsonwebtoken::errors::Error> {
+    match algorithm {
+        KeyAlgorithm::ES256 | KeyAlgorithm::ES384 => DecodingKey::from_ec_pem(pem),
+        KeyAlgorithm::RS256 | KeyAlgorithm::PS256 => DecodingKey::from_rsa_pem(pem),
+        KeyAlgorithm::EdDSA => DecodingKey::from_ed_pem(pem),
+    }
 }
 
 #[cfg(test)]
@@ -264,6 +418,9 @@ mod tests {
                 public_key_file: issuer.public_key_path().to_owned(),
             }],
             verified_token_cache: cache,
+            algorithms: vec![KeyAlgorithm::ES256, KeyAlgorithm::RS256],
+            jwks: None,
+            claims: ClaimsConfig::default(),
         };
         let auth = Authenticator::from_config(&config).unwrap();
         (dir, issuer, auth)
@@ -316,5 +473,37 @@ mod tests {
         let (_dir, _issuer, auth) = setup(100);
         let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
         assert_eq!(auth.verify(&huge).unwrap_err(), AuthError::TooLarge);
+    }
+
+    #[test]
+    fn claims_map_through_config_and_unknown_roles_grant_nothing() {
+        let mut config = ClaimsConfig {
+            department: "org.dept".into(),
+            roles: "realm_access.roles".into(),
+            ..ClaimsConfig::default()
+        };
+        config
+            .role_names
+            .insert("Leder".into(), "department_leader".into());
+        let claims = serde_json::json!({
+            "sub": "u1", "exp": 10, "org": {"dept": "jobcenter"},
+            "realm_access": {"roles": ["Leder", "auditor", "superuser", "auditor"]},
+        });
+        let (caller, exp) = caller_from_claims(claims.as_object().unwrap(), &config).unwrap();
+        assert_eq!(exp, 10);
+        assert_eq!(caller.department, "jobcenter");
+        assert_eq!(caller.name, "u1");
+        assert_eq!(caller.roles, ["department_leader", "auditor"]);
+
+        let scope = serde_json::json!({"sub": "u1", "exp": 10, "org": {"dept": "x"},
+            "realm_access": {"roles": "caseworker admin"}});
+        let (caller, _) = caller_from_claims(scope.as_object().unwrap(), &config).unwrap();
+        assert_eq!(caller.roles, ["caseworker", "admin"]);
+
+        let flat = serde_json::json!({"sub": "u1", "exp": 10, "department": "jobcenter"});
+        assert_eq!(
+            caller_from_claims(flat.as_object().unwrap(), &config).unwrap_err(),
+            AuthError::MissingClaim("org.dept".into())
+        );
     }
 }

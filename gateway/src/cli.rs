@@ -45,6 +45,9 @@ enum Command {
         /// The gateway's gRPC address.
         #[arg(long, default_value = "127.0.0.1:50051")]
         addr: SocketAddr,
+        /// Plaintext instead of TLS (gateway) and mutual TLS (sources). Never outside a demo.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Generate a synthetic municipality into a data directory.
     Synth {
@@ -79,8 +82,8 @@ enum Command {
     },
     /// Look up a citizen and print a readable overview.
     Lookup {
-        /// The gateway, e.g. http://127.0.0.1:50051.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        /// The gateway, e.g. https://127.0.0.1:50051 (http:// for `demo --insecure`).
+        #[arg(long, default_value = "https://127.0.0.1:50051")]
         addr: String,
         /// The access token (or set SAMBLIK_TOKEN).
         #[arg(long, env = "SAMBLIK_TOKEN", hide_env_values = true)]
@@ -95,6 +98,15 @@ enum Command {
         sources: Vec<String>,
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
+        /// The CA (PEM) the gateway's certificate chains to, for an https:// address
+        /// (the demo's is in demo.json → ca_file).
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// A client certificate and key (PEM) for mutual TLS, e.g. a fagsystem's.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
     },
     /// Run the gateway from a config file.
     Serve {
@@ -244,12 +256,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             seed,
             citizens,
             addr,
+            insecure,
         } => {
             let options = DemoOptions {
                 dir,
                 seed,
                 citizens,
                 addr,
+                insecure,
             };
             let shutdown = shutdown_on_signal();
             with_grace(demo::run(options, shutdown.clone()), &shutdown).await
@@ -311,9 +325,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             purpose,
             sources,
             timeout_ms,
+            cacert,
+            cert,
+            key,
         } => {
+            let tls = crate::client::ClientTls {
+                ca_file: cacert,
+                identity: cert.zip(key),
+            };
             let response = crate::client::lookup(
                 &addr,
+                &tls,
                 &token,
                 &cpr,
                 purpose,
@@ -350,14 +372,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
         },
         Command::Serve { config } => {
             let config = Config::load(&config)?;
-            // Keys and endpoints are checked before the port is bound.
-            let pipeline = crate::server::pipeline_from_config(&config)?;
+            // Keys, certificates and endpoints are checked before the port is bound.
+            let pipeline = Arc::new(crate::server::pipeline_from_config(&config)?);
+            let tls = config
+                .server
+                .tls
+                .as_ref()
+                .map(crate::tls::server_tls)
+                .transpose()?;
             let listener = TcpListener::bind(config.server.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.server.listen))?;
             println!("samblik gateway listening on {}", listener.local_addr()?);
             let shutdown = shutdown_on_signal();
-            crate::server::serve(Arc::new(pipeline), listener, shutdown.cancelled_owned()).await?;
+            let stop = shutdown.cancelled_owned();
+            crate::server::serve_configured(pipeline, listener, tls, &config.server.limits, stop)
+                .await?;
             Ok(())
         }
     }

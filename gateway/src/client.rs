@@ -1,20 +1,48 @@
 //! `samblik lookup`: a small gRPC client that prints a readable overview.
 
+use anyhow::Context;
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;
 use samblik_proto::v1::{Case, CaseState, LookupRequest, LookupResponse, Purpose, SourceStatus};
 use std::fmt::Write;
 use std::time::Duration;
 
-/// Calls `Lookup` on the gateway at `addr` (e.g. `http://127.0.0.1:50051`).
+/// How `samblik lookup` reaches an `https://` gateway.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// The CA the gateway's certificate must chain to.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and key for mutual TLS.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// Calls `Lookup` on the gateway at `addr` (e.g. `https://127.0.0.1:50051`).
 pub async fn lookup(
     addr: &str,
+    tls: &ClientTls,
     token: &str,
     cpr: &str,
     purpose: Purpose,
     sources: Vec<String>,
     timeout: Duration,
 ) -> anyhow::Result<LookupResponse> {
-    let mut client = LookupServiceClient::connect(addr.to_owned()).await?;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())?;
+    if addr.starts_with("https://") {
+        crate::tls::install_crypto_provider();
+        let mut config = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &tls.ca_file {
+            config = config.ca_certificate(tonic::transport::Certificate::from_pem(
+                std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?,
+            ));
+        }
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(
+                std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?,
+                std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?,
+            ));
+        }
+        endpoint = endpoint.tls_config(config)?;
+    }
+    let mut client = LookupServiceClient::new(endpoint.connect().await?);
     let mut request = tonic::Request::new(LookupRequest {
         cpr: cpr.to_owned(),
         purpose: purpose as i32,

@@ -22,8 +22,9 @@
 //! timeout_ms = 2000
 //! ```
 
+pub use samblik_adapters::tls::ClientAuth;
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -103,6 +104,77 @@ pub struct ServerConfig {
     /// Requests whose encoded size exceeds this are refused as invalid.
     #[serde(default = "defaults::max_request_bytes")]
     pub max_request_bytes: usize,
+    /// TLS on the gRPC port. Without it the gateway speaks plaintext (the demo's `--insecure`).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// What one client may take of the gateway.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Limits that keep one misbehaving client from exhausting the gateway. The defaults are safe
+/// for a municipality's fagsystemer; raise them only with a reason.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// The largest gRPC message decoded at all (larger: RESOURCE_EXHAUSTED / OUT_OF_RANGE, not
+    /// read). Requests above `server.max_request_bytes` but below this are INVALID_ARGUMENT.
+    pub max_message_bytes: usize,
+    /// The largest HTTP/2 header list (all metadata of one request, the token included).
+    pub max_header_list_bytes: u32,
+    /// Concurrent calls on one connection; more wait at the client or are refused.
+    pub max_concurrent_streams: u32,
+    /// Open connections; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// The longest any call may run, whatever deadline it asks for (a backstop behind
+    /// `max_deadline_ms`).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 256 * 1024,
+            max_header_list_bytes: 16 * 1024,
+            max_concurrent_streams: 100,
+            max_connections: 1_024,
+            request_timeout_ms: 15_000,
+        }
+    }
+}
+
+/// TLS for a listener: certificate and key from PEM files, reloaded when they change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain. Relative paths are relative to the config file.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// Client certificates: `off`, `optional` (checked if presented) or `required`.
+    #[serde(default)]
+    pub client_certs: ClientAuth,
+    /// The CA(s) client certificates must chain to; needed unless `client_certs` is `off`.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for changes.
+    #[serde(default = "defaults::tls_reload_ms")]
+    pub reload_ms: u64,
+}
+
+/// Mutual TLS to a source: the source's certificate must chain to `ca_file` and be valid for
+/// `server_name`; the gateway presents `cert_file`/`key_file`. Reloaded when the files change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceTlsConfig {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The name the source's certificate must carry; by default the endpoint's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    #[serde(default = "defaults::tls_reload_ms")]
+    pub reload_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,13 +187,107 @@ pub struct AuthConfig {
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     #[serde(default = "defaults::leeway_secs")]
     pub leeway_secs: u64,
-    /// The identity provider's signing keys.
+    /// The identity provider's signing keys, if not (only) from `jwks`.
+    #[serde(default)]
     pub keys: Vec<KeyConfig>,
     /// How many verified tokens to remember (until each one's expiry) so a fagsystem's repeated
     /// calls with the same token skip the signature check; 0 turns the cache off.
     #[serde(default = "defaults::verified_token_cache")]
     pub verified_token_cache: u64,
+    /// The only signature algorithms a token may use, whatever its header says.
+    #[serde(default = "defaults::algorithms")]
+    pub algorithms: Vec<KeyAlgorithm>,
+    /// The identity provider's JWKS endpoint, for keys that rotate without a config change.
+    #[serde(default)]
+    pub jwks: Option<JwksConfig>,
+    /// What makes a token an access token, and which claims name the caller.
+    #[serde(default)]
+    pub claims: ClaimsConfig,
 }
+
+/// Keys fetched over HTTPS from the identity provider's JWKS endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksConfig {
+    /// The `https://` URL of the key set. Never plain HTTP: whoever can change the keys can mint
+    /// any caller.
+    pub url: String,
+    /// PEM file with the CA certificate(s) to trust for the JWKS endpoint, instead of the
+    /// system's roots (for an identity provider behind a municipal CA). Relative paths are
+    /// relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Fetched keys are trusted this long after their last successful fetch, also while the
+    /// identity provider is down; after that, tokens are refused until a fetch succeeds.
+    #[serde(default = "defaults::jwks_ttl_secs")]
+    pub ttl_secs: u64,
+    /// The key set is refreshed in the background when it is older than this.
+    #[serde(default = "defaults::jwks_refresh_secs")]
+    pub refresh_secs: u64,
+    /// At most one fetch per this interval, however many tokens name an unknown `kid`: made-up
+    /// key ids must not turn the gateway into a load generator against the identity provider.
+    #[serde(default = "defaults::jwks_min_refresh_secs")]
+    pub min_refresh_secs: u64,
+    /// The longest one fetch may take.
+    #[serde(default = "defaults::jwks_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// How a verified token becomes a caller. Claim names may be dotted paths into nested objects
+/// (e.g. `realm_access.roles`), so a municipality can use its identity provider's names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimsConfig {
+    /// The header `typ` every token must carry (RFC 9068: `at+jwt`), compared case-insensitively
+    /// and with an optional `application/` prefix. An ID token (`typ` `JWT` or none) is then not
+    /// an access token. Empty turns the check off; then set `token_use`.
+    pub typ: String,
+    /// A claim that must hold a given value, e.g. `{ claim = "token_use", value = "access" }`
+    /// (Cognito) or a scope the gateway requires.
+    pub token_use: Option<ClaimMatch>,
+    /// The claim with the caller's display name (falls back to `sub`).
+    pub name: String,
+    /// The claim with the caller's department (required).
+    pub department: String,
+    /// The claim with the municipality code.
+    pub municipality: String,
+    /// The claim with the caller's roles: an array of strings or a space-separated string.
+    pub roles: String,
+    /// The identity provider's role names mapped to Samblik's (caseworker, department_leader,
+    /// auditor, admin, citizen). Samblik's own names are always accepted; any other is ignored.
+    pub role_names: BTreeMap<String, String>,
+}
+
+/// A claim that must hold `value` (or, if it is an array or a space-separated string, contain it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimMatch {
+    pub claim: String,
+    pub value: String,
+}
+
+impl Default for ClaimsConfig {
+    fn default() -> Self {
+        ClaimsConfig {
+            typ: "at+jwt".to_owned(),
+            token_use: None,
+            name: "name".to_owned(),
+            department: "department".to_owned(),
+            municipality: "municipality".to_owned(),
+            roles: "roles".to_owned(),
+            role_names: BTreeMap::new(),
+        }
+    }
+}
+
+/// Samblik's roles; tokens' role names map onto these.
+pub const ROLES: [&str; 5] = [
+    "caseworker",
+    "department_leader",
+    "auditor",
+    "admin",
+    "citizen",
+];
 
 /// Accepted signature algorithms. Symmetric algorithms are deliberately absent: the gateway
 /// must never hold a key that can mint tokens.
@@ -160,6 +326,9 @@ pub struct SourceConfig {
     /// The longest a connection attempt may take.
     #[serde(default = "defaults::connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Mutual TLS to the source; required for an `https://` endpoint.
+    #[serde(default)]
+    pub tls: Option<SourceTlsConfig>,
 }
 
 mod defaults {
@@ -178,6 +347,21 @@ mod defaults {
     pub fn verified_token_cache() -> u64 {
         10_000
     }
+    pub fn algorithms() -> Vec<super::KeyAlgorithm> {
+        vec![super::KeyAlgorithm::ES256, super::KeyAlgorithm::RS256]
+    }
+    pub fn jwks_ttl_secs() -> u64 {
+        24 * 3600
+    }
+    pub fn jwks_refresh_secs() -> u64 {
+        300
+    }
+    pub fn jwks_min_refresh_secs() -> u64 {
+        30
+    }
+    pub fn jwks_timeout_ms() -> u64 {
+        5_000
+    }
     pub fn source_timeout_ms() -> u64 {
         2_000
     }
@@ -192,6 +376,9 @@ mod defaults {
     }
     pub fn checkpoint_interval_secs() -> u64 {
         10
+    }
+    pub fn tls_reload_ms() -> u64 {
+        10_000
     }
 }
 
@@ -223,6 +410,21 @@ impl Config {
             resolve(p);
         }
         resolve(&mut config.audit.signing_key_file);
+        if let Some(ca) = config.auth.jwks.as_mut().and_then(|j| j.ca_file.as_mut()) {
+            resolve(ca);
+        }
+        if let Some(tls) = config.server.tls.as_mut() {
+            resolve(&mut tls.cert_file);
+            resolve(&mut tls.key_file);
+            if let Some(ca) = tls.client_ca_file.as_mut() {
+                resolve(ca);
+            }
+        }
+        for tls in config.sources.iter_mut().filter_map(|s| s.tls.as_mut()) {
+            resolve(&mut tls.ca_file);
+            resolve(&mut tls.cert_file);
+            resolve(&mut tls.key_file);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -240,6 +442,41 @@ impl Config {
         if s.max_request_bytes < 64 {
             return invalid("server.max_request_bytes must be at least 64".into());
         }
+        let l = &s.limits;
+        if l.max_message_bytes < s.max_request_bytes {
+            return invalid(format!(
+                "server.limits.max_message_bytes ({}) must be at least server.max_request_bytes ({})",
+                l.max_message_bytes, s.max_request_bytes
+            ));
+        }
+        if l.max_header_list_bytes < 9 * 1024 {
+            return invalid(
+                "server.limits.max_header_list_bytes must be at least 9216: an 8 KiB access token must fit"
+                    .into(),
+            );
+        }
+        if l.max_concurrent_streams == 0 || l.max_connections == 0 {
+            return invalid(
+                "server.limits.max_concurrent_streams and max_connections must be positive".into(),
+            );
+        }
+        if l.request_timeout_ms < s.max_deadline_ms {
+            return invalid(format!(
+                "server.limits.request_timeout_ms ({}) must be at least server.max_deadline_ms ({})",
+                l.request_timeout_ms, s.max_deadline_ms
+            ));
+        }
+        if let Some(tls) = &s.tls {
+            if tls.client_certs != ClientAuth::Off && tls.client_ca_file.is_none() {
+                return invalid(format!(
+                    "server.tls.client_certs is {:?}: set server.tls.client_ca_file to the CA client certificates must chain to",
+                    tls.client_certs
+                ));
+            }
+            if tls.reload_ms == 0 {
+                return invalid("server.tls.reload_ms must be positive".into());
+            }
+        }
         let a = &self.auth;
         if a.issuer.trim().is_empty() || a.audience.trim().is_empty() {
             return invalid("auth.issuer and auth.audience must not be empty".into());
@@ -250,17 +487,66 @@ impl Config {
                 a.leeway_secs
             ));
         }
-        if a.keys.is_empty() {
+        if a.keys.is_empty() && a.jwks.is_none() {
             return invalid(
-                "auth.keys is empty: add at least one [[auth.keys]] with kid, algorithm and public_key_file"
+                "no token keys: add [auth.jwks] url = \"https://…\" or at least one [[auth.keys]] with kid, algorithm and public_key_file"
                     .into(),
             );
+        }
+        if a.algorithms.is_empty() {
+            return invalid("auth.algorithms is empty: list the algorithms the identity provider signs with, e.g. [\"ES256\", \"RS256\"]".into());
         }
         let mut kids = HashSet::new();
         for key in &a.keys {
             if key.kid.is_empty() || !kids.insert(key.kid.as_str()) {
                 return invalid(format!("auth.keys: kid {:?} is empty or repeated", key.kid));
             }
+            if !a.algorithms.contains(&key.algorithm) {
+                return invalid(format!(
+                    "auth.keys: kid {:?} uses {:?}, which is not in auth.algorithms",
+                    key.kid, key.algorithm
+                ));
+            }
+        }
+        if let Some(j) = &a.jwks {
+            if !j.url.starts_with("https://") {
+                return invalid(format!(
+                    "auth.jwks.url must be an https:// URL, got {:?}",
+                    j.url
+                ));
+            }
+            if j.url.parse::<http::Uri>().is_err() {
+                return invalid(format!("auth.jwks.url is not a valid URL: {:?}", j.url));
+            }
+            if j.ttl_secs == 0 || j.refresh_secs == 0 || j.timeout_ms == 0 {
+                return invalid(
+                    "auth.jwks: ttl_secs, refresh_secs and timeout_ms must be positive".into(),
+                );
+            }
+            if j.refresh_secs > j.ttl_secs || j.min_refresh_secs > j.refresh_secs {
+                return invalid(
+                    "auth.jwks: need min_refresh_secs <= refresh_secs <= ttl_secs".into(),
+                );
+            }
+        }
+        let c = &a.claims;
+        if c.typ.is_empty() && c.token_use.is_none() {
+            return invalid("auth.claims: set typ (e.g. \"at+jwt\") or token_use, or ID tokens would pass as access tokens".into());
+        }
+        if [&c.name, &c.department, &c.municipality, &c.roles]
+            .iter()
+            .any(|n| n.is_empty())
+        {
+            return invalid("auth.claims: claim names must not be empty".into());
+        }
+        if let Some((from, to)) = c
+            .role_names
+            .iter()
+            .find(|(_, to)| !ROLES.contains(&to.as_str()))
+        {
+            return invalid(format!(
+                "auth.claims.role_names: {from:?} maps to {to:?}, which is not one of {ROLES:?}"
+            ));
         }
         let audit = &self.audit;
         if audit.path.is_some() == audit.postgres_url_env.is_some() {
@@ -294,6 +580,27 @@ impl Config {
                 return invalid(format!(
                     "sources.{}: endpoint must be an http:// or https:// URL, got {:?}",
                     source.id, source.endpoint
+                ));
+            }
+            match (source.endpoint.starts_with("https://"), &source.tls) {
+                (true, None) => {
+                    return invalid(format!(
+                        "sources.{}: an https:// endpoint needs [sources.tls] with ca_file, cert_file and key_file",
+                        source.id
+                    ));
+                }
+                (false, Some(_)) => {
+                    return invalid(format!(
+                        "sources.{}: [sources.tls] is set, so the endpoint must be https://",
+                        source.id
+                    ));
+                }
+                _ => {}
+            }
+            if source.tls.as_ref().is_some_and(|t| t.reload_ms == 0) {
+                return invalid(format!(
+                    "sources.{}: tls.reload_ms must be positive",
+                    source.id
                 ));
             }
             if source.timeout_ms == 0 || source.connect_timeout_ms == 0 {
@@ -399,6 +706,45 @@ mod tests {
                 "default_deadline_ms",
             ),
             (GOOD.replace("kid = \"k1\"", "kid = \"\""), "kid"),
+            (
+                GOOD.replace("[auth]", "[auth]\nalgorithms = [\"RS256\"]"),
+                "not in auth.algorithms",
+            ),
+            (
+                GOOD.replace("[auth]", "[auth]\nalgorithms = [\"HS256\"]"),
+                "unknown variant",
+            ),
+            (
+                format!("{GOOD}\n[auth.jwks]\nurl = \"http://idp.example/jwks\"\n"),
+                "https://",
+            ),
+            (format!("{GOOD}\n[auth.claims]\ntyp = \"\"\n"), "ID tokens"),
+            (
+                format!("{GOOD}\n[auth.claims.role_names]\nSagsbehandler = \"boss\"\n"),
+                "not one of",
+            ),
+            (
+                format!("{GOOD}\n[server.limits]\nmax_message_bytes = 100\n"),
+                "max_message_bytes",
+            ),
+            (
+                format!("{GOOD}\n[server.limits]\nrequest_timeout_ms = 5000\n"),
+                "request_timeout_ms",
+            ),
+            (
+                format!("{GOOD}\n[server.limits]\nmax_header_list_bytes = 4096\n"),
+                "8 KiB access token",
+            ),
+            (
+                format!(
+                    "{GOOD}\n[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_certs = \"required\"\n"
+                ),
+                "client_ca_file",
+            ),
+            (
+                GOOD.replace("http://127.0.0.1:1", "https://127.0.0.1:1"),
+                "needs [sources.tls]",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse(&text);

@@ -3,10 +3,11 @@
 //! people) where everything is, who the demo users are and which citizens are worth a look.
 
 use crate::config::{
-    AuditConfig, AuditDurability, AuthConfig, Config, KeyAlgorithm, KeyConfig, ServerConfig,
-    SourceConfig,
+    AuditConfig, AuditDurability, AuthConfig, ClaimsConfig, Config, KeyAlgorithm, KeyConfig,
+    ServerConfig, SourceConfig,
 };
 use crate::server;
+use crate::tls::DemoPki;
 use crate::tokens::{DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, DemoIssuer, TokenClaims};
 use anyhow::Context;
 use samblik_adapters::reference::ReferenceSource;
@@ -33,6 +34,8 @@ pub struct DemoOptions {
     pub seed: u64,
     pub citizens: usize,
     pub addr: SocketAddr,
+    /// Plaintext everywhere instead of TLS and mutual TLS (logged as a warning).
+    pub insecure: bool,
 }
 
 /// What `demo.json` says.
@@ -43,8 +46,14 @@ pub struct DemoFacts {
     pub data_dir: PathBuf,
     /// The gateway's gRPC address, e.g. `127.0.0.1:50051`.
     pub gateway_addr: SocketAddr,
-    /// The same as a URL for gRPC clients, e.g. `http://127.0.0.1:50051`.
+    /// The same as a URL for gRPC clients, e.g. `https://127.0.0.1:50051`.
     pub gateway_url: String,
+    /// The demo CA (PEM) that the gateway's certificate chains to; clients trust it
+    /// (`grpcurl -cacert`, `samblik lookup --cacert`). Absent with `--insecure`.
+    pub ca_file: Option<PathBuf>,
+    /// A sample fagsystem's client certificate and key, for mutual TLS to the gateway.
+    pub fagsystem_cert_file: Option<PathBuf>,
+    pub fagsystem_key_file: Option<PathBuf>,
     pub issuer: String,
     pub audience: String,
     pub sources: Vec<DemoSource>,
@@ -94,6 +103,15 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     }
     let data = ensure_data(&options)?;
     let issuer = DemoIssuer::load_or_create(dir).context("cannot set up the demo signing key")?;
+    let pki = if options.insecure {
+        tracing::warn!(
+            "--insecure: the demo gateway and sources speak plaintext; tokens and data cross loopback unencrypted"
+        );
+        None
+    } else {
+        let ids: Vec<&str> = Department::ALL.iter().map(|d| d.id()).collect();
+        Some(DemoPki::create(dir, &ids).context("cannot create the demo certificates")?)
+    };
 
     let mut tasks = tokio::task::JoinSet::new();
     let mut sources = Vec::new();
@@ -105,10 +123,17 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             .context("cannot bind a loopback port for a source")?;
         let addr = listener.local_addr()?;
         let stop = shutdown.clone().cancelled_owned();
+        let tls = pki
+            .as_ref()
+            .map(|pki| crate::tls::demo_source_server_tls(pki, department.id()))
+            .transpose()?;
         tasks.spawn(async move {
-            samblik_adapters::server::serve(Arc::new(source), listener, stop)
-                .await
-                .map_err(anyhow::Error::from)
+            let source = Arc::new(source);
+            match tls {
+                Some(tls) => samblik_adapters::server::serve_tls(source, listener, tls, stop).await,
+                None => samblik_adapters::server::serve(source, listener, stop).await,
+            }
+            .map_err(anyhow::Error::from)
         });
         sources.push(DemoSource {
             id: department.id().to_owned(),
@@ -126,22 +151,35 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         .map(|s| SourceConfig {
             id: s.id.clone(),
             department: s.department.clone(),
-            endpoint: format!("http://{}", s.addr),
+            endpoint: match pki {
+                Some(_) => format!("https://{}", s.addr),
+                None => format!("http://{}", s.addr),
+            },
             timeout_ms: 2_000,
             connect_timeout_ms: 1_000,
+            tls: pki.as_ref().map(crate::tls::demo_source_tls),
         })
         .collect();
-    let config = demo_config(dir, gateway_addr, issuer.public_key_path(), source_configs);
+    let mut config = demo_config(dir, gateway_addr, issuer.public_key_path(), source_configs);
+    config.server.tls = pki.as_ref().map(crate::tls::demo_server_tls);
     config.validate()?;
-    let pipeline = server::pipeline_from_config(&config)?;
+    // Keys, certificates and endpoints are all checked before anything is announced.
+    let pipeline = Arc::new(server::pipeline_from_config(&config)?);
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(crate::tls::server_tls)
+        .transpose()?;
     let stop = shutdown.clone().cancelled_owned();
+    let limits = config.server.limits.clone();
     tasks.spawn(async move {
-        server::serve(Arc::new(pipeline), listener, stop)
+        server::serve_configured(pipeline, listener, tls, &limits, stop)
             .await
             .map_err(anyhow::Error::from)
     });
 
-    let facts = demo_facts(&options, &data, gateway_addr, sources);
+    let facts = demo_facts(&options, &data, gateway_addr, sources, pki.as_ref());
     write_facts(&facts_path, &facts)?;
     print_welcome(&facts);
 
@@ -195,6 +233,8 @@ pub fn demo_config(
             default_deadline_ms: 3_000,
             max_deadline_ms: 10_000,
             max_request_bytes: 4 * 1024,
+            tls: None,
+            limits: Default::default(),
         },
         auth: AuthConfig {
             issuer: DEMO_ISSUER.to_owned(),
@@ -206,6 +246,9 @@ pub fn demo_config(
                 algorithm: KeyAlgorithm::ES256,
                 public_key_file: public_key.to_owned(),
             }],
+            algorithms: vec![KeyAlgorithm::ES256, KeyAlgorithm::RS256],
+            jwks: None,
+            claims: ClaimsConfig::default(),
         },
         sources,
         audit: AuditConfig {
@@ -254,6 +297,7 @@ fn demo_facts(
     data: &Dataset,
     gateway_addr: SocketAddr,
     sources: Vec<DemoSource>,
+    pki: Option<&DemoPki>,
 ) -> DemoFacts {
     // Departments per citizen, and each caseworker's citizens with an open case.
     let mut departments: BTreeMap<&str, BTreeSet<Department>> = BTreeMap::new();
@@ -360,7 +404,13 @@ fn demo_facts(
         seed: data.municipality.seed,
         data_dir: options.dir.clone(),
         gateway_addr,
-        gateway_url: format!("http://{gateway_addr}"),
+        gateway_url: match pki {
+            Some(_) => format!("https://{gateway_addr}"),
+            None => format!("http://{gateway_addr}"),
+        },
+        ca_file: pki.map(|p| p.ca.clone()),
+        fagsystem_cert_file: pki.map(|p| p.fagsystem.cert.clone()),
+        fagsystem_key_file: pki.map(|p| p.fagsystem.key.clone()),
         issuer: DEMO_ISSUER.to_owned(),
         audience: DEMO_AUDIENCE.to_owned(),
         sources,
@@ -369,7 +419,11 @@ fn demo_facts(
             users.first().map_or("USER", |u| u.id.as_str())
         ),
         grpcurl_example: format!(
-            "grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"cpr\":\"{example_cpr}\",\"purpose\":\"PURPOSE_PREPARE_MEETING\"}}' {gateway_addr} samblik.v1.LookupService/Lookup"
+            "grpcurl {transport} -H \"authorization: Bearer $TOKEN\" -d '{{\"cpr\":\"{example_cpr}\",\"purpose\":\"PURPOSE_PREPARE_MEETING\"}}' {gateway_addr} samblik.v1.LookupService/Lookup",
+            transport = match pki {
+                Some(p) => format!("-cacert {}", p.ca.display()),
+                None => "-plaintext".to_owned(),
+            }
         ),
         users,
         sample_citizens: samples,
@@ -391,10 +445,17 @@ fn print_welcome(facts: &DemoFacts) {
         "\nSamblik demo — {} (synthetic data, seed {})\n\n",
         facts.municipality, facts.seed
     ));
-    out.push_str(&format!(
-        "Gateway (gRPC, plaintext, loopback only): {}\n",
-        facts.gateway_addr
-    ));
+    match &facts.ca_file {
+        Some(ca) => out.push_str(&format!(
+            "Gateway (gRPC over TLS, loopback only): {}  (demo CA: {})\n",
+            facts.gateway_addr,
+            ca.display()
+        )),
+        None => out.push_str(&format!(
+            "Gateway (gRPC, PLAINTEXT — --insecure, loopback only): {}\n",
+            facts.gateway_addr
+        )),
+    }
     for s in &facts.sources {
         out.push_str(&format!(
             "  source {:<14} {}  ({})\n",
@@ -422,10 +483,15 @@ fn print_welcome(facts: &DemoFacts) {
         ));
     }
     out.push_str(&format!(
-        "\nTry it:\n  TOKEN=$({})\n  {}\n  samblik lookup --addr {} --token \"$TOKEN\" --cpr {} --purpose prepare-meeting\n",
+        "\nTry it:\n  TOKEN=$({})\n  {}\n  samblik lookup --addr {}{} --token \"$TOKEN\" --cpr {} --purpose prepare-meeting\n",
         facts.token_command,
         facts.grpcurl_example,
         facts.gateway_url,
+        facts
+            .ca_file
+            .as_ref()
+            .map(|ca| format!(" --cacert {}", ca.display()))
+            .unwrap_or_default(),
         facts.sample_citizens.first().map_or("CPR", |c| c.cpr.as_str()),
     ));
     out.push_str(&format!(

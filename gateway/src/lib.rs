@@ -22,8 +22,10 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod jwks;
 pub mod lookup;
 pub mod server;
+pub mod tls;
 pub mod tokens;
 
 pub use config::Config;

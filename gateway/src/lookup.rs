@@ -113,6 +113,7 @@ impl LookupPipeline {
         request: &LookupRequest,
         client_timeout: Option<Duration>,
     ) -> Result<LookupResponse, GatewayError> {
+        self.auth.refresh_keys_for(metadata).await;
         let mut draft = AuditDraft::new(
             Arc::clone(&self.audit),
             &request_id,
@@ -156,6 +157,7 @@ impl LookupPipeline {
         request: &LookupRequest,
         client_timeout: Option<Duration>,
     ) -> Result<mpsc::Receiver<Result<SourceResult, GatewayError>>, GatewayError> {
+        self.auth.refresh_keys_for(metadata).await;
         let mut draft = AuditDraft::new(
             Arc::clone(&self.audit),
             &request_id,
@@ -212,7 +214,8 @@ impl LookupPipeline {
 
     /// Authenticates and validates a request, noting what it learns in the audit draft.
     /// Nothing is asked of any source before this succeeds. `client_timeout` is the caller's
-    /// `grpc-timeout`, if it sent one.
+    /// `grpc-timeout`, if it sent one. The caller has already fetched any signing keys the token
+    /// needs ([`Authenticator::refresh_keys_for`]), so this stays synchronous.
     fn prepare(
         &self,
         request_id: String,

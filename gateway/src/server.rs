@@ -2,10 +2,11 @@
 //! server reflection, on one listener.
 
 use crate::auth::{AuthSetupError, Authenticator};
-use crate::config::{AuditConfig, AuditDurability, Config};
+use crate::config::{AuditConfig, AuditDurability, Config, LimitsConfig};
 use crate::error::REQUEST_ID_HEADER;
 use crate::lookup::{GatewaySource, LookupLimits, LookupPipeline, parse_grpc_timeout};
 use samblik_adapters::GrpcSource;
+use samblik_adapters::tls::ReloadingServerConfig;
 use samblik_audit::postgres::PostgresStore;
 use samblik_audit::sqlite::{Durability, SqliteStore};
 use samblik_audit::{AuditError, AuditLog, AuditStore, CheckpointSigner, WriterOptions};
@@ -14,20 +15,15 @@ use samblik_proto::v1::{LookupRequest, LookupResponse, SourceResult};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 /// The gRPC service name the health service reports for.
 pub const LOOKUP_SERVICE_NAME: &str = "samblik.v1.LookupService";
-
-/// Largest message the server decodes at all; requests above the configured (much smaller)
-/// request limit but below this are refused as invalid arguments.
-const MAX_DECODING_MESSAGE_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -44,6 +40,8 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] samblik_adapters::tls::TlsError),
 }
 
 /// Opens the audit log of a validated config: the store, the signing key, the writer. Fails
@@ -53,7 +51,7 @@ pub fn open_audit_log(config: &AuditConfig) -> Result<AuditLog, ServerError> {
     let signer = CheckpointSigner::load_or_create(&config.signing_key_file)?;
     let mut options = WriterOptions::new(config.chain.clone());
     options.checkpoint_every = config.checkpoint_every;
-    options.checkpoint_interval = std::time::Duration::from_secs(config.checkpoint_interval_secs);
+    options.checkpoint_interval = Duration::from_secs(config.checkpoint_interval_secs);
     options.policy_version = samblik_policy::POLICY_VERSION.to_owned();
     Ok(AuditLog::start_with(open, signer, options)?)
 }
@@ -114,13 +112,19 @@ pub fn pipeline_with_audit(
     let auth = Authenticator::from_config(&config.auth)?;
     let mut sources = Vec::with_capacity(config.sources.len());
     for s in &config.sources {
-        let source =
-            GrpcSource::new(s.id.clone(), &s.endpoint, s.connect_timeout()).map_err(|source| {
-                ServerError::SourceEndpoint {
-                    id: s.id.clone(),
-                    source,
-                }
-            })?;
+        let source = match &s.tls {
+            Some(tls) => GrpcSource::with_tls(
+                s.id.clone(),
+                &s.endpoint,
+                s.connect_timeout(),
+                crate::tls::source_connector(s, tls)?,
+            ),
+            None => GrpcSource::new(s.id.clone(), &s.endpoint, s.connect_timeout()),
+        }
+        .map_err(|source| ServerError::SourceEndpoint {
+            id: s.id.clone(),
+            source,
+        })?;
         sources.push(GatewaySource {
             source: Arc::new(source),
             department: s.department.clone(),
@@ -145,14 +149,50 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let pipeline = pipeline_from_config(config)?;
-    serve(Arc::new(pipeline), listener, shutdown).await
+    let pipeline = Arc::new(pipeline_from_config(config)?);
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(crate::tls::server_tls)
+        .transpose()?;
+    serve_configured(pipeline, listener, tls, &config.server.limits, shutdown).await
 }
 
-/// Serves `pipeline` on `listener` until `shutdown` completes.
+/// Serves `pipeline` on `listener` until `shutdown` completes, in plaintext, with the default
+/// limits.
 pub async fn serve(
     pipeline: Arc<LookupPipeline>,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    serve_configured(pipeline, listener, None, &LimitsConfig::default(), shutdown).await
+}
+
+/// Serves `pipeline` on `listener` over TLS, with the default limits.
+pub async fn serve_tls(
+    pipeline: Arc<LookupPipeline>,
+    listener: TcpListener,
+    tls: Arc<ReloadingServerConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    serve_configured(
+        pipeline,
+        listener,
+        Some(tls),
+        &LimitsConfig::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `pipeline` on `listener` until `shutdown` completes: over TLS when `tls` is set,
+/// within `limits`.
+pub async fn serve_configured(
+    pipeline: Arc<LookupPipeline>,
+    listener: TcpListener,
+    tls: Option<Arc<ReloadingServerConfig>>,
+    limits: &LimitsConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -178,24 +218,36 @@ pub async fn serve(
     let (reflection_v1, reflection_v1alpha) = samblik_adapters::server::reflection_services()?;
     let audit = Arc::clone(pipeline.audit_log());
     let lookup = LookupServiceServer::new(LookupApi { pipeline })
-        .max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES);
-    tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
-    tonic::transport::Server::builder()
+        .max_decoding_message_size(limits.max_message_bytes);
+    let router = tonic::transport::Server::builder()
+        .http2_max_header_list_size(limits.max_header_list_bytes)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .timeout(Duration::from_millis(limits.request_timeout_ms))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(lookup)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await?;
-    // Let the audit writer finish what is queued and sign its head before the process exits.
-    match Arc::try_unwrap(audit) {
-        Ok(log) => log.close(),
-        Err(_) => {
-            tracing::debug!("audit log still shared; its writer closes when the last user goes")
+        .add_service(lookup);
+    let addr = listener.local_addr().ok();
+    match tls {
+        Some(tls) => {
+            tracing::info!(addr = ?addr, "gateway listening (TLS)");
+            let incoming =
+                samblik_adapters::tls::tls_incoming(listener, limits.max_connections, tls);
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?;
         }
+        None => {
+            tracing::warn!(addr = ?addr, "gateway listening in PLAINTEXT");
+            let incoming = samblik_adapters::tls::plain_incoming(listener, limits.max_connections);
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?;
+        }
+    }
+    // Let the audit writer finish what is queued and sign its head before the process exits.
+    if let Ok(log) = Arc::try_unwrap(audit) {
+        log.close();
     }
     Ok(())
 }
@@ -210,7 +262,7 @@ fn new_request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-fn client_timeout<T>(request: &Request<T>) -> Option<std::time::Duration> {
+fn client_timeout<T>(request: &Request<T>) -> Option<Duration> {
     request
         .metadata()
         .get("grpc-timeout")

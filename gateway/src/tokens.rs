@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const DEMO_ISSUER: &str = "https://idp.sonderaa.kommune.example/demo";
 /// The audience of tokens for Samblik.
 pub const DEMO_AUDIENCE: &str = "samblik";
+/// The `typ` of access tokens (RFC 9068), which ID tokens lack.
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 /// The demo signing key's id.
 pub const DEMO_KID: &str = "samblik-demo-1";
 
@@ -98,12 +100,28 @@ impl DemoIssuer {
         &self.public_key_path
     }
 
-    /// Signs arbitrary claims with the demo key (kid included), for tests that need tokens the
-    /// gateway must refuse: wrong issuer, expired, and so on.
+    /// Signs arbitrary claims with the demo key as an access token (kid and `typ` `at+jwt`
+    /// included), for tests that need tokens the gateway must refuse: wrong issuer, expired, and
+    /// so on.
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, TokenError> {
+        self.sign_with_header(&Self::header(), claims)
+    }
+
+    /// The header of the demo's access tokens: ES256, the demo kid, `typ` `at+jwt` (RFC 9068).
+    pub fn header() -> Header {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(DEMO_KID.to_owned());
-        Ok(jsonwebtoken::encode(&header, claims, &self.encoding_key)?)
+        header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
+        header
+    }
+
+    /// Signs claims under any header, for tests of what the gateway must refuse.
+    pub fn sign_with_header<T: Serialize>(
+        &self,
+        header: &Header,
+        claims: &T,
+    ) -> Result<String, TokenError> {
+        Ok(jsonwebtoken::encode(header, claims, &self.encoding_key)?)
     }
 
     /// Signs an access token valid for `ttl` from now.

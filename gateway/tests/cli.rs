@@ -129,19 +129,37 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
     let unknown = samblik(&["token", "--dir", dir_arg, "--user", "nobody"]);
     assert!(!unknown.status.success());
 
-    // `samblik lookup`: the readable overview names all three departments.
+    // The demo runs TLS by default: the gateway's URL is https and the CA is in demo.json.
     let url = facts["gateway_url"].as_str().unwrap();
-    let overview = stdout(&samblik(&[
-        "lookup",
-        "--addr",
-        url,
-        "--token",
-        &token,
-        "--cpr",
-        everywhere,
-        "--purpose",
-        "prepare-meeting",
-    ]));
+    assert!(url.starts_with("https://"), "{url}");
+    let ca = facts["ca_file"].as_str().unwrap();
+    let (cert, key) = (
+        facts["fagsystem_cert_file"].as_str().unwrap(),
+        facts["fagsystem_key_file"].as_str().unwrap(),
+    );
+    let lookup = |extra: &[&str]| {
+        let mut args = vec![
+            "lookup",
+            "--addr",
+            url,
+            "--token",
+            &token,
+            "--cpr",
+            everywhere,
+            "--purpose",
+            "prepare-meeting",
+        ];
+        args.extend_from_slice(extra);
+        samblik(&args)
+    };
+    // Without the demo CA the gateway's certificate is not trusted.
+    assert!(!lookup(&[]).status.success());
+    // As the sample fagsystem, with its client certificate (mutual TLS).
+    let as_fagsystem = lookup(&["--cacert", ca, "--cert", cert, "--key", key]);
+    assert!(as_fagsystem.status.success(), "{as_fagsystem:?}");
+
+    // `samblik lookup`: the readable overview names all three departments.
+    let overview = stdout(&lookup(&["--cacert", ca]));
     for name in [
         "Børne- og Familieafdelingen",
         "Jobcenter",
@@ -154,6 +172,7 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
 
     // The README's grpcurl example, exactly as demo.json spells it.
     let example = facts["grpcurl_example"].as_str().unwrap();
+    assert!(example.contains(&format!("-cacert {ca}")), "{example}");
     match Command::new("sh")
         .args(["-c", example])
         .env("TOKEN", &token)

@@ -5,11 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod idp;
+
 use async_trait::async_trait;
 use samblik_adapters::reference::ReferenceSource;
 use samblik_adapters::{CaseQuery, Health, Source, SourceAnswer, SourceError};
 use samblik_gateway::auth::Authenticator;
-use samblik_gateway::config::{Config, SourceConfig};
+use samblik_gateway::config::{AuthConfig, Config, SourceConfig};
 use samblik_gateway::demo::{caseworker_claims, demo_config};
 use samblik_gateway::tokens::DemoIssuer;
 use samblik_gateway::{GatewaySource, LookupLimits, LookupPipeline};
@@ -21,7 +23,7 @@ use samblik_synth::{Caseworker, Dataset, Department, SynthConfig};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -205,12 +207,9 @@ impl RunningGateway {
     }
 }
 
-/// The gateway's config for `sources`, trusting the test issuer and auditing into `audit_dir`.
-pub fn gateway_config(
-    audit_dir: &std::path::Path,
-    sources: &[SourceSpec],
-    default_deadline_ms: u64,
-) -> Config {
+/// The gateway's config for `sources`, trusting the test issuer. Its audit paths are relative
+/// placeholders: every `start_*` function gives the gateway an audit directory of its own.
+pub fn gateway_config(sources: &[SourceSpec], default_deadline_ms: u64) -> Config {
     let sources = sources
         .iter()
         .map(|s| SourceConfig {
@@ -219,16 +218,26 @@ pub fn gateway_config(
             endpoint: s.endpoint.clone(),
             timeout_ms: s.timeout_ms,
             connect_timeout_ms: 1_000,
+            tls: None,
         })
         .collect();
     let mut config = demo_config(
-        audit_dir,
+        std::path::Path::new(""),
         "127.0.0.1:0".parse().unwrap(),
         issuer().1.public_key_path(),
         sources,
     );
     config.server.default_deadline_ms = default_deadline_ms;
     config
+}
+
+/// Points `config`'s audit log into a fresh directory, which the caller keeps alive.
+pub fn with_own_audit(mut config: Config) -> (Config, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    config.audit.path = Some(dir.path().join(samblik_gateway::demo::AUDIT_DB_FILE));
+    config.audit.postgres_url_env = None;
+    config.audit.signing_key_file = dir.path().join(samblik_gateway::demo::AUDIT_KEY_FILE);
+    (config, dir)
 }
 
 /// Serves `pipeline` on a loopback port.
@@ -251,8 +260,7 @@ async fn serve_pipeline(pipeline: LookupPipeline, audit_dir: tempfile::TempDir) 
 
 /// Starts the gateway over `sources`, with `default_deadline_ms` for callers that send none.
 pub async fn start_gateway(sources: &[SourceSpec], default_deadline_ms: u64) -> RunningGateway {
-    let audit_dir = tempfile::tempdir().unwrap();
-    let config = gateway_config(audit_dir.path(), sources, default_deadline_ms);
+    let (config, audit_dir) = with_own_audit(gateway_config(sources, default_deadline_ms));
     config.validate().unwrap();
     let pipeline = samblik_gateway::server::pipeline_from_config(&config).unwrap();
     serve_pipeline(pipeline, audit_dir).await
@@ -265,8 +273,7 @@ pub async fn start_gateway_in_process(
     verified_token_cache: u64,
     audit_durability: samblik_gateway::config::AuditDurability,
 ) -> RunningGateway {
-    let audit_dir = tempfile::tempdir().unwrap();
-    let mut config = gateway_config(audit_dir.path(), &[], default_deadline_ms);
+    let (mut config, audit_dir) = with_own_audit(gateway_config(&[], default_deadline_ms));
     config.auth.verified_token_cache = verified_token_cache;
     config.audit.durability = audit_durability;
     let audit = samblik_gateway::server::open_audit_log(&config.audit).unwrap();
@@ -295,8 +302,7 @@ pub async fn start_gateway_audited_by(
     sources: &[SourceSpec],
     store: Box<dyn samblik_audit::AuditStore>,
 ) -> RunningGateway {
-    let audit_dir = tempfile::tempdir().unwrap();
-    let config = gateway_config(audit_dir.path(), sources, 3_000);
+    let (config, audit_dir) = with_own_audit(gateway_config(sources, 3_000));
     let signer =
         samblik_audit::CheckpointSigner::load_or_create(&config.audit.signing_key_file).unwrap();
     let log = samblik_audit::AuditLog::start(
@@ -337,6 +343,106 @@ impl RunningGateway {
             .into_iter()
             .filter(|r| r.request_id == request_id)
             .collect()
+    }
+}
+
+/// Serves `source` over TLS with `tls` on a loopback port.
+pub async fn start_source_tls(
+    source: Arc<dyn Source>,
+    tls: Arc<samblik_adapters::tls::ReloadingServerConfig>,
+) -> RunningSource {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone().cancelled_owned();
+    tokio::spawn(async move {
+        samblik_adapters::server::serve_tls(source, listener, tls, shutdown)
+            .await
+            .unwrap();
+    });
+    RunningSource { addr, stop }
+}
+
+/// Runs the gateway exactly as `samblik serve` would with `config` (TLS included), on a
+/// loopback port.
+pub async fn start_gateway_from_config(config: Config) -> RunningGateway {
+    let (config, audit_dir) = with_own_audit(config);
+    config.validate().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone().cancelled_owned();
+    tokio::spawn(async move {
+        samblik_gateway::server::run(&config, listener, shutdown)
+            .await
+            .unwrap();
+    });
+    RunningGateway {
+        addr,
+        audit_dir,
+        stop,
+    }
+}
+
+/// Starts the gateway with `auth` instead of the demo's, over the in-process jobcenter source;
+/// returns the caller contexts every call to that source carried.
+pub async fn start_gateway_with_auth(
+    auth: AuthConfig,
+) -> (RunningGateway, Arc<Mutex<Vec<CallerContext>>>) {
+    let (mut config, audit_dir) = with_own_audit(gateway_config(&[], 3_000));
+    config.auth = auth;
+    let audit = samblik_gateway::server::open_audit_log(&config.audit).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let source = Arc::new(Recording {
+        inner: reference(Department::Jobcenter),
+        seen: Arc::clone(&seen),
+    });
+    let pipeline = LookupPipeline::new(
+        Authenticator::from_config(&config.auth).unwrap(),
+        vec![GatewaySource {
+            source,
+            department: "Jobcenter".to_owned(),
+            timeout: Duration::from_secs(2),
+        }],
+        LookupLimits {
+            default_deadline: config.server.default_deadline(),
+            max_deadline: config.server.max_deadline(),
+            max_request_bytes: config.server.max_request_bytes,
+        },
+        Arc::new(audit),
+    );
+    (serve_pipeline(pipeline, audit_dir).await, seen)
+}
+
+/// Records the caller context of every call that reaches a source.
+pub struct Recording {
+    pub inner: Arc<dyn Source>,
+    pub seen: Arc<Mutex<Vec<CallerContext>>>,
+}
+
+impl std::fmt::Debug for Recording {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recording")
+            .field("source", &self.inner.id())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Source for Recording {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+    async fn find_cases(
+        &self,
+        query: CaseQuery,
+        caller: CallerContext,
+    ) -> Result<SourceAnswer, SourceError> {
+        self.seen.lock().unwrap().push(caller.clone());
+        self.inner.find_cases(query, caller).await
+    }
+    async fn health(&self) -> Health {
+        self.inner.health().await
     }
 }
 

@@ -1,0 +1,239 @@
+//! A stand-in identity provider for the token tests: signing keys (ES256 generated per run, RS256
+//! from a test-only fixture), and a real HTTPS JWKS endpoint on a loopback port with a
+//! throw-away CA, whose key set a test can change, take down, and count fetches of.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// The RSA test key (never used anywhere but tests).
+pub const RSA_PRIVATE_PEM: &str = include_str!("../fixtures/test-rsa.key.pem");
+/// Its public half.
+pub const RSA_PUBLIC_PEM: &str = include_str!("../fixtures/test-rsa.pub.pem");
+
+/// One signing key of the test identity provider.
+#[derive(Clone)]
+pub struct SigningKey {
+    pub kid: String,
+    pub algorithm: Algorithm,
+    pub encoding: EncodingKey,
+    /// The public key as published in the JWKS.
+    pub jwk: Jwk,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .finish()
+    }
+}
+
+impl SigningKey {
+    /// A fresh ES256 key.
+    pub fn es256(kid: &str) -> Self {
+        let pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let encoding = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+        Self::new(kid, Algorithm::ES256, encoding)
+    }
+
+    /// The RS256 fixture key.
+    pub fn rs256(kid: &str) -> Self {
+        let encoding = EncodingKey::from_rsa_pem(RSA_PRIVATE_PEM.as_bytes()).unwrap();
+        Self::new(kid, Algorithm::RS256, encoding)
+    }
+
+    fn new(kid: &str, algorithm: Algorithm, encoding: EncodingKey) -> Self {
+        let mut jwk = Jwk::from_encoding_key(&encoding, algorithm).unwrap();
+        jwk.common.key_id = Some(kid.to_owned());
+        SigningKey {
+            kid: kid.to_owned(),
+            algorithm,
+            encoding,
+            jwk,
+        }
+    }
+
+    /// An access token header for this key: its algorithm, its kid, `typ` `at+jwt`.
+    pub fn header(&self) -> Header {
+        let mut header = Header::new(self.algorithm);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some("at+jwt".to_owned());
+        header
+    }
+
+    pub fn sign(&self, header: &Header, claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(header, claims, &self.encoding).unwrap()
+    }
+}
+
+/// A throw-away CA and a server certificate for `127.0.0.1` / `localhost` signed by it.
+#[derive(Debug)]
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+    pub ca_file: PathBuf,
+    pub server_cert: Vec<CertificateDer<'static>>,
+    pub server_key: Vec<u8>,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Samblik test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap()
+            .signed_by(&server_key, &ca)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        TestPki {
+            dir,
+            ca_file,
+            server_cert: vec![server.der().clone()],
+            server_key: server_key.serialize_der(),
+        }
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The JWKS endpoint, serving whatever key set the test last published; stopped on drop.
+#[derive(Debug)]
+pub struct JwksServer {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub pki: TestPki,
+    /// Requests that reached the endpoint.
+    pub fetches: Arc<AtomicUsize>,
+    keys: Arc<Mutex<Vec<Jwk>>>,
+    up: Arc<AtomicBool>,
+    stop: CancellationToken,
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl JwksServer {
+    /// Starts the endpoint on a loopback port, publishing `keys`.
+    pub async fn start(keys: &[&SigningKey]) -> Self {
+        let pki = TestPki::new();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                pki.server_cert.clone(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.server_key.clone())),
+            )
+            .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(tls));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let published = Arc::new(Mutex::new(
+            keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>(),
+        ));
+        let up = Arc::new(AtomicBool::new(true));
+        let stop = CancellationToken::new();
+        let (f, p, u, s) = (
+            Arc::clone(&fetches),
+            Arc::clone(&published),
+            Arc::clone(&up),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = s.cancelled() => break,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((tcp, _)) = accepted else { continue };
+                let (acceptor, f, p, u) = (
+                    acceptor.clone(),
+                    Arc::clone(&f),
+                    Arc::clone(&p),
+                    Arc::clone(&u),
+                );
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service =
+                        service_fn(move |_request: hyper::Request<hyper::body::Incoming>| {
+                            f.fetch_add(1, Ordering::SeqCst);
+                            let response = if u.load(Ordering::SeqCst) {
+                                let set = JwkSet {
+                                    keys: p.lock().unwrap().clone(),
+                                };
+                                hyper::Response::new(Full::new(Bytes::from(
+                                    serde_json::to_vec(&set).unwrap(),
+                                )))
+                            } else {
+                                let mut r = hyper::Response::new(Full::new(Bytes::from_static(
+                                    b"down for maintenance",
+                                )));
+                                *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                                r
+                            };
+                            async move { Ok::<_, std::convert::Infallible>(response) }
+                        });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        JwksServer {
+            url: format!("https://127.0.0.1:{}/jwks.json", addr.port()),
+            addr,
+            pki,
+            fetches,
+            keys: published,
+            up,
+            stop,
+        }
+    }
+
+    /// Replaces the published key set.
+    pub fn publish(&self, keys: &[&SigningKey]) {
+        *self.keys.lock().unwrap() = keys.iter().map(|k| k.jwk.clone()).collect();
+    }
+
+    /// Makes the endpoint answer 503 (false) or the key set (true).
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+
+    pub fn fetch_count(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
