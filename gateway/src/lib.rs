@@ -22,6 +22,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod jwks;
+pub mod jwt_crypto;
 pub mod lookup;
 pub mod server;
 pub mod tls;
