@@ -256,7 +256,16 @@ pub async fn start_gateway_in_process(
 ) -> RunningGateway {
     let mut config = gateway_config(&[], default_deadline_ms);
     config.auth.verified_token_cache = verified_token_cache;
-    let pipeline = LookupPipeline::new(
+    serve_pipeline(in_process_pipeline(&config, sources)).await
+}
+
+/// The pipeline of `config`'s auth and limits over sources held in this process (each with a
+/// 2 s timeout).
+pub fn in_process_pipeline(
+    config: &Config,
+    sources: Vec<(Arc<dyn Source>, &str)>,
+) -> LookupPipeline {
+    LookupPipeline::new(
         Authenticator::from_config(&config.auth).unwrap(),
         sources
             .into_iter()
@@ -271,8 +280,7 @@ pub async fn start_gateway_in_process(
             max_deadline: config.server.max_deadline(),
             max_request_bytes: config.server.max_request_bytes,
         },
-    );
-    serve_pipeline(pipeline).await
+    )
 }
 
 /// Serves `source` over TLS with `tls` on a loopback port.
@@ -316,23 +324,11 @@ pub async fn start_gateway_with_auth(
     let mut config = gateway_config(&[], 3_000);
     config.auth = auth;
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let source = Arc::new(Recording {
+    let source: Arc<dyn Source> = Arc::new(Recording {
         inner: reference(Department::Jobcenter),
         seen: Arc::clone(&seen),
     });
-    let pipeline = LookupPipeline::new(
-        Authenticator::from_config(&config.auth).unwrap(),
-        vec![GatewaySource {
-            source,
-            department: "Jobcenter".to_owned(),
-            timeout: Duration::from_secs(2),
-        }],
-        LookupLimits {
-            default_deadline: config.server.default_deadline(),
-            max_deadline: config.server.max_deadline(),
-            max_request_bytes: config.server.max_request_bytes,
-        },
-    );
+    let pipeline = in_process_pipeline(&config, vec![(source, "Jobcenter")]);
     (serve_pipeline(pipeline).await, seen)
 }
 

@@ -12,17 +12,15 @@
 use anyhow::Context;
 use samblik_adapters::Source;
 use samblik_adapters::reference::ReferenceSource;
-use samblik_gateway::auth::Authenticator;
 use samblik_gateway::demo::caseworker_claims;
 use samblik_gateway::tls::DemoPki;
-use samblik_gateway::{GatewaySource, LookupLimits, LookupPipeline};
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;
 use samblik_proto::v1::lookup_service_server::{LookupService, LookupServiceServer};
 use samblik_proto::v1::{LookupRequest, LookupResponse, Purpose, SourceResult, SourceStatus};
 use samblik_synth::store::DepartmentData;
 use samblik_synth::{Department, SynthConfig};
-use samblik_tests::gateway_config;
 use samblik_tests::{SourceSpec, issuer, start_gateway, start_gateway_in_process, start_source};
+use samblik_tests::{gateway_config, in_process_pipeline};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -187,22 +185,7 @@ async fn start_tls_gateway(
 ) -> anyhow::Result<(SocketAddr, ClientTlsConfig, tokio_util::sync::DropGuard)> {
     let pki = DemoPki::create(dir, &[])?;
     let config = gateway_config(&[], 3_000);
-    let pipeline = LookupPipeline::new(
-        Authenticator::from_config(&config.auth)?,
-        sources
-            .into_iter()
-            .map(|(source, department)| GatewaySource {
-                source,
-                department: department.to_owned(),
-                timeout: Duration::from_secs(2),
-            })
-            .collect(),
-        LookupLimits {
-            default_deadline: config.server.default_deadline(),
-            max_deadline: config.server.max_deadline(),
-            max_request_bytes: config.server.max_request_bytes,
-        },
-    );
+    let pipeline = in_process_pipeline(&config, sources);
     let tls = samblik_gateway::tls::server_tls(&samblik_gateway::tls::demo_server_tls(&pki))?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
