@@ -147,6 +147,7 @@ impl Authenticator {
     /// Reads every configured public key and sets up the JWKS client. Fails on the first
     /// unreadable or invalid key.
     pub fn from_config(config: &AuthConfig) -> Result<Self, AuthSetupError> {
+        crate::jwt_crypto::install();
         let mut keys = HashMap::new();
         for k in &config.keys {
             let pem =

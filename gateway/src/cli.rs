@@ -374,12 +374,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             // Keys, certificates and endpoints are checked before the port is bound.
             let pipeline = Arc::new(crate::server::pipeline_from_config(&config)?);
-            let tls = config
-                .server
-                .tls
-                .as_ref()
-                .map(crate::tls::server_tls)
-                .transpose()?;
+            let tls = crate::tls::listener_tls(&config)?;
             let listener = TcpListener::bind(config.server.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.server.listen))?;

@@ -165,12 +165,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     config.validate()?;
     // Keys, certificates and endpoints are all checked before anything is announced.
     let pipeline = Arc::new(server::pipeline_from_config(&config)?);
-    let tls = config
-        .server
-        .tls
-        .as_ref()
-        .map(crate::tls::server_tls)
-        .transpose()?;
+    let tls = crate::tls::listener_tls(&config)?;
     let stop = shutdown.clone().cancelled_owned();
     let limits = config.server.limits.clone();
     tasks.spawn(async move {

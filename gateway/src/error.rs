@@ -46,3 +46,39 @@ impl GatewayError {
         status
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever failed inside authentication — a key id, a library's message, a claim name —
+    /// the caller sees the same words and the request id, and nothing else.
+    #[test]
+    fn authentication_failures_tell_the_caller_nothing_but_the_request_id() {
+        let failures = [
+            AuthError::UnknownKey,
+            AuthError::MalformedHeader("Base64 error: Invalid byte 33, offset 0.".into()),
+            AuthError::Invalid("InvalidSignature".into()),
+            AuthError::MissingClaim("org.department_code".into()),
+            AuthError::AlgorithmNotAllowed(jsonwebtoken::Algorithm::HS256),
+            AuthError::NotAccessToken,
+            AuthError::TooLarge,
+        ];
+        for failure in failures {
+            let status = GatewayError::from(failure.clone()).to_status("req-42");
+            assert_eq!(status.code(), Code::Unauthenticated);
+            assert_eq!(
+                status.message(),
+                "missing or invalid access token (request id req-42)",
+                "{failure:?}"
+            );
+            assert_eq!(
+                status
+                    .metadata()
+                    .get(REQUEST_ID_HEADER)
+                    .and_then(|v| v.to_str().ok()),
+                Some("req-42")
+            );
+        }
+    }
+}

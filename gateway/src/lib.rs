@@ -2,10 +2,15 @@
 //! municipality's departments.
 //!
 //! ```text
-//! caller ──► authenticate   auth.rs      JWT bearer token → Caller          (UNAUTHENTICATED)
+//! caller ──► connect        tls.rs       TLS; client certificate off/optional/required
+//!                                        (limits: message, headers, streams, connections)
+//!        ──► authenticate   auth.rs      JWT bearer token → Caller          (UNAUTHENTICATED)
+//!                           jwks.rs      the identity provider's keys over HTTPS
+//!                           jwt_crypto.rs  signature checks with ring
 //!        ──► validate       lookup.rs    CPR, purpose, size, source filter  (INVALID_ARGUMENT)
 //!        ──► plan           lookup.rs    sources, deadline, max tier per source (policy ceiling)
-//!        ──► fan out        lookup.rs    every source concurrently, one deadline, per-source timeout
+//!        ──► fan out        lookup.rs    every source concurrently, one deadline, per-source timeout,
+//!                                        mutual TLS to each (tls.rs)
 //!        ──► decide         policy crate tier per case, with basis and rule ids
 //!        ──► filter         lookup.rs    drop fields above the tier, drop hidden cases and
 //!                                        cases about another citizen
@@ -23,6 +28,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod jwks;
+pub mod jwt_crypto;
 pub mod lookup;
 pub mod server;
 pub mod tls;

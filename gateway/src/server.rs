@@ -150,12 +150,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let pipeline = Arc::new(pipeline_from_config(config)?);
-    let tls = config
-        .server
-        .tls
-        .as_ref()
-        .map(crate::tls::server_tls)
-        .transpose()?;
+    let tls = crate::tls::listener_tls(config)?;
     serve_configured(pipeline, listener, tls, &config.server.limits, shutdown).await
 }
 

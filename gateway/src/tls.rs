@@ -2,7 +2,7 @@
 //! required), mutual TLS to every source, both reloaded from their files on change (the
 //! machinery is in [`samblik_adapters::tls`]); and the demo's throw-away PKI.
 
-use crate::config::{SourceConfig, SourceTlsConfig, TlsConfig};
+use crate::config::{Config, SourceConfig, SourceTlsConfig, TlsConfig};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -29,6 +29,12 @@ pub fn server_tls(config: &TlsConfig) -> Result<Arc<ReloadingServerConfig>, TlsE
     )?;
     tls.watch(Duration::from_millis(config.reload_ms));
     Ok(tls)
+}
+
+/// The TLS of the gateway's listener if `config` has one: loaded (so bad files fail before the
+/// port is bound) and watched.
+pub fn listener_tls(config: &Config) -> Result<Option<Arc<ReloadingServerConfig>>, TlsError> {
+    config.server.tls.as_ref().map(server_tls).transpose()
 }
 
 /// The mutual-TLS connector for `source`, watched for changes. The server name defaults to the

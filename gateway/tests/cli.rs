@@ -197,6 +197,70 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
 }
 
 #[test]
+fn demo_insecure_runs_plaintext_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let mut demo = Running(
+        Command::new(SAMBLIK)
+            .args([
+                "demo",
+                "--dir",
+                dir_arg,
+                "--addr",
+                "127.0.0.1:0",
+                "--citizens",
+                "2000",
+                "--insecure",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let facts_path = dir.path().join("demo.json");
+    wait_for_file(&facts_path, &mut demo);
+    let facts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&facts_path).unwrap()).unwrap();
+    let url = facts["gateway_url"].as_str().unwrap();
+    assert!(url.starts_with("http://"), "{url}");
+    assert!(facts["ca_file"].is_null());
+    assert!(
+        !dir.path().join("tls").exists(),
+        "certificates made for --insecure"
+    );
+    assert!(
+        facts["grpcurl_example"]
+            .as_str()
+            .unwrap()
+            .starts_with("grpcurl -plaintext ")
+    );
+    let user = facts["users"][0]["id"].as_str().unwrap();
+    let cpr = facts["sample_citizens"][0]["cpr"].as_str().unwrap();
+    let token = stdout(&samblik(&["token", "--dir", dir_arg, "--user", user]))
+        .trim()
+        .to_owned();
+    let out = samblik(&[
+        "lookup",
+        "--addr",
+        url,
+        "--token",
+        &token,
+        "--cpr",
+        cpr,
+        "--purpose",
+        "prepare-meeting",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out).matches("data as of").count(), 3);
+    // The warning is in the log.
+    let mut stderr = demo.0.stderr.take().unwrap();
+    assert!(demo.terminate().success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    assert!(log.contains("--insecure"), "{log}");
+}
+
+#[test]
 fn synth_generates_an_average_municipality_in_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("data");

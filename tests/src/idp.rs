@@ -58,6 +58,8 @@ impl SigningKey {
     }
 
     fn new(kid: &str, algorithm: Algorithm, encoding: EncodingKey) -> Self {
+        // The gateway's verifier, before anything else fixes jsonwebtoken's provider.
+        samblik_gateway::jwt_crypto::install();
         let mut jwk = Jwk::from_encoding_key(&encoding, algorithm).unwrap();
         jwk.common.key_id = Some(kid.to_owned());
         SigningKey {

@@ -276,8 +276,17 @@ pub async fn start_gateway_in_process(
     let (mut config, audit_dir) = with_own_audit(gateway_config(&[], default_deadline_ms));
     config.auth.verified_token_cache = verified_token_cache;
     config.audit.durability = audit_durability;
+    serve_pipeline(in_process_pipeline(&config, sources), audit_dir).await
+}
+
+/// The pipeline of `config`'s auth, limits and audit log over sources held in this process
+/// (each with a 2 s timeout).
+pub fn in_process_pipeline(
+    config: &Config,
+    sources: Vec<(Arc<dyn Source>, &str)>,
+) -> LookupPipeline {
     let audit = samblik_gateway::server::open_audit_log(&config.audit).unwrap();
-    let pipeline = LookupPipeline::new(
+    LookupPipeline::new(
         Authenticator::from_config(&config.auth).unwrap(),
         sources
             .into_iter()
@@ -293,8 +302,7 @@ pub async fn start_gateway_in_process(
             max_request_bytes: config.server.max_request_bytes,
         },
         Arc::new(audit),
-    );
-    serve_pipeline(pipeline, audit_dir).await
+    )
 }
 
 /// Starts the gateway over `sources`, auditing into `store` (e.g. a fault-injecting one).
@@ -391,26 +399,12 @@ pub async fn start_gateway_with_auth(
 ) -> (RunningGateway, Arc<Mutex<Vec<CallerContext>>>) {
     let (mut config, audit_dir) = with_own_audit(gateway_config(&[], 3_000));
     config.auth = auth;
-    let audit = samblik_gateway::server::open_audit_log(&config.audit).unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let source = Arc::new(Recording {
+    let source: Arc<dyn Source> = Arc::new(Recording {
         inner: reference(Department::Jobcenter),
         seen: Arc::clone(&seen),
     });
-    let pipeline = LookupPipeline::new(
-        Authenticator::from_config(&config.auth).unwrap(),
-        vec![GatewaySource {
-            source,
-            department: "Jobcenter".to_owned(),
-            timeout: Duration::from_secs(2),
-        }],
-        LookupLimits {
-            default_deadline: config.server.default_deadline(),
-            max_deadline: config.server.max_deadline(),
-            max_request_bytes: config.server.max_request_bytes,
-        },
-        Arc::new(audit),
-    );
+    let pipeline = in_process_pipeline(&config, vec![(source, "Jobcenter")]);
     (serve_pipeline(pipeline, audit_dir).await, seen)
 }
 

@@ -4,9 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use samblik_adapters::Source;
-use samblik_gateway::auth::Authenticator;
 use samblik_gateway::config::LimitsConfig;
-use samblik_gateway::{GatewaySource, LookupLimits, LookupPipeline};
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;
 use samblik_proto::v1::{LookupRequest, Purpose};
 use samblik_synth::Department;
@@ -19,30 +17,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Code;
 
-/// The gateway over a hanging source and a prompt one, with `limits`.
+/// The gateway over a hanging source and a prompt one (2 s source timeouts), with `limits`.
 async fn start(
     limits: LimitsConfig,
     hanging: Arc<Hanging>,
 ) -> (SocketAddr, DropGuard, tempfile::TempDir) {
     let (config, audit_dir) = with_own_audit(gateway_config(&[], 3_000));
-    let audit = samblik_gateway::server::open_audit_log(&config.audit).unwrap();
-    let sources: Vec<Arc<dyn Source>> = vec![hanging, reference(Department::Jobcenter)];
-    let pipeline = LookupPipeline::new(
-        Authenticator::from_config(&config.auth).unwrap(),
-        sources
-            .into_iter()
-            .map(|source| GatewaySource {
-                source,
-                department: "Department".to_owned(),
-                timeout: Duration::from_secs(5),
-            })
-            .collect(),
-        LookupLimits {
-            default_deadline: Duration::from_secs(5),
-            max_deadline: Duration::from_secs(10),
-            max_request_bytes: config.server.max_request_bytes,
-        },
-        Arc::new(audit),
+    let hanging: Arc<dyn Source> = hanging;
+    let pipeline = in_process_pipeline(
+        &config,
+        vec![
+            (hanging, "Hanging"),
+            (reference(Department::Jobcenter), "Jobcenter"),
+        ],
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

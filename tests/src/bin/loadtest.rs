@@ -4,8 +4,9 @@
 //! wire, none of the work. Both run in this process, in the same run, so the ratio is what
 //! counts on a noisy machine.
 //!
-//! Further phases: the gateway with the audit log's fsync off (what durability costs), with
-//! sources over gRPC, and with the verified-token cache off.
+//! Further phases: the same gateway over TLS, right after its plaintext phase (the cost of TLS
+//! on long-lived connections); with the audit log's fsync off (what durability costs); with
+//! sources over gRPC; and with the verified-token cache off.
 //!
 //! `cargo run --release -p samblik-tests --bin loadtest -- [--seconds 10] [--concurrency 32]`
 
@@ -14,18 +15,20 @@ use samblik_adapters::Source;
 use samblik_adapters::reference::ReferenceSource;
 use samblik_gateway::config::AuditDurability;
 use samblik_gateway::demo::caseworker_claims;
+use samblik_gateway::tls::DemoPki;
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;
 use samblik_proto::v1::lookup_service_server::{LookupService, LookupServiceServer};
 use samblik_proto::v1::{LookupRequest, LookupResponse, Purpose, SourceResult, SourceStatus};
 use samblik_synth::store::DepartmentData;
 use samblik_synth::{Department, SynthConfig};
 use samblik_tests::{SourceSpec, issuer, start_gateway, start_gateway_in_process, start_source};
+use samblik_tests::{gateway_config, in_process_pipeline, with_own_audit};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::{Request, Response, Status};
 
 /// The baseline: a `LookupService` that does nothing but echo.
@@ -104,13 +107,27 @@ async fn drive(
     tokens: Arc<Vec<String>>,
     check: fn(&LookupResponse) -> bool,
 ) -> anyhow::Result<Run> {
+    drive_over(addr, None, args, cprs, tokens, check).await
+}
+
+/// [`drive`], over TLS when `tls` is set (long-lived connections: the handshakes are paid once).
+async fn drive_over(
+    addr: SocketAddr,
+    tls: Option<ClientTlsConfig>,
+    args: &Args,
+    cprs: Arc<Vec<String>>,
+    tokens: Arc<Vec<String>>,
+    check: fn(&LookupResponse) -> bool,
+) -> anyhow::Result<Run> {
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
-        channels.push(
-            Channel::from_shared(format!("http://{addr}"))?
-                .connect()
-                .await?,
-        );
+        let endpoint = match &tls {
+            Some(tls) => {
+                Channel::from_shared(format!("https://{addr}"))?.tls_config(tls.clone())?
+            }
+            None => Channel::from_shared(format!("http://{addr}"))?,
+        };
+        channels.push(endpoint.connect().await?);
     }
     let stop_at = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
@@ -161,6 +178,38 @@ async fn drive(
     Ok(run)
 }
 
+/// The gateway over `sources` in this process, served over TLS with the demo's certificates
+/// (generated into `dir`); returns its address, a client TLS config trusting it, and the guard
+/// that stops it.
+async fn start_tls_gateway(
+    sources: Vec<(Arc<dyn Source>, &str)>,
+    dir: &std::path::Path,
+) -> anyhow::Result<(SocketAddr, ClientTlsConfig, tokio_util::sync::DropGuard)> {
+    let pki = DemoPki::create(dir, &[])?;
+    let (config, audit_dir) = with_own_audit(gateway_config(&[], 3_000));
+    let pipeline = in_process_pipeline(&config, sources);
+    let tls = samblik_gateway::tls::server_tls(&samblik_gateway::tls::demo_server_tls(&pki))?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let shutdown = stop.clone().cancelled_owned();
+    tokio::spawn(async move {
+        let served = samblik_gateway::server::serve_configured(
+            Arc::new(pipeline),
+            listener,
+            Some(tls),
+            &config.server.limits,
+            shutdown,
+        )
+        .await;
+        drop(audit_dir);
+        served
+    });
+    let client =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(&pki.ca)?));
+    Ok((addr, client, stop.drop_guard()))
+}
+
 /// Workers step through the citizens with a stride so they do not ask for the same one.
 fn args_stride() -> usize {
     97
@@ -207,6 +256,9 @@ async fn main() -> anyhow::Result<()> {
         start_gateway_in_process(in_process.clone(), 3_000, 10_000, AuditDurability::Full).await;
     let gateway_no_fsync =
         start_gateway_in_process(in_process.clone(), 3_000, 10_000, AuditDurability::Off).await;
+    let pki_dir = tempfile::tempdir()?;
+    let (gateway_tls, client_tls, _stop_tls) =
+        start_tls_gateway(in_process.clone(), pki_dir.path()).await?;
     let gateway_uncached =
         start_gateway_in_process(in_process, 3_000, 0, AuditDurability::Full).await;
     let gateway_remote = start_gateway(&specs, 3_000).await;
@@ -245,6 +297,15 @@ async fn main() -> anyhow::Result<()> {
         all_ok,
     )
     .await?;
+    let tls = drive_over(
+        gateway_tls,
+        Some(client_tls),
+        &args,
+        Arc::clone(&cprs),
+        Arc::clone(&tokens),
+        all_ok,
+    )
+    .await?;
     let remote = drive(
         gateway_remote.addr,
         &args,
@@ -272,6 +333,7 @@ async fn main() -> anyhow::Result<()> {
     for (name, run) in [
         ("bare tonic echo", &echo),
         ("gateway, in-process sources", &full),
+        ("gateway, in-process, TLS", &tls),
         ("gateway, gRPC sources", &remote),
         ("gateway, audit fsync off", &no_fsync),
         ("gateway, no token cache", &uncached),
@@ -288,6 +350,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "ratio gateway (in-process sources) / echo: {:.3} (target >= 0.3)",
         full.per_second() / echo.per_second()
+    );
+    println!(
+        "ratio gateway TLS / plaintext (in-process sources, long-lived connections): {:.3} (target >= 0.85)",
+        tls.per_second() / full.per_second()
     );
     println!(
         "ratio gateway (gRPC sources) / echo: {:.3} (four gRPC calls per lookup instead of one)",
