@@ -113,20 +113,15 @@ impl LookupPipeline {
         request: &LookupRequest,
         client_timeout: Option<Duration>,
     ) -> Result<LookupResponse, GatewayError> {
-        self.auth.refresh_keys_for(metadata).await;
-        let mut draft = AuditDraft::new(
-            Arc::clone(&self.audit),
-            &request_id,
-            Action::Lookup,
-            POLICY_VERSION,
-        );
-        let plan = match self.prepare(request_id, &mut draft, metadata, request, client_timeout) {
-            Ok(plan) => plan,
-            Err(e) => {
-                draft.refused(&e).await?;
-                return Err(e);
-            }
-        };
+        let (draft, plan) = self
+            .begin(
+                Action::Lookup,
+                request_id,
+                metadata,
+                request,
+                client_timeout,
+            )
+            .await?;
         let plan = &plan;
         let mut answers: Vec<(usize, Answer)> = plan
             .targets
@@ -157,20 +152,15 @@ impl LookupPipeline {
         request: &LookupRequest,
         client_timeout: Option<Duration>,
     ) -> Result<mpsc::Receiver<Result<SourceResult, GatewayError>>, GatewayError> {
-        self.auth.refresh_keys_for(metadata).await;
-        let mut draft = AuditDraft::new(
-            Arc::clone(&self.audit),
-            &request_id,
-            Action::LookupStream,
-            POLICY_VERSION,
-        );
-        let plan = match self.prepare(request_id, &mut draft, metadata, request, client_timeout) {
-            Ok(plan) => plan,
-            Err(e) => {
-                draft.refused(&e).await?;
-                return Err(e);
-            }
-        };
+        let (draft, plan) = self
+            .begin(
+                Action::LookupStream,
+                request_id,
+                metadata,
+                request,
+                client_timeout,
+            )
+            .await?;
         let (tx, rx) = mpsc::channel(plan.targets.len().max(1));
         let span = tracing::Span::current();
         tokio::spawn(
@@ -210,6 +200,28 @@ impl LookupPipeline {
     /// The ids of the configured sources.
     pub fn source_ids(&self) -> impl Iterator<Item = &str> {
         self.sources.iter().map(|s| s.source.id())
+    }
+
+    /// Opens the request's audit draft and prepares the lookup; a refusal is recorded (durably)
+    /// before it is returned.
+    async fn begin(
+        &self,
+        action: Action,
+        request_id: String,
+        metadata: &tonic::metadata::MetadataMap,
+        request: &LookupRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<(AuditDraft, LookupPlan), GatewayError> {
+        self.auth.refresh_keys_for(metadata).await;
+        let mut draft =
+            AuditDraft::new(Arc::clone(&self.audit), &request_id, action, POLICY_VERSION);
+        match self.prepare(request_id, &mut draft, metadata, request, client_timeout) {
+            Ok(plan) => Ok((draft, plan)),
+            Err(e) => {
+                draft.refused(&e).await?;
+                Err(e)
+            }
+        }
     }
 
     /// Authenticates and validates a request, noting what it learns in the audit draft.
