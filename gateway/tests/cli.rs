@@ -67,30 +67,35 @@ fn wait_for_file(path: &Path, child: &mut Running) {
     }
 }
 
+/// Starts `samblik demo` in `dir` with `extra` arguments and waits for its `demo.json`.
+fn start_demo(dir: &Path, extra: &[&str], stderr: Stdio) -> (Running, serde_json::Value) {
+    let mut args = vec![
+        "demo",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let mut demo = Running(
+        Command::new(SAMBLIK)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    );
+    let facts_path = dir.join("demo.json");
+    wait_for_file(&facts_path, &mut demo);
+    let facts = serde_json::from_slice(&std::fs::read(&facts_path).unwrap()).unwrap();
+    (demo, facts)
+}
+
 #[test]
 fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
     let dir = tempfile::tempdir().unwrap();
     let dir_arg = dir.path().to_str().unwrap();
-    let mut demo = Running(
-        Command::new(SAMBLIK)
-            .args([
-                "demo",
-                "--dir",
-                dir_arg,
-                "--addr",
-                "127.0.0.1:0",
-                "--citizens",
-                "5000",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let facts_path = dir.path().join("demo.json");
-    wait_for_file(&facts_path, &mut demo);
-    let facts: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&facts_path).unwrap()).unwrap();
+    let (demo, facts) = start_demo(dir.path(), &["--citizens", "5000"], Stdio::null());
 
     let users = facts["users"].as_array().unwrap();
     let departments: Vec<&str> = users
@@ -200,27 +205,11 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
 fn demo_insecure_runs_plaintext_only_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let dir_arg = dir.path().to_str().unwrap();
-    let mut demo = Running(
-        Command::new(SAMBLIK)
-            .args([
-                "demo",
-                "--dir",
-                dir_arg,
-                "--addr",
-                "127.0.0.1:0",
-                "--citizens",
-                "2000",
-                "--insecure",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let (mut demo, facts) = start_demo(
+        dir.path(),
+        &["--citizens", "2000", "--insecure"],
+        Stdio::piped(),
     );
-    let facts_path = dir.path().join("demo.json");
-    wait_for_file(&facts_path, &mut demo);
-    let facts: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&facts_path).unwrap()).unwrap();
     let url = facts["gateway_url"].as_str().unwrap();
     assert!(url.starts_with("http://"), "{url}");
     assert!(facts["ca_file"].is_null());

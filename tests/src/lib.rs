@@ -444,8 +444,15 @@ impl Source for Recording {
 pub struct Municipal {
     pub gateway: RunningGateway,
     pub sources: Vec<RunningSource>,
-    /// Calls that reached any source.
-    pub calls: Arc<AtomicUsize>,
+    /// The caller context of every call that reached any source.
+    pub seen: Arc<Mutex<Vec<CallerContext>>>,
+}
+
+impl Municipal {
+    /// How many calls reached any source.
+    pub fn calls(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
 }
 
 impl std::fmt::Debug for Municipal {
@@ -456,15 +463,15 @@ impl std::fmt::Debug for Municipal {
     }
 }
 
-/// Starts the three reference sources (counting their calls) and a gateway over them.
+/// Starts the three reference sources (recording their calls) and a gateway over them.
 pub async fn start_municipal() -> Municipal {
-    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
     let mut sources = Vec::new();
     let mut specs = Vec::new();
     for department in Department::ALL {
-        let running = start_source(Arc::new(Counting {
+        let running = start_source(Arc::new(Recording {
             inner: reference(department),
-            calls: Arc::clone(&calls),
+            seen: Arc::clone(&seen),
         }))
         .await;
         let mut spec = SourceSpec::at(department.id(), running.addr);
@@ -475,39 +482,7 @@ pub async fn start_municipal() -> Municipal {
     Municipal {
         gateway: start_gateway(&specs, 3_000).await,
         sources,
-        calls,
-    }
-}
-
-/// Counts the calls that reach a source.
-pub struct Counting {
-    pub inner: Arc<dyn Source>,
-    pub calls: Arc<AtomicUsize>,
-}
-
-impl std::fmt::Debug for Counting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Counting")
-            .field("source", &self.inner.id())
-            .finish()
-    }
-}
-
-#[async_trait]
-impl Source for Counting {
-    fn id(&self) -> &str {
-        self.inner.id()
-    }
-    async fn find_cases(
-        &self,
-        query: CaseQuery,
-        caller: CallerContext,
-    ) -> Result<SourceAnswer, SourceError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.find_cases(query, caller).await
-    }
-    async fn health(&self) -> Health {
-        self.inner.health().await
+        seen,
     }
 }
 

@@ -7,7 +7,6 @@ use samblik_proto::v1::{CaseState, Purpose, SourceStatus, Tier};
 use samblik_synth::{CaseState as DataState, Department};
 use samblik_tests::*;
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -101,7 +100,7 @@ async fn a_citizen_without_cases_gets_an_explicit_empty_answer_from_every_source
         assert!(source.cases.is_empty());
         assert!(source.as_of.is_some());
     }
-    assert_eq!(m.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(m.calls(), 3);
 }
 
 #[tokio::test]
@@ -157,7 +156,7 @@ async fn a_source_filter_asks_only_the_named_sources() {
         .map(|s| s.source_id.as_str())
         .collect();
     assert_eq!(ids, ["child-welfare", "integration"]);
-    assert_eq!(m.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(m.calls(), 2);
 }
 
 #[tokio::test]
