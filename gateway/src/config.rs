@@ -101,6 +101,10 @@ pub struct ServerConfig {
     /// The longest deadline honoured, whatever the caller asks for.
     #[serde(default = "defaults::max_deadline_ms")]
     pub max_deadline_ms: u64,
+    /// Time kept back from a caller's `grpc-timeout` (at most half of it) so that the audit
+    /// record is durable and the answer reaches the caller before the caller gives up.
+    #[serde(default = "defaults::answer_margin_ms")]
+    pub answer_margin_ms: u64,
     /// Requests whose encoded size exceeds this are refused as invalid.
     #[serde(default = "defaults::max_request_bytes")]
     pub max_request_bytes: usize,
@@ -338,6 +342,9 @@ mod defaults {
     pub fn max_deadline_ms() -> u64 {
         10_000
     }
+    pub fn answer_margin_ms() -> u64 {
+        250
+    }
     pub fn max_request_bytes() -> usize {
         4 * 1024
     }
@@ -437,6 +444,12 @@ impl Config {
             return invalid(format!(
                 "server.default_deadline_ms must be between 1 and server.max_deadline_ms ({}), got {}",
                 s.max_deadline_ms, s.default_deadline_ms
+            ));
+        }
+        if s.answer_margin_ms >= s.max_deadline_ms {
+            return invalid(format!(
+                "server.answer_margin_ms ({}) must be below server.max_deadline_ms ({})",
+                s.answer_margin_ms, s.max_deadline_ms
             ));
         }
         if s.max_request_bytes < 64 {
@@ -620,6 +633,9 @@ impl ServerConfig {
     }
     pub fn max_deadline(&self) -> Duration {
         Duration::from_millis(self.max_deadline_ms)
+    }
+    pub fn answer_margin(&self) -> Duration {
+        Duration::from_millis(self.answer_margin_ms)
     }
 }
 

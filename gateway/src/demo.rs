@@ -227,6 +227,7 @@ pub fn demo_config(
             listen,
             default_deadline_ms: 3_000,
             max_deadline_ms: 10_000,
+            answer_margin_ms: 250,
             max_request_bytes: 4 * 1024,
             tls: None,
             limits: Default::default(),

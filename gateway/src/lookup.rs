@@ -25,9 +25,6 @@ use tracing::Instrument;
 
 /// Most sources one request may name in its filter.
 const MAX_SOURCE_FILTER: usize = 64;
-/// Time kept back from the caller's deadline (a fifth of it, at most this) so that the audit
-/// record can be made durable and the answer reach the caller before it gives up.
-const DEADLINE_MARGIN_MAX: Duration = Duration::from_millis(250);
 
 /// One configured source with what the gateway applies around it.
 pub struct GatewaySource {
@@ -53,7 +50,21 @@ impl std::fmt::Debug for GatewaySource {
 pub struct LookupLimits {
     pub default_deadline: Duration,
     pub max_deadline: Duration,
+    /// Kept back from the caller's deadline (at most half of it) so that the audit record is
+    /// durable and the answer reaches the caller before it gives up.
+    pub answer_margin: Duration,
     pub max_request_bytes: usize,
+}
+
+impl LookupLimits {
+    pub fn from_config(server: &crate::config::ServerConfig) -> Self {
+        Self {
+            default_deadline: server.default_deadline(),
+            max_deadline: server.max_deadline(),
+            answer_margin: server.answer_margin(),
+            max_request_bytes: server.max_request_bytes,
+        }
+    }
 }
 
 /// The gateway's lookup pipeline, shared by the gRPC API (and later the panel).
@@ -266,7 +277,7 @@ impl LookupPipeline {
         tracing::Span::current().record("purpose", purpose.code());
         let targets = self.select_sources(&request.sources)?;
         let budget = client_timeout
-            .map(|t| t.saturating_sub((t / 5).min(DEADLINE_MARGIN_MAX)))
+            .map(|t| t.saturating_sub((t / 2).min(self.limits.answer_margin)))
             .unwrap_or(self.limits.default_deadline)
             .min(self.limits.max_deadline);
         Ok(LookupPlan {

@@ -134,11 +134,7 @@ pub fn pipeline_with_audit(
     Ok(LookupPipeline::new(
         auth,
         sources,
-        LookupLimits {
-            default_deadline: config.server.default_deadline(),
-            max_deadline: config.server.max_deadline(),
-            max_request_bytes: config.server.max_request_bytes,
-        },
+        LookupLimits::from_config(&config.server),
         audit,
     ))
 }

@@ -228,6 +228,9 @@ pub fn gateway_config(sources: &[SourceSpec], default_deadline_ms: u64) -> Confi
         sources,
     );
     config.server.default_deadline_ms = default_deadline_ms;
+    // CI machines are slow and shared: keep a generous part of a caller's deadline for the
+    // audit write and the answer, so a test's client never gives up first.
+    config.server.answer_margin_ms = 1_000;
     config
 }
 
@@ -296,11 +299,7 @@ pub fn in_process_pipeline(
                 timeout: Duration::from_secs(2),
             })
             .collect(),
-        LookupLimits {
-            default_deadline: config.server.default_deadline(),
-            max_deadline: config.server.max_deadline(),
-            max_request_bytes: config.server.max_request_bytes,
-        },
+        LookupLimits::from_config(&config.server),
         Arc::new(audit),
     )
 }

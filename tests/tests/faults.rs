@@ -78,12 +78,14 @@ async fn a_hanging_source_times_out_within_the_callers_deadline_and_its_call_is_
     let server = start_source(hanging.clone()).await;
     let (response, elapsed) = lookup_with(
         SourceSpec::at("hanging", server.addr),
-        Some(Duration::from_millis(1_500)),
+        Some(Duration::from_millis(3_000)),
     )
     .await;
+    // The gateway gave up on the source in time to answer (the client would otherwise have
+    // failed the call with DEADLINE_EXCEEDED): the configured margin was kept back.
     assert_eq!(status_of(&response, "hanging"), SourceStatus::Timeout);
     assert!(
-        elapsed < Duration::from_millis(1_500),
+        elapsed >= Duration::from_millis(1_900) && elapsed < Duration::from_millis(3_000),
         "answered after {elapsed:?}"
     );
     assert_eq!(hanging.started.load(Ordering::SeqCst), 1);
