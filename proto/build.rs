@@ -6,6 +6,9 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "proto/samblik/v1/case.proto",
     "proto/samblik/v1/lookup.proto",
+    "proto/samblik/v1/consent.proto",
+    "proto/samblik/v1/access.proto",
+    "proto/samblik/v1/policy.proto",
     "proto/samblik/source/v1/source.proto",
 ];
 

@@ -116,6 +116,7 @@ impl ReferenceSource {
                 .collect(),
             next_follow_up_on: date_or_empty(record.next_follow_up_on),
             assessment_summary: record.assessment_summary.clone(),
+            residence: record.residence.clone(),
         });
         let full = (tier >= Tier::Full).then(|| pb::Full {
             documents: record
@@ -139,6 +140,8 @@ impl ReferenceSource {
             existence: Some(existence),
             selected,
             full,
+            sensitivity: record.sensitivity.clone(),
+            disclosure: None,
         }
     }
 }
@@ -229,6 +232,8 @@ mod tests {
             }],
             next_follow_up_on: Some(date("2026-12-01")),
             assessment_summary: "Summary".into(),
+            residence: "Skovvej 1, 9990 Sønderå".into(),
+            sensitivity: Vec::new(),
             documents: vec![Document {
                 document_id: "JC-2025-000001-D01".into(),
                 kind: DocumentKind::MedicalStatement,

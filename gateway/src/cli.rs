@@ -96,6 +96,10 @@ enum Command {
         /// Only these sources (repeatable).
         #[arg(long = "source")]
         sources: Vec<String>,
+        /// Break the glass: look up a citizen you have no open case for, stating why in writing.
+        /// The answer is capped and the lookup is marked for the auditors' review.
+        #[arg(long, value_name = "REASON")]
+        break_glass: Option<String>,
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
         /// The CA (PEM) the gateway's certificate chains to, for an https:// address
@@ -324,6 +328,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             cpr,
             purpose,
             sources,
+            break_glass,
             timeout_ms,
             cacert,
             cert,
@@ -337,9 +342,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 &addr,
                 &tls,
                 &token,
-                &cpr,
-                purpose,
-                sources,
+                samblik_proto::v1::LookupRequest {
+                    cpr,
+                    purpose: purpose as i32,
+                    sources,
+                    break_glass_reason: break_glass.unwrap_or_default(),
+                },
                 Duration::from_millis(timeout_ms),
             )
             .await

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;
-use samblik_proto::v1::{Case, CaseState, LookupRequest, LookupResponse, Purpose, SourceStatus};
+use samblik_proto::v1::{Case, CaseState, LookupRequest, LookupResponse, SourceStatus};
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -15,16 +15,8 @@ pub struct ClientTls {
     pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
-/// Calls `Lookup` on the gateway at `addr` (e.g. `https://127.0.0.1:50051`).
-pub async fn lookup(
-    addr: &str,
-    tls: &ClientTls,
-    token: &str,
-    cpr: &str,
-    purpose: Purpose,
-    sources: Vec<String>,
-    timeout: Duration,
-) -> anyhow::Result<LookupResponse> {
+/// Connects to the gateway at `addr` (e.g. `https://127.0.0.1:50051`).
+pub async fn connect(addr: &str, tls: &ClientTls) -> anyhow::Result<tonic::transport::Channel> {
     let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())?;
     if addr.starts_with("https://") {
         crate::tls::install_crypto_provider();
@@ -42,17 +34,32 @@ pub async fn lookup(
         }
         endpoint = endpoint.tls_config(config)?;
     }
-    let mut client = LookupServiceClient::new(endpoint.connect().await?);
-    let mut request = tonic::Request::new(LookupRequest {
-        cpr: cpr.to_owned(),
-        purpose: purpose as i32,
-        sources,
-    });
+    Ok(endpoint.connect().await?)
+}
+
+/// `message` with the caller's bearer token and a deadline.
+pub fn authorized<T>(message: T, token: &str, timeout: Duration) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     request
         .metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(client.lookup(request).await?.into_inner())
+    Ok(request)
+}
+
+/// Calls `Lookup` on the gateway at `addr`.
+pub async fn lookup(
+    addr: &str,
+    tls: &ClientTls,
+    token: &str,
+    request: LookupRequest,
+    timeout: Duration,
+) -> anyhow::Result<LookupResponse> {
+    let mut client = LookupServiceClient::new(connect(addr, tls).await?);
+    Ok(client
+        .lookup(authorized(request, token, timeout)?)
+        .await?
+        .into_inner())
 }
 
 /// A readable overview of a lookup answer.
@@ -103,6 +110,17 @@ fn render_case(out: &mut String, case: &Case) {
         "  {}  {} ({}) — {} — tier {}",
         case.case_id, name, paragraph, state, case.tier
     );
+    if let Some(d) = &case.disclosure {
+        let basis = if d.basis_id.is_empty() {
+            d.basis.clone()
+        } else {
+            format!("{} {}", d.basis, d.basis_id)
+        };
+        let _ = writeln!(out, "      basis: {basis} (rules: {})", d.rule_ids.join(", "));
+        for w in &d.withheld {
+            let _ = writeln!(out, "      withheld {}: {}", w.part, w.reason);
+        }
+    }
     if let Some(r) = &existence.responsible {
         let _ = writeln!(
             out,
@@ -120,6 +138,9 @@ fn render_case(out: &mut String, case: &Case) {
         }
         for g in &selected.goals {
             let _ = writeln!(out, "      goal: {}", g.description);
+        }
+        if !selected.situation.is_empty() {
+            let _ = writeln!(out, "      situation: {}", selected.situation);
         }
         if !selected.next_follow_up_on.is_empty() {
             let _ = writeln!(out, "      next follow-up: {}", selected.next_follow_up_on);

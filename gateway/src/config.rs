@@ -51,6 +51,100 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// Where every request is recorded before its answer leaves.
     pub audit: AuditConfig,
+    /// What is disclosed to whom: the rules, the statutes, the field sets and the sensitivity.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// The disclosure policy. The rules themselves are a Cedar file (the shipped default when none is
+/// named); this section supplies the facts they decide on that are configuration: the statutes
+/// that are a legal basis, which fields are "selected", which case types are sensitive.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The Cedar policy file; absent means the default policy shipped with Samblik. Relative
+    /// paths are relative to the config file.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// The statutes configured as a legal basis. The default is the municipality's basis for
+    /// existence and contact (tier 1) for every source and case type; without any statute, only
+    /// consent, grants and the owning department disclose anything.
+    #[serde(default = "defaults::statutes")]
+    pub statutes: Vec<StatuteConfig>,
+    /// Which tier-2 fields each source and case type shares; cases not named share all of them.
+    #[serde(default)]
+    pub field_sets: Vec<FieldSetConfig>,
+    /// Sensitivity flags added to every case of a source and case type (on top of the flags the
+    /// sources set), e.g. `honour-related-conflict` on SL § 12 a.
+    #[serde(default = "defaults::sensitivity")]
+    pub sensitivity: Vec<SensitivityConfig>,
+    /// The shortest written reason a break-the-glass lookup is accepted with.
+    #[serde(default = "defaults::break_glass_min_reason")]
+    pub break_glass_min_reason: usize,
+    /// The longest an approved access request may run.
+    #[serde(default = "defaults::max_grant_days")]
+    pub max_grant_days: u32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            file: None,
+            statutes: defaults::statutes(),
+            field_sets: Vec::new(),
+            sensitivity: defaults::sensitivity(),
+            break_glass_min_reason: defaults::break_glass_min_reason(),
+            max_grant_days: defaults::max_grant_days(),
+        }
+    }
+}
+
+/// A statute that is a legal basis for sharing, up to a tier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatuteConfig {
+    /// Stable id, recorded as the basis in the audit log, e.g. `lab-30a-rehabilitation`.
+    pub id: String,
+    /// What the statute is, for people.
+    pub description: String,
+    /// The highest tier it carries (1–3).
+    pub max_tier: u8,
+    /// The sources it covers; empty: every source.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// The case types it covers; empty: every case type.
+    #[serde(default)]
+    pub case_types: Vec<String>,
+    /// The receiving departments; empty: every department.
+    #[serde(default)]
+    pub to_departments: Vec<String>,
+    /// The purposes; empty: every purpose.
+    #[serde(default)]
+    pub purposes: Vec<String>,
+}
+
+/// The tier-2 fields of one source's case types.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSetConfig {
+    pub source: String,
+    /// Empty: every case type of the source.
+    #[serde(default)]
+    pub case_types: Vec<String>,
+    /// Field names of tier 2: `interventions`, `situation`, `goals`, `next_follow_up_on`,
+    /// `assessment_summary`, `residence`.
+    pub selected: Vec<String>,
+}
+
+/// Flags added to the cases of a source and case type.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensitivityConfig {
+    /// Empty: every source.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    pub case_types: Vec<String>,
+    pub flags: Vec<String>,
 }
 
 /// The audit log. There is no default: a gateway without an audit store does not start.
@@ -333,9 +427,44 @@ pub struct SourceConfig {
     /// Mutual TLS to the source; required for an `https://` endpoint.
     #[serde(default)]
     pub tls: Option<SourceTlsConfig>,
+    /// The department that owns the source's data, as caller tokens name departments; default:
+    /// the source id. A caller of this department has a relation to a citizen when this source
+    /// holds an open case for them.
+    #[serde(default)]
+    pub owner_department: Option<String>,
+    /// The case types the source serves (for the policy's ceiling); default: the standard plan
+    /// types of its department, or all of them.
+    #[serde(default)]
+    pub case_types: Vec<String>,
 }
 
 mod defaults {
+    use super::{SensitivityConfig, StatuteConfig};
+
+    pub fn statutes() -> Vec<StatuteConfig> {
+        vec![StatuteConfig {
+            id: "existence-and-contact".into(),
+            description: "The municipality's basis for showing that a case exists and who is responsible for it (the report's minimum variation)".into(),
+            max_tier: 1,
+            sources: Vec::new(),
+            case_types: Vec::new(),
+            to_departments: Vec::new(),
+            purposes: Vec::new(),
+        }]
+    }
+    pub fn sensitivity() -> Vec<SensitivityConfig> {
+        vec![SensitivityConfig {
+            sources: Vec::new(),
+            case_types: vec!["SL-12a".into()],
+            flags: vec!["honour-related-conflict".into()],
+        }]
+    }
+    pub fn break_glass_min_reason() -> usize {
+        20
+    }
+    pub fn max_grant_days() -> u32 {
+        90
+    }
     pub fn default_deadline_ms() -> u64 {
         3_000
     }
@@ -431,6 +560,9 @@ impl Config {
             resolve(&mut tls.ca_file);
             resolve(&mut tls.cert_file);
             resolve(&mut tls.key_file);
+        }
+        if let Some(p) = &mut config.policy.file {
+            resolve(p);
         }
         config.validate()?;
         Ok(config)
@@ -640,6 +772,10 @@ impl ServerConfig {
 }
 
 impl SourceConfig {
+    /// The department that owns the source's data.
+    pub fn owner(&self) -> &str {
+        self.owner_department.as_deref().unwrap_or(&self.id)
+    }
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }

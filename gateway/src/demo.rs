@@ -158,6 +158,8 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             timeout_ms: 2_000,
             connect_timeout_ms: 1_000,
             tls: pki.as_ref().map(crate::tls::demo_source_tls),
+            owner_department: None,
+            case_types: Vec::new(),
         })
         .collect();
     let mut config = demo_config(dir, gateway_addr, issuer.public_key_path(), source_configs);
@@ -256,6 +258,7 @@ pub fn demo_config(
             checkpoint_interval_secs: 10,
             durability: AuditDurability::Full,
         },
+        policy: Default::default(),
     }
 }
 

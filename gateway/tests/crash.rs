@@ -120,7 +120,7 @@ fn every_answered_lookup_survives_kill_9_and_the_chain_verifies() {
                             let mut request = tonic::Request::new(LookupRequest {
                                 cpr: cprs[(caller + i) % cprs.len()].clone(),
                                 purpose: Purpose::PrepareMeeting as i32,
-                                sources: Vec::new(),
+                                ..LookupRequest::default()
                             });
                             request.metadata_mut().insert(
                                 "authorization",

@@ -108,6 +108,7 @@ mod tests {
             existence: Some(Existence::default()),
             selected: Some(Selected::default()),
             full: Some(Full::default()),
+            ..Case::default()
         }
     }
 

@@ -106,7 +106,7 @@ pub fn request(
     let mut request = tonic::Request::new(LookupRequest {
         cpr: cpr.to_owned(),
         purpose: purpose as i32,
-        sources: Vec::new(),
+        ..LookupRequest::default()
     });
     if let Some(token) = token {
         request
@@ -219,6 +219,8 @@ pub fn gateway_config(sources: &[SourceSpec], default_deadline_ms: u64) -> Confi
             timeout_ms: s.timeout_ms,
             connect_timeout_ms: 1_000,
             tls: None,
+            owner_department: None,
+            case_types: Vec::new(),
         })
         .collect();
     let mut config = demo_config(

@@ -177,6 +177,7 @@ fn case(id: &str, cpr: &str, tier: Tier) -> Case {
             ..Selected::default()
         }),
         full: Some(Full::default()),
+        ..Case::default()
     };
     case.restrict_to(tier);
     case

@@ -13,8 +13,8 @@
 //!    would have issued them.
 
 use crate::model::{
-    CaseRecord, CaseState, Caseworker, Citizen, Dataset, Department, Document, DocumentKind, Goal,
-    Intervention, Municipality, PlanType,
+    CaseRecord, CaseState, Caseworker, Citizen, Dataset, Department, Document, DocumentKind,
+    FLAG_ADDRESS_PROTECTION, FLAG_POLICE_INFORMATION, Goal, Intervention, Municipality, PlanType,
 };
 use chrono::{Datelike, Months, NaiveDate, TimeDelta};
 use rand::seq::{IndexedRandom, index};
@@ -1407,8 +1407,43 @@ fn build_case(
         interventions,
         next_follow_up_on,
         assessment_summary,
+        residence: residence_of(&person.cpr),
+        sensitivity: sensitivity_of(person, &documents),
         documents,
     }
+}
+
+/// Streets of the synthetic municipality's towns.
+const STREETS: &[&str] = &[
+    "Skovvej", "Møllegade", "Engvej", "Kirkestræde", "Ågade", "Bakkevej", "Stationsvej",
+    "Rosenvænget", "Havnegade", "Birkealle", "Vestergade", "Præstevej",
+];
+const TOWNS: &[&str] = &["9990 Sønderå", "9991 Nørre Sønderå", "9992 Åbæk", "9993 Lystrup Strand"];
+
+/// The citizen's address, derived from the CPR number (not from the random stream, so adding it
+/// changed no other generated value). Postcodes 9990–9993 do not exist.
+fn residence_of(cpr: &str) -> String {
+    let n = cpr
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let street = STREETS[(n % STREETS.len() as u64) as usize];
+    let number = 1 + (n / 7) % 120;
+    let town = TOWNS[((n / 1009) % TOWNS.len() as u64) as usize];
+    format!("{street} {number}, {town}")
+}
+
+fn sensitivity_of(person: &Person, documents: &[Document]) -> Vec<String> {
+    let mut flags = Vec::new();
+    if person.address_protected {
+        flags.push(FLAG_ADDRESS_PROTECTION.to_owned());
+    }
+    if documents
+        .iter()
+        .any(|d| d.kind == DocumentKind::PoliceStatement)
+    {
+        flags.push(FLAG_POLICE_INFORMATION.to_owned());
+    }
+    flags
 }
 
 /// The integration contract must say whether an education injunction has been issued and which

@@ -15,7 +15,8 @@ pub mod store;
 
 pub use generate::{SynthConfig, SynthError, generate};
 pub use model::{
-    CaseRecord, CaseState, Caseworker, Citizen, Dataset, Department, Document, DocumentKind, Goal,
+    CaseRecord, CaseState, Caseworker, Citizen, Dataset, Department, Document, DocumentKind,
+    FLAG_ADDRESS_PROTECTION, FLAG_HONOUR_RELATED_CONFLICT, FLAG_POLICE_INFORMATION, Goal,
     Intervention, Municipality, PlanType,
 };
 pub use store::{DepartmentData, StoreError};

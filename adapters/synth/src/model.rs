@@ -284,7 +284,22 @@ pub struct CaseRecord {
     pub next_follow_up_on: Option<NaiveDate>,
     pub assessment_summary: String,
     pub documents: Vec<Document>,
+    /// The citizen's address as the department has it.
+    #[serde(default)]
+    pub residence: String,
+    /// Sensitivity flags the department sets: `address-protection` for a citizen with name and
+    /// address protection, `police-information` for a case holding police statements,
+    /// `honour-related-conflict`.
+    #[serde(default)]
+    pub sensitivity: Vec<String>,
 }
+
+/// The sensitivity flag of a citizen with name and address protection.
+pub const FLAG_ADDRESS_PROTECTION: &str = "address-protection";
+/// The sensitivity flag of a case that holds information from the police.
+pub const FLAG_POLICE_INFORMATION: &str = "police-information";
+/// The sensitivity flag of a case about honour-related conflict (SL § 12 a).
+pub const FLAG_HONOUR_RELATED_CONFLICT: &str = "honour-related-conflict";
 
 impl CaseRecord {
     pub fn department(&self) -> Department {

@@ -143,7 +143,7 @@ async fn drive_over(
                 let mut request = Request::new(LookupRequest {
                     cpr: cprs[i % cprs.len()].clone(),
                     purpose: Purpose::PrepareMeeting as i32,
-                    sources: Vec::new(),
+                    ..LookupRequest::default()
                 });
                 request.metadata_mut().insert(
                     "authorization",
