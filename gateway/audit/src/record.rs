@@ -193,6 +193,8 @@ impl Outcome {
 mod tests {
     use super::*;
 
+    const PINNED_JSON: &str = r#"{"chain":"c","seq":1,"at":"2026-01-01T00:00:00Z","request_id":"r-1","action":"lookup","actor":{"caller_id":"cw-1","name":"","department":"","municipality":"","system":null},"cpr":"0101901235","purpose":"prepare-meeting","break_glass_reason":null,"outcome":"answered","detail":null,"sources":[],"policy_version":"v1","prev_hash":"0000000000000000000000000000000000000000000000000000000000000000"}"#;
+
     fn event() -> AuditEvent {
         AuditEvent {
             request_id: "r-1".into(),
@@ -242,6 +244,17 @@ mod tests {
         assert_ne!(changed.compute_hash(), a.hash);
         let b = AuditRecord::seal(event(), "c", 1, "2026-01-01T00:00:00Z".into(), &a.hash);
         assert_ne!(b.hash, a.hash);
+    }
+
+    /// Pins the canonical encoding: a change here would break every chain already written.
+    #[test]
+    fn the_canonical_encoding_and_hash_are_pinned() {
+        let a = AuditRecord::seal(event(), "c", 1, "2026-01-01T00:00:00Z".into(), GENESIS_HASH);
+        assert_eq!(a.canonical_json(), PINNED_JSON);
+        assert_eq!(
+            a.hash,
+            "00f7298cfebca7a5205e45897eea7b87dfa4573c7c8e3f31420919e3bc6ab370"
+        );
     }
 
     #[test]
