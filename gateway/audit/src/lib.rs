@@ -11,7 +11,10 @@
 //! - [`checkpoint`]: Ed25519-signed checkpoints of the chain's head every N records or T seconds,
 //!   so cutting or rewriting the tail is detectable.
 //! - [`verify`]: walks a whole store and names the first bad record.
-//! - [`sqlite`]: the embedded store (WAL, `synchronous=FULL`).
+//! - [`sqlite`]: the embedded store (WAL, `synchronous=FULL`); [`postgres`]: the production one.
+//! - [`registry`]: citizens' consents and access requests (grants), kept in the same store.
+//!   Every change goes through the writer ([`AuditLog::change`]) and is committed in the same
+//!   transaction as the audit record describing it; [`Registry`] reads them back, uncached.
 //!
 //! If the store cannot write, `append` fails, the gateway answers UNAVAILABLE and discloses
 //! nothing, and [`AuditLog::health`] reports unhealthy until a write succeeds again.
@@ -19,6 +22,7 @@
 pub mod checkpoint;
 pub mod postgres;
 pub mod record;
+pub mod registry;
 pub mod sqlite;
 pub mod testing;
 pub mod verify;
@@ -27,6 +31,10 @@ mod writer;
 pub use checkpoint::{Checkpoint, CheckpointSigner};
 pub use record::{
     Action, Actor, AuditEvent, AuditRecord, CaseEntry, GENESIS_HASH, Outcome, SourceEntry,
+};
+pub use registry::{
+    AccessRequest, ChangeOutcome, Consent, ConsentKind, Recipients, Registry, RegistryChange,
+    RegistryReader, RequestFilter, RequestState,
 };
 pub use writer::{AuditLog, Receipt, WriterOptions};
 
@@ -74,7 +82,28 @@ pub trait AuditStore: Send + 'static {
         limit: usize,
     ) -> Result<Vec<StoredRecord>, AuditError>;
     fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError>;
+    /// Applies a (validated) registry change and, in the same transaction, writes the audit
+    /// record describing it: `seal` is called once with what the change did and returns the
+    /// record (and a checkpoint, if due) to insert. Refused outcomes change nothing but are
+    /// written all the same. When this fails, neither the change nor the record was kept.
+    ///
+    /// Must be race-free against other writers on the same store (other replicas): a request is
+    /// decided at most once, a consent withdrawn at most once.
+    fn apply_change(
+        &mut self,
+        change: &RegistryChange,
+        seal: &mut SealChange<'_>,
+    ) -> Result<ChangeOutcome, AuditError> {
+        let _ = (change, seal);
+        Err(AuditError::Store(
+            "this audit store does not keep the registry".into(),
+        ))
+    }
 }
+
+/// Seals the record of a registry change once its outcome is known: `(record, checkpoint)`.
+pub type SealChange<'a> =
+    dyn FnMut(ChangeOutcome) -> Result<(AuditRecord, Option<Checkpoint>), AuditError> + 'a;
 
 impl<S: AuditStore + ?Sized> AuditStore for Box<S> {
     fn head(&mut self, chain: &str) -> Result<Option<(u64, String)>, AuditError> {
@@ -103,5 +132,12 @@ impl<S: AuditStore + ?Sized> AuditStore for Box<S> {
     }
     fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError> {
         (**self).checkpoints(chain)
+    }
+    fn apply_change(
+        &mut self,
+        change: &RegistryChange,
+        seal: &mut SealChange<'_>,
+    ) -> Result<ChangeOutcome, AuditError> {
+        (**self).apply_change(change, seal)
     }
 }

@@ -4,7 +4,13 @@
 //! (`synchronous_commit` is forced on for the session).
 
 use crate::checkpoint::Checkpoint;
-use crate::{AuditError, AuditRecord, AuditStore, StoredRecord};
+use crate::registry::{
+    AccessRequest, CONSENT_COLUMNS, ChangeOutcome, Consent, ConsentRow, REQUEST_COLUMNS,
+    RegistryChange, RegistryReader, RequestFilter, RequestRow, RequestState, decide_refusal,
+    time_text,
+};
+use crate::{AuditError, AuditRecord, AuditStore, SealChange, StoredRecord};
+use postgres::types::ToSql;
 use postgres::{Client, NoTls};
 
 const SCHEMA: &str = "
@@ -34,6 +40,48 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
     signature TEXT   NOT NULL,
     PRIMARY KEY (chain, seq)
 );
+CREATE TABLE IF NOT EXISTS consents (
+    id               TEXT     PRIMARY KEY,
+    cpr              TEXT     NOT NULL,
+    kind             TEXT     NOT NULL,
+    from_departments TEXT     NOT NULL,
+    recipients       TEXT     NOT NULL,
+    max_tier         SMALLINT NOT NULL,
+    purposes         TEXT     NOT NULL,
+    valid_from       TEXT     NOT NULL,
+    valid_until      TEXT,
+    recorded_by      TEXT     NOT NULL,
+    recorded_at      TEXT     NOT NULL,
+    document_ref     TEXT     NOT NULL,
+    withdrawn_at     TEXT,
+    withdrawn_by     TEXT
+);
+CREATE INDEX IF NOT EXISTS consents_cpr ON consents (cpr, recorded_at);
+CREATE TABLE IF NOT EXISTS access_requests (
+    id                   TEXT     PRIMARY KEY,
+    cpr                  TEXT     NOT NULL,
+    requester_id         TEXT     NOT NULL,
+    requester_name       TEXT     NOT NULL,
+    requester_department TEXT     NOT NULL,
+    source_id            TEXT     NOT NULL,
+    owner_department     TEXT     NOT NULL,
+    case_id              TEXT     NOT NULL,
+    tier_wanted          SMALLINT NOT NULL,
+    purpose              TEXT     NOT NULL,
+    justification        TEXT     NOT NULL,
+    filed_at             TEXT     NOT NULL,
+    state                TEXT     NOT NULL,
+    decided_by           TEXT,
+    decided_at           TEXT,
+    decision_reason      TEXT,
+    granted_tier         SMALLINT,
+    granted_until        TEXT
+);
+CREATE INDEX IF NOT EXISTS access_requests_cpr ON access_requests (cpr, filed_at);
+CREATE INDEX IF NOT EXISTS access_requests_requester
+    ON access_requests (cpr, requester_id, state);
+CREATE INDEX IF NOT EXISTS access_requests_owner
+    ON access_requests (owner_department, state, filed_at);
 ";
 
 /// Serialises schema creation between replicas starting at the same moment.
@@ -65,12 +113,196 @@ impl PostgresStore {
     pub fn connect(url: &str) -> Result<Self, AuditError> {
         let mut client = Client::connect(url, NoTls)?;
         client.batch_execute("SET synchronous_commit = on")?;
-        client.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])?;
-        let created = client.batch_execute(SCHEMA);
-        client.execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])?;
-        created?;
+        create_schema(&mut client)?;
         Ok(PostgresStore { client })
     }
+}
+
+fn create_schema(client: &mut Client) -> Result<(), AuditError> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])?;
+    let created = client.batch_execute(SCHEMA);
+    client.execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])?;
+    Ok(created?)
+}
+
+fn insert(
+    tx: &mut postgres::Transaction<'_>,
+    records: &[AuditRecord],
+    checkpoint: Option<&Checkpoint>,
+) -> Result<(), AuditError> {
+    let insert = tx.prepare(
+        "INSERT INTO audit_records
+         (chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )?;
+    for r in records {
+        tx.execute(
+            &insert,
+            &[
+                &r.chain,
+                &to_i64(r.seq)?,
+                &r.at,
+                &r.request_id,
+                &r.cpr,
+                &r.actor.caller_id,
+                &r.actor.department,
+                &r.action.as_str(),
+                &r.outcome.as_str(),
+                &r.canonical_json(),
+                &r.hash,
+            ],
+        )?;
+    }
+    if let Some(c) = checkpoint {
+        tx.execute(
+            "INSERT INTO audit_checkpoints (chain, seq, head_hash, at, signature)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&c.chain, &to_i64(c.seq)?, &c.head_hash, &c.at, &c.signature],
+        )?;
+    }
+    Ok(())
+}
+
+/// Applies a registry change inside the caller's transaction. Each change is one conditional
+/// statement, so under READ COMMITTED a concurrent writer (another replica) waits for the row
+/// and then finds the condition false: a request is decided once, a consent withdrawn once.
+fn apply(
+    tx: &mut postgres::Transaction<'_>,
+    change: &RegistryChange,
+) -> Result<ChangeOutcome, AuditError> {
+    let changed = |rows: u64| {
+        if rows == 1 {
+            ChangeOutcome::Applied
+        } else {
+            ChangeOutcome::AlreadyDone
+        }
+    };
+    Ok(match change {
+        RegistryChange::RecordConsent(consent) => {
+            let c = ConsentRow::from_consent(consent);
+            changed(tx.execute(
+                &format!(
+                    "INSERT INTO consents ({CONSENT_COLUMNS})
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                     ON CONFLICT (id) DO NOTHING"
+                ),
+                &[
+                    &c.id,
+                    &c.cpr,
+                    &c.kind,
+                    &c.from_departments,
+                    &c.recipients,
+                    &c.max_tier,
+                    &c.purposes,
+                    &c.valid_from,
+                    &c.valid_until,
+                    &c.recorded_by,
+                    &c.recorded_at,
+                    &c.document_ref,
+                    &c.withdrawn_at,
+                    &c.withdrawn_by,
+                ],
+            )?)
+        }
+        RegistryChange::WithdrawConsent { id, cpr, by, at } => {
+            let rows = tx.execute(
+                "UPDATE consents SET withdrawn_at = $3, withdrawn_by = $4
+                 WHERE id = $1 AND cpr = $2 AND withdrawn_at IS NULL",
+                &[id, cpr, &time_text(*at), by],
+            )?;
+            if rows == 1 {
+                ChangeOutcome::Applied
+            } else if tx
+                .query_opt(
+                    "SELECT 1 FROM consents WHERE id = $1 AND cpr = $2",
+                    &[id, cpr],
+                )?
+                .is_some()
+            {
+                ChangeOutcome::AlreadyDone
+            } else {
+                ChangeOutcome::NotFound
+            }
+        }
+        RegistryChange::FileRequest(request) => {
+            let r = RequestRow::from_request(request);
+            changed(tx.execute(
+                &format!(
+                    "INSERT INTO access_requests ({REQUEST_COLUMNS})
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                             $16, $17, $18)
+                     ON CONFLICT (id) DO NOTHING"
+                ),
+                &[
+                    &r.id,
+                    &r.cpr,
+                    &r.requester_id,
+                    &r.requester_name,
+                    &r.requester_department,
+                    &r.source_id,
+                    &r.owner_department,
+                    &r.case_id,
+                    &r.tier_wanted,
+                    &r.purpose,
+                    &r.justification,
+                    &r.filed_at,
+                    &r.state,
+                    &r.decided_by,
+                    &r.decided_at,
+                    &r.decision_reason,
+                    &r.granted_tier,
+                    &r.granted_until,
+                ],
+            )?)
+        }
+        RegistryChange::DecideRequest {
+            id,
+            by,
+            by_department,
+            approve,
+            tier,
+            until,
+            reason,
+            at,
+        } => {
+            let (state, tier, until) = if *approve {
+                (
+                    RequestState::Approved,
+                    tier.map(i16::from),
+                    until.map(time_text),
+                )
+            } else {
+                (RequestState::Denied, None, None)
+            };
+            let rows = tx.execute(
+                "UPDATE access_requests
+                 SET state = $3, decided_by = $4, decided_at = $5, decision_reason = $6,
+                     granted_tier = $7, granted_until = $8
+                 WHERE id = $1 AND owner_department = $2 AND state = 'pending'",
+                &[
+                    id,
+                    by_department,
+                    &state.as_str(),
+                    by,
+                    &time_text(*at),
+                    reason,
+                    &tier,
+                    &until,
+                ],
+            )?;
+            if rows == 1 {
+                ChangeOutcome::Applied
+            } else {
+                let found = tx
+                    .query_opt(
+                        "SELECT state, owner_department FROM access_requests WHERE id = $1",
+                        &[id],
+                    )?
+                    .map(|r| (r.get(0), r.get(1)));
+                decide_refusal(found, by_department)
+            }
+        }
+    })
 }
 
 impl AuditStore for PostgresStore {
@@ -97,38 +329,23 @@ impl AuditStore for PostgresStore {
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError> {
         let mut tx = self.client.transaction()?;
-        let insert = tx.prepare(
-            "INSERT INTO audit_records
-             (chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )?;
-        for r in records {
-            tx.execute(
-                &insert,
-                &[
-                    &r.chain,
-                    &to_i64(r.seq)?,
-                    &r.at,
-                    &r.request_id,
-                    &r.cpr,
-                    &r.actor.caller_id,
-                    &r.actor.department,
-                    &r.action.as_str(),
-                    &r.outcome.as_str(),
-                    &r.canonical_json(),
-                    &r.hash,
-                ],
-            )?;
-        }
-        if let Some(c) = checkpoint {
-            tx.execute(
-                "INSERT INTO audit_checkpoints (chain, seq, head_hash, at, signature)
-                 VALUES ($1, $2, $3, $4, $5)",
-                &[&c.chain, &to_i64(c.seq)?, &c.head_hash, &c.at, &c.signature],
-            )?;
-        }
+        insert(&mut tx, records, checkpoint)?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn apply_change(
+        &mut self,
+        change: &RegistryChange,
+        seal: &mut SealChange<'_>,
+    ) -> Result<ChangeOutcome, AuditError> {
+        // Dropping the transaction on any error below rolls the change back.
+        let mut tx = self.client.transaction()?;
+        let outcome = apply(&mut tx, change)?;
+        let (record, checkpoint) = seal(outcome)?;
+        insert(&mut tx, std::slice::from_ref(&record), checkpoint.as_ref())?;
+        tx.commit()?;
+        Ok(outcome)
     }
 
     fn chains(&mut self) -> Result<Vec<String>, AuditError> {
@@ -190,5 +407,152 @@ fn checkpoint(chain: &str, r: &postgres::Row) -> Checkpoint {
         head_hash: r.get(1),
         at: r.get(2),
         signature: r.get(3),
+    }
+}
+
+/// Reads the registry on a connection of its own. Blocking: never use it on an async runtime's
+/// thread ([`crate::Registry`] runs it on blocking threads).
+pub struct PostgresReader {
+    client: Client,
+}
+
+impl std::fmt::Debug for PostgresReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresReader").finish_non_exhaustive()
+    }
+}
+
+impl PostgresReader {
+    /// Connects; with `create`, creates the schema if missing (as the writer would).
+    pub fn connect(url: &str, create: bool) -> Result<Self, AuditError> {
+        let mut client = Client::connect(url, NoTls)?;
+        if create {
+            create_schema(&mut client)?;
+        }
+        client.batch_execute("SET default_transaction_read_only = on")?;
+        Ok(PostgresReader { client })
+    }
+
+    fn consents(
+        &mut self,
+        condition: &str,
+        args: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Consent>, AuditError> {
+        self.client
+            .query(
+                &format!("SELECT {CONSENT_COLUMNS} FROM consents WHERE {condition}"),
+                args,
+            )?
+            .iter()
+            .map(|r| {
+                ConsentRow {
+                    id: r.try_get(0)?,
+                    cpr: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    from_departments: r.try_get(3)?,
+                    recipients: r.try_get(4)?,
+                    max_tier: r.try_get(5)?,
+                    purposes: r.try_get(6)?,
+                    valid_from: r.try_get(7)?,
+                    valid_until: r.try_get(8)?,
+                    recorded_by: r.try_get(9)?,
+                    recorded_at: r.try_get(10)?,
+                    document_ref: r.try_get(11)?,
+                    withdrawn_at: r.try_get(12)?,
+                    withdrawn_by: r.try_get(13)?,
+                }
+                .into_consent()
+            })
+            .collect()
+    }
+
+    fn access_requests(
+        &mut self,
+        condition: &str,
+        args: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<AccessRequest>, AuditError> {
+        self.client
+            .query(
+                &format!("SELECT {REQUEST_COLUMNS} FROM access_requests WHERE {condition}"),
+                args,
+            )?
+            .iter()
+            .map(|r| {
+                RequestRow {
+                    id: r.try_get(0)?,
+                    cpr: r.try_get(1)?,
+                    requester_id: r.try_get(2)?,
+                    requester_name: r.try_get(3)?,
+                    requester_department: r.try_get(4)?,
+                    source_id: r.try_get(5)?,
+                    owner_department: r.try_get(6)?,
+                    case_id: r.try_get(7)?,
+                    tier_wanted: r.try_get(8)?,
+                    purpose: r.try_get(9)?,
+                    justification: r.try_get(10)?,
+                    filed_at: r.try_get(11)?,
+                    state: r.try_get(12)?,
+                    decided_by: r.try_get(13)?,
+                    decided_at: r.try_get(14)?,
+                    decision_reason: r.try_get(15)?,
+                    granted_tier: r.try_get(16)?,
+                    granted_until: r.try_get(17)?,
+                }
+                .into_request()
+            })
+            .collect()
+    }
+}
+
+impl RegistryReader for PostgresReader {
+    fn consents_for(&mut self, cpr: &str) -> Result<Vec<Consent>, AuditError> {
+        self.consents("cpr = $1 ORDER BY recorded_at DESC, id DESC", &[&cpr])
+    }
+
+    fn consent(&mut self, id: &str) -> Result<Option<Consent>, AuditError> {
+        Ok(self.consents("id = $1", &[&id])?.pop())
+    }
+
+    fn grants_for(&mut self, cpr: &str, caller_id: &str) -> Result<Vec<AccessRequest>, AuditError> {
+        self.access_requests(
+            "cpr = $1 AND requester_id = $2 AND state = 'approved'
+             ORDER BY decided_at DESC, id DESC",
+            &[&cpr, &caller_id],
+        )
+    }
+
+    fn requests(
+        &mut self,
+        filter: &RequestFilter,
+        limit: usize,
+    ) -> Result<Vec<AccessRequest>, AuditError> {
+        // Only the filters given go into the query, so it can use the matching index.
+        let state = filter.state.map(RequestState::as_str);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut conditions = vec!["TRUE".to_owned()];
+        let mut args: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        let filters = [
+            ("owner_department", filter.owner_department.as_deref()),
+            ("requester_id", filter.requester_id.as_deref()),
+            ("state", state),
+            ("cpr", filter.cpr.as_deref()),
+        ];
+        for (column, value) in &filters {
+            if let Some(value) = value {
+                args.push(value);
+                conditions.push(format!("{column} = ${}", args.len()));
+            }
+        }
+        args.push(&limit);
+        let condition = format!(
+            "{} ORDER BY filed_at DESC, id DESC LIMIT ${}",
+            conditions.join(" AND "),
+            args.len()
+        );
+        self.access_requests(&condition, &args)
+    }
+
+    fn request(&mut self, id: &str) -> Result<Option<AccessRequest>, AuditError> {
+        Ok(self.access_requests("id = $1", &[&id])?.pop())
     }
 }

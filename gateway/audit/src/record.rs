@@ -21,6 +21,14 @@ pub enum Action {
     LookupStream,
     /// The audit log itself: start-up after a crash, pruning, and the like.
     AuditMaintenance,
+    /// A citizen's consent was recorded (the record's `change` holds it).
+    ConsentRecorded,
+    /// A consent was withdrawn.
+    ConsentWithdrawn,
+    /// An access request was filed with the owning department.
+    AccessRequested,
+    /// The owning department approved or denied an access request.
+    AccessDecided,
 }
 
 /// How the request ended.
@@ -39,6 +47,9 @@ pub enum Outcome {
     Cancelled,
     /// The gateway failed.
     Failed,
+    /// A registry change that was not made: no such consent or request, or it was already
+    /// withdrawn or decided.
+    Refused,
 }
 
 /// Who acted.
@@ -111,6 +122,11 @@ pub struct AuditRecord {
     pub detail: Option<String>,
     pub sources: Vec<SourceEntry>,
     pub policy_version: String,
+    /// A registry change this record describes (the consent or request, never a token), as
+    /// written with [`crate::AuditLog::change`]. Absent on every other record, and then not
+    /// encoded at all, so records written before the registry existed hash as they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<serde_json::Value>,
     /// The previous record's hash ([`GENESIS_HASH`] for the first).
     pub prev_hash: String,
     /// SHA-256 of the canonical encoding, hex. Not part of the encoding: it is kept beside it.
@@ -121,6 +137,18 @@ pub struct AuditRecord {
 impl AuditRecord {
     /// Places `event` in a chain after `prev_hash` and computes its hash.
     pub fn seal(event: AuditEvent, chain: &str, seq: u64, at: String, prev_hash: &str) -> Self {
+        Self::seal_with_change(event, None, chain, seq, at, prev_hash)
+    }
+
+    /// [`AuditRecord::seal`] for a record that describes a registry change.
+    pub fn seal_with_change(
+        event: AuditEvent,
+        change: Option<serde_json::Value>,
+        chain: &str,
+        seq: u64,
+        at: String,
+        prev_hash: &str,
+    ) -> Self {
         let mut record = AuditRecord {
             chain: chain.to_owned(),
             seq,
@@ -135,6 +163,7 @@ impl AuditRecord {
             detail: event.detail,
             sources: event.sources,
             policy_version: event.policy_version,
+            change,
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
         };
@@ -172,6 +201,10 @@ impl Action {
             Action::Lookup => "lookup",
             Action::LookupStream => "lookup-stream",
             Action::AuditMaintenance => "audit-maintenance",
+            Action::ConsentRecorded => "consent-recorded",
+            Action::ConsentWithdrawn => "consent-withdrawn",
+            Action::AccessRequested => "access-requested",
+            Action::AccessDecided => "access-decided",
         }
     }
 }
@@ -185,6 +218,7 @@ impl Outcome {
             Outcome::Invalid => "invalid",
             Outcome::Cancelled => "cancelled",
             Outcome::Failed => "failed",
+            Outcome::Refused => "refused",
         }
     }
 }
@@ -192,6 +226,8 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PINNED_JSON: &str = r#"{"chain":"c","seq":1,"at":"2026-01-01T00:00:00Z","request_id":"r-1","action":"lookup","actor":{"caller_id":"cw-1","name":"","department":"","municipality":"","system":null},"cpr":"0101901235","purpose":"prepare-meeting","break_glass_reason":null,"outcome":"answered","detail":null,"sources":[],"policy_version":"v1","prev_hash":"0000000000000000000000000000000000000000000000000000000000000000"}"#;
 
     fn event() -> AuditEvent {
         AuditEvent {
@@ -217,6 +253,10 @@ mod tests {
             Action::Lookup,
             Action::LookupStream,
             Action::AuditMaintenance,
+            Action::ConsentRecorded,
+            Action::ConsentWithdrawn,
+            Action::AccessRequested,
+            Action::AccessDecided,
         ] {
             assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
         }
@@ -227,6 +267,7 @@ mod tests {
             Outcome::Invalid,
             Outcome::Cancelled,
             Outcome::Failed,
+            Outcome::Refused,
         ] {
             assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
         }
@@ -242,6 +283,36 @@ mod tests {
         assert_ne!(changed.compute_hash(), a.hash);
         let b = AuditRecord::seal(event(), "c", 1, "2026-01-01T00:00:00Z".into(), &a.hash);
         assert_ne!(b.hash, a.hash);
+    }
+
+    /// Pins the canonical encoding: a change here would break every chain already written.
+    #[test]
+    fn the_canonical_encoding_and_hash_are_pinned() {
+        let a = AuditRecord::seal(event(), "c", 1, "2026-01-01T00:00:00Z".into(), GENESIS_HASH);
+        assert_eq!(a.canonical_json(), PINNED_JSON);
+        assert_eq!(
+            a.hash,
+            "00f7298cfebca7a5205e45897eea7b87dfa4573c7c8e3f31420919e3bc6ab370"
+        );
+    }
+
+    #[test]
+    fn a_change_is_hashed_and_round_trips() {
+        let change = serde_json::json!({"type": "withdraw-consent", "id": "c-1"});
+        let a = AuditRecord::seal_with_change(
+            event(),
+            Some(change.clone()),
+            "c",
+            1,
+            "2026-01-01T00:00:00Z".into(),
+            GENESIS_HASH,
+        );
+        assert!(a.canonical_json().contains("\"change\":{"));
+        let plain = AuditRecord::seal(event(), "c", 1, "2026-01-01T00:00:00Z".into(), GENESIS_HASH);
+        assert_ne!(a.hash, plain.hash);
+        let back = AuditRecord::from_stored(&a.canonical_json(), &a.hash).unwrap();
+        assert_eq!(back.change, Some(change));
+        assert_eq!(back.compute_hash(), a.hash);
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! The embedded store: one SQLite file, WAL, `synchronous=FULL`, so a committed batch is on disk.
 
 use crate::checkpoint::Checkpoint;
-use crate::{AuditError, AuditRecord, AuditStore, StoredRecord};
+use crate::registry::{
+    AccessRequest, CONSENT_COLUMNS, ChangeOutcome, Consent, ConsentRow, REQUEST_COLUMNS,
+    RegistryChange, RegistryReader, RequestFilter, RequestRow, RequestState, decide_refusal,
+    time_text,
+};
+use crate::{AuditError, AuditRecord, AuditStore, SealChange, StoredRecord};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 
@@ -31,6 +36,48 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
     signature TEXT    NOT NULL,
     PRIMARY KEY (chain, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS consents (
+    id               TEXT    PRIMARY KEY,
+    cpr              TEXT    NOT NULL,
+    kind             TEXT    NOT NULL,
+    from_departments TEXT    NOT NULL,
+    recipients       TEXT    NOT NULL,
+    max_tier         INTEGER NOT NULL,
+    purposes         TEXT    NOT NULL,
+    valid_from       TEXT    NOT NULL,
+    valid_until      TEXT,
+    recorded_by      TEXT    NOT NULL,
+    recorded_at      TEXT    NOT NULL,
+    document_ref     TEXT    NOT NULL,
+    withdrawn_at     TEXT,
+    withdrawn_by     TEXT
+);
+CREATE INDEX IF NOT EXISTS consents_cpr ON consents (cpr, recorded_at);
+CREATE TABLE IF NOT EXISTS access_requests (
+    id                   TEXT    PRIMARY KEY,
+    cpr                  TEXT    NOT NULL,
+    requester_id         TEXT    NOT NULL,
+    requester_name       TEXT    NOT NULL,
+    requester_department TEXT    NOT NULL,
+    source_id            TEXT    NOT NULL,
+    owner_department     TEXT    NOT NULL,
+    case_id              TEXT    NOT NULL,
+    tier_wanted          INTEGER NOT NULL,
+    purpose              TEXT    NOT NULL,
+    justification        TEXT    NOT NULL,
+    filed_at             TEXT    NOT NULL,
+    state                TEXT    NOT NULL,
+    decided_by           TEXT,
+    decided_at           TEXT,
+    decision_reason      TEXT,
+    granted_tier         INTEGER,
+    granted_until        TEXT
+);
+CREATE INDEX IF NOT EXISTS access_requests_cpr ON access_requests (cpr, filed_at);
+CREATE INDEX IF NOT EXISTS access_requests_requester
+    ON access_requests (cpr, requester_id, state);
+CREATE INDEX IF NOT EXISTS access_requests_owner
+    ON access_requests (owner_department, state, filed_at);
 ";
 
 /// Whether a commit waits for the disk. `Off` exists only to measure what durability costs.
@@ -82,6 +129,187 @@ impl From<rusqlite::Error> for AuditError {
     }
 }
 
+fn insert(
+    conn: &Connection,
+    records: &[AuditRecord],
+    checkpoint: Option<&Checkpoint>,
+) -> Result<(), AuditError> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO audit_records
+         (chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    for r in records {
+        insert.execute(params![
+            r.chain,
+            i64::try_from(r.seq).map_err(|_| AuditError::Store("seq overflow".into()))?,
+            r.at,
+            r.request_id,
+            r.cpr,
+            r.actor.caller_id,
+            r.actor.department,
+            r.action.as_str(),
+            r.outcome.as_str(),
+            r.canonical_json(),
+            r.hash,
+        ])?;
+    }
+    if let Some(c) = checkpoint {
+        conn.execute(
+            "INSERT INTO audit_checkpoints (chain, seq, head_hash, at, signature)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                c.chain,
+                i64::try_from(c.seq).map_err(|_| AuditError::Store("seq overflow".into()))?,
+                c.head_hash,
+                c.at,
+                c.signature
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Applies a registry change inside the caller's transaction.
+fn apply(conn: &Connection, change: &RegistryChange) -> Result<ChangeOutcome, AuditError> {
+    let changed = |rows: usize| {
+        if rows == 1 {
+            ChangeOutcome::Applied
+        } else {
+            ChangeOutcome::AlreadyDone
+        }
+    };
+    Ok(match change {
+        RegistryChange::RecordConsent(consent) => {
+            let c = ConsentRow::from_consent(consent);
+            changed(conn.execute(
+                &format!(
+                    "INSERT INTO consents ({CONSENT_COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                     ON CONFLICT (id) DO NOTHING"
+                ),
+                params![
+                    c.id,
+                    c.cpr,
+                    c.kind,
+                    c.from_departments,
+                    c.recipients,
+                    c.max_tier,
+                    c.purposes,
+                    c.valid_from,
+                    c.valid_until,
+                    c.recorded_by,
+                    c.recorded_at,
+                    c.document_ref,
+                    c.withdrawn_at,
+                    c.withdrawn_by
+                ],
+            )?)
+        }
+        RegistryChange::WithdrawConsent { id, cpr, by, at } => {
+            let rows = conn.execute(
+                "UPDATE consents SET withdrawn_at = ?3, withdrawn_by = ?4
+                 WHERE id = ?1 AND cpr = ?2 AND withdrawn_at IS NULL",
+                params![id, cpr, time_text(*at), by],
+            )?;
+            if rows == 1 {
+                ChangeOutcome::Applied
+            } else {
+                let exists = conn
+                    .query_row(
+                        "SELECT 1 FROM consents WHERE id = ?1 AND cpr = ?2",
+                        params![id, cpr],
+                        |_| Ok(()),
+                    )
+                    .optional()?;
+                match exists {
+                    Some(()) => ChangeOutcome::AlreadyDone,
+                    None => ChangeOutcome::NotFound,
+                }
+            }
+        }
+        RegistryChange::FileRequest(request) => {
+            let r = RequestRow::from_request(request);
+            changed(conn.execute(
+                &format!(
+                    "INSERT INTO access_requests ({REQUEST_COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                             ?16, ?17, ?18)
+                     ON CONFLICT (id) DO NOTHING"
+                ),
+                params![
+                    r.id,
+                    r.cpr,
+                    r.requester_id,
+                    r.requester_name,
+                    r.requester_department,
+                    r.source_id,
+                    r.owner_department,
+                    r.case_id,
+                    r.tier_wanted,
+                    r.purpose,
+                    r.justification,
+                    r.filed_at,
+                    r.state,
+                    r.decided_by,
+                    r.decided_at,
+                    r.decision_reason,
+                    r.granted_tier,
+                    r.granted_until
+                ],
+            )?)
+        }
+        RegistryChange::DecideRequest {
+            id,
+            by,
+            by_department,
+            approve,
+            tier,
+            until,
+            reason,
+            at,
+        } => {
+            let (state, tier, until) = if *approve {
+                (
+                    RequestState::Approved,
+                    tier.map(i16::from),
+                    until.map(time_text),
+                )
+            } else {
+                (RequestState::Denied, None, None)
+            };
+            let rows = conn.execute(
+                "UPDATE access_requests
+                 SET state = ?3, decided_by = ?4, decided_at = ?5, decision_reason = ?6,
+                     granted_tier = ?7, granted_until = ?8
+                 WHERE id = ?1 AND owner_department = ?2 AND state = 'pending'",
+                params![
+                    id,
+                    by_department,
+                    state.as_str(),
+                    by,
+                    time_text(*at),
+                    reason,
+                    tier,
+                    until
+                ],
+            )?;
+            if rows == 1 {
+                ChangeOutcome::Applied
+            } else {
+                let found = conn
+                    .query_row(
+                        "SELECT state, owner_department FROM access_requests WHERE id = ?1",
+                        params![id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                decide_refusal(found, by_department)
+            }
+        }
+    })
+}
+
 impl AuditStore for SqliteStore {
     fn head(&mut self, chain: &str) -> Result<Option<(u64, String)>, AuditError> {
         let row = self
@@ -107,44 +335,26 @@ impl AuditStore for SqliteStore {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO audit_records
-                 (chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?;
-            for r in records {
-                insert.execute(params![
-                    r.chain,
-                    i64::try_from(r.seq).map_err(|_| AuditError::Store("seq overflow".into()))?,
-                    r.at,
-                    r.request_id,
-                    r.cpr,
-                    r.actor.caller_id,
-                    r.actor.department,
-                    r.action.as_str(),
-                    r.outcome.as_str(),
-                    r.canonical_json(),
-                    r.hash,
-                ])?;
-            }
-            if let Some(c) = checkpoint {
-                tx.execute(
-                    "INSERT INTO audit_checkpoints (chain, seq, head_hash, at, signature)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![
-                        c.chain,
-                        i64::try_from(c.seq)
-                            .map_err(|_| AuditError::Store("seq overflow".into()))?,
-                        c.head_hash,
-                        c.at,
-                        c.signature
-                    ],
-                )?;
-            }
-        }
+        insert(&tx, records, checkpoint)?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn apply_change(
+        &mut self,
+        change: &RegistryChange,
+        seal: &mut SealChange<'_>,
+    ) -> Result<ChangeOutcome, AuditError> {
+        // Immediate: the write lock is taken before the change reads anything, so writers on
+        // the same file (other replicas) are serialised and a request is decided once.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let outcome = apply(&tx, change)?;
+        let (record, checkpoint) = seal(outcome)?;
+        insert(&tx, std::slice::from_ref(&record), checkpoint.as_ref())?;
+        tx.commit()?;
+        Ok(outcome)
     }
 
     fn chains(&mut self) -> Result<Vec<String>, AuditError> {
@@ -205,5 +415,150 @@ impl AuditStore for SqliteStore {
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
+    }
+}
+
+/// Reads the registry on a connection of its own (WAL lets it read while the writer writes).
+#[derive(Debug)]
+pub struct SqliteReader {
+    conn: Connection,
+}
+
+impl SqliteReader {
+    /// Opens the store at `path` for reading the registry. With `create`, the file and schema are
+    /// created if missing (as the writer would), so a registry can be opened first.
+    pub fn open(path: &Path, create: bool) -> Result<Self, AuditError> {
+        let conn = if create {
+            SqliteStore::open(path, Durability::Full)?.conn
+        } else {
+            let conn = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            conn
+        };
+        conn.pragma_update(None, "query_only", true)?;
+        Ok(SqliteReader { conn })
+    }
+
+    fn consents(
+        &self,
+        condition: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<Consent>, AuditError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {CONSENT_COLUMNS} FROM consents WHERE {condition}"
+        ))?;
+        let rows = stmt
+            .query_map(args, |r| {
+                Ok(ConsentRow {
+                    id: r.get(0)?,
+                    cpr: r.get(1)?,
+                    kind: r.get(2)?,
+                    from_departments: r.get(3)?,
+                    recipients: r.get(4)?,
+                    max_tier: r.get(5)?,
+                    purposes: r.get(6)?,
+                    valid_from: r.get(7)?,
+                    valid_until: r.get(8)?,
+                    recorded_by: r.get(9)?,
+                    recorded_at: r.get(10)?,
+                    document_ref: r.get(11)?,
+                    withdrawn_at: r.get(12)?,
+                    withdrawn_by: r.get(13)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(ConsentRow::into_consent).collect()
+    }
+
+    fn access_requests(
+        &self,
+        condition: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<AccessRequest>, AuditError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM access_requests WHERE {condition}"
+        ))?;
+        let rows = stmt
+            .query_map(args, |r| {
+                Ok(RequestRow {
+                    id: r.get(0)?,
+                    cpr: r.get(1)?,
+                    requester_id: r.get(2)?,
+                    requester_name: r.get(3)?,
+                    requester_department: r.get(4)?,
+                    source_id: r.get(5)?,
+                    owner_department: r.get(6)?,
+                    case_id: r.get(7)?,
+                    tier_wanted: r.get(8)?,
+                    purpose: r.get(9)?,
+                    justification: r.get(10)?,
+                    filed_at: r.get(11)?,
+                    state: r.get(12)?,
+                    decided_by: r.get(13)?,
+                    decided_at: r.get(14)?,
+                    decision_reason: r.get(15)?,
+                    granted_tier: r.get(16)?,
+                    granted_until: r.get(17)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(RequestRow::into_request).collect()
+    }
+}
+
+impl RegistryReader for SqliteReader {
+    fn consents_for(&mut self, cpr: &str) -> Result<Vec<Consent>, AuditError> {
+        self.consents("cpr = ?1 ORDER BY recorded_at DESC, id DESC", &[&cpr])
+    }
+
+    fn consent(&mut self, id: &str) -> Result<Option<Consent>, AuditError> {
+        Ok(self.consents("id = ?1", &[&id])?.pop())
+    }
+
+    fn grants_for(&mut self, cpr: &str, caller_id: &str) -> Result<Vec<AccessRequest>, AuditError> {
+        self.access_requests(
+            "cpr = ?1 AND requester_id = ?2 AND state = 'approved'
+             ORDER BY decided_at DESC, id DESC",
+            &[&cpr, &caller_id],
+        )
+    }
+
+    fn requests(
+        &mut self,
+        filter: &RequestFilter,
+        limit: usize,
+    ) -> Result<Vec<AccessRequest>, AuditError> {
+        // Only the filters given go into the query, so it can use the matching index.
+        let state = filter.state.map(RequestState::as_str);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut conditions = vec!["1 = 1".to_owned()];
+        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
+        let filters = [
+            ("owner_department", filter.owner_department.as_deref()),
+            ("requester_id", filter.requester_id.as_deref()),
+            ("state", state),
+            ("cpr", filter.cpr.as_deref()),
+        ];
+        for (column, value) in &filters {
+            if let Some(value) = value {
+                args.push(value);
+                conditions.push(format!("{column} = ?{}", args.len()));
+            }
+        }
+        args.push(&limit);
+        let condition = format!(
+            "{} ORDER BY filed_at DESC, id DESC LIMIT ?{}",
+            conditions.join(" AND "),
+            args.len()
+        );
+        self.access_requests(&condition, &args)
+    }
+
+    fn request(&mut self, id: &str) -> Result<Option<AccessRequest>, AuditError> {
+        Ok(self.access_requests("id = ?1", &[&id])?.pop())
     }
 }

@@ -2,11 +2,14 @@
 //! (disk full, I/O error, database down): it fails every write while switched on.
 
 use crate::checkpoint::Checkpoint;
-use crate::{AuditError, AuditRecord, AuditStore, StoredRecord};
+use crate::registry::{ChangeOutcome, RegistryChange};
+use crate::{AuditError, AuditRecord, AuditStore, SealChange, StoredRecord};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// Wraps a store; while `failing` is set, every append fails as a full disk would.
+/// Wraps a store; while `failing` is set, every append fails as a full disk would, and every
+/// registry change fails after the change was applied, just before its record would be written
+/// (so the inner store must roll the change back).
 #[derive(Debug)]
 pub struct FaultInjecting<S> {
     inner: S,
@@ -58,5 +61,25 @@ impl<S: AuditStore> AuditStore for FaultInjecting<S> {
     }
     fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError> {
         self.inner.checkpoints(chain)
+    }
+    fn apply_change(
+        &mut self,
+        change: &RegistryChange,
+        seal: &mut SealChange<'_>,
+    ) -> Result<ChangeOutcome, AuditError> {
+        let failing = Arc::clone(&self.failing);
+        let mut failing_seal = |outcome: ChangeOutcome| {
+            if failing.load(Ordering::SeqCst) {
+                return Err(AuditError::Store(
+                    "database or disk is full (injected fault)".into(),
+                ));
+            }
+            seal(outcome)
+        };
+        let result = self.inner.apply_change(change, &mut failing_seal);
+        if result.is_ok() {
+            self.commits.fetch_add(1, Ordering::SeqCst);
+        }
+        result
     }
 }

@@ -1,9 +1,12 @@
 //! The single writer: it owns the store, seals events into the chain and commits everything that
 //! is waiting in one transaction (group commit), so durability costs one fsync per batch rather
-//! than one per request.
+//! than one per request. A registry change is a job of its own: the writer commits what is
+//! batched before it, then applies the change and writes its record in one transaction.
 
+use crate::checkpoint::Checkpoint;
 use crate::checkpoint::CheckpointSigner;
 use crate::record::{Action, Actor, AuditEvent, AuditRecord, GENESIS_HASH, Outcome};
+use crate::registry::{ChangeOutcome, RegistryChange};
 use crate::{AuditError, AuditStore};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -43,9 +46,20 @@ pub struct Receipt {
     pub hash: String,
 }
 
-struct Job {
-    event: AuditEvent,
-    reply: Option<oneshot::Sender<Result<Receipt, AuditError>>>,
+type AppendReply = Option<oneshot::Sender<Result<Receipt, AuditError>>>;
+type ChangeReply = oneshot::Sender<Result<(ChangeOutcome, Receipt), AuditError>>;
+
+enum Job {
+    Append {
+        event: AuditEvent,
+        reply: AppendReply,
+    },
+    Change {
+        event: AuditEvent,
+        // Boxed: a change is rare and large; ordinary records should not pay for its size.
+        change: Box<RegistryChange>,
+        reply: ChangeReply,
+    },
 }
 
 /// The handle the gateway writes through. Dropping the last handle stops the writer after it has
@@ -113,7 +127,7 @@ impl AuditLog {
     pub async fn append(&self, event: AuditEvent) -> Result<Receipt, AuditError> {
         let (reply, receipt) = oneshot::channel();
         self.jobs
-            .send(Job {
+            .send(Job::Append {
                 event,
                 reply: Some(reply),
             })
@@ -121,10 +135,34 @@ impl AuditLog {
         receipt.await.map_err(|_| AuditError::Stopped)?
     }
 
+    /// Applies a registry change and writes `event` as its audit record, in one transaction, and
+    /// waits until both are durable. The writer fills in the event's action (from the change),
+    /// its CPR (from the change, where it names one; set it yourself for a decision), its outcome
+    /// and detail (from what the change did), and the change itself as the record's `change`.
+    ///
+    /// A change that was refused (not found, already done, wrong department, invalid) is `Ok`
+    /// with that outcome: it changed nothing, and its record says so. `Err` means the store
+    /// failed: nothing was changed or recorded, and the log is unhealthy until a write succeeds.
+    pub async fn change(
+        &self,
+        event: AuditEvent,
+        change: RegistryChange,
+    ) -> Result<(ChangeOutcome, Receipt), AuditError> {
+        let (reply, done) = oneshot::channel();
+        self.jobs
+            .send(Job::Change {
+                event,
+                change: Box::new(change),
+                reply,
+            })
+            .map_err(|_| AuditError::Stopped)?;
+        done.await.map_err(|_| AuditError::Stopped)?
+    }
+
     /// Queues `event` without waiting: for paths that can no longer wait, such as a request whose
     /// caller went away (its handler is being dropped).
     pub fn append_detached(&self, event: AuditEvent) {
-        if self.jobs.send(Job { event, reply: None }).is_err() {
+        if self.jobs.send(Job::Append { event, reply: None }).is_err() {
             tracing::error!("audit writer stopped; a cancellation record was lost");
         }
     }
@@ -205,62 +243,149 @@ struct ChainState {
 
 impl ChainState {
     fn seal(&mut self, event: AuditEvent, chain: &str) -> AuditRecord {
+        self.seal_with_change(event, None, chain)
+    }
+
+    fn seal_with_change(
+        &mut self,
+        event: AuditEvent,
+        change: Option<serde_json::Value>,
+        chain: &str,
+    ) -> AuditRecord {
         let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let record = AuditRecord::seal(event, chain, self.seq + 1, at, &self.hash);
+        let record =
+            AuditRecord::seal_with_change(event, change, chain, self.seq + 1, at, &self.hash);
         self.seq = record.seq;
         self.hash.clone_from(&record.hash);
         record
     }
+
+    fn checkpoint_due(&self, options: &WriterOptions) -> bool {
+        self.seq - self.checkpointed_seq >= options.checkpoint_every
+            || self.checkpointed_at.elapsed() >= options.checkpoint_interval
+    }
 }
 
 fn run(
-    mut store: Box<dyn AuditStore>,
+    store: Box<dyn AuditStore>,
     signer: CheckpointSigner,
     options: WriterOptions,
-    mut state: ChainState,
+    state: ChainState,
     rx: mpsc::Receiver<Job>,
     health: watch::Sender<bool>,
 ) {
-    let chain = options.chain.as_str();
+    let mut writer = Writer {
+        store,
+        signer,
+        options,
+        state,
+        health,
+    };
     loop {
-        let first = match rx.recv_timeout(options.checkpoint_interval) {
+        let first = match rx.recv_timeout(writer.options.checkpoint_interval) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
                 // Idle: sign the head if records came after the last checkpoint.
-                if !state.stale && state.seq > state.checkpointed_seq {
-                    sign_head(&mut *store, &signer, chain, &mut state);
-                }
+                writer.sign_head_if_unsigned();
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut jobs = vec![first];
-        while jobs.len() < options.max_batch {
+        while jobs.len() < writer.options.max_batch {
             match rx.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
         }
-        if state.stale {
-            match store.head(chain) {
-                Ok(head) => {
-                    state.seq = head.as_ref().map_or(0, |(s, _)| *s);
-                    state.hash = head.map_or_else(|| GENESIS_HASH.to_owned(), |(_, h)| h);
-                    state.stale = false;
-                }
-                Err(e) => {
-                    fail(jobs, &e, &health);
-                    continue;
+        // Ordinary records are committed together; a change waits for those before it, then
+        // gets a transaction of its own, so the chain keeps the order the jobs came in.
+        let mut batch = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match job {
+                Job::Append { event, reply } => batch.push((event, reply)),
+                Job::Change {
+                    event,
+                    change,
+                    reply,
+                } => {
+                    writer.append(std::mem::take(&mut batch));
+                    writer.change(event, &change, reply);
                 }
             }
         }
-        let before = (state.seq, state.hash.clone());
+        writer.append(batch);
+    }
+    // Shutting down: sign the head if records came after the last checkpoint.
+    writer.sign_head_if_unsigned();
+}
+
+struct Writer {
+    store: Box<dyn AuditStore>,
+    signer: CheckpointSigner,
+    options: WriterOptions,
+    state: ChainState,
+    health: watch::Sender<bool>,
+}
+
+impl Writer {
+    fn sign_head_if_unsigned(&mut self) {
+        if !self.state.stale && self.state.seq > self.state.checkpointed_seq {
+            sign_head(
+                &mut *self.store,
+                &self.signer,
+                &self.options.chain,
+                &mut self.state,
+            );
+        }
+    }
+
+    /// After a failed write, re-reads the store's head before the next one.
+    fn refresh(&mut self) -> Result<(), AuditError> {
+        if self.state.stale {
+            let head = self.store.head(&self.options.chain)?;
+            self.state.seq = head.as_ref().map_or(0, |(s, _)| *s);
+            self.state.hash = head.map_or_else(|| GENESIS_HASH.to_owned(), |(_, h)| h);
+            self.state.stale = false;
+        }
+        Ok(())
+    }
+
+    fn succeeded(&mut self, checkpointed: bool) {
+        if checkpointed {
+            self.state.checkpointed_seq = self.state.seq;
+            self.state.checkpointed_at = Instant::now();
+        }
+        self.health
+            .send_if_modified(|h| !std::mem::replace(h, true));
+    }
+
+    fn failed(&mut self, before: (u64, String), error: &AuditError, records: usize) {
+        (self.state.seq, self.state.hash) = before;
+        self.state.stale = true;
+        tracing::error!(error = %error, records, "audit write failed; lookups are refused until it recovers");
+        // Health first: whoever hears of the failure must find the gateway unhealthy.
+        self.health
+            .send_if_modified(|h| std::mem::replace(h, false));
+    }
+
+    /// Seals and commits ordinary records in one transaction.
+    fn append(&mut self, jobs: Vec<(AuditEvent, AppendReply)>) {
+        if jobs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.refresh() {
+            fail(jobs.into_iter().map(|(_, reply)| reply), &e, &self.health);
+            return;
+        }
+        let chain = self.options.chain.as_str();
+        let before = (self.state.seq, self.state.hash.clone());
         let mut replies = Vec::with_capacity(jobs.len());
         let mut records = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let record = state.seal(job.event, chain);
+        for (event, reply) in jobs {
+            let record = self.state.seal(event, chain);
             replies.push((
-                job.reply,
+                reply,
                 Receipt {
                     seq: record.seq,
                     hash: record.hash.clone(),
@@ -268,19 +393,14 @@ fn run(
             ));
             records.push(record);
         }
-        let due = state.seq - state.checkpointed_seq >= options.checkpoint_every
-            || state.checkpointed_at.elapsed() >= options.checkpoint_interval;
-        let checkpoint = due.then(|| {
+        let checkpoint = self.state.checkpoint_due(&self.options).then(|| {
             let at = records.last().map(|r| r.at.clone()).unwrap_or_default();
-            signer.sign(chain, state.seq, &state.hash, &at)
+            self.signer
+                .sign(chain, self.state.seq, &self.state.hash, &at)
         });
-        match store.append(&records, checkpoint.as_ref()) {
+        match self.store.append(&records, checkpoint.as_ref()) {
             Ok(()) => {
-                if checkpoint.is_some() {
-                    state.checkpointed_seq = state.seq;
-                    state.checkpointed_at = Instant::now();
-                }
-                health.send_if_modified(|h| !std::mem::replace(h, true));
+                self.succeeded(checkpoint.is_some());
                 for (reply, receipt) in replies {
                     if let Some(reply) = reply {
                         let _ = reply.send(Ok(receipt));
@@ -288,21 +408,113 @@ fn run(
                 }
             }
             Err(e) => {
-                (state.seq, state.hash) = before;
-                state.stale = true;
-                tracing::error!(error = %e, records = records.len(), "audit write failed; lookups are refused until it recovers");
-                // Health first: whoever hears of the failure must find the gateway unhealthy.
-                health.send_if_modified(|h| std::mem::replace(h, false));
-                let jobs = replies.into_iter().map(|(reply, _)| reply);
-                for reply in jobs.flatten() {
+                self.failed(before, &e, records.len());
+                for reply in replies.into_iter().filter_map(|(reply, _)| reply) {
                     let _ = reply.send(Err(e.clone()));
                 }
             }
         }
     }
-    // Shutting down: sign the head if records came after the last checkpoint.
-    if !state.stale && state.seq > state.checkpointed_seq {
-        sign_head(&mut *store, &signer, chain, &mut state);
+
+    /// Applies a registry change and commits its record with it, in one transaction.
+    fn change(&mut self, mut event: AuditEvent, change: &RegistryChange, reply: ChangeReply) {
+        if let Err(e) = self.refresh() {
+            fail(std::iter::empty(), &e, &self.health);
+            let _ = reply.send(Err(e));
+            return;
+        }
+        event.action = match change {
+            RegistryChange::RecordConsent(_) => Action::ConsentRecorded,
+            RegistryChange::WithdrawConsent { .. } => Action::ConsentWithdrawn,
+            RegistryChange::FileRequest(_) => Action::AccessRequested,
+            RegistryChange::DecideRequest { .. } => Action::AccessDecided,
+        };
+        if let Some(cpr) = change.cpr() {
+            event.cpr = Some(cpr.to_owned());
+        }
+        let body = match serde_json::to_value(change) {
+            Ok(body) => body,
+            Err(e) => {
+                let _ = reply.send(Err(AuditError::Store(format!(
+                    "cannot encode a registry change: {e}"
+                ))));
+                return;
+            }
+        };
+        let invalid = change.validate().err();
+        let before = (self.state.seq, self.state.hash.clone());
+        let mut sealed: Option<(Receipt, bool)> = None;
+        let result = {
+            let Writer {
+                store,
+                signer,
+                options,
+                state,
+                ..
+            } = self;
+            let mut seal =
+                |outcome: ChangeOutcome| -> Result<(AuditRecord, Option<Checkpoint>), AuditError> {
+                    // Sealed once per transaction; should a store call this twice, the record
+                    // still takes the same place in the chain.
+                    (state.seq, state.hash) = before.clone();
+                    let mut event = event.clone();
+                    (event.outcome, event.detail) = match outcome {
+                        ChangeOutcome::Applied => (Outcome::Answered, None),
+                        ChangeOutcome::NotFound | ChangeOutcome::AlreadyDone => {
+                            (Outcome::Refused, Some(outcome.as_str().to_owned()))
+                        }
+                        ChangeOutcome::WrongDepartment => {
+                            (Outcome::Denied, Some(outcome.as_str().to_owned()))
+                        }
+                        ChangeOutcome::Invalid => (
+                            Outcome::Invalid,
+                            Some(
+                                invalid
+                                    .clone()
+                                    .unwrap_or_else(|| outcome.as_str().to_owned()),
+                            ),
+                        ),
+                    };
+                    let record = state.seal_with_change(event, Some(body.clone()), &options.chain);
+                    let checkpoint = state
+                        .checkpoint_due(options)
+                        .then(|| signer.sign(&options.chain, record.seq, &record.hash, &record.at));
+                    sealed = Some((
+                        Receipt {
+                            seq: record.seq,
+                            hash: record.hash.clone(),
+                        },
+                        checkpoint.is_some(),
+                    ));
+                    Ok((record, checkpoint))
+                };
+            if invalid.is_some() {
+                // Nothing to apply: the refusal is recorded like any other record.
+                seal(ChangeOutcome::Invalid).and_then(|(record, checkpoint)| {
+                    store
+                        .append(std::slice::from_ref(&record), checkpoint.as_ref())
+                        .map(|()| ChangeOutcome::Invalid)
+                })
+            } else {
+                store.apply_change(change, &mut seal)
+            }
+        };
+        match (result, sealed) {
+            (Ok(outcome), Some((receipt, checkpointed))) => {
+                self.succeeded(checkpointed);
+                let _ = reply.send(Ok((outcome, receipt)));
+            }
+            (Ok(_), None) => {
+                // A store that committed without writing the record: treat it as a failure.
+                let e = AuditError::Store("the store applied a change without its record".into());
+                self.failed(before, &e, 0);
+                let _ = reply.send(Err(e));
+            }
+            (Err(e), _) => {
+                self.failed(before, &e, 1);
+                let _ = reply.send(Err(e));
+            }
+        }
     }
 }
 
@@ -324,12 +536,14 @@ fn sign_head(
     }
 }
 
-fn fail(jobs: Vec<Job>, error: &AuditError, health: &watch::Sender<bool>) {
+fn fail(
+    replies: impl Iterator<Item = AppendReply>,
+    error: &AuditError,
+    health: &watch::Sender<bool>,
+) {
     tracing::error!(error = %error, "audit store unavailable; lookups are refused until it recovers");
     health.send_if_modified(|h| std::mem::replace(h, false));
-    for job in jobs {
-        if let Some(reply) = job.reply {
-            let _ = reply.send(Err(error.clone()));
-        }
+    for reply in replies.flatten() {
+        let _ = reply.send(Err(error.clone()));
     }
 }

@@ -1,0 +1,708 @@
+//! The consent / access-request registry over a real SQLite file and a real PostgreSQL: every
+//! change is applied and audited in one transaction, refusals are audited and change nothing,
+//! reads are never stale, and a request is decided once even by racing replicas.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use samblik_audit::checkpoint::{load_verifying_key, public_key_path};
+use samblik_audit::postgres::PostgresStore;
+use samblik_audit::sqlite::{Durability, SqliteStore};
+use samblik_audit::testing::FaultInjecting;
+use samblik_audit::verify::verify_store;
+use samblik_audit::*;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const CPR: &str = "0101901235";
+const OTHER_CPR: &str = "0202902346";
+
+enum Backend {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    backend: Backend,
+    key: PathBuf,
+}
+
+impl Setup {
+    fn store(&self) -> Box<dyn AuditStore> {
+        match &self.backend {
+            Backend::Sqlite(db) => Box::new(SqliteStore::open(db, Durability::Full).unwrap()),
+            Backend::Postgres(url) => Box::new(PostgresStore::connect(url).unwrap()),
+        }
+    }
+
+    fn registry(&self) -> Registry {
+        match &self.backend {
+            Backend::Sqlite(db) => Registry::sqlite(db).unwrap(),
+            Backend::Postgres(url) => Registry::postgres(url).unwrap(),
+        }
+    }
+
+    fn log(&self, chain: &str, store: Box<dyn AuditStore>) -> AuditLog {
+        let signer = CheckpointSigner::load_or_create(&self.key).unwrap();
+        let mut options = WriterOptions::new(chain);
+        options.checkpoint_every = 5;
+        AuditLog::start(store, signer, options).unwrap()
+    }
+
+    fn verify(&self) -> Vec<verify::ChainSummary> {
+        let key = load_verifying_key(&public_key_path(&self.key)).unwrap();
+        verify_store(&mut *self.store(), &key).unwrap()
+    }
+
+    /// The stored record at `seq` of `chain`.
+    fn record(&self, chain: &str, seq: u64) -> AuditRecord {
+        let stored = self.store().records(chain, seq - 1, 1).unwrap();
+        assert_eq!(stored.len(), 1, "no record {seq} in {chain}");
+        AuditRecord::from_stored(&stored[0].body, &stored[0].hash).unwrap()
+    }
+
+    fn record_count(&self, chain: &str) -> usize {
+        self.store().records(chain, 0, 100_000).unwrap().len()
+    }
+}
+
+/// One setup per backend, each with an empty store (as in `chain.rs`).
+fn setups() -> Vec<Setup> {
+    let mut setups = vec![setup(None)];
+    match std::env::var("SAMBLIK_TEST_POSTGRES_URL") {
+        Ok(admin) => setups.push(setup(Some(&admin))),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("CI must test the PostgreSQL store: run the tests through ./scripts/test")
+        }
+        Err(_) => eprintln!("SAMBLIK_TEST_POSTGRES_URL not set: PostgreSQL store not tested"),
+    }
+    setups
+}
+
+fn setup(postgres_admin: Option<&str>) -> Setup {
+    static DATABASES: AtomicUsize = AtomicUsize::new(0);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = match postgres_admin {
+        None => Backend::Sqlite(dir.path().join("audit.db")),
+        Some(admin) => {
+            let name = format!(
+                "samblik_registry_{}_{}",
+                std::process::id(),
+                DATABASES.fetch_add(1, Ordering::SeqCst)
+            );
+            let mut client = ::postgres::Client::connect(admin, ::postgres::NoTls).unwrap();
+            client
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .unwrap();
+            let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
+            Backend::Postgres(format!("{base}/{name}"))
+        }
+    };
+    Setup {
+        key: dir.path().join("audit-signing.key"),
+        backend,
+        _dir: dir,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn t(day: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, day, 12, 0, 0).unwrap()
+}
+
+fn event(caller: &str, department: &str) -> AuditEvent {
+    AuditEvent {
+        request_id: format!("req-{caller}"),
+        // The writer sets the action from the change.
+        action: Action::Lookup,
+        actor: Actor {
+            caller_id: caller.into(),
+            name: "Test".into(),
+            department: department.into(),
+            municipality: "999".into(),
+            system: None,
+        },
+        cpr: None,
+        purpose: None,
+        break_glass_reason: None,
+        outcome: Outcome::Answered,
+        detail: None,
+        sources: vec![],
+        policy_version: "test".into(),
+    }
+}
+
+fn consent(id: &str, cpr: &str, recorded_at: DateTime<Utc>) -> Consent {
+    Consent {
+        id: id.into(),
+        cpr: cpr.into(),
+        kind: ConsentKind::Permit,
+        from_departments: vec!["child-welfare".into()],
+        to: Recipients::Departments(vec!["jobcenter".into()]),
+        max_tier: 2,
+        purposes: vec!["prepare-meeting".into()],
+        valid_from: t(1),
+        valid_until: Some(t(28)),
+        recorded_by: "cw-jobcenter-1".into(),
+        // Sub-second precision must survive the store.
+        recorded_at: recorded_at + Duration::nanoseconds(123_456_789),
+        document_ref: format!("doc/{id}"),
+        withdrawn_at: None,
+        withdrawn_by: None,
+    }
+}
+
+fn request(id: &str, cpr: &str, requester: &str) -> AccessRequest {
+    AccessRequest {
+        id: id.into(),
+        cpr: cpr.into(),
+        requester_id: requester.into(),
+        requester_name: "Test Caseworker".into(),
+        requester_department: "jobcenter".into(),
+        source_id: "child-welfare".into(),
+        owner_department: "child-welfare".into(),
+        case_id: format!("BF-{id}"),
+        tier_wanted: 2,
+        purpose: "prepare-meeting".into(),
+        justification: "joint meeting with the family".into(),
+        filed_at: t(2),
+        state: RequestState::Pending,
+        decided_by: None,
+        decided_at: None,
+        decision_reason: None,
+        granted_tier: None,
+        granted_until: None,
+    }
+}
+
+fn decide(id: &str, department: &str, approve: bool) -> RegistryChange {
+    RegistryChange::DecideRequest {
+        id: id.into(),
+        by: format!("leader-{department}"),
+        by_department: department.into(),
+        approve,
+        tier: approve.then_some(2),
+        until: approve.then(|| t(20)),
+        reason: "necessity assessed".into(),
+        at: t(3),
+    }
+}
+
+fn withdraw(id: &str, cpr: &str) -> RegistryChange {
+    RegistryChange::WithdrawConsent {
+        id: id.into(),
+        cpr: cpr.into(),
+        by: "cw-jobcenter-1".into(),
+        at: t(5),
+    }
+}
+
+fn change(rt: &tokio::runtime::Runtime, log: &AuditLog, change: RegistryChange) -> ChangeOutcome {
+    rt.block_on(log.change(event("cw-jobcenter-1", "jobcenter"), change))
+        .unwrap()
+        .0
+}
+
+#[test]
+fn consents_are_recorded_listed_and_withdrawn_and_the_next_read_sees_it() {
+    for s in setups() {
+        let rt = runtime();
+        let log = s.log("replica-a", s.store());
+        // Opened before any change: a replica's reader must never serve what it saw earlier.
+        let registry = s.registry();
+        let other_replica = s.registry();
+        let first = consent("c-1", CPR, t(1));
+        let second = consent("c-2", CPR, t(2));
+        let c = |c: &Consent| RegistryChange::RecordConsent(c.clone());
+        assert_eq!(change(&rt, &log, c(&first)), ChangeOutcome::Applied);
+        assert_eq!(change(&rt, &log, c(&second)), ChangeOutcome::Applied);
+        assert_eq!(
+            change(&rt, &log, c(&consent("c-3", OTHER_CPR, t(1)))),
+            ChangeOutcome::Applied
+        );
+        // The same id again changes nothing.
+        let mut clash = consent("c-1", CPR, t(9));
+        clash.max_tier = 3;
+        assert_eq!(change(&rt, &log, c(&clash)), ChangeOutcome::AlreadyDone);
+
+        let listed = rt.block_on(registry.consents_for(CPR)).unwrap();
+        assert_eq!(listed, vec![second.clone(), first.clone()], "newest first");
+        assert_eq!(
+            rt.block_on(registry.consent("c-1")).unwrap(),
+            Some(first.clone())
+        );
+        assert_eq!(rt.block_on(registry.consent("c-404")).unwrap(), None);
+        assert!(
+            rt.block_on(registry.consents_for("1111111118"))
+                .unwrap()
+                .is_empty()
+        );
+
+        assert_eq!(
+            change(&rt, &log, withdraw("c-1", OTHER_CPR)),
+            ChangeOutcome::NotFound
+        );
+        assert_eq!(
+            change(&rt, &log, withdraw("c-404", CPR)),
+            ChangeOutcome::NotFound
+        );
+        assert_eq!(
+            rt.block_on(other_replica.consent("c-1")).unwrap(),
+            Some(first.clone())
+        );
+        assert_eq!(
+            change(&rt, &log, withdraw("c-1", CPR)),
+            ChangeOutcome::Applied
+        );
+        for r in [&registry, &other_replica] {
+            let now = rt.block_on(r.consent("c-1")).unwrap().unwrap();
+            assert_eq!(now.withdrawn_at, Some(t(5)));
+            assert_eq!(now.withdrawn_by.as_deref(), Some("cw-jobcenter-1"));
+            assert!(!now.is_active(t(6)));
+            let listed = rt.block_on(r.consents_for(CPR)).unwrap();
+            assert_eq!(listed.len(), 2, "withdrawn consents are still listed");
+            assert!(
+                listed
+                    .iter()
+                    .filter(|c| c.is_active(t(6)))
+                    .all(|c| c.id == "c-2")
+            );
+        }
+        assert_eq!(
+            change(&rt, &log, withdraw("c-1", CPR)),
+            ChangeOutcome::AlreadyDone
+        );
+        // The second withdrawal kept the first one's time.
+        let now = rt.block_on(registry.consent("c-1")).unwrap().unwrap();
+        assert_eq!(now.withdrawn_at, Some(t(5)));
+        log.close();
+        s.verify();
+    }
+}
+
+#[test]
+fn requests_are_filed_and_decided_once_by_their_owner() {
+    for s in setups() {
+        let rt = runtime();
+        let log = s.log("replica-a", s.store());
+        let registry = s.registry();
+        for r in [
+            request("ar-1", CPR, "cw-1"),
+            request("ar-2", CPR, "cw-2"),
+            request("ar-3", CPR, "cw-1"),
+            request("ar-4", OTHER_CPR, "cw-1"),
+        ] {
+            assert_eq!(
+                change(&rt, &log, RegistryChange::FileRequest(r)),
+                ChangeOutcome::Applied
+            );
+        }
+        assert_eq!(
+            rt.block_on(registry.request("ar-1")).unwrap(),
+            Some(request("ar-1", CPR, "cw-1"))
+        );
+
+        // Someone outside the owning department: refused, and nothing changed.
+        assert_eq!(
+            change(&rt, &log, decide("ar-1", "jobcenter", true)),
+            ChangeOutcome::WrongDepartment
+        );
+        assert_eq!(
+            rt.block_on(registry.request("ar-1")).unwrap(),
+            Some(request("ar-1", CPR, "cw-1"))
+        );
+        assert_eq!(
+            change(&rt, &log, decide("ar-404", "child-welfare", true)),
+            ChangeOutcome::NotFound
+        );
+
+        assert_eq!(
+            change(&rt, &log, decide("ar-1", "child-welfare", true)),
+            ChangeOutcome::Applied
+        );
+        assert_eq!(
+            change(&rt, &log, decide("ar-4", "child-welfare", true)),
+            ChangeOutcome::Applied
+        );
+        assert_eq!(
+            change(&rt, &log, decide("ar-2", "child-welfare", false)),
+            ChangeOutcome::Applied
+        );
+        let approved = rt.block_on(registry.request("ar-1")).unwrap().unwrap();
+        assert_eq!(approved.state, RequestState::Approved);
+        assert_eq!(approved.granted_tier, Some(2));
+        assert_eq!(approved.granted_until, Some(t(20)));
+        assert_eq!(approved.decided_by.as_deref(), Some("leader-child-welfare"));
+        assert_eq!(approved.decided_at, Some(t(3)));
+        assert!(approved.grant_active(t(10)));
+        let denied = rt.block_on(registry.request("ar-2")).unwrap().unwrap();
+        assert_eq!(denied.state, RequestState::Denied);
+        assert_eq!(denied.granted_tier, None);
+
+        // Deciding again: refused, the first decision stands.
+        assert_eq!(
+            change(&rt, &log, decide("ar-1", "child-welfare", false)),
+            ChangeOutcome::AlreadyDone
+        );
+        assert_eq!(
+            rt.block_on(registry.request("ar-1")).unwrap(),
+            Some(approved.clone())
+        );
+
+        // Grants: approved only, for exactly that requester and citizen.
+        let grants = rt.block_on(registry.grants_for(CPR, "cw-1")).unwrap();
+        assert_eq!(grants, vec![approved]);
+        assert!(
+            rt.block_on(registry.grants_for(CPR, "cw-2"))
+                .unwrap()
+                .is_empty()
+        );
+        let ids = |v: Vec<AccessRequest>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(rt.block_on(registry.grants_for(OTHER_CPR, "cw-1")).unwrap()),
+            ["ar-4"]
+        );
+
+        // The owner's inbox and the requester's list.
+        let inbox = RequestFilter {
+            owner_department: Some("child-welfare".into()),
+            state: Some(RequestState::Pending),
+            ..RequestFilter::default()
+        };
+        assert_eq!(
+            ids(rt.block_on(registry.requests(inbox, 10)).unwrap()),
+            ["ar-3"]
+        );
+        let mine = RequestFilter {
+            requester_id: Some("cw-1".into()),
+            cpr: Some(CPR.into()),
+            ..RequestFilter::default()
+        };
+        let mut mine = ids(rt.block_on(registry.requests(mine, 10)).unwrap());
+        mine.sort();
+        assert_eq!(mine, ["ar-1", "ar-3"]);
+        assert_eq!(
+            rt.block_on(registry.requests(RequestFilter::default(), 3))
+                .unwrap()
+                .len(),
+            3
+        );
+        let elsewhere = RequestFilter {
+            owner_department: Some("jobcenter".into()),
+            ..RequestFilter::default()
+        };
+        assert!(
+            rt.block_on(registry.requests(elsewhere, 10))
+                .unwrap()
+                .is_empty()
+        );
+        log.close();
+        s.verify();
+    }
+}
+
+#[test]
+fn every_change_and_every_refusal_leaves_one_record_in_a_chain_that_verifies() {
+    for s in setups() {
+        let rt = runtime();
+        let log = s.log("replica-a", s.store());
+        let registry = s.registry();
+        // Ordinary records before and between: old-style records and change records share the
+        // chain.
+        let lookup = || {
+            let mut e = event("cw-jobcenter-1", "jobcenter");
+            e.cpr = Some(CPR.into());
+            e
+        };
+        rt.block_on(log.append(lookup())).unwrap();
+        let mut invalid = consent("c-bad", CPR, t(1));
+        invalid.purposes.clear();
+        let mut decision = event("leader-child-welfare", "child-welfare");
+        decision.cpr = Some(CPR.into());
+        let steps: Vec<(AuditEvent, RegistryChange, ChangeOutcome, Action, Outcome)> = vec![
+            (
+                event("cw-jobcenter-1", "jobcenter"),
+                RegistryChange::RecordConsent(consent("c-1", CPR, t(1))),
+                ChangeOutcome::Applied,
+                Action::ConsentRecorded,
+                Outcome::Answered,
+            ),
+            (
+                event("cw-jobcenter-1", "jobcenter"),
+                RegistryChange::RecordConsent(invalid),
+                ChangeOutcome::Invalid,
+                Action::ConsentRecorded,
+                Outcome::Invalid,
+            ),
+            (
+                event("cw-jobcenter-1", "jobcenter"),
+                withdraw("c-1", CPR),
+                ChangeOutcome::Applied,
+                Action::ConsentWithdrawn,
+                Outcome::Answered,
+            ),
+            (
+                event("cw-jobcenter-1", "jobcenter"),
+                withdraw("c-1", CPR),
+                ChangeOutcome::AlreadyDone,
+                Action::ConsentWithdrawn,
+                Outcome::Refused,
+            ),
+            (
+                event("cw-jobcenter-1", "jobcenter"),
+                RegistryChange::FileRequest(request("ar-1", CPR, "cw-jobcenter-1")),
+                ChangeOutcome::Applied,
+                Action::AccessRequested,
+                Outcome::Answered,
+            ),
+            (
+                event("cw-jobcenter-1", "jobcenter"),
+                decide("ar-1", "jobcenter", true),
+                ChangeOutcome::WrongDepartment,
+                Action::AccessDecided,
+                Outcome::Denied,
+            ),
+            (
+                decision.clone(),
+                decide("ar-1", "child-welfare", true),
+                ChangeOutcome::Applied,
+                Action::AccessDecided,
+                Outcome::Answered,
+            ),
+            (
+                decision,
+                decide("ar-1", "child-welfare", false),
+                ChangeOutcome::AlreadyDone,
+                Action::AccessDecided,
+                Outcome::Refused,
+            ),
+            (
+                event("leader-child-welfare", "child-welfare"),
+                decide("ar-404", "child-welfare", false),
+                ChangeOutcome::NotFound,
+                Action::AccessDecided,
+                Outcome::Refused,
+            ),
+        ];
+        let mut last_seq = 2;
+        for (i, (event, registry_change, expected, action, outcome)) in
+            steps.into_iter().enumerate()
+        {
+            let (got, receipt) = rt
+                .block_on(log.change(event.clone(), registry_change.clone()))
+                .unwrap();
+            assert_eq!(got, expected, "step {i}");
+            assert_eq!(
+                receipt.seq,
+                last_seq + 1,
+                "one record per change (step {i})"
+            );
+            last_seq = receipt.seq;
+            let record = s.record("replica-a", receipt.seq);
+            assert_eq!(record.hash, receipt.hash);
+            assert_eq!(record.action, action, "step {i}");
+            assert_eq!(record.outcome, outcome, "step {i}");
+            assert_eq!(record.actor, event.actor);
+            assert_eq!(
+                record.change,
+                Some(serde_json::to_value(&registry_change).unwrap()),
+                "the change is in the record's body (step {i})"
+            );
+            // A change's own CPR is indexed; a decision carries the one the gateway set.
+            let cpr = registry_change
+                .cpr()
+                .map(str::to_owned)
+                .or(event.cpr.clone());
+            assert_eq!(record.cpr, cpr, "step {i}");
+            if !matches!(registry_change, RegistryChange::DecideRequest { .. }) {
+                assert_eq!(record.cpr.as_deref(), Some(CPR), "step {i}");
+            }
+            match expected {
+                ChangeOutcome::Applied => assert_eq!(record.detail, None),
+                _ => assert!(record.detail.is_some(), "a refusal says why (step {i})"),
+            }
+            if i == 1 {
+                rt.block_on(log.append(lookup())).unwrap();
+                last_seq += 1;
+            }
+        }
+        // The invalid consent was not recorded; the other refusals changed nothing.
+        assert_eq!(rt.block_on(registry.consent("c-bad")).unwrap(), None);
+        let decided = rt.block_on(registry.request("ar-1")).unwrap().unwrap();
+        assert_eq!(decided.state, RequestState::Approved);
+        assert_eq!(
+            rt.block_on(registry.consent("c-1"))
+                .unwrap()
+                .unwrap()
+                .withdrawn_at,
+            Some(t(5))
+        );
+        log.close();
+        let summary = s.verify();
+        assert_eq!(summary.len(), 1);
+        assert_eq!(summary[0].records, last_seq);
+        // Records without a change are encoded as before: no `change` key at all.
+        let stored = s.store().records("replica-a", 1, 1).unwrap();
+        assert!(!stored[0].body.contains("\"change\""));
+    }
+}
+
+#[test]
+fn a_failing_store_refuses_changes_keeps_nothing_and_recovers() {
+    for s in setups() {
+        let rt = runtime();
+        let store = FaultInjecting::new(s.store());
+        let failing = Arc::clone(&store.failing);
+        let log = s.log("replica-a", Box::new(store));
+        let health = log.health();
+        let registry = s.registry();
+        change(
+            &rt,
+            &log,
+            RegistryChange::FileRequest(request("ar-1", CPR, "cw-1")),
+        );
+        let records = s.record_count("replica-a");
+
+        failing.store(true, Ordering::SeqCst);
+        let recorded = RegistryChange::RecordConsent(consent("c-1", CPR, t(1)));
+        assert!(
+            rt.block_on(log.change(event("cw-1", "jobcenter"), recorded.clone()))
+                .is_err()
+        );
+        assert!(!*health.borrow());
+        assert!(
+            rt.block_on(log.change(
+                event("leader", "child-welfare"),
+                decide("ar-1", "child-welfare", true)
+            ))
+            .is_err()
+        );
+        // Applied inside the transaction, rolled back with it: nothing is left.
+        assert_eq!(rt.block_on(registry.consent("c-1")).unwrap(), None);
+        assert_eq!(
+            rt.block_on(registry.request("ar-1"))
+                .unwrap()
+                .unwrap()
+                .state,
+            RequestState::Pending
+        );
+        assert_eq!(s.record_count("replica-a"), records);
+
+        failing.store(false, Ordering::SeqCst);
+        let (outcome, receipt) = rt
+            .block_on(log.change(event("cw-1", "jobcenter"), recorded))
+            .unwrap();
+        assert_eq!(outcome, ChangeOutcome::Applied);
+        assert!(*health.borrow());
+        assert_eq!(receipt.seq, u64::try_from(records).unwrap() + 1, "no gap");
+        assert_eq!(
+            change(&rt, &log, decide("ar-1", "child-welfare", true)),
+            ChangeOutcome::Applied
+        );
+        assert!(rt.block_on(registry.consent("c-1")).unwrap().is_some());
+        log.close();
+        s.verify();
+    }
+}
+
+#[test]
+fn racing_replicas_decide_a_request_exactly_once() {
+    for s in setups() {
+        let rt = runtime();
+        // Two gateway replicas: two writers, two chains, one store.
+        let a = Arc::new(s.log("replica-a", s.store()));
+        let b = Arc::new(s.log("replica-b", s.store()));
+        let registry = s.registry();
+        let n = 20;
+        for i in 0..n {
+            change(
+                &rt,
+                &a,
+                RegistryChange::FileRequest(request(&format!("ar-{i}"), CPR, "cw-1")),
+            );
+        }
+        let outcomes = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..n {
+                for (log, approve) in [(&a, true), (&b, false)] {
+                    let log = Arc::clone(log);
+                    tasks.push(tokio::spawn(async move {
+                        let id = format!("ar-{i}");
+                        let (outcome, _) = log
+                            .change(
+                                event("leader", "child-welfare"),
+                                decide(&id, "child-welfare", approve),
+                            )
+                            .await
+                            .unwrap();
+                        (id, approve, outcome)
+                    }));
+                }
+            }
+            let mut outcomes = Vec::new();
+            for t in tasks {
+                outcomes.push(t.await.unwrap());
+            }
+            outcomes
+        });
+        for i in 0..n {
+            let id = format!("ar-{i}");
+            let mine: Vec<_> = outcomes.iter().filter(|(r, _, _)| *r == id).collect();
+            let applied: Vec<_> = mine
+                .iter()
+                .filter(|(_, _, o)| *o == ChangeOutcome::Applied)
+                .collect();
+            assert_eq!(applied.len(), 1, "{id}: {mine:?}");
+            assert!(
+                mine.iter()
+                    .any(|(_, _, o)| *o == ChangeOutcome::AlreadyDone),
+                "{id}: {mine:?}"
+            );
+            // The stored decision is the one that was applied.
+            let stored = rt.block_on(registry.request(&id)).unwrap().unwrap();
+            let expected = if applied[0].1 {
+                RequestState::Approved
+            } else {
+                RequestState::Denied
+            };
+            assert_eq!(stored.state, expected, "{id}");
+        }
+        Arc::try_unwrap(a).unwrap().close();
+        Arc::try_unwrap(b).unwrap().close();
+        let mut chains: Vec<_> = s.verify().into_iter().map(|c| c.chain).collect();
+        chains.sort();
+        assert_eq!(chains, ["replica-a", "replica-b"]);
+    }
+}
+
+#[test]
+fn a_registry_can_be_opened_before_the_audit_log() {
+    for s in setups() {
+        let rt = runtime();
+        let registry = s.registry();
+        assert!(rt.block_on(registry.consents_for(CPR)).unwrap().is_empty());
+        let log = s.log("replica-a", s.store());
+        assert_eq!(
+            change(
+                &rt,
+                &log,
+                RegistryChange::RecordConsent(consent("c-1", CPR, t(1)))
+            ),
+            ChangeOutcome::Applied
+        );
+        assert_eq!(rt.block_on(registry.consents_for(CPR)).unwrap().len(), 1);
+        // Dropping a registry on a runtime thread must not panic (a blocking PostgreSQL client
+        // may not be closed there).
+        rt.block_on(async move { drop(registry) });
+        log.close();
+    }
+}
