@@ -1,0 +1,164 @@
+//! A realistic lookup through the policy: three sources, ten cases. One `ceiling` per source
+//! over its case types, then one `decide` per case — what the gateway does per lookup.
+//!
+//! Run: `cargo bench -p samblik-policy`. "cold" gives every lookup a caller never seen before
+//! (nothing memoized from earlier lookups); "warm" repeats the same lookup.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use samblik_policy::{BasisFact, CaseFacts, Catalog, Policy, Role, Tier};
+
+struct Source {
+    id: &'static str,
+    owner: &'static str,
+    case_types: &'static [&'static str],
+    /// (case type, legal paragraph, flags)
+    cases: Vec<(&'static str, &'static str, Vec<String>)>,
+}
+
+fn sources() -> Vec<Source> {
+    vec![
+        Source {
+            id: "child-welfare",
+            owner: "child-welfare",
+            case_types: &["SL-54", "SL-140", "SL-12a"],
+            cases: vec![
+                ("SL-140", "Serviceloven § 140", vec![]),
+                ("SL-54", "Serviceloven § 54", vec![]),
+                ("SL-12a", "Serviceloven § 12 a", vec![]),
+                (
+                    "SL-140",
+                    "Serviceloven § 140",
+                    vec!["address-protection".to_owned()],
+                ),
+            ],
+        },
+        Source {
+            id: "jobcenter",
+            owner: "jobcenter",
+            case_types: &["LAB-27", "LAB-30a"],
+            cases: vec![
+                ("LAB-27", "LAB § 27", vec![]),
+                ("LAB-27", "LAB § 27", vec![]),
+                ("LAB-30a", "LAB § 30 a", vec![]),
+            ],
+        },
+        Source {
+            id: "integration",
+            owner: "integration",
+            case_types: &["IL-19", "SL-57c"],
+            cases: vec![
+                ("IL-19", "Integrationsloven § 19", vec![]),
+                (
+                    "IL-19",
+                    "Integrationsloven § 19",
+                    vec!["police-information".to_owned()],
+                ),
+                ("SL-57c", "Serviceloven § 57 c", vec![]),
+            ],
+        },
+    ]
+}
+
+/// One lookup by a jobcenter caseworker with a relation, a tier-1 statute everywhere and the
+/// citizen's consent to tier 2 for child welfare.
+fn lookup(policy: &Policy, sources: &[Source], caller_id: &str) -> usize {
+    let roles = [Role::Caseworker];
+    let mut disclosed = 0;
+    for source in sources {
+        let consent = (source.id == "child-welfare").then_some(BasisFact {
+            id: "consent-1",
+            max_tier: Tier::Selected,
+        });
+        let base = CaseFacts {
+            caller_id,
+            caller_department: "jobcenter",
+            roles: &roles,
+            municipality: "0101",
+            purpose: "prepare-meeting",
+            source_id: source.id,
+            owner_department: source.owner,
+            case_type: source.case_types[0],
+            legal_paragraph: "",
+            flags: &[],
+            relation: true,
+            break_glass: false,
+            statute: Some(BasisFact {
+                id: "existence-and-contact",
+                max_tier: Tier::Existence,
+            }),
+            consent,
+            refusal: None,
+            grant: None,
+        };
+        let ceiling = policy.ceiling(&base, source.case_types);
+        if ceiling == Tier::Hidden {
+            continue;
+        }
+        for (case_type, paragraph, flags) in &source.cases {
+            let decision = policy.decide(&CaseFacts {
+                case_type,
+                legal_paragraph: paragraph,
+                flags,
+                ..base
+            });
+            disclosed += usize::from(decision.tier > Tier::Hidden);
+        }
+    }
+    disclosed
+}
+
+fn bench(c: &mut Criterion) {
+    let catalog = Catalog::standard(vec![
+        "child-welfare".into(),
+        "jobcenter".into(),
+        "integration".into(),
+    ]);
+    let policy = Policy::load(Policy::default_source(), &catalog).expect("default policy loads");
+    let sources = sources();
+
+    let mut group = c.benchmark_group("lookup-3-sources-10-cases");
+    let mut n = 0u64;
+    group.bench_function("cold", |b| {
+        b.iter(|| {
+            n += 1;
+            let caller = format!("caller-{n}");
+            black_box(lookup(&policy, &sources, black_box(&caller)))
+        })
+    });
+    group.bench_function("warm", |b| {
+        b.iter(|| black_box(lookup(&policy, &sources, black_box("caller-warm"))))
+    });
+    group.finish();
+
+    let f = CaseFacts {
+        caller_id: "caller-single",
+        caller_department: "jobcenter",
+        roles: &[Role::Caseworker],
+        municipality: "0101",
+        purpose: "prepare-meeting",
+        source_id: "child-welfare",
+        owner_department: "child-welfare",
+        case_type: "SL-140",
+        legal_paragraph: "Serviceloven § 140",
+        flags: &[],
+        relation: true,
+        break_glass: false,
+        statute: Some(BasisFact {
+            id: "existence-and-contact",
+            max_tier: Tier::Existence,
+        }),
+        consent: None,
+        refusal: None,
+        grant: None,
+    };
+    c.bench_function("decide-warm", |b| {
+        b.iter(|| black_box(policy.decide(black_box(&f))))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
