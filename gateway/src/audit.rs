@@ -3,6 +3,7 @@
 
 use crate::auth::Caller;
 use crate::error::GatewayError;
+use samblik_audit::registry::{ChangeOutcome, RegistryChange};
 use samblik_audit::{Action, Actor, AuditEvent, AuditLog, CaseEntry, Outcome, SourceEntry};
 use samblik_proto::Cpr;
 use samblik_proto::v1::{Case, Purpose, SourceStatus};
@@ -58,6 +59,13 @@ impl AuditDraft {
         }
     }
 
+    /// A break-the-glass lookup: the written reason is stored and marks the record for review.
+    pub fn break_glass(&mut self, reason: &str) {
+        if let Some(e) = self.event_mut() {
+            e.break_glass_reason = Some(reason.to_owned());
+        }
+    }
+
     pub fn purpose(&mut self, purpose: Purpose) {
         if let Some(e) = self.event_mut() {
             e.purpose = Some(purpose.code().to_owned());
@@ -72,7 +80,9 @@ impl AuditDraft {
         event.outcome = match error {
             GatewayError::Unauthenticated(_) => Outcome::Unauthenticated,
             GatewayError::InvalidCpr(_) | GatewayError::InvalidRequest(_) => Outcome::Invalid,
-            GatewayError::AuditUnavailable => Outcome::Failed,
+            GatewayError::PermissionDenied(_) => Outcome::Denied,
+            GatewayError::FailedPrecondition(_) | GatewayError::NotFound(_) => Outcome::Invalid,
+            GatewayError::AuditUnavailable | GatewayError::Unavailable(_) => Outcome::Failed,
         };
         // The variant's text is safe: it never contains the token or the CPR.
         event.detail = Some(error.to_string());
@@ -99,6 +109,24 @@ impl AuditDraft {
         event.outcome = Outcome::Answered;
         event.sources = vec![source];
         write(&self.log, event).await
+    }
+
+    /// Applies a registry change and records it in the same transaction; waits until both are
+    /// durable. The record's outcome says whether the change was made.
+    pub async fn change(
+        mut self,
+        change: RegistryChange,
+    ) -> Result<ChangeOutcome, GatewayError> {
+        let Some(event) = self.event.take() else {
+            return Err(GatewayError::AuditUnavailable);
+        };
+        match self.log.change(event, change).await {
+            Ok((outcome, _)) => Ok(outcome),
+            Err(e) => {
+                tracing::error!(error = %e, "registry change not written; refusing");
+                Err(GatewayError::AuditUnavailable)
+            }
+        }
     }
 
     /// Closes a streamed lookup whose parts were all recorded.

@@ -82,12 +82,8 @@ enum Command {
     },
     /// Look up a citizen and print a readable overview.
     Lookup {
-        /// The gateway, e.g. https://127.0.0.1:50051 (http:// for `demo --insecure`).
-        #[arg(long, default_value = "https://127.0.0.1:50051")]
-        addr: String,
-        /// The access token (or set SAMBLIK_TOKEN).
-        #[arg(long, env = "SAMBLIK_TOKEN", hide_env_values = true)]
-        token: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
         #[arg(long)]
         cpr: String,
         /// prepare-meeting, draft-plan, follow-up or coordinate.
@@ -100,17 +96,11 @@ enum Command {
         /// The answer is capped and the lookup is marked for the auditors' review.
         #[arg(long, value_name = "REASON")]
         break_glass: Option<String>,
-        #[arg(long, default_value_t = 5000)]
-        timeout_ms: u64,
-        /// The CA (PEM) the gateway's certificate chains to, for an https:// address
-        /// (the demo's is in demo.json → ca_file).
-        #[arg(long)]
-        cacert: Option<PathBuf>,
-        /// A client certificate and key (PEM) for mutual TLS, e.g. a fagsystem's.
-        #[arg(long, requires = "key")]
-        cert: Option<PathBuf>,
-        #[arg(long, requires = "cert")]
-        key: Option<PathBuf>,
+    },
+    /// The disclosure policy: check a policy file, or explain what a caller would see.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Run the gateway from a config file.
     Serve {
@@ -121,6 +111,77 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+/// How to reach the gateway and as whom.
+#[derive(Debug, clap::Args)]
+struct GatewayArgs {
+    /// The gateway, e.g. https://127.0.0.1:50051 (http:// for `demo --insecure`).
+    #[arg(long, default_value = "https://127.0.0.1:50051")]
+    addr: String,
+    /// The access token (or set SAMBLIK_TOKEN).
+    #[arg(long, env = "SAMBLIK_TOKEN", hide_env_values = true)]
+    token: String,
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// The CA (PEM) the gateway's certificate chains to, for an https:// address
+    /// (the demo's is in demo.json → ca_file).
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// A client certificate and key (PEM) for mutual TLS, e.g. a fagsystem's.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl GatewayArgs {
+    fn tls(&self) -> crate::client::ClientTls {
+        crate::client::ClientTls {
+            ca_file: self.cacert.clone(),
+            identity: self.cert.clone().zip(self.key.clone()),
+        }
+    }
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Load and validate a policy the way the gateway does at start-up, and print its version
+    /// and rules. Exits non-zero if the gateway would refuse to start.
+    Check {
+        /// A gateway config file (its [policy] section and sources); without it, the default
+        /// policy over the demo's sources.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A Cedar policy file to check instead of the configured one.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// What would a caller see for a citizen, and why? A dry run for the data-protection
+    /// officer (role admin): no case content is disclosed; the explanation is audited.
+    Explain {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        #[arg(long)]
+        cpr: String,
+        #[arg(long, value_parser = parse_purpose)]
+        purpose: Purpose,
+        /// The caller to explain for, e.g. cw-jobcenter-003.
+        #[arg(long)]
+        caller_id: String,
+        /// The caller's department, e.g. jobcenter.
+        #[arg(long)]
+        caller_department: String,
+        /// The caller's roles (repeatable).
+        #[arg(long = "role", default_value = "caseworker")]
+        roles: Vec<String>,
+        /// Explain a break-the-glass lookup.
+        #[arg(long)]
+        break_glass: bool,
     },
 }
 
@@ -141,6 +202,14 @@ enum AuditCommand {
 fn parse_purpose(code: &str) -> Result<Purpose, String> {
     Purpose::from_code(code)
         .ok_or_else(|| "expected prepare-meeting, draft-plan, follow-up or coordinate".to_owned())
+}
+
+/// A gRPC status as a one-line error; anything else as it is.
+fn status_error(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<tonic::Status>() {
+        Ok(status) => anyhow::anyhow!("{:?}: {}", status.code(), status.message()),
+        Err(e) => e,
+    }
 }
 
 /// Runs the command line; the exit code says whether it succeeded.
@@ -323,39 +392,96 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Lookup {
-            addr,
-            token,
+            gateway,
             cpr,
             purpose,
             sources,
             break_glass,
-            timeout_ms,
-            cacert,
-            cert,
-            key,
         } => {
-            let tls = crate::client::ClientTls {
-                ca_file: cacert,
-                identity: cert.zip(key),
-            };
             let response = crate::client::lookup(
-                &addr,
-                &tls,
-                &token,
+                &gateway.addr,
+                &gateway.tls(),
+                &gateway.token,
                 samblik_proto::v1::LookupRequest {
                     cpr,
                     purpose: purpose as i32,
                     sources,
                     break_glass_reason: break_glass.unwrap_or_default(),
                 },
-                Duration::from_millis(timeout_ms),
+                gateway.timeout(),
             )
             .await
-            .map_err(|e| match e.downcast::<tonic::Status>() {
-                Ok(status) => anyhow::anyhow!("{:?}: {}", status.code(), status.message()),
-                Err(e) => e,
-            })?;
+            .map_err(status_error)?;
             print!("{}", crate::client::render(&response));
+            Ok(())
+        }
+        Command::Policy {
+            command: PolicyCommand::Check { config, file },
+        } => {
+            let mut config = match config {
+                Some(path) => Config::load(&path)?,
+                None => demo::demo_config(
+                    std::path::Path::new("."),
+                    "127.0.0.1:0".parse()?,
+                    std::path::Path::new("demo.pub.pem"),
+                    Department::ALL
+                        .iter()
+                        .map(|d| crate::config::SourceConfig {
+                            id: d.id().to_owned(),
+                            department: d.display_name().to_owned(),
+                            endpoint: String::new(),
+                            timeout_ms: 2_000,
+                            connect_timeout_ms: 1_000,
+                            tls: None,
+                            owner_department: None,
+                            case_types: Vec::new(),
+                        })
+                        .collect(),
+                ),
+            };
+            if file.is_some() {
+                config.policy.file = file;
+            }
+            let policy = crate::disclosure::DisclosurePolicy::from_config(&config)?;
+            println!("policy {} is valid", policy.version());
+            for id in policy.rule_ids() {
+                println!("  rule {id}");
+            }
+            Ok(())
+        }
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    gateway,
+                    cpr,
+                    purpose,
+                    caller_id,
+                    caller_department,
+                    roles,
+                    break_glass,
+                },
+        } => {
+            let channel = crate::client::connect(&gateway.addr, &gateway.tls()).await?;
+            let mut client =
+                samblik_proto::v1::policy_service_client::PolicyServiceClient::new(channel);
+            let request = crate::client::authorized(
+                samblik_proto::v1::ExplainRequest {
+                    cpr,
+                    purpose: purpose as i32,
+                    caller_id,
+                    caller_department,
+                    roles,
+                    break_glass,
+                },
+                &gateway.token,
+                gateway.timeout(),
+            )?;
+            let response = client
+                .explain(request)
+                .await
+                .map_err(|s| status_error(s.into()))?
+                .into_inner();
+            print!("{}", crate::client::render_explanation(&response));
             Ok(())
         }
         Command::Audit {

@@ -89,6 +89,59 @@ pub fn render(response: &LookupResponse) -> String {
     out
 }
 
+/// A readable policy explanation.
+pub fn render_explanation(response: &samblik_proto::v1::ExplainResponse) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Policy {}", response.policy_version);
+    let _ = writeln!(
+        out,
+        "Relation to the citizen: {}",
+        if response.relation {
+            "yes (an open case in the caller's own department)"
+        } else {
+            "no"
+        }
+    );
+    if !response.refusal.is_empty() {
+        let _ = writeln!(out, "The lookup would be refused: {}", response.refusal);
+    }
+    for case in &response.cases {
+        let case_type = case.case_type.as_ref().map_or("", |t| t.code.as_str());
+        let _ = write!(
+            out,
+            "\n{} {} ({case_type}): tier {}",
+            case.source_id, case.case_id, case.tier
+        );
+        match &case.disclosure {
+            Some(d) if case.tier > 0 => {
+                let _ = writeln!(out, " on basis {} {}", d.basis, d.basis_id);
+                let _ = writeln!(out, "  rules: {}", d.rule_ids.join(", "));
+                for w in &d.withheld {
+                    let _ = writeln!(out, "  withheld {}: {} [{}]", w.part, w.reason, w.code);
+                }
+            }
+            Some(d) => {
+                let _ = writeln!(out, " — hidden (the caller would not learn it exists)");
+                let _ = writeln!(out, "  rules: {}", d.rule_ids.join(", "));
+            }
+            None => {
+                let _ = writeln!(out);
+            }
+        }
+    }
+    for s in &response.unavailable {
+        let _ = writeln!(
+            out,
+            "\n{} [{}]: {} — {}",
+            s.department,
+            s.source_id,
+            s.status().as_str_name(),
+            s.detail
+        );
+    }
+    out
+}
+
 fn render_case(out: &mut String, case: &Case) {
     let Some(existence) = &case.existence else {
         return;

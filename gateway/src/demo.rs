@@ -273,8 +273,53 @@ pub fn caseworker_claims(caseworker: &Caseworker, municipality_code: &str) -> To
     }
 }
 
+/// A demo user who is not a caseworker.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoStaff {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub role: &'static str,
+    pub department: &'static str,
+    pub unit: &'static str,
+}
+
+/// The demo's data-protection officer (role admin: `samblik policy explain`) and auditor.
+pub const DEMO_STAFF: &[DemoStaff] = &[
+    DemoStaff {
+        id: "dpo-001",
+        name: "Dorte Pallesen",
+        role: "admin",
+        department: "administration",
+        unit: "Databeskyttelse og informationssikkerhed",
+    },
+    DemoStaff {
+        id: "aud-001",
+        name: "Anders Uhrskov",
+        role: "auditor",
+        department: "administration",
+        unit: "Intern revision",
+    },
+];
+
 /// Mints a token for demo user `user` from the demo directory `dir`.
 pub fn token_for(dir: &Path, user: &str, ttl: std::time::Duration) -> anyhow::Result<String> {
+    if let Some(staff) = DEMO_STAFF.iter().find(|s| s.id == user) {
+        let municipality = store::read_municipality(dir).with_context(|| {
+            format!("{} holds no demo data; run `samblik demo` first", dir.display())
+        })?;
+        let issuer =
+            DemoIssuer::load(dir).context("no demo signing key; run `samblik demo` first")?;
+        return Ok(issuer.mint(
+            &TokenClaims {
+                sub: staff.id.to_owned(),
+                name: staff.name.to_owned(),
+                department: staff.department.to_owned(),
+                municipality: municipality.code.clone(),
+                roles: vec![staff.role.to_owned()],
+            },
+            ttl,
+        )?);
+    }
     let caseworkers = store::read_caseworkers(dir).with_context(|| {
         format!(
             "{} holds no demo data; run `samblik demo --dir {}` first",
@@ -393,6 +438,17 @@ fn demo_facts(
             department: department.id().to_owned(),
             unit: worker.unit.clone(),
             citizens,
+        });
+    }
+
+    for staff in DEMO_STAFF {
+        users.push(DemoUser {
+            id: staff.id.to_owned(),
+            name: staff.name.to_owned(),
+            role: staff.role.to_owned(),
+            department: staff.department.to_owned(),
+            unit: staff.unit.to_owned(),
+            citizens: Vec::new(),
         });
     }
 

@@ -20,6 +20,18 @@ pub enum GatewayError {
     /// The audit record could not be made durable, so nothing may be disclosed.
     #[error("the audit log cannot be written")]
     AuditUnavailable,
+    /// The caller may not do this (no relation to the citizen, wrong role or department).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The request is valid but the state does not allow it (e.g. a decided request).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Something the answer depends on is down (the consent registry, the caller's own
+    /// department's system); nothing is disclosed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl GatewayError {
@@ -33,6 +45,10 @@ impl GatewayError {
             ),
             GatewayError::InvalidCpr(e) => (Code::InvalidArgument, e.to_string()),
             GatewayError::InvalidRequest(m) => (Code::InvalidArgument, m.clone()),
+            GatewayError::PermissionDenied(m) => (Code::PermissionDenied, m.clone()),
+            GatewayError::FailedPrecondition(m) => (Code::FailedPrecondition, m.clone()),
+            GatewayError::NotFound(m) => (Code::NotFound, m.clone()),
+            GatewayError::Unavailable(m) => (Code::Unavailable, m.clone()),
             GatewayError::AuditUnavailable => (
                 Code::Unavailable,
                 "the service cannot record this lookup right now, so nothing is disclosed; try again shortly"

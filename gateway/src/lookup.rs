@@ -14,10 +14,16 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use prost::Message;
 use samblik_adapters::{CaseQuery, Source, SourceError};
 use samblik_audit::{Action, AuditLog, CaseEntry, SourceEntry};
-use samblik_policy::{CaseFacts, Decision, LookupFacts, MinimumVariation, POLICY_VERSION};
+use crate::disclosure::{DisclosurePolicy, LookupFacts, RegistryFacts, wire_tier};
+use samblik_adapters::SourceAnswer;
+use samblik_audit::registry::Registry;
+use samblik_policy::{Decision, Role};
 use samblik_proto::Cpr;
 use samblik_proto::source::v1::CallerContext;
-use samblik_proto::v1::{LookupRequest, LookupResponse, Purpose, SourceResult, SourceStatus, Tier};
+use samblik_proto::v1::{
+    CaseState, ExplainRequest, ExplainResponse, ExplainedCase, LookupRequest, LookupResponse,
+    Purpose, SourceResult, SourceStatus, Tier,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -71,7 +77,8 @@ impl LookupLimits {
 #[derive(Debug)]
 pub struct LookupPipeline {
     auth: Authenticator,
-    policy: MinimumVariation,
+    policy: Arc<DisclosurePolicy>,
+    registry: Registry,
     sources: Vec<GatewaySource>,
     limits: LookupLimits,
     audit: Arc<AuditLog>,
@@ -93,6 +100,47 @@ pub struct LookupPlan {
     /// Indexes into the pipeline's sources, in configuration order.
     targets: Vec<usize>,
     deadline: Instant,
+    roles: Vec<Role>,
+    /// The written reason, when the caller breaks the glass.
+    break_glass_reason: Option<String>,
+    /// Whether the caller's own department holds an open case for the citizen.
+    relation: bool,
+    /// Set when the lookup goes ahead on break-the-glass (no relation).
+    break_glass: bool,
+    registry: RegistryFacts,
+    /// A dry run (explain): sources are asked for existence only and nothing is shown.
+    dry_run: bool,
+    /// The caller's own department's answers, fetched to establish the relation and reused
+    /// (each taken once, by the target's own call).
+    prefetched: std::sync::Mutex<Vec<(usize, Fetched)>>,
+}
+
+impl LookupPlan {
+    fn take_prefetched(&self, index: usize) -> Option<Fetched> {
+        let mut prefetched = self.prefetched.lock().unwrap_or_else(|e| e.into_inner());
+        let at = prefetched.iter().position(|(i, _)| *i == index)?;
+        Some(prefetched.swap_remove(at).1)
+    }
+
+    fn facts(&self) -> LookupFacts<'_> {
+        LookupFacts {
+            caller_id: &self.caller.id,
+            caller_department: &self.caller.department,
+            roles: &self.roles,
+            municipality: &self.caller.municipality,
+            purpose: self.purpose.code(),
+            relation: self.relation,
+            break_glass: self.break_glass,
+            registry: &self.registry,
+        }
+    }
+}
+
+/// What one source call brought back, before the policy decides.
+#[derive(Debug)]
+enum Fetched {
+    Answer { answer: SourceAnswer, asked: Tier },
+    Failed { status: SourceStatus, detail: &'static str },
 }
 
 impl LookupPipeline {
@@ -101,14 +149,32 @@ impl LookupPipeline {
         sources: Vec<GatewaySource>,
         limits: LookupLimits,
         audit: Arc<AuditLog>,
+        policy: Arc<DisclosurePolicy>,
+        registry: Registry,
     ) -> Self {
         LookupPipeline {
             auth,
-            policy: MinimumVariation,
+            policy,
+            registry,
             sources,
             limits,
             audit,
         }
+    }
+
+    /// The disclosure policy in force.
+    pub fn policy(&self) -> &Arc<DisclosurePolicy> {
+        &self.policy
+    }
+
+    /// The consent and access-request registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The authenticator every API shares.
+    pub fn auth(&self) -> &Authenticator {
+        &self.auth
     }
 
     /// The audit log every lookup is written to.
@@ -208,6 +274,177 @@ impl LookupPipeline {
         Ok(rx)
     }
 
+    /// The data-protection officer's dry run: what would `request`'s caller see for the
+    /// citizen, and why. Sources are asked for existence only; the answer holds case ids, types,
+    /// tiers and reasons, never content. Admins only; audited.
+    pub async fn explain(
+        &self,
+        request_id: String,
+        metadata: &tonic::metadata::MetadataMap,
+        request: &ExplainRequest,
+    ) -> Result<ExplainResponse, GatewayError> {
+        self.auth.refresh_keys_for(metadata).await;
+        let mut draft = AuditDraft::new(
+            Arc::clone(&self.audit),
+            &request_id,
+            Action::PolicyExplained,
+            self.policy.version(),
+        );
+        let plan = match self.explain_plan(request_id, &mut draft, metadata, request) {
+            Ok(plan) => plan,
+            Err(e) => {
+                draft.refused(&e).await?;
+                return Err(e);
+            }
+        };
+        let mut plan = plan;
+        // The subject's refusal is the explanation's finding, not the admin's.
+        let refusal = match self.establish(&mut plan).await {
+            Ok(()) => String::new(),
+            Err(e @ GatewayError::Unavailable(_)) => {
+                draft.refused(&e).await?;
+                return Err(e);
+            }
+            Err(e) => e.to_string(),
+        };
+        let mut response = ExplainResponse {
+            policy_version: self.policy.version().to_owned(),
+            relation: plan.relation,
+            refusal,
+            ..ExplainResponse::default()
+        };
+        let mut entries = Vec::new();
+        if response.refusal.is_empty() {
+            let plan = &plan;
+            let mut fetched: Vec<(usize, Fetched)> = plan
+                .targets
+                .iter()
+                .map(|&i| async move {
+                    let f = match plan.take_prefetched(i) {
+                        Some(f) => f,
+                        None => self.fetch(plan, i).await,
+                    };
+                    (i, f)
+                })
+                .collect::<FuturesUnordered<_>>()
+                .collect()
+                .await;
+            fetched.sort_unstable_by_key(|(i, _)| *i);
+            let facts = plan.facts();
+            for (i, f) in fetched {
+                let gs = &self.sources[i];
+                let id = gs.source.id();
+                let mut audited = Vec::new();
+                match f {
+                    Fetched::Answer { answer, .. } => {
+                        for case in answer.cases {
+                            if case.subject_cpr != plan.cpr.as_str() || case.existence.is_none() {
+                                continue;
+                            }
+                            let decision = self.policy.decide(&facts, id, &case);
+                            let case_type = case.existence.as_ref().and_then(|e| e.case_type.clone());
+                            let mut shown = self
+                                .policy
+                                .apply(id, case.clone(), &decision)
+                                .and_then(|c| c.disclosure);
+                            if shown.is_none() {
+                                shown = Some(samblik_proto::v1::Disclosure {
+                                    rule_ids: decision.rule_ids.clone(),
+                                    ..Default::default()
+                                });
+                            }
+                            audited.push(CaseEntry {
+                                case_id: case.case_id.clone(),
+                                tier: 0,
+                                basis: None,
+                                rule_ids: decision.rule_ids.clone(),
+                                fields: Vec::new(),
+                            });
+                            response.cases.push(ExplainedCase {
+                                source_id: id.to_owned(),
+                                case_id: case.case_id,
+                                case_type,
+                                tier: wire_tier(decision.tier) as i32,
+                                disclosure: shown,
+                            });
+                        }
+                        entries.push(source_entry(id, SourceStatus::Ok, audited));
+                    }
+                    Fetched::Failed { status, detail } => {
+                        entries.push(source_entry(id, status, Vec::new()));
+                        response.unavailable.push(SourceResult {
+                            source_id: id.to_owned(),
+                            department: gs.department.clone(),
+                            status: status as i32,
+                            detail: detail.into(),
+                            ..SourceResult::default()
+                        });
+                    }
+                }
+            }
+        }
+        draft.answered(entries).await?;
+        Ok(response)
+    }
+
+    fn explain_plan(
+        &self,
+        request_id: String,
+        draft: &mut AuditDraft,
+        metadata: &tonic::metadata::MetadataMap,
+        request: &ExplainRequest,
+    ) -> Result<LookupPlan, GatewayError> {
+        let admin = self.auth.authenticate(metadata)?;
+        draft.caller(&admin);
+        record_caller(&admin);
+        if !admin.roles.iter().any(|r| r == "admin") {
+            return Err(GatewayError::PermissionDenied(
+                "explaining the policy needs the role admin".into(),
+            ));
+        }
+        let cpr = Cpr::parse(&request.cpr)?;
+        draft.citizen(&cpr);
+        let purpose = match Purpose::try_from(request.purpose) {
+            Ok(Purpose::Unspecified) | Err(_) => {
+                return Err(GatewayError::InvalidRequest(
+                    "purpose is missing or not a known purpose".into(),
+                ));
+            }
+            Ok(p) => p,
+        };
+        draft.purpose(purpose);
+        let valid = |s: &str| !s.is_empty() && s.len() <= 128;
+        if !valid(&request.caller_id) || !valid(&request.caller_department) {
+            return Err(GatewayError::InvalidRequest(
+                "caller_id and caller_department must name the caller to explain for".into(),
+            ));
+        }
+        let subject = Caller {
+            id: request.caller_id.clone(),
+            name: String::new(),
+            department: request.caller_department.clone(),
+            municipality: admin.municipality.clone(),
+            roles: request.roles.clone(),
+        };
+        Ok(LookupPlan {
+            request_id,
+            roles: subject.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+            caller: Arc::new(subject),
+            purpose,
+            cpr,
+            targets: (0..self.sources.len()).collect(),
+            deadline: Instant::now() + self.limits.default_deadline,
+            break_glass_reason: request
+                .break_glass
+                .then(|| "explain: break-the-glass".to_owned()),
+            relation: false,
+            break_glass: false,
+            registry: RegistryFacts::default(),
+            dry_run: true,
+            prefetched: Default::default(),
+        })
+    }
+
     /// The ids of the configured sources.
     pub fn source_ids(&self) -> impl Iterator<Item = &str> {
         self.sources.iter().map(|s| s.source.id())
@@ -224,15 +461,105 @@ impl LookupPipeline {
         client_timeout: Option<Duration>,
     ) -> Result<(AuditDraft, LookupPlan), GatewayError> {
         self.auth.refresh_keys_for(metadata).await;
-        let mut draft =
-            AuditDraft::new(Arc::clone(&self.audit), &request_id, action, POLICY_VERSION);
-        match self.prepare(request_id, &mut draft, metadata, request, client_timeout) {
+        let mut draft = AuditDraft::new(
+            Arc::clone(&self.audit),
+            &request_id,
+            action,
+            self.policy.version(),
+        );
+        let prepared = self.prepare(request_id, &mut draft, metadata, request, client_timeout);
+        let established = match prepared {
+            Ok(mut plan) => self.establish(&mut plan).await.map(|()| plan),
+            Err(e) => Err(e),
+        };
+        if let Ok(plan) = &established
+            && plan.break_glass
+            && let Some(reason) = &plan.break_glass_reason
+        {
+            draft.break_glass(reason);
+        }
+        match established {
             Ok(plan) => Ok((draft, plan)),
             Err(e) => {
                 draft.refused(&e).await?;
                 Err(e)
             }
         }
+    }
+
+    /// Reads the citizen's consents and the caller's grants, and establishes the caller's
+    /// relation to the citizen by asking the caller's own department's source. Without a
+    /// relation the lookup is refused — unless the caller breaks the glass.
+    async fn establish(&self, plan: &mut LookupPlan) -> Result<(), GatewayError> {
+        let (consents, grants) = futures::join!(
+            self.registry.consents_for(plan.cpr.as_str()),
+            self.registry.grants_for(plan.cpr.as_str(), &plan.caller.id),
+        );
+        let unreadable = |e: samblik_audit::AuditError| {
+            tracing::error!(error = %e, "consent registry unreadable; refusing the lookup");
+            GatewayError::Unavailable(
+                "consents and access grants cannot be read right now, so nothing is disclosed; try again shortly"
+                    .into(),
+            )
+        };
+        plan.registry = RegistryFacts {
+            consents: consents.map_err(unreadable)?,
+            grants: grants.map_err(unreadable)?,
+            now: chrono::Utc::now(),
+        };
+        let own: Vec<usize> = (0..self.sources.len())
+            .filter(|&i| {
+                self.policy.owner_of(self.sources[i].source.id()) == Some(&plan.caller.department)
+            })
+            .collect();
+        // The own department's sources are asked as if the relation held: what they return is
+        // the caller's own department's, and is shown only if it does.
+        plan.relation = true;
+        let asking = &*plan;
+        let fetched: Vec<(usize, Fetched)> = own
+            .iter()
+            .map(|&i| async move { (i, self.fetch(asking, i).await) })
+            .collect::<FuturesUnordered<_>>()
+            .collect()
+            .await;
+        let cpr = plan.cpr.as_str();
+        plan.relation = fetched.iter().any(|(_, f)| match f {
+            Fetched::Answer { answer, .. } => answer.cases.iter().any(|c| {
+                c.subject_cpr == cpr
+                    && c.existence
+                        .as_ref()
+                        .is_some_and(|e| e.state() == CaseState::Open)
+            }),
+            Fetched::Failed { .. } => false,
+        });
+        let own_answered = fetched
+            .iter()
+            .any(|(_, f)| matches!(f, Fetched::Answer { .. }));
+        tracing::Span::current().record("relation", plan.relation);
+        if !plan.relation {
+            if plan.break_glass_reason.is_none() {
+                return Err(if !own.is_empty() && !own_answered {
+                    GatewayError::Unavailable(
+                        "your department's system did not answer, so your relation to the citizen cannot be established; nothing is disclosed"
+                            .into(),
+                    )
+                } else {
+                    GatewayError::PermissionDenied(
+                        "you have no open case for this citizen in your department; if you must look anyway, break the glass with a written reason"
+                            .into(),
+                    )
+                });
+            }
+            plan.break_glass = true;
+            tracing::warn!(request_id = %plan.request_id, "break-the-glass lookup");
+        }
+        plan.prefetched = std::sync::Mutex::new(
+            fetched
+                .into_iter()
+                .filter(|(i, _)| plan.targets.contains(i))
+                .collect(),
+        );
+        Ok(())
     }
 
     /// Authenticates and validates a request, noting what it learns in the audit draft.
@@ -275,6 +602,17 @@ impl LookupPipeline {
         };
         draft.purpose(purpose);
         tracing::Span::current().record("purpose", purpose.code());
+        let break_glass_reason = match request.break_glass_reason.trim() {
+            "" => None,
+            r if r.chars().count() < self.policy.break_glass_min_reason() => {
+                return Err(GatewayError::InvalidRequest(format!(
+                    "a break-the-glass reason must say why in at least {} characters",
+                    self.policy.break_glass_min_reason()
+                )));
+            }
+            r => Some(r.to_owned()),
+        };
+        let roles = caller.roles.iter().filter_map(|r| Role::parse(r)).collect();
         let targets = self.select_sources(&request.sources)?;
         let budget = client_timeout
             .map(|t| t.saturating_sub((t / 2).min(self.limits.answer_margin)))
@@ -287,6 +625,13 @@ impl LookupPipeline {
             cpr,
             targets,
             deadline: started + budget,
+            roles,
+            break_glass_reason,
+            relation: false,
+            break_glass: false,
+            registry: RegistryFacts::default(),
+            dry_run: false,
+            prefetched: Default::default(),
         })
     }
 
@@ -318,25 +663,72 @@ impl LookupPipeline {
         Ok(targets)
     }
 
-    /// One source call, with the gateway's timeout, policy and filtering around it.
+    /// One source's part of the answer: its call (or the answer fetched to establish the
+    /// relation), the policy's decisions and the filtering.
     async fn ask(&self, plan: &LookupPlan, index: usize) -> Answer {
+        let fetched = match plan.take_prefetched(index) {
+            Some(f) => f,
+            None => self.fetch(plan, index).await,
+        };
+        let gs = &self.sources[index];
+        let id = gs.source.id();
+        let mut result = SourceResult {
+            source_id: id.to_owned(),
+            department: gs.department.clone(),
+            ..SourceResult::default()
+        };
+        let mut audited = Vec::new();
+        match fetched {
+            Fetched::Answer { answer, asked } => match self.disclose(plan, id, asked, answer.cases)
+            {
+                Ok(cases) => {
+                    result.status = SourceStatus::Ok as i32;
+                    result.as_of = Some(answer.as_of.into());
+                    for (case, decision) in cases {
+                        audited.push(case_entry(&case, &decision));
+                        result.cases.push(case);
+                    }
+                }
+                Err(reason) => {
+                    tracing::warn!(source = %id, reason, "source answer rejected");
+                    result.status = SourceStatus::Error as i32;
+                    result.detail = "the department's system answered with invalid data".into();
+                }
+            },
+            Fetched::Failed { status, detail } => {
+                result.status = status as i32;
+                result.detail = detail.into();
+            }
+        }
+        Answer {
+            audit: source_entry(id, result.status(), audited),
+            result,
+        }
+    }
+
+    /// One source call, at the highest tier the policy could grant from it, under the
+    /// source's timeout and the lookup's deadline.
+    async fn fetch(&self, plan: &LookupPlan, index: usize) -> Fetched {
         let gs = &self.sources[index];
         let id = gs.source.id();
         let span = tracing::info_span!(
             "source_call",
             source = %id,
             request_id = %plan.request_id,
+            max_tier = tracing::field::Empty,
             status = tracing::field::Empty,
             cases = tracing::field::Empty,
             elapsed_ms = tracing::field::Empty,
         );
         async {
             let started = Instant::now();
-            let lookup_facts = LookupFacts {
-                caller_department: &plan.caller.department,
-                source_id: id,
+            // A source whose every case would be hidden is still asked (for existence only), so
+            // neither the answer's timing nor its as-of time tells the policy's outcome.
+            let max_tier = if plan.dry_run {
+                Tier::Existence
+            } else {
+                wire_tier(self.policy.ceiling(&plan.facts(), id)).max(Tier::Existence)
             };
-            let max_tier = to_wire_tier(self.policy.ceiling(&lookup_facts));
             let query = CaseQuery {
                 cpr: plan.cpr.clone(),
                 max_tier,
@@ -351,27 +743,10 @@ impl LookupPipeline {
             let deadline = plan.deadline.min(started + gs.timeout);
             let outcome =
                 tokio::time::timeout_at(deadline.into(), gs.source.find_cases(query, caller)).await;
-            let mut result = SourceResult {
-                source_id: id.to_owned(),
-                department: gs.department.clone(),
-                ..SourceResult::default()
-            };
-            let mut audited = Vec::new();
-            match outcome {
-                Ok(Ok(answer)) => match self.disclose(plan, id, max_tier, answer.cases) {
-                    Ok(cases) => {
-                        result.status = SourceStatus::Ok as i32;
-                        result.as_of = Some(answer.as_of.into());
-                        for (case, decision) in cases {
-                            audited.push(case_entry(&case, &decision));
-                            result.cases.push(case);
-                        }
-                    }
-                    Err(reason) => {
-                        tracing::warn!(source = %id, reason, "source answer rejected");
-                        result.status = SourceStatus::Error as i32;
-                        result.detail = "the department's system answered with invalid data".into();
-                    }
+            let fetched = match outcome {
+                Ok(Ok(answer)) => Fetched::Answer {
+                    answer,
+                    asked: max_tier,
                 },
                 Ok(Err(error)) => {
                     tracing::warn!(source = %id, error = %error, "source lookup failed");
@@ -392,23 +767,29 @@ impl LookupPipeline {
                             (SourceStatus::Error, "the department's system failed")
                         }
                     };
-                    result.status = status as i32;
-                    result.detail = detail.into();
+                    Fetched::Failed { status, detail }
                 }
                 Err(_elapsed) => {
                     tracing::warn!(source = %id, "source lookup timed out");
-                    result.status = SourceStatus::Timeout as i32;
-                    result.detail = "the department's system did not answer in time".into();
+                    Fetched::Failed {
+                        status: SourceStatus::Timeout,
+                        detail: "the department's system did not answer in time",
+                    }
+                }
+            };
+            let span = tracing::Span::current();
+            span.record("max_tier", max_tier as i32);
+            match &fetched {
+                Fetched::Answer { answer, .. } => {
+                    span.record("status", "SOURCE_STATUS_OK");
+                    span.record("cases", answer.cases.len());
+                }
+                Fetched::Failed { status, .. } => {
+                    span.record("status", status.as_str_name());
                 }
             }
-            let span = tracing::Span::current();
-            span.record("status", result.status().as_str_name());
-            span.record("cases", result.cases.len());
             span.record("elapsed_ms", started.elapsed().as_millis() as u64);
-            Answer {
-                audit: source_entry(id, result.status(), audited),
-                result,
-            }
+            fetched
         }
         .instrument(span)
         .await
@@ -423,6 +804,7 @@ impl LookupPipeline {
         asked: Tier,
         cases: Vec<samblik_proto::v1::Case>,
     ) -> Result<Vec<(samblik_proto::v1::Case, Decision)>, &'static str> {
+        let facts = plan.facts();
         let mut disclosed = Vec::with_capacity(cases.len());
         let mut foreign = 0usize;
         for mut case in cases {
@@ -430,32 +812,17 @@ impl LookupPipeline {
                 foreign += 1;
                 continue;
             }
-            let case_type = match &case.existence {
-                Some(e) if !case.case_id.is_empty() => e
-                    .case_type
-                    .as_ref()
-                    .map(|t| t.code.clone())
-                    .unwrap_or_default(),
-                _ => return Err("case without id or existence part"),
-            };
+            if case.case_id.is_empty() || case.existence.is_none() {
+                return Err("case without id or existence part");
+            }
             if case.carried_tier() > asked {
                 tracing::warn!(source = %source_id, case_id = %case.case_id, "source sent fields above the asked tier; dropped");
+                case.restrict_to(asked);
             }
-            let decision = self.policy.decide(&CaseFacts {
-                lookup: LookupFacts {
-                    caller_department: &plan.caller.department,
-                    source_id,
-                },
-                case_type: &case_type,
-            });
-            let tier = to_wire_tier(decision.tier).min(asked);
-            if tier == Tier::Hidden {
-                continue;
+            let decision = self.policy.decide(&facts, source_id, &case);
+            if let Some(case) = self.policy.apply(source_id, case, &decision) {
+                disclosed.push((case, decision));
             }
-            case.restrict_to(tier);
-            // The caller knows whom they asked about; the number need not travel again.
-            case.subject_cpr.clear();
-            disclosed.push((case, decision));
         }
         if foreign > 0 {
             tracing::warn!(source = %source_id, dropped = foreign, "source returned cases of another citizen; dropped");
@@ -468,8 +835,8 @@ fn case_entry(case: &samblik_proto::v1::Case, decision: &Decision) -> CaseEntry 
     CaseEntry {
         case_id: case.case_id.clone(),
         tier: u8::try_from(case.tier).unwrap_or(0),
-        basis: decision.basis.as_ref().map(|b| b.as_str().to_owned()),
-        rule_ids: decision.rule_ids.iter().map(|r| (*r).to_owned()).collect(),
+        basis: decision.basis.as_ref().map(ToString::to_string),
+        rule_ids: decision.rule_ids.clone(),
         fields: disclosed_fields(case),
     }
 }
@@ -479,15 +846,6 @@ fn record_caller(caller: &Caller) {
     let span = tracing::Span::current();
     span.record("caller", caller.id.as_str());
     span.record("department", caller.department.as_str());
-}
-
-fn to_wire_tier(tier: samblik_policy::Tier) -> Tier {
-    match tier {
-        samblik_policy::Tier::Hidden => Tier::Hidden,
-        samblik_policy::Tier::Existence => Tier::Existence,
-        samblik_policy::Tier::Selected => Tier::Selected,
-        samblik_policy::Tier::Full => Tier::Full,
-    }
 }
 
 /// Parses a `grpc-timeout` header value (e.g. `1500m`, `2S`): up to 8 digits and a unit.

@@ -9,9 +9,16 @@ use samblik_adapters::GrpcSource;
 use samblik_adapters::tls::ReloadingServerConfig;
 use samblik_audit::postgres::PostgresStore;
 use samblik_audit::sqlite::{Durability, SqliteStore};
+use crate::disclosure::DisclosurePolicy;
+use samblik_audit::registry::Registry;
 use samblik_audit::{AuditError, AuditLog, AuditStore, CheckpointSigner, WriterOptions};
+use samblik_proto::v1::access_request_service_server::AccessRequestServiceServer;
+use samblik_proto::v1::consent_service_server::ConsentServiceServer;
 use samblik_proto::v1::lookup_service_server::{LookupService, LookupServiceServer};
-use samblik_proto::v1::{LookupRequest, LookupResponse, SourceResult};
+use samblik_proto::v1::policy_service_server::{PolicyService, PolicyServiceServer};
+use samblik_proto::v1::{
+    ExplainRequest, ExplainResponse, LookupRequest, LookupResponse, SourceResult,
+};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,17 +49,19 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("TLS: {0}")]
     Tls(#[from] samblik_adapters::tls::TlsError),
+    #[error(transparent)]
+    Policy(#[from] crate::config::ConfigError),
 }
 
 /// Opens the audit log of a validated config: the store, the signing key, the writer. Fails
 /// (and the gateway must not start) if a start-up record cannot be written.
-pub fn open_audit_log(config: &AuditConfig) -> Result<AuditLog, ServerError> {
+pub fn open_audit_log(config: &AuditConfig, policy_version: &str) -> Result<AuditLog, ServerError> {
     let open = audit_store_opener(config)?;
     let signer = CheckpointSigner::load_or_create(&config.signing_key_file)?;
     let mut options = WriterOptions::new(config.chain.clone());
     options.checkpoint_every = config.checkpoint_every;
     options.checkpoint_interval = Duration::from_secs(config.checkpoint_interval_secs);
-    options.policy_version = samblik_policy::POLICY_VERSION.to_owned();
+    options.policy_version = policy_version.to_owned();
     Ok(AuditLog::start_with(open, signer, options)?)
 }
 
@@ -97,11 +106,29 @@ pub fn audit_store_opener(
     })
 }
 
-/// Builds the lookup pipeline from a validated config: reads the keys, sets up the sources,
-/// opens the audit log.
+/// The consent and access-request registry in the configured audit store.
+pub fn open_registry(config: &AuditConfig) -> Result<Registry, ServerError> {
+    Ok(match (&config.path, &config.postgres_url_env) {
+        (Some(path), _) => Registry::sqlite(path)?,
+        (None, Some(var)) => Registry::postgres(&std::env::var(var).map_err(|_| {
+            ServerError::Audit(AuditError::Store(format!(
+                "audit.postgres_url_env names {var}, which is not set"
+            )))
+        })?)?,
+        (None, None) => {
+            return Err(ServerError::Audit(AuditError::Store(
+                "no audit store configured".into(),
+            )));
+        }
+    })
+}
+
+/// Builds the lookup pipeline from a validated config: loads and validates the policy, reads
+/// the keys, sets up the sources, opens the audit log and the registry.
 pub fn pipeline_from_config(config: &Config) -> Result<LookupPipeline, ServerError> {
-    let audit = open_audit_log(&config.audit)?;
-    pipeline_with_audit(config, Arc::new(audit))
+    let policy = Arc::new(DisclosurePolicy::from_config(config)?);
+    let audit = open_audit_log(&config.audit, policy.version())?;
+    build_pipeline(config, Arc::new(audit), policy)
 }
 
 /// As [`pipeline_from_config`], writing to an audit log that is already open.
@@ -109,6 +136,16 @@ pub fn pipeline_with_audit(
     config: &Config,
     audit: Arc<AuditLog>,
 ) -> Result<LookupPipeline, ServerError> {
+    let policy = Arc::new(DisclosurePolicy::from_config(config)?);
+    build_pipeline(config, audit, policy)
+}
+
+fn build_pipeline(
+    config: &Config,
+    audit: Arc<AuditLog>,
+    policy: Arc<DisclosurePolicy>,
+) -> Result<LookupPipeline, ServerError> {
+    let registry = open_registry(&config.audit)?;
     let auth = Authenticator::from_config(&config.auth)?;
     let mut sources = Vec::with_capacity(config.sources.len());
     for s in &config.sources {
@@ -136,6 +173,8 @@ pub fn pipeline_with_audit(
         sources,
         LookupLimits::from_config(&config.server),
         audit,
+        policy,
+        registry,
     ))
 }
 
@@ -208,6 +247,15 @@ pub async fn serve_configured(
     });
     let (reflection_v1, reflection_v1alpha) = samblik_adapters::server::reflection_services()?;
     let audit = Arc::clone(pipeline.audit_log());
+    let registry = crate::registry_api::RegistryApi::new(Arc::clone(&pipeline));
+    let consents = ConsentServiceServer::new(registry.clone())
+        .max_decoding_message_size(limits.max_message_bytes);
+    let requests = AccessRequestServiceServer::new(registry)
+        .max_decoding_message_size(limits.max_message_bytes);
+    let policy = PolicyServiceServer::new(LookupApi {
+        pipeline: Arc::clone(&pipeline),
+    })
+    .max_decoding_message_size(limits.max_message_bytes);
     let lookup = LookupServiceServer::new(LookupApi { pipeline })
         .max_decoding_message_size(limits.max_message_bytes);
     let router = tonic::transport::Server::builder()
@@ -217,7 +265,10 @@ pub async fn serve_configured(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(lookup);
+        .add_service(lookup)
+        .add_service(consents)
+        .add_service(requests)
+        .add_service(policy);
     let addr = listener.local_addr().ok();
     match tls {
         Some(tls) => {
@@ -331,6 +382,28 @@ impl LookupService for LookupApi {
     }
 }
 
+#[tonic::async_trait]
+impl PolicyService for LookupApi {
+    async fn explain(
+        &self,
+        request: Request<ExplainRequest>,
+    ) -> Result<Response<ExplainResponse>, Status> {
+        let request_id = new_request_id();
+        let span = request_span(&request_id, "Explain");
+        async {
+            let response = self
+                .pipeline
+                .explain(request_id.clone(), request.metadata(), request.get_ref())
+                .await
+                .map_err(|e| refuse(&e, &request_id))?;
+            tracing::info!(cases = response.cases.len(), "policy explained");
+            Ok(with_request_id(Response::new(response), &request_id))
+        }
+        .instrument(span)
+        .await
+    }
+}
+
 fn request_span(request_id: &str, rpc: &'static str) -> tracing::Span {
     tracing::info_span!(
         "lookup",
@@ -339,6 +412,7 @@ fn request_span(request_id: &str, rpc: &'static str) -> tracing::Span {
         caller = tracing::field::Empty,
         department = tracing::field::Empty,
         purpose = tracing::field::Empty,
+        relation = tracing::field::Empty,
     )
 }
 

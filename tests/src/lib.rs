@@ -290,7 +290,29 @@ pub fn in_process_pipeline(
     config: &Config,
     sources: Vec<(Arc<dyn Source>, &str)>,
 ) -> LookupPipeline {
-    let audit = samblik_gateway::server::open_audit_log(&config.audit).unwrap();
+    let source_configs: Vec<_> = sources
+        .iter()
+        .map(|(source, _)| SourceConfig {
+            id: source.id().to_owned(),
+            department: String::new(),
+            endpoint: String::new(),
+            timeout_ms: 2_000,
+            connect_timeout_ms: 1_000,
+            tls: None,
+            owner_department: None,
+            case_types: Vec::new(),
+        })
+        .collect();
+    let policy = Arc::new(
+        samblik_gateway::disclosure::DisclosurePolicy::with_default_rules(
+            &source_configs,
+            config.policy.clone(),
+        )
+        .unwrap(),
+    );
+    let audit =
+        samblik_gateway::server::open_audit_log(&config.audit, policy.version()).unwrap();
+    let registry = samblik_gateway::server::open_registry(&config.audit).unwrap();
     LookupPipeline::new(
         Authenticator::from_config(&config.auth).unwrap(),
         sources
@@ -303,6 +325,8 @@ pub fn in_process_pipeline(
             .collect(),
         LookupLimits::from_config(&config.server),
         Arc::new(audit),
+        policy,
+        registry,
     )
 }
 

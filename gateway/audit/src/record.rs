@@ -29,6 +29,12 @@ pub enum Action {
     AccessRequested,
     /// The owning department approved or denied an access request.
     AccessDecided,
+    /// A citizen's consents were read.
+    ConsentsListed,
+    /// Access requests were read (a department's inbox or a caller's own).
+    RequestsListed,
+    /// The data-protection officer's dry run of the policy for a caller and a citizen.
+    PolicyExplained,
 }
 
 /// How the request ended.
@@ -205,6 +211,9 @@ impl Action {
             Action::ConsentWithdrawn => "consent-withdrawn",
             Action::AccessRequested => "access-requested",
             Action::AccessDecided => "access-decided",
+            Action::ConsentsListed => "consents-listed",
+            Action::RequestsListed => "requests-listed",
+            Action::PolicyExplained => "policy-explained",
         }
     }
 }

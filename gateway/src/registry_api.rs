@@ -1,0 +1,720 @@
+//! `samblik.v1.ConsentService` and `samblik.v1.AccessRequestService`: the consent registry and
+//! the owning department's necessity assessment. Every call is audited — a change in the same
+//! transaction as its record, a refusal and a read as records of their own.
+
+use crate::audit::AuditDraft;
+use crate::auth::Caller;
+use crate::error::GatewayError;
+use crate::lookup::LookupPipeline;
+use chrono::{DateTime, Utc};
+use samblik_audit::Action;
+use samblik_audit::registry::{
+    self as reg, ChangeOutcome, ConsentKind, Recipients, RegistryChange, RequestFilter,
+};
+use samblik_proto::Cpr;
+use samblik_proto::v1::access_request_service_server::AccessRequestService;
+use samblik_proto::v1::consent_service_server::ConsentService;
+use samblik_proto::v1::{
+    self as pb, DecideAccessRequest, FileAccessRequest, ListAccessRequests,
+    ListAccessRequestsResponse, ListConsentsRequest, ListConsentsResponse, Purpose,
+    RecordConsentRequest, RequestView, WithdrawConsentRequest,
+};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+/// The shortest justification an access request is accepted with.
+pub const MIN_JUSTIFICATION: usize = 20;
+/// Most requests one list returns.
+const LIST_LIMIT: usize = 500;
+/// Roles that may record and withdraw consents, file requests and decide them.
+const CASEWORK_ROLES: &[&str] = &["caseworker", "department-leader"];
+
+/// The registry APIs over the lookup pipeline's authenticator, audit log, policy and store.
+#[derive(Debug, Clone)]
+pub struct RegistryApi {
+    pipeline: Arc<LookupPipeline>,
+}
+
+impl RegistryApi {
+    pub fn new(pipeline: Arc<LookupPipeline>) -> Self {
+        RegistryApi { pipeline }
+    }
+
+    /// Opens the call's audit draft and authenticates the caller; a refusal is recorded.
+    async fn begin<T>(
+        &self,
+        request: &Request<T>,
+        request_id: &str,
+        action: Action,
+        roles: &[&str],
+    ) -> Result<(AuditDraft, Caller), GatewayError> {
+        let auth = self.pipeline.auth();
+        auth.refresh_keys_for(request.metadata()).await;
+        let mut draft = AuditDraft::new(
+            Arc::clone(self.pipeline.audit_log()),
+            request_id,
+            action,
+            self.pipeline.policy().version(),
+        );
+        let caller = match auth.authenticate(request.metadata()) {
+            Ok(c) => c,
+            Err(e) => {
+                let e = GatewayError::from(e);
+                draft.refused(&e).await?;
+                return Err(e);
+            }
+        };
+        draft.caller(&caller);
+        let span = tracing::Span::current();
+        span.record("caller", caller.id.as_str());
+        span.record("department", caller.department.as_str());
+        if !caller.roles.iter().any(|r| roles.contains(&r.as_str())) {
+            let e = GatewayError::PermissionDenied(format!(
+                "this needs one of the roles {}",
+                roles.join(", ")
+            ));
+            draft.refused(&e).await?;
+            return Err(e);
+        }
+        Ok((draft, caller.as_ref().clone()))
+    }
+}
+
+/// Runs a refusal through the draft (recorded durably) and returns it.
+async fn refuse<T>(draft: AuditDraft, error: GatewayError) -> Result<T, GatewayError> {
+    draft.refused(&error).await?;
+    Err(error)
+}
+
+fn status(error: &GatewayError, request_id: &str) -> Status {
+    tracing::info!(error = %error, "registry call refused");
+    error.to_status(request_id)
+}
+
+fn span(request_id: &str, rpc: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "registry",
+        request_id = %request_id,
+        rpc,
+        caller = tracing::field::Empty,
+        department = tracing::field::Empty,
+    )
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4())
+}
+
+fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn from_timestamp(t: &prost_types::Timestamp, field: &str) -> Result<DateTime<Utc>, GatewayError> {
+    u32::try_from(t.nanos)
+        .ok()
+        .and_then(|n| DateTime::from_timestamp(t.seconds, n))
+        .ok_or_else(|| GatewayError::InvalidRequest(format!("{field} is not a valid time")))
+}
+
+fn purpose_code(value: i32) -> Result<&'static str, GatewayError> {
+    match Purpose::try_from(value) {
+        Ok(Purpose::Unspecified) | Err(_) => Err(GatewayError::InvalidRequest(
+            "purpose is missing or not a known purpose".into(),
+        )),
+        Ok(p) => Ok(p.code()),
+    }
+}
+
+fn tier_of(value: i32, field: &str) -> Result<u8, GatewayError> {
+    match pb::Tier::try_from(value) {
+        Ok(t @ (pb::Tier::Existence | pb::Tier::Selected | pb::Tier::Full)) => Ok(t as u8),
+        _ => Err(GatewayError::InvalidRequest(format!(
+            "{field} must be TIER_EXISTENCE, TIER_SELECTED or TIER_FULL"
+        ))),
+    }
+}
+
+fn wire_tier(tier: u8) -> i32 {
+    pb::Tier::try_from(i32::from(tier)).map_or(0, |t| t as i32)
+}
+
+fn consent_record(c: &reg::Consent, now: DateTime<Utc>) -> pb::ConsentRecord {
+    let (to_departments, to_any) = match &c.to {
+        Recipients::Departments(d) => (d.clone(), false),
+        Recipients::AnyWithCase => (Vec::new(), true),
+    };
+    pb::ConsentRecord {
+        consent: Some(pb::Consent {
+            consent_id: c.id.clone(),
+            kind: match c.kind {
+                ConsentKind::Permit => pb::ConsentKind::Permit,
+                ConsentKind::Refuse => pb::ConsentKind::Refuse,
+            } as i32,
+            from_departments: c.from_departments.clone(),
+            to_departments,
+            to_any_department_with_case: to_any,
+            max_tier: wire_tier(c.max_tier),
+            purposes: c
+                .purposes
+                .iter()
+                .filter_map(|p| Purpose::from_code(p))
+                .map(|p| p as i32)
+                .collect(),
+            valid_from: Some(timestamp(c.valid_from)),
+            valid_until: c.valid_until.map(timestamp),
+            document_ref: c.document_ref.clone(),
+        }),
+        recorded_by: c.recorded_by.clone(),
+        recorded_at: Some(timestamp(c.recorded_at)),
+        withdrawn_at: c.withdrawn_at.map(timestamp),
+        withdrawn_by: c.withdrawn_by.clone().unwrap_or_default(),
+        active: c.is_active(now),
+    }
+}
+
+fn access_request(r: &reg::AccessRequest) -> pb::AccessRequest {
+    pb::AccessRequest {
+        request_id: r.id.clone(),
+        requester_id: r.requester_id.clone(),
+        requester_name: r.requester_name.clone(),
+        requester_department: r.requester_department.clone(),
+        source_id: r.source_id.clone(),
+        owner_department: r.owner_department.clone(),
+        case_id: r.case_id.clone(),
+        tier_wanted: wire_tier(r.tier_wanted),
+        purpose: Purpose::from_code(&r.purpose).map_or(0, |p| p as i32),
+        justification: r.justification.clone(),
+        filed_at: Some(timestamp(r.filed_at)),
+        state: match r.state {
+            reg::RequestState::Pending => pb::RequestState::Pending,
+            reg::RequestState::Approved => pb::RequestState::Approved,
+            reg::RequestState::Denied => pb::RequestState::Denied,
+        } as i32,
+        decided_by: r.decided_by.clone().unwrap_or_default(),
+        decided_at: r.decided_at.map(timestamp),
+        decision_reason: r.decision_reason.clone().unwrap_or_default(),
+        granted_tier: r.granted_tier.map_or(0, wire_tier),
+        granted_until: r.granted_until.map(timestamp),
+        cpr: r.cpr.clone(),
+    }
+}
+
+/// A change's outcome as the caller's answer.
+fn outcome(outcome: ChangeOutcome, what: &str) -> Result<(), GatewayError> {
+    match outcome {
+        ChangeOutcome::Applied => Ok(()),
+        ChangeOutcome::NotFound => Err(GatewayError::NotFound(format!("no such {what}"))),
+        ChangeOutcome::AlreadyDone => Err(GatewayError::FailedPrecondition(format!(
+            "the {what} is already withdrawn or decided"
+        ))),
+        ChangeOutcome::WrongDepartment => Err(GatewayError::PermissionDenied(format!(
+            "only the department that owns the case may decide this {what}"
+        ))),
+        ChangeOutcome::Invalid => Err(GatewayError::InvalidRequest(format!(
+            "the {what} is not valid"
+        ))),
+    }
+}
+
+impl RegistryApi {
+    async fn record_consent(
+        &self,
+        request: Request<RecordConsentRequest>,
+        request_id: &str,
+    ) -> Result<pb::ConsentRecord, GatewayError> {
+        let (mut draft, caller) = self
+            .begin(&request, request_id, Action::ConsentRecorded, CASEWORK_ROLES)
+            .await?;
+        let message = request.into_inner();
+        let consent = match self.consent_from(&message, &caller, &mut draft) {
+            Ok(c) => c,
+            Err(e) => return refuse(draft, e).await,
+        };
+        let now = consent.recorded_at;
+        let applied = draft
+            .change(RegistryChange::RecordConsent(consent.clone()))
+            .await?;
+        outcome(applied, "consent")?;
+        tracing::info!(consent_id = %consent.id, "consent recorded");
+        Ok(consent_record(&consent, now))
+    }
+
+    fn consent_from(
+        &self,
+        message: &RecordConsentRequest,
+        caller: &Caller,
+        draft: &mut AuditDraft,
+    ) -> Result<reg::Consent, GatewayError> {
+        let cpr = Cpr::parse(&message.cpr)?;
+        draft.citizen(&cpr);
+        let c = message
+            .consent
+            .as_ref()
+            .ok_or_else(|| GatewayError::InvalidRequest("consent is missing".into()))?;
+        let kind = match pb::ConsentKind::try_from(c.kind) {
+            Ok(pb::ConsentKind::Permit) => ConsentKind::Permit,
+            Ok(pb::ConsentKind::Refuse) => ConsentKind::Refuse,
+            _ => {
+                return Err(GatewayError::InvalidRequest(
+                    "kind must be CONSENT_KIND_PERMIT or CONSENT_KIND_REFUSE".into(),
+                ));
+            }
+        };
+        let max_tier = match kind {
+            ConsentKind::Permit => tier_of(c.max_tier, "max_tier")?,
+            ConsentKind::Refuse => 0,
+        };
+        let purposes = c
+            .purposes
+            .iter()
+            .map(|p| purpose_code(*p).map(str::to_owned))
+            .collect::<Result<Vec<_>, _>>()?;
+        let to = match (c.to_any_department_with_case, c.to_departments.is_empty()) {
+            (true, true) => Recipients::AnyWithCase,
+            (false, false) => Recipients::Departments(c.to_departments.clone()),
+            (true, false) => {
+                return Err(GatewayError::InvalidRequest(
+                    "name receiving departments or any department with a case, not both".into(),
+                ));
+            }
+            (false, true) => {
+                return Err(GatewayError::InvalidRequest(
+                    "name the receiving departments, or any department with a case".into(),
+                ));
+            }
+        };
+        let now = Utc::now();
+        let valid_from = match &c.valid_from {
+            Some(t) => from_timestamp(t, "valid_from")?,
+            None => now,
+        };
+        let valid_until = c
+            .valid_until
+            .as_ref()
+            .map(|t| from_timestamp(t, "valid_until"))
+            .transpose()?;
+        if valid_until.is_some_and(|u| u <= valid_from) {
+            return Err(GatewayError::InvalidRequest(
+                "valid_until must be after valid_from".into(),
+            ));
+        }
+        let consent = reg::Consent {
+            id: new_id("c"),
+            cpr: cpr.as_str().to_owned(),
+            kind,
+            from_departments: c.from_departments.clone(),
+            to,
+            max_tier,
+            purposes,
+            valid_from,
+            valid_until,
+            recorded_by: caller.id.clone(),
+            recorded_at: now,
+            document_ref: c.document_ref.trim().to_owned(),
+            withdrawn_at: None,
+            withdrawn_by: None,
+        };
+        consent.validate().map_err(GatewayError::InvalidRequest)?;
+        Ok(consent)
+    }
+
+    async fn withdraw_consent(
+        &self,
+        request: Request<WithdrawConsentRequest>,
+        request_id: &str,
+    ) -> Result<pb::ConsentRecord, GatewayError> {
+        let (mut draft, caller) = self
+            .begin(&request, request_id, Action::ConsentWithdrawn, CASEWORK_ROLES)
+            .await?;
+        let message = request.into_inner();
+        let cpr = match Cpr::parse(&message.cpr) {
+            Ok(c) => c,
+            Err(e) => return refuse(draft, e.into()).await,
+        };
+        draft.citizen(&cpr);
+        if message.consent_id.is_empty() || message.consent_id.len() > 64 {
+            return refuse(
+                draft,
+                GatewayError::InvalidRequest("consent_id is missing or malformed".into()),
+            )
+            .await;
+        }
+        let now = Utc::now();
+        let applied = draft
+            .change(RegistryChange::WithdrawConsent {
+                id: message.consent_id.clone(),
+                cpr: cpr.as_str().to_owned(),
+                by: caller.id.clone(),
+                at: now,
+            })
+            .await?;
+        outcome(applied, "consent")?;
+        let consent = self
+            .pipeline
+            .registry()
+            .consent(&message.consent_id)
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| GatewayError::Unavailable("the consent cannot be read back".into()))?;
+        Ok(consent_record(&consent, now))
+    }
+
+    async fn list_consents(
+        &self,
+        request: Request<ListConsentsRequest>,
+        request_id: &str,
+    ) -> Result<ListConsentsResponse, GatewayError> {
+        let mut roles = CASEWORK_ROLES.to_vec();
+        roles.push("admin");
+        let (mut draft, _caller) = self
+            .begin(&request, request_id, Action::ConsentsListed, &roles)
+            .await?;
+        let cpr = match Cpr::parse(&request.get_ref().cpr) {
+            Ok(c) => c,
+            Err(e) => return refuse(draft, e.into()).await,
+        };
+        draft.citizen(&cpr);
+        let consents = match self.pipeline.registry().consents_for(cpr.as_str()).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "consent registry unreadable");
+                return refuse(
+                    draft,
+                    GatewayError::Unavailable("the consent registry cannot be read".into()),
+                )
+                .await;
+            }
+        };
+        draft.answered(Vec::new()).await?;
+        let now = Utc::now();
+        Ok(ListConsentsResponse {
+            consents: consents.iter().map(|c| consent_record(c, now)).collect(),
+        })
+    }
+
+    async fn file_request(
+        &self,
+        request: Request<FileAccessRequest>,
+        request_id: &str,
+    ) -> Result<pb::AccessRequest, GatewayError> {
+        let (mut draft, caller) = self
+            .begin(&request, request_id, Action::AccessRequested, CASEWORK_ROLES)
+            .await?;
+        let message = request.into_inner();
+        let filed = match self.request_from(&message, &caller, &mut draft) {
+            Ok(r) => r,
+            Err(e) => return refuse(draft, e).await,
+        };
+        let applied = draft
+            .change(RegistryChange::FileRequest(filed.clone()))
+            .await?;
+        outcome(applied, "request")?;
+        tracing::info!(request = %filed.id, source = %filed.source_id, "access request filed");
+        Ok(access_request(&filed))
+    }
+
+    fn request_from(
+        &self,
+        message: &FileAccessRequest,
+        caller: &Caller,
+        draft: &mut AuditDraft,
+    ) -> Result<reg::AccessRequest, GatewayError> {
+        let cpr = Cpr::parse(&message.cpr)?;
+        draft.citizen(&cpr);
+        let purpose = purpose_code(message.purpose)?;
+        draft.purpose(Purpose::from_code(purpose).unwrap_or_default());
+        let owner = self
+            .pipeline
+            .policy()
+            .owner_of(&message.source_id)
+            .ok_or_else(|| {
+                let shown: String = message.source_id.chars().take(64).collect();
+                GatewayError::InvalidRequest(format!("unknown source {shown:?}"))
+            })?
+            .to_owned();
+        let tier_wanted = tier_of(message.tier_wanted, "tier_wanted")?;
+        if message.case_id.trim().is_empty() || message.case_id.len() > 64 {
+            return Err(GatewayError::InvalidRequest(
+                "case_id is missing or malformed".into(),
+            ));
+        }
+        let justification = message.justification.trim();
+        if justification.chars().count() < MIN_JUSTIFICATION || justification.len() > 4_000 {
+            return Err(GatewayError::InvalidRequest(format!(
+                "the justification must say why, in {MIN_JUSTIFICATION} to 4000 characters"
+            )));
+        }
+        let filed = reg::AccessRequest {
+            id: new_id("ar"),
+            cpr: cpr.as_str().to_owned(),
+            requester_id: caller.id.clone(),
+            requester_name: caller.name.clone(),
+            requester_department: caller.department.clone(),
+            source_id: message.source_id.clone(),
+            owner_department: owner,
+            case_id: message.case_id.trim().to_owned(),
+            tier_wanted,
+            purpose: purpose.to_owned(),
+            justification: justification.to_owned(),
+            filed_at: Utc::now(),
+            state: reg::RequestState::Pending,
+            decided_by: None,
+            decided_at: None,
+            decision_reason: None,
+            granted_tier: None,
+            granted_until: None,
+        };
+        filed.validate().map_err(GatewayError::InvalidRequest)?;
+        Ok(filed)
+    }
+
+    async fn list_requests(
+        &self,
+        request: Request<ListAccessRequests>,
+        request_id: &str,
+    ) -> Result<ListAccessRequestsResponse, GatewayError> {
+        let (draft, caller) = self
+            .begin(&request, request_id, Action::RequestsListed, CASEWORK_ROLES)
+            .await?;
+        let message = request.into_inner();
+        let mut filter = RequestFilter::default();
+        match RequestView::try_from(message.view) {
+            Ok(RequestView::Inbox) => filter.owner_department = Some(caller.department.clone()),
+            Ok(RequestView::Mine) => filter.requester_id = Some(caller.id.clone()),
+            _ => {
+                return refuse(
+                    draft,
+                    GatewayError::InvalidRequest(
+                        "view must be REQUEST_VIEW_INBOX or REQUEST_VIEW_MINE".into(),
+                    ),
+                )
+                .await;
+            }
+        }
+        filter.state = match pb::RequestState::try_from(message.state) {
+            Ok(pb::RequestState::Unspecified) => None,
+            Ok(pb::RequestState::Pending) => Some(reg::RequestState::Pending),
+            Ok(pb::RequestState::Approved) => Some(reg::RequestState::Approved),
+            Ok(pb::RequestState::Denied) => Some(reg::RequestState::Denied),
+            Err(_) => {
+                return refuse(
+                    draft,
+                    GatewayError::InvalidRequest("state is not a known state".into()),
+                )
+                .await;
+            }
+        };
+        let requests = match self.pipeline.registry().requests(filter, LIST_LIMIT).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "registry unreadable");
+                return refuse(
+                    draft,
+                    GatewayError::Unavailable("access requests cannot be read".into()),
+                )
+                .await;
+            }
+        };
+        draft.answered(Vec::new()).await?;
+        Ok(ListAccessRequestsResponse {
+            requests: requests.iter().map(access_request).collect(),
+        })
+    }
+
+    async fn decide_request(
+        &self,
+        request: Request<DecideAccessRequest>,
+        request_id: &str,
+    ) -> Result<pb::AccessRequest, GatewayError> {
+        let (mut draft, caller) = self
+            .begin(&request, request_id, Action::AccessDecided, CASEWORK_ROLES)
+            .await?;
+        let message = request.into_inner();
+        let now = Utc::now();
+        let change = match self.decision_from(&message, &caller, now, &mut draft).await {
+            Ok(c) => c,
+            Err(e) => return refuse(draft, e).await,
+        };
+        let applied = draft.change(change).await?;
+        outcome(applied, "request")?;
+        let decided = self
+            .pipeline
+            .registry()
+            .request(&message.request_id)
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| GatewayError::Unavailable("the request cannot be read back".into()))?;
+        tracing::info!(request = %decided.id, approved = message.approve, "access request decided");
+        Ok(access_request(&decided))
+    }
+
+    async fn decision_from(
+        &self,
+        message: &DecideAccessRequest,
+        caller: &Caller,
+        now: DateTime<Utc>,
+        draft: &mut AuditDraft,
+    ) -> Result<RegistryChange, GatewayError> {
+        if message.request_id.is_empty() || message.request_id.len() > 64 {
+            return Err(GatewayError::InvalidRequest(
+                "request_id is missing or malformed".into(),
+            ));
+        }
+        let reason = message.reason.trim().to_owned();
+        let (tier, until) = if message.approve {
+            let tier = tier_of(message.tier, "tier")?;
+            let until = message
+                .until
+                .as_ref()
+                .ok_or_else(|| {
+                    GatewayError::InvalidRequest("an approval needs an end (until)".into())
+                })
+                .and_then(|t| from_timestamp(t, "until"))?;
+            let max = self.pipeline.policy().max_grant();
+            if until <= now || until > now + max {
+                return Err(GatewayError::InvalidRequest(format!(
+                    "an approval must end in the future and within {} days",
+                    max.num_days()
+                )));
+            }
+            (Some(tier), Some(until))
+        } else {
+            if reason.is_empty() {
+                return Err(GatewayError::InvalidRequest(
+                    "a denial needs a reason".into(),
+                ));
+            }
+            (None, None)
+        };
+        // The request itself says which citizen it is about and what was asked: the record
+        // names the citizen, and no more can be granted than was asked for.
+        let filed = self
+            .pipeline
+            .registry()
+            .request(&message.request_id)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "registry unreadable");
+                GatewayError::Unavailable("access requests cannot be read".into())
+            })?;
+        if let Some(filed) = &filed {
+            if filed.owner_department == caller.department
+                && let Ok(cpr) = Cpr::parse(&filed.cpr)
+            {
+                draft.citizen(&cpr);
+            }
+            if tier.is_some_and(|t| t > filed.tier_wanted) {
+                return Err(GatewayError::InvalidRequest(
+                    "the tier granted cannot exceed the tier asked for".into(),
+                ));
+            }
+        }
+        Ok(RegistryChange::DecideRequest {
+            id: message.request_id.clone(),
+            by: caller.id.clone(),
+            by_department: caller.department.clone(),
+            approve: message.approve,
+            tier,
+            until,
+            reason: if reason.is_empty() {
+                "approved".into()
+            } else {
+                reason
+            },
+            at: now,
+        })
+    }
+}
+
+/// Runs one registry call inside its span and turns its error into a status.
+async fn call<T>(
+    rpc: &'static str,
+    f: impl AsyncFnOnce(&str) -> Result<T, GatewayError>,
+) -> Result<Response<T>, Status> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let span = span(&request_id, rpc);
+    async {
+        let answer = f(&request_id).await.map_err(|e| status(&e, &request_id))?;
+        let mut response = Response::new(answer);
+        if let Ok(value) = request_id.parse() {
+            response
+                .metadata_mut()
+                .insert(crate::error::REQUEST_ID_HEADER, value);
+        }
+        Ok(response)
+    }
+    .instrument(span)
+    .await
+}
+
+#[tonic::async_trait]
+impl ConsentService for RegistryApi {
+    async fn record_consent(
+        &self,
+        request: Request<RecordConsentRequest>,
+    ) -> Result<Response<pb::ConsentRecord>, Status> {
+        call("RecordConsent", async |id| {
+            RegistryApi::record_consent(self, request, id).await
+        })
+        .await
+    }
+
+    async fn withdraw_consent(
+        &self,
+        request: Request<WithdrawConsentRequest>,
+    ) -> Result<Response<pb::ConsentRecord>, Status> {
+        call("WithdrawConsent", async |id| {
+            RegistryApi::withdraw_consent(self, request, id).await
+        })
+        .await
+    }
+
+    async fn list_consents(
+        &self,
+        request: Request<ListConsentsRequest>,
+    ) -> Result<Response<ListConsentsResponse>, Status> {
+        call("ListConsents", async |id| {
+            RegistryApi::list_consents(self, request, id).await
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl AccessRequestService for RegistryApi {
+    async fn file_request(
+        &self,
+        request: Request<FileAccessRequest>,
+    ) -> Result<Response<pb::AccessRequest>, Status> {
+        call("FileRequest", async |id| {
+            RegistryApi::file_request(self, request, id).await
+        })
+        .await
+    }
+
+    async fn list_requests(
+        &self,
+        request: Request<ListAccessRequests>,
+    ) -> Result<Response<ListAccessRequestsResponse>, Status> {
+        call("ListRequests", async |id| {
+            RegistryApi::list_requests(self, request, id).await
+        })
+        .await
+    }
+
+    async fn decide_request(
+        &self,
+        request: Request<DecideAccessRequest>,
+    ) -> Result<Response<pb::AccessRequest>, Status> {
+        call("DecideRequest", async |id| {
+            RegistryApi::decide_request(self, request, id).await
+        })
+        .await
+    }
+}
