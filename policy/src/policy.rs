@@ -40,6 +40,7 @@ pub struct Policy {
     version: String,
     authorizer: Authorizer,
     names: Names,
+    contexts: Contexts,
     memo: Memo<Outcome>,
 }
 
@@ -142,6 +143,57 @@ impl Names {
 
     fn entity(ty: &EntityTypeName, id: &str) -> RestrictedExpression {
         RestrictedExpression::new_entity_uid(Names::uid(ty, id))
+    }
+}
+
+/// The context's booleans, in the order [`Contexts::get`] takes them.
+const CONTEXT_FACTS: [&str; 7] = [
+    "own_department",
+    "relation",
+    "break_glass",
+    "statute",
+    "consent",
+    "grant",
+    "refusal",
+];
+
+/// Every context a request can carry, built once at load: one per purpose and combination of
+/// the boolean facts (a few hundred). Cedar contexts share their contents, so handing one to a
+/// request is a reference-count increment instead of building a record per question.
+#[derive(Debug)]
+struct Contexts {
+    by_purpose: HashMap<String, Vec<Context>>,
+}
+
+impl Contexts {
+    fn new(names: &Names, purposes: &[String]) -> Result<Contexts, PolicyError> {
+        let mut by_purpose = HashMap::new();
+        for purpose in purposes {
+            let contexts = (0..1usize << CONTEXT_FACTS.len())
+                .map(|bits| {
+                    let facts = CONTEXT_FACTS.iter().enumerate().map(|(i, name)| {
+                        (
+                            (*name).to_owned(),
+                            RestrictedExpression::new_bool(bits & (1 << i) != 0),
+                        )
+                    });
+                    let purpose = ("purpose".to_owned(), Names::entity(&names.purpose, purpose));
+                    Context::from_pairs(std::iter::once(purpose).chain(facts))
+                        .map_err(|e| PolicyError::Schema(format!("context: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            by_purpose.insert(purpose.clone(), contexts);
+        }
+        Ok(Contexts { by_purpose })
+    }
+
+    /// The context for this purpose and these facts (in [`CONTEXT_FACTS`] order).
+    fn get(&self, purpose: &str, facts: [bool; CONTEXT_FACTS.len()]) -> Option<&Context> {
+        let bits = facts
+            .iter()
+            .enumerate()
+            .fold(0, |bits, (i, &on)| bits | usize::from(on) << i);
+        self.by_purpose.get(purpose)?.get(bits)
     }
 }
 
@@ -322,6 +374,7 @@ impl Policy {
             return Err(PolicyError::Invalid(problems));
         }
 
+        let names = Names::new()?;
         let mut hasher = Sha256::new();
         for part in [policy_source, &schema_text, skip.unwrap_or_default()] {
             hasher.update((part.len() as u64).to_be_bytes());
@@ -333,7 +386,8 @@ impl Policy {
             vocabulary: Vocabulary::new(catalog),
             version: format!("sha256:{}", hex::encode(hasher.finalize())),
             authorizer: Authorizer::new(),
-            names: Names::new()?,
+            contexts: Contexts::new(&names, &catalog.purposes)?,
+            names,
             memo: Memo::new(),
         })
     }
@@ -509,29 +563,25 @@ impl Policy {
         tier: Tier,
     ) -> Verdict {
         let covers = |fact: Option<BasisFact<'_>>| fact.is_some_and(|b| b.max_tier >= tier);
-        let bool =
-            |name: &str, value: bool| (name.to_owned(), RestrictedExpression::new_bool(value));
-        let context = Context::from_pairs([
-            (
-                "purpose".to_owned(),
-                Names::entity(&self.names.purpose, f.purpose),
-            ),
-            bool("own_department", f.own_department()),
-            bool("relation", f.relation),
-            bool("break_glass", f.break_glass),
-            bool("statute", covers(f.statute)),
-            bool("consent", covers(f.consent)),
-            bool("grant", covers(f.grant)),
-            bool("refusal", f.refusal.is_some()),
-        ]);
-        let Ok(context) = context else {
+        let Some(context) = self.contexts.get(
+            f.purpose,
+            [
+                f.own_department(),
+                f.relation,
+                f.break_glass,
+                covers(f.statute),
+                covers(f.consent),
+                covers(f.grant),
+                f.refusal.is_some(),
+            ],
+        ) else {
             return Verdict::default();
         };
         let Ok(request) = Request::new(
             principal.clone(),
             action.clone(),
             resource.clone(),
-            context,
+            context.clone(),
             None,
         ) else {
             return Verdict::default();
