@@ -96,6 +96,10 @@ pub fn citizen_without_cases() -> &'static str {
         .unwrap()
 }
 
+/// A break-the-glass reason long enough to be accepted.
+pub const BREAK_GLASS_REASON: &str =
+    "Akut underretning fra skolen; borgeren er ikke tilknyttet min afdeling endnu";
+
 /// A lookup request with a bearer token and an optional client deadline (`grpc-timeout`).
 pub fn request(
     cpr: &str,

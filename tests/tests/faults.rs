@@ -30,7 +30,8 @@ async fn lookup_with(faulty: SourceSpec, deadline: Option<Duration>) -> (LookupR
         1_000,
     )
     .await;
-    let token = token(Department::ChildWelfare);
+    // A jobcenter caseworker: the jobcenter source establishes the relation.
+    let token = token(Department::Jobcenter);
     let mut client = gateway.client().await;
     let started = Instant::now();
     let response = tokio::time::timeout(

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
-async fn a_citizen_with_cases_in_three_departments_sees_all_of_them_at_tier_1() {
+async fn a_citizen_with_cases_in_three_departments_is_shown_at_tier_1_elsewhere_and_in_full_at_home()
+{
     let m = start_municipal().await;
     let cpr = three_department_citizen();
     let token = token(Department::Jobcenter);
@@ -49,10 +50,30 @@ async fn a_citizen_with_cases_in_three_departments_sees_all_of_them_at_tier_1() 
         assert_eq!(source.cases.len(), expected.len());
         for case in &source.cases {
             let record = expected[case.case_id.as_str()];
-            // Tier 1 only: existence and contact, nothing more, and the CPR does not travel back.
-            assert_eq!(case.tier(), Tier::Existence);
-            assert!(case.selected.is_none() && case.full.is_none());
-            assert!(case.subject_cpr.is_empty());
+            assert!(case.subject_cpr.is_empty() && case.sensitivity.is_empty());
+            let disclosure = case.disclosure.as_ref().unwrap();
+            if department == Department::Jobcenter {
+                // The caller's own department: in full, on that basis.
+                assert_eq!(case.tier(), Tier::Full);
+                assert!(case.selected.is_some() && case.full.is_some());
+                assert_eq!(disclosure.basis, "own-department");
+                assert!(disclosure.withheld.is_empty());
+            } else {
+                // Elsewhere tier 1 only, on the municipality's statute: existence and contact,
+                // and it says in words what is withheld and why.
+                assert_eq!(case.tier(), Tier::Existence);
+                assert!(case.selected.is_none() && case.full.is_none());
+                assert_eq!(
+                    (disclosure.basis.as_str(), disclosure.basis_id.as_str()),
+                    ("statute", "existence-and-contact")
+                );
+                let withheld = &disclosure.withheld[0];
+                assert_eq!(
+                    (withheld.part.as_str(), withheld.code.as_str()),
+                    ("selected", "needs-basis")
+                );
+                assert!(withheld.reason.contains("consent"), "{withheld:?}");
+            }
             let existence = case.existence.as_ref().unwrap();
             let case_type = existence.case_type.as_ref().unwrap();
             assert_eq!(case_type.code, record.plan_type.code());
@@ -81,10 +102,10 @@ async fn a_citizen_with_cases_in_three_departments_sees_all_of_them_at_tier_1() 
 async fn a_citizen_without_cases_gets_an_explicit_empty_answer_from_every_source() {
     let m = start_municipal().await;
     let token = token(Department::ChildWelfare);
-    let response = m
-        .gateway
-        .client()
-        .await
+    let mut client = m.gateway.client().await;
+    // Without a case of their own the caller has no relation to the citizen: refused, and only
+    // the caller's own department was asked.
+    let denied = client
         .lookup(request(
             citizen_without_cases(),
             Purpose::FollowUp,
@@ -92,15 +113,20 @@ async fn a_citizen_without_cases_gets_an_explicit_empty_answer_from_every_source
             None,
         ))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert_eq!(m.calls(), 1);
+    // Breaking the glass, every source answers explicitly that it has nothing.
+    let mut req = request(citizen_without_cases(), Purpose::FollowUp, Some(&token), None);
+    req.get_mut().break_glass_reason = BREAK_GLASS_REASON.into();
+    let response = client.lookup(req).await.unwrap().into_inner();
     assert_eq!(response.sources.len(), 3);
     for source in &response.sources {
         assert_eq!(source.status(), SourceStatus::Ok);
         assert!(source.cases.is_empty());
         assert!(source.as_of.is_some());
     }
-    assert_eq!(m.calls(), 3);
+    assert_eq!(m.calls(), 1 + 3);
 }
 
 #[tokio::test]
@@ -128,7 +154,7 @@ async fn the_dashed_notation_is_the_same_citizen() {
 }
 
 #[tokio::test]
-async fn a_source_filter_asks_only_the_named_sources() {
+async fn a_source_filter_answers_for_the_named_sources_only() {
     let m = start_municipal().await;
     let token = token(Department::Jobcenter);
     let mut req = request(
@@ -156,7 +182,8 @@ async fn a_source_filter_asks_only_the_named_sources() {
         .map(|s| s.source_id.as_str())
         .collect();
     assert_eq!(ids, ["child-welfare", "integration"]);
-    assert_eq!(m.calls(), 2);
+    // The two named, and the caller's own department to establish the relation.
+    assert_eq!(m.calls(), 3);
 }
 
 #[tokio::test]
