@@ -113,10 +113,7 @@ impl AuditDraft {
 
     /// Applies a registry change and records it in the same transaction; waits until both are
     /// durable. The record's outcome says whether the change was made.
-    pub async fn change(
-        mut self,
-        change: RegistryChange,
-    ) -> Result<ChangeOutcome, GatewayError> {
+    pub async fn change(mut self, change: RegistryChange) -> Result<ChangeOutcome, GatewayError> {
         let Some(event) = self.event.take() else {
             return Err(GatewayError::AuditUnavailable);
         };

@@ -38,7 +38,11 @@ pub async fn connect(addr: &str, tls: &ClientTls) -> anyhow::Result<tonic::trans
 }
 
 /// `message` with the caller's bearer token and a deadline.
-pub fn authorized<T>(message: T, token: &str, timeout: Duration) -> anyhow::Result<tonic::Request<T>> {
+pub fn authorized<T>(
+    message: T,
+    token: &str,
+    timeout: Duration,
+) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     request
@@ -169,7 +173,11 @@ fn render_case(out: &mut String, case: &Case) {
         } else {
             format!("{} {}", d.basis, d.basis_id)
         };
-        let _ = writeln!(out, "      basis: {basis} (rules: {})", d.rule_ids.join(", "));
+        let _ = writeln!(
+            out,
+            "      basis: {basis} (rules: {})",
+            d.rule_ids.join(", ")
+        );
         for w in &d.withheld {
             let _ = writeln!(out, "      withheld {}: {}", w.part, w.reason);
         }

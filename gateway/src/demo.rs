@@ -305,7 +305,10 @@ pub const DEMO_STAFF: &[DemoStaff] = &[
 pub fn token_for(dir: &Path, user: &str, ttl: std::time::Duration) -> anyhow::Result<String> {
     if let Some(staff) = DEMO_STAFF.iter().find(|s| s.id == user) {
         let municipality = store::read_municipality(dir).with_context(|| {
-            format!("{} holds no demo data; run `samblik demo` first", dir.display())
+            format!(
+                "{} holds no demo data; run `samblik demo` first",
+                dir.display()
+            )
         })?;
         let issuer =
             DemoIssuer::load(dir).context("no demo signing key; run `samblik demo` first")?;

@@ -67,6 +67,11 @@ impl DisclosurePolicy {
         Self::new(&text, &config.sources, config.policy.clone())
     }
 
+    /// The text of the shipped default rules.
+    pub fn default_rules() -> &'static str {
+        Policy::default_source()
+    }
+
     /// The shipped default rules over `sources`.
     pub fn with_default_rules(
         sources: &[SourceConfig],

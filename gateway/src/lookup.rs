@@ -9,14 +9,14 @@
 
 use crate::audit::{AuditDraft, disclosed_fields, source_entry};
 use crate::auth::{Authenticator, Caller};
+use crate::disclosure::{DisclosurePolicy, LookupFacts, RegistryFacts, wire_tier};
 use crate::error::GatewayError;
 use futures::stream::{FuturesUnordered, StreamExt};
 use prost::Message;
-use samblik_adapters::{CaseQuery, Source, SourceError};
-use samblik_audit::{Action, AuditLog, CaseEntry, SourceEntry};
-use crate::disclosure::{DisclosurePolicy, LookupFacts, RegistryFacts, wire_tier};
 use samblik_adapters::SourceAnswer;
+use samblik_adapters::{CaseQuery, Source, SourceError};
 use samblik_audit::registry::Registry;
+use samblik_audit::{Action, AuditLog, CaseEntry, SourceEntry};
 use samblik_policy::{Decision, Role};
 use samblik_proto::Cpr;
 use samblik_proto::source::v1::CallerContext;
@@ -139,8 +139,14 @@ impl LookupPlan {
 /// What one source call brought back, before the policy decides.
 #[derive(Debug)]
 enum Fetched {
-    Answer { answer: SourceAnswer, asked: Tier },
-    Failed { status: SourceStatus, detail: &'static str },
+    Answer {
+        answer: SourceAnswer,
+        asked: Tier,
+    },
+    Failed {
+        status: SourceStatus,
+        detail: &'static str,
+    },
 }
 
 impl LookupPipeline {
@@ -342,7 +348,8 @@ impl LookupPipeline {
                                 continue;
                             }
                             let decision = self.policy.decide(&facts, id, &case);
-                            let case_type = case.existence.as_ref().and_then(|e| e.case_type.clone());
+                            let case_type =
+                                case.existence.as_ref().and_then(|e| e.case_type.clone());
                             let mut shown = self
                                 .policy
                                 .apply(id, case.clone(), &decision)
@@ -428,7 +435,11 @@ impl LookupPipeline {
         };
         Ok(LookupPlan {
             request_id,
-            roles: subject.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+            roles: subject
+                .roles
+                .iter()
+                .filter_map(|r| Role::parse(r))
+                .collect(),
             caller: Arc::new(subject),
             purpose,
             cpr,

@@ -227,7 +227,12 @@ impl RegistryApi {
         request_id: &str,
     ) -> Result<pb::ConsentRecord, GatewayError> {
         let (mut draft, caller) = self
-            .begin(&request, request_id, Action::ConsentRecorded, CASEWORK_ROLES)
+            .begin(
+                &request,
+                request_id,
+                Action::ConsentRecorded,
+                CASEWORK_ROLES,
+            )
             .await?;
         let message = request.into_inner();
         let consent = match self.consent_from(&message, &caller, &mut draft) {
@@ -328,7 +333,12 @@ impl RegistryApi {
         request_id: &str,
     ) -> Result<pb::ConsentRecord, GatewayError> {
         let (mut draft, caller) = self
-            .begin(&request, request_id, Action::ConsentWithdrawn, CASEWORK_ROLES)
+            .begin(
+                &request,
+                request_id,
+                Action::ConsentWithdrawn,
+                CASEWORK_ROLES,
+            )
             .await?;
         let message = request.into_inner();
         let cpr = match Cpr::parse(&message.cpr) {
@@ -403,7 +413,12 @@ impl RegistryApi {
         request_id: &str,
     ) -> Result<pb::AccessRequest, GatewayError> {
         let (mut draft, caller) = self
-            .begin(&request, request_id, Action::AccessRequested, CASEWORK_ROLES)
+            .begin(
+                &request,
+                request_id,
+                Action::AccessRequested,
+                CASEWORK_ROLES,
+            )
             .await?;
         let message = request.into_inner();
         let filed = match self.request_from(&message, &caller, &mut draft) {

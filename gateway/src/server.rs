@@ -3,14 +3,14 @@
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{AuditConfig, AuditDurability, Config, LimitsConfig};
+use crate::disclosure::DisclosurePolicy;
 use crate::error::REQUEST_ID_HEADER;
 use crate::lookup::{GatewaySource, LookupLimits, LookupPipeline, parse_grpc_timeout};
 use samblik_adapters::GrpcSource;
 use samblik_adapters::tls::ReloadingServerConfig;
 use samblik_audit::postgres::PostgresStore;
-use samblik_audit::sqlite::{Durability, SqliteStore};
-use crate::disclosure::DisclosurePolicy;
 use samblik_audit::registry::Registry;
+use samblik_audit::sqlite::{Durability, SqliteStore};
 use samblik_audit::{AuditError, AuditLog, AuditStore, CheckpointSigner, WriterOptions};
 use samblik_proto::v1::access_request_service_server::AccessRequestServiceServer;
 use samblik_proto::v1::consent_service_server::ConsentServiceServer;

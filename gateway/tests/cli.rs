@@ -97,12 +97,27 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
     let dir_arg = dir.path().to_str().unwrap();
     let (demo, facts) = start_demo(dir.path(), &["--citizens", "5000"], Stdio::null());
 
-    let users = facts["users"].as_array().unwrap();
-    let departments: Vec<&str> = users
+    let all_users = facts["users"].as_array().unwrap();
+    let roles: Vec<(&str, &str)> = all_users
         .iter()
-        .map(|u| u["department"].as_str().unwrap())
+        .map(|u| {
+            (
+                u["role"].as_str().unwrap(),
+                u["department"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(departments, ["child-welfare", "jobcenter", "integration"]);
+    assert_eq!(
+        roles,
+        [
+            ("caseworker", "child-welfare"),
+            ("caseworker", "jobcenter"),
+            ("caseworker", "integration"),
+            ("admin", "administration"),
+            ("auditor", "administration"),
+        ]
+    );
+    let users = &all_users[..3];
     for user in users {
         assert!(!user["citizens"].as_array().unwrap().is_empty(), "{user}");
         assert!(user["name"].as_str().is_some_and(|n| !n.is_empty()));
@@ -174,6 +189,64 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
     }
     assert_eq!(overview.matches("data as of").count(), 3, "{overview}");
     assert!(overview.contains("responsible: "));
+
+    // The data-protection officer's dry run: what would the jobcenter caseworker see, and why —
+    // without any case content.
+    let dpo = stdout(&samblik(&["token", "--dir", dir_arg, "--user", "dpo-001"]))
+        .trim()
+        .to_owned();
+    let explained = stdout(&samblik(&[
+        "policy",
+        "explain",
+        "--addr",
+        url,
+        "--cacert",
+        ca,
+        "--token",
+        &dpo,
+        "--cpr",
+        everywhere,
+        "--purpose",
+        "prepare-meeting",
+        "--caller-id",
+        user,
+        "--caller-department",
+        "jobcenter",
+    ]));
+    assert!(
+        explained.contains("Relation to the citizen: yes"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("on basis statute existence-and-contact"),
+        "{explained}"
+    );
+    assert!(explained.contains("on basis own-department"), "{explained}");
+    assert!(
+        !explained.contains("responsible"),
+        "content leaked: {explained}"
+    );
+    // A caseworker may not ask for explanations.
+    let refused = samblik(&[
+        "policy",
+        "explain",
+        "--addr",
+        url,
+        "--cacert",
+        ca,
+        "--token",
+        &token,
+        "--cpr",
+        everywhere,
+        "--purpose",
+        "prepare-meeting",
+        "--caller-id",
+        user,
+        "--caller-department",
+        "jobcenter",
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("PermissionDenied"));
 
     // The README's grpcurl example, exactly as demo.json spells it.
     let example = facts["grpcurl_example"].as_str().unwrap();

@@ -314,8 +314,7 @@ pub fn in_process_pipeline(
         )
         .unwrap(),
     );
-    let audit =
-        samblik_gateway::server::open_audit_log(&config.audit, policy.version()).unwrap();
+    let audit = samblik_gateway::server::open_audit_log(&config.audit, policy.version()).unwrap();
     let registry = samblik_gateway::server::open_registry(&config.audit).unwrap();
     LookupPipeline::new(
         Authenticator::from_config(&config.auth).unwrap(),

@@ -65,7 +65,11 @@ async fn an_answered_lookup_records_who_looked_at_whom_and_exactly_what_was_disc
         (worker.id.as_str(), "jobcenter")
     );
     // The policy's hash, the same one the audit writer recorded when it started.
-    assert!(r.policy_version.starts_with("sha256:"), "{}", r.policy_version);
+    assert!(
+        r.policy_version.starts_with("sha256:"),
+        "{}",
+        r.policy_version
+    );
     let started = &m.gateway.audit_records()[0];
     assert_eq!(r.policy_version, started.policy_version);
     assert_eq!(r.sources.len(), 3);
@@ -86,10 +90,7 @@ async fn an_answered_lookup_records_who_looked_at_whom_and_exactly_what_was_disc
         }
         for case in &entry.cases {
             assert_eq!(case.tier, 1);
-            assert_eq!(
-                case.basis.as_deref(),
-                Some("statute:existence-and-contact")
-            );
+            assert_eq!(case.basis.as_deref(), Some("statute:existence-and-contact"));
             assert!(!case.rule_ids.is_empty());
             assert!(
                 case.fields

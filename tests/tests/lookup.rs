@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn a_citizen_with_cases_in_three_departments_is_shown_at_tier_1_elsewhere_and_in_full_at_home()
-{
+ {
     let m = start_municipal().await;
     let cpr = three_department_citizen();
     let token = token(Department::Jobcenter);
@@ -117,7 +117,12 @@ async fn a_citizen_without_cases_gets_an_explicit_empty_answer_from_every_source
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     assert_eq!(m.calls(), 1);
     // Breaking the glass, every source answers explicitly that it has nothing.
-    let mut req = request(citizen_without_cases(), Purpose::FollowUp, Some(&token), None);
+    let mut req = request(
+        citizen_without_cases(),
+        Purpose::FollowUp,
+        Some(&token),
+        None,
+    );
     req.get_mut().break_glass_reason = BREAK_GLASS_REASON.into();
     let response = client.lookup(req).await.unwrap().into_inner();
     assert_eq!(response.sources.len(), 3);

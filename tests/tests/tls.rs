@@ -197,7 +197,21 @@ async fn a_source_with_a_wrong_certificate_is_unavailable_and_nothing_from_it_is
     // Every source presents a certificate from a CA the gateway does not trust.
     let s = start_secure(ClientAuth::Optional, |_, _| {}, Some(&impostor)).await;
     let mut client = connect(s.gateway.addr, &s.pki.ca, None).await.unwrap();
-    let answer = lookup(&mut client).await.unwrap();
+    // The caller's own department cannot be reached either, so the relation cannot be
+    // established: nothing is disclosed, and the reason is not the certificate.
+    let refused = lookup(&mut client).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert!(!refused.message().contains("certificate"));
+    // Breaking the glass, each source is reported unavailable.
+    let mut req = request(
+        three_department_citizen(),
+        Purpose::PrepareMeeting,
+        Some(&token(Department::Jobcenter)),
+        None,
+    );
+    req.get_mut().break_glass_reason = BREAK_GLASS_REASON.into();
+    let answer = client.lookup(req).await.unwrap().into_inner();
+    assert_eq!(answer.sources.len(), 3);
     for source in &answer.sources {
         assert_eq!(source.status(), SourceStatus::Unavailable, "{source:?}");
         assert!(source.cases.is_empty());

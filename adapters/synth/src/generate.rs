@@ -1415,10 +1415,25 @@ fn build_case(
 
 /// Streets of the synthetic municipality's towns.
 const STREETS: &[&str] = &[
-    "Skovvej", "Møllegade", "Engvej", "Kirkestræde", "Ågade", "Bakkevej", "Stationsvej",
-    "Rosenvænget", "Havnegade", "Birkealle", "Vestergade", "Præstevej",
+    "Skovvej",
+    "Møllegade",
+    "Engvej",
+    "Kirkestræde",
+    "Ågade",
+    "Bakkevej",
+    "Stationsvej",
+    "Rosenvænget",
+    "Havnegade",
+    "Birkealle",
+    "Vestergade",
+    "Præstevej",
 ];
-const TOWNS: &[&str] = &["9990 Sønderå", "9991 Nørre Sønderå", "9992 Åbæk", "9993 Lystrup Strand"];
+const TOWNS: &[&str] = &[
+    "9990 Sønderå",
+    "9991 Nørre Sønderå",
+    "9992 Åbæk",
+    "9993 Lystrup Strand",
+];
 
 /// The citizen's address, derived from the CPR number (not from the random stream, so adding it
 /// changed no other generated value). Postcodes 9990–9993 do not exist.
