@@ -931,5 +931,9 @@ mod shipped {
         assert!(config.validate().is_ok(), "{:?}", config.validate());
         let ids: Vec<&str> = config.sources.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, ["child-welfare", "jobcenter", "integration"]);
+        // Its policy section loads over its sources as the gateway would.
+        let policy = crate::disclosure::DisclosurePolicy::from_config(&config)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(policy.version().starts_with("sha256:"));
     }
 }

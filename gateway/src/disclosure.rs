@@ -516,3 +516,282 @@ impl RegistryFacts {
             .max_by_key(|b| b.max_tier)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::audit::disclosed_fields;
+    use proptest::prelude::*;
+    use samblik_audit::registry::{Recipients, RequestState};
+
+    const CPR: &str = "0101904321";
+    const DEPARTMENTS: [&str; 3] = ["child-welfare", "jobcenter", "integration"];
+    const CASE_TYPES: [&str; 4] = ["SL-140", "SL-12a", "LAB-27", "IL-19"];
+    const FLAGS: [&str; 3] = [
+        "address-protection",
+        "police-information",
+        "honour-related-conflict",
+    ];
+
+    fn policy() -> DisclosurePolicy {
+        let sources: Vec<SourceConfig> = DEPARTMENTS
+            .iter()
+            .map(|id| SourceConfig {
+                id: (*id).to_owned(),
+                department: (*id).to_owned(),
+                endpoint: String::new(),
+                timeout_ms: 1_000,
+                connect_timeout_ms: 1_000,
+                tls: None,
+                owner_department: None,
+                case_types: Vec::new(),
+            })
+            .collect();
+        DisclosurePolicy::with_default_rules(&sources, PolicyConfig::default()).unwrap()
+    }
+
+    fn at(days: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000 + days * 86_400, 0).unwrap()
+    }
+
+    fn case(id: usize, case_type: &str, flags: Vec<String>) -> Case {
+        Case {
+            case_id: format!("C-{id}"),
+            subject_cpr: CPR.into(),
+            tier: pb::Tier::Full as i32,
+            existence: Some(pb::Existence {
+                case_type: Some(pb::CaseType {
+                    code: case_type.into(),
+                    ..Default::default()
+                }),
+                opened_on: "2026-01-01".into(),
+                ..Default::default()
+            }),
+            selected: Some(pb::Selected {
+                situation: "s".into(),
+                goals: vec![pb::Goal::default()],
+                residence: "Skovvej 1".into(),
+                assessment_summary: "a".into(),
+                ..Default::default()
+            }),
+            full: Some(pb::Full {
+                documents: vec![pb::Document {
+                    document_id: "D-1".into(),
+                    ..Default::default()
+                }],
+            }),
+            sensitivity: flags,
+            disclosure: None,
+        }
+    }
+
+    fn consent(i: usize, from: &str, tier: u8, refuse: bool) -> Consent {
+        Consent {
+            id: format!("c-{i}"),
+            cpr: CPR.into(),
+            kind: if refuse {
+                ConsentKind::Refuse
+            } else {
+                ConsentKind::Permit
+            },
+            from_departments: vec![from.into()],
+            to: if i % 2 == 0 {
+                Recipients::AnyWithCase
+            } else {
+                Recipients::Departments(vec!["jobcenter".into()])
+            },
+            max_tier: if refuse { 0 } else { tier },
+            purposes: if refuse {
+                Vec::new()
+            } else {
+                vec!["prepare-meeting".into()]
+            },
+            valid_from: at(-10),
+            valid_until: None,
+            recorded_by: "cw".into(),
+            recorded_at: at(-10),
+            document_ref: "doc".into(),
+            withdrawn_at: None,
+            withdrawn_by: None,
+        }
+    }
+
+    fn grant(i: usize, source: &str, case: usize, tier: u8) -> AccessRequest {
+        AccessRequest {
+            id: format!("ar-{i}"),
+            cpr: CPR.into(),
+            requester_id: "cw-jobcenter-001".into(),
+            requester_name: String::new(),
+            requester_department: "jobcenter".into(),
+            source_id: source.into(),
+            owner_department: source.into(),
+            case_id: format!("C-{case}"),
+            tier_wanted: tier,
+            purpose: "prepare-meeting".into(),
+            justification: "j".into(),
+            filed_at: at(-5),
+            state: RequestState::Approved,
+            decided_by: Some("x".into()),
+            decided_at: Some(at(-4)),
+            decision_reason: Some("ok".into()),
+            granted_tier: Some(tier),
+            granted_until: Some(at(5)),
+        }
+    }
+
+    /// Everything the caller is shown of every case, by case id.
+    fn shown(
+        policy: &DisclosurePolicy,
+        registry: &RegistryFacts,
+        relation: bool,
+        break_glass: bool,
+        cases: &[(String, Case)],
+    ) -> Vec<(String, Vec<String>)> {
+        let roles = [Role::Caseworker];
+        let facts = LookupFacts {
+            caller_id: "cw-jobcenter-001",
+            caller_department: "jobcenter",
+            roles: &roles,
+            municipality: "999",
+            purpose: "prepare-meeting",
+            relation,
+            break_glass,
+            registry,
+        };
+        let mut out = Vec::new();
+        for (source, case) in cases {
+            let decision = policy.decide(&facts, source, case);
+            let ceiling = policy.ceiling(&facts, source);
+            if let Some(filtered) = policy.apply(source, case.clone(), &decision) {
+                assert!(
+                    filtered.carried_tier() <= wire_tier(decision.tier),
+                    "fields above the granted tier"
+                );
+                assert!(filtered.tier <= wire_tier(ceiling) as i32 || source == "jobcenter");
+                assert!(filtered.sensitivity.is_empty() && filtered.subject_cpr.is_empty());
+                if !decision.address_visible {
+                    assert!(filtered.selected.as_ref().is_none_or(|s| s.residence.is_empty()));
+                }
+                out.push((filtered.case_id.clone(), disclosed_fields(&filtered)));
+            } else {
+                assert_eq!(decision.tier, Tier::Hidden);
+            }
+        }
+        out
+    }
+
+    fn is_narrower(
+        narrow: &[(String, Vec<String>)],
+        wide: &[(String, Vec<String>)],
+    ) -> Result<(), String> {
+        for (id, fields) in narrow {
+            let Some((_, wider)) = wide.iter().find(|(w, _)| w == id) else {
+                return Err(format!("case {id} appeared"));
+            };
+            if let Some(f) = fields.iter().find(|f| !wider.contains(f)) {
+                return Err(format!("case {id} gained {f}"));
+            }
+        }
+        Ok(())
+    }
+
+    prop_compose! {
+        fn scenario()(
+            cases in prop::collection::vec(
+                (0..3usize, 0..CASE_TYPES.len(), prop::collection::vec(0..FLAGS.len(), 0..3)),
+                1..6,
+            ),
+            consents in prop::collection::vec((0..3usize, 1..=3u8, any::<bool>()), 0..4),
+            grants in prop::collection::vec((0..3usize, 0..6usize, 1..=3u8), 0..3),
+            relation in any::<bool>(),
+            break_glass in any::<bool>(),
+        ) -> (Vec<(String, Case)>, RegistryFacts, bool, bool) {
+            let cases = cases
+                .into_iter()
+                .enumerate()
+                .map(|(i, (s, t, flags))| {
+                    let flags = flags.into_iter().map(|f| FLAGS[f].to_owned()).collect();
+                    (DEPARTMENTS[s].to_owned(), case(i, CASE_TYPES[t], flags))
+                })
+                .collect();
+            let registry = RegistryFacts {
+                consents: consents
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (d, tier, refuse))| consent(i, DEPARTMENTS[d], tier, refuse))
+                    .collect(),
+                grants: grants
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (d, c, tier))| grant(i, DEPARTMENTS[d], c, tier))
+                    .collect(),
+                now: at(0),
+            };
+            (cases, registry, relation, break_glass)
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Withdrawing any one consent or removing any one grant never shows a case, or a field
+        /// of one, that was not shown before; no field above its tier or a hidden address ever
+        /// leaves, and a hidden case leaves nothing (checked inside `shown`).
+        #[test]
+        fn removing_a_consent_or_a_grant_never_widens_the_answer(
+            (cases, registry, relation, break_glass) in scenario()
+        ) {
+            let policy = policy();
+            let full = shown(&policy, &registry, relation, break_glass, &cases);
+            for i in 0..registry.consents.len() {
+                let mut fewer = RegistryFacts {
+                    consents: registry.consents.clone(),
+                    grants: registry.grants.clone(),
+                    now: registry.now,
+                };
+                // Withdrawn, as the store records it (a refusal withdrawn may widen: that is
+                // the citizen's decision, so only permits are withdrawn here).
+                if fewer.consents[i].kind == ConsentKind::Refuse {
+                    continue;
+                }
+                fewer.consents[i].withdrawn_at = Some(at(-1));
+                let narrow = shown(&policy, &fewer, relation, break_glass, &cases);
+                prop_assert!(is_narrower(&narrow, &full).is_ok(), "{:?}", is_narrower(&narrow, &full));
+            }
+            for i in 0..registry.grants.len() {
+                let mut fewer = RegistryFacts {
+                    consents: registry.consents.clone(),
+                    grants: registry.grants.clone(),
+                    now: registry.now,
+                };
+                fewer.grants.remove(i);
+                let narrow = shown(&policy, &fewer, relation, break_glass, &cases);
+                prop_assert!(is_narrower(&narrow, &full).is_ok(), "{:?}", is_narrower(&narrow, &full));
+            }
+        }
+    }
+
+    #[test]
+    fn a_typo_in_a_field_set_refuses_to_start() {
+        let mut config = PolicyConfig::default();
+        config.field_sets.push(FieldSetConfig {
+            source: "jobcenter".into(),
+            case_types: Vec::new(),
+            selected: vec!["intervention".into()],
+        });
+        let sources = [SourceConfig {
+            id: "jobcenter".into(),
+            department: "Jobcenter".into(),
+            endpoint: String::new(),
+            timeout_ms: 1_000,
+            connect_timeout_ms: 1_000,
+            tls: None,
+            owner_department: None,
+            case_types: Vec::new(),
+        }];
+        let err = DisclosurePolicy::with_default_rules(&sources, config).unwrap_err();
+        assert!(err.to_string().contains("intervention"), "{err}");
+    }
+}
