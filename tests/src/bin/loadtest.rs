@@ -220,8 +220,16 @@ async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     eprintln!("generating the synthetic municipality (43,000 inhabitants)…");
     let data = samblik_synth::generate(&SynthConfig::new(2017, 43_000))?;
-    // Citizens with at least one case, so every lookup does real work in some source.
-    let mut cprs: Vec<String> = data.cases.iter().map(|c| c.cpr.clone()).collect();
+    // Citizens with an open jobcenter case: the jobcenter callers below have a relation to each
+    // (the policy refuses a lookup without one), and every lookup does real work.
+    let mut cprs: Vec<String> = data
+        .cases
+        .iter()
+        .filter(|c| {
+            c.department() == Department::Jobcenter && c.state == samblik_synth::CaseState::Open
+        })
+        .map(|c| c.cpr.clone())
+        .collect();
     cprs.sort();
     cprs.dedup();
     let cprs = Arc::new(cprs);
