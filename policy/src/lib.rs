@@ -18,6 +18,7 @@ mod error;
 mod facts;
 mod memo;
 mod policy;
+mod reads;
 
 pub use decision::{Decision, LegalBasis, NEEDS_BASIS, RULE_UNKNOWN_VOCABULARY, Withheld};
 pub use error::PolicyError;

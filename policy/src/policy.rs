@@ -5,9 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityId,
-    EntityTypeName, EntityUid, PolicyId, PolicySet, Request, RestrictedExpression, Schema,
-    ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
+    EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet, Request, RestrictedExpression,
+    Schema, ValidationMode, Validator,
 };
 use sha2::{Digest, Sha256};
 
@@ -17,6 +17,7 @@ use crate::decision::{
 use crate::error::PolicyError;
 use crate::facts::{BasisFact, CaseFacts, Catalog, Tier};
 use crate::memo::Memo;
+use crate::reads::Reads;
 
 const DEFAULT_POLICY: &str = include_str!("../default/disclosure.cedar");
 const SCHEMA_TEMPLATE: &str = include_str!("../default/samblik.cedarschema");
@@ -32,9 +33,11 @@ const ADDRESS_ACTION: &str = "see-address";
 const ADDRESS_TIER: Tier = Tier::Selected;
 
 /// A loaded, validated disclosure policy. Cheap to share (`Send + Sync`); decisions are memoized
-/// per fact tuple inside.
+/// inside, keyed on the facts the rules can read.
 pub struct Policy {
-    policies: PolicySet,
+    /// One per entry of [`TIER_ACTIONS`].
+    tier_questions: [Question; 3],
+    address_question: Question,
     rules: Vec<Rule>,
     vocabulary: Vocabulary,
     version: String,
@@ -63,6 +66,35 @@ struct Rule {
 enum RuleEffect {
     Permit(BasisKind),
     Forbid { code: String, reason: String },
+}
+
+/// One action Cedar is asked, with only the rules whose action scope can match it: a rule that
+/// cannot apply is never satisfied and never errors, so leaving it out changes no answer and
+/// saves evaluating it.
+#[derive(Debug)]
+struct Question {
+    action: EntityUid,
+    policies: PolicySet,
+}
+
+impl Question {
+    fn new(action: EntityUid, all: &PolicySet) -> Result<Question, PolicyError> {
+        let mut policies = PolicySet::new();
+        for policy in all.policies() {
+            // The request's entities hold no actions, so `action in [..]` is membership.
+            let applies = match policy.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(only) => only == action,
+                ActionConstraint::In(list) => list.contains(&action),
+            };
+            if applies {
+                policies
+                    .add(policy.clone())
+                    .map_err(|e| PolicyError::Schema(format!("policy set for {action}: {e}")))?;
+            }
+        }
+        Ok(Question { action, policies })
+    }
 }
 
 /// The catalog as sets, to refuse facts outside it before Cedar sees them.
@@ -103,9 +135,6 @@ struct Names {
     purpose: EntityTypeName,
     flag: EntityTypeName,
     role: EntityTypeName,
-    /// One per entry of [`TIER_ACTIONS`].
-    tier_actions: [EntityUid; 3],
-    address_action: EntityUid,
 }
 
 impl Names {
@@ -113,12 +142,6 @@ impl Names {
         let ty = |name: &str| {
             EntityTypeName::from_str(name)
                 .map_err(|e| PolicyError::Schema(format!("entity type {name}: {e}")))
-        };
-        let action = |name: &str| {
-            Ok::<_, PolicyError>(EntityUid::from_type_name_and_id(
-                ty("Action")?,
-                EntityId::new(name),
-            ))
         };
         Ok(Names {
             caller: ty("Caller")?,
@@ -128,13 +151,13 @@ impl Names {
             purpose: ty("Purpose")?,
             flag: ty("Flag")?,
             role: ty("Role")?,
-            tier_actions: [
-                action(TIER_ACTIONS[0].1)?,
-                action(TIER_ACTIONS[1].1)?,
-                action(TIER_ACTIONS[2].1)?,
-            ],
-            address_action: action(ADDRESS_ACTION)?,
         })
+    }
+
+    fn action(name: &str) -> Result<EntityUid, PolicyError> {
+        let ty = EntityTypeName::from_str("Action")
+            .map_err(|e| PolicyError::Schema(format!("entity type Action: {e}")))?;
+        Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(name)))
     }
 
     fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
@@ -375,20 +398,29 @@ impl Policy {
         }
 
         let names = Names::new()?;
+        let tier_questions = [
+            Question::new(Names::action(TIER_ACTIONS[0].1)?, &policies)?,
+            Question::new(Names::action(TIER_ACTIONS[1].1)?, &policies)?,
+            Question::new(Names::action(TIER_ACTIONS[2].1)?, &policies)?,
+        ];
+        let address_question = Question::new(Names::action(ADDRESS_ACTION)?, &policies)?;
+        // The vocabulary check runs on a miss only, so what it reads is part of the key too.
+        let reads = Reads::of(&policies).and_vocabulary();
         let mut hasher = Sha256::new();
         for part in [policy_source, &schema_text, skip.unwrap_or_default()] {
             hasher.update((part.len() as u64).to_be_bytes());
             hasher.update(part.as_bytes());
         }
         Ok(Policy {
-            policies,
+            tier_questions,
+            address_question,
             rules,
             vocabulary: Vocabulary::new(catalog),
             version: format!("sha256:{}", hex::encode(hasher.finalize())),
             authorizer: Authorizer::new(),
             contexts: Contexts::new(&names, &catalog.purposes)?,
             names,
-            memo: Memo::new(),
+            memo: Memo::new(reads),
         })
     }
 
@@ -410,7 +442,9 @@ impl Policy {
         }
     }
 
-    /// Asks Cedar, from the top tier down, and explains the answer.
+    /// Asks Cedar, from the top tier down, and explains the answer. Reads nothing of `facts`
+    /// but what Cedar is shown and what the vocabulary check reads: the memo key holds exactly
+    /// that.
     fn evaluate(&self, facts: &CaseFacts<'_>) -> Outcome {
         if !self.vocabulary.knows(facts) {
             return Outcome::hidden(vec![RULE_UNKNOWN_VOCABULARY.to_owned()]);
@@ -418,16 +452,16 @@ impl Policy {
         let Some((principal, resource, entities)) = self.entities(facts) else {
             return Outcome::hidden(Vec::new());
         };
-        let ask = |action: &EntityUid, tier: Tier| {
-            self.ask(facts, &principal, action, &resource, &entities, tier)
+        let ask = |question: &Question, tier: Tier| {
+            self.ask(facts, &principal, question, &resource, &entities, tier)
         };
 
         let mut decided_by: Vec<usize> = Vec::new();
         let mut granted = None;
         // The forbid that denied the tier directly above the granted one, if any.
         let mut next_forbid = None;
-        for ((tier, _), action) in TIER_ACTIONS.iter().zip(&self.names.tier_actions).rev() {
-            let verdict = ask(action, *tier);
+        for ((tier, _), question) in TIER_ACTIONS.iter().zip(&self.tier_questions).rev() {
+            let verdict = ask(question, *tier);
             if verdict.allowed {
                 decided_by.extend(verdict.permits);
                 granted = Some(*tier);
@@ -449,7 +483,7 @@ impl Policy {
             .min();
 
         let address_visible = tier >= ADDRESS_TIER && {
-            let verdict = ask(&self.names.address_action, ADDRESS_TIER);
+            let verdict = ask(&self.address_question, ADDRESS_TIER);
             decided_by.extend(verdict.forbids);
             verdict.allowed
         };
@@ -557,7 +591,7 @@ impl Policy {
         &self,
         f: &CaseFacts<'_>,
         principal: &EntityUid,
-        action: &EntityUid,
+        question: &Question,
         resource: &EntityUid,
         entities: &Entities,
         tier: Tier,
@@ -579,7 +613,7 @@ impl Policy {
         };
         let Ok(request) = Request::new(
             principal.clone(),
-            action.clone(),
+            question.action.clone(),
             resource.clone(),
             context.clone(),
             None,
@@ -588,7 +622,7 @@ impl Policy {
         };
         let response = self
             .authorizer
-            .is_authorized(&request, &self.policies, entities);
+            .is_authorized(&request, &question.policies, entities);
 
         let mut verdict = Verdict::default();
         let diagnostics = response.diagnostics();
@@ -1113,6 +1147,124 @@ mod tests {
             ..facts()
         });
         assert_eq!(p.memo.len(), 2);
+    }
+
+    #[test]
+    fn callers_and_citizens_the_rules_cannot_tell_apart_share_a_decision() {
+        let p = default_policy();
+        let first = p.decide(&facts());
+        assert_eq!(p.memo.len(), 1);
+        // Another caller in another department and municipality, about another citizen's case
+        // under another paragraph in another owner's source: the default policy reads none of
+        // these (only whether the caller owns the case, which stays false).
+        let roles = [Role::Auditor, Role::Caseworker];
+        let other = CaseFacts {
+            caller_id: "cw-9001",
+            caller_department: "integration",
+            roles: &roles,
+            municipality: "0851",
+            legal_paragraph: "Serviceloven § 140, stk. 2",
+            owner_department: "child-welfare-north",
+            statute: Some(BasisFact {
+                id: "rehabilitation-plan",
+                max_tier: Tier::Existence,
+            }),
+            ..facts()
+        };
+        let second = p.decide(&other);
+        assert_eq!(p.memo.len(), 1, "no rule reads what differs");
+        assert_eq!(
+            (second.tier, &second.rule_ids),
+            (first.tier, &first.rule_ids)
+        );
+        assert_eq!(second.withheld, first.withheld);
+        assert_eq!(
+            second.basis,
+            Some(LegalBasis::Statute("rehabilitation-plan".into())),
+            "the basis id is the current facts', not the cached decision's"
+        );
+        // A fact the policy does read (the caller now owns the case) gets its own entry.
+        let owner = p.decide(&CaseFacts {
+            caller_department: "child-welfare",
+            ..facts()
+        });
+        assert_eq!(p.memo.len(), 2);
+        assert_eq!(owner.tier, Tier::Full);
+        assert_eq!(owner.basis, Some(LegalBasis::OwnDepartment));
+    }
+
+    #[test]
+    fn a_policy_that_reads_the_callers_department_keeps_callers_apart() {
+        let source = format!(
+            "{}\n@id(\"integration-statute-selected\")\n@basis(\"statute\")\n\
+             permit (principal, action == Action::\"see-selected\", resource)\n\
+             when {{ context.relation && principal.department == \"integration\" }};\n",
+            Policy::default_source()
+        );
+        let p = Policy::load(&source, &catalog()).unwrap();
+        let jobcenter = p.decide(&facts());
+        assert_eq!(p.memo.len(), 1);
+        let integration = p.decide(&CaseFacts {
+            caller_id: "cw-18",
+            caller_department: "integration",
+            ..facts()
+        });
+        assert_eq!(
+            p.memo.len(),
+            2,
+            "the department is read, so it is part of the key"
+        );
+        assert_eq!(jobcenter.tier, Tier::Existence);
+        assert_eq!(integration.tier, Tier::Selected);
+        assert_eq!(integration.rule_ids, ["integration-statute-selected"]);
+        // The caller id and municipality are still not read: a colleague shares the entry.
+        let colleague = p.decide(&CaseFacts {
+            caller_id: "cw-19",
+            caller_department: "integration",
+            municipality: "0851",
+            ..facts()
+        });
+        assert_eq!(p.memo.len(), 2);
+        assert_eq!(colleague, integration);
+    }
+
+    #[test]
+    fn a_policy_that_names_a_caller_keeps_every_caller_apart() {
+        let source = format!(
+            "{}\n@id(\"cw-18-full\")\n@basis(\"grant\")\n\
+             permit (principal == Caller::\"cw-18\", action, resource);\n",
+            Policy::default_source()
+        );
+        let p = Policy::load(&source, &catalog()).unwrap();
+        let cw17 = p.decide(&facts());
+        let cw18 = p.decide(&CaseFacts {
+            caller_id: "cw-18",
+            ..facts()
+        });
+        assert_eq!(p.memo.len(), 2);
+        assert_eq!((cw17.tier, cw18.tier), (Tier::Existence, Tier::Full));
+    }
+
+    #[test]
+    fn unknown_vocabulary_is_not_memoized_as_a_known_case() {
+        // No rule of the default policy reads the source; an unknown one must still hide.
+        let p = default_policy();
+        assert_eq!(p.decide(&facts()).tier, Tier::Existence);
+        let d = p.decide(&CaseFacts {
+            source_id: "housing",
+            ..facts()
+        });
+        assert_eq!(d.rule_ids, [RULE_UNKNOWN_VOCABULARY]);
+        assert_eq!(
+            p.ceiling(
+                &CaseFacts {
+                    source_id: "housing",
+                    ..facts()
+                },
+                &["SL-140"]
+            ),
+            Tier::Hidden
+        );
     }
 
     #[test]
