@@ -39,7 +39,9 @@ fn lookups() -> Vec<Lookup> {
     for c in &data.cases {
         *by_citizen.entry(c.cpr.as_str()).or_default() += 1;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let jobcenter: Vec<&str> = data
         .caseworkers
         .iter()
@@ -87,7 +89,11 @@ fn lookups() -> Vec<Lookup> {
                 caller: jobcenter[i % jobcenter.len()].to_owned(),
                 cases,
                 registry: RegistryFacts {
-                    consents: if i % 2 == 0 { vec![consent] } else { Vec::new() },
+                    consents: if i % 2 == 0 {
+                        vec![consent]
+                    } else {
+                        Vec::new()
+                    },
                     grants: Vec::new(),
                     now,
                 },
@@ -150,12 +156,15 @@ fn bench(c: &mut Criterion) {
     );
     let policy = policy();
     let mut i = 0;
-    c.bench_function("decide+filter, realistic lookup (200 citizens, cycling)", |b| {
-        b.iter(|| {
-            i = (i + 1) % lookups.len();
-            black_box(run(&policy, &lookups[i]))
-        });
-    });
+    c.bench_function(
+        "decide+filter, realistic lookup (200 citizens, cycling)",
+        |b| {
+            b.iter(|| {
+                i = (i + 1) % lookups.len();
+                black_box(run(&policy, &lookups[i]))
+            });
+        },
+    );
     // The same lookup over and over: the floor.
     c.bench_function("decide+filter, one lookup repeated", |b| {
         b.iter(|| black_box(run(&policy, &lookups[0])));

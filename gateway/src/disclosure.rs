@@ -672,7 +672,12 @@ mod tests {
                 assert!(filtered.tier <= wire_tier(ceiling) as i32 || source == "jobcenter");
                 assert!(filtered.sensitivity.is_empty() && filtered.subject_cpr.is_empty());
                 if !decision.address_visible {
-                    assert!(filtered.selected.as_ref().is_none_or(|s| s.residence.is_empty()));
+                    assert!(
+                        filtered
+                            .selected
+                            .as_ref()
+                            .is_none_or(|s| s.residence.is_empty())
+                    );
                 }
                 out.push((filtered.case_id.clone(), disclosed_fields(&filtered)));
             } else {

@@ -81,6 +81,21 @@ impl RegistryApi {
     }
 }
 
+impl RegistryApi {
+    /// Writes `change` with its audit record, then makes it visible to the next lookup.
+    async fn apply(
+        &self,
+        draft: AuditDraft,
+        change: RegistryChange,
+    ) -> Result<ChangeOutcome, GatewayError> {
+        let outcome = draft.change(change.clone()).await?;
+        if outcome == ChangeOutcome::Applied {
+            self.pipeline.registry().refresh(&change).await;
+        }
+        Ok(outcome)
+    }
+}
+
 /// Runs a refusal through the draft (recorded durably) and returns it.
 async fn refuse<T>(draft: AuditDraft, error: GatewayError) -> Result<T, GatewayError> {
     draft.refused(&error).await?;
@@ -240,8 +255,8 @@ impl RegistryApi {
             Err(e) => return refuse(draft, e).await,
         };
         let now = consent.recorded_at;
-        let applied = draft
-            .change(RegistryChange::RecordConsent(consent.clone()))
+        let applied = self
+            .apply(draft, RegistryChange::RecordConsent(consent.clone()))
             .await?;
         outcome(applied, "consent")?;
         tracing::info!(consent_id = %consent.id, "consent recorded");
@@ -354,13 +369,16 @@ impl RegistryApi {
             .await;
         }
         let now = Utc::now();
-        let applied = draft
-            .change(RegistryChange::WithdrawConsent {
-                id: message.consent_id.clone(),
-                cpr: cpr.as_str().to_owned(),
-                by: caller.id.clone(),
-                at: now,
-            })
+        let applied = self
+            .apply(
+                draft,
+                RegistryChange::WithdrawConsent {
+                    id: message.consent_id.clone(),
+                    cpr: cpr.as_str().to_owned(),
+                    by: caller.id.clone(),
+                    at: now,
+                },
+            )
             .await?;
         outcome(applied, "consent")?;
         let consent = self
@@ -425,8 +443,8 @@ impl RegistryApi {
             Ok(r) => r,
             Err(e) => return refuse(draft, e).await,
         };
-        let applied = draft
-            .change(RegistryChange::FileRequest(filed.clone()))
+        let applied = self
+            .apply(draft, RegistryChange::FileRequest(filed.clone()))
             .await?;
         outcome(applied, "request")?;
         tracing::info!(request = %filed.id, source = %filed.source_id, "access request filed");
@@ -555,7 +573,7 @@ impl RegistryApi {
             Ok(c) => c,
             Err(e) => return refuse(draft, e).await,
         };
-        let applied = draft.change(change).await?;
+        let applied = self.apply(draft, change).await?;
         outcome(applied, "request")?;
         let decided = self
             .pipeline

@@ -601,6 +601,9 @@ impl Drop for Pool {
 #[derive(Clone)]
 pub struct Registry {
     pool: Arc<Pool>,
+    /// The embedded store's consents and grants in memory (see [`Registry::sqlite`]); `None`
+    /// for a store that other processes also write (PostgreSQL).
+    mirror: Option<Arc<std::sync::RwLock<Option<Mirror>>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -614,16 +617,102 @@ impl std::fmt::Debug for Registry {
 /// How many readers a [`Registry`] opens at most.
 pub const DEFAULT_READERS: usize = 4;
 
+/// What every lookup reads — the citizens' consents and the approved requests — held in memory
+/// for the embedded store. Exact, not a cache: one gateway process owns an SQLite store and every
+/// change goes through its audit writer, after which [`Registry::refresh`] re-reads the changed
+/// rows before the change is answered. If a refresh fails, the mirror is dropped and every read
+/// goes to the store again.
+#[derive(Debug, Default)]
+struct Mirror {
+    /// Per CPR, newest first (as [`RegistryReader::consents_for`]).
+    consents: std::collections::HashMap<String, Vec<Consent>>,
+    /// Per (CPR, requester), approved requests (as [`RegistryReader::grants_for`]).
+    grants: std::collections::HashMap<(String, String), Vec<AccessRequest>>,
+}
+
 impl Registry {
     /// Reads the registry in the SQLite file at `path`, creating the schema if it is missing.
+    /// The consents and grants are loaded into memory and kept exact by [`Registry::refresh`];
+    /// the file must be owned by this one gateway process (several replicas share PostgreSQL).
     pub fn sqlite(path: &std::path::Path) -> Result<Registry, AuditError> {
         let path = path.to_owned();
-        let first = crate::sqlite::SqliteReader::open(&path, true)?;
-        Ok(Self::with_opener(
+        let mut first = crate::sqlite::SqliteReader::open(&path, true)?;
+        let mut mirror = Mirror::default();
+        for consent in first.all_consents()? {
+            mirror
+                .consents
+                .entry(consent.cpr.clone())
+                .or_default()
+                .push(consent);
+        }
+        for grant in first.all_grants()? {
+            mirror
+                .grants
+                .entry((grant.cpr.clone(), grant.requester_id.clone()))
+                .or_default()
+                .push(grant);
+        }
+        let mut registry = Self::with_opener(
             Box::new(first),
             move || Ok(Box::new(crate::sqlite::SqliteReader::open(&path, false)?) as _),
             DEFAULT_READERS,
-        ))
+        );
+        registry.mirror = Some(Arc::new(std::sync::RwLock::new(Some(mirror))));
+        Ok(registry)
+    }
+
+    /// The in-memory mirror, if there is one and it is intact.
+    fn mirrored<T>(&self, f: impl FnOnce(&Mirror) -> T) -> Option<T> {
+        let mirror = self.mirror.as_ref()?;
+        let guard = mirror.read().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().map(f)
+    }
+
+    /// After a change was written: re-reads what it touched from the store into the mirror, so
+    /// the next lookup sees it. Call before the change is answered. Without a mirror this does
+    /// nothing; if the re-read fails, the mirror is dropped and reads go to the store.
+    pub async fn refresh(&self, change: &RegistryChange) {
+        let Some(mirror) = &self.mirror else {
+            return;
+        };
+        let refreshed = match change {
+            RegistryChange::RecordConsent(Consent { cpr, .. })
+            | RegistryChange::WithdrawConsent { cpr, .. } => {
+                let cpr2 = cpr.clone();
+                self.read(move |r| r.consents_for(&cpr2))
+                    .await
+                    .map(|c| (Some((cpr.clone(), c)), None))
+            }
+            RegistryChange::FileRequest(_) => return,
+            RegistryChange::DecideRequest { id, .. } => {
+                let id = id.clone();
+                self.read(move |r| {
+                    let Some(request) = r.request(&id)? else {
+                        return Ok(None);
+                    };
+                    let grants = r.grants_for(&request.cpr, &request.requester_id)?;
+                    Ok(Some(((request.cpr, request.requester_id), grants)))
+                })
+                .await
+                .map(|g| (None, g))
+            }
+        };
+        let mut guard = mirror.write().unwrap_or_else(|e| e.into_inner());
+        match (refreshed, guard.as_mut()) {
+            (Ok((consents, grants)), Some(m)) => {
+                if let Some((cpr, c)) = consents {
+                    m.consents.insert(cpr, c);
+                }
+                if let Some((key, g)) = grants {
+                    m.grants.insert(key, g);
+                }
+            }
+            (Ok(_), None) => {}
+            (Err(e), _) => {
+                tracing::error!(error = %e, "registry mirror cannot be refreshed; reading the store from now on");
+                *guard = None;
+            }
+        }
     }
 
     /// Reads the registry in PostgreSQL at `url`, creating the schema if it is missing. The
@@ -661,6 +750,7 @@ impl Registry {
                 open: Box::new(open),
                 permits: Arc::new(tokio::sync::Semaphore::new(max_readers.max(1))),
             }),
+            mirror: None,
         }
     }
 
@@ -696,6 +786,9 @@ impl Registry {
 
     /// See [`RegistryReader::consents_for`].
     pub async fn consents_for(&self, cpr: &str) -> Result<Vec<Consent>, AuditError> {
+        if let Some(c) = self.mirrored(|m| m.consents.get(cpr).cloned().unwrap_or_default()) {
+            return Ok(c);
+        }
         let cpr = cpr.to_owned();
         self.read(move |r| r.consents_for(&cpr)).await
     }
@@ -711,7 +804,11 @@ impl Registry {
         cpr: &str,
         caller_id: &str,
     ) -> Result<Vec<AccessRequest>, AuditError> {
-        let (cpr, caller_id) = (cpr.to_owned(), caller_id.to_owned());
+        let key = (cpr.to_owned(), caller_id.to_owned());
+        if let Some(g) = self.mirrored(|m| m.grants.get(&key).cloned().unwrap_or_default()) {
+            return Ok(g);
+        }
+        let (cpr, caller_id) = key;
         self.read(move |r| r.grants_for(&cpr, &caller_id)).await
     }
 

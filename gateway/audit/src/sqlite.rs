@@ -510,6 +510,21 @@ impl SqliteReader {
     }
 }
 
+impl SqliteReader {
+    /// Every consent, newest first per citizen (for the in-memory mirror).
+    pub fn all_consents(&mut self) -> Result<Vec<Consent>, AuditError> {
+        self.consents("1 = 1 ORDER BY cpr, recorded_at DESC, id DESC", &[])
+    }
+
+    /// Every approved request (for the in-memory mirror), as `grants_for` orders them.
+    pub fn all_grants(&mut self) -> Result<Vec<AccessRequest>, AuditError> {
+        self.access_requests(
+            "state = 'approved' ORDER BY cpr, requester_id, decided_at DESC, id DESC",
+            &[],
+        )
+    }
+}
+
 impl RegistryReader for SqliteReader {
     fn consents_for(&mut self, cpr: &str) -> Result<Vec<Consent>, AuditError> {
         self.consents("cpr = ?1 ORDER BY recorded_at DESC, id DESC", &[&cpr])

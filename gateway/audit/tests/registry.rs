@@ -27,6 +27,9 @@ struct Setup {
     _dir: tempfile::TempDir,
     backend: Backend,
     key: PathBuf,
+    /// Every registry opened on this store: a change is made visible to each, as the gateway
+    /// does after writing it (a no-op for PostgreSQL, which every read asks).
+    registries: std::cell::RefCell<Vec<Registry>>,
 }
 
 impl Setup {
@@ -38,10 +41,12 @@ impl Setup {
     }
 
     fn registry(&self) -> Registry {
-        match &self.backend {
+        let registry = match &self.backend {
             Backend::Sqlite(db) => Registry::sqlite(db).unwrap(),
             Backend::Postgres(url) => Registry::postgres(url).unwrap(),
-        }
+        };
+        self.registries.borrow_mut().push(registry.clone());
+        registry
     }
 
     fn log(&self, chain: &str, store: Box<dyn AuditStore>) -> AuditLog {
@@ -102,6 +107,7 @@ fn setup(postgres_admin: Option<&str>) -> Setup {
     };
     Setup {
         key: dir.path().join("audit-signing.key"),
+        registries: Default::default(),
         backend,
         _dir: dir,
     }
@@ -206,10 +212,22 @@ fn withdraw(id: &str, cpr: &str) -> RegistryChange {
     }
 }
 
-fn change(rt: &tokio::runtime::Runtime, log: &AuditLog, change: RegistryChange) -> ChangeOutcome {
-    rt.block_on(log.change(event("cw-jobcenter-1", "jobcenter"), change))
+fn change(
+    rt: &tokio::runtime::Runtime,
+    s: &Setup,
+    log: &AuditLog,
+    change: RegistryChange,
+) -> ChangeOutcome {
+    let outcome = rt
+        .block_on(log.change(event("cw-jobcenter-1", "jobcenter"), change.clone()))
         .unwrap()
-        .0
+        .0;
+    if outcome == ChangeOutcome::Applied {
+        for r in s.registries.borrow().iter() {
+            rt.block_on(r.refresh(&change));
+        }
+    }
+    outcome
 }
 
 #[test]
@@ -223,16 +241,16 @@ fn consents_are_recorded_listed_and_withdrawn_and_the_next_read_sees_it() {
         let first = consent("c-1", CPR, t(1));
         let second = consent("c-2", CPR, t(2));
         let c = |c: &Consent| RegistryChange::RecordConsent(c.clone());
-        assert_eq!(change(&rt, &log, c(&first)), ChangeOutcome::Applied);
-        assert_eq!(change(&rt, &log, c(&second)), ChangeOutcome::Applied);
+        assert_eq!(change(&rt, &s, &log, c(&first)), ChangeOutcome::Applied);
+        assert_eq!(change(&rt, &s, &log, c(&second)), ChangeOutcome::Applied);
         assert_eq!(
-            change(&rt, &log, c(&consent("c-3", OTHER_CPR, t(1)))),
+            change(&rt, &s, &log, c(&consent("c-3", OTHER_CPR, t(1)))),
             ChangeOutcome::Applied
         );
         // The same id again changes nothing.
         let mut clash = consent("c-1", CPR, t(9));
         clash.max_tier = 3;
-        assert_eq!(change(&rt, &log, c(&clash)), ChangeOutcome::AlreadyDone);
+        assert_eq!(change(&rt, &s, &log, c(&clash)), ChangeOutcome::AlreadyDone);
 
         let listed = rt.block_on(registry.consents_for(CPR)).unwrap();
         assert_eq!(listed, vec![second.clone(), first.clone()], "newest first");
@@ -248,11 +266,11 @@ fn consents_are_recorded_listed_and_withdrawn_and_the_next_read_sees_it() {
         );
 
         assert_eq!(
-            change(&rt, &log, withdraw("c-1", OTHER_CPR)),
+            change(&rt, &s, &log, withdraw("c-1", OTHER_CPR)),
             ChangeOutcome::NotFound
         );
         assert_eq!(
-            change(&rt, &log, withdraw("c-404", CPR)),
+            change(&rt, &s, &log, withdraw("c-404", CPR)),
             ChangeOutcome::NotFound
         );
         assert_eq!(
@@ -260,7 +278,7 @@ fn consents_are_recorded_listed_and_withdrawn_and_the_next_read_sees_it() {
             Some(first.clone())
         );
         assert_eq!(
-            change(&rt, &log, withdraw("c-1", CPR)),
+            change(&rt, &s, &log, withdraw("c-1", CPR)),
             ChangeOutcome::Applied
         );
         for r in [&registry, &other_replica] {
@@ -278,7 +296,7 @@ fn consents_are_recorded_listed_and_withdrawn_and_the_next_read_sees_it() {
             );
         }
         assert_eq!(
-            change(&rt, &log, withdraw("c-1", CPR)),
+            change(&rt, &s, &log, withdraw("c-1", CPR)),
             ChangeOutcome::AlreadyDone
         );
         // The second withdrawal kept the first one's time.
@@ -302,7 +320,7 @@ fn requests_are_filed_and_decided_once_by_their_owner() {
             request("ar-4", OTHER_CPR, "cw-1"),
         ] {
             assert_eq!(
-                change(&rt, &log, RegistryChange::FileRequest(r)),
+                change(&rt, &s, &log, RegistryChange::FileRequest(r)),
                 ChangeOutcome::Applied
             );
         }
@@ -313,7 +331,7 @@ fn requests_are_filed_and_decided_once_by_their_owner() {
 
         // Someone outside the owning department: refused, and nothing changed.
         assert_eq!(
-            change(&rt, &log, decide("ar-1", "jobcenter", true)),
+            change(&rt, &s, &log, decide("ar-1", "jobcenter", true)),
             ChangeOutcome::WrongDepartment
         );
         assert_eq!(
@@ -321,20 +339,20 @@ fn requests_are_filed_and_decided_once_by_their_owner() {
             Some(request("ar-1", CPR, "cw-1"))
         );
         assert_eq!(
-            change(&rt, &log, decide("ar-404", "child-welfare", true)),
+            change(&rt, &s, &log, decide("ar-404", "child-welfare", true)),
             ChangeOutcome::NotFound
         );
 
         assert_eq!(
-            change(&rt, &log, decide("ar-1", "child-welfare", true)),
+            change(&rt, &s, &log, decide("ar-1", "child-welfare", true)),
             ChangeOutcome::Applied
         );
         assert_eq!(
-            change(&rt, &log, decide("ar-4", "child-welfare", true)),
+            change(&rt, &s, &log, decide("ar-4", "child-welfare", true)),
             ChangeOutcome::Applied
         );
         assert_eq!(
-            change(&rt, &log, decide("ar-2", "child-welfare", false)),
+            change(&rt, &s, &log, decide("ar-2", "child-welfare", false)),
             ChangeOutcome::Applied
         );
         let approved = rt.block_on(registry.request("ar-1")).unwrap().unwrap();
@@ -350,7 +368,7 @@ fn requests_are_filed_and_decided_once_by_their_owner() {
 
         // Deciding again: refused, the first decision stands.
         assert_eq!(
-            change(&rt, &log, decide("ar-1", "child-welfare", false)),
+            change(&rt, &s, &log, decide("ar-1", "child-welfare", false)),
             ChangeOutcome::AlreadyDone
         );
         assert_eq!(
@@ -567,6 +585,7 @@ fn a_failing_store_refuses_changes_keeps_nothing_and_recovers() {
         let registry = s.registry();
         change(
             &rt,
+            &s,
             &log,
             RegistryChange::FileRequest(request("ar-1", CPR, "cw-1")),
         );
@@ -605,7 +624,7 @@ fn a_failing_store_refuses_changes_keeps_nothing_and_recovers() {
         assert!(*health.borrow());
         assert_eq!(receipt.seq, u64::try_from(records).unwrap() + 1, "no gap");
         assert_eq!(
-            change(&rt, &log, decide("ar-1", "child-welfare", true)),
+            change(&rt, &s, &log, decide("ar-1", "child-welfare", true)),
             ChangeOutcome::Applied
         );
         assert!(rt.block_on(registry.consent("c-1")).unwrap().is_some());
@@ -626,6 +645,7 @@ fn racing_replicas_decide_a_request_exactly_once() {
         for i in 0..n {
             change(
                 &rt,
+                &s,
                 &a,
                 RegistryChange::FileRequest(request(&format!("ar-{i}"), CPR, "cw-1")),
             );
@@ -694,6 +714,7 @@ fn a_registry_can_be_opened_before_the_audit_log() {
         assert_eq!(
             change(
                 &rt,
+                &s,
                 &log,
                 RegistryChange::RecordConsent(consent("c-1", CPR, t(1)))
             ),
@@ -703,6 +724,44 @@ fn a_registry_can_be_opened_before_the_audit_log() {
         // Dropping a registry on a runtime thread must not panic (a blocking PostgreSQL client
         // may not be closed there).
         rt.block_on(async move { drop(registry) });
+        log.close();
+    }
+}
+
+#[test]
+fn a_registry_opened_after_changes_sees_them_all() {
+    for s in setups() {
+        let rt = runtime();
+        let log = s.log("replica-a", s.store());
+        for (id, cpr) in [("c-1", CPR), ("c-2", CPR), ("c-3", OTHER_CPR)] {
+            let c = RegistryChange::RecordConsent(consent(id, cpr, t(1)));
+            assert_eq!(change(&rt, &s, &log, c), ChangeOutcome::Applied);
+        }
+        change(&rt, &s, &log, withdraw("c-2", CPR));
+        change(
+            &rt,
+            &s,
+            &log,
+            RegistryChange::FileRequest(request("ar-1", CPR, "cw-1")),
+        );
+        change(&rt, &s, &log, decide("ar-1", "child-welfare", true));
+        // A gateway restarting reads the whole registry (SQLite: into its mirror).
+        let later = s.registry();
+        let consents = rt.block_on(later.consents_for(CPR)).unwrap();
+        assert_eq!(consents.len(), 2);
+        assert!(
+            consents
+                .iter()
+                .any(|c| c.id == "c-2" && c.withdrawn_at.is_some())
+        );
+        assert_eq!(rt.block_on(later.consents_for(OTHER_CPR)).unwrap().len(), 1);
+        let grants = rt.block_on(later.grants_for(CPR, "cw-1")).unwrap();
+        assert_eq!(grants.len(), 1);
+        assert!(
+            rt.block_on(later.grants_for(CPR, "cw-2"))
+                .unwrap()
+                .is_empty()
+        );
         log.close();
     }
 }
