@@ -248,6 +248,9 @@ impl DisclosurePolicy {
     }
 
     fn selected_fields(&self, source_id: &str, case_type: &str) -> Option<&[String]> {
+        if self.field_sets.is_empty() {
+            return None;
+        }
         self.field_sets
             .get(&(source_id.to_owned(), case_type.to_owned()))
             .or_else(|| self.field_sets.get(&(source_id.to_owned(), String::new())))
@@ -597,7 +600,7 @@ mod tests {
                 ConsentKind::Permit
             },
             from_departments: vec![from.into()],
-            to: if i % 2 == 0 {
+            to: if i.is_multiple_of(2) {
                 Recipients::AnyWithCase
             } else {
                 Recipients::Departments(vec!["jobcenter".into()])
