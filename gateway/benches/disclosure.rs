@@ -122,34 +122,30 @@ fn lookups() -> Vec<Lookup> {
 fn policy() -> DisclosurePolicy {
     let sources: Vec<SourceConfig> = Department::ALL
         .iter()
-        .map(|d| SourceConfig {
-            id: d.id().to_owned(),
-            department: d.display_name().to_owned(),
-            endpoint: String::new(),
-            timeout_ms: 2_000,
-            connect_timeout_ms: 1_000,
-            tls: None,
-            owner_department: None,
-            case_types: Vec::new(),
-        })
+        .map(|d| SourceConfig::new(d.id(), d.display_name(), ""))
         .collect();
     DisclosurePolicy::with_default_rules(&sources, PolicyConfig::default()).unwrap()
+}
+
+/// A jobcenter caseworker's lookup, with a relation, preparing a meeting.
+fn facts<'a>(lookup: &'a Lookup, roles: &'a [Role]) -> LookupFacts<'a> {
+    LookupFacts {
+        caller_id: &lookup.caller,
+        caller_department: "jobcenter",
+        roles,
+        municipality: "999",
+        purpose: "prepare-meeting",
+        relation: true,
+        break_glass: false,
+        registry: &lookup.registry,
+    }
 }
 
 /// One lookup: three ceilings, then decide and filter every case (the cases are the source's
 /// answer, owned, as in the pipeline).
 fn run(policy: &DisclosurePolicy, lookup: &Lookup, cases: Vec<(String, Case)>) -> usize {
     let roles = [Role::Caseworker];
-    let facts = LookupFacts {
-        caller_id: &lookup.caller,
-        caller_department: "jobcenter",
-        roles: &roles,
-        municipality: "999",
-        purpose: "prepare-meeting",
-        relation: true,
-        break_glass: false,
-        registry: &lookup.registry,
-    };
+    let facts = facts(lookup, &roles);
     let mut tier = 0;
     for d in Department::ALL {
         tier += policy.ceiling(&facts, d.id()) as usize;
@@ -170,16 +166,7 @@ fn bench(c: &mut Criterion) {
     // A source sends nothing above the tier it is asked for (the policy's ceiling).
     for l in &mut lookups {
         let roles = [Role::Caseworker];
-        let facts = LookupFacts {
-            caller_id: &l.caller,
-            caller_department: "jobcenter",
-            roles: &roles,
-            municipality: "999",
-            purpose: "prepare-meeting",
-            relation: true,
-            break_glass: false,
-            registry: &l.registry,
-        };
+        let facts = facts(l, &roles);
         let ceilings: Vec<(String, Tier)> = Department::ALL
             .iter()
             .map(|d| {
@@ -225,16 +212,7 @@ fn bench(c: &mut Criterion) {
     let decided: Vec<_> = {
         let l = &lookups[0];
         let roles = [Role::Caseworker];
-        let facts = LookupFacts {
-            caller_id: &l.caller,
-            caller_department: "jobcenter",
-            roles: &roles,
-            municipality: "999",
-            purpose: "prepare-meeting",
-            relation: true,
-            break_glass: false,
-            registry: &l.registry,
-        };
+        let facts = facts(l, &roles);
         l.cases
             .iter()
             .map(|(s, c)| (s.clone(), c.clone(), policy.decide(&facts, s, c)))

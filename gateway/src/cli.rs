@@ -426,16 +426,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     std::path::Path::new("demo.pub.pem"),
                     Department::ALL
                         .iter()
-                        .map(|d| crate::config::SourceConfig {
-                            id: d.id().to_owned(),
-                            department: d.display_name().to_owned(),
-                            endpoint: String::new(),
-                            timeout_ms: 2_000,
-                            connect_timeout_ms: 1_000,
-                            tls: None,
-                            owner_department: None,
-                            case_types: Vec::new(),
-                        })
+                        .map(|d| crate::config::SourceConfig::new(d.id(), d.display_name(), ""))
                         .collect(),
                 ),
             };

@@ -772,6 +772,21 @@ impl ServerConfig {
 }
 
 impl SourceConfig {
+    /// A source at `endpoint` with the default timeouts, no TLS, owned by the department of
+    /// its id and serving its department's standard case types.
+    pub fn new(id: &str, department: &str, endpoint: &str) -> Self {
+        SourceConfig {
+            id: id.to_owned(),
+            department: department.to_owned(),
+            endpoint: endpoint.to_owned(),
+            timeout_ms: defaults::source_timeout_ms(),
+            connect_timeout_ms: defaults::connect_timeout_ms(),
+            tls: None,
+            owner_department: None,
+            case_types: Vec::new(),
+        }
+    }
+
     /// The department that owns the source's data.
     pub fn owner(&self) -> &str {
         self.owner_department.as_deref().unwrap_or(&self.id)

@@ -148,18 +148,14 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     let gateway_addr = listener.local_addr()?;
     let source_configs = sources
         .iter()
-        .map(|s| SourceConfig {
-            id: s.id.clone(),
-            department: s.department.clone(),
-            endpoint: match pki {
-                Some(_) => format!("https://{}", s.addr),
-                None => format!("http://{}", s.addr),
-            },
-            timeout_ms: 2_000,
-            connect_timeout_ms: 1_000,
-            tls: pki.as_ref().map(crate::tls::demo_source_tls),
-            owner_department: None,
-            case_types: Vec::new(),
+        .map(|s| {
+            let scheme = if pki.is_some() { "https" } else { "http" };
+            SourceConfig {
+                timeout_ms: 2_000,
+                connect_timeout_ms: 1_000,
+                tls: pki.as_ref().map(crate::tls::demo_source_tls),
+                ..SourceConfig::new(&s.id, &s.department, &format!("{scheme}://{}", s.addr))
+            }
         })
         .collect();
     let mut config = demo_config(dir, gateway_addr, issuer.public_key_path(), source_configs);

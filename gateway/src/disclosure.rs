@@ -541,16 +541,7 @@ mod tests {
     fn policy() -> DisclosurePolicy {
         let sources: Vec<SourceConfig> = DEPARTMENTS
             .iter()
-            .map(|id| SourceConfig {
-                id: (*id).to_owned(),
-                department: (*id).to_owned(),
-                endpoint: String::new(),
-                timeout_ms: 1_000,
-                connect_timeout_ms: 1_000,
-                tls: None,
-                owner_department: None,
-                case_types: Vec::new(),
-            })
+            .map(|id| SourceConfig::new(id, id, ""))
             .collect();
         DisclosurePolicy::with_default_rules(&sources, PolicyConfig::default()).unwrap()
     }
@@ -789,16 +780,7 @@ mod tests {
             case_types: Vec::new(),
             selected: vec!["intervention".into()],
         });
-        let sources = [SourceConfig {
-            id: "jobcenter".into(),
-            department: "Jobcenter".into(),
-            endpoint: String::new(),
-            timeout_ms: 1_000,
-            connect_timeout_ms: 1_000,
-            tls: None,
-            owner_department: None,
-            case_types: Vec::new(),
-        }];
+        let sources = [SourceConfig::new("jobcenter", "Jobcenter", "")];
         let err = DisclosurePolicy::with_default_rules(&sources, config).unwrap_err();
         assert!(err.to_string().contains("intervention"), "{err}");
     }

@@ -217,14 +217,9 @@ pub fn gateway_config(sources: &[SourceSpec], default_deadline_ms: u64) -> Confi
     let sources = sources
         .iter()
         .map(|s| SourceConfig {
-            id: s.id.clone(),
-            department: s.department.clone(),
-            endpoint: s.endpoint.clone(),
             timeout_ms: s.timeout_ms,
             connect_timeout_ms: 1_000,
-            tls: None,
-            owner_department: None,
-            case_types: Vec::new(),
+            ..SourceConfig::new(&s.id, &s.department, &s.endpoint)
         })
         .collect();
     let mut config = demo_config(
@@ -296,16 +291,7 @@ pub fn in_process_pipeline(
 ) -> LookupPipeline {
     let source_configs: Vec<_> = sources
         .iter()
-        .map(|(source, _)| SourceConfig {
-            id: source.id().to_owned(),
-            department: String::new(),
-            endpoint: String::new(),
-            timeout_ms: 2_000,
-            connect_timeout_ms: 1_000,
-            tls: None,
-            owner_department: None,
-            case_types: Vec::new(),
-        })
+        .map(|(source, department)| SourceConfig::new(source.id(), department, ""))
         .collect();
     let policy = Arc::new(
         samblik_gateway::disclosure::DisclosurePolicy::with_default_rules(
