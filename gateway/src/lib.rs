@@ -8,16 +8,21 @@
 //!                           jwks.rs      the identity provider's keys over HTTPS
 //!                           jwt_crypto.rs  signature checks with ring
 //!        ──► validate       lookup.rs    CPR, purpose, size, source filter  (INVALID_ARGUMENT)
-//!        ──► plan           lookup.rs    sources, deadline, max tier per source (policy ceiling)
+//!        ──► relate         lookup.rs    the caller's own department's source: an open case for
+//!                                        the citizen, or break-the-glass        (PERMISSION_DENIED)
+//!                                        consents and grants from the registry (samblik-audit)
+//!        ──► plan           disclosure.rs  max tier per source (the policy's ceiling)
 //!        ──► fan out        lookup.rs    every source concurrently, one deadline, per-source timeout,
 //!                                        mutual TLS to each (tls.rs)
-//!        ──► decide         policy crate tier per case, with basis and rule ids
-//!        ──► filter         lookup.rs    drop fields above the tier, drop hidden cases and
-//!                                        cases about another citizen
+//!        ──► decide         disclosure.rs  facts per case → Cedar policy (policy crate) → tier,
+//!                                        basis, rule ids
+//!        ──► filter         disclosure.rs  drop fields above the tier and outside the field set,
+//!                                        hidden addresses, hidden cases; say what was withheld
 //!        ──► respond        server.rs    one envelope per source: status, as-of, cases
 //! ```
 //!
-//! Errors become gRPC statuses in one place, [`error`]. The configuration is [`config`]; the
+//! Consents and access requests are [`registry_api`]; every change is written with its audit
+//! record in one transaction. Errors become gRPC statuses in one place, [`error`]. The configuration is [`config`]; the
 //! demo, with its synthetic municipality and token issuer, is [`demo`] and [`tokens`].
 
 pub mod audit;
