@@ -195,24 +195,28 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
     let dpo = stdout(&samblik(&["token", "--dir", dir_arg, "--user", "dpo-001"]))
         .trim()
         .to_owned();
-    let explained = stdout(&samblik(&[
-        "policy",
-        "explain",
-        "--addr",
-        url,
-        "--cacert",
-        ca,
-        "--token",
-        &dpo,
-        "--cpr",
-        everywhere,
-        "--purpose",
-        "prepare-meeting",
-        "--caller-id",
-        user,
-        "--caller-department",
-        "jobcenter",
-    ]));
+    // `samblik policy explain` for the jobcenter caseworker, with `as_token`.
+    let explain = |as_token: &str| {
+        samblik(&[
+            "policy",
+            "explain",
+            "--addr",
+            url,
+            "--cacert",
+            ca,
+            "--token",
+            as_token,
+            "--cpr",
+            everywhere,
+            "--purpose",
+            "prepare-meeting",
+            "--caller-id",
+            user,
+            "--caller-department",
+            "jobcenter",
+        ])
+    };
+    let explained = stdout(&explain(&dpo));
     assert!(
         explained.contains("Relation to the citizen: yes"),
         "{explained}"
@@ -227,24 +231,7 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
         "content leaked: {explained}"
     );
     // A caseworker may not ask for explanations.
-    let refused = samblik(&[
-        "policy",
-        "explain",
-        "--addr",
-        url,
-        "--cacert",
-        ca,
-        "--token",
-        &token,
-        "--cpr",
-        everywhere,
-        "--purpose",
-        "prepare-meeting",
-        "--caller-id",
-        user,
-        "--caller-department",
-        "jobcenter",
-    ]);
+    let refused = explain(&token);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("PermissionDenied"));
 
