@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "proto/samblik/v1/consent.proto",
     "proto/samblik/v1/access.proto",
     "proto/samblik/v1/policy.proto",
+    "proto/samblik/v1/audit.proto",
     "proto/samblik/source/v1/source.proto",
 ];
 

@@ -72,6 +72,27 @@ impl AuditDraft {
         }
     }
 
+    /// A short, safe description of what was asked (never a CPR, a token or record content).
+    pub fn detail(&mut self, detail: String) {
+        if let Some(e) = self.event_mut() {
+            e.detail = Some(detail);
+        }
+    }
+
+    /// Records an answered request whose record carries `change` (an auditor's review mark)
+    /// and waits until it is durable.
+    pub async fn answered_with_change(
+        mut self,
+        change: serde_json::Value,
+    ) -> Result<(), GatewayError> {
+        let Some(mut event) = self.event.take() else {
+            return Ok(());
+        };
+        event.outcome = Outcome::Answered;
+        let written = self.log.append_with_change(event, change).await;
+        written.map(|_| ()).map_err(not_written)
+    }
+
     /// Records a refusal and waits until it is durable.
     pub async fn refused(mut self, error: &GatewayError) -> Result<(), GatewayError> {
         let Some(mut event) = self.event.take() else {
@@ -143,10 +164,12 @@ impl Drop for AuditDraft {
 }
 
 async fn write(log: &AuditLog, event: AuditEvent) -> Result<(), GatewayError> {
-    log.append(event).await.map(|_| ()).map_err(|e| {
-        tracing::error!(error = %e, "audit record not written; refusing to answer");
-        GatewayError::AuditUnavailable
-    })
+    log.append(event).await.map(|_| ()).map_err(not_written)
+}
+
+fn not_written(e: samblik_audit::AuditError) -> GatewayError {
+    tracing::error!(error = %e, "audit record not written; refusing to answer");
+    GatewayError::AuditUnavailable
 }
 
 /// The audit entry for one source's part of an answer.

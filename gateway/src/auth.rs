@@ -33,6 +33,9 @@ pub struct Caller {
     pub municipality: String,
     /// Samblik role names (see [`ROLES`]), mapped from the token's.
     pub roles: Vec<String>,
+    /// For role citizen only: the citizen's own CPR number, from the token. A citizen sees
+    /// their own access log and nothing else.
+    pub citizen: Option<samblik_proto::Cpr>,
 }
 
 /// Why a request is not authenticated. Only for the log: callers get one generic message.
@@ -363,8 +366,6 @@ fn caller_from_claims(
     {
         return Err(AuthError::NotAccessToken);
     }
-    let department = claim_str(claims, &config.department)
-        .ok_or_else(|| AuthError::MissingClaim(config.department.clone()))?;
     let mut roles: Vec<String> = Vec::new();
     for role in claim_words(claims, &config.roles) {
         let mapped = match config.role_names.get(role) {
@@ -377,6 +378,22 @@ fn caller_from_claims(
             roles.push(mapped.to_owned());
         }
     }
+    // A citizen signs in with their own CPR and belongs to no department; everyone else must
+    // carry one. A citizen token without a valid CPR claim grants the citizen role nothing.
+    let only_citizen = roles.iter().all(|r| r == "citizen") && !roles.is_empty();
+    let citizen = if roles.iter().any(|r| r == "citizen") {
+        claim_str(claims, &config.cpr).and_then(|c| samblik_proto::Cpr::parse(c).ok())
+    } else {
+        None
+    };
+    if citizen.is_none() {
+        roles.retain(|r| r != "citizen");
+    }
+    let department = match claim_str(claims, &config.department) {
+        Some(d) => d,
+        None if only_citizen && citizen.is_some() => "",
+        None => return Err(AuthError::MissingClaim(config.department.clone())),
+    };
     let caller = Caller {
         id: sub.to_owned(),
         name: claim_str(claims, &config.name).unwrap_or(sub).to_owned(),
@@ -385,6 +402,7 @@ fn caller_from_claims(
             .unwrap_or_default()
             .to_owned(),
         roles,
+        citizen,
     };
     Ok((caller, exp))
 }

@@ -197,6 +197,121 @@ enum AuditCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Search the access log (role auditor), newest first. The search is itself audited.
+    Search {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        #[command(flatten)]
+        filter: crate::audit_cli::FilterArgs,
+        /// Show at most this many records.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Export matching records as CSV or JSON lines (role auditor). Audited.
+    Export {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        #[command(flatten)]
+        filter: crate::audit_cli::FilterArgs,
+        /// csv or jsonl.
+        #[arg(long, value_parser = parse_export_format, default_value = "csv")]
+        format: samblik_proto::v1::ExportFormat,
+        /// Write here instead of to standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The review queue: break-the-glass lookups and anomaly flags (role auditor).
+    Review {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        /// From (default: 7 days before --until).
+        #[arg(long, value_parser = crate::audit_cli::parse_time)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Until (default: now).
+        #[arg(long, value_parser = crate::audit_cli::parse_time)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Also items already reviewed.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Mark a review item as reviewed, with what you concluded (role auditor). Audited.
+    MarkReviewed {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        /// The item's key, as `samblik audit review` prints it.
+        key: String,
+        #[arg(long)]
+        note: String,
+    },
+    /// Who looked at my data (role citizen; `samblik token --user citizen:CPR` in the demo).
+    MyLog {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+}
+
+fn parse_export_format(text: &str) -> Result<samblik_proto::v1::ExportFormat, String> {
+    match text {
+        "csv" => Ok(samblik_proto::v1::ExportFormat::Csv),
+        "jsonl" | "json-lines" => Ok(samblik_proto::v1::ExportFormat::JsonLines),
+        _ => Err("expected csv or jsonl".to_owned()),
+    }
+}
+
+impl GatewayArgs {
+    /// Connects, for the audit commands.
+    async fn audit_call(&self) -> anyhow::Result<crate::audit_cli::Call> {
+        Ok(crate::audit_cli::Call {
+            channel: crate::client::connect(&self.addr, &self.tls()).await?,
+            token: self.token.clone(),
+            timeout: self.timeout(),
+        })
+    }
+}
+
+/// Runs an audit command against the gateway.
+async fn audit_command(command: AuditCommand) -> anyhow::Result<()> {
+    use crate::audit_cli as a;
+    let printed = match command {
+        AuditCommand::Verify { .. } => anyhow::bail!("verify runs locally"),
+        AuditCommand::Search {
+            gateway,
+            filter,
+            limit,
+        } => a::search(&gateway.audit_call().await?, &filter, limit).await,
+        AuditCommand::Export {
+            gateway,
+            filter,
+            format,
+            out,
+        } => {
+            let call = gateway.audit_call().await?;
+            let written = match &out {
+                Some(path) => {
+                    let mut file = std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    a::export(&call, &filter, format, &mut file).await
+                }
+                None => a::export(&call, &filter, format, &mut std::io::stdout().lock()).await,
+            };
+            written.map(|n| match &out {
+                Some(path) => format!("{n} bytes written to {}\n", path.display()),
+                None => String::new(),
+            })
+        }
+        AuditCommand::Review {
+            gateway,
+            from,
+            until,
+            all,
+        } => a::review(&gateway.audit_call().await?, from, until, all).await,
+        AuditCommand::MarkReviewed { gateway, key, note } => {
+            a::mark_reviewed(&gateway.audit_call().await?, key, note).await
+        }
+        AuditCommand::MyLog { gateway } => a::my_log(&gateway.audit_call().await?).await,
+    };
+    print!("{}", printed.map_err(status_error)?);
+    Ok(())
 }
 
 fn parse_purpose(code: &str) -> Result<Purpose, String> {
@@ -495,6 +610,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             (None, None) => anyhow::bail!("give --dir or --config"),
         },
+        Command::Audit { command } => audit_command(command).await,
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             // Keys, certificates and endpoints are checked before the port is bound.

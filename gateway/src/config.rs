@@ -174,6 +174,70 @@ pub struct AuditConfig {
     /// exists only to measure what durability costs; never run a municipality on it.
     #[serde(default)]
     pub durability: AuditDurability,
+    /// What the auditors' review queue flags.
+    #[serde(default)]
+    pub review: ReviewConfig,
+    /// Whether a citizen's "who looked at my data" names the caseworker (`true`, default) or
+    /// only their department and municipality.
+    #[serde(default = "defaults::yes")]
+    pub citizen_sees_names: bool,
+}
+
+/// The anomaly thresholds of the auditors' review queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReviewConfig {
+    /// The municipality's time zone (IANA name), for working hours and days.
+    pub timezone: String,
+    /// Working hours on weekdays, local time, `HH:MM`; lookups outside them are flagged.
+    pub work_start: String,
+    pub work_end: String,
+    /// More lookups than this by one caller in one clock hour are flagged.
+    pub max_lookups_per_hour: usize,
+    /// More lookups refused for lack of relation than this by one caller in one day are flagged.
+    pub max_denied_per_day: usize,
+}
+
+impl Default for ReviewConfig {
+    fn default() -> Self {
+        ReviewConfig {
+            timezone: "Europe/Copenhagen".into(),
+            work_start: "07:00".into(),
+            work_end: "18:00".into(),
+            max_lookups_per_hour: 30,
+            max_denied_per_day: 5,
+        }
+    }
+}
+
+impl ReviewConfig {
+    /// The rules this describes, or what is wrong with it.
+    pub fn rules(&self) -> Result<samblik_audit::review::ReviewRules, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(format!("audit.review: {m}"));
+        let timezone = self
+            .timezone
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| invalid(format!("unknown time zone {:?}", self.timezone)))?;
+        let time = |field: &str, text: &str| {
+            chrono::NaiveTime::parse_from_str(text, "%H:%M")
+                .map_err(|_| invalid(format!("{field} must be HH:MM, got {text:?}")))
+        };
+        let work_start = time("work_start", &self.work_start)?;
+        let work_end = time("work_end", &self.work_end)?;
+        if work_start >= work_end {
+            return Err(invalid("work_start must be before work_end".into()));
+        }
+        if self.max_lookups_per_hour == 0 {
+            return Err(invalid("max_lookups_per_hour must be at least 1".into()));
+        }
+        Ok(samblik_audit::review::ReviewRules {
+            timezone,
+            work_start,
+            work_end,
+            max_lookups_per_hour: self.max_lookups_per_hour,
+            max_denied_per_day: self.max_denied_per_day,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -351,6 +415,9 @@ pub struct ClaimsConfig {
     pub municipality: String,
     /// The claim with the caller's roles: an array of strings or a space-separated string.
     pub roles: String,
+    /// For role citizen: the claim with the citizen's own CPR number (e.g. MitID's
+    /// `dk:gov:saml:attribute:CprNumberIdentifier`). A citizen token without it is no citizen.
+    pub cpr: String,
     /// The identity provider's role names mapped to Samblik's (caseworker, department_leader,
     /// auditor, admin, citizen). Samblik's own names are always accepted; any other is ignored.
     pub role_names: BTreeMap<String, String>,
@@ -373,6 +440,7 @@ impl Default for ClaimsConfig {
             department: "department".to_owned(),
             municipality: "municipality".to_owned(),
             roles: "roles".to_owned(),
+            cpr: "cpr".to_owned(),
             role_names: BTreeMap::new(),
         }
     }
@@ -440,6 +508,10 @@ pub struct SourceConfig {
 
 mod defaults {
     use super::{SensitivityConfig, StatuteConfig};
+
+    pub fn yes() -> bool {
+        true
+    }
 
     pub fn statutes() -> Vec<StatuteConfig> {
         vec![StatuteConfig {
@@ -571,6 +643,7 @@ impl Config {
     /// Checks everything that can be checked without I/O.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
+        self.audit.review.rules()?;
         let s = &self.server;
         if s.default_deadline_ms == 0 || s.default_deadline_ms > s.max_deadline_ms {
             return invalid(format!(

@@ -253,6 +253,8 @@ pub fn demo_config(
             checkpoint_every: 100,
             checkpoint_interval_secs: 10,
             durability: AuditDurability::Full,
+            review: Default::default(),
+            citizen_sees_names: true,
         },
         policy: Default::default(),
     }
@@ -266,6 +268,22 @@ pub fn caseworker_claims(caseworker: &Caseworker, municipality_code: &str) -> To
         department: caseworker.department.id().to_owned(),
         municipality: municipality_code.to_owned(),
         roles: vec!["caseworker".to_owned()],
+        cpr: None,
+    }
+}
+
+/// `samblik token --user citizen:CPR` signs in as that (synthetic) citizen.
+pub const CITIZEN_USER_PREFIX: &str = "citizen:";
+
+/// The claims of a citizen's token: role citizen, their own CPR, no department.
+pub fn citizen_claims(cpr: &samblik_proto::Cpr) -> TokenClaims {
+    TokenClaims {
+        sub: format!("citizen-{}", uuid::Uuid::new_v4()),
+        name: String::new(),
+        department: String::new(),
+        municipality: String::new(),
+        roles: vec!["citizen".to_owned()],
+        cpr: Some(cpr.as_str().to_owned()),
     }
 }
 
@@ -299,6 +317,13 @@ pub const DEMO_STAFF: &[DemoStaff] = &[
 
 /// Mints a token for demo user `user` from the demo directory `dir`.
 pub fn token_for(dir: &Path, user: &str, ttl: std::time::Duration) -> anyhow::Result<String> {
+    if let Some(cpr) = user.strip_prefix(CITIZEN_USER_PREFIX) {
+        let cpr = samblik_proto::Cpr::parse(cpr)
+            .map_err(|e| anyhow::anyhow!("{user:?} does not name a valid CPR number: {e}"))?;
+        let issuer =
+            DemoIssuer::load(dir).context("no demo signing key; run `samblik demo` first")?;
+        return Ok(issuer.mint(&citizen_claims(&cpr), ttl)?);
+    }
     if let Some(staff) = DEMO_STAFF.iter().find(|s| s.id == user) {
         let municipality = store::read_municipality(dir).with_context(|| {
             format!(
@@ -315,6 +340,7 @@ pub fn token_for(dir: &Path, user: &str, ttl: std::time::Duration) -> anyhow::Re
                 department: staff.department.to_owned(),
                 municipality: municipality.code.clone(),
                 roles: vec![staff.role.to_owned()],
+                cpr: None,
             },
             ttl,
         )?);

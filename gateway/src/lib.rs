@@ -26,6 +26,8 @@
 //! demo, with its synthetic municipality and token issuer, is [`demo`] and [`tokens`].
 
 pub mod audit;
+pub mod audit_api;
+pub mod audit_cli;
 pub mod auth;
 pub mod cli;
 pub mod client;

@@ -82,6 +82,7 @@ pub struct LookupPipeline {
     sources: Vec<GatewaySource>,
     limits: LookupLimits,
     audit: Arc<AuditLog>,
+    audit_access: Arc<crate::audit_api::AuditAccess>,
 }
 
 /// One source's part of a lookup: what the caller sees and what the audit log records.
@@ -165,7 +166,19 @@ impl LookupPipeline {
             sources,
             limits,
             audit,
+            audit_access: Arc::default(),
         }
+    }
+
+    /// How auditors and citizens read the log: review thresholds, the citizen's view and chain
+    /// verification (none by default: `Verify` is then refused).
+    pub fn with_audit_access(mut self, access: crate::audit_api::AuditAccess) -> Self {
+        self.audit_access = Arc::new(access);
+        self
+    }
+
+    pub fn audit_access(&self) -> &crate::audit_api::AuditAccess {
+        &self.audit_access
     }
 
     /// The disclosure policy in force.
@@ -432,6 +445,7 @@ impl LookupPipeline {
             department: request.caller_department.clone(),
             municipality: admin.municipality.clone(),
             roles: request.roles.clone(),
+            citizen: None,
         };
         Ok(LookupPlan {
             request_id,

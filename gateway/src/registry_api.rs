@@ -41,7 +41,6 @@ impl RegistryApi {
         RegistryApi { pipeline }
     }
 
-    /// Opens the call's audit draft and authenticates the caller; a refusal is recorded.
     async fn begin<T>(
         &self,
         request: &Request<T>,
@@ -49,36 +48,48 @@ impl RegistryApi {
         action: Action,
         roles: &[&str],
     ) -> Result<(AuditDraft, Caller), GatewayError> {
-        let auth = self.pipeline.auth();
-        auth.refresh_keys_for(request.metadata()).await;
-        let mut draft = AuditDraft::new(
-            Arc::clone(self.pipeline.audit_log()),
-            request_id,
-            action,
-            self.pipeline.policy().version(),
-        );
-        let caller = match auth.authenticate(request.metadata()) {
-            Ok(c) => c,
-            Err(e) => {
-                let e = GatewayError::from(e);
-                draft.refused(&e).await?;
-                return Err(e);
-            }
-        };
-        draft.caller(&caller);
-        let span = tracing::Span::current();
-        span.record("caller", caller.id.as_str());
-        span.record("department", caller.department.as_str());
-        if !caller.roles.iter().any(|r| roles.contains(&r.as_str())) {
-            let e = GatewayError::PermissionDenied(format!(
-                "this needs one of the roles {}",
-                roles.join(", ")
-            ));
+        begin(&self.pipeline, request, request_id, action, roles).await
+    }
+}
+
+/// Opens a call's audit draft and authenticates the caller, who must hold one of `roles`; a
+/// refusal is recorded before it is returned.
+pub(crate) async fn begin<T>(
+    pipeline: &LookupPipeline,
+    request: &Request<T>,
+    request_id: &str,
+    action: Action,
+    roles: &[&str],
+) -> Result<(AuditDraft, Caller), GatewayError> {
+    let auth = pipeline.auth();
+    auth.refresh_keys_for(request.metadata()).await;
+    let mut draft = AuditDraft::new(
+        Arc::clone(pipeline.audit_log()),
+        request_id,
+        action,
+        pipeline.policy().version(),
+    );
+    let caller = match auth.authenticate(request.metadata()) {
+        Ok(c) => c,
+        Err(e) => {
+            let e = GatewayError::from(e);
             draft.refused(&e).await?;
             return Err(e);
         }
-        Ok((draft, caller.as_ref().clone()))
+    };
+    draft.caller(&caller);
+    let span = tracing::Span::current();
+    span.record("caller", caller.id.as_str());
+    span.record("department", caller.department.as_str());
+    if !caller.roles.iter().any(|r| roles.contains(&r.as_str())) {
+        let e = GatewayError::PermissionDenied(format!(
+            "this needs one of the roles {}",
+            roles.join(", ")
+        ));
+        draft.refused(&e).await?;
+        return Err(e);
     }
+    Ok((draft, caller.as_ref().clone()))
 }
 
 impl RegistryApi {
@@ -97,19 +108,19 @@ impl RegistryApi {
 }
 
 /// Runs a refusal through the draft (recorded durably) and returns it.
-async fn refuse<T>(draft: AuditDraft, error: GatewayError) -> Result<T, GatewayError> {
+pub(crate) async fn refuse<T>(draft: AuditDraft, error: GatewayError) -> Result<T, GatewayError> {
     draft.refused(&error).await?;
     Err(error)
 }
 
-fn status(error: &GatewayError, request_id: &str) -> Status {
-    tracing::info!(error = %error, "registry call refused");
+pub(crate) fn status(error: &GatewayError, request_id: &str) -> Status {
+    tracing::info!(error = %error, "call refused");
     error.to_status(request_id)
 }
 
 fn span(request_id: &str, rpc: &'static str) -> tracing::Span {
     tracing::info_span!(
-        "registry",
+        "api",
         request_id = %request_id,
         rpc,
         caller = tracing::field::Empty,
@@ -121,14 +132,17 @@ fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4())
 }
 
-fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
     }
 }
 
-fn from_timestamp(t: &prost_types::Timestamp, field: &str) -> Result<DateTime<Utc>, GatewayError> {
+pub(crate) fn from_timestamp(
+    t: &prost_types::Timestamp,
+    field: &str,
+) -> Result<DateTime<Utc>, GatewayError> {
     u32::try_from(t.nanos)
         .ok()
         .and_then(|n| DateTime::from_timestamp(t.seconds, n))
@@ -666,7 +680,7 @@ impl RegistryApi {
 }
 
 /// Runs one registry call inside its span and turns its error into a status.
-async fn call<T>(
+pub(crate) async fn call<T>(
     rpc: &'static str,
     f: impl AsyncFnOnce(&str) -> Result<T, GatewayError>,
 ) -> Result<Response<T>, Status> {

@@ -13,6 +13,7 @@ use samblik_audit::registry::Registry;
 use samblik_audit::sqlite::{Durability, SqliteStore};
 use samblik_audit::{AuditError, AuditLog, AuditStore, CheckpointSigner, WriterOptions};
 use samblik_proto::v1::access_request_service_server::AccessRequestServiceServer;
+use samblik_proto::v1::audit_service_server::AuditServiceServer;
 use samblik_proto::v1::consent_service_server::ConsentServiceServer;
 use samblik_proto::v1::lookup_service_server::{LookupService, LookupServiceServer};
 use samblik_proto::v1::policy_service_server::{PolicyService, PolicyServiceServer};
@@ -106,6 +107,24 @@ pub fn audit_store_opener(
     })
 }
 
+/// Verification of the configured store for the `AuditService.Verify` call: each run opens the
+/// store afresh (read-only for SQLite) and reads the checkpoint key's public half.
+pub fn audit_verifier(config: &AuditConfig) -> Arc<crate::audit_api::Verifier> {
+    use samblik_audit::checkpoint::{load_verifying_key, public_key_path};
+    use samblik_audit::verify::{VerifyError, verify_store};
+    let config = config.clone();
+    Arc::new(move || {
+        let fail = |e: &dyn std::fmt::Display| VerifyError::Store(AuditError::Store(e.to_string()));
+        let key =
+            load_verifying_key(&public_key_path(&config.signing_key_file)).map_err(|e| fail(&e))?;
+        let mut store: Box<dyn AuditStore> = match &config.path {
+            Some(path) => Box::new(SqliteStore::open_read_only(path)?),
+            None => audit_store_opener(&config).map_err(|e| fail(&e))?()?,
+        };
+        verify_store(&mut *store, &key)
+    })
+}
+
 /// The consent and access-request registry in the configured audit store.
 pub fn open_registry(config: &AuditConfig) -> Result<Registry, ServerError> {
     Ok(match (&config.path, &config.postgres_url_env) {
@@ -168,6 +187,11 @@ fn build_pipeline(
             timeout: s.timeout(),
         });
     }
+    let access = crate::audit_api::AuditAccess {
+        rules: config.audit.review.rules()?,
+        citizen_sees_names: config.audit.citizen_sees_names,
+        verifier: Some(audit_verifier(&config.audit)),
+    };
     Ok(LookupPipeline::new(
         auth,
         sources,
@@ -175,7 +199,8 @@ fn build_pipeline(
         audit,
         policy,
         registry,
-    ))
+    )
+    .with_audit_access(access))
 }
 
 /// Runs the gateway from `config` on `listener` until `shutdown` completes.
@@ -252,6 +277,8 @@ pub async fn serve_configured(
         .max_decoding_message_size(limits.max_message_bytes);
     let requests = AccessRequestServiceServer::new(registry)
         .max_decoding_message_size(limits.max_message_bytes);
+    let audit_api = AuditServiceServer::new(crate::audit_api::AuditApi::new(Arc::clone(&pipeline)))
+        .max_decoding_message_size(limits.max_message_bytes);
     let policy = PolicyServiceServer::new(LookupApi {
         pipeline: Arc::clone(&pipeline),
     })
@@ -268,7 +295,8 @@ pub async fn serve_configured(
         .add_service(lookup)
         .add_service(consents)
         .add_service(requests)
-        .add_service(policy);
+        .add_service(policy)
+        .add_service(audit_api);
     let addr = listener.local_addr().ok();
     match tls {
         Some(tls) => {

@@ -56,6 +56,9 @@ pub struct TokenClaims {
     pub department: String,
     pub municipality: String,
     pub roles: Vec<String>,
+    /// A citizen's own CPR number (role citizen only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpr: Option<String>,
 }
 
 #[derive(Serialize)]

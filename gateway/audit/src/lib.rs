@@ -23,6 +23,8 @@ pub mod checkpoint;
 pub mod postgres;
 pub mod record;
 pub mod registry;
+pub mod review;
+pub mod search;
 pub mod sqlite;
 pub mod testing;
 pub mod verify;

@@ -555,4 +555,20 @@ impl RegistryReader for PostgresReader {
     fn request(&mut self, id: &str) -> Result<Option<AccessRequest>, AuditError> {
         Ok(self.access_requests("id = $1", &[&id])?.pop())
     }
+    fn search(
+        &mut self,
+        query: &crate::search::AuditQuery,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
+        crate::search::postgres_search(&mut self.client, query, limit)
+    }
+
+    fn activity(
+        &mut self,
+        from: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+        callers: &[String],
+    ) -> Result<Vec<crate::search::Activity>, AuditError> {
+        crate::search::postgres_activity(&mut self.client, from, until, callers)
+    }
 }

@@ -35,6 +35,18 @@ pub enum Action {
     RequestsListed,
     /// The data-protection officer's dry run of the policy for a caller and a citizen.
     PolicyExplained,
+    /// An auditor searched the log (the filter is in `detail`, a searched CPR in `cpr`).
+    AuditSearched,
+    /// An auditor exported records.
+    AuditExported,
+    /// An auditor verified the chains.
+    AuditVerified,
+    /// An auditor read the review queue.
+    ReviewQueueRead,
+    /// An auditor marked a review item as reviewed (the record's `change` holds the mark).
+    ReviewMarked,
+    /// A citizen read who looked at their data.
+    CitizenViewed,
 }
 
 /// How the request ended.
@@ -214,6 +226,12 @@ impl Action {
             Action::ConsentsListed => "consents-listed",
             Action::RequestsListed => "requests-listed",
             Action::PolicyExplained => "policy-explained",
+            Action::AuditSearched => "audit-searched",
+            Action::AuditExported => "audit-exported",
+            Action::AuditVerified => "audit-verified",
+            Action::ReviewQueueRead => "review-queue-read",
+            Action::ReviewMarked => "review-marked",
+            Action::CitizenViewed => "citizen-viewed",
         }
     }
 }
@@ -266,6 +284,15 @@ mod tests {
             Action::ConsentWithdrawn,
             Action::AccessRequested,
             Action::AccessDecided,
+            Action::ConsentsListed,
+            Action::RequestsListed,
+            Action::PolicyExplained,
+            Action::AuditSearched,
+            Action::AuditExported,
+            Action::AuditVerified,
+            Action::ReviewQueueRead,
+            Action::ReviewMarked,
+            Action::CitizenViewed,
         ] {
             assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
         }

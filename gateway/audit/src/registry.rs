@@ -569,6 +569,21 @@ pub trait RegistryReader: Send + 'static {
         limit: usize,
     ) -> Result<Vec<AccessRequest>, AuditError>;
     fn request(&mut self, id: &str) -> Result<Option<AccessRequest>, AuditError>;
+    /// Up to `limit` audit records matching `query`, newest first, each checked against its
+    /// hash.
+    fn search(
+        &mut self,
+        query: &crate::search::AuditQuery,
+        limit: usize,
+    ) -> Result<Vec<crate::AuditRecord>, AuditError>;
+    /// The lookups made from `from` until `until` (by `callers` only, unless empty), oldest
+    /// first.
+    fn activity(
+        &mut self,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        callers: &[String],
+    ) -> Result<Vec<crate::search::Activity>, AuditError>;
 }
 
 type Opener = dyn Fn() -> Result<Box<dyn RegistryReader>, AuditError> + Send + Sync;
@@ -824,6 +839,25 @@ impl Registry {
     pub async fn request(&self, id: &str) -> Result<Option<AccessRequest>, AuditError> {
         let id = id.to_owned();
         self.read(move |r| r.request(&id)).await
+    }
+
+    /// See [`RegistryReader::search`]; never mirrored.
+    pub async fn search(
+        &self,
+        query: crate::search::AuditQuery,
+        limit: usize,
+    ) -> Result<Vec<crate::AuditRecord>, AuditError> {
+        self.read(move |r| r.search(&query, limit)).await
+    }
+
+    /// See [`RegistryReader::activity`].
+    pub async fn activity(
+        &self,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        callers: Vec<String>,
+    ) -> Result<Vec<crate::search::Activity>, AuditError> {
+        self.read(move |r| r.activity(from, until, &callers)).await
     }
 }
 

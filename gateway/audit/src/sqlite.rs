@@ -576,4 +576,20 @@ impl RegistryReader for SqliteReader {
     fn request(&mut self, id: &str) -> Result<Option<AccessRequest>, AuditError> {
         Ok(self.access_requests("id = ?1", &[&id])?.pop())
     }
+    fn search(
+        &mut self,
+        query: &crate::search::AuditQuery,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
+        crate::search::sqlite_search(&self.conn, query, limit)
+    }
+
+    fn activity(
+        &mut self,
+        from: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+        callers: &[String],
+    ) -> Result<Vec<crate::search::Activity>, AuditError> {
+        crate::search::sqlite_activity(&self.conn, from, until, callers)
+    }
 }

@@ -47,11 +47,14 @@ pub struct Receipt {
 }
 
 type AppendReply = Option<oneshot::Sender<Result<Receipt, AuditError>>>;
+/// An ordinary record: the event, a `change` to describe (a review mark), and who waits.
+type AppendJob = (AuditEvent, Option<serde_json::Value>, AppendReply);
 type ChangeReply = oneshot::Sender<Result<(ChangeOutcome, Receipt), AuditError>>;
 
 enum Job {
     Append {
         event: AuditEvent,
+        change: Option<Box<serde_json::Value>>,
         reply: AppendReply,
     },
     Change {
@@ -129,6 +132,25 @@ impl AuditLog {
         self.jobs
             .send(Job::Append {
                 event,
+                change: None,
+                reply: Some(reply),
+            })
+            .map_err(|_| AuditError::Stopped)?;
+        receipt.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// [`AuditLog::append`] for a record that carries a `change` of its own making, such as an
+    /// auditor's review mark (not a registry change: nothing else is written).
+    pub async fn append_with_change(
+        &self,
+        event: AuditEvent,
+        change: serde_json::Value,
+    ) -> Result<Receipt, AuditError> {
+        let (reply, receipt) = oneshot::channel();
+        self.jobs
+            .send(Job::Append {
+                event,
+                change: Some(Box::new(change)),
                 reply: Some(reply),
             })
             .map_err(|_| AuditError::Stopped)?;
@@ -162,7 +184,12 @@ impl AuditLog {
     /// Queues `event` without waiting: for paths that can no longer wait, such as a request whose
     /// caller went away (its handler is being dropped).
     pub fn append_detached(&self, event: AuditEvent) {
-        if self.jobs.send(Job::Append { event, reply: None }).is_err() {
+        let job = Job::Append {
+            event,
+            change: None,
+            reply: None,
+        };
+        if self.jobs.send(job).is_err() {
             tracing::error!("audit writer stopped; a cancellation record was lost");
         }
     }
@@ -303,7 +330,11 @@ fn run(
         let mut batch = Vec::with_capacity(jobs.len());
         for job in jobs {
             match job {
-                Job::Append { event, reply } => batch.push((event, reply)),
+                Job::Append {
+                    event,
+                    change,
+                    reply,
+                } => batch.push((event, change.map(|c| *c), reply)),
                 Job::Change {
                     event,
                     change,
@@ -370,20 +401,24 @@ impl Writer {
     }
 
     /// Seals and commits ordinary records in one transaction.
-    fn append(&mut self, jobs: Vec<(AuditEvent, AppendReply)>) {
+    fn append(&mut self, jobs: Vec<AppendJob>) {
         if jobs.is_empty() {
             return;
         }
         if let Err(e) = self.refresh() {
-            fail(jobs.into_iter().map(|(_, reply)| reply), &e, &self.health);
+            fail(
+                jobs.into_iter().map(|(_, _, reply)| reply),
+                &e,
+                &self.health,
+            );
             return;
         }
         let chain = self.options.chain.as_str();
         let before = (self.state.seq, self.state.hash.clone());
         let mut replies = Vec::with_capacity(jobs.len());
         let mut records = Vec::with_capacity(jobs.len());
-        for (event, reply) in jobs {
-            let record = self.state.seal(event, chain);
+        for (event, change, reply) in jobs {
+            let record = self.state.seal_with_change(event, change, chain);
             replies.push((
                 reply,
                 Receipt {

@@ -1,0 +1,457 @@
+//! The auditors' review queue: break-the-glass lookups and simple anomaly flags, worked out
+//! from the log itself when asked (nothing is flagged at write time, so a threshold changed in
+//! config applies to the past too), and the auditors' review marks, which are audit records.
+//!
+//! - `break-glass`: every lookup made with break-the-glass.
+//! - `outside-hours`: a lookup outside working hours (local time) or on a weekend.
+//! - `many-lookups`: a caller's lookups in one clock hour above a threshold.
+//! - `many-denied`: a caller's refused lookups (no relation to the citizen) in one day above a
+//!   threshold — someone trying citizens they have no case for.
+
+use crate::record::AuditRecord;
+use crate::search::Activity;
+use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, TimeZone, Timelike, Utc, Weekday};
+use chrono_tz::Tz;
+use std::collections::BTreeMap;
+
+pub const BREAK_GLASS: &str = "break-glass";
+pub const OUTSIDE_HOURS: &str = "outside-hours";
+pub const MANY_LOOKUPS: &str = "many-lookups";
+pub const MANY_DENIED: &str = "many-denied";
+
+/// Most request ids one item lists.
+pub const MAX_ITEM_REQUESTS: usize = 50;
+
+/// The thresholds, from config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewRules {
+    /// The municipality's time zone, for working hours and days.
+    pub timezone: Tz,
+    pub work_start: NaiveTime,
+    pub work_end: NaiveTime,
+    /// More lookups than this by one caller in one clock hour are flagged.
+    pub max_lookups_per_hour: usize,
+    /// More refused lookups than this by one caller in one day are flagged.
+    pub max_denied_per_day: usize,
+}
+
+impl Default for ReviewRules {
+    fn default() -> Self {
+        ReviewRules {
+            timezone: chrono_tz::Europe::Copenhagen,
+            work_start: NaiveTime::from_hms_opt(7, 0, 0).unwrap_or_default(),
+            work_end: NaiveTime::from_hms_opt(18, 0, 0).unwrap_or_default(),
+            max_lookups_per_hour: 30,
+            max_denied_per_day: 5,
+        }
+    }
+}
+
+/// One thing for an auditor to look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewItem {
+    /// Stable across calls: `kind:request id` or `kind:caller:window`.
+    pub key: String,
+    pub kind: &'static str,
+    pub caller_id: String,
+    pub department: String,
+    /// The first record concerned and the end of the window the item covers.
+    pub at: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub count: usize,
+    pub request_ids: Vec<String>,
+    pub summary: String,
+    pub review: Option<ReviewMark>,
+}
+
+/// An auditor's "reviewed" mark, as kept in the record of [`crate::Action::ReviewMarked`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewMark {
+    pub key: String,
+    pub by: String,
+    pub at: DateTime<Utc>,
+    pub note: String,
+}
+
+impl ReviewMark {
+    /// The record's `change`.
+    pub fn change_json(key: &str, note: &str) -> serde_json::Value {
+        serde_json::json!({ "type": "review", "key": key, "note": note })
+    }
+
+    /// Reads a mark back from its record; `None` for any other record.
+    pub fn from_record(record: &AuditRecord) -> Option<ReviewMark> {
+        let change = record.change.as_ref()?;
+        if change.get("type")?.as_str()? != "review" {
+            return None;
+        }
+        Some(ReviewMark {
+            key: change.get("key")?.as_str()?.to_owned(),
+            by: record.actor.caller_id.clone(),
+            at: parse(&record.at)?,
+            note: change.get("note")?.as_str()?.to_owned(),
+        })
+    }
+}
+
+fn parse(at: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(at)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+impl ReviewRules {
+    /// Whether `at` falls outside working hours or on a weekend, in the municipality's time.
+    pub fn outside_hours(&self, at: DateTime<Utc>) -> bool {
+        let local = at.with_timezone(&self.timezone);
+        let time = local.time();
+        matches!(local.weekday(), Weekday::Sat | Weekday::Sun)
+            || time < self.work_start
+            || time >= self.work_end
+    }
+
+    /// The local clock hour `at` falls in: its start and end in UTC.
+    fn hour_of(&self, at: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+        let start = at
+            .with_minute(0)
+            .and_then(|t| t.with_second(0))
+            .and_then(|t| t.with_nanosecond(0))
+            .unwrap_or(at);
+        // Denmark's offsets are whole hours, so a UTC hour is a local one.
+        (start, start + chrono::Duration::hours(1))
+    }
+
+    /// The local day `at` falls in, and that day's start and end in UTC.
+    fn day_of(&self, at: DateTime<Utc>) -> (NaiveDate, DateTime<Utc>, DateTime<Utc>) {
+        let day = at.with_timezone(&self.timezone).date_naive();
+        let start_of = |d: NaiveDate| {
+            self.timezone
+                .from_local_datetime(&d.and_time(NaiveTime::MIN))
+                .earliest()
+                .map_or(at, |t| t.with_timezone(&Utc))
+        };
+        let next = day.succ_opt().unwrap_or(day);
+        (day, start_of(day), start_of(next))
+    }
+
+    /// The review items in `activity` (lookups, oldest first) and `break_glass` (records).
+    pub fn analyse(&self, activity: &[Activity], break_glass: &[AuditRecord]) -> Vec<ReviewItem> {
+        let mut items = Vec::new();
+        for r in break_glass {
+            let Some(at) = parse(&r.at) else { continue };
+            items.push(ReviewItem {
+                key: format!("{BREAK_GLASS}:{}", r.request_id),
+                kind: BREAK_GLASS,
+                caller_id: r.actor.caller_id.clone(),
+                department: r.actor.department.clone(),
+                at,
+                window_end: at,
+                count: 1,
+                request_ids: vec![r.request_id.clone()],
+                summary: format!("break-the-glass lookup ({})", r.outcome.as_str()),
+                review: None,
+            });
+        }
+        let mut hours: BTreeMap<(String, DateTime<Utc>), Vec<&Activity>> = BTreeMap::new();
+        let mut days: BTreeMap<(String, NaiveDate), Vec<&Activity>> = BTreeMap::new();
+        for a in activity {
+            let Some(at) = parse(&a.at) else { continue };
+            if self.outside_hours(at) {
+                let local = at.with_timezone(&self.timezone);
+                items.push(ReviewItem {
+                    key: format!("{OUTSIDE_HOURS}:{}", a.request_id),
+                    kind: OUTSIDE_HOURS,
+                    caller_id: a.caller_id.clone(),
+                    department: a.department.clone(),
+                    at,
+                    window_end: at,
+                    count: 1,
+                    request_ids: vec![a.request_id.clone()],
+                    summary: format!(
+                        "lookup at {} local time, outside working hours {}–{} on weekdays",
+                        local.format("%a %H:%M"),
+                        self.work_start.format("%H:%M"),
+                        self.work_end.format("%H:%M")
+                    ),
+                    review: None,
+                });
+            }
+            hours
+                .entry((a.caller_id.clone(), self.hour_of(at).0))
+                .or_default()
+                .push(a);
+            if a.outcome == "denied" {
+                days.entry((a.caller_id.clone(), self.day_of(at).0))
+                    .or_default()
+                    .push(a);
+            }
+        }
+        for ((caller, start), lookups) in hours {
+            if lookups.len() > self.max_lookups_per_hour {
+                items.push(self.group_item(
+                    MANY_LOOKUPS,
+                    &caller,
+                    start,
+                    start + chrono::Duration::hours(1),
+                    &lookups,
+                    format!(
+                        "{} lookups in one hour (threshold {})",
+                        lookups.len(),
+                        self.max_lookups_per_hour
+                    ),
+                ));
+            }
+        }
+        for ((caller, day), denied) in days {
+            if denied.len() > self.max_denied_per_day {
+                let (_, start, end) = self.day_of(
+                    denied
+                        .first()
+                        .and_then(|a| parse(&a.at))
+                        .unwrap_or_default(),
+                );
+                items.push(self.group_item(
+                    MANY_DENIED,
+                    &caller,
+                    start,
+                    end,
+                    &denied,
+                    format!(
+                        "{} lookups refused for lack of relation on {day} (threshold {})",
+                        denied.len(),
+                        self.max_denied_per_day
+                    ),
+                ));
+            }
+        }
+        items.sort_by(|a, b| b.at.cmp(&a.at).then_with(|| a.key.cmp(&b.key)));
+        items
+    }
+
+    fn group_item(
+        &self,
+        kind: &'static str,
+        caller: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        records: &[&Activity],
+        summary: String,
+    ) -> ReviewItem {
+        ReviewItem {
+            key: format!("{kind}:{caller}:{}", start.format("%Y-%m-%dT%H:%MZ")),
+            kind,
+            caller_id: caller.to_owned(),
+            department: records
+                .first()
+                .map(|a| a.department.clone())
+                .unwrap_or_default(),
+            at: start,
+            window_end: end,
+            count: records.len(),
+            request_ids: records
+                .iter()
+                .take(MAX_ITEM_REQUESTS)
+                .map(|a| a.request_id.clone())
+                .collect(),
+            summary,
+            review: None,
+        }
+    }
+
+    /// The window of lookups [`ReviewRules::flags`] needs to see for records in `from..until`:
+    /// whole local days around it.
+    pub fn context(
+        &self,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> (DateTime<Utc>, DateTime<Utc>) {
+        (self.day_of(from).1, self.day_of(until).2)
+    }
+
+    /// The flags of one record, given the lookups of its caller around it (see
+    /// [`ReviewRules::context`]).
+    pub fn flags(&self, record: &AuditRecord, activity: &[Activity]) -> Vec<&'static str> {
+        let mut flags = Vec::new();
+        if record.break_glass_reason.is_some() {
+            flags.push(BREAK_GLASS);
+        }
+        let is_lookup = matches!(
+            record.action,
+            crate::Action::Lookup | crate::Action::LookupStream
+        );
+        let Some(at) = parse(&record.at) else {
+            return flags;
+        };
+        if !is_lookup {
+            return flags;
+        }
+        if self.outside_hours(at) {
+            flags.push(OUTSIDE_HOURS);
+        }
+        let (hour_start, hour_end) = self.hour_of(at);
+        let (_, day_start, day_end) = self.day_of(at);
+        let mine = activity
+            .iter()
+            .filter(|a| a.caller_id == record.actor.caller_id)
+            .filter_map(|a| Some((parse(&a.at)?, a)));
+        let (mut in_hour, mut denied_in_day) = (0, 0);
+        for (t, a) in mine {
+            if t >= hour_start && t < hour_end {
+                in_hour += 1;
+            }
+            if t >= day_start && t < day_end && a.outcome == "denied" {
+                denied_in_day += 1;
+            }
+        }
+        if in_hour > self.max_lookups_per_hour {
+            flags.push(MANY_LOOKUPS);
+        }
+        if record.outcome == crate::Outcome::Denied && denied_in_day > self.max_denied_per_day {
+            flags.push(MANY_DENIED);
+        }
+        flags
+    }
+}
+
+/// Applies the latest mark of each key to `items`; without `include_reviewed`, drops the
+/// reviewed ones.
+pub fn apply_marks(items: &mut Vec<ReviewItem>, marks: &[ReviewMark], include_reviewed: bool) {
+    let mut latest: BTreeMap<&str, &ReviewMark> = BTreeMap::new();
+    for m in marks {
+        match latest.get(m.key.as_str()) {
+            Some(seen) if seen.at >= m.at => {}
+            _ => {
+                latest.insert(&m.key, m);
+            }
+        }
+    }
+    for item in items.iter_mut() {
+        item.review = latest.get(item.key.as_str()).map(|m| (*m).clone());
+    }
+    if !include_reviewed {
+        items.retain(|i| i.review.is_none());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        parse(text).unwrap()
+    }
+
+    fn lookup(id: usize, at: &str, caller: &str, outcome: &str) -> Activity {
+        Activity {
+            at: at.into(),
+            request_id: format!("r-{id}"),
+            caller_id: caller.into(),
+            department: "jobcenter".into(),
+            outcome: outcome.into(),
+        }
+    }
+
+    fn record_at(at: &str, caller: &str) -> AuditRecord {
+        let event = crate::AuditEvent {
+            request_id: "r".into(),
+            action: crate::Action::Lookup,
+            actor: crate::Actor {
+                caller_id: caller.into(),
+                ..crate::Actor::default()
+            },
+            cpr: None,
+            purpose: None,
+            break_glass_reason: None,
+            outcome: crate::Outcome::Answered,
+            detail: None,
+            sources: Vec::new(),
+            policy_version: String::new(),
+        };
+        AuditRecord::seal(event, "c", 1, at.into(), crate::GENESIS_HASH)
+    }
+
+    #[test]
+    fn working_hours_are_local_weekdays() {
+        let rules = ReviewRules::default();
+        // Monday 2026-11-23: Copenhagen is UTC+1 in winter.
+        assert!(!rules.outside_hours(at("2026-11-23T06:30:00Z"))); // 07:30 local
+        assert!(rules.outside_hours(at("2026-11-23T05:30:00Z"))); // 06:30 local
+        assert!(rules.outside_hours(at("2026-11-23T17:00:00Z"))); // 18:00 local
+        assert!(rules.outside_hours(at("2026-11-22T10:00:00Z"))); // Sunday
+        // Summer time: UTC+2.
+        assert!(!rules.outside_hours(at("2026-06-15T05:30:00Z"))); // 07:30 local
+    }
+
+    #[test]
+    fn many_lookups_in_an_hour_and_many_refusals_in_a_day_are_flagged_once_per_window() {
+        let rules = ReviewRules {
+            max_lookups_per_hour: 3,
+            max_denied_per_day: 2,
+            ..ReviewRules::default()
+        };
+        let mut activity = Vec::new();
+        for i in 0..4 {
+            activity.push(lookup(
+                i,
+                &format!("2026-11-23T09:0{i}:00.000000Z"),
+                "cw-a",
+                "answered",
+            ));
+        }
+        for i in 4..7 {
+            activity.push(lookup(
+                i,
+                &format!("2026-11-23T1{}:00:00.000000Z", i - 4),
+                "cw-b",
+                "denied",
+            ));
+        }
+        // Three lookups for cw-c: at the threshold, not above it.
+        for i in 7..10 {
+            activity.push(lookup(
+                i,
+                &format!("2026-11-23T09:1{}:00.000000Z", i - 7),
+                "cw-c",
+                "answered",
+            ));
+        }
+        let items = rules.analyse(&activity, &[]);
+        let kinds: Vec<(&str, &str, usize)> = items
+            .iter()
+            .map(|i| (i.kind, i.caller_id.as_str(), i.count))
+            .collect();
+        assert!(kinds.contains(&(MANY_LOOKUPS, "cw-a", 4)), "{kinds:?}");
+        assert!(kinds.contains(&(MANY_DENIED, "cw-b", 3)), "{kinds:?}");
+        assert!(!kinds.iter().any(|k| k.1 == "cw-c"), "{kinds:?}");
+        let many = items.iter().find(|i| i.kind == MANY_LOOKUPS).unwrap();
+        assert_eq!(many.key, "many-lookups:cw-a:2026-11-23T09:00Z");
+        assert_eq!(many.request_ids, vec!["r-0", "r-1", "r-2", "r-3"]);
+        // The same record carries the same flags.
+        let mut record = record_at("2026-11-23T09:02:00.000000Z", "cw-a");
+        assert_eq!(rules.flags(&record, &activity), vec![MANY_LOOKUPS]);
+        record.actor.caller_id = "cw-c".into();
+        assert!(rules.flags(&record, &activity).is_empty());
+    }
+
+    #[test]
+    fn the_latest_mark_wins_and_reviewed_items_leave_the_queue() {
+        let rules = ReviewRules::default();
+        let activity = vec![lookup(1, "2026-11-22T23:00:00.000000Z", "cw-a", "answered")];
+        let mut items = rules.analyse(&activity, &[]);
+        assert_eq!(items.len(), 1);
+        let mark = |note: &str, at_: &str| ReviewMark {
+            key: "outside-hours:r-1".into(),
+            by: "aud".into(),
+            at: at(at_),
+            note: note.into(),
+        };
+        let marks = vec![
+            mark("later", "2026-11-24T10:00:00Z"),
+            mark("first", "2026-11-23T10:00:00Z"),
+        ];
+        apply_marks(&mut items, &marks, true);
+        assert_eq!(items[0].review.as_ref().unwrap().note, "later");
+        apply_marks(&mut items, &marks, false);
+        assert!(items.is_empty());
+    }
+}

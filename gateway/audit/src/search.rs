@@ -1,0 +1,413 @@
+//! Reading the log back: the auditors' searches, the raw material of the review queue, and the
+//! citizen's "who looked at my data". Both stores answer the same [`AuditQuery`] with the same
+//! SQL (only the placeholders and the JSON operator differ), newest first, a page at a time by
+//! keyset (never OFFSET, so page 1000 costs what page 1 does), over the indexed columns.
+
+use crate::record::{Action, AuditRecord, Outcome};
+use crate::{AuditError, StoredRecord};
+use chrono::{DateTime, SecondsFormat, Utc};
+
+/// Which records; `None` and empty lists match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub cpr: Option<String>,
+    pub caller_id: Option<String>,
+    pub department: Option<String>,
+    /// Inclusive.
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive.
+    pub until: Option<DateTime<Utc>>,
+    pub actions: Vec<Action>,
+    pub outcomes: Vec<Outcome>,
+    /// Only records that carry a break-the-glass reason.
+    pub break_glass: bool,
+    /// Only records older than this one (the last of the previous page).
+    pub after: Option<Cursor>,
+}
+
+/// A record's place in the newest-first order: the page token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub at: String,
+    pub chain: String,
+    pub seq: u64,
+}
+
+impl Cursor {
+    pub fn of(record: &AuditRecord) -> Cursor {
+        Cursor {
+            at: record.at.clone(),
+            chain: record.chain.clone(),
+            seq: record.seq,
+        }
+    }
+
+    /// An opaque token for the wire.
+    pub fn encode(&self) -> String {
+        hex::encode(format!("{}\n{}\n{}", self.at, self.seq, self.chain))
+    }
+
+    /// `None` for a token this gateway did not make.
+    pub fn decode(token: &str) -> Option<Cursor> {
+        let text = String::from_utf8(hex::decode(token).ok()?).ok()?;
+        let mut parts = text.splitn(3, '\n');
+        let at = parts.next()?.to_owned();
+        let seq = parts.next()?.parse().ok()?;
+        let chain = parts.next()?.to_owned();
+        DateTime::parse_from_rfc3339(&at).ok()?;
+        Some(Cursor { at, chain, seq })
+    }
+}
+
+/// A lookup as the review queue needs it: who, when, how it ended — without the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    pub at: String,
+    pub request_id: String,
+    pub caller_id: String,
+    pub department: String,
+    pub outcome: String,
+}
+
+/// How a record's time is written, so text comparison orders as time does.
+pub fn time_bound(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// The SQL dialect: placeholders and how to reach into the JSON body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A bound parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Param {
+    Text(String),
+    Int(i64),
+}
+
+/// A statement and its parameters, with placeholders for `dialect`.
+#[derive(Debug)]
+pub(crate) struct Sql {
+    pub text: String,
+    pub params: Vec<Param>,
+}
+
+struct Where {
+    dialect: Dialect,
+    clauses: Vec<String>,
+    params: Vec<Param>,
+}
+
+impl Where {
+    fn new(dialect: Dialect) -> Self {
+        Where {
+            dialect,
+            clauses: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
+    /// The placeholder for a new parameter.
+    fn bind(&mut self, param: Param) -> String {
+        self.params.push(param);
+        match self.dialect {
+            Dialect::Sqlite => format!("?{}", self.params.len()),
+            Dialect::Postgres => format!("${}", self.params.len()),
+        }
+    }
+
+    fn equals(&mut self, column: &str, value: &Option<String>) {
+        if let Some(v) = value {
+            let p = self.bind(Param::Text(v.clone()));
+            self.clauses.push(format!("{column} = {p}"));
+        }
+    }
+
+    fn one_of(&mut self, column: &str, values: &[&str]) {
+        if values.is_empty() {
+            return;
+        }
+        let placeholders: Vec<String> = values
+            .iter()
+            .map(|v| self.bind(Param::Text((*v).to_owned())))
+            .collect();
+        self.clauses
+            .push(format!("{column} IN ({})", placeholders.join(", ")));
+    }
+
+    fn period(&mut self, from: Option<DateTime<Utc>>, until: Option<DateTime<Utc>>) {
+        if let Some(from) = from {
+            let p = self.bind(Param::Text(time_bound(from)));
+            self.clauses.push(format!("at >= {p}"));
+        }
+        if let Some(until) = until {
+            let p = self.bind(Param::Text(time_bound(until)));
+            self.clauses.push(format!("at < {p}"));
+        }
+    }
+
+    fn render(&self) -> String {
+        if self.clauses.is_empty() {
+            "TRUE".to_owned()
+        } else {
+            self.clauses.join(" AND ")
+        }
+    }
+}
+
+fn seq_param(seq: u64) -> Result<Param, AuditError> {
+    i64::try_from(seq)
+        .map(Param::Int)
+        .map_err(|_| AuditError::Store("seq overflow".into()))
+}
+
+/// `SELECT` of up to `limit` records matching `query`, newest first: the stored columns of
+/// [`StoredRecord`] plus `chain` and `at`.
+pub(crate) fn search_sql(
+    dialect: Dialect,
+    query: &AuditQuery,
+    limit: usize,
+) -> Result<Sql, AuditError> {
+    let mut w = Where::new(dialect);
+    w.equals("cpr", &query.cpr);
+    w.equals("caller_id", &query.caller_id);
+    w.equals("department", &query.department);
+    w.period(query.from, query.until);
+    let actions: Vec<&str> = query.actions.iter().map(|a| a.as_str()).collect();
+    w.one_of("action", &actions);
+    let outcomes: Vec<&str> = query.outcomes.iter().map(|o| o.as_str()).collect();
+    w.one_of("outcome", &outcomes);
+    if query.break_glass {
+        w.clauses.push(match dialect {
+            Dialect::Sqlite => "json_extract(body, '$.break_glass_reason') IS NOT NULL".to_owned(),
+            Dialect::Postgres => "(body::jsonb ->> 'break_glass_reason') IS NOT NULL".to_owned(),
+        });
+    }
+    if let Some(after) = &query.after {
+        let at = w.bind(Param::Text(after.at.clone()));
+        let chain = w.bind(Param::Text(after.chain.clone()));
+        let seq = w.bind(seq_param(after.seq)?);
+        w.clauses.push(format!(
+            "(at < {at} OR (at = {at} AND (chain < {chain} OR (chain = {chain} AND seq < {seq}))))"
+        ));
+    }
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let limit = w.bind(Param::Int(limit));
+    Ok(Sql {
+        text: format!(
+            "SELECT seq, request_id, cpr, caller_id, body, hash FROM audit_records
+             WHERE {} ORDER BY at DESC, chain DESC, seq DESC LIMIT {limit}",
+            w.render()
+        ),
+        params: w.params,
+    })
+}
+
+/// `SELECT` of the lookups made in a period (by some callers only, if given), oldest first, as
+/// [`Activity`] columns.
+pub(crate) fn activity_sql(
+    dialect: Dialect,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    callers: &[String],
+) -> Sql {
+    let mut w = Where::new(dialect);
+    w.period(Some(from), Some(until));
+    w.one_of(
+        "action",
+        &[Action::Lookup.as_str(), Action::LookupStream.as_str()],
+    );
+    let callers: Vec<&str> = callers.iter().map(String::as_str).collect();
+    w.one_of("caller_id", &callers);
+    Sql {
+        text: format!(
+            "SELECT at, request_id, caller_id, department, outcome FROM audit_records
+             WHERE {} ORDER BY at",
+            w.render()
+        ),
+        params: w.params,
+    }
+}
+
+/// Parses a page of stored rows back into records, checking each body against its hash: a
+/// search never shows an auditor a record that was altered in place.
+pub(crate) fn records_of(rows: Vec<StoredRecord>) -> Result<Vec<AuditRecord>, AuditError> {
+    rows.into_iter()
+        .map(|row| {
+            if crate::record::hash_of(&row.body) != row.hash {
+                return Err(AuditError::Store(format!(
+                    "record {} does not match its hash; run `samblik audit verify`",
+                    row.seq
+                )));
+            }
+            AuditRecord::from_stored(&row.body, &row.hash)
+                .map_err(|e| AuditError::Store(format!("record {} is unreadable: {e}", row.seq)))
+        })
+        .collect()
+}
+
+/// Runs [`search_sql`] on an SQLite connection.
+pub(crate) fn sqlite_search(
+    conn: &rusqlite::Connection,
+    query: &AuditQuery,
+    limit: usize,
+) -> Result<Vec<AuditRecord>, AuditError> {
+    let sql = search_sql(Dialect::Sqlite, query, limit)?;
+    let mut stmt = conn.prepare(&sql.text)?;
+    let rows = stmt
+        .query_map(
+            rusqlite::params_from_iter(sqlite_params(&sql.params)),
+            |r| {
+                Ok(StoredRecord {
+                    seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                    request_id: r.get(1)?,
+                    cpr: r.get(2)?,
+                    caller_id: r.get(3)?,
+                    body: r.get(4)?,
+                    hash: r.get(5)?,
+                })
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    records_of(rows)
+}
+
+/// Runs [`activity_sql`] on an SQLite connection.
+pub(crate) fn sqlite_activity(
+    conn: &rusqlite::Connection,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    callers: &[String],
+) -> Result<Vec<Activity>, AuditError> {
+    let sql = activity_sql(Dialect::Sqlite, from, until, callers);
+    let mut stmt = conn.prepare(&sql.text)?;
+    let rows = stmt
+        .query_map(
+            rusqlite::params_from_iter(sqlite_params(&sql.params)),
+            |r| {
+                Ok(Activity {
+                    at: r.get(0)?,
+                    request_id: r.get(1)?,
+                    caller_id: r.get(2)?,
+                    department: r.get(3)?,
+                    outcome: r.get(4)?,
+                })
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+fn sqlite_params(params: &[Param]) -> Vec<rusqlite::types::Value> {
+    params
+        .iter()
+        .map(|p| match p {
+            Param::Text(t) => rusqlite::types::Value::Text(t.clone()),
+            Param::Int(i) => rusqlite::types::Value::Integer(*i),
+        })
+        .collect()
+}
+
+/// Runs [`search_sql`] on a PostgreSQL connection.
+pub(crate) fn postgres_search(
+    client: &mut postgres::Client,
+    query: &AuditQuery,
+    limit: usize,
+) -> Result<Vec<AuditRecord>, AuditError> {
+    let sql = search_sql(Dialect::Postgres, query, limit)?;
+    let rows = client
+        .query(&sql.text, &postgres_params(&sql.params))?
+        .iter()
+        .map(|r| {
+            Ok(StoredRecord {
+                seq: u64::try_from(r.try_get::<_, i64>(0)?).unwrap_or(0),
+                request_id: r.try_get(1)?,
+                cpr: r.try_get(2)?,
+                caller_id: r.try_get(3)?,
+                body: r.try_get(4)?,
+                hash: r.try_get(5)?,
+            })
+        })
+        .collect::<Result<Vec<_>, postgres::Error>>()?;
+    records_of(rows)
+}
+
+/// Runs [`activity_sql`] on a PostgreSQL connection.
+pub(crate) fn postgres_activity(
+    client: &mut postgres::Client,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    callers: &[String],
+) -> Result<Vec<Activity>, AuditError> {
+    let sql = activity_sql(Dialect::Postgres, from, until, callers);
+    Ok(client
+        .query(&sql.text, &postgres_params(&sql.params))?
+        .iter()
+        .map(|r| {
+            Ok(Activity {
+                at: r.try_get(0)?,
+                request_id: r.try_get(1)?,
+                caller_id: r.try_get(2)?,
+                department: r.try_get(3)?,
+                outcome: r.try_get(4)?,
+            })
+        })
+        .collect::<Result<Vec<_>, postgres::Error>>()?)
+}
+
+fn postgres_params(params: &[Param]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| match p {
+            Param::Text(t) => t as &(dyn postgres::types::ToSql + Sync),
+            Param::Int(i) => i as &(dyn postgres::types::ToSql + Sync),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_foreign_tokens_are_refused() {
+        let c = Cursor {
+            at: "2026-11-22T10:00:00.000001Z".into(),
+            chain: "gw\n1".into(),
+            seq: 42,
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        assert_eq!(Cursor::decode("zz"), None);
+        assert_eq!(Cursor::decode(&hex::encode("x\n1\nc")), None);
+        assert_eq!(
+            Cursor::decode(&hex::encode("2026-11-22T10:00:00Z\nx\nc")),
+            None
+        );
+    }
+
+    #[test]
+    fn the_filter_binds_every_value_and_never_splices_it() {
+        let query = AuditQuery {
+            cpr: Some("0101901235' OR 1=1 --".into()),
+            caller_id: Some("cw".into()),
+            actions: vec![Action::Lookup],
+            break_glass: true,
+            after: Some(Cursor {
+                at: "2026-11-22T10:00:00.000000Z".into(),
+                chain: "gw".into(),
+                seq: 7,
+            }),
+            ..AuditQuery::default()
+        };
+        let sql = search_sql(Dialect::Postgres, &query, 10).unwrap();
+        assert!(!sql.text.contains("OR 1=1"));
+        assert!(sql.text.contains("cpr = $1"));
+        assert!(sql.text.contains("LIMIT $7"));
+        assert_eq!(sql.params.len(), 7);
+        let sql = search_sql(Dialect::Sqlite, &AuditQuery::default(), 10).unwrap();
+        assert!(sql.text.contains("WHERE TRUE"));
+    }
+}
