@@ -6,27 +6,20 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use samblik_audit::checkpoint::{load_verifying_key, public_key_path};
-use samblik_audit::postgres::PostgresStore;
-use samblik_audit::sqlite::{Durability, SqliteStore};
 use samblik_audit::testing::FaultInjecting;
 use samblik_audit::verify::verify_store;
 use samblik_audit::*;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 const CPR: &str = "0101901235";
 const OTHER_CPR: &str = "0202902346";
 
-enum Backend {
-    Sqlite(PathBuf),
-    Postgres(String),
-}
+mod common;
+use common::{TestStore, runtime, test_stores};
 
 struct Setup {
-    _dir: tempfile::TempDir,
-    backend: Backend,
-    key: PathBuf,
+    store: TestStore,
     /// Every registry opened on this store: a change is made visible to each, as the gateway
     /// does after writing it (a no-op for PostgreSQL, which every read asks).
     registries: std::cell::RefCell<Vec<Registry>>,
@@ -34,30 +27,24 @@ struct Setup {
 
 impl Setup {
     fn store(&self) -> Box<dyn AuditStore> {
-        match &self.backend {
-            Backend::Sqlite(db) => Box::new(SqliteStore::open(db, Durability::Full).unwrap()),
-            Backend::Postgres(url) => Box::new(PostgresStore::connect(url).unwrap()),
-        }
+        self.store.store()
     }
 
     fn registry(&self) -> Registry {
-        let registry = match &self.backend {
-            Backend::Sqlite(db) => Registry::sqlite(db).unwrap(),
-            Backend::Postgres(url) => Registry::postgres(url).unwrap(),
-        };
+        let registry = self.store.registry();
         self.registries.borrow_mut().push(registry.clone());
         registry
     }
 
     fn log(&self, chain: &str, store: Box<dyn AuditStore>) -> AuditLog {
-        let signer = CheckpointSigner::load_or_create(&self.key).unwrap();
+        let signer = CheckpointSigner::load_or_create(&self.store.key).unwrap();
         let mut options = WriterOptions::new(chain);
         options.checkpoint_every = 5;
         AuditLog::start(store, signer, options).unwrap()
     }
 
     fn verify(&self) -> Vec<verify::ChainSummary> {
-        let key = load_verifying_key(&public_key_path(&self.key)).unwrap();
+        let key = load_verifying_key(&public_key_path(&self.store.key)).unwrap();
         verify_store(&mut *self.store(), &key).unwrap()
     }
 
@@ -73,52 +60,15 @@ impl Setup {
     }
 }
 
-/// One setup per backend, each with an empty store (as in `chain.rs`).
+/// One setup per backend, each with an empty store.
 fn setups() -> Vec<Setup> {
-    let mut setups = vec![setup(None)];
-    match std::env::var("SAMBLIK_TEST_POSTGRES_URL") {
-        Ok(admin) => setups.push(setup(Some(&admin))),
-        Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("CI must test the PostgreSQL store: run the tests through ./scripts/test")
-        }
-        Err(_) => eprintln!("SAMBLIK_TEST_POSTGRES_URL not set: PostgreSQL store not tested"),
-    }
-    setups
-}
-
-fn setup(postgres_admin: Option<&str>) -> Setup {
-    static DATABASES: AtomicUsize = AtomicUsize::new(0);
-    let dir = tempfile::tempdir().unwrap();
-    let backend = match postgres_admin {
-        None => Backend::Sqlite(dir.path().join("audit.db")),
-        Some(admin) => {
-            let name = format!(
-                "samblik_registry_{}_{}",
-                std::process::id(),
-                DATABASES.fetch_add(1, Ordering::SeqCst)
-            );
-            let mut client = ::postgres::Client::connect(admin, ::postgres::NoTls).unwrap();
-            client
-                .batch_execute(&format!("CREATE DATABASE {name}"))
-                .unwrap();
-            let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
-            Backend::Postgres(format!("{base}/{name}"))
-        }
-    };
-    Setup {
-        key: dir.path().join("audit-signing.key"),
-        registries: Default::default(),
-        backend,
-        _dir: dir,
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    test_stores("registry")
+        .into_iter()
+        .map(|store| Setup {
+            store,
+            registries: Default::default(),
+        })
+        .collect()
 }
 
 fn t(day: u32) -> DateTime<Utc> {

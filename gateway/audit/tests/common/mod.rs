@@ -1,0 +1,103 @@
+//! What the audit store's test suites share: one empty store per backend — a SQLite file and a
+//! database of its own on the real PostgreSQL server the README's test command starts.
+
+#![allow(dead_code)]
+
+use samblik_audit::postgres::PostgresStore;
+use samblik_audit::sqlite::{Durability, SqliteStore};
+use samblik_audit::{AuditStore, Registry};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub enum Backend {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+/// An empty store of one backend, with a place for its checkpoint key.
+pub struct TestStore {
+    _dir: tempfile::TempDir,
+    pub backend: Backend,
+    pub key: PathBuf,
+}
+
+impl TestStore {
+    pub fn store(&self) -> Box<dyn AuditStore> {
+        match &self.backend {
+            Backend::Sqlite(db) => Box::new(SqliteStore::open(db, Durability::Full).unwrap()),
+            Backend::Postgres(url) => Box::new(PostgresStore::connect(url).unwrap()),
+        }
+    }
+
+    pub fn registry(&self) -> Registry {
+        match &self.backend {
+            Backend::Sqlite(db) => Registry::sqlite(db).unwrap(),
+            Backend::Postgres(url) => Registry::postgres(url).unwrap(),
+        }
+    }
+
+    /// Runs SQL statements directly on the store (to tamper with it, or to fill it fast).
+    pub fn sql(&self, statements: &str) {
+        match &self.backend {
+            Backend::Sqlite(db) => rusqlite::Connection::open(db)
+                .unwrap()
+                .execute_batch(statements)
+                .unwrap(),
+            Backend::Postgres(url) => ::postgres::Client::connect(url, ::postgres::NoTls)
+                .unwrap()
+                .batch_execute(statements)
+                .unwrap(),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+}
+
+/// One empty store per backend. CI must test PostgreSQL: without a server there, this fails.
+pub fn test_stores(prefix: &str) -> Vec<TestStore> {
+    let mut stores = vec![test_store(prefix, None)];
+    match std::env::var("SAMBLIK_TEST_POSTGRES_URL") {
+        Ok(admin) => stores.push(test_store(prefix, Some(&admin))),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("CI must test the PostgreSQL store: run the tests through ./scripts/test")
+        }
+        Err(_) => eprintln!("SAMBLIK_TEST_POSTGRES_URL not set: PostgreSQL store not tested"),
+    }
+    stores
+}
+
+fn test_store(prefix: &str, postgres_admin: Option<&str>) -> TestStore {
+    static DATABASES: AtomicUsize = AtomicUsize::new(0);
+    let dir = tempfile::tempdir().unwrap();
+    let backend = match postgres_admin {
+        None => Backend::Sqlite(dir.path().join("audit.db")),
+        Some(admin) => {
+            let name = format!(
+                "samblik_{prefix}_{}_{}",
+                std::process::id(),
+                DATABASES.fetch_add(1, Ordering::SeqCst)
+            );
+            let mut client = ::postgres::Client::connect(admin, ::postgres::NoTls).unwrap();
+            client
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .unwrap();
+            let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
+            Backend::Postgres(format!("{base}/{name}"))
+        }
+    };
+    TestStore {
+        key: dir.path().join("audit-signing.key"),
+        backend,
+        _dir: dir,
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
