@@ -192,6 +192,8 @@ pub struct ReviewConfig {
     /// Working hours on weekdays, local time, `HH:MM`; lookups outside them are flagged.
     pub work_start: String,
     pub work_end: String,
+    /// Working days, e.g. `["mon", "tue", "wed", "thu", "fri"]` (the default).
+    pub work_days: Vec<String>,
     /// More lookups than this by one caller in one clock hour are flagged.
     pub max_lookups_per_hour: usize,
     /// More lookups refused for lack of relation than this by one caller in one day are flagged.
@@ -204,6 +206,9 @@ impl Default for ReviewConfig {
             timezone: "Europe/Copenhagen".into(),
             work_start: "07:00".into(),
             work_end: "18:00".into(),
+            work_days: ["mon", "tue", "wed", "thu", "fri"]
+                .map(String::from)
+                .to_vec(),
             max_lookups_per_hour: 30,
             max_denied_per_day: 5,
         }
@@ -227,6 +232,14 @@ impl ReviewConfig {
         if work_start >= work_end {
             return Err(invalid("work_start must be before work_end".into()));
         }
+        let work_days = self
+            .work_days
+            .iter()
+            .map(|d| {
+                d.parse::<chrono::Weekday>()
+                    .map_err(|_| invalid(format!("work_days: {d:?} is not a day")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if self.max_lookups_per_hour == 0 {
             return Err(invalid("max_lookups_per_hour must be at least 1".into()));
         }
@@ -234,6 +247,7 @@ impl ReviewConfig {
             timezone,
             work_start,
             work_end,
+            work_days,
             max_lookups_per_hour: self.max_lookups_per_hour,
             max_denied_per_day: self.max_denied_per_day,
         })

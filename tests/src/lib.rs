@@ -61,6 +61,34 @@ pub fn token(department: Department) -> String {
     issuer().1.mint(&claims, Duration::from_secs(600)).unwrap()
 }
 
+/// A valid token for a demo staff member with `role` (auditor, admin), of no case department.
+pub fn staff_token(id: &str, role: &str) -> String {
+    let claims = samblik_gateway::tokens::TokenClaims {
+        sub: id.to_owned(),
+        name: format!("Test {role}"),
+        department: "administration".to_owned(),
+        municipality: municipality().municipality.code.clone(),
+        roles: vec![role.to_owned()],
+        cpr: None,
+    };
+    issuer().1.mint(&claims, Duration::from_secs(600)).unwrap()
+}
+
+/// A valid token for the citizen `cpr` (role citizen, their CPR in the token).
+pub fn citizen_token(cpr: &str) -> String {
+    let claims = samblik_gateway::demo::citizen_claims(&samblik_proto::Cpr::parse(cpr).unwrap());
+    issuer().1.mint(&claims, Duration::from_secs(600)).unwrap()
+}
+
+/// `message` with a bearer token.
+pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
 /// The departments each citizen has cases in.
 pub fn departments_of(cpr: &str) -> BTreeSet<Department> {
     municipality()
@@ -479,6 +507,11 @@ impl std::fmt::Debug for Municipal {
 
 /// Starts the three reference sources (recording their calls) and a gateway over them.
 pub async fn start_municipal() -> Municipal {
+    start_municipal_with(|_| {}).await
+}
+
+/// [`start_municipal`] with its gateway config adjusted by `adjust`.
+pub async fn start_municipal_with(adjust: impl FnOnce(&mut Config)) -> Municipal {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut sources = Vec::new();
     let mut specs = Vec::new();
@@ -493,8 +526,10 @@ pub async fn start_municipal() -> Municipal {
         specs.push(spec);
         sources.push(running);
     }
+    let mut config = gateway_config(&specs, 3_000);
+    adjust(&mut config);
     Municipal {
-        gateway: start_gateway(&specs, 3_000).await,
+        gateway: start_gateway_from_config(config).await,
         sources,
         seen,
     }

@@ -29,6 +29,8 @@ pub struct ReviewRules {
     pub timezone: Tz,
     pub work_start: NaiveTime,
     pub work_end: NaiveTime,
+    /// The working days; a lookup on any other day is outside working hours.
+    pub work_days: Vec<Weekday>,
     /// More lookups than this by one caller in one clock hour are flagged.
     pub max_lookups_per_hour: usize,
     /// More refused lookups than this by one caller in one day are flagged.
@@ -41,6 +43,13 @@ impl Default for ReviewRules {
             timezone: chrono_tz::Europe::Copenhagen,
             work_start: NaiveTime::from_hms_opt(7, 0, 0).unwrap_or_default(),
             work_end: NaiveTime::from_hms_opt(18, 0, 0).unwrap_or_default(),
+            work_days: vec![
+                Weekday::Mon,
+                Weekday::Tue,
+                Weekday::Wed,
+                Weekday::Thu,
+                Weekday::Fri,
+            ],
             max_lookups_per_hour: 30,
             max_denied_per_day: 5,
         }
@@ -101,11 +110,11 @@ fn parse(at: &str) -> Option<DateTime<Utc>> {
 }
 
 impl ReviewRules {
-    /// Whether `at` falls outside working hours or on a weekend, in the municipality's time.
+    /// Whether `at` falls outside working hours or days, in the municipality's time.
     pub fn outside_hours(&self, at: DateTime<Utc>) -> bool {
         let local = at.with_timezone(&self.timezone);
         let time = local.time();
-        matches!(local.weekday(), Weekday::Sat | Weekday::Sun)
+        !self.work_days.contains(&local.weekday())
             || time < self.work_start
             || time >= self.work_end
     }
@@ -168,7 +177,7 @@ impl ReviewRules {
                     count: 1,
                     request_ids: vec![a.request_id.clone()],
                     summary: format!(
-                        "lookup at {} local time, outside working hours {}–{} on weekdays",
+                        "lookup at {} local time, outside working hours {}–{} on working days",
                         local.format("%a %H:%M"),
                         self.work_start.format("%H:%M"),
                         self.work_end.format("%H:%M")

@@ -1,0 +1,538 @@
+//! `samblik.v1.AuditService` end to end: auditors search, export, verify and review the log
+//! through the real gateway; a citizen sees who looked at their data and nothing else; every
+//! one of these reads is itself in the log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use samblik_audit::{Action, Outcome};
+use samblik_proto::v1::audit_service_client::AuditServiceClient;
+use samblik_proto::v1::lookup_service_client::LookupServiceClient;
+use samblik_proto::v1::{
+    AuditEntry, AuditFilter, ExportAuditRequest, ExportFormat, LookupRequest, MarkReviewedRequest,
+    MyAccessLogRequest, Purpose, ReviewQueueRequest, SearchAuditRequest, VerifyAuditRequest,
+};
+use samblik_synth::Department;
+use samblik_tests::*;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const AUDITOR: &str = "aud-test";
+
+async fn audit_client(m: &Municipal) -> AuditServiceClient<Channel> {
+    AuditServiceClient::new(m.gateway.channel().await)
+}
+
+async fn lookup(m: &Municipal, token: &str, cpr: &str, break_glass: Option<&str>) -> Code {
+    let mut client = LookupServiceClient::new(m.gateway.channel().await);
+    let message = LookupRequest {
+        cpr: cpr.to_owned(),
+        purpose: Purpose::PrepareMeeting as i32,
+        break_glass_reason: break_glass.unwrap_or_default().to_owned(),
+        ..LookupRequest::default()
+    };
+    match client.lookup(authed(message, token)).await {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+/// Every entry matching `filter`, following the page tokens, `page_size` at a time.
+async fn search_all(m: &Municipal, filter: AuditFilter, page_size: u32) -> Vec<AuditEntry> {
+    let token = staff_token(AUDITOR, "auditor");
+    let mut client = audit_client(m).await;
+    let mut entries = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .search(authed(
+                SearchAuditRequest {
+                    filter: Some(filter.clone()),
+                    page_size,
+                    page_token,
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        entries.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            return entries;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+fn by_citizen(cpr: &str) -> AuditFilter {
+    AuditFilter {
+        cpr: cpr.to_owned(),
+        ..AuditFilter::default()
+    }
+}
+
+#[tokio::test]
+async fn an_auditor_finds_a_lookup_with_what_it_disclosed_and_the_search_is_itself_audited() {
+    let m = start_municipal().await;
+    let cpr = three_department_citizen();
+    assert_eq!(
+        lookup(&m, &token(Department::Jobcenter), cpr, None).await,
+        Code::Ok
+    );
+    let other = municipality()
+        .citizens
+        .iter()
+        .map(|c| c.cpr.as_str())
+        .find(|c| *c != cpr && departments_of(c).contains(&Department::Jobcenter))
+        .unwrap();
+    lookup(&m, &token(Department::Jobcenter), other, None).await;
+
+    let found = search_all(&m, by_citizen(cpr), 50).await;
+    let lookups: Vec<&AuditEntry> = found.iter().filter(|e| e.action == "lookup").collect();
+    assert_eq!(lookups.len(), 1, "{found:?}");
+    let e = lookups[0];
+    assert_eq!(e.cpr, cpr);
+    assert_eq!(e.outcome, "answered");
+    assert_eq!(e.caller_id, caseworker(Department::Jobcenter).id);
+    assert_eq!(e.department, "jobcenter");
+    assert_eq!(e.purpose, "prepare-meeting");
+    assert_eq!(e.hash.len(), 64);
+    let disclosed: Vec<&str> = e
+        .sources
+        .iter()
+        .flat_map(|s| &s.cases)
+        .flat_map(|c| c.fields.iter().map(String::as_str))
+        .collect();
+    assert!(
+        disclosed.contains(&"existence.responsible.name"),
+        "{disclosed:?}"
+    );
+    assert!(
+        e.sources
+            .iter()
+            .flat_map(|s| &s.cases)
+            .all(|c| !c.basis.is_empty())
+    );
+    assert!(
+        found.iter().all(|e| e.cpr == cpr),
+        "only that citizen's records"
+    );
+
+    // The auditor's search is in the log, against the citizen searched for, and says how.
+    let searches = m
+        .gateway
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.action == Action::AuditSearched)
+        .collect::<Vec<_>>();
+    assert_eq!(searches.len(), 1);
+    assert_eq!(searches[0].cpr.as_deref(), Some(cpr));
+    assert_eq!(searches[0].actor.caller_id, AUDITOR);
+    assert_eq!(searches[0].outcome, Outcome::Answered);
+    assert_eq!(searches[0].detail.as_deref(), Some("filter: citizen"));
+
+    // Paging two at a time gives the same records as one page.
+    let everything = search_all(&m, AuditFilter::default(), 500).await;
+    let paged = search_all(&m, AuditFilter::default(), 2).await;
+    let keys = |v: &[AuditEntry]| {
+        v.iter()
+            .map(|e| (e.chain.clone(), e.seq))
+            .collect::<Vec<_>>()
+    };
+    // The paged walk also sees the searches made while it pages; compare what both saw.
+    let first: Vec<_> = keys(&everything);
+    let walked: Vec<_> = keys(&paged)
+        .into_iter()
+        .filter(|k| first.contains(k))
+        .collect();
+    assert_eq!(walked, first);
+}
+
+#[tokio::test]
+async fn only_auditors_search_and_bad_filters_are_refused_and_recorded() {
+    let m = start_municipal().await;
+    let mut client = audit_client(&m).await;
+    let search = |filter: AuditFilter, page_token: &str| SearchAuditRequest {
+        filter: Some(filter),
+        page_size: 10,
+        page_token: page_token.to_owned(),
+    };
+    let caseworker = token(Department::Jobcenter);
+    let err = client
+        .search(authed(search(AuditFilter::default(), ""), &caseworker))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = client
+        .search(tonic::Request::new(search(AuditFilter::default(), "")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let auditor = staff_token(AUDITOR, "auditor");
+    for (filter, token) in [
+        (by_citizen("0101901234x"), ""),
+        (AuditFilter::default(), "not-a-token"),
+        (
+            AuditFilter {
+                flagged: true,
+                ..AuditFilter::default()
+            },
+            "",
+        ),
+    ] {
+        let err = client
+            .search(authed(search(filter, token), &auditor))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    }
+    let outcomes: Vec<Outcome> = m
+        .gateway
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.action == Action::AuditSearched)
+        .map(|r| r.outcome)
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Denied,
+            Outcome::Unauthenticated,
+            Outcome::Invalid,
+            Outcome::Invalid,
+            Outcome::Invalid
+        ]
+    );
+}
+
+#[tokio::test]
+async fn exports_hold_every_matching_record_as_csv_and_as_json_lines() {
+    let m = start_municipal().await;
+    let cpr = three_department_citizen();
+    for _ in 0..3 {
+        lookup(&m, &token(Department::Jobcenter), cpr, None).await;
+    }
+    let auditor = staff_token(AUDITOR, "auditor");
+    let mut client = audit_client(&m).await;
+    let mut export = async |format: ExportFormat| {
+        let mut stream = client
+            .export(authed(
+                ExportAuditRequest {
+                    filter: Some(by_citizen(cpr)),
+                    format: format as i32,
+                },
+                &auditor,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await.unwrap() {
+            data.extend(chunk.data);
+        }
+        String::from_utf8(data).unwrap()
+    };
+    let csv = export(ExportFormat::Csv).await;
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let header = reader.headers().unwrap().clone();
+    assert_eq!(&header[0], "at");
+    let cpr_column = header.iter().position(|h| h == "cpr").unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    // Three lookups, and the export itself: its record is durable before the first byte leaves.
+    assert_eq!(rows.len(), 4, "{csv}");
+    assert!(rows.iter().all(|r| &r[cpr_column] == cpr));
+    assert_eq!(
+        &rows[0][header.iter().position(|h| h == "action").unwrap()],
+        "audit-exported"
+    );
+
+    let jsonl = export(ExportFormat::JsonLines).await;
+    let lines: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Both exports are records about this citizen too.
+    assert_eq!(lines.len(), 5, "{jsonl}");
+    for line in &lines {
+        // Each line is the stored record: its hash can be checked by anyone holding the export.
+        let mut record = line.clone();
+        let object = record.as_object_mut().unwrap();
+        let hash = object.remove("hash").unwrap();
+        object.remove("flags");
+        let record: samblik_audit::AuditRecord = serde_json::from_value(record).unwrap();
+        assert_eq!(record.compute_hash(), hash.as_str().unwrap());
+    }
+    assert_eq!(lines[0]["action"], "audit-exported");
+    let exports = m
+        .gateway
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.action == Action::AuditExported)
+        .count();
+    assert_eq!(exports, 2);
+}
+
+#[tokio::test]
+async fn break_the_glass_and_anomalies_reach_the_review_queue_until_an_auditor_marks_them() {
+    // Two lookups an hour are "many", and there are no working days: every lookup in this test
+    // is outside working hours.
+    let m = start_municipal_with(|c| {
+        c.audit.review.max_lookups_per_hour = 2;
+        c.audit.review.max_denied_per_day = 1;
+        c.audit.review.work_days = Vec::new();
+    })
+    .await;
+    let jobcenter = token(Department::Jobcenter);
+    let cpr = three_department_citizen();
+    for _ in 0..3 {
+        assert_eq!(lookup(&m, &jobcenter, cpr, None).await, Code::Ok);
+    }
+    let stranger = citizen_without_cases();
+    assert_eq!(
+        lookup(&m, &jobcenter, stranger, None).await,
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        lookup(&m, &jobcenter, stranger, None).await,
+        Code::PermissionDenied
+    );
+    let glass = lookup(&m, &jobcenter, stranger, Some(BREAK_GLASS_REASON)).await;
+    assert_eq!(glass, Code::Ok);
+
+    let auditor = staff_token(AUDITOR, "auditor");
+    let mut client = audit_client(&m).await;
+    let queue = async |client: &mut AuditServiceClient<Channel>, include_reviewed: bool| {
+        client
+            .review_queue(authed(
+                ReviewQueueRequest {
+                    include_reviewed,
+                    ..ReviewQueueRequest::default()
+                },
+                &auditor,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+    };
+    let items = queue(&mut client, false).await;
+    let kinds = |kind: &str| items.iter().filter(|i| i.kind == kind).count();
+    assert_eq!(kinds("break-glass"), 1, "{items:#?}");
+    assert_eq!(kinds("outside-hours"), 6, "{items:#?}");
+    // The six lookups fall in one clock hour and one day — unless this test ran across the turn
+    // of an hour, which it then says rather than failing.
+    let hours: std::collections::BTreeSet<String> = m
+        .gateway
+        .audit_records()
+        .iter()
+        .filter(|r| r.action == Action::Lookup)
+        .map(|r| r.at[..13].to_owned())
+        .collect();
+    if hours.len() == 1 {
+        assert_eq!(kinds("many-lookups"), 1, "{items:#?}");
+        assert_eq!(kinds("many-denied"), 1, "{items:#?}");
+        let many = items.iter().find(|i| i.kind == "many-lookups").unwrap();
+        assert_eq!(many.count, 6);
+        assert_eq!(many.caller_id, caseworker(Department::Jobcenter).id);
+    } else {
+        eprintln!("the lookups straddled an hour ({hours:?}): per-hour counts not checked");
+    }
+    let glass = items.iter().find(|i| i.kind == "break-glass").unwrap();
+
+    // The flagged filter finds exactly the flagged lookups, and each carries its flags.
+    let now = std::time::SystemTime::now();
+    let period = AuditFilter {
+        from: Some(prost_types::Timestamp {
+            seconds: now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - 3600,
+            nanos: 0,
+        }),
+        until: Some(prost_types::Timestamp {
+            seconds: now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 + 3600,
+            nanos: 0,
+        }),
+        flagged: true,
+        ..AuditFilter::default()
+    };
+    let flagged = search_all(&m, period, 50).await;
+    assert_eq!(flagged.len(), 6, "{flagged:#?}");
+    let breaking = flagged
+        .iter()
+        .find(|e| !e.break_glass_reason.is_empty())
+        .unwrap();
+    assert!(breaking.flags.contains(&"break-glass".to_owned()));
+    assert!(breaking.flags.contains(&"outside-hours".to_owned()));
+    if hours.len() == 1 {
+        assert!(breaking.flags.contains(&"many-lookups".to_owned()));
+    }
+
+    // Marking needs a note; then the item leaves the queue, and the mark is in the log.
+    let mark = |note: &str| {
+        authed(
+            MarkReviewedRequest {
+                key: glass.key.clone(),
+                note: note.to_owned(),
+            },
+            &auditor,
+        )
+    };
+    assert_eq!(
+        client.mark_reviewed(mark("ok")).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let caseworker_mark = authed(
+        MarkReviewedRequest {
+            key: glass.key.clone(),
+            note: "looks fine to me".into(),
+        },
+        &jobcenter,
+    );
+    assert_eq!(
+        client
+            .mark_reviewed(caseworker_mark)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    let marked = client
+        .mark_reviewed(mark(
+            "Checked with the department leader: urgent school report",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(marked.reviewed);
+    let after = queue(&mut client, false).await;
+    assert!(after.iter().all(|i| i.key != glass.key));
+    assert_eq!(after.len(), items.len() - 1);
+    let all = queue(&mut client, true).await;
+    let reviewed = all.iter().find(|i| i.key == glass.key).unwrap();
+    assert_eq!(reviewed.reviewed_by, AUDITOR);
+    assert!(reviewed.review_note.starts_with("Checked with"));
+    let marks: Vec<_> = m
+        .gateway
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.action == Action::ReviewMarked && r.outcome == Outcome::Answered)
+        .collect();
+    assert_eq!(marks.len(), 1);
+    assert_eq!(marks[0].change.as_ref().unwrap()["key"], glass.key.as_str());
+}
+
+#[tokio::test]
+async fn an_auditor_verifies_the_chain_through_the_api() {
+    let m = start_municipal().await;
+    lookup(
+        &m,
+        &token(Department::Jobcenter),
+        three_department_citizen(),
+        None,
+    )
+    .await;
+    let auditor = staff_token(AUDITOR, "auditor");
+    let verified = audit_client(&m)
+        .await
+        .verify(authed(VerifyAuditRequest {}, &auditor))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.ok, "{verified:?}");
+    assert_eq!(verified.chains.len(), 1);
+    assert!(verified.chains[0].records >= 2);
+    let records = m.gateway.audit_records();
+    assert_eq!(records.last().unwrap().action, Action::AuditVerified);
+    assert_eq!(
+        records.last().unwrap().detail.as_deref(),
+        Some("every chain verifies")
+    );
+}
+
+#[tokio::test]
+async fn a_citizen_sees_who_looked_at_their_data_and_nothing_else() {
+    let m = start_municipal().await;
+    let cpr = three_department_citizen();
+    let other = municipality()
+        .citizens
+        .iter()
+        .map(|c| c.cpr.as_str())
+        .find(|c| *c != cpr && departments_of(c).contains(&Department::Jobcenter))
+        .unwrap();
+    assert_eq!(
+        lookup(&m, &token(Department::Jobcenter), cpr, None).await,
+        Code::Ok
+    );
+    lookup(&m, &token(Department::Jobcenter), other, None).await;
+    let stranger = citizen_without_cases();
+    // Refused: nobody saw anything, so it is not in the citizen's view.
+    lookup(&m, &token(Department::Jobcenter), stranger, None).await;
+
+    let mut client = audit_client(&m).await;
+    let mine = client
+        .my_access_log(authed(MyAccessLogRequest::default(), &citizen_token(cpr)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(mine.entries.len(), 1, "{mine:?}");
+    let e = &mine.entries[0];
+    assert_eq!(e.department, "jobcenter");
+    assert_eq!(e.caller_name, caseworker(Department::Jobcenter).name);
+    assert_eq!(e.purpose, "prepare-meeting");
+    assert!(!e.break_glass);
+    let theirs = client
+        .my_access_log(authed(
+            MyAccessLogRequest::default(),
+            &citizen_token(stranger),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(theirs.entries.is_empty(), "{theirs:?}");
+
+    // A citizen may not search the log, and a caseworker may not read a citizen's view.
+    let err = client
+        .search(authed(
+            SearchAuditRequest {
+                filter: Some(by_citizen(other)),
+                ..SearchAuditRequest::default()
+            },
+            &citizen_token(cpr),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = client
+        .my_access_log(authed(
+            MyAccessLogRequest::default(),
+            &token(Department::Jobcenter),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // The citizen's reading is audited, against their own CPR.
+    let viewed: Vec<_> = m
+        .gateway
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.action == Action::CitizenViewed && r.outcome == Outcome::Answered)
+        .collect();
+    assert_eq!(viewed.len(), 2);
+    assert_eq!(viewed[0].cpr.as_deref(), Some(cpr));
+}
+
+#[tokio::test]
+async fn the_citizen_view_can_hide_caseworker_names() {
+    let m = start_municipal_with(|c| c.audit.citizen_sees_names = false).await;
+    let cpr = three_department_citizen();
+    assert_eq!(
+        lookup(&m, &token(Department::Jobcenter), cpr, None).await,
+        Code::Ok
+    );
+    let mine = audit_client(&m)
+        .await
+        .my_access_log(authed(MyAccessLogRequest::default(), &citizen_token(cpr)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(mine.entries.len(), 1);
+    assert_eq!(mine.entries[0].caller_name, "");
+    assert_eq!(mine.entries[0].department, "jobcenter");
+}
