@@ -235,6 +235,57 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("PermissionDenied"));
 
+    // The auditor finds those lookups and exports them; the citizen sees who looked.
+    let as_user = |user: &str| {
+        stdout(&samblik(&["token", "--dir", dir_arg, "--user", user]))
+            .trim()
+            .to_owned()
+    };
+    let audit = |command: &[&str], as_token: &str| {
+        let mut args = vec!["audit"];
+        args.extend_from_slice(command);
+        args.extend_from_slice(&["--addr", url, "--cacert", ca, "--token", as_token]);
+        samblik(&args)
+    };
+    let auditor = as_user("aud-001");
+    let found = stdout(&audit(&["search", "--cpr", everywhere], &auditor));
+    assert!(
+        found.contains(user) && found.contains("answered"),
+        "{found}"
+    );
+    assert!(found.contains("policy-explained"), "{found}");
+    let export = dir.path().join("export.csv");
+    let exported = audit(
+        &[
+            "export",
+            "--cpr",
+            everywhere,
+            "--format",
+            "csv",
+            "--out",
+            export.to_str().unwrap(),
+        ],
+        &auditor,
+    );
+    assert!(exported.status.success(), "{exported:?}");
+    let csv = std::fs::read_to_string(&export).unwrap();
+    assert!(csv.starts_with("at,chain,seq,request_id,action"), "{csv}");
+    assert_eq!(
+        csv.lines().filter(|l| l.contains(",lookup,")).count(),
+        2,
+        "{csv}"
+    );
+    let refused = audit(&["search"], &token);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("PermissionDenied"));
+    let citizen = as_user(&format!("citizen:{everywhere}"));
+    let mine = stdout(&audit(&["my-log"], &citizen));
+    assert!(
+        mine.contains("(jobcenter)") && mine.contains("looked up your cases"),
+        "{mine}"
+    );
+    let queue = stdout(&audit(&["review"], &auditor));
+    assert!(queue.contains("item(s) to review"), "{queue}");
+
     // The README's grpcurl example, exactly as demo.json spells it.
     let example = facts["grpcurl_example"].as_str().unwrap();
     assert!(example.contains(&format!("-cacert {ca}")), "{example}");
