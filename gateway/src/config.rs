@@ -1038,4 +1038,38 @@ mod shipped {
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(policy.version().starts_with("sha256:"));
     }
+
+    /// A review section the gateway cannot apply refuses to load, naming what is wrong.
+    #[test]
+    fn bad_review_thresholds_are_refused() {
+        let good = super::ReviewConfig::default();
+        assert!(good.rules().is_ok());
+        let bad = [
+            super::ReviewConfig {
+                timezone: "Europe/Kolding".into(),
+                ..good.clone()
+            },
+            super::ReviewConfig {
+                work_start: "18:00".into(),
+                work_end: "07:00".into(),
+                ..good.clone()
+            },
+            super::ReviewConfig {
+                work_days: vec!["funday".into()],
+                ..good.clone()
+            },
+            super::ReviewConfig {
+                max_lookups_per_hour: 0,
+                ..good.clone()
+            },
+        ];
+        for review in bad {
+            let err = review
+                .rules()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("audit.review:"), "{err}");
+        }
+    }
 }
