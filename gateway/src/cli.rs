@@ -215,6 +215,10 @@ enum AuditCommand {
         /// (183 for the demo). 0 prunes everything up to the last signed checkpoint.
         #[arg(long)]
         older_than_days: Option<u32>,
+        /// Prune this chain instead of the configured one, e.g. that of a replica that is gone
+        /// (no running gateway may write it).
+        #[arg(long)]
+        chain: Option<String>,
     },
 }
 
@@ -582,9 +586,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     dir,
                     config,
                     older_than_days,
+                    chain,
                 },
         } => {
-            let audit = match (dir, config) {
+            let mut audit = match (dir, config) {
                 (Some(dir), _) => {
                     let db = dir.join(demo::AUDIT_DB_FILE);
                     anyhow::ensure!(db.is_file(), "no audit log at {}", db.display());
@@ -593,6 +598,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 (None, Some(config)) => Config::load(&config)?.audit,
                 (None, None) => anyhow::bail!("give --dir or --config"),
             };
+            if let Some(chain) = chain {
+                // A writer on a misspelt chain would start a new one: prune only what exists.
+                let open = crate::server::audit_store_opener(&audit)?;
+                let known = tokio::task::spawn_blocking(move || open()?.chains()).await??;
+                anyhow::ensure!(
+                    known.contains(&chain),
+                    "the audit store has no chain {chain:?} (it has {known:?})"
+                );
+                audit.chain = chain;
+            }
             prune_audit(audit, older_than_days).await
         }
         Command::Serve { config } => {

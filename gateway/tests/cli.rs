@@ -722,7 +722,15 @@ chain = "replica-a"
             .unwrap();
         stdout(&out)
     };
-    let pruned = audit(&["prune", "--older-than-days", "0"]);
+    let unknown = Command::new(SAMBLIK)
+        .args(["audit", "prune", "--chain", "replica-z", "--config"])
+        .arg(&config)
+        .env("SAMBLIK_AUDIT_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no chain \"replica-z\""));
+    let pruned = audit(&["prune", "--chain", "replica-a", "--older-than-days", "0"]);
     assert!(
         pruned.contains("chain replica-a: pruned records 1..=3 "),
         "{pruned}"
