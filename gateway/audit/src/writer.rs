@@ -83,7 +83,7 @@ enum Job {
 }
 
 /// The handle the gateway writes through. Dropping the last handle stops the writer after it has
-/// written everything queued and a final checkpoint.
+/// written everything queued and its signed clean-stop record.
 #[derive(Debug)]
 pub struct AuditLog {
     jobs: mpsc::Sender<Job>,
