@@ -868,7 +868,10 @@ mod tests {
         assert_eq!(config.auth.leeway_secs, 30);
         assert_eq!(config.sources[0].timeout_ms, 2_000);
         assert_eq!(
-            (config.audit.retention_days, config.audit.prune_interval_secs),
+            (
+                config.audit.retention_days,
+                config.audit.prune_interval_secs
+            ),
             (183, 86_400)
         );
     }
