@@ -248,6 +248,29 @@ enum AuditCommand {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Prune the audit log: delete the gateway chain's records older than the retention period,
+    /// cutting at a signed checkpoint, and write the prune as a signed record (`audit verify`
+    /// still passes). Consents and access requests are kept.
+    ///
+    /// This runs an audit writer on the configured chain, which must have no other writer: stop
+    /// the gateway of that chain first. A running gateway prunes its own chain on a schedule
+    /// ([audit] retention_days, prune_interval_secs).
+    Prune {
+        /// The demo's data directory.
+        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        dir: Option<PathBuf>,
+        /// A gateway config file (its [audit] section).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Prune records older than this many days; default: the config's retention_days
+        /// (183 for the demo). 0 prunes everything up to the last signed checkpoint.
+        #[arg(long)]
+        older_than_days: Option<u32>,
+        /// Prune this chain instead of the configured one, e.g. that of a replica that is gone
+        /// (no running gateway may write it).
+        #[arg(long)]
+        chain: Option<String>,
+    },
 }
 
 fn parse_export_format(text: &str) -> Result<samblik_proto::v1::ExportFormat, String> {
@@ -273,7 +296,9 @@ impl GatewayArgs {
 async fn audit_command(command: AuditCommand) -> anyhow::Result<()> {
     use crate::audit_cli as a;
     let printed = match command {
-        AuditCommand::Verify { .. } => anyhow::bail!("verify runs locally"),
+        AuditCommand::Verify { .. } | AuditCommand::Prune { .. } => {
+            anyhow::bail!("verify and prune run on the store itself")
+        }
         AuditCommand::Search {
             gateway,
             filter,
@@ -408,12 +433,74 @@ fn verify_audit(
     .join()
     .map_err(|_| anyhow::anyhow!("the verification thread panicked"))??;
     for s in summaries {
+        let pruned = if s.first_seq > 1 {
+            format!("; records 1..={} pruned", s.first_seq - 1)
+        } else {
+            String::new()
+        };
         println!(
-            "chain {}: {} records, {} signed checkpoints, head {} — verified",
+            "chain {}: {} records, {} signed checkpoints, head {} — verified{pruned}",
             s.chain, s.records, s.checkpoints, s.head_hash
         );
     }
     Ok(())
+}
+
+/// Prunes the configured chain of an audit store through a writer of its own, so the prune is
+/// chained and signed like every other record.
+async fn prune_audit(
+    audit: crate::config::AuditConfig,
+    older_than_days: Option<u32>,
+) -> anyhow::Result<()> {
+    use samblik_audit::{AuditLog, CheckpointSigner};
+    let days = older_than_days.unwrap_or(audit.retention_days);
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+    let key = audit.signing_key_file.clone();
+    // A new key could not sign on for the old checkpoints: never create one here.
+    anyhow::ensure!(key.is_file(), "no audit signing key at {}", key.display());
+    let open = crate::server::audit_store_opener(&audit)?;
+    let mut options = crate::server::audit_writer_options(&audit, "");
+    // Prune once, now, with the cutoff given here.
+    options.retention = None;
+    let chain = options.chain.clone();
+    let log = tokio::task::spawn_blocking(move || -> anyhow::Result<AuditLog> {
+        let signer = CheckpointSigner::load_or_create(&key)?;
+        Ok(AuditLog::start_with(open, signer, options)?)
+    })
+    .await??;
+    let mut result = Ok(());
+    loop {
+        match log.prune(cutoff, "samblik audit prune").await {
+            Ok(Some(report)) => {
+                println!(
+                    "chain {}: pruned records {}..={} ({} records older than {}); prune record at seq {}",
+                    report.chain,
+                    report.from_seq,
+                    report.through_seq,
+                    report.records,
+                    report.cutoff,
+                    report.record_seq
+                );
+                if !report.more {
+                    break;
+                }
+            }
+            Ok(None) => {
+                println!(
+                    "chain {chain}: no records older than {} up to a signed checkpoint; nothing pruned",
+                    cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                );
+                break;
+            }
+            Err(e) => {
+                result = Err(anyhow::Error::new(e).context(format!("cannot prune chain {chain}")));
+                break;
+            }
+        }
+    }
+    // Stopping writes the signed clean-stop record.
+    tokio::task::spawn_blocking(move || log.close()).await?;
+    result
 }
 
 /// How long a stopping server waits for calls in flight before it closes what is left.
@@ -610,6 +697,36 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             (None, None) => anyhow::bail!("give --dir or --config"),
         },
+        Command::Audit {
+            command:
+                AuditCommand::Prune {
+                    dir,
+                    config,
+                    older_than_days,
+                    chain,
+                },
+        } => {
+            let mut audit = match (dir, config) {
+                (Some(dir), _) => {
+                    let db = dir.join(demo::AUDIT_DB_FILE);
+                    anyhow::ensure!(db.is_file(), "no audit log at {}", db.display());
+                    demo::demo_audit_config(&dir)
+                }
+                (None, Some(config)) => Config::load(&config)?.audit,
+                (None, None) => anyhow::bail!("give --dir or --config"),
+            };
+            if let Some(chain) = chain {
+                // A writer on a misspelt chain would start a new one: prune only what exists.
+                let open = crate::server::audit_store_opener(&audit)?;
+                let known = tokio::task::spawn_blocking(move || open()?.chains()).await??;
+                anyhow::ensure!(
+                    known.contains(&chain),
+                    "the audit store has no chain {chain:?} (it has {known:?})"
+                );
+                audit.chain = chain;
+            }
+            prune_audit(audit, older_than_days).await
+        }
         Command::Audit { command } => audit_command(command).await,
         Command::Serve { config } => {
             let config = Config::load(&config)?;

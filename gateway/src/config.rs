@@ -181,6 +181,15 @@ pub struct AuditConfig {
     /// only their department and municipality.
     #[serde(default = "defaults::yes")]
     pub citizen_sees_names: bool,
+    /// Records older than this many days are pruned: the chain's front is cut at a signed
+    /// checkpoint and the prune is itself a signed record. Consents and access requests are
+    /// kept.
+    #[serde(default = "defaults::retention_days")]
+    pub retention_days: u32,
+    /// How often this gateway prunes its own chain (and once at start-up); 0: never on its own
+    /// (`samblik audit prune` still can).
+    #[serde(default = "defaults::prune_interval_secs")]
+    pub prune_interval_secs: u64,
 }
 
 /// The anomaly thresholds of the auditors' review queue.
@@ -599,6 +608,14 @@ mod defaults {
     pub fn checkpoint_interval_secs() -> u64 {
         10
     }
+    /// Six months.
+    pub fn retention_days() -> u32 {
+        183
+    }
+    /// Daily.
+    pub fn prune_interval_secs() -> u64 {
+        86_400
+    }
     pub fn tls_reload_ms() -> u64 {
         10_000
     }
@@ -796,6 +813,12 @@ impl Config {
                     .into(),
             );
         }
+        if audit.retention_days == 0 {
+            return invalid(
+                "audit.retention_days must be at least 1 (to stop pruning, set prune_interval_secs = 0)"
+                    .into(),
+            );
+        }
         if self.sources.is_empty() {
             return invalid("no [[sources]] configured: a gateway needs at least one".into());
         }
@@ -931,6 +954,13 @@ mod tests {
         assert_eq!(config.server.default_deadline_ms, 3_000);
         assert_eq!(config.auth.leeway_secs, 30);
         assert_eq!(config.sources[0].timeout_ms, 2_000);
+        assert_eq!(
+            (
+                config.audit.retention_days,
+                config.audit.prune_interval_secs
+            ),
+            (183, 86_400)
+        );
     }
 
     #[test]
@@ -998,6 +1028,10 @@ mod tests {
             (
                 GOOD.replace("http://127.0.0.1:1", "https://127.0.0.1:1"),
                 "needs [sources.tls]",
+            ),
+            (
+                GOOD.replace("[audit]", "[audit]\nretention_days = 0"),
+                "prune_interval_secs = 0",
             ),
         ];
         for (text, needle) in cases {

@@ -245,18 +245,25 @@ pub fn demo_config(
             claims: ClaimsConfig::default(),
         },
         sources,
-        audit: AuditConfig {
-            path: Some(dir.join(AUDIT_DB_FILE)),
-            postgres_url_env: None,
-            signing_key_file: dir.join(AUDIT_KEY_FILE),
-            chain: "demo-gateway".to_owned(),
-            checkpoint_every: 100,
-            checkpoint_interval_secs: 10,
-            durability: AuditDurability::Full,
-            review: Default::default(),
-            citizen_sees_names: true,
-        },
+        audit: demo_audit_config(dir),
         policy: Default::default(),
+    }
+}
+
+/// The demo's audit log, in its data directory `dir`.
+pub fn demo_audit_config(dir: &Path) -> AuditConfig {
+    AuditConfig {
+        path: Some(dir.join(AUDIT_DB_FILE)),
+        postgres_url_env: None,
+        signing_key_file: dir.join(AUDIT_KEY_FILE),
+        chain: "demo-gateway".to_owned(),
+        checkpoint_every: 100,
+        checkpoint_interval_secs: 10,
+        durability: AuditDurability::Full,
+        retention_days: 183,
+        prune_interval_secs: 86_400,
+        review: Default::default(),
+        citizen_sees_names: true,
     }
 }
 

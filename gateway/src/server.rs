@@ -11,7 +11,7 @@ use samblik_adapters::tls::ReloadingServerConfig;
 use samblik_audit::postgres::PostgresStore;
 use samblik_audit::registry::Registry;
 use samblik_audit::sqlite::{Durability, SqliteStore};
-use samblik_audit::{AuditError, AuditLog, AuditStore, CheckpointSigner, WriterOptions};
+use samblik_audit::{AuditError, AuditLog, AuditStore, CheckpointSigner, Retention, WriterOptions};
 use samblik_proto::v1::access_request_service_server::AccessRequestServiceServer;
 use samblik_proto::v1::audit_service_server::AuditServiceServer;
 use samblik_proto::v1::consent_service_server::ConsentServiceServer;
@@ -59,11 +59,23 @@ pub enum ServerError {
 pub fn open_audit_log(config: &AuditConfig, policy_version: &str) -> Result<AuditLog, ServerError> {
     let open = audit_store_opener(config)?;
     let signer = CheckpointSigner::load_or_create(&config.signing_key_file)?;
+    let options = audit_writer_options(config, policy_version);
+    Ok(AuditLog::start_with(open, signer, options)?)
+}
+
+/// How the configured writer chains, checkpoints and prunes: its retention schedule runs in the
+/// writer itself (at start-up, then every `prune_interval_secs`), so a prune is serialised with
+/// the records around it and ends with the writer.
+pub fn audit_writer_options(config: &AuditConfig, policy_version: &str) -> WriterOptions {
     let mut options = WriterOptions::new(config.chain.clone());
     options.checkpoint_every = config.checkpoint_every;
     options.checkpoint_interval = Duration::from_secs(config.checkpoint_interval_secs);
     options.policy_version = policy_version.to_owned();
-    Ok(AuditLog::start_with(open, signer, options)?)
+    options.retention = (config.prune_interval_secs > 0).then(|| Retention {
+        keep: Duration::from_secs(u64::from(config.retention_days) * 86_400),
+        every: Duration::from_secs(config.prune_interval_secs),
+    });
+    options
 }
 
 /// How to open the configured audit store. The store is opened by whoever runs the returned

@@ -360,6 +360,84 @@ fn demo_insecure_runs_plaintext_only_when_asked() {
     assert!(log.contains("--insecure"), "{log}");
 }
 
+/// `chain demo-gateway: N records, …` → N.
+fn verified_records(text: &str) -> u64 {
+    assert!(text.contains("verified"), "{text}");
+    text.split_once("chain demo-gateway: ")
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no record count in {text}"))
+}
+
+#[test]
+fn audit_prune_cuts_the_demo_log_and_it_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let (demo, facts) = start_demo(
+        dir.path(),
+        &["--citizens", "2000", "--insecure"],
+        Stdio::null(),
+    );
+    let user = facts["users"][0]["id"].as_str().unwrap();
+    let cpr = facts["sample_citizens"][0]["cpr"].as_str().unwrap();
+    let token = stdout(&samblik(&["token", "--dir", dir_arg, "--user", user]))
+        .trim()
+        .to_owned();
+    stdout(&samblik(&[
+        "lookup",
+        "--addr",
+        facts["gateway_url"].as_str().unwrap(),
+        "--token",
+        &token,
+        "--cpr",
+        cpr,
+        "--purpose",
+        "prepare-meeting",
+    ]));
+    assert!(demo.terminate().success());
+    let before = verified_records(&stdout(&samblik(&["audit", "verify", "--dir", dir_arg])));
+    let cprs = |dir: &Path| -> Vec<Option<String>> {
+        use samblik_audit::AuditStore;
+        let mut store =
+            samblik_audit::sqlite::SqliteStore::open_read_only(&dir.join("audit.db")).unwrap();
+        let records = store.records("demo-gateway", 0, usize::MAX).unwrap();
+        records.into_iter().map(|r| r.cpr).collect()
+    };
+    assert!(cprs(dir.path()).contains(&Some(cpr.to_owned())));
+
+    // Nothing in a fresh demo is six months old.
+    let kept = stdout(&samblik(&["audit", "prune", "--dir", dir_arg]));
+    assert!(kept.contains("nothing pruned"), "{kept}");
+    // Everything up to the last signed checkpoint (the clean stop of that prune) goes.
+    let pruned = stdout(&samblik(&[
+        "audit",
+        "prune",
+        "--dir",
+        dir_arg,
+        "--older-than-days",
+        "0",
+    ]));
+    let through = before + 2;
+    assert!(
+        pruned.contains(&format!(
+            "chain demo-gateway: pruned records 1..={through} "
+        )),
+        "{pruned}"
+    );
+    let verified = stdout(&samblik(&["audit", "verify", "--dir", dir_arg]));
+    // This prune's start-up, prune and clean-stop records.
+    assert_eq!(verified_records(&verified), 3, "{verified}");
+    assert!(
+        verified.contains(&format!("records 1..={through} pruned")),
+        "{verified}"
+    );
+    assert!(!cprs(dir.path()).contains(&Some(cpr.to_owned())));
+
+    // A bad directory is an error, not an empty log.
+    let missing = samblik(&["audit", "prune", "--dir", "/nonexistent-samblik-dir"]);
+    assert!(!missing.status.success());
+}
+
 #[test]
 fn synth_generates_an_average_municipality_in_seconds() {
     let dir = tempfile::tempdir().unwrap();
@@ -676,11 +754,48 @@ chain = "replica-a"
         .output()
         .unwrap();
     let text = stdout(&verified);
-    assert!(text.contains("chain replica-a: 2 records"), "{text}");
+    // Start-up, the lookup, clean stop.
+    assert!(text.contains("chain replica-a: 3 records"), "{text}");
     let cprs: Vec<Option<String>> = pg_records(&url);
     assert!(
         cprs.iter().any(|c| c.as_deref() == Some(cpr.as_str())),
         "lookup not in PostgreSQL"
+    );
+
+    // `audit prune --config` on PostgreSQL: the lookup goes, the chain still verifies.
+    let audit = |args: &[&str]| {
+        let out = Command::new(SAMBLIK)
+            .arg("audit")
+            .args(args)
+            .args(["--config", config.to_str().unwrap()])
+            .env("SAMBLIK_AUDIT_DATABASE_URL", &url)
+            .output()
+            .unwrap();
+        stdout(&out)
+    };
+    let unknown = Command::new(SAMBLIK)
+        .args(["audit", "prune", "--chain", "replica-z", "--config"])
+        .arg(&config)
+        .env("SAMBLIK_AUDIT_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no chain \"replica-z\""));
+    let pruned = audit(&["prune", "--chain", "replica-a", "--older-than-days", "0"]);
+    assert!(
+        pruned.contains("chain replica-a: pruned records 1..=3 "),
+        "{pruned}"
+    );
+    let text = audit(&["verify"]);
+    assert!(
+        text.contains("chain replica-a: 3 records") && text.contains("records 1..=3 pruned"),
+        "{text}"
+    );
+    assert!(
+        !pg_records(&url)
+            .iter()
+            .any(|c| c.as_deref() == Some(cpr.as_str())),
+        "the lookup was not pruned"
     );
     drop(pg);
 }

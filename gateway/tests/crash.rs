@@ -166,12 +166,21 @@ fn every_answered_lookup_survives_kill_9_and_the_chain_verifies() {
         .filter(|id| !logged.contains(id.as_str()))
         .count();
     assert_eq!(missing, 0, "answered lookups missing from the audit log");
-    // Each start, after a crash or not, is itself recorded.
-    let starts = records
+    // Each start is itself recorded, and every start after a kill -9 says it was unclean.
+    use samblik_audit::{Maintenance, PreviousStop};
+    let starts: Vec<PreviousStop> = records
         .iter()
-        .filter(|r| r.action == samblik_audit::Action::AuditMaintenance)
-        .count();
-    assert_eq!(starts as u64, cycles());
+        .filter_map(|r| match Maintenance::of(r) {
+            Some(Maintenance::WriterStarted { previous_stop, .. }) => Some(previous_stop),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts.len() as u64, cycles());
+    assert_eq!(starts[0], PreviousStop::FirstStart);
+    assert!(
+        starts[1..].iter().all(|s| *s == PreviousStop::Unclean),
+        "{starts:?}"
+    );
 }
 
 /// Every record in the demo's audit log, read through the store code `audit verify` uses.

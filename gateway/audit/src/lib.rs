@@ -11,6 +11,9 @@
 //! - [`checkpoint`]: Ed25519-signed checkpoints of the chain's head every N records or T seconds,
 //!   so cutting or rewriting the tail is detectable.
 //! - [`verify`]: walks a whole store and names the first bad record.
+//! - [`maintenance`]: the log's own records: start-up (after a clean or an unclean stop), clean
+//!   stop, and retention pruning, which cuts a chain's front only at a signed checkpoint and
+//!   records the cut ([`AuditLog::prune`], or on a schedule with [`WriterOptions::retention`]).
 //! - [`sqlite`]: the embedded store (WAL, `synchronous=FULL`); [`postgres`]: the production one.
 //! - [`registry`]: citizens' consents and access requests (grants), kept in the same store.
 //!   Every change goes through the writer ([`AuditLog::change`]) and is committed in the same
@@ -20,6 +23,7 @@
 //! nothing, and [`AuditLog::health`] reports unhealthy until a write succeeds again.
 
 pub mod checkpoint;
+pub mod maintenance;
 pub mod postgres;
 pub mod record;
 pub mod registry;
@@ -31,6 +35,7 @@ pub mod verify;
 mod writer;
 
 pub use checkpoint::{Checkpoint, CheckpointSigner};
+pub use maintenance::{Maintenance, PreviousStop, PruneReport, Retention};
 pub use record::{
     Action, Actor, AuditEvent, AuditRecord, CaseEntry, GENESIS_HASH, Outcome, SourceEntry,
 };
@@ -84,6 +89,55 @@ pub trait AuditStore: Send + 'static {
         limit: usize,
     ) -> Result<Vec<StoredRecord>, AuditError>;
     fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError>;
+    /// The chain's audit-maintenance records (start-ups, stops, prunes), in order: verification
+    /// reads the prune records first to learn where the chain's front was cut. The default reads
+    /// the whole chain.
+    fn maintenance_records(&mut self, chain: &str) -> Result<Vec<StoredRecord>, AuditError> {
+        let mut found = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.records(chain, after, 10_000)?;
+            let Some(last) = page.last() else {
+                return Ok(found);
+            };
+            after = last.seq;
+            found.extend(page.into_iter().filter(|r| {
+                AuditRecord::from_stored(&r.body, &r.hash)
+                    .is_ok_and(|record| record.action == Action::AuditMaintenance)
+            }));
+        }
+    }
+    /// Where a prune may cut the chain: the latest signed checkpoint at or before `max_seq` whose
+    /// record is still stored and comes before every record written at or after `cutoff`
+    /// (RFC 3339, as records' `at`).
+    fn prune_anchor(
+        &mut self,
+        chain: &str,
+        cutoff: &str,
+        max_seq: u64,
+    ) -> Result<Option<Checkpoint>, AuditError> {
+        let _ = (chain, cutoff, max_seq);
+        Err(AuditError::Store("this audit store cannot prune".into()))
+    }
+    /// In one transaction: deletes the chain's records through `through_seq` (exactly
+    /// `expected` of them, or nothing is changed) and its checkpoints before `through_seq`, and
+    /// appends `record` (the prune record) with `checkpoint`. Consents and access requests are
+    /// never touched.
+    fn prune(
+        &mut self,
+        chain: &str,
+        through_seq: u64,
+        expected: u64,
+        record: &AuditRecord,
+        checkpoint: &Checkpoint,
+    ) -> Result<u64, AuditError> {
+        let _ = (chain, through_seq, expected, record, checkpoint);
+        Err(AuditError::Store("this audit store cannot prune".into()))
+    }
+    /// Checks the store's own integrity before a writer starts (SQLite: `PRAGMA quick_check`).
+    fn check_integrity(&mut self) -> Result<(), AuditError> {
+        Ok(())
+    }
     /// Applies a (validated) registry change and, in the same transaction, writes the audit
     /// record describing it: `seal` is called once with what the change did and returns the
     /// record (and a checkpoint, if due) to insert. Refused outcomes change nothing but are
@@ -134,6 +188,30 @@ impl<S: AuditStore + ?Sized> AuditStore for Box<S> {
     }
     fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError> {
         (**self).checkpoints(chain)
+    }
+    fn maintenance_records(&mut self, chain: &str) -> Result<Vec<StoredRecord>, AuditError> {
+        (**self).maintenance_records(chain)
+    }
+    fn prune_anchor(
+        &mut self,
+        chain: &str,
+        cutoff: &str,
+        max_seq: u64,
+    ) -> Result<Option<Checkpoint>, AuditError> {
+        (**self).prune_anchor(chain, cutoff, max_seq)
+    }
+    fn prune(
+        &mut self,
+        chain: &str,
+        through_seq: u64,
+        expected: u64,
+        record: &AuditRecord,
+        checkpoint: &Checkpoint,
+    ) -> Result<u64, AuditError> {
+        (**self).prune(chain, through_seq, expected, record, checkpoint)
+    }
+    fn check_integrity(&mut self) -> Result<(), AuditError> {
+        (**self).check_integrity()
     }
     fn apply_change(
         &mut self,

@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS audit_records (
 CREATE INDEX IF NOT EXISTS audit_records_cpr ON audit_records (cpr, at);
 CREATE INDEX IF NOT EXISTS audit_records_caller ON audit_records (caller_id, at);
 CREATE INDEX IF NOT EXISTS audit_records_at ON audit_records (at);
+CREATE INDEX IF NOT EXISTS audit_records_maintenance ON audit_records (chain, seq)
+    WHERE action = 'audit-maintenance';
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     chain     TEXT   NOT NULL,
     seq       BIGINT NOT NULL,
@@ -348,6 +350,69 @@ impl AuditStore for PostgresStore {
         Ok(outcome)
     }
 
+    fn maintenance_records(&mut self, chain: &str) -> Result<Vec<StoredRecord>, AuditError> {
+        Ok(self
+            .client
+            .query(
+                "SELECT seq, request_id, cpr, caller_id, body, hash FROM audit_records
+                 WHERE chain = $1 AND action = 'audit-maintenance' ORDER BY seq",
+                &[&chain],
+            )?
+            .iter()
+            .map(stored_record)
+            .collect())
+    }
+
+    fn prune_anchor(
+        &mut self,
+        chain: &str,
+        cutoff: &str,
+        max_seq: u64,
+    ) -> Result<Option<Checkpoint>, AuditError> {
+        let max_seq = i64::try_from(max_seq).unwrap_or(i64::MAX);
+        let row = self.client.query_opt(
+            "SELECT c.seq, c.head_hash, c.at, c.signature FROM audit_checkpoints c
+             WHERE c.chain = $1 AND c.seq <= $3
+               AND c.seq < COALESCE((SELECT r.seq FROM audit_records r
+                                     WHERE r.chain = $1 AND r.at >= $2
+                                     ORDER BY r.seq LIMIT 1), 9223372036854775807)
+               AND EXISTS (SELECT 1 FROM audit_records r WHERE r.chain = $1 AND r.seq = c.seq)
+             ORDER BY c.seq DESC LIMIT 1",
+            &[&chain, &cutoff, &max_seq],
+        )?;
+        Ok(row.map(|r| checkpoint(chain, &r)))
+    }
+
+    fn prune(
+        &mut self,
+        chain: &str,
+        through_seq: u64,
+        expected: u64,
+        record: &AuditRecord,
+        checkpoint: &Checkpoint,
+    ) -> Result<u64, AuditError> {
+        let through = to_i64(through_seq)?;
+        // Dropping the transaction on any error below rolls the delete back.
+        let mut tx = self.client.transaction()?;
+        let deleted = tx.execute(
+            "DELETE FROM audit_records WHERE chain = $1 AND seq <= $2",
+            &[&chain, &through],
+        )?;
+        if deleted != expected {
+            return Err(AuditError::Store(format!(
+                "prune of chain {chain} through {through_seq} would delete {deleted} records, \
+                 not the {expected} verified; nothing was pruned"
+            )));
+        }
+        tx.execute(
+            "DELETE FROM audit_checkpoints WHERE chain = $1 AND seq < $2",
+            &[&chain, &through],
+        )?;
+        insert(&mut tx, std::slice::from_ref(record), Some(checkpoint))?;
+        tx.commit()?;
+        Ok(deleted)
+    }
+
     fn chains(&mut self) -> Result<Vec<String>, AuditError> {
         Ok(self
             .client
@@ -375,14 +440,7 @@ impl AuditStore for PostgresStore {
                 &[&chain, &to_i64(after_seq)?, &limit],
             )?
             .iter()
-            .map(|r| StoredRecord {
-                seq: r.get::<_, i64>(0).unsigned_abs(),
-                request_id: r.get(1),
-                cpr: r.get(2),
-                caller_id: r.get(3),
-                body: r.get(4),
-                hash: r.get(5),
-            })
+            .map(stored_record)
             .collect())
     }
 
@@ -397,6 +455,17 @@ impl AuditStore for PostgresStore {
             .iter()
             .map(|r| checkpoint(chain, r))
             .collect())
+    }
+}
+
+fn stored_record(r: &postgres::Row) -> StoredRecord {
+    StoredRecord {
+        seq: r.get::<_, i64>(0).unsigned_abs(),
+        request_id: r.get(1),
+        cpr: r.get(2),
+        caller_id: r.get(3),
+        body: r.get(4),
+        hash: r.get(5),
     }
 }
 

@@ -141,8 +141,10 @@ pub struct AuditRecord {
     pub sources: Vec<SourceEntry>,
     pub policy_version: String,
     /// A registry change this record describes (the consent or request, never a token), as
-    /// written with [`crate::AuditLog::change`]. Absent on every other record, and then not
-    /// encoded at all, so records written before the registry existed hash as they did.
+    /// written with [`crate::AuditLog::change`]; on an audit-maintenance record, what the
+    /// writer did ([`crate::Maintenance`]: start-up, clean stop, prune). Absent on every other
+    /// record, and then not encoded at all, so records written before the registry existed hash
+    /// as they did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<serde_json::Value>,
     /// The previous record's hash ([`GENESIS_HASH`] for the first).

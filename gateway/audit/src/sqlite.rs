@@ -28,6 +28,8 @@ CREATE TABLE IF NOT EXISTS audit_records (
 CREATE INDEX IF NOT EXISTS audit_records_cpr ON audit_records (cpr, at);
 CREATE INDEX IF NOT EXISTS audit_records_caller ON audit_records (caller_id, at);
 CREATE INDEX IF NOT EXISTS audit_records_at ON audit_records (at);
+CREATE INDEX IF NOT EXISTS audit_records_maintenance ON audit_records (chain, seq)
+    WHERE action = 'audit-maintenance';
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     chain     TEXT    NOT NULL,
     seq       INTEGER NOT NULL,
@@ -357,6 +359,97 @@ impl AuditStore for SqliteStore {
         Ok(outcome)
     }
 
+    fn maintenance_records(&mut self, chain: &str) -> Result<Vec<StoredRecord>, AuditError> {
+        read_records(
+            &self.conn,
+            "SELECT seq, request_id, cpr, caller_id, body, hash FROM audit_records
+             WHERE chain = ?1 AND action = 'audit-maintenance' ORDER BY seq",
+            params![chain],
+        )
+    }
+
+    fn prune_anchor(
+        &mut self,
+        chain: &str,
+        cutoff: &str,
+        max_seq: u64,
+    ) -> Result<Option<Checkpoint>, AuditError> {
+        let max_seq = i64::try_from(max_seq).unwrap_or(i64::MAX);
+        let row = self
+            .conn
+            .query_row(
+                "SELECT c.seq, c.head_hash, c.at, c.signature FROM audit_checkpoints c
+                 WHERE c.chain = ?1 AND c.seq <= ?3
+                   AND c.seq < COALESCE((SELECT r.seq FROM audit_records r
+                                         WHERE r.chain = ?1 AND r.at >= ?2
+                                         ORDER BY r.seq LIMIT 1), 9223372036854775807)
+                   AND EXISTS (SELECT 1 FROM audit_records r
+                               WHERE r.chain = ?1 AND r.seq = c.seq)
+                 ORDER BY c.seq DESC LIMIT 1",
+                params![chain, cutoff, max_seq],
+                |r| {
+                    Ok(Checkpoint {
+                        chain: chain.to_owned(),
+                        seq: r.get::<_, i64>(0)?.unsigned_abs(),
+                        head_hash: r.get(1)?,
+                        at: r.get(2)?,
+                        signature: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(row)
+    }
+
+    fn prune(
+        &mut self,
+        chain: &str,
+        through_seq: u64,
+        expected: u64,
+        record: &AuditRecord,
+        checkpoint: &Checkpoint,
+    ) -> Result<u64, AuditError> {
+        let through =
+            i64::try_from(through_seq).map_err(|_| AuditError::Store("seq overflow".into()))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let deleted = tx.execute(
+            "DELETE FROM audit_records WHERE chain = ?1 AND seq <= ?2",
+            params![chain, through],
+        )?;
+        let deleted = u64::try_from(deleted).unwrap_or(u64::MAX);
+        if deleted != expected {
+            // Dropping the transaction rolls the delete back.
+            return Err(AuditError::Store(format!(
+                "prune of chain {chain} through {through_seq} would delete {deleted} records, \
+                 not the {expected} verified; nothing was pruned"
+            )));
+        }
+        tx.execute(
+            "DELETE FROM audit_checkpoints WHERE chain = ?1 AND seq < ?2",
+            params![chain, through],
+        )?;
+        insert(&tx, std::slice::from_ref(record), Some(checkpoint))?;
+        tx.commit()?;
+        Ok(deleted)
+    }
+
+    fn check_integrity(&mut self) -> Result<(), AuditError> {
+        let mut stmt = self.conn.prepare("PRAGMA quick_check(5)")?;
+        let problems = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        if problems.iter().all(|p| p == "ok") {
+            return Ok(());
+        }
+        Err(AuditError::Store(format!(
+            "the audit database is corrupt (PRAGMA quick_check: {}); keep the file for \
+             investigation and restore the store from a backup",
+            problems.join("; ")
+        )))
+    }
+
     fn chains(&mut self) -> Result<Vec<String>, AuditError> {
         let mut stmt = self
             .conn
@@ -373,30 +466,16 @@ impl AuditStore for SqliteStore {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<StoredRecord>, AuditError> {
-        let mut stmt = self.conn.prepare_cached(
+        read_records(
+            &self.conn,
             "SELECT seq, request_id, cpr, caller_id, body, hash FROM audit_records
              WHERE chain = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let rows = stmt
-            .query_map(
-                params![
-                    chain,
-                    i64::try_from(after_seq).unwrap_or(i64::MAX),
-                    i64::try_from(limit).unwrap_or(i64::MAX)
-                ],
-                |r| {
-                    Ok(StoredRecord {
-                        seq: r.get::<_, i64>(0)?.unsigned_abs(),
-                        request_id: r.get(1)?,
-                        cpr: r.get(2)?,
-                        caller_id: r.get(3)?,
-                        body: r.get(4)?,
-                        hash: r.get(5)?,
-                    })
-                },
-            )?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+            params![
+                chain,
+                i64::try_from(after_seq).unwrap_or(i64::MAX),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+        )
     }
 
     fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError> {
@@ -416,6 +495,28 @@ impl AuditStore for SqliteStore {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
+}
+
+/// Reads records (`seq, request_id, cpr, caller_id, body, hash`) with a cached statement.
+fn read_records(
+    conn: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<StoredRecord>, AuditError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt
+        .query_map(args, |r| {
+            Ok(StoredRecord {
+                seq: r.get::<_, i64>(0)?.unsigned_abs(),
+                request_id: r.get(1)?,
+                cpr: r.get(2)?,
+                caller_id: r.get(3)?,
+                body: r.get(4)?,
+                hash: r.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
 }
 
 /// Reads the registry on a connection of its own (WAL lets it read while the writer writes).

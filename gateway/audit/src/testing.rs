@@ -62,6 +62,37 @@ impl<S: AuditStore> AuditStore for FaultInjecting<S> {
     fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError> {
         self.inner.checkpoints(chain)
     }
+    fn maintenance_records(&mut self, chain: &str) -> Result<Vec<StoredRecord>, AuditError> {
+        self.inner.maintenance_records(chain)
+    }
+    fn prune_anchor(
+        &mut self,
+        chain: &str,
+        cutoff: &str,
+        max_seq: u64,
+    ) -> Result<Option<Checkpoint>, AuditError> {
+        self.inner.prune_anchor(chain, cutoff, max_seq)
+    }
+    fn prune(
+        &mut self,
+        chain: &str,
+        through_seq: u64,
+        expected: u64,
+        record: &AuditRecord,
+        checkpoint: &Checkpoint,
+    ) -> Result<u64, AuditError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(AuditError::Store(
+                "database or disk is full (injected fault)".into(),
+            ));
+        }
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        self.inner
+            .prune(chain, through_seq, expected, record, checkpoint)
+    }
+    fn check_integrity(&mut self) -> Result<(), AuditError> {
+        self.inner.check_integrity()
+    }
     fn apply_change(
         &mut self,
         change: &RegistryChange,

@@ -2,6 +2,7 @@
 //! indexed columns against the hashed body, and every signed checkpoint.
 
 use crate::checkpoint::Checkpoint;
+use crate::maintenance::Maintenance;
 use crate::record::{AuditRecord, GENESIS_HASH, hash_of};
 use crate::{AuditError, AuditStore};
 use ed25519_dalek::VerifyingKey;
@@ -21,7 +22,10 @@ pub struct Broken {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainSummary {
     pub chain: String,
+    /// Records stored (from `first_seq` to the head).
     pub records: u64,
+    /// The first stored record: 1, or the record after the last prune's cut.
+    pub first_seq: u64,
     pub checkpoints: usize,
     pub head_hash: String,
 }
@@ -43,15 +47,26 @@ pub fn verify_store(
 ) -> Result<Vec<ChainSummary>, VerifyError> {
     let mut summaries = Vec::new();
     for chain in store.chains()? {
-        summaries.push(verify_chain(store, &chain, key)?);
+        summaries.push(verify_chain(store, &chain, key, None)?);
     }
     Ok(summaries)
 }
 
-fn verify_chain(
+/// A prune record as the chain states it.
+struct Cut {
+    /// The prune record's own seq.
+    at_seq: u64,
+    through_seq: u64,
+    anchor_hash: String,
+}
+
+/// Verifies `chain`; with `until`, only its records up to that seq (what a prune is about to
+/// delete), without the tail check.
+pub(crate) fn verify_chain(
     store: &mut dyn AuditStore,
     chain: &str,
     key: &VerifyingKey,
+    until: Option<u64>,
 ) -> Result<ChainSummary, VerifyError> {
     let broken = |seq: u64, reason: String| {
         VerifyError::Broken(Broken {
@@ -70,14 +85,90 @@ fn verify_chain(
             return Err(broken(c.seq, "checkpoint signature is not valid".into()));
         }
     }
-    let mut expected_seq = 1u64;
+    // Where the chain says its front was cut: the latest cut named by a prune record. Every
+    // record read here is walked (and so checked) again below.
+    let cut = store
+        .maintenance_records(chain)?
+        .into_iter()
+        .filter(|stored| hash_of(&stored.body) == stored.hash)
+        .filter_map(|stored| {
+            let record = AuditRecord::from_stored(&stored.body, &stored.hash).ok()?;
+            match Maintenance::of(&record)? {
+                Maintenance::Prune {
+                    through_seq,
+                    anchor_hash,
+                    ..
+                } if record.seq == stored.seq && record.chain == chain => Some(Cut {
+                    at_seq: record.seq,
+                    through_seq,
+                    anchor_hash,
+                }),
+                _ => None,
+            }
+        })
+        .max_by_key(|cut| cut.through_seq);
+    let first_seq = store.records(chain, 0, 1)?.first().map_or(1, |r| r.seq);
+    let expected_first = cut.as_ref().map_or(1, |c| c.through_seq + 1);
+    if first_seq > expected_first {
+        let accounted = match &cut {
+            Some(c) => format!(
+                "the last prune record (at {}) pruned through {}",
+                c.at_seq, c.through_seq
+            ),
+            None => "no prune record accounts for them".to_owned(),
+        };
+        return Err(broken(
+            expected_first,
+            format!(
+                "records {expected_first}..={} are missing from the front of the chain; {accounted}",
+                first_seq - 1
+            ),
+        ));
+    }
+    if first_seq < expected_first {
+        let at = cut.as_ref().map_or(0, |c| c.at_seq);
+        return Err(broken(
+            first_seq,
+            format!(
+                "stored although the prune record at {at} pruned records through {}",
+                expected_first - 1
+            ),
+        ));
+    }
     let mut prev_hash = GENESIS_HASH.to_owned();
-    loop {
+    if let Some(cut) = &cut {
+        // The front was pruned: the chain now starts at the signed checkpoint kept at the cut.
+        let Some(anchor) = checkpoints.get(&cut.through_seq) else {
+            return Err(broken(
+                first_seq,
+                format!(
+                    "no signed checkpoint at {} anchors the pruned front",
+                    cut.through_seq
+                ),
+            ));
+        };
+        if anchor.head_hash != cut.anchor_hash {
+            return Err(broken(
+                cut.at_seq,
+                format!(
+                    "the prune record's anchor differs from the signed checkpoint at {}",
+                    cut.through_seq
+                ),
+            ));
+        }
+        prev_hash.clone_from(&anchor.head_hash);
+    }
+    let until = until.unwrap_or(u64::MAX);
+    let mut expected_seq = first_seq;
+    'walk: loop {
         let page = store.records(chain, expected_seq - 1, PAGE)?;
         if page.is_empty() {
             break;
         }
         for stored in page {
+            if stored.seq > until {
+                break 'walk;
+            }
             if stored.seq != expected_seq {
                 return Err(broken(
                     expected_seq,
@@ -111,7 +202,8 @@ fn verify_chain(
         }
     }
     let last = expected_seq - 1;
-    if let Some((&seq, _)) = checkpoints.iter().next_back()
+    if until == u64::MAX
+        && let Some((&seq, _)) = checkpoints.iter().next_back()
         && seq > last
     {
         return Err(broken(
@@ -121,7 +213,8 @@ fn verify_chain(
     }
     Ok(ChainSummary {
         chain: chain.to_owned(),
-        records: last,
+        records: last + 1 - first_seq,
+        first_seq,
         checkpoints: checkpoints.len(),
         head_hash: prev_hash,
     })

@@ -2,9 +2,15 @@
 //! is waiting in one transaction (group commit), so durability costs one fsync per batch rather
 //! than one per request. A registry change is a job of its own: the writer commits what is
 //! batched before it, then applies the change and writes its record in one transaction.
+//!
+//! The writer also keeps the chain's own history: a start-up record that says how the previous
+//! writer stopped (cleanly, or not: a crash, a kill, or a torn last write the store discarded),
+//! a signed "writer stopped" record on a clean stop, and retention prunes (see
+//! [`crate::maintenance`]), which are jobs like any other so they are chained in order.
 
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::CheckpointSigner;
+use crate::maintenance::{Maintenance, PreviousStop, PruneReport, Retention};
 use crate::record::{Action, Actor, AuditEvent, AuditRecord, GENESIS_HASH, Outcome};
 use crate::registry::{ChangeOutcome, RegistryChange};
 use crate::{AuditError, AuditStore};
@@ -25,6 +31,12 @@ pub struct WriterOptions {
     pub max_batch: usize,
     /// The policy version recorded on the writer's own records.
     pub policy_version: String,
+    /// Prune records older than `keep` at start-up and every `every`; `None`: never on its own
+    /// (an operator can still call [`AuditLog::prune`]).
+    pub retention: Option<Retention>,
+    /// Most records one prune deletes, so a large backlog is pruned in steps between ordinary
+    /// writes rather than holding the writer for long.
+    pub max_prune_records: u64,
 }
 
 impl WriterOptions {
@@ -35,6 +47,8 @@ impl WriterOptions {
             checkpoint_interval: Duration::from_secs(10),
             max_batch: 1024,
             policy_version: String::new(),
+            retention: None,
+            max_prune_records: 50_000,
         }
     }
 }
@@ -50,6 +64,7 @@ type AppendReply = Option<oneshot::Sender<Result<Receipt, AuditError>>>;
 /// An ordinary record: the event, a `change` to describe (a review mark), and who waits.
 type AppendJob = (AuditEvent, Option<serde_json::Value>, AppendReply);
 type ChangeReply = oneshot::Sender<Result<(ChangeOutcome, Receipt), AuditError>>;
+type PruneReply = oneshot::Sender<Result<Option<PruneReport>, AuditError>>;
 
 enum Job {
     Append {
@@ -63,10 +78,15 @@ enum Job {
         change: Box<RegistryChange>,
         reply: ChangeReply,
     },
+    Prune {
+        cutoff: String,
+        by: String,
+        reply: PruneReply,
+    },
 }
 
 /// The handle the gateway writes through. Dropping the last handle stops the writer after it has
-/// written everything queued and a final checkpoint.
+/// written everything queued and its signed clean-stop record.
 #[derive(Debug)]
 pub struct AuditLog {
     jobs: mpsc::Sender<Job>,
@@ -181,6 +201,30 @@ impl AuditLog {
         done.await.map_err(|_| AuditError::Stopped)?
     }
 
+    /// Prunes this writer's chain: cuts its front at the latest signed checkpoint whose record
+    /// is older than `cutoff` (and no newer record comes before it), and records the prune with
+    /// a signed checkpoint, all in one transaction. `by` says who asked. `Ok(None)`: nothing is
+    /// old enough. A report with `more` set hit [`WriterOptions::max_prune_records`]: call again.
+    ///
+    /// The records to be deleted are verified first; if they do not verify, nothing is pruned
+    /// and the error names the first bad record, which stays in the store as evidence.
+    /// Only this writer's chain is pruned: each replica's writer prunes its own.
+    pub async fn prune(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        by: &str,
+    ) -> Result<Option<PruneReport>, AuditError> {
+        let (reply, done) = oneshot::channel();
+        self.jobs
+            .send(Job::Prune {
+                cutoff: timestamp(cutoff),
+                by: by.to_owned(),
+                reply,
+            })
+            .map_err(|_| AuditError::Stopped)?;
+        done.await.map_err(|_| AuditError::Stopped)?
+    }
+
     /// Queues `event` without waiting: for paths that can no longer wait, such as a request whose
     /// caller went away (its handler is being dropped).
     pub fn append_detached(&self, event: AuditEvent) {
@@ -216,27 +260,105 @@ impl AuditLog {
     }
 }
 
-/// Reads the chain's head and writes the start-up record, checkpointed at once so the head is
-/// always signed.
+/// Checks the store, reads the chain's head, tells a clean stop from an unclean one, and writes
+/// the start-up record, checkpointed at once so the head is always signed.
+///
+/// If the last signed checkpoint is ahead of the head, records that were committed and signed
+/// are gone (a store restored from an old backup, a disk that lost writes, or tampering). The
+/// writer does not refuse to start — the gateway could then never serve again without someone
+/// editing the store — but it does not paper over the loss either: it records what is missing
+/// and continues the chain from the signed checkpoint, so the gap stays in the chain and
+/// verification keeps naming it for the auditors.
 fn begin(
     store: &mut dyn AuditStore,
     signer: &CheckpointSigner,
     options: &WriterOptions,
 ) -> Result<ChainState, AuditError> {
-    let head = store.head(&options.chain)?;
-    let last_checkpoint = store.last_checkpoint(&options.chain)?;
+    store.check_integrity()?;
+    let chain = options.chain.as_str();
+    let head = store.head(chain)?;
+    let last_checkpoint = store.last_checkpoint(chain)?;
+    let head_seq = head.as_ref().map_or(0, |(s, _)| *s);
+    let checkpoint_seq = last_checkpoint.as_ref().map_or(0, |c| c.seq);
+    let previous_stop = match head_seq {
+        0 if checkpoint_seq == 0 => PreviousStop::FirstStart,
+        0 => PreviousStop::Unclean,
+        seq => {
+            let last = store.records(chain, seq - 1, 1)?;
+            let stopped = last.first().is_some_and(|stored| {
+                AuditRecord::from_stored(&stored.body, &stored.hash).is_ok_and(|record| {
+                    Maintenance::of(&record) == Some(Maintenance::WriterStopped)
+                })
+            });
+            if stopped && checkpoint_seq == seq {
+                PreviousStop::Clean
+            } else {
+                PreviousStop::Unclean
+            }
+        }
+    };
     let mut state = ChainState {
-        seq: head.as_ref().map_or(0, |(s, _)| *s),
+        seq: head_seq,
         hash: head.map_or_else(|| GENESIS_HASH.to_owned(), |(_, h)| h),
-        checkpointed_seq: last_checkpoint.map_or(0, |c| c.seq),
+        checkpointed_seq: checkpoint_seq,
         checkpointed_at: Instant::now(),
         stale: false,
     };
-    let detail = format!(
-        "writer started; chain head at seq {}, last checkpoint at seq {}",
-        state.seq, state.checkpointed_seq
+    let mut missing = None;
+    if let Some(checkpoint) = last_checkpoint.filter(|c| c.seq > head_seq) {
+        tracing::error!(
+            chain,
+            head_seq,
+            checkpoint_seq,
+            "signed audit records are missing from the store; continuing the chain after the signed checkpoint"
+        );
+        missing = Some([head_seq + 1, checkpoint.seq]);
+        state.seq = checkpoint.seq;
+        state.hash = checkpoint.head_hash;
+    }
+    let mut detail = match previous_stop {
+        PreviousStop::FirstStart | PreviousStop::Clean => format!(
+            "writer started; chain head at seq {head_seq}, last checkpoint at seq {checkpoint_seq}"
+        ),
+        PreviousStop::Unclean => {
+            tracing::warn!(
+                chain,
+                head_seq,
+                checkpoint_seq,
+                "the audit writer did not stop cleanly last time; recovered"
+            );
+            format!(
+                "writer started; recovered after an unclean stop (crash, kill or torn last write); \
+                 chain head at seq {head_seq}, last checkpoint at seq {checkpoint_seq}"
+            )
+        }
+    };
+    if let Some([first, last]) = missing {
+        detail.push_str(&format!(
+            "; records {first}..={last}, signed by the checkpoint at {last}, are missing: the \
+             chain continues after that checkpoint"
+        ));
+    }
+    let change = Maintenance::WriterStarted {
+        head_seq,
+        checkpoint_seq,
+        previous_stop,
+        missing,
+    };
+    let record = state.seal_with_change(
+        maintenance_event(detail, options),
+        Some(change.to_value()),
+        chain,
     );
-    let started = AuditEvent {
+    let checkpoint = signer.sign(chain, record.seq, &record.hash, &record.at);
+    store.append(std::slice::from_ref(&record), Some(&checkpoint))?;
+    state.checkpointed_seq = record.seq;
+    Ok(state)
+}
+
+/// A record of the writer's own.
+fn maintenance_event(detail: String, options: &WriterOptions) -> AuditEvent {
+    AuditEvent {
         request_id: String::new(),
         action: Action::AuditMaintenance,
         actor: Actor {
@@ -251,12 +373,12 @@ fn begin(
         detail: Some(detail),
         sources: Vec::new(),
         policy_version: options.policy_version.clone(),
-    };
-    let record = state.seal(started, &options.chain);
-    let checkpoint = signer.sign(&options.chain, record.seq, &record.hash, &record.at);
-    store.append(std::slice::from_ref(&record), Some(&checkpoint))?;
-    state.checkpointed_seq = record.seq;
-    Ok(state)
+    }
+}
+
+/// A record's time: RFC 3339 UTC with microseconds, so that times compare as text.
+fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 struct ChainState {
@@ -269,17 +391,13 @@ struct ChainState {
 }
 
 impl ChainState {
-    fn seal(&mut self, event: AuditEvent, chain: &str) -> AuditRecord {
-        self.seal_with_change(event, None, chain)
-    }
-
     fn seal_with_change(
         &mut self,
         event: AuditEvent,
         change: Option<serde_json::Value>,
         chain: &str,
     ) -> AuditRecord {
-        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let at = timestamp(chrono::Utc::now());
         let record =
             AuditRecord::seal_with_change(event, change, chain, self.seq + 1, at, &self.hash);
         self.seq = record.seq;
@@ -308,8 +426,22 @@ fn run(
         state,
         health,
     };
+    // The first scheduled prune runs at start-up: a gateway restarted more often than the
+    // interval still prunes.
+    let mut next_prune = writer.options.retention.map(|_| Instant::now());
     loop {
-        let first = match rx.recv_timeout(writer.options.checkpoint_interval) {
+        if let (Some(due), Some(retention)) = (next_prune, writer.options.retention)
+            && Instant::now() >= due
+        {
+            next_prune = Some(writer.scheduled_prune(retention));
+        }
+        let wait = next_prune.map_or(writer.options.checkpoint_interval, |due| {
+            writer
+                .options
+                .checkpoint_interval
+                .min(due.saturating_duration_since(Instant::now()))
+        });
+        let first = match rx.recv_timeout(wait) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
                 // Idle: sign the head if records came after the last checkpoint.
@@ -325,8 +457,8 @@ fn run(
                 Err(_) => break,
             }
         }
-        // Ordinary records are committed together; a change waits for those before it, then
-        // gets a transaction of its own, so the chain keeps the order the jobs came in.
+        // Ordinary records are committed together; a change or a prune waits for those before
+        // it, then gets a transaction of its own, so the chain keeps the order the jobs came in.
         let mut batch = Vec::with_capacity(jobs.len());
         for job in jobs {
             match job {
@@ -343,12 +475,16 @@ fn run(
                     writer.append(std::mem::take(&mut batch));
                     writer.change(event, &change, reply);
                 }
+                Job::Prune { cutoff, by, reply } => {
+                    writer.append(std::mem::take(&mut batch));
+                    let _ = reply.send(writer.prune(&cutoff, &by));
+                }
             }
         }
         writer.append(batch);
     }
-    // Shutting down: sign the head if records came after the last checkpoint.
-    writer.sign_head_if_unsigned();
+    // Shutting down: the last record says so, signed, so the next start knows it was clean.
+    writer.stop();
 }
 
 struct Writer {
@@ -360,6 +496,135 @@ struct Writer {
 }
 
 impl Writer {
+    /// Runs the retention schedule's prune; returns when the next one is due.
+    fn scheduled_prune(&mut self, retention: Retention) -> Instant {
+        let now = chrono::Utc::now();
+        let cutoff = chrono::Duration::from_std(retention.keep)
+            .ok()
+            .and_then(|keep| now.checked_sub_signed(keep))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        match self.prune(&timestamp(cutoff), "retention schedule") {
+            // A backlog larger than one prune: continue after the jobs that are waiting.
+            Ok(Some(report)) if report.more => Instant::now(),
+            Ok(_) => Instant::now() + retention.every,
+            Err(e) => {
+                tracing::error!(chain = %self.options.chain, error = %e, "scheduled audit prune failed");
+                Instant::now() + retention.every
+            }
+        }
+    }
+
+    /// Cuts the chain's front at the latest signed checkpoint older than `cutoff`; see
+    /// [`AuditLog::prune`].
+    fn prune(&mut self, cutoff: &str, by: &str) -> Result<Option<PruneReport>, AuditError> {
+        self.refresh()
+            .inspect_err(|e| fail(std::iter::empty(), e, &self.health))?;
+        let chain = self.options.chain.clone();
+        let Some(front) = self.store.records(&chain, 0, 1)?.first().map(|r| r.seq) else {
+            return Ok(None);
+        };
+        let Some(latest) = self.store.prune_anchor(&chain, cutoff, u64::MAX)? else {
+            tracing::info!(chain, cutoff, "audit prune: nothing old enough");
+            return Ok(None);
+        };
+        let limit = front.saturating_add(self.options.max_prune_records.max(1)) - 1;
+        let anchor = if latest.seq > limit {
+            self.store
+                .prune_anchor(&chain, cutoff, limit)?
+                .unwrap_or_else(|| latest.clone())
+        } else {
+            latest.clone()
+        };
+        // Never delete what does not verify: it is the evidence.
+        crate::verify::verify_chain(
+            &mut *self.store,
+            &chain,
+            &self.signer.verifying_key(),
+            Some(anchor.seq),
+        )
+        .map_err(|e| {
+            tracing::error!(chain, error = %e, "refusing to prune audit records that do not verify");
+            AuditError::Store(format!("refusing to prune: {e}"))
+        })?;
+        let records = anchor.seq + 1 - front;
+        let change = Maintenance::Prune {
+            from_seq: front,
+            through_seq: anchor.seq,
+            records,
+            anchor_hash: anchor.head_hash.clone(),
+            cutoff: cutoff.to_owned(),
+            by: by.to_owned(),
+        };
+        let detail = format!(
+            "pruned records {front}..={} (older than {cutoff}); anchor hash {}",
+            anchor.seq, anchor.head_hash
+        );
+        let before = (self.state.seq, self.state.hash.clone());
+        let record = self.state.seal_with_change(
+            maintenance_event(detail, &self.options),
+            Some(change.to_value()),
+            &chain,
+        );
+        let checkpoint = self
+            .signer
+            .sign(&chain, record.seq, &record.hash, &record.at);
+        match self
+            .store
+            .prune(&chain, anchor.seq, records, &record, &checkpoint)
+        {
+            Ok(_) => {
+                self.succeeded(true);
+                tracing::info!(
+                    chain,
+                    from_seq = front,
+                    through_seq = anchor.seq,
+                    records,
+                    "audit records pruned"
+                );
+                Ok(Some(PruneReport {
+                    chain,
+                    from_seq: front,
+                    through_seq: anchor.seq,
+                    records,
+                    anchor_hash: anchor.head_hash,
+                    cutoff: cutoff.to_owned(),
+                    record_seq: record.seq,
+                    more: anchor.seq < latest.seq,
+                }))
+            }
+            Err(e) => {
+                self.failed(before, &e, 1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the signed "writer stopped" record.
+    fn stop(&mut self) {
+        if let Err(e) = self.refresh() {
+            tracing::error!(error = %e, "audit store unavailable at shutdown; no clean-stop record");
+            return;
+        }
+        let record = self.state.seal_with_change(
+            maintenance_event("writer stopped cleanly".into(), &self.options),
+            Some(Maintenance::WriterStopped.to_value()),
+            &self.options.chain,
+        );
+        let checkpoint =
+            self.signer
+                .sign(&self.options.chain, record.seq, &record.hash, &record.at);
+        if let Err(e) = self
+            .store
+            .append(std::slice::from_ref(&record), Some(&checkpoint))
+        {
+            tracing::error!(error = %e, "cannot write the audit writer's clean-stop record");
+            // Sign what is there, as before this record existed.
+            self.state.seq -= 1;
+            self.state.hash = record.prev_hash;
+            self.sign_head_if_unsigned();
+        }
+    }
+
     fn sign_head_if_unsigned(&mut self) {
         if !self.state.stale && self.state.seq > self.state.checkpointed_seq {
             sign_head(
@@ -560,7 +825,7 @@ fn sign_head(
     chain: &str,
     state: &mut ChainState,
 ) {
-    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let at = timestamp(chrono::Utc::now());
     let checkpoint = signer.sign(chain, state.seq, &state.hash, &at);
     match store.append(&[], Some(&checkpoint)) {
         Ok(()) => {

@@ -169,8 +169,8 @@ fn records_chain_and_verify_across_restarts() {
         write(&s, 5);
         let summary = verify(&s).unwrap();
         assert_eq!(summary.len(), 1);
-        // 2 start-up records + 30 lookups.
-        assert_eq!(summary[0].records, 32);
+        // 2 start-up records + 30 lookups + 2 clean-stop records.
+        assert_eq!(summary[0].records, 34);
         assert!(summary[0].checkpoints >= 4);
     }
 }
@@ -231,7 +231,8 @@ fn a_failing_store_refuses_appends_turns_unhealthy_and_recovers() {
         // The failed records left no gap: the chain goes on from the last durable one.
         assert_eq!(receipt.seq, 3);
         log.close();
-        assert_eq!(verify(&s).unwrap()[0].records, 3);
+        // Start-up, two lookups, clean stop.
+        assert_eq!(verify(&s).unwrap()[0].records, 4);
     }
 }
 
@@ -354,4 +355,469 @@ fn an_idle_writer_signs_its_head() {
         }
         drop(log);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retention: pruning a chain's front at a signed checkpoint.
+
+fn text_time(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// A cutoff strictly after every record written so far and at or before every record written
+/// after it returns (records carry microseconds): polls the clock until it ticks.
+fn cutoff_now() -> chrono::DateTime<chrono::Utc> {
+    let before = text_time(chrono::Utc::now());
+    loop {
+        let now = chrono::Utc::now();
+        if text_time(now) > before {
+            return now;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+fn open_with(s: &Setup, options: WriterOptions) -> AuditLog {
+    let signer = CheckpointSigner::load_or_create(&s.key).unwrap();
+    AuditLog::start(s.store(), signer, options).unwrap()
+}
+
+fn prune(s: &Setup, cutoff: chrono::DateTime<chrono::Utc>) -> Option<PruneReport> {
+    let log = open(s, s.store());
+    let report = block_on(log.prune(cutoff, "test")).unwrap();
+    log.close();
+    report
+}
+
+fn stored(s: &Setup) -> Vec<AuditRecord> {
+    s.store()
+        .records("replica-a", 0, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| AuditRecord::from_stored(&r.body, &r.hash).unwrap())
+        .collect()
+}
+
+fn maintenance(record: &AuditRecord) -> Maintenance {
+    Maintenance::of(record).unwrap_or_else(|| panic!("not a maintenance record: {record:?}"))
+}
+
+#[test]
+fn a_prune_cuts_the_front_at_a_signed_checkpoint_and_the_chain_still_verifies() {
+    for s in setups() {
+        // Start-up 1, lookups 2..=31, clean stop 32 (signed).
+        write(&s, 30);
+        let cutoff = cutoff_now();
+        let log = open(&s, s.store()); // start-up 33, after the cutoff
+        let report = block_on(log.prune(cutoff, "test")).unwrap().unwrap();
+        assert_eq!(
+            (
+                report.from_seq,
+                report.through_seq,
+                report.records,
+                report.record_seq
+            ),
+            (1, 32, 32, 34)
+        );
+        assert!(!report.more);
+        log.close(); // clean stop 35
+
+        let summary = verify(&s).unwrap();
+        assert_eq!((summary[0].first_seq, summary[0].records), (33, 3));
+        let records = stored(&s);
+        let pruned = &records[1];
+        assert_eq!(pruned.action, Action::AuditMaintenance);
+        assert_eq!(
+            maintenance(pruned),
+            Maintenance::Prune {
+                from_seq: 1,
+                through_seq: 32,
+                records: 32,
+                anchor_hash: report.anchor_hash.clone(),
+                cutoff: text_time(cutoff),
+                by: "test".into(),
+            }
+        );
+        assert!(
+            pruned
+                .detail
+                .as_deref()
+                .unwrap()
+                .starts_with("pruned records 1..=32 (older than ")
+        );
+        // The checkpoint at the cut is kept as the anchor; those before it are gone.
+        let checkpoints = s.store().checkpoints("replica-a").unwrap();
+        assert_eq!(checkpoints[0].seq, 32);
+        assert_eq!(checkpoints[0].head_hash, report.anchor_hash);
+        assert_eq!(records[0].prev_hash, report.anchor_hash);
+    }
+}
+
+#[test]
+fn a_prune_keeps_every_record_newer_than_the_cutoff() {
+    for s in setups() {
+        write(&s, 10); // 1..=12, the stop at 12 signed
+        let cutoff = cutoff_now();
+        write(&s, 10); // 13..=24
+        let report = prune(&s, cutoff).unwrap();
+        assert_eq!((report.from_seq, report.through_seq), (1, 12));
+        let records = stored(&s);
+        assert_eq!(records[0].seq, 13);
+        assert!(records.iter().all(|r| r.at >= text_time(cutoff)));
+        let newer: Vec<&str> = records
+            .iter()
+            .filter(|r| r.action == Action::Lookup)
+            .map(|r| r.request_id.as_str())
+            .collect();
+        assert_eq!(
+            newer,
+            (0..10).map(|i| format!("req-{i}")).collect::<Vec<_>>()
+        );
+        verify(&s).unwrap();
+        // Nothing is older than a cutoff before the first record.
+        let long_ago = chrono::Utc::now() - chrono::Duration::days(365);
+        assert_eq!(prune(&s, long_ago), None);
+        verify(&s).unwrap();
+    }
+}
+
+#[test]
+fn repeated_prunes_and_restarts_continue_the_chain() {
+    for s in setups() {
+        write(&s, 10);
+        let first = prune(&s, cutoff_now()).unwrap();
+        write(&s, 5);
+        let second = prune(&s, cutoff_now()).unwrap();
+        assert_eq!(second.from_seq, first.through_seq + 1);
+        assert!(second.through_seq > second.from_seq);
+        verify(&s).unwrap();
+
+        // A restart after a prune continues the chain where it was, after a clean stop.
+        let before = verify(&s).unwrap()[0].clone();
+        let log = open(&s, s.store());
+        let receipt = block_on(log.append(event(99))).unwrap();
+        log.close();
+        let head = before.first_seq + before.records - 1;
+        assert_eq!(receipt.seq, head + 2, "start-up record, then the lookup");
+        let records = stored(&s);
+        let started = records.iter().find(|r| r.seq == head + 1).unwrap();
+        assert!(matches!(
+            maintenance(started),
+            Maintenance::WriterStarted {
+                previous_stop: PreviousStop::Clean,
+                ..
+            }
+        ));
+        assert_eq!(started.prev_hash, before.head_hash);
+        let after = verify(&s).unwrap();
+        assert_eq!(after[0].first_seq, before.first_seq);
+        assert_eq!(after[0].records, before.records + 3);
+    }
+}
+
+#[test]
+fn a_front_cut_without_a_prune_record_is_found() {
+    for s in setups() {
+        write(&s, 30);
+        // Cut exactly as a prune would, at a signed checkpoint, but without its record.
+        let at = s.store().checkpoints("replica-a").unwrap()[1].seq;
+        s.sql(&format!(
+            "DELETE FROM audit_records WHERE seq <= {at};
+             DELETE FROM audit_checkpoints WHERE seq < {at};"
+        ));
+        assert_eq!(broken_at(&s), 1);
+    }
+}
+
+#[test]
+fn records_cut_beyond_the_prune_record_are_found() {
+    for s in setups() {
+        write(&s, 30);
+        let report = prune(&s, cutoff_now()).unwrap();
+        write(&s, 30);
+        // Cut further, at a later signed checkpoint, leaving the prune record in place.
+        let at = s
+            .store()
+            .checkpoints("replica-a")
+            .unwrap()
+            .iter()
+            .map(|c| c.seq)
+            .find(|&seq| seq > report.record_seq + 5)
+            .unwrap();
+        s.sql(&format!(
+            "DELETE FROM audit_records WHERE seq <= {at} AND seq <> {};
+             DELETE FROM audit_checkpoints WHERE seq < {at};",
+            report.record_seq
+        ));
+        assert_eq!(broken_at(&s), report.through_seq + 1);
+    }
+}
+
+#[test]
+fn a_prune_record_cut_away_with_its_prefix_is_found() {
+    for s in setups() {
+        write(&s, 30);
+        let report = prune(&s, cutoff_now()).unwrap();
+        write(&s, 10);
+        // The prune record is signed by its own checkpoint: cut there, taking the record along.
+        s.sql(&format!(
+            "DELETE FROM audit_records WHERE seq <= {at};
+             DELETE FROM audit_checkpoints WHERE seq < {at};",
+            at = report.record_seq
+        ));
+        assert_eq!(broken_at(&s), 1);
+    }
+}
+
+#[test]
+fn a_prune_never_deletes_records_that_do_not_verify() {
+    for s in setups() {
+        write(&s, 30);
+        s.sql("UPDATE audit_records SET body = replace(body, '\"tier\":1', '\"tier\":3') WHERE seq = 17");
+        let log = open(&s, s.store());
+        let refused = block_on(log.prune(cutoff_now(), "test")).unwrap_err();
+        assert!(refused.to_string().contains("record 17"), "{refused}");
+        // Refusing to prune is not a store failure: the log stays healthy.
+        assert!(*log.health().borrow());
+        log.close();
+        assert_eq!(broken_at(&s), 17);
+        assert_eq!(stored(&s)[0].seq, 1);
+    }
+}
+
+#[test]
+fn a_large_backlog_is_pruned_in_steps() {
+    for s in setups() {
+        let mut o = options(5);
+        o.max_prune_records = 12;
+        let log = open_with(&s, o.clone());
+        for i in 0..40 {
+            block_on(log.append(event(i))).unwrap();
+        }
+        log.close();
+        let cutoff = cutoff_now();
+        let log = open_with(&s, o);
+        let mut steps = Vec::new();
+        loop {
+            let report = block_on(log.prune(cutoff, "test")).unwrap().unwrap();
+            assert!(report.records <= 12, "{report:?}");
+            steps.push(report.clone());
+            if !report.more {
+                break;
+            }
+            verify(&s).unwrap();
+        }
+        log.close();
+        assert!(steps.len() >= 3, "{steps:?}");
+        for pair in steps.windows(2) {
+            assert_eq!(pair[1].from_seq, pair[0].through_seq + 1);
+        }
+        // Everything up to the last stop before the cutoff is gone.
+        assert_eq!(steps.last().unwrap().through_seq, 42);
+        verify(&s).unwrap();
+    }
+}
+
+#[test]
+fn the_retention_schedule_prunes_in_the_background() {
+    for s in setups() {
+        write(&s, 10);
+        let mut o = options(10);
+        o.retention = Some(Retention {
+            keep: Duration::ZERO,
+            every: Duration::from_millis(20),
+        });
+        let log = open_with(&s, o);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while stored(&s)[0].seq == 1 {
+            assert!(std::time::Instant::now() < deadline, "never pruned");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        block_on(log.append(event(1))).unwrap();
+        log.close();
+        let summary = verify(&s).unwrap();
+        assert!(summary[0].first_seq > 12, "{summary:?}");
+        assert!(
+            stored(&s)
+                .iter()
+                .any(|r| matches!(Maintenance::of(r), Some(Maintenance::Prune { by, .. }) if by == "retention schedule"))
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start-up after a clean stop, a crash, a torn write or lost records.
+
+#[test]
+fn the_start_up_record_tells_a_clean_stop_from_an_unclean_one() {
+    for s in setups() {
+        write(&s, 3);
+        // A "crash": the writer never stops. Every batch is signed, so the abandoned writer has
+        // nothing left to write while the next one runs.
+        let log = open_with(&s, options(1));
+        block_on(log.append(event(4))).unwrap();
+        std::mem::forget(log);
+        write(&s, 1);
+        let starts: Vec<(PreviousStop, String)> = stored(&s)
+            .iter()
+            .filter_map(|r| match Maintenance::of(r) {
+                Some(Maintenance::WriterStarted { previous_stop, .. }) => {
+                    Some((previous_stop, r.detail.clone().unwrap()))
+                }
+                _ => None,
+            })
+            .collect();
+        let kinds: Vec<PreviousStop> = starts.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            kinds,
+            [
+                PreviousStop::FirstStart,
+                PreviousStop::Clean,
+                PreviousStop::Unclean
+            ]
+        );
+        assert!(
+            starts[2]
+                .1
+                .starts_with("writer started; recovered after an unclean stop"),
+            "{}",
+            starts[2].1
+        );
+        assert!(
+            starts[2]
+                .1
+                .contains("chain head at seq 7, last checkpoint at seq 7"),
+            "{}",
+            starts[2].1
+        );
+        verify(&s).unwrap();
+    }
+}
+
+#[test]
+fn signed_records_missing_at_start_up_are_recorded_and_stay_visible() {
+    for s in setups() {
+        write(&s, 30); // 1..=32, the stop at 32 signed
+        s.sql("DELETE FROM audit_records WHERE seq > 20");
+        let log = open(&s, s.store());
+        // The chain goes on after the signed checkpoint: no seq is reused.
+        assert_eq!(block_on(log.append(event(1))).unwrap().seq, 34);
+        log.close();
+        let records = stored(&s);
+        let started = records.iter().find(|r| r.seq == 33).unwrap();
+        assert_eq!(
+            maintenance(started),
+            Maintenance::WriterStarted {
+                head_seq: 20,
+                checkpoint_seq: 32,
+                previous_stop: PreviousStop::Unclean,
+                missing: Some([21, 32]),
+            }
+        );
+        assert!(
+            started
+                .detail
+                .as_deref()
+                .unwrap()
+                .contains("records 21..=32"),
+            "{started:?}"
+        );
+        assert_eq!(broken_at(&s), 21);
+    }
+}
+
+/// SQLite only: the WAL's last frame torn mid-way, as a crash during the write would leave it.
+#[test]
+fn a_torn_last_write_is_discarded_and_the_restart_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let key = dir.path().join("audit-signing.key");
+    let signer = CheckpointSigner::load_or_create(&key).unwrap();
+    let log = AuditLog::start(
+        Box::new(SqliteStore::open(&db, Durability::Full).unwrap()),
+        signer,
+        options(10),
+    )
+    .unwrap();
+    let mut last = 0;
+    for i in 0..15 {
+        last = block_on(log.append(event(i))).unwrap().seq;
+    }
+    // Copy the store while the writer still has it open, so the WAL still holds the frames.
+    let copy = tempfile::tempdir().unwrap();
+    let (db2, wal2) = (
+        copy.path().join("audit.db"),
+        copy.path().join("audit.db-wal"),
+    );
+    std::fs::copy(&db, &db2).unwrap();
+    std::fs::copy(dir.path().join("audit.db-wal"), &wal2).unwrap();
+    log.close();
+    let page: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    let page = page.unsigned_abs();
+    let wal_len = std::fs::metadata(&wal2).unwrap().len();
+    assert!(wal_len > 32 + 2 * (24 + page), "the WAL holds frames");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&wal2)
+        .unwrap()
+        .set_len(wal_len - page / 2)
+        .unwrap();
+
+    let signer = CheckpointSigner::load_or_create(&key).unwrap();
+    let log = AuditLog::start(
+        Box::new(SqliteStore::open(&db2, Durability::Full).unwrap()),
+        signer,
+        options(10),
+    )
+    .unwrap();
+    log.close();
+    let mut store = SqliteStore::open_read_only(&db2).unwrap();
+    let records: Vec<AuditRecord> = store
+        .records("replica-a", 0, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| AuditRecord::from_stored(&r.body, &r.hash).unwrap())
+        .collect();
+    // The torn transaction held only the last lookup: everything before it is there.
+    let lookups = records
+        .iter()
+        .filter(|r| r.action == Action::Lookup)
+        .count();
+    assert_eq!(lookups, 14);
+    assert_eq!(records[usize::try_from(last).unwrap() - 1].seq, last);
+    let started = &records[usize::try_from(last).unwrap() - 1];
+    let detail = started.detail.as_deref().unwrap();
+    assert!(
+        detail.starts_with("writer started; recovered after an unclean stop")
+            && detail.contains(&format!("chain head at seq {}", last - 1)),
+        "{detail}"
+    );
+    let key = load_verifying_key(&public_key_path(&key)).unwrap();
+    let summary = verify_store(&mut store, &key).unwrap();
+    assert_eq!(summary[0].records, last + 1);
+}
+
+#[test]
+fn a_corrupt_sqlite_file_refuses_to_start() {
+    let s = setup(None);
+    write(&s, 300);
+    let Backend::Sqlite(db) = &s.backend else {
+        unreachable!("setup(None) is SQLite")
+    };
+    // Overwrite a page in the middle of the file with garbage.
+    let len = std::fs::metadata(db).unwrap().len();
+    let mut bytes = std::fs::read(db).unwrap();
+    let middle = usize::try_from(len / 2 / 4096 * 4096).unwrap();
+    for b in &mut bytes[middle + 8..middle + 4096] {
+        *b = 0x5a;
+    }
+    std::fs::write(db, bytes).unwrap();
+    let signer = CheckpointSigner::load_or_create(&s.key).unwrap();
+    let error = SqliteStore::open(db, Durability::Full)
+        .and_then(|store| AuditLog::start(Box::new(store), signer, options(10)))
+        .unwrap_err();
+    assert!(error.to_string().contains("corrupt"), "{error}");
 }

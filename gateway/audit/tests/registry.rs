@@ -517,7 +517,8 @@ fn every_change_and_every_refusal_leaves_one_record_in_a_chain_that_verifies() {
         log.close();
         let summary = s.verify();
         assert_eq!(summary.len(), 1);
-        assert_eq!(summary[0].records, last_seq);
+        // And the clean-stop record.
+        assert_eq!(summary[0].records, last_seq + 1);
         // Records without a change are encoded as before: no `change` key at all.
         let stored = s.store().records("replica-a", 1, 1).unwrap();
         assert!(!stored[0].body.contains("\"change\""));
@@ -713,5 +714,36 @@ fn a_registry_opened_after_changes_sees_them_all() {
                 .is_empty()
         );
         log.close();
+    }
+}
+
+#[test]
+fn pruning_the_audit_log_keeps_every_consent_and_access_request() {
+    for s in setups() {
+        let rt = runtime();
+        let log = s.log("replica-a", s.store());
+        let c = RegistryChange::RecordConsent(consent("c-1", CPR, t(1)));
+        assert_eq!(change(&rt, &s, &log, c), ChangeOutcome::Applied);
+        change(
+            &rt,
+            &s,
+            &log,
+            RegistryChange::FileRequest(request("ar-1", CPR, "cw-1")),
+        );
+        change(&rt, &s, &log, decide("ar-1", "child-welfare", true));
+        // A clean stop signs the head (5), the next start-up (6) is signed at once: with a
+        // cutoff a second from now, the prune cuts there.
+        log.close();
+        let log = s.log("replica-a", s.store());
+        let report = rt
+            .block_on(log.prune(Utc::now() + Duration::seconds(1), "test"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((report.from_seq, report.through_seq), (1, 6));
+        log.close();
+        assert_eq!(s.verify()[0].first_seq, 7, "the change records were pruned");
+        let later = s.registry();
+        assert_eq!(rt.block_on(later.consents_for(CPR)).unwrap().len(), 1);
+        assert_eq!(rt.block_on(later.grants_for(CPR, "cw-1")).unwrap().len(), 1);
     }
 }
