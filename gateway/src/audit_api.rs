@@ -117,10 +117,13 @@ fn cursor(token: &str) -> Result<Option<Cursor>, GatewayError> {
         .ok_or_else(|| GatewayError::InvalidRequest("page_token is not valid".into()))
 }
 
+/// A period's bounds; either may be open.
+type Period = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 fn period(
     from: Option<&prost_types::Timestamp>,
     until: Option<&prost_types::Timestamp>,
-) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), GatewayError> {
+) -> Result<Period, GatewayError> {
     let from = from.map(|t| from_timestamp(t, "from")).transpose()?;
     let until = until.map(|t| from_timestamp(t, "until")).transpose()?;
     if let (Some(f), Some(u)) = (from, until)

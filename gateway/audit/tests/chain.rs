@@ -10,83 +10,18 @@ use samblik_audit::testing::FaultInjecting;
 use samblik_audit::verify::{VerifyError, verify_store};
 use samblik_audit::*;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// Where a test's audit log lives: every test runs against SQLite and against PostgreSQL (a real
+mod common;
+use common::{Backend, TestStore as Setup};
+
+/// One empty store per backend: every test runs against SQLite and against PostgreSQL (a real
 /// server; the README's test command starts one and sets `SAMBLIK_TEST_POSTGRES_URL`).
-enum Backend {
-    Sqlite(PathBuf),
-    Postgres(String),
-}
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    backend: Backend,
-    key: PathBuf,
-}
-
-impl Setup {
-    fn store(&self) -> Box<dyn AuditStore> {
-        match &self.backend {
-            Backend::Sqlite(db) => Box::new(SqliteStore::open(db, Durability::Full).unwrap()),
-            Backend::Postgres(url) => Box::new(PostgresStore::connect(url).unwrap()),
-        }
-    }
-
-    fn sql(&self, statement: &str) {
-        match &self.backend {
-            Backend::Sqlite(db) => rusqlite::Connection::open(db)
-                .unwrap()
-                .execute_batch(statement)
-                .unwrap(),
-            Backend::Postgres(url) => ::postgres::Client::connect(url, ::postgres::NoTls)
-                .unwrap()
-                .batch_execute(statement)
-                .unwrap(),
-        }
-    }
-}
-
-/// One setup per backend, each with an empty store.
 fn setups() -> Vec<Setup> {
-    let mut setups = vec![setup(None)];
-    match std::env::var("SAMBLIK_TEST_POSTGRES_URL") {
-        Ok(admin) => setups.push(setup(Some(&admin))),
-        Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("CI must test the PostgreSQL store: run the tests through ./scripts/test")
-        }
-        Err(_) => eprintln!("SAMBLIK_TEST_POSTGRES_URL not set: PostgreSQL store not tested"),
-    }
-    setups
-}
-
-fn setup(postgres_admin: Option<&str>) -> Setup {
-    static DATABASES: AtomicUsize = AtomicUsize::new(0);
-    let dir = tempfile::tempdir().unwrap();
-    let backend = match postgres_admin {
-        None => Backend::Sqlite(dir.path().join("audit.db")),
-        Some(admin) => {
-            let name = format!(
-                "samblik_audit_{}_{}",
-                std::process::id(),
-                DATABASES.fetch_add(1, Ordering::SeqCst)
-            );
-            let mut client = ::postgres::Client::connect(admin, ::postgres::NoTls).unwrap();
-            client
-                .batch_execute(&format!("CREATE DATABASE {name}"))
-                .unwrap();
-            let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
-            Backend::Postgres(format!("{base}/{name}"))
-        }
-    };
-    Setup {
-        key: dir.path().join("audit-signing.key"),
-        backend,
-        _dir: dir,
-    }
+    common::test_stores("audit")
 }
 
 fn event(i: usize) -> AuditEvent {
@@ -802,10 +737,10 @@ fn a_torn_last_write_is_discarded_and_the_restart_says_so() {
 
 #[test]
 fn a_corrupt_sqlite_file_refuses_to_start() {
-    let s = setup(None);
+    let s = common::sqlite_store("audit");
     write(&s, 300);
     let Backend::Sqlite(db) = &s.backend else {
-        unreachable!("setup(None) is SQLite")
+        unreachable!("an SQLite store")
     };
     // Overwrite a page in the middle of the file with garbage.
     let len = std::fs::metadata(db).unwrap().len();

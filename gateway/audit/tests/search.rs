@@ -25,7 +25,7 @@ fn event(i: usize) -> AuditEvent {
         actor: Actor {
             caller_id: format!("cw-{}", i % 4),
             name: "Test".into(),
-            department: if i % 2 == 0 {
+            department: if i.is_multiple_of(2) {
                 "jobcenter"
             } else {
                 "child-welfare"
@@ -36,8 +36,10 @@ fn event(i: usize) -> AuditEvent {
         },
         cpr: Some(CITIZENS[i % 3].into()),
         purpose: Some("prepare-meeting".into()),
-        break_glass_reason: (i % 7 == 0).then(|| "urgent: the child's safety is at stake".into()),
-        outcome: if i % 5 == 0 {
+        break_glass_reason: i
+            .is_multiple_of(7)
+            .then(|| "urgent: the child's safety is at stake".into()),
+        outcome: if i.is_multiple_of(5) {
             Outcome::Denied
         } else {
             Outcome::Answered

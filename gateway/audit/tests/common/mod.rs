@@ -68,6 +68,11 @@ pub fn test_stores(prefix: &str) -> Vec<TestStore> {
     stores
 }
 
+/// An empty SQLite store, for what only SQLite has (its file, its WAL).
+pub fn sqlite_store(prefix: &str) -> TestStore {
+    test_store(prefix, None)
+}
+
 fn test_store(prefix: &str, postgres_admin: Option<&str>) -> TestStore {
     static DATABASES: AtomicUsize = AtomicUsize::new(0);
     let dir = tempfile::tempdir().unwrap();
