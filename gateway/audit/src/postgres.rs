@@ -624,6 +624,7 @@ impl RegistryReader for PostgresReader {
     fn request(&mut self, id: &str) -> Result<Option<AccessRequest>, AuditError> {
         Ok(self.access_requests("id = $1", &[&id])?.pop())
     }
+
     fn search(
         &mut self,
         query: &crate::search::AuditQuery,
