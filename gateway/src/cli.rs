@@ -45,6 +45,9 @@ enum Command {
         /// The gateway's gRPC address.
         #[arg(long, default_value = "127.0.0.1:50051")]
         addr: SocketAddr,
+        /// The lookup panel's HTTPS address.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        panel_addr: SocketAddr,
         /// Plaintext instead of TLS (gateway) and mutual TLS (sources). Never outside a demo.
         #[arg(long)]
         insecure: bool,
@@ -531,6 +534,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             seed,
             citizens,
             addr,
+            panel_addr,
             insecure,
         } => {
             let options = DemoOptions {
@@ -538,6 +542,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 seed,
                 citizens,
                 addr,
+                panel_addr,
                 insecure,
             };
             let shutdown = shutdown_on_signal();
@@ -737,10 +742,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {}", config.server.listen))?;
             println!("samblik gateway listening on {}", listener.local_addr()?);
+            let panel = crate::server::configured_panel(&config, &pipeline).await?;
+            if let Some(p) = &panel {
+                println!("samblik panel listening on {}", p.listener.local_addr()?);
+            }
             let shutdown = shutdown_on_signal();
-            let stop = shutdown.cancelled_owned();
-            crate::server::serve_configured(pipeline, listener, tls, &config.server.limits, stop)
-                .await?;
+            let server = crate::server::serve_with_panel(
+                pipeline,
+                listener,
+                tls,
+                &config.server.limits,
+                panel,
+                shutdown.clone(),
+            );
+            with_grace(server, &shutdown).await?;
             Ok(())
         }
     }

@@ -54,6 +54,137 @@ pub struct Config {
     /// What is disclosed to whom: the rules, the statutes, the field sets and the sensitivity.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// The caseworkers' lookup panel and the auditors' pages (HTTPS); absent: no panel.
+    #[serde(default)]
+    pub panel: Option<PanelConfig>,
+}
+
+/// The lookup panel: HTTPS on a port of its own, with the gRPC port's certificate, signing in
+/// through the municipality's identity provider (OpenID Connect, authorisation-code flow).
+///
+/// ```toml
+/// [panel]
+/// listen = "0.0.0.0:8443"
+/// public_url = "https://samblik.sonderaa.kommune.example:8443"
+/// frame_ancestors = ["https://fagsystem.sonderaa.kommune.example"]
+/// [panel.oidc]
+/// authorization_endpoint = "https://idp.sonderaa.kommune.example/authorize"
+/// token_endpoint = "https://idp.sonderaa.kommune.example/token"
+/// client_id = "samblik-panel"
+/// client_secret_env = "SAMBLIK_OIDC_SECRET"
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PanelConfig {
+    /// Where the panel listens.
+    pub listen: SocketAddr,
+    /// The panel's address as browsers see it: the base of the sign-in redirect and the only
+    /// origin state-changing forms are accepted from. `https://`; `http://` only on loopback
+    /// (the demo's `--insecure`).
+    pub public_url: String,
+    /// The fagsystemer that may embed the panel in a frame (CSP `frame-ancestors`); empty: none.
+    #[serde(default)]
+    pub frame_ancestors: Vec<String>,
+    /// A session unused this long is signed out.
+    #[serde(default = "defaults::session_idle_secs")]
+    pub session_idle_secs: u64,
+    /// No session outlives this (nor its access token).
+    #[serde(default = "defaults::session_max_secs")]
+    pub session_max_secs: u64,
+    /// Most sessions held at once (the oldest unused go first).
+    #[serde(default = "defaults::max_sessions")]
+    pub max_sessions: u64,
+    /// Sign-in through the identity provider. Required: the demo's sign-in page is never
+    /// available to a configured gateway.
+    pub oidc: Option<OidcConfig>,
+}
+
+impl PanelConfig {
+    fn validate(&self, tls: bool) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(format!("panel: {m}")));
+        let Ok(url) = self.public_url.parse::<http::Uri>() else {
+            return invalid(format!("public_url {:?} is not a URL", self.public_url));
+        };
+        let loopback = matches!(url.host(), Some("127.0.0.1" | "localhost" | "[::1]"));
+        match url.scheme_str() {
+            Some("https") if tls => {}
+            Some("https") => return invalid("an https public_url needs [server.tls]".into()),
+            Some("http") if loopback && !tls => {}
+            _ => {
+                return invalid(format!(
+                    "public_url must be https:// (plain http:// only on loopback without TLS), got {:?}",
+                    self.public_url
+                ));
+            }
+        }
+        if url.path() != "/" || url.query().is_some() {
+            return invalid("public_url is an origin: no path or query".into());
+        }
+        for origin in &self.frame_ancestors {
+            let ok = origin.parse::<http::Uri>().is_ok_and(|u| {
+                u.scheme_str() == Some("https") && u.host().is_some() && u.path() == "/"
+            }) && !origin.contains([' ', ';', ',', '\'', '*']);
+            if !ok {
+                return invalid(format!(
+                    "frame_ancestors: {origin:?} is not an https:// origin"
+                ));
+            }
+        }
+        if self.session_idle_secs == 0 || self.session_idle_secs > self.session_max_secs {
+            return invalid("session_idle_secs must be between 1 and session_max_secs".into());
+        }
+        if self.max_sessions == 0 {
+            return invalid("max_sessions must be positive".into());
+        }
+        if let Some(o) = &self.oidc {
+            for (name, value) in [
+                ("authorization_endpoint", &o.authorization_endpoint),
+                ("token_endpoint", &o.token_endpoint),
+            ] {
+                if !value
+                    .parse::<http::Uri>()
+                    .is_ok_and(|u| u.scheme_str() == Some("https") && u.host().is_some())
+                {
+                    return invalid(format!("oidc.{name} must be an https:// URL"));
+                }
+            }
+            if o.client_id.trim().is_empty() {
+                return invalid("oidc.client_id must not be empty".into());
+            }
+            if !o.scopes.iter().any(|s| s == "openid") {
+                return invalid("oidc.scopes must include \"openid\"".into());
+            }
+            if o.timeout_ms == 0 {
+                return invalid("oidc.timeout_ms must be positive".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The origin state-changing forms must come from, e.g. `https://host:8443`.
+    pub fn origin(&self) -> &str {
+        self.public_url.trim_end_matches('/')
+    }
+}
+
+/// The panel's OpenID Connect client. The access token it receives is verified exactly as the
+/// gRPC API verifies a bearer token (`[auth]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub client_id: String,
+    /// The environment variable holding the client secret (none: a public client, PKCE only).
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    #[serde(default = "defaults::oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// PEM CA certificate(s) to trust for the token endpoint instead of the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "defaults::oidc_timeout_ms")]
+    pub timeout_ms: u64,
 }
 
 /// The disclosure policy. The rules themselves are a Cedar file (the shipped default when none is
@@ -532,6 +663,22 @@ pub struct SourceConfig {
 mod defaults {
     use super::{SensitivityConfig, StatuteConfig};
 
+    pub fn session_idle_secs() -> u64 {
+        30 * 60
+    }
+    pub fn session_max_secs() -> u64 {
+        10 * 3600
+    }
+    pub fn max_sessions() -> u64 {
+        10_000
+    }
+    pub fn oidc_scopes() -> Vec<String> {
+        vec!["openid".into(), "profile".into()]
+    }
+    pub fn oidc_timeout_ms() -> u64 {
+        5_000
+    }
+
     pub fn yes() -> bool {
         true
     }
@@ -667,7 +814,23 @@ impl Config {
         if let Some(p) = &mut config.policy.file {
             resolve(p);
         }
+        if let Some(ca) = config
+            .panel
+            .as_mut()
+            .and_then(|p| p.oidc.as_mut())
+            .and_then(|o| o.ca_file.as_mut())
+        {
+            resolve(ca);
+        }
         config.validate()?;
+        if let Some(panel) = &config.panel
+            && panel.oidc.is_none()
+        {
+            return Err(ConfigError::Invalid(
+                "[panel] needs [panel.oidc]: caseworkers sign in through the identity provider"
+                    .into(),
+            ));
+        }
         Ok(config)
     }
 
@@ -725,6 +888,9 @@ impl Config {
             if tls.reload_ms == 0 {
                 return invalid("server.tls.reload_ms must be positive".into());
             }
+        }
+        if let Some(panel) = &self.panel {
+            panel.validate(s.tls.is_some())?;
         }
         let a = &self.auth;
         if a.issuer.trim().is_empty() || a.audience.trim().is_empty() {

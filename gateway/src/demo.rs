@@ -34,6 +34,8 @@ pub struct DemoOptions {
     pub seed: u64,
     pub citizens: usize,
     pub addr: SocketAddr,
+    /// The lookup panel's address.
+    pub panel_addr: SocketAddr,
     /// Plaintext everywhere instead of TLS and mutual TLS (logged as a warning).
     pub insecure: bool,
 }
@@ -48,6 +50,9 @@ pub struct DemoFacts {
     pub gateway_addr: SocketAddr,
     /// The same as a URL for gRPC clients, e.g. `https://127.0.0.1:50051`.
     pub gateway_url: String,
+    /// The caseworkers' lookup panel and the auditors' pages, e.g. `https://127.0.0.1:8443/`;
+    /// its demo sign-in page lists the demo users.
+    pub panel_url: String,
     /// The demo CA (PEM) that the gateway's certificate chains to; clients trust it
     /// (`grpcurl -cacert`, `samblik lookup --cacert`). Absent with `--insecure`.
     pub ca_file: Option<PathBuf>,
@@ -158,21 +163,51 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             }
         })
         .collect();
+    let panel_listener = TcpListener::bind(options.panel_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.panel_addr))?;
+    let panel_addr = panel_listener.local_addr()?;
+    let panel_url = match pki {
+        Some(_) => format!("https://{panel_addr}"),
+        None => format!("http://{panel_addr}"),
+    };
     let mut config = demo_config(dir, gateway_addr, issuer.public_key_path(), source_configs);
     config.server.tls = pki.as_ref().map(crate::tls::demo_server_tls);
+    config.panel = Some(demo_panel_config(panel_addr, &panel_url));
     config.validate()?;
     // Keys, certificates and endpoints are all checked before anything is announced.
     let pipeline = Arc::new(server::pipeline_from_config(&config)?);
     let tls = crate::tls::listener_tls(&config)?;
-    let stop = shutdown.clone().cancelled_owned();
+
+    let facts = demo_facts(
+        &options,
+        &data,
+        gateway_addr,
+        &panel_url,
+        sources,
+        pki.as_ref(),
+    );
+    let panel = crate::panel::Panel::new(
+        Arc::clone(&pipeline),
+        config
+            .panel
+            .clone()
+            .context("the demo config has a panel")?,
+        crate::panel::SignIn::Demo(demo_sign_in(dir, &facts)),
+    )?;
+    let panel = server::PanelServer {
+        panel: Arc::new(panel),
+        listener: panel_listener,
+        tls: crate::panel::panel_tls(&config)?,
+    };
+    let stop = shutdown.clone();
     let limits = config.server.limits.clone();
     tasks.spawn(async move {
-        server::serve_configured(pipeline, listener, tls, &limits, stop)
+        server::serve_with_panel(pipeline, listener, tls, &limits, Some(panel), stop)
             .await
             .map_err(anyhow::Error::from)
     });
 
-    let facts = demo_facts(&options, &data, gateway_addr, sources, pki.as_ref());
     write_facts(&facts_path, &facts)?;
     print_welcome(&facts);
 
@@ -247,7 +282,42 @@ pub fn demo_config(
         sources,
         audit: demo_audit_config(dir),
         policy: Default::default(),
+        panel: None,
     }
+}
+
+/// The demo panel on `addr`: no fagsystem may frame it (the demo has none).
+pub fn demo_panel_config(addr: SocketAddr, public_url: &str) -> crate::config::PanelConfig {
+    crate::config::PanelConfig {
+        listen: addr,
+        public_url: public_url.to_owned(),
+        frame_ancestors: Vec::new(),
+        session_idle_secs: 30 * 60,
+        session_max_secs: 8 * 3600,
+        max_sessions: 1_000,
+        oidc: None,
+    }
+}
+
+/// How long a demo sign-in lasts.
+const DEMO_SESSION: std::time::Duration = std::time::Duration::from_secs(8 * 3600);
+
+/// The demo's sign-in page: every demo user of `facts`, with tokens the demo issuer signs.
+pub fn demo_sign_in(dir: &Path, facts: &DemoFacts) -> crate::panel::DemoSignIn {
+    let users = facts
+        .users
+        .iter()
+        .map(|u| crate::panel::DemoSignInUser {
+            id: u.id.clone(),
+            name: u.name.clone(),
+            role: u.role.clone(),
+            unit: u.unit.clone(),
+        })
+        .collect();
+    let dir = dir.to_owned();
+    crate::panel::DemoSignIn::new(users, DEMO_SESSION, move |user| {
+        token_for(&dir, user, DEMO_SESSION)
+    })
 }
 
 /// The demo's audit log, in its data directory `dir`.
@@ -372,6 +442,7 @@ fn demo_facts(
     options: &DemoOptions,
     data: &Dataset,
     gateway_addr: SocketAddr,
+    panel_url: &str,
     sources: Vec<DemoSource>,
     pki: Option<&DemoPki>,
 ) -> DemoFacts {
@@ -495,6 +566,7 @@ fn demo_facts(
             Some(_) => format!("https://{gateway_addr}"),
             None => format!("http://{gateway_addr}"),
         },
+        panel_url: format!("{panel_url}/"),
         ca_file: pki.map(|p| p.ca.clone()),
         fagsystem_cert_file: pki.map(|p| p.fagsystem.cert.clone()),
         fagsystem_key_file: pki.map(|p| p.fagsystem.key.clone()),
@@ -549,6 +621,10 @@ fn print_welcome(facts: &DemoFacts) {
             s.id, s.addr, s.department
         ));
     }
+    out.push_str(&format!(
+        "Lookup panel and auditor pages (sign in as a demo user): {}\n",
+        facts.panel_url
+    ));
     out.push_str("\nDemo users:\n");
     for u in &facts.users {
         out.push_str(&format!(

@@ -115,25 +115,7 @@ impl JwksKeys {
         let url: http::Uri = config.url.parse().map_err(|_| JwksSetupError::Url {
             url: config.url.clone(),
         })?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| JwksSetupError::Tls(e.to_string()))?;
-        let tls = match &config.ca_file {
-            Some(path) => builder
-                .with_root_certificates(read_roots(path)?)
-                .with_no_client_auth(),
-            None => builder
-                .with_native_roots()
-                .map_err(|e| JwksSetupError::Tls(e.to_string()))?
-                .with_no_client_auth(),
-        };
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .build();
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = https_client(config.ca_file.as_ref())?;
         let ttl = Duration::from_secs(config.ttl_secs);
         Ok(JwksKeys {
             inner: Arc::new(Inner {
@@ -308,6 +290,36 @@ fn jwk_algorithm(jwk: &Jwk) -> Option<Algorithm> {
         other => other == by_type,
     };
     fits.then_some(named)
+}
+
+/// An HTTPS-only client (HTTP/1.1, ring, TLS 1.2+) trusting `ca_file`'s CAs, or the system's
+/// roots without one: for the identity provider's key set and its token endpoint.
+pub(crate) fn https_client<B>(
+    ca_file: Option<&PathBuf>,
+) -> Result<Client<HttpsConnector<HttpConnector>, B>, JwksSetupError>
+where
+    B: axum::body::HttpBody + Send + 'static,
+    B::Data: Send,
+{
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| JwksSetupError::Tls(e.to_string()))?;
+    let tls = match ca_file {
+        Some(path) => builder
+            .with_root_certificates(read_roots(path)?)
+            .with_no_client_auth(),
+        None => builder
+            .with_native_roots()
+            .map_err(|e| JwksSetupError::Tls(e.to_string()))?
+            .with_no_client_auth(),
+    };
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
 fn read_roots(path: &PathBuf) -> Result<rustls::RootCertStore, JwksSetupError> {

@@ -38,6 +38,7 @@ pub mod error;
 pub mod jwks;
 pub mod jwt_crypto;
 pub mod lookup;
+pub mod panel;
 pub mod registry_api;
 pub mod server;
 pub mod tls;

@@ -475,6 +475,13 @@ impl LookupPipeline {
         self.sources.iter().map(|s| s.source.id())
     }
 
+    /// The configured sources as (id, department name), in configuration order.
+    pub fn sources(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.sources
+            .iter()
+            .map(|s| (s.source.id(), s.department.as_str()))
+    }
+
     /// Opens the request's audit draft and prepares the lookup; a refusal is recorded (durably)
     /// before it is returned.
     async fn begin(

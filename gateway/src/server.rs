@@ -52,6 +52,8 @@ pub enum ServerError {
     Tls(#[from] samblik_adapters::tls::TlsError),
     #[error(transparent)]
     Policy(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Panel(#[from] crate::panel::PanelError),
 }
 
 /// Opens the audit log of a validated config: the store, the signing key, the writer. Fails
@@ -334,6 +336,80 @@ pub async fn serve_configured(
     Ok(())
 }
 
+/// The panel's half of a gateway: the panel and where it serves.
+#[derive(Debug)]
+pub struct PanelServer {
+    pub panel: Arc<crate::panel::Panel>,
+    pub listener: TcpListener,
+    pub tls: Option<Arc<ReloadingServerConfig>>,
+}
+
+/// Builds the configured panel (signing in through the configured identity provider) and
+/// binds its port; `None` without `[panel]`.
+pub async fn configured_panel(
+    config: &Config,
+    pipeline: &Arc<LookupPipeline>,
+) -> Result<Option<PanelServer>, ServerError> {
+    let Some(panel_config) = &config.panel else {
+        return Ok(None);
+    };
+    let oidc = panel_config.oidc.as_ref().ok_or_else(|| {
+        ServerError::Panel(crate::panel::PanelError::Config(
+            "[panel] needs [panel.oidc]".into(),
+        ))
+    })?;
+    let sign_in =
+        crate::panel::SignIn::Oidc(Box::new(crate::panel::OidcClient::from_config(oidc)?));
+    let panel = crate::panel::Panel::new(Arc::clone(pipeline), panel_config.clone(), sign_in)?;
+    let tls = crate::panel::panel_tls(config)?;
+    let listener = TcpListener::bind(panel_config.listen)
+        .await
+        .map_err(crate::panel::PanelError::Io)?;
+    Ok(Some(PanelServer {
+        panel: Arc::new(panel),
+        listener,
+        tls,
+    }))
+}
+
+/// Serves the gRPC API and, when given, the panel, until `shutdown` is cancelled; then closes
+/// the audit log (its signed clean-stop record) once neither holds the pipeline any more.
+pub async fn serve_with_panel(
+    pipeline: Arc<LookupPipeline>,
+    listener: TcpListener,
+    tls: Option<Arc<ReloadingServerConfig>>,
+    limits: &LimitsConfig,
+    panel: Option<PanelServer>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), ServerError> {
+    let audit = Arc::clone(pipeline.audit_log());
+    let max_connections = limits.max_connections;
+    let stop = shutdown.clone();
+    let panel = async move {
+        match panel {
+            Some(p) => {
+                crate::panel::serve(
+                    p.panel,
+                    p.listener,
+                    p.tls,
+                    max_connections,
+                    stop.cancelled_owned(),
+                )
+                .await
+            }
+            None => Ok(()),
+        }
+    };
+    let grpc = serve_configured(pipeline, listener, tls, limits, shutdown.cancelled_owned());
+    let (grpc, panel) = tokio::join!(grpc, panel);
+    if let Ok(log) = Arc::try_unwrap(audit) {
+        log.close();
+    }
+    grpc?;
+    panel?;
+    Ok(())
+}
+
 /// The tonic face of the pipeline.
 #[derive(Debug, Clone)]
 struct LookupApi {
@@ -444,7 +520,7 @@ impl PolicyService for LookupApi {
     }
 }
 
-fn request_span(request_id: &str, rpc: &'static str) -> tracing::Span {
+pub(crate) fn request_span(request_id: &str, rpc: &'static str) -> tracing::Span {
     tracing::info_span!(
         "lookup",
         request_id = %request_id,

@@ -75,6 +75,8 @@ fn start_demo(dir: &Path, extra: &[&str], stderr: Stdio) -> (Running, serde_json
         dir.to_str().unwrap(),
         "--addr",
         "127.0.0.1:0",
+        "--panel-addr",
+        "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
     let mut demo = Running(

@@ -55,6 +55,8 @@ fn start_demo(dir: &Path) -> (std::process::Child, serde_json::Value) {
             dir.to_str().unwrap(),
             "--addr",
             "127.0.0.1:0",
+            "--panel-addr",
+            "127.0.0.1:0",
             "--insecure",
         ])
         .stdout(Stdio::null())
