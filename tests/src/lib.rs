@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod idp;
+pub mod panel;
 
 use async_trait::async_trait;
 use samblik_adapters::reference::ReferenceSource;

@@ -122,7 +122,8 @@ impl Panel {
 }
 
 /// The headers of every answer: no inline script, no framing except by configured
-/// fagsystemer, no caching of pages with personal data, no referrer (URLs name lookups).
+/// fagsystemer, no caching of pages with personal data, no referrer to other sites. (Not
+/// `no-referrer`: browsers then send `Origin: null` on forms, and the origin check needs it.)
 fn security_headers(
     config: &PanelConfig,
     secure: bool,
@@ -143,7 +144,7 @@ fn security_headers(
     let mut headers = vec![
         (header::CONTENT_SECURITY_POLICY, value(&csp)?),
         (header::X_CONTENT_TYPE_OPTIONS, value("nosniff")?),
-        (header::REFERRER_POLICY, value("no-referrer")?),
+        (header::REFERRER_POLICY, value("same-origin")?),
         (
             header::HeaderName::from_static("cross-origin-resource-policy"),
             value("same-origin")?,
