@@ -3,7 +3,7 @@
 //! throw-away CA, whose key set a test can change, take down, and count fetches of.
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -124,6 +124,71 @@ impl Default for TestPki {
     }
 }
 
+/// One request to a test HTTPS endpoint: its path and body.
+#[derive(Debug)]
+pub struct HttpsRequest {
+    pub path: String,
+    pub body: Bytes,
+}
+
+/// Answers one request: status and body.
+pub type HttpsHandler = Arc<dyn Fn(HttpsRequest) -> (hyper::StatusCode, Vec<u8>) + Send + Sync>;
+
+/// Serves `handler` over HTTPS (HTTP/1.1, `pki`'s server certificate) on a loopback port until
+/// the returned token is cancelled.
+pub async fn serve_https(pki: &TestPki, handler: HttpsHandler) -> (SocketAddr, CancellationToken) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            pki.server_cert.clone(),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.server_key.clone())),
+        )
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = s.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let Ok((tcp, _)) = accepted else { continue };
+            let (acceptor, handler) = (acceptor.clone(), Arc::clone(&handler));
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let handler = Arc::clone(&handler);
+                    async move {
+                        let path = request.uri().path().to_owned();
+                        let body = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(http_body_util::Collected::to_bytes)
+                            .unwrap_or_default();
+                        let (status, body) = handler(HttpsRequest { path, body });
+                        let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+                        *response.status_mut() = status;
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, stop)
+}
+
 /// The JWKS endpoint, serving whatever key set the test last published; stopped on drop.
 #[derive(Debug)]
 pub struct JwksServer {
@@ -147,73 +212,34 @@ impl JwksServer {
     /// Starts the endpoint on a loopback port, publishing `keys`.
     pub async fn start(keys: &[&SigningKey]) -> Self {
         let pki = TestPki::new();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                pki.server_cert.clone(),
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.server_key.clone())),
-            )
-            .unwrap();
-        let acceptor = TlsAcceptor::from(Arc::new(tls));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let fetches = Arc::new(AtomicUsize::new(0));
         let published = Arc::new(Mutex::new(
             keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>(),
         ));
         let up = Arc::new(AtomicBool::new(true));
-        let stop = CancellationToken::new();
-        let (f, p, u, s) = (
+        let (f, p, u) = (
             Arc::clone(&fetches),
             Arc::clone(&published),
             Arc::clone(&up),
-            stop.clone(),
         );
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    () = s.cancelled() => break,
-                    accepted = listener.accept() => accepted,
-                };
-                let Ok((tcp, _)) = accepted else { continue };
-                let (acceptor, f, p, u) = (
-                    acceptor.clone(),
-                    Arc::clone(&f),
-                    Arc::clone(&p),
-                    Arc::clone(&u),
-                );
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
+        let (addr, stop) = serve_https(
+            &pki,
+            Arc::new(move |_request: HttpsRequest| {
+                f.fetch_add(1, Ordering::SeqCst);
+                if u.load(Ordering::SeqCst) {
+                    let set = JwkSet {
+                        keys: p.lock().unwrap().clone(),
                     };
-                    let service =
-                        service_fn(move |_request: hyper::Request<hyper::body::Incoming>| {
-                            f.fetch_add(1, Ordering::SeqCst);
-                            let response = if u.load(Ordering::SeqCst) {
-                                let set = JwkSet {
-                                    keys: p.lock().unwrap().clone(),
-                                };
-                                hyper::Response::new(Full::new(Bytes::from(
-                                    serde_json::to_vec(&set).unwrap(),
-                                )))
-                            } else {
-                                let mut r = hyper::Response::new(Full::new(Bytes::from_static(
-                                    b"down for maintenance",
-                                )));
-                                *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
-                                r
-                            };
-                            async move { Ok::<_, std::convert::Infallible>(response) }
-                        });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
+                    (hyper::StatusCode::OK, serde_json::to_vec(&set).unwrap())
+                } else {
+                    (
+                        hyper::StatusCode::SERVICE_UNAVAILABLE,
+                        b"down for maintenance".to_vec(),
+                    )
+                }
+            }),
+        )
+        .await;
         JwksServer {
             url: format!("https://127.0.0.1:{}/jwks.json", addr.port()),
             addr,
