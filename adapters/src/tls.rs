@@ -5,11 +5,23 @@
 //! The server side is an accept loop ([`incoming`]) that hands tonic finished TLS streams (each
 //! handshake in its own task, with a timeout, so a slow client cannot stall others); the client
 //! side is a connector ([`TlsConnector`]) for `Endpoint::connect_with_connector_lazy`.
+//!
+//! A client certificate is accepted only if it chains to the configured CA, is within its
+//! validity period, is not on the listener's revocation list ([`Revoked`]) and names its holder
+//! ([`client_name`]: the subject's common name). Anything else is refused at the handshake. The
+//! verified chain reaches each request through tonic's connect info
+//! ([`tonic::Request::peer_certs`]).
 
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -42,6 +54,10 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("invalid TLS server name {0:?}")]
     ServerName(String),
+    #[error(
+        "revoked certificate {entry:?}: {message} (write serial:HEX for a serial number or sha256:HEX for a fingerprint)"
+    )]
+    Revocation { entry: String, message: String },
 }
 
 /// Whether a listener asks its clients for a certificate.
@@ -56,6 +72,279 @@ pub enum ClientAuth {
     Optional,
     /// No certificate from the configured CA, no connection.
     Required,
+}
+
+/// How a listener checks client certificates: whether it asks for one, and which of those that
+/// chain to its CA it refuses all the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCertCheck {
+    pub mode: ClientAuth,
+    /// Revoked certificates, each `serial:HEX` or `sha256:HEX` (see [`Revoked`]).
+    pub revoked: Vec<String>,
+    /// More such entries, one per line (`#` starts a comment), re-read whenever the file
+    /// changes, like the certificate files.
+    pub revoked_file: Option<PathBuf>,
+}
+
+impl From<ClientAuth> for ClientCertCheck {
+    fn from(mode: ClientAuth) -> Self {
+        ClientCertCheck {
+            mode,
+            ..ClientCertCheck::default()
+        }
+    }
+}
+
+/// Client certificates refused at the handshake although they chain to the CA: by serial number
+/// (`serial:0a:1b:…`, as `openssl x509 -serial` prints it; leading zero bytes do not matter) or
+/// by the SHA-256 fingerprint of the certificate's DER (`sha256:…`, as `openssl x509
+/// -fingerprint -sha256` prints it). Hex digits in either case, with or without colons.
+///
+/// A serial number is unique only per issuing CA: with several client CAs, one entry refuses
+/// that serial from each of them (the safe side). A fingerprint names exactly one certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revoked {
+    serials: HashSet<Vec<u8>>,
+    fingerprints: HashSet<Vec<u8>>,
+}
+
+/// The longest serial number RFC 5280 allows.
+const MAX_SERIAL_BYTES: usize = 20;
+
+impl Revoked {
+    /// Parses `entries`; the first bad one is the error.
+    pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Self, TlsError> {
+        let mut revoked = Revoked::default();
+        for entry in entries {
+            revoked.add(entry)?;
+        }
+        Ok(revoked)
+    }
+
+    fn add(&mut self, entry: &str) -> Result<(), TlsError> {
+        let bad = |message: &str| TlsError::Revocation {
+            entry: entry.to_owned(),
+            message: message.to_owned(),
+        };
+        let (kind, digits) = entry
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| bad("no serial: or sha256: prefix"))?;
+        let digits: String = digits
+            .chars()
+            .filter(|c| *c != ':' && !c.is_whitespace())
+            .collect();
+        let mut bytes = hex::decode(&digits).map_err(|_| bad("not hexadecimal"))?;
+        match kind.trim().to_ascii_lowercase().as_str() {
+            "serial" => {
+                bytes = significant(&bytes).to_vec();
+                if bytes.is_empty() || bytes.len() > MAX_SERIAL_BYTES {
+                    return Err(bad("a serial number is 1 to 20 bytes, not zero"));
+                }
+                self.serials.insert(bytes);
+            }
+            "sha256" => {
+                if bytes.len() != 32 {
+                    return Err(bad("a SHA-256 fingerprint is 32 bytes (64 hex digits)"));
+                }
+                self.fingerprints.insert(bytes);
+            }
+            _ => return Err(bad("unknown prefix")),
+        }
+        Ok(())
+    }
+
+    /// Adds the entries of a revocation file: one per line, blank lines and `#` comments
+    /// ignored.
+    fn add_file(&mut self, path: &Path) -> Result<(), TlsError> {
+        let text = String::from_utf8(read(path)?).map_err(|_| TlsError::Invalid {
+            path: path.to_owned(),
+            message: "not UTF-8 text".into(),
+        })?;
+        for line in text.lines() {
+            let entry = line.split('#').next().unwrap_or_default().trim();
+            if !entry.is_empty() {
+                self.add(entry).map_err(|e| TlsError::Invalid {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `cert` is revoked. A certificate that does not parse counts as revoked.
+    pub fn contains(&self, cert: &CertificateDer<'_>) -> bool {
+        if self.fingerprints.contains(sha256(cert).as_ref()) {
+            return true;
+        }
+        match webpki::EndEntityCert::try_from(cert) {
+            Ok(parsed) => self.serials.contains(significant(parsed.serial())),
+            Err(_) => true,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.serials.is_empty() && self.fingerprints.is_empty()
+    }
+}
+
+/// A big-endian number without its leading zero bytes (DER adds one to keep it positive).
+fn significant(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    &bytes[start..]
+}
+
+fn sha256(cert: &CertificateDer<'_>) -> ring::digest::Digest {
+    ring::digest::digest(&ring::digest::SHA256, cert.as_ref())
+}
+
+/// A certificate's revocation entry by fingerprint: `sha256:` and the SHA-256 of its DER in
+/// lowercase hex.
+pub fn sha256_fingerprint(cert: &CertificateDer<'_>) -> String {
+    format!("sha256:{}", hex::encode(sha256(cert)))
+}
+
+/// The longest holder name accepted from a certificate.
+const MAX_NAME_CHARS: usize = 128;
+
+/// The name a client certificate gives its holder: the subject's common name (the first, if
+/// there are several), as UTF8String, PrintableString or IA5String. `None` if the certificate
+/// does not parse, has no such name, or the name is empty, longer than 128 characters or holds
+/// control characters.
+///
+/// The common name rather than a subject alternative name, because that is where the
+/// certificates municipalities issue to systems (OCES system and organisation certificates)
+/// carry the system's name.
+pub fn client_name(cert: &CertificateDer<'_>) -> Option<String> {
+    const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03]; // 2.5.4.3
+    const SET: u8 = 0x31;
+    const SEQUENCE: u8 = 0x30;
+    const OID: u8 = 0x06;
+    const STRINGS: [u8; 3] = [0x0c, 0x13, 0x16]; // UTF8String, PrintableString, IA5String
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    // The subject is a sequence of sets (relative distinguished names) of sequences (type and
+    // value); webpki hands over the outer sequence's content.
+    let mut rdns = parsed.subject();
+    while !rdns.is_empty() {
+        let (tag, mut attributes, rest) = der_tlv(rdns)?;
+        rdns = rest;
+        if tag != SET {
+            return None;
+        }
+        while !attributes.is_empty() {
+            let (tag, attribute, rest) = der_tlv(attributes)?;
+            attributes = rest;
+            if tag != SEQUENCE {
+                return None;
+            }
+            let (tag, oid, value) = der_tlv(attribute)?;
+            if tag != OID || oid != COMMON_NAME {
+                continue;
+            }
+            let (tag, text, _) = der_tlv(value)?;
+            if !STRINGS.contains(&tag) {
+                return None;
+            }
+            let name = std::str::from_utf8(text).ok()?.trim();
+            let valid = !name.is_empty()
+                && name.chars().count() <= MAX_NAME_CHARS
+                && !name.chars().any(char::is_control);
+            return valid.then(|| name.to_owned());
+        }
+    }
+    None
+}
+
+/// One DER element at the start of `input`: its tag, its content and what follows it. `None` if
+/// `input` does not start with a complete element (single-byte tags, lengths up to 4 bytes).
+fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    if tag & 0x1f == 0x1f {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (length, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let (digits, rest) = rest.split_at(count);
+        let length = digits
+            .iter()
+            .fold(0usize, |n, digit| (n << 8) | usize::from(*digit));
+        (length, rest)
+    };
+    if rest.len() < length {
+        return None;
+    }
+    let (content, rest) = rest.split_at(length);
+    Some((tag, content, rest))
+}
+
+/// rustls's WebPKI client verifier, and then: not revoked, and it names its holder.
+#[derive(Debug)]
+struct CheckedClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Revoked,
+}
+
+impl ClientCertVerifier for CheckedClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if self.revoked.contains(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        if client_name(end_entity).is_none() {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The PEM files one side of a TLS connection is made of.
@@ -129,14 +418,22 @@ fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// A server config from `files`: only TLS 1.2/1.3 with safe defaults, HTTP/2 by ALPN.
-pub fn server_config(files: &TlsFiles, client_auth: ClientAuth) -> Result<ServerConfig, TlsError> {
+/// A server config from `files`: only TLS 1.2/1.3 with safe defaults, HTTP/2 by ALPN; client
+/// certificates as `clients` says.
+pub fn server_config(
+    files: &TlsFiles,
+    clients: &ClientCertCheck,
+) -> Result<ServerConfig, TlsError> {
     let builder =
         ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    let builder = match (client_auth, &files.ca_file) {
+    let builder = match (clients.mode, &files.ca_file) {
         (ClientAuth::Off, _) => builder.with_no_client_auth(),
-        (_, None) => return Err(TlsError::NoClientCa(client_auth)),
+        (mode, None) => return Err(TlsError::NoClientCa(mode)),
         (mode, Some(ca)) => {
+            let mut revoked = Revoked::parse(clients.revoked.iter().map(String::as_str))?;
+            if let Some(file) = &clients.revoked_file {
+                revoked.add_file(file)?;
+            }
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(read_roots(ca)?), provider());
             let verifier = if mode == ClientAuth::Optional {
@@ -148,7 +445,10 @@ pub fn server_config(files: &TlsFiles, client_auth: ClientAuth) -> Result<Server
                 path: ca.clone(),
                 message: e.to_string(),
             })?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(Arc::new(CheckedClientVerifier {
+                inner: verifier,
+                revoked,
+            }))
         }
     };
     let mut config =
@@ -175,20 +475,15 @@ pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
 /// What the files looked like when last loaded: a change of any means "reload".
 type Stamps = Vec<Option<(SystemTime, u64)>>;
 
-fn stamps(files: &TlsFiles) -> Stamps {
-    [
-        Some(&files.cert_file),
-        Some(&files.key_file),
-        files.ca_file.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|p| {
-        std::fs::metadata(p)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len())))
-    })
-    .collect()
+fn stamps(paths: &[PathBuf]) -> Stamps {
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
 }
 
 type Build<C> = Box<dyn Fn(&TlsFiles) -> Result<C, TlsError> + Send + Sync>;
@@ -197,6 +492,8 @@ type Build<C> = Box<dyn Fn(&TlsFiles) -> Result<C, TlsError> + Send + Sync>;
 /// loaded without error.
 pub struct Reloading<C> {
     files: TlsFiles,
+    /// Every file the config is made of: `files` and any other (a revocation list).
+    watched: Vec<PathBuf>,
     build: Build<C>,
     current: RwLock<Arc<C>>,
     loaded: Mutex<Stamps>,
@@ -211,11 +508,25 @@ impl<C> std::fmt::Debug for Reloading<C> {
 }
 
 impl<C: Send + Sync + 'static> Reloading<C> {
-    fn new(files: TlsFiles, build: Build<C>) -> Result<Arc<Self>, TlsError> {
-        let loaded = stamps(&files);
+    fn new(
+        files: TlsFiles,
+        extra: Option<PathBuf>,
+        build: Build<C>,
+    ) -> Result<Arc<Self>, TlsError> {
+        let watched: Vec<PathBuf> = [
+            Some(files.cert_file.clone()),
+            Some(files.key_file.clone()),
+            files.ca_file.clone(),
+            extra,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let loaded = stamps(&watched);
         let config = build(&files)?;
         Ok(Arc::new(Reloading {
             files,
+            watched,
             build,
             current: RwLock::new(Arc::new(config)),
             loaded: Mutex::new(loaded),
@@ -233,7 +544,7 @@ impl<C: Send + Sync + 'static> Reloading<C> {
     /// Reloads if any file changed since the last load. `Ok(true)` if a new config is in use;
     /// on error the previous one stays.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now = stamps(&self.files);
+        let now = stamps(&self.watched);
         let mut loaded = match self.loaded.lock() {
             Ok(l) => l,
             Err(poisoned) => poisoned.into_inner(),
@@ -280,14 +591,21 @@ pub type ReloadingServerConfig = Reloading<ServerConfig>;
 pub type ReloadingClientConfig = Reloading<ClientConfig>;
 
 impl Reloading<ServerConfig> {
-    pub fn server(files: TlsFiles, client_auth: ClientAuth) -> Result<Arc<Self>, TlsError> {
-        Self::new(files, Box::new(move |f| server_config(f, client_auth)))
+    /// A listener's config; `clients` is a [`ClientAuth`] or, with a revocation list, a
+    /// [`ClientCertCheck`] (whose revocation file is watched with the others).
+    pub fn server(
+        files: TlsFiles,
+        clients: impl Into<ClientCertCheck>,
+    ) -> Result<Arc<Self>, TlsError> {
+        let clients = clients.into();
+        let extra = clients.revoked_file.clone();
+        Self::new(files, extra, Box::new(move |f| server_config(f, &clients)))
     }
 }
 
 impl Reloading<ClientConfig> {
     pub fn client(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
-        Self::new(files, Box::new(client_config))
+        Self::new(files, None, Box::new(client_config))
     }
 }
 
@@ -483,5 +801,115 @@ impl tonic::codegen::Service<http::Uri> for TlsConnector {
             let tls = connector.connect(server_name, tcp).await?;
             Ok(TokioIo::new(tls))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair, SerialNumber};
+
+    fn cert(edit: impl FnOnce(&mut CertificateParams)) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(vec!["dubu.kommune.example".to_owned()]).unwrap();
+        edit(&mut params);
+        params
+            .self_signed(&KeyPair::generate().unwrap())
+            .unwrap()
+            .der()
+            .clone()
+    }
+
+    #[test]
+    fn a_certificate_is_named_by_its_subject_common_name() {
+        let named = cert(|p| {
+            p.distinguished_name
+                .push(DnType::OrganizationName, "Sønderå Kommune");
+            p.distinguished_name.push(DnType::CommonName, "DUBU ærø");
+        });
+        assert_eq!(client_name(&named).as_deref(), Some("DUBU ærø"));
+        let printable = cert(|p| {
+            p.distinguished_name.push(
+                DnType::CommonName,
+                rcgen::DnValue::PrintableString("dubu".try_into().unwrap()),
+            );
+        });
+        assert_eq!(client_name(&printable).as_deref(), Some("dubu"));
+        // A subject alternative name is not a name here, and neither is an empty or a
+        // control-character one.
+        let unnamed = cert(|p| {
+            p.distinguished_name = rcgen::DistinguishedName::new();
+            p.distinguished_name
+                .push(DnType::OrganizationName, "Sønderå Kommune");
+        });
+        assert_eq!(client_name(&unnamed), None);
+        let sneaky = cert(|p| p.distinguished_name.push(DnType::CommonName, "a\nb"));
+        assert_eq!(client_name(&sneaky), None);
+        let long = cert(|p| {
+            p.distinguished_name
+                .push(DnType::CommonName, "x".repeat(MAX_NAME_CHARS + 1))
+        });
+        assert_eq!(client_name(&long), None);
+        assert_eq!(client_name(&CertificateDer::from(vec![0x30, 0x03])), None);
+    }
+
+    #[test]
+    fn der_elements_are_read_only_when_complete() {
+        assert_eq!(
+            der_tlv(&[0x04, 0x01, 0xaa, 0xbb]),
+            Some((0x04, &[0xaa][..], &[0xbb][..]))
+        );
+        let long: Vec<u8> = [0x04, 0x81, 0x80].into_iter().chain([7; 0x80]).collect();
+        assert_eq!(der_tlv(&long).map(|(_, c, _)| c.len()), Some(0x80));
+        for bad in [
+            &[][..],
+            &[0x04],
+            &[0x04, 0x02, 0x00],
+            &[0x04, 0x80],
+            &[0x1f, 0x00],
+            &[0x04, 0x85, 1, 1, 1, 1, 1],
+        ] {
+            assert_eq!(der_tlv(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn revocation_by_serial_number_or_fingerprint() {
+        let serial = cert(|p| p.serial_number = Some(SerialNumber::from(vec![0x00, 0x8a, 0x01])));
+        let other = cert(|p| p.serial_number = Some(SerialNumber::from(vec![0x8a, 0x02])));
+        for entry in ["serial:8a01", "serial:00:8A:01", " SERIAL: 8a 01 "] {
+            let revoked = Revoked::parse([entry]).unwrap();
+            assert!(revoked.contains(&serial), "{entry}");
+            assert!(!revoked.contains(&other), "{entry}");
+        }
+        let fingerprint = sha256_fingerprint(&other);
+        assert!(fingerprint.starts_with("sha256:") && fingerprint.len() == 7 + 64);
+        let revoked = Revoked::parse([fingerprint
+            .to_uppercase()
+            .replace("SHA256", "sha256")
+            .as_str()])
+        .unwrap();
+        assert!(revoked.contains(&other));
+        assert!(!revoked.contains(&serial));
+        assert!(!Revoked::default().contains(&serial));
+        // What does not parse is refused.
+        assert!(Revoked::default().contains(&CertificateDer::from(vec![0x30, 0x00])));
+    }
+
+    #[test]
+    fn bad_revocation_entries_are_refused_with_the_entry() {
+        for bad in [
+            "8a01",
+            "serial:",
+            "serial:00",
+            "serial:xyz",
+            "md5:00",
+            "sha256:abcd",
+            &format!("serial:{}", "01".repeat(21)),
+        ] {
+            let err = Revoked::parse([bad]).unwrap_err();
+            assert!(matches!(err, TlsError::Revocation { .. }), "{bad}: {err}");
+        }
     }
 }

@@ -48,8 +48,15 @@ impl AuditDraft {
                 name: caller.name.clone(),
                 department: caller.department.clone(),
                 municipality: caller.municipality.clone(),
-                system: None,
+                system: e.actor.system.take(),
             };
+        }
+    }
+
+    /// The system calling on the caller's behalf, as its client certificate names it.
+    pub fn system(&mut self, name: &str) {
+        if let Some(e) = self.event_mut() {
+            e.actor.system = Some(name.to_owned());
         }
     }
 

@@ -7,10 +7,18 @@
 //! configured claim), so an ID token is refused. Header fields that point elsewhere (`jku`,
 //! `x5u`, `jwk`, `x5c`) are never read. Claims become a [`Caller`] through the configured claim
 //! names.
+//!
+//! A system (fagsystem) calling on a caseworker's behalf is known by its TLS client certificate
+//! alone: the subject common name of the chain the connection was verified with
+//! ([`Credentials::system_name`]), checked against the configured [`Systems`]. No header names a
+//! system; an `x-system` or the like is ignored.
 
-use crate::config::{AuthConfig, ClaimsConfig, KeyAlgorithm, ROLES};
+use crate::config::{AuthConfig, ClaimsConfig, ClientAuth, ConfigError, KeyAlgorithm, ROLES};
+use crate::config::{SystemConfig, TlsConfig};
 use crate::jwks::{JwksKeys, JwksSetupError, MAX_KID_BYTES, PublicKey};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use rustls::pki_types::CertificateDer;
+use samblik_proto::v1::Purpose;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -37,6 +45,131 @@ pub struct Caller {
     /// their own access log and nothing else.
     pub citizen: Option<samblik_proto::Cpr>,
 }
+
+/// What a request is authenticated by: its metadata (the caseworker's bearer token) and the
+/// client certificate chain its TLS connection was verified with (the calling system).
+#[derive(Debug, Clone)]
+pub struct Credentials<'a> {
+    pub metadata: &'a MetadataMap,
+    /// The verified chain, leaf first; `None` without TLS or without a client certificate.
+    pub peer_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+impl<'a> Credentials<'a> {
+    /// The credentials `request` arrived with.
+    pub fn of<T>(request: &'a tonic::Request<T>) -> Self {
+        Credentials {
+            metadata: request.metadata(),
+            peer_certs: request.peer_certs(),
+        }
+    }
+
+    /// The calling system's name: its verified client certificate's subject common name.
+    /// `Ok(None)` when no certificate was presented; an error when one was but names no one
+    /// (the handshake refuses those, so this is a second line).
+    pub fn system_name(&self) -> Result<Option<String>, AuthError> {
+        let Some(leaf) = self.peer_certs.as_ref().and_then(|chain| chain.first()) else {
+            return Ok(None);
+        };
+        samblik_adapters::tls::client_name(leaf)
+            .map(Some)
+            .ok_or(AuthError::UnnamedCertificate)
+    }
+}
+
+/// A system (fagsystem) calling on a caseworker's behalf, and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallingSystem {
+    /// Its client certificate's subject common name.
+    pub name: String,
+    /// The sources its lookups may ask; `None`: every source.
+    pub sources: Option<Vec<String>>,
+    /// The purposes it may look up for; `None`: every purpose.
+    pub purposes: Option<Vec<Purpose>>,
+}
+
+impl CallingSystem {
+    fn unrestricted(name: &str) -> Self {
+        CallingSystem {
+            name: name.to_owned(),
+            sources: None,
+            purposes: None,
+        }
+    }
+
+    pub fn may_ask(&self, source_id: &str) -> bool {
+        self.sources
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|id| id == source_id))
+    }
+
+    pub fn may_look_up_for(&self, purpose: Purpose) -> bool {
+        self.purposes.as_ref().is_none_or(|p| p.contains(&purpose))
+    }
+}
+
+/// The calling systems the listener's config names, and whether others are let in.
+#[derive(Debug, Clone, Default)]
+pub struct Systems {
+    listed: HashMap<String, Arc<CallingSystem>>,
+    require_listed: bool,
+}
+
+impl Systems {
+    /// The systems of the listener's TLS config (none without TLS or client certificates).
+    pub fn from_config(tls: Option<&TlsConfig>) -> Result<Self, ConfigError> {
+        let Some(tls) = tls.filter(|t| t.client_certs != ClientAuth::Off) else {
+            return Ok(Systems::default());
+        };
+        let system = |c: &SystemConfig| -> Result<CallingSystem, ConfigError> {
+            let purposes = c
+                .purposes
+                .as_ref()
+                .map(|codes| {
+                    codes
+                        .iter()
+                        .map(|code| {
+                            Purpose::from_code(code).ok_or_else(|| {
+                                ConfigError::Invalid(format!(
+                                    "server.tls.systems {:?}: unknown purpose {code:?}",
+                                    c.name
+                                ))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?;
+            Ok(CallingSystem {
+                name: c.name.clone(),
+                sources: c.sources.clone(),
+                purposes,
+            })
+        };
+        Ok(Systems {
+            listed: tls
+                .systems
+                .iter()
+                .map(|c| Ok((c.name.clone(), Arc::new(system(c)?))))
+                .collect::<Result<_, ConfigError>>()?,
+            require_listed: tls.require_listed_systems,
+        })
+    }
+
+    /// The system named `name` with its restrictions; one not listed is let in without
+    /// restrictions, unless only listed systems are.
+    pub fn admit(&self, name: &str) -> Result<Arc<CallingSystem>, SystemRefused> {
+        match self.listed.get(name) {
+            Some(system) => Ok(Arc::clone(system)),
+            None if self.require_listed => Err(SystemRefused),
+            None => Ok(Arc::new(CallingSystem::unrestricted(name))),
+        }
+    }
+}
+
+/// A client certificate's system is not in the configured list, and only listed ones are let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the calling system is not configured in server.tls.systems")]
+pub struct SystemRefused;
 
 /// Why a request is not authenticated. Only for the log: callers get one generic message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +200,8 @@ pub enum AuthError {
     Invalid(String),
     #[error("token lacks the claim {0}")]
     MissingClaim(String),
+    #[error("the client certificate names no system (subject common name)")]
+    UnnamedCertificate,
 }
 
 /// The auth configuration could not be turned into verifying keys.
@@ -485,6 +620,52 @@ mod tests {
         assert!(auth.verify(&tampered).is_err());
         assert!(auth.verify(&token).is_ok());
         assert!(auth.verify(&tampered).is_err());
+    }
+
+    #[test]
+    fn listed_systems_keep_their_limits_and_others_are_let_in_only_if_allowed() {
+        let mut tls = TlsConfig {
+            client_certs: ClientAuth::Optional,
+            client_ca_file: Some("ca.pem".into()),
+            ..TlsConfig::new("c.pem".into(), "k.pem".into())
+        };
+        tls.systems = vec![SystemConfig {
+            name: "DUBU".into(),
+            sources: Some(vec!["jobcenter".into()]),
+            purposes: Some(vec!["follow-up".into()]),
+        }];
+        let systems = Systems::from_config(Some(&tls)).unwrap();
+        let dubu = systems.admit("DUBU").unwrap();
+        assert!(dubu.may_ask("jobcenter") && !dubu.may_ask("child-welfare"));
+        assert!(dubu.may_look_up_for(Purpose::FollowUp));
+        assert!(!dubu.may_look_up_for(Purpose::PrepareMeeting));
+        let other = systems.admit("KMD Momentum").unwrap();
+        assert!(other.may_ask("child-welfare") && other.may_look_up_for(Purpose::Coordinate));
+        // Names are exact: no case folding, no trimming.
+        assert_eq!(systems.admit("dubu").unwrap().purposes, None);
+
+        tls.require_listed_systems = true;
+        let systems = Systems::from_config(Some(&tls)).unwrap();
+        assert!(systems.admit("DUBU").is_ok());
+        assert_eq!(systems.admit("KMD Momentum"), Err(SystemRefused));
+
+        tls.systems[0].purposes = Some(vec!["curiosity".into()]);
+        assert!(Systems::from_config(Some(&tls)).is_err());
+    }
+
+    #[test]
+    fn no_certificate_is_no_system_and_an_unnamed_one_is_refused() {
+        let metadata = MetadataMap::new();
+        let none = Credentials {
+            metadata: &metadata,
+            peer_certs: None,
+        };
+        assert_eq!(none.system_name(), Ok(None));
+        let garbage = Credentials {
+            metadata: &metadata,
+            peer_certs: Some(Arc::new(vec![CertificateDer::from(vec![0x30, 0x00])])),
+        };
+        assert_eq!(garbage.system_name(), Err(AuthError::UnnamedCertificate));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The `samblik` command line: `demo`, `synth`, `source`, `token`, `lookup`, `serve`.
 
-use crate::config::Config;
+use crate::config::{ClientAuth, Config, TlsConfig};
 use crate::demo::{self, DemoOptions};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -61,7 +61,14 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Run one reference source service over a data directory.
+    /// Run one reference source service over a data directory: over mutual TLS, where only a
+    /// client with a certificate of --client-ca (the gateway's) gets an answer, or in plaintext
+    /// with --insecure.
+    #[command(group(
+        clap::ArgGroup::new("transport")
+            .required(true)
+            .args(["tls_cert", "insecure"])
+    ))]
     Source {
         /// child-welfare, jobcenter or integration.
         #[arg(long)]
@@ -70,6 +77,20 @@ enum Command {
         data: PathBuf,
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// The source's certificate chain (PEM); re-read when it changes.
+        #[arg(long, requires_all = ["tls_key", "client_ca"])]
+        tls_cert: Option<PathBuf>,
+        /// The source's private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// The CA the gateway's client certificate must chain to (PEM); a client without such a
+        /// certificate is refused at the handshake.
+        #[arg(long, requires = "tls_cert")]
+        client_ca: Option<PathBuf>,
+        /// Plaintext, no TLS: anyone who reaches the port can read citizens' cases. Only for a
+        /// demo or a test on loopback.
+        #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
+        insecure: bool,
     },
     /// Print a signed access token for a demo user.
     Token {
@@ -567,24 +588,55 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Source { kind, data, listen } => {
-            let source = ReferenceSource::load(&data, kind)
-                .with_context(|| format!("cannot load the {kind} data from {}", data.display()))?;
+        Command::Source {
+            kind,
+            data,
+            listen,
+            tls_cert,
+            tls_key,
+            client_ca,
+            insecure,
+        } => {
+            let source =
+                Arc::new(ReferenceSource::load(&data, kind).with_context(|| {
+                    format!("cannot load the {kind} data from {}", data.display())
+                })?);
+            // The TLS files are loaded before the port is bound: a bad one fails first.
+            let tls = match (tls_cert, tls_key, client_ca) {
+                (Some(cert), Some(key), Some(ca)) => Some(
+                    crate::tls::server_tls(&TlsConfig {
+                        client_certs: ClientAuth::Required,
+                        client_ca_file: Some(ca),
+                        ..TlsConfig::new(cert, key)
+                    })
+                    .context("cannot load the source's TLS files")?,
+                ),
+                _ if insecure => None,
+                // clap refuses this already; never fall back to plaintext.
+                _ => anyhow::bail!(
+                    "give --tls-cert, --tls-key and --client-ca, or --insecure for plaintext"
+                ),
+            };
             let listener = TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
+            let addr = listener.local_addr()?;
             // Scripts and tests read this line to learn the port when listening on port 0.
-            println!(
-                "samblik source {kind} listening on {}",
-                listener.local_addr()?
-            );
+            println!("samblik source {kind} listening on {addr}");
             let shutdown = shutdown_on_signal();
-            let server = samblik_adapters::server::serve(
-                Arc::new(source),
-                listener,
-                shutdown.clone().cancelled_owned(),
-            );
-            with_grace(server, &shutdown).await?;
+            let stop = shutdown.clone().cancelled_owned();
+            match tls {
+                Some(tls) => {
+                    tracing::info!(source = %kind, addr = %addr, "source listening (mutual TLS)");
+                    let server = samblik_adapters::server::serve_tls(source, listener, tls, stop);
+                    with_grace(server, &shutdown).await?;
+                }
+                None => {
+                    tracing::warn!(source = %kind, addr = %addr, "source listening in PLAINTEXT (--insecure): anyone who reaches this port can read citizens' cases");
+                    let server = samblik_adapters::server::serve(source, listener, stop);
+                    with_grace(server, &shutdown).await?;
+                }
+            }
             Ok(())
         }
         Command::Token {

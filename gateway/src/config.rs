@@ -21,6 +21,37 @@
 //! endpoint = "http://jobcenter-adapter:50061"
 //! timeout_ms = 2000
 //! ```
+//!
+//! TLS on the gRPC port, with the calling systems (fagsystemer) known by their client
+//! certificates:
+//!
+//! ```toml
+//! [server.tls]
+//! cert_file = "tls/gateway.pem"
+//! key_file = "tls/gateway.key.pem"
+//! client_certs = "optional"            # off | optional | required
+//! client_ca_file = "tls/fagsystem-ca.pem"
+//! revoked = ["serial:5a:11:0c", "sha256:9f86d081…"]
+//! revoked_file = "tls/revoked.txt"     # one entry per line, re-read on change
+//! require_listed_systems = false
+//!
+//! [[server.tls.systems]]
+//! name = "DUBU"                        # the certificate's subject common name
+//! sources = ["jobcenter", "integration"]
+//! purposes = ["prepare-meeting", "follow-up"]
+//! ```
+//!
+//! A calling system is the subject common name of its connection's verified client certificate;
+//! no header names one. Every audit record carries it (`actor.system`). A listed system's lookups
+//! (and policy explanations) ask only its `sources` — the others are in the answer as `DENIED`,
+//! unasked — and are refused (PERMISSION_DENIED, audited) for a purpose not in its `purposes`;
+//! leaving either out allows all. The caller's own department's source is still consulted to
+//! establish the caller's relation to the citizen (nothing of it is shown unless the system may
+//! ask it). A certificate of the CA whose name is not listed is a system without limits,
+//! unless `require_listed_systems`, which refuses it (PERMISSION_DENIED, audited). A client
+//! without a certificate (`optional`) is no system: the caseworker's token alone decides.
+//! Certificates that are expired, from another CA, named by no common name, or `revoked` (by
+//! serial number or SHA-256 fingerprint) are refused at the TLS handshake.
 
 pub use samblik_adapters::tls::ClientAuth;
 use serde::Deserialize;
@@ -476,6 +507,54 @@ pub struct TlsConfig {
     /// How often the files are checked for changes.
     #[serde(default = "defaults::tls_reload_ms")]
     pub reload_ms: u64,
+    /// Client certificates refused at the handshake although they chain to `client_ca_file`:
+    /// `serial:HEX` (serial number) or `sha256:HEX` (fingerprint of the certificate).
+    #[serde(default)]
+    pub revoked: Vec<String>,
+    /// More such entries, one per line (`#` comments), re-read when the file changes.
+    #[serde(default)]
+    pub revoked_file: Option<PathBuf>,
+    /// Refuse (PERMISSION_DENIED) a client certificate whose name is not in `systems`. Without
+    /// it, an unlisted certificate of the CA is a system without restrictions.
+    #[serde(default)]
+    pub require_listed_systems: bool,
+    /// What each calling system (fagsystem), named by its client certificate, may do.
+    #[serde(default)]
+    pub systems: Vec<SystemConfig>,
+}
+
+impl TlsConfig {
+    /// TLS with this certificate and key, no client certificates.
+    pub fn new(cert_file: PathBuf, key_file: PathBuf) -> Self {
+        TlsConfig {
+            cert_file,
+            key_file,
+            client_certs: ClientAuth::Off,
+            client_ca_file: None,
+            reload_ms: defaults::tls_reload_ms(),
+            revoked: Vec::new(),
+            revoked_file: None,
+            require_listed_systems: false,
+            systems: Vec::new(),
+        }
+    }
+}
+
+/// One calling system and what it may do. A request's system is the subject common name of its
+/// connection's verified client certificate, never anything the request says.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemConfig {
+    /// The subject common name of the system's client certificate.
+    pub name: String,
+    /// The sources (ids) its lookups may ask; absent: every source. Others are reported
+    /// `DENIED` without being asked.
+    #[serde(default)]
+    pub sources: Option<Vec<String>>,
+    /// The purposes (codes, e.g. `prepare-meeting`) it may look up for; absent: every purpose.
+    /// Others are refused with PERMISSION_DENIED.
+    #[serde(default)]
+    pub purposes: Option<Vec<String>>,
 }
 
 /// Mutual TLS to a source: the source's certificate must chain to `ca_file` and be valid for
@@ -805,6 +884,9 @@ impl Config {
             if let Some(ca) = tls.client_ca_file.as_mut() {
                 resolve(ca);
             }
+            if let Some(revoked) = tls.revoked_file.as_mut() {
+                resolve(revoked);
+            }
         }
         for tls in config.sources.iter_mut().filter_map(|s| s.tls.as_mut()) {
             resolve(&mut tls.ca_file);
@@ -888,6 +970,7 @@ impl Config {
             if tls.reload_ms == 0 {
                 return invalid("server.tls.reload_ms must be positive".into());
             }
+            self.validate_client_certs(tls)?;
         }
         if let Some(panel) = &self.panel {
             panel.validate(s.tls.is_some())?;
@@ -1035,6 +1118,66 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The revocation list and the calling systems of the listener's TLS.
+    fn validate_client_certs(&self, tls: &TlsConfig) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if tls.client_certs == ClientAuth::Off
+            && (!tls.systems.is_empty()
+                || tls.require_listed_systems
+                || !tls.revoked.is_empty()
+                || tls.revoked_file.is_some())
+        {
+            return invalid(
+                "server.tls: systems, require_listed_systems, revoked and revoked_file need client_certs = \"optional\" or \"required\""
+                    .into(),
+            );
+        }
+        if let Err(e) =
+            samblik_adapters::tls::Revoked::parse(tls.revoked.iter().map(String::as_str))
+        {
+            return invalid(format!("server.tls.revoked: {e}"));
+        }
+        let mut names = HashSet::new();
+        for system in &tls.systems {
+            let name = system.name.trim();
+            if name.is_empty()
+                || name != system.name
+                || name.chars().count() > 128
+                || name.chars().any(char::is_control)
+                || !names.insert(name)
+            {
+                return invalid(format!(
+                    "server.tls.systems: name {:?} is empty, repeated, padded or not a certificate's common name",
+                    system.name
+                ));
+            }
+            let limit = |field: &str, list: &Option<Vec<String>>, known: &[&str]| {
+                let context = |what: String| format!("server.tls.systems {name:?}: {what}");
+                match list {
+                    Some(list) if list.is_empty() => invalid(context(format!(
+                        "{field} = [] allows nothing; leave it out to allow every one"
+                    ))),
+                    Some(list) => match list.iter().find(|item| !known.contains(&item.as_str())) {
+                        Some(unknown) => invalid(context(format!(
+                            "unknown {} {unknown:?}; {field} are {}",
+                            field.trim_end_matches('s'),
+                            known.join(", ")
+                        ))),
+                        None => Ok(()),
+                    },
+                    None => Ok(()),
+                }
+            };
+            let source_ids: Vec<&str> = self.sources.iter().map(|s| s.id.as_str()).collect();
+            limit("sources", &system.sources, &source_ids)?;
+            let purposes = samblik_proto::v1::Purpose::ALL.map(|p| p.code());
+            limit("purposes", &system.purposes, &purposes)?;
+        }
+        Ok(())
+    }
+}
+
 impl ServerConfig {
     pub fn default_deadline(&self) -> Duration {
         Duration::from_millis(self.default_deadline_ms)
@@ -1110,6 +1253,17 @@ mod tests {
         let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
+    }
+
+    /// Each config text is refused with an error that contains its needle.
+    fn refused_with<'a>(cases: impl IntoIterator<Item = (String, &'a str)>) {
+        for (text, needle) in cases {
+            let err = parse(&text);
+            assert!(
+                err.as_ref().is_err_and(|e| e.contains(needle)),
+                "expected an error containing {needle:?}, got {err:?}"
+            );
+        }
     }
 
     #[test]
@@ -1200,13 +1354,65 @@ mod tests {
                 "prune_interval_secs = 0",
             ),
         ];
-        for (text, needle) in cases {
-            let err = parse(&text);
-            assert!(
-                err.as_ref().is_err_and(|e| e.contains(needle)),
-                "expected an error containing {needle:?}, got {err:?}"
-            );
-        }
+        refused_with(cases);
+    }
+
+    const CLIENT_TLS: &str = "\n[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_certs = \"optional\"\nclient_ca_file = \"ca.pem\"\n";
+
+    #[test]
+    fn calling_systems_name_known_sources_and_purposes() {
+        let good = format!(
+            "{GOOD}{CLIENT_TLS}revoked = [\"serial:0a:1b\", \"sha256:{}\"]\n[[server.tls.systems]]\nname = \"DUBU\"\nsources = [\"jobcenter\"]\npurposes = [\"follow-up\"]\n[[server.tls.systems]]\nname = \"KMD Momentum\"\n",
+            "ab".repeat(32)
+        );
+        let config = parse(&good);
+        assert!(config.is_ok(), "{config:?}");
+        let tls = config
+            .ok()
+            .and_then(|c| c.server.tls)
+            .unwrap_or_else(|| unreachable!());
+        assert_eq!(tls.systems.len(), 2);
+        assert_eq!(tls.systems[1].sources, None);
+
+        let system = |body: &str| format!("{GOOD}{CLIENT_TLS}[[server.tls.systems]]\n{body}\n");
+        let cases = [
+            (
+                system("name = \"DUBU\"\nsources = [\"child-welfare\"]"),
+                "unknown source \"child-welfare\"",
+            ),
+            (
+                system("name = \"DUBU\"\npurposes = [\"curiosity\"]"),
+                "unknown purpose \"curiosity\"",
+            ),
+            (system("name = \"DUBU\"\nsources = []"), "allows nothing"),
+            (system("name = \"DUBU\"\npurposes = []"), "allows nothing"),
+            (system("name = \"\""), "empty"),
+            (system("name = \" DUBU\""), "padded"),
+            (
+                format!(
+                    "{}[[server.tls.systems]]\nname = \"DUBU\"\n",
+                    system("name = \"DUBU\"")
+                ),
+                "repeated",
+            ),
+            (system("name = \"DUBU\"\nscopes = []"), "unknown field"),
+            (
+                format!("{GOOD}{CLIENT_TLS}revoked = [\"serial:zz\"]\n"),
+                "not hexadecimal",
+            ),
+            (
+                format!("{GOOD}{CLIENT_TLS}revoked = [\"0a1b\"]\n"),
+                "serial:HEX",
+            ),
+            (
+                format!(
+                    "{GOOD}{}require_listed_systems = true\n",
+                    CLIENT_TLS.replace("optional", "off")
+                ),
+                "need client_certs",
+            ),
+        ];
+        refused_with(cases);
     }
 
     #[test]

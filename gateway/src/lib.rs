@@ -4,7 +4,8 @@
 //! ```text
 //! caller ──► connect        tls.rs       TLS; client certificate off/optional/required
 //!                                        (limits: message, headers, streams, connections)
-//!        ──► authenticate   auth.rs      JWT bearer token → Caller          (UNAUTHENTICATED)
+//!        ──► authenticate   auth.rs      client certificate → CallingSystem (its sources and
+//!                                        purposes); JWT bearer token → Caller (UNAUTHENTICATED)
 //!                           jwks.rs      the identity provider's keys over HTTPS
 //!                           jwt_crypto.rs  signature checks with ring
 //!        ──► validate       lookup.rs    CPR, purpose, size, source filter  (INVALID_ARGUMENT)

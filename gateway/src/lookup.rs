@@ -8,7 +8,7 @@
 //! durable.
 
 use crate::audit::{AuditDraft, disclosed_fields, source_entry};
-use crate::auth::{Authenticator, Caller};
+use crate::auth::{Authenticator, Caller, CallingSystem, Credentials, Systems};
 use crate::disclosure::{DisclosurePolicy, LookupFacts, RegistryFacts, wire_tier};
 use crate::error::GatewayError;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -77,12 +77,20 @@ impl LookupLimits {
 #[derive(Debug)]
 pub struct LookupPipeline {
     auth: Authenticator,
+    systems: Systems,
     policy: Arc<DisclosurePolicy>,
     registry: Registry,
     sources: Vec<GatewaySource>,
     limits: LookupLimits,
     audit: Arc<AuditLog>,
     audit_access: Arc<crate::audit_api::AuditAccess>,
+}
+
+/// Who is calling: the caseworker, and the system calling on their behalf, if any.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub caller: Arc<Caller>,
+    pub system: Option<Arc<CallingSystem>>,
 }
 
 /// One source's part of a lookup: what the caller sees and what the audit log records.
@@ -96,6 +104,8 @@ struct Answer {
 pub struct LookupPlan {
     pub request_id: String,
     pub caller: Arc<Caller>,
+    /// The system calling on the caller's behalf; it may be limited to some sources.
+    pub system: Option<Arc<CallingSystem>>,
     pub purpose: Purpose,
     cpr: Cpr,
     /// Indexes into the pipeline's sources, in configuration order.
@@ -161,6 +171,7 @@ impl LookupPipeline {
     ) -> Self {
         LookupPipeline {
             auth,
+            systems: Systems::default(),
             policy,
             registry,
             sources,
@@ -174,6 +185,13 @@ impl LookupPipeline {
     /// verification (none by default: `Verify` is then refused).
     pub fn with_audit_access(mut self, access: crate::audit_api::AuditAccess) -> Self {
         self.audit_access = Arc::new(access);
+        self
+    }
+
+    /// The calling systems the listener's config names (by default none, and any system with
+    /// a client certificate of the CA is let in without restrictions).
+    pub fn with_systems(mut self, systems: Systems) -> Self {
+        self.systems = systems;
         self
     }
 
@@ -201,11 +219,42 @@ impl LookupPipeline {
         &self.audit
     }
 
+    /// Who is calling, for every API: the system from the connection's client certificate and
+    /// the caseworker from the token. Each is noted in the audit draft and on the request's span
+    /// as soon as it is known, so a refusal records whoever was identified. The caller has
+    /// already fetched any signing keys the token needs ([`Authenticator::refresh_keys_for`]).
+    pub fn authenticate(
+        &self,
+        credentials: &Credentials<'_>,
+        draft: &mut AuditDraft,
+    ) -> Result<Principal, GatewayError> {
+        let span = tracing::Span::current();
+        let system_name = credentials.system_name()?;
+        if let Some(name) = &system_name {
+            draft.system(name);
+            span.record("system", name.as_str());
+        }
+        let caller = self.auth.authenticate(credentials.metadata)?;
+        draft.caller(&caller);
+        span.record("caller", caller.id.as_str());
+        span.record("department", caller.department.as_str());
+        let system = match system_name {
+            Some(name) => Some(self.systems.admit(&name).map_err(|e| {
+                tracing::warn!(system = %name, error = %e, "calling system refused");
+                GatewayError::PermissionDenied(
+                    "this system's client certificate is not admitted to Samblik".into(),
+                )
+            })?),
+            None => None,
+        };
+        Ok(Principal { caller, system })
+    }
+
     /// A unary lookup: every source's answer at once, after its audit record is durable.
     pub async fn lookup(
         &self,
         request_id: String,
-        metadata: &tonic::metadata::MetadataMap,
+        credentials: &Credentials<'_>,
         request: &LookupRequest,
         client_timeout: Option<Duration>,
     ) -> Result<LookupResponse, GatewayError> {
@@ -213,7 +262,7 @@ impl LookupPipeline {
             .begin(
                 Action::Lookup,
                 request_id,
-                metadata,
+                credentials,
                 request,
                 client_timeout,
             )
@@ -244,7 +293,7 @@ impl LookupPipeline {
     pub async fn lookup_stream(
         self: Arc<Self>,
         request_id: String,
-        metadata: &tonic::metadata::MetadataMap,
+        credentials: &Credentials<'_>,
         request: &LookupRequest,
         client_timeout: Option<Duration>,
     ) -> Result<mpsc::Receiver<Result<SourceResult, GatewayError>>, GatewayError> {
@@ -252,7 +301,7 @@ impl LookupPipeline {
             .begin(
                 Action::LookupStream,
                 request_id,
-                metadata,
+                credentials,
                 request,
                 client_timeout,
             )
@@ -299,17 +348,17 @@ impl LookupPipeline {
     pub async fn explain(
         &self,
         request_id: String,
-        metadata: &tonic::metadata::MetadataMap,
+        credentials: &Credentials<'_>,
         request: &ExplainRequest,
     ) -> Result<ExplainResponse, GatewayError> {
-        self.auth.refresh_keys_for(metadata).await;
+        self.auth.refresh_keys_for(credentials.metadata).await;
         let mut draft = AuditDraft::new(
             Arc::clone(&self.audit),
             &request_id,
             Action::PolicyExplained,
             self.policy.version(),
         );
-        let plan = match self.explain_plan(request_id, &mut draft, metadata, request) {
+        let plan = match self.explain_plan(request_id, &mut draft, credentials, request) {
             Ok(plan) => plan,
             Err(e) => {
                 draft.refused(&e).await?;
@@ -338,13 +387,7 @@ impl LookupPipeline {
             let mut fetched: Vec<(usize, Fetched)> = plan
                 .targets
                 .iter()
-                .map(|&i| async move {
-                    let f = match plan.take_prefetched(i) {
-                        Some(f) => f,
-                        None => self.fetch(plan, i).await,
-                    };
-                    (i, f)
-                })
+                .map(|&i| async move { (i, self.fetch_target(plan, i).await) })
                 .collect::<FuturesUnordered<_>>()
                 .collect()
                 .await;
@@ -411,12 +454,13 @@ impl LookupPipeline {
         &self,
         request_id: String,
         draft: &mut AuditDraft,
-        metadata: &tonic::metadata::MetadataMap,
+        credentials: &Credentials<'_>,
         request: &ExplainRequest,
     ) -> Result<LookupPlan, GatewayError> {
-        let admin = self.auth.authenticate(metadata)?;
-        draft.caller(&admin);
-        record_caller(&admin);
+        let Principal {
+            caller: admin,
+            system,
+        } = self.authenticate(credentials, draft)?;
         if !admin.roles.iter().any(|r| r == "admin") {
             return Err(GatewayError::PermissionDenied(
                 "explaining the policy needs the role admin".into(),
@@ -433,6 +477,7 @@ impl LookupPipeline {
             Ok(p) => p,
         };
         draft.purpose(purpose);
+        check_purpose(system.as_deref(), purpose)?;
         let valid = |s: &str| !s.is_empty() && s.len() <= 128;
         if !valid(&request.caller_id) || !valid(&request.caller_department) {
             return Err(GatewayError::InvalidRequest(
@@ -455,6 +500,7 @@ impl LookupPipeline {
                 .filter_map(|r| Role::parse(r))
                 .collect(),
             caller: Arc::new(subject),
+            system,
             purpose,
             cpr,
             targets: (0..self.sources.len()).collect(),
@@ -488,18 +534,18 @@ impl LookupPipeline {
         &self,
         action: Action,
         request_id: String,
-        metadata: &tonic::metadata::MetadataMap,
+        credentials: &Credentials<'_>,
         request: &LookupRequest,
         client_timeout: Option<Duration>,
     ) -> Result<(AuditDraft, LookupPlan), GatewayError> {
-        self.auth.refresh_keys_for(metadata).await;
+        self.auth.refresh_keys_for(credentials.metadata).await;
         let mut draft = AuditDraft::new(
             Arc::clone(&self.audit),
             &request_id,
             action,
             self.policy.version(),
         );
-        let prepared = self.prepare(request_id, &mut draft, metadata, request, client_timeout);
+        let prepared = self.prepare(request_id, &mut draft, credentials, request, client_timeout);
         let established = match prepared {
             Ok(mut plan) => self.establish(&mut plan).await.map(|()| plan),
             Err(e) => Err(e),
@@ -521,7 +567,9 @@ impl LookupPipeline {
 
     /// Reads the citizen's consents and the caller's grants, and establishes the caller's
     /// relation to the citizen by asking the caller's own department's source. Without a
-    /// relation the lookup is refused — unless the caller breaks the glass.
+    /// relation the lookup is refused — unless the caller breaks the glass. The own source is
+    /// asked even when the calling system may not ask it: the relation is the gateway's check,
+    /// and that source's answer is shown only through [`Self::fetch_target`].
     async fn establish(&self, plan: &mut LookupPlan) -> Result<(), GatewayError> {
         let (consents, grants) = futures::join!(
             self.registry.consents_for(plan.cpr.as_str()),
@@ -602,14 +650,12 @@ impl LookupPipeline {
         &self,
         request_id: String,
         draft: &mut AuditDraft,
-        metadata: &tonic::metadata::MetadataMap,
+        credentials: &Credentials<'_>,
         request: &LookupRequest,
         client_timeout: Option<Duration>,
     ) -> Result<LookupPlan, GatewayError> {
         let started = Instant::now();
-        let caller = self.auth.authenticate(metadata)?;
-        draft.caller(&caller);
-        record_caller(&caller);
+        let Principal { caller, system } = self.authenticate(credentials, draft)?;
         if request.encoded_len() > self.limits.max_request_bytes {
             return Err(GatewayError::InvalidRequest(format!(
                 "request is larger than {} bytes",
@@ -634,6 +680,7 @@ impl LookupPipeline {
         };
         draft.purpose(purpose);
         tracing::Span::current().record("purpose", purpose.code());
+        check_purpose(system.as_deref(), purpose)?;
         let break_glass_reason = match request.break_glass_reason.trim() {
             "" => None,
             r if r.chars().count() < self.policy.break_glass_min_reason() => {
@@ -653,6 +700,7 @@ impl LookupPipeline {
         Ok(LookupPlan {
             request_id,
             caller,
+            system,
             purpose,
             cpr,
             targets,
@@ -698,10 +746,7 @@ impl LookupPipeline {
     /// One source's part of the answer: its call (or the answer fetched to establish the
     /// relation), the policy's decisions and the filtering.
     async fn ask(&self, plan: &LookupPlan, index: usize) -> Answer {
-        let fetched = match plan.take_prefetched(index) {
-            Some(f) => f,
-            None => self.fetch(plan, index).await,
-        };
+        let fetched = self.fetch_target(plan, index).await;
         let gs = &self.sources[index];
         let id = gs.source.id();
         let mut result = SourceResult {
@@ -735,6 +780,22 @@ impl LookupPipeline {
         Answer {
             audit: source_entry(id, result.status(), audited),
             result,
+        }
+    }
+
+    /// What a target of the lookup brought back: nothing, without a call, when the calling system
+    /// may not ask it; else the answer fetched to establish the relation, or a call of its own.
+    async fn fetch_target(&self, plan: &LookupPlan, index: usize) -> Fetched {
+        let id = self.sources[index].source.id();
+        if plan.system.as_ref().is_some_and(|s| !s.may_ask(id)) {
+            return Fetched::Failed {
+                status: SourceStatus::Denied,
+                detail: "the calling system may not ask this department",
+            };
+        }
+        match plan.take_prefetched(index) {
+            Some(f) => f,
+            None => self.fetch(plan, index).await,
         }
     }
 
@@ -873,11 +934,15 @@ fn case_entry(case: &samblik_proto::v1::Case, decision: &Decision) -> CaseEntry 
     }
 }
 
-/// Notes the authenticated caller on the request's span.
-fn record_caller(caller: &Caller) {
-    let span = tracing::Span::current();
-    span.record("caller", caller.id.as_str());
-    span.record("department", caller.department.as_str());
+/// Refuses a purpose the calling system may not look up for.
+fn check_purpose(system: Option<&CallingSystem>, purpose: Purpose) -> Result<(), GatewayError> {
+    match system {
+        Some(s) if !s.may_look_up_for(purpose) => Err(GatewayError::PermissionDenied(format!(
+            "the calling system may not look up for the purpose {}",
+            purpose.code()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Parses a `grpc-timeout` header value (e.g. `1500m`, `2S`): up to 8 digits and a unit.

@@ -3,7 +3,7 @@
 //! transaction as its record, a refusal and a read as records of their own.
 
 use crate::audit::AuditDraft;
-use crate::auth::Caller;
+use crate::auth::{Caller, Credentials};
 use crate::error::GatewayError;
 use crate::lookup::LookupPipeline;
 use chrono::{DateTime, Utc};
@@ -61,26 +61,21 @@ pub(crate) async fn begin<T>(
     action: Action,
     roles: &[&str],
 ) -> Result<(AuditDraft, Caller), GatewayError> {
-    let auth = pipeline.auth();
-    auth.refresh_keys_for(request.metadata()).await;
+    let credentials = Credentials::of(request);
+    pipeline.auth().refresh_keys_for(credentials.metadata).await;
     let mut draft = AuditDraft::new(
         Arc::clone(pipeline.audit_log()),
         request_id,
         action,
         pipeline.policy().version(),
     );
-    let caller = match auth.authenticate(request.metadata()) {
-        Ok(c) => c,
+    let caller = match pipeline.authenticate(&credentials, &mut draft) {
+        Ok(p) => p.caller,
         Err(e) => {
-            let e = GatewayError::from(e);
             draft.refused(&e).await?;
             return Err(e);
         }
     };
-    draft.caller(&caller);
-    let span = tracing::Span::current();
-    span.record("caller", caller.id.as_str());
-    span.record("department", caller.department.as_str());
     if !caller.roles.iter().any(|r| roles.contains(&r.as_str())) {
         let e = GatewayError::PermissionDenied(format!(
             "this needs one of the roles {}",
@@ -123,6 +118,7 @@ fn span(request_id: &str, rpc: &'static str) -> tracing::Span {
         "api",
         request_id = %request_id,
         rpc,
+        system = tracing::field::Empty,
         caller = tracing::field::Empty,
         department = tracing::field::Empty,
     )

@@ -1,7 +1,7 @@
 //! The gateway's gRPC server: `samblik.v1.LookupService`, the standard health service and
 //! server reflection, on one listener.
 
-use crate::auth::{AuthSetupError, Authenticator};
+use crate::auth::{AuthSetupError, Authenticator, Credentials, Systems};
 use crate::config::{AuditConfig, AuditDurability, Config, LimitsConfig};
 use crate::disclosure::DisclosurePolicy;
 use crate::error::REQUEST_ID_HEADER;
@@ -214,6 +214,7 @@ fn build_pipeline(
         policy,
         registry,
     )
+    .with_systems(Systems::from_config(config.server.tls.as_ref())?)
     .with_audit_access(access))
 }
 
@@ -452,7 +453,7 @@ impl LookupService for LookupApi {
                 .pipeline
                 .lookup(
                     request_id.clone(),
-                    request.metadata(),
+                    &Credentials::of(&request),
                     request.get_ref(),
                     timeout,
                 )
@@ -482,7 +483,7 @@ impl LookupService for LookupApi {
             let results = Arc::clone(&self.pipeline)
                 .lookup_stream(
                     request_id.clone(),
-                    request.metadata(),
+                    &Credentials::of(&request),
                     request.get_ref(),
                     timeout,
                 )
@@ -509,7 +510,11 @@ impl PolicyService for LookupApi {
         async {
             let response = self
                 .pipeline
-                .explain(request_id.clone(), request.metadata(), request.get_ref())
+                .explain(
+                    request_id.clone(),
+                    &Credentials::of(&request),
+                    request.get_ref(),
+                )
                 .await
                 .map_err(|e| refuse(&e, &request_id))?;
             tracing::info!(cases = response.cases.len(), "policy explained");
@@ -525,6 +530,7 @@ pub(crate) fn request_span(request_id: &str, rpc: &'static str) -> tracing::Span
         "lookup",
         request_id = %request_id,
         rpc,
+        system = tracing::field::Empty,
         caller = tracing::field::Empty,
         department = tracing::field::Empty,
         purpose = tracing::field::Empty,

@@ -8,7 +8,8 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use samblik_adapters::tls::{
-    ClientAuth, ReloadingClientConfig, ReloadingServerConfig, TlsConnector, TlsError, TlsFiles,
+    ClientAuth, ClientCertCheck, ReloadingClientConfig, ReloadingServerConfig, TlsConnector,
+    TlsError, TlsFiles,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,7 +26,11 @@ pub fn server_tls(config: &TlsConfig) -> Result<Arc<ReloadingServerConfig>, TlsE
             key_file: config.key_file.clone(),
             ca_file: config.client_ca_file.clone(),
         },
-        config.client_certs,
+        ClientCertCheck {
+            mode: config.client_certs,
+            revoked: config.revoked.clone(),
+            revoked_file: config.revoked_file.clone(),
+        },
     )?;
     tls.watch(Duration::from_millis(config.reload_ms));
     Ok(tls)
@@ -209,11 +214,9 @@ fn write(path: &Path, bytes: &[u8], secret: bool) -> Result<(), PkiError> {
 /// TLS client such as grpcurl with the CA works, and so does the sample fagsystem's mTLS).
 pub fn demo_server_tls(pki: &DemoPki) -> TlsConfig {
     TlsConfig {
-        cert_file: pki.gateway.cert.clone(),
-        key_file: pki.gateway.key.clone(),
         client_certs: ClientAuth::Optional,
         client_ca_file: Some(pki.ca.clone()),
-        reload_ms: 10_000,
+        ..TlsConfig::new(pki.gateway.cert.clone(), pki.gateway.key.clone())
     }
 }
 
@@ -236,10 +239,8 @@ pub fn demo_source_server_tls(
 ) -> Result<Arc<ReloadingServerConfig>, TlsError> {
     let pair = pki.source(id);
     server_tls(&TlsConfig {
-        cert_file: pair.cert,
-        key_file: pair.key,
         client_certs: ClientAuth::Required,
         client_ca_file: Some(pki.ca.clone()),
-        reload_ms: 10_000,
+        ..TlsConfig::new(pair.cert, pair.key)
     })
 }

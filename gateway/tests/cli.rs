@@ -1,6 +1,6 @@
 //! The `samblik` command as a newcomer uses it: the README's demo, token, lookup and grpcurl
-//! steps, `synth` at a real municipality's size, a lone `source`, and `serve` refusing bad
-//! config before it binds.
+//! steps, `synth` at a real municipality's size, a lone `source` over mutual TLS (plaintext only
+//! with `--insecure`), and `serve` refusing bad config before it binds.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -484,32 +484,16 @@ fn synth_generates_an_average_municipality_in_seconds() {
     assert!(read(&out) == read(&again), "same seed, different data");
 }
 
-#[test]
-fn a_lone_source_serves_its_department_and_reports_healthy() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap();
-    stdout(&samblik(&[
-        "synth",
-        "--seed",
-        "5",
-        "--citizens",
-        "2000",
-        "--out",
-        data,
-    ]));
+/// Starts `samblik source` with `args` after the data directory; its address, from its first
+/// line, and its stderr (the log).
+fn start_source(data: &str, args: &[&str]) -> (Running, String) {
     let mut child = Running(
         Command::new(SAMBLIK)
-            .args([
-                "source",
-                "--kind",
-                "integration",
-                "--data",
-                data,
-                "--listen",
-                "127.0.0.1:0",
-            ])
+            .args(["source", "--kind", "integration", "--data", data])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
@@ -522,36 +506,143 @@ fn a_lone_source_serves_its_department_and_reports_healthy() {
         .strip_prefix("samblik source integration listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
+    (child, addr)
+}
+
+/// The source's health status for `samblik.source.v1.SourceService` at `url`, over TLS trusting
+/// `ca` with the client certificate `identity` when given; `None` if there is no answer.
+fn source_health(
+    url: &str,
+    tls: Option<(&Path, Option<&samblik_gateway::tls::CertPair>)>,
+) -> Option<i32> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let status = runtime.block_on(async {
-        use tonic_health::pb::HealthCheckRequest;
-        use tonic_health::pb::health_client::HealthClient;
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+    runtime.block_on(async {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
             .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = HealthClient::new(channel);
-        client
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(5));
+        if let Some((ca, identity)) = tls {
+            let mut config = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()));
+            if let Some(pair) = identity {
+                config = config.identity(Identity::from_pem(
+                    std::fs::read(&pair.cert).unwrap(),
+                    std::fs::read(&pair.key).unwrap(),
+                ));
+            }
+            endpoint = endpoint.tls_config(config).unwrap();
+        }
+        let channel = endpoint.connect().await.ok()?;
+        let answer = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: "samblik.source.v1.SourceService".into(),
             })
             .await
-            .unwrap()
-            .into_inner()
-            .status
-    });
-    assert_eq!(
-        status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
-    drop(runtime);
-    assert!(child.terminate().success());
+            .ok()?;
+        Some(answer.into_inner().status)
+    })
+}
 
-    let bad = samblik(&["source", "--kind", "tax-office", "--data", data]);
+#[test]
+fn a_lone_source_serves_mutual_tls_and_plaintext_only_when_told_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    stdout(&samblik(&[
+        "synth",
+        "--seed",
+        "5",
+        "--citizens",
+        "2000",
+        "--out",
+        data,
+    ]));
+    let pki = samblik_gateway::tls::DemoPki::create(dir.path(), &["integration"]).unwrap();
+    let pair = pki.source("integration");
+    let serving = Some(tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    // Mutual TLS: the gateway's client certificate gets an answer; no certificate, or
+    // plaintext, gets none.
+    let (source, addr) = start_source(
+        data,
+        &[
+            "--tls-cert",
+            pair.cert.to_str().unwrap(),
+            "--tls-key",
+            pair.key.to_str().unwrap(),
+            "--client-ca",
+            pki.ca.to_str().unwrap(),
+        ],
+    );
+    let https = format!("https://{addr}");
+    assert_eq!(
+        source_health(&https, Some((&pki.ca, Some(&pki.gateway_client)))),
+        serving
+    );
+    assert_eq!(source_health(&https, Some((&pki.ca, None))), None);
+    assert_eq!(source_health(&format!("http://{addr}"), None), None);
+    assert!(source.terminate().success());
+
+    // Plaintext only with --insecure, and it says so in its log.
+    let (mut source, addr) = start_source(data, &["--insecure"]);
+    assert_eq!(source_health(&format!("http://{addr}"), None), serving);
+    let stderr = source.0.stderr.take().unwrap();
+    assert!(source.terminate().success());
+    let log = std::io::read_to_string(stderr).unwrap();
+    assert!(log.contains("PLAINTEXT"), "no warning in: {log}");
+
+    // Neither, half of TLS, or both: refused before anything listens.
+    let cert = pair.cert.to_str().unwrap();
+    let ca = pki.ca.to_str().unwrap();
+    for (args, needle) in [
+        (vec![], "--tls-cert"),
+        (vec!["--tls-cert", cert], "--tls-key"),
+        (vec!["--tls-cert", cert, "--client-ca", ca], "--tls-key"),
+        (vec!["--insecure", "--client-ca", ca], "cannot be used with"),
+    ] {
+        let mut all = vec!["source", "--kind", "integration", "--data", data];
+        all.extend(args.iter());
+        let out = samblik(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {needle} not in {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} listened");
+    }
+    // A key that is not the certificate's: refused before listening.
+    let out = samblik(&[
+        "source",
+        "--kind",
+        "integration",
+        "--data",
+        data,
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        pki.gateway.key.to_str().unwrap(),
+        "--client-ca",
+        ca,
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TLS"));
+    assert!(out.stdout.is_empty());
+
+    let bad = samblik(&[
+        "source",
+        "--kind",
+        "tax-office",
+        "--data",
+        data,
+        "--insecure",
+    ]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown department"));
 }
@@ -656,6 +747,7 @@ fn serve_from_a_config_file_audits_into_postgresql_and_verifies() {
                 "jobcenter",
                 "--data",
                 data.to_str().unwrap(),
+                "--insecure",
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

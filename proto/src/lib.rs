@@ -72,6 +72,14 @@ impl v1::Case {
 }
 
 impl v1::Purpose {
+    /// Every purpose a lookup may name.
+    pub const ALL: [v1::Purpose; 4] = [
+        v1::Purpose::PrepareMeeting,
+        v1::Purpose::DraftPlan,
+        v1::Purpose::FollowUp,
+        v1::Purpose::Coordinate,
+    ];
+
     /// The command-line / URL code of a purpose, e.g. `prepare-meeting`.
     pub fn code(self) -> &'static str {
         match self {
@@ -85,14 +93,7 @@ impl v1::Purpose {
 
     /// Parses a purpose code (`prepare-meeting`, `draft-plan`, `follow-up`, `coordinate`).
     pub fn from_code(code: &str) -> Option<Self> {
-        [
-            v1::Purpose::PrepareMeeting,
-            v1::Purpose::DraftPlan,
-            v1::Purpose::FollowUp,
-            v1::Purpose::Coordinate,
-        ]
-        .into_iter()
-        .find(|p| p.code() == code)
+        Self::ALL.into_iter().find(|p| p.code() == code)
     }
 }
 

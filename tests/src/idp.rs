@@ -11,6 +11,7 @@ use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use samblik_gateway::tls::CertPair;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -83,24 +84,26 @@ impl SigningKey {
     }
 }
 
-/// A throw-away CA and a server certificate for `127.0.0.1` / `localhost` signed by it.
+/// A throw-away CA and a server certificate for `127.0.0.1` / `localhost` signed by it; the CA
+/// also issues client certificates (fagsystemer) on demand: valid ones, expired ones, ones with a
+/// chosen serial number or without a name.
 #[derive(Debug)]
 pub struct TestPki {
     pub dir: tempfile::TempDir,
     pub ca_file: PathBuf,
     pub server_cert: Vec<CertificateDer<'static>>,
     pub server_key: Vec<u8>,
+    issuer: rcgen::CertifiedIssuer<'static, KeyPair>,
 }
 
 impl TestPki {
     pub fn new() -> Self {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "Samblik test CA");
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let ca = rcgen::CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
         let server_key = KeyPair::generate().unwrap();
         let server = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
             .unwrap()
@@ -114,7 +117,37 @@ impl TestPki {
             ca_file,
             server_cert: vec![server.der().clone()],
             server_key: server_key.serialize_der(),
+            issuer: ca,
         }
+    }
+
+    /// A client certificate whose subject common name is `name` (none if empty), written as
+    /// `<file>.pem` and `<file>.key.pem`; `edit` may change validity, serial number and so on.
+    pub fn client_cert(
+        &self,
+        file: &str,
+        name: &str,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> (CertPair, CertificateDer<'static>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        // Not rcgen's default name.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if !name.is_empty() {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+        }
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        edit(&mut params);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let pair = CertPair {
+            cert: self.dir.path().join(format!("{file}.pem")),
+            key: self.dir.path().join(format!("{file}.key.pem")),
+        };
+        std::fs::write(&pair.cert, cert.pem()).unwrap();
+        std::fs::write(&pair.key, key.serialize_pem()).unwrap();
+        (pair, cert.der().clone())
     }
 }
 

@@ -538,6 +538,10 @@ async fn identity_smuggled_in_metadata_is_ignored() {
         ("x-municipality", "101"),
         ("x-roles", "admin"),
         ("x-forwarded-user", "admin"),
+        // A system is named by its TLS client certificate, never by a header.
+        ("x-system", "kmd-momentum"),
+        ("x-client-cert", "CN=kmd-momentum"),
+        ("x-forwarded-client-cert", "Subject=\"CN=kmd-momentum\""),
     ];
     // Without a token, metadata is no identity at all.
     let mut client = g.client.clone();
@@ -577,6 +581,15 @@ async fn identity_smuggled_in_metadata_is_ignored() {
         req.metadata_mut().insert(k, v.parse().unwrap());
     }
     let with_metadata = client.lookup(req).await.unwrap().into_inner();
+    let records = g.gateway.audit_records_of(&with_metadata.request_id);
+    assert!(!records.is_empty());
+    for record in records {
+        assert_eq!(record.actor.caller_id, "cw-jobcenter-001");
+        assert_eq!(
+            record.actor.system, None,
+            "a header named the calling system"
+        );
+    }
     let cases = |r: &samblik_proto::v1::LookupResponse| -> Vec<_> {
         r.sources
             .iter()

@@ -355,7 +355,12 @@ async fn answers(
     let call = authorised((), &user);
     let started = std::time::Instant::now();
     let results = std::sync::Arc::clone(&panel.pipeline)
-        .lookup_stream(request_id.clone(), call.metadata(), &request, None)
+        .lookup_stream(
+            request_id.clone(),
+            &crate::auth::Credentials::of(&call),
+            &request,
+            None,
+        )
         .instrument(span.clone())
         .await;
     let departments: HashMap<String, String> = panel
