@@ -299,6 +299,19 @@ pub async fn start_gateway(sources: &[SourceSpec], default_deadline_ms: u64) -> 
     serve_pipeline(pipeline, audit_dir).await
 }
 
+/// Every record of every chain in the SQLite audit store `db`.
+pub fn audit_records_in(db: &std::path::Path) -> Vec<samblik_audit::AuditRecord> {
+    use samblik_audit::AuditStore;
+    let mut store = samblik_audit::sqlite::SqliteStore::open_read_only(db).unwrap();
+    let mut records = Vec::new();
+    for chain in store.chains().unwrap() {
+        for stored in store.records(&chain, 0, usize::MAX).unwrap() {
+            records.push(serde_json::from_str(&stored.body).unwrap());
+        }
+    }
+    records
+}
+
 /// Starts the gateway over sources held in this process (trait objects, no network hop to them).
 pub async fn start_gateway_in_process(
     sources: Vec<(Arc<dyn Source>, &str)>,
@@ -376,16 +389,7 @@ impl RunningGateway {
 
     /// Every record in the gateway's audit log, in chain order.
     pub fn audit_records(&self) -> Vec<samblik_audit::AuditRecord> {
-        use samblik_audit::AuditStore;
-        let mut store =
-            samblik_audit::sqlite::SqliteStore::open_read_only(&self.audit_db()).unwrap();
-        let mut records = Vec::new();
-        for chain in store.chains().unwrap() {
-            for stored in store.records(&chain, 0, usize::MAX).unwrap() {
-                records.push(serde_json::from_str(&stored.body).unwrap());
-            }
-        }
-        records
+        audit_records_in(&self.audit_db())
     }
 
     /// The records of one request.

@@ -44,6 +44,16 @@ impl RunningPanel {
         self.sources.retain(|(d, _)| *d != department);
     }
 
+    /// Everything the panel's audit log holds.
+    pub fn audit_records(&self) -> Vec<samblik_audit::AuditRecord> {
+        crate::audit_records_in(
+            &self
+                .audit_dir
+                .path()
+                .join(samblik_gateway::demo::AUDIT_DB_FILE),
+        )
+    }
+
     /// A second panel over the same pipeline, for in-process requests (no socket).
     pub fn router(&self) -> axum::Router {
         Arc::new(new_panel(&self.pipeline, &self.config)).router()

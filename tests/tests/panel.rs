@@ -1,0 +1,635 @@
+//! The panel's guards, request by request against its router (the browser story is in
+//! `panel_browser.rs`): security headers and the session cookie, CSRF and origin checks,
+//! the deep link that keeps the CPR out of URLs, a lookup that streams once, a link from an
+//! unknown site that waits for a click, break-the-glass, the auditor's export, and sign-in
+//! through an OpenID Connect provider's token endpoint over real HTTPS.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use samblik_audit::Action;
+use samblik_synth::Department;
+use samblik_tests::idp::{HttpsRequest, TestPki, serve_https};
+use samblik_tests::panel::{AUDITOR, RunningPanel, start_panel};
+use samblik_tests::*;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use tower::ServiceExt;
+
+/// A browser stand-in: one cookie jar, requests straight into the panel's router.
+struct Agent {
+    router: axum::Router,
+    origin: String,
+    cookie: Option<String>,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn location(&self) -> &str {
+        self.headers
+            .get(header::LOCATION)
+            .map_or("", |v| v.to_str().unwrap())
+    }
+
+    fn csrf(&self) -> String {
+        let at = self
+            .body
+            .find("name=\"_csrf\" value=\"")
+            .expect("a CSRF field")
+            + 20;
+        self.body[at..].split('"').next().unwrap().to_owned()
+    }
+}
+
+impl Agent {
+    fn new(panel: &RunningPanel) -> Self {
+        Agent {
+            router: panel.router(),
+            origin: panel.url.clone(),
+            cookie: None,
+        }
+    }
+
+    async fn send(&mut self, mut request: Request<Body>) -> Answer {
+        if let Some(cookie) = &self.cookie {
+            request
+                .headers_mut()
+                .insert(header::COOKIE, cookie.parse().unwrap());
+        }
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        if let Some(set) = response.headers().get(header::SET_COOKIE) {
+            let pair = set.to_str().unwrap().split(';').next().unwrap().to_owned();
+            self.cookie = (!pair.ends_with('=')).then_some(pair);
+        }
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Answer {
+        self.send(Request::get(path).body(Body::empty()).unwrap())
+            .await
+    }
+
+    async fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut request = Request::get(path);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        self.send(request.body(Body::empty()).unwrap()).await
+    }
+
+    async fn post_from(&mut self, origin: &str, path: &str, form: &[(&str, &str)]) -> Answer {
+        let body = form
+            .iter()
+            .fold(
+                form_urlencoded::Serializer::new(String::new()),
+                |mut s, (k, v)| {
+                    s.append_pair(k, v);
+                    s
+                },
+            )
+            .finish();
+        self.send(
+            Request::post(path)
+                .header(header::ORIGIN, origin)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Answer {
+        let origin = self.origin.clone();
+        self.post_from(&origin, path, form).await
+    }
+
+    /// Signs in through the demo page; returns where the panel sent the browser next.
+    async fn sign_in(&mut self, user: &str) -> String {
+        let page = self.get("/log-ind").await;
+        let answer = self
+            .post("/log-ind/demo", &[("_csrf", &page.csrf()), ("user", user)])
+            .await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+        answer.location().to_owned()
+    }
+}
+
+fn caseworker_id(department: Department) -> String {
+    caseworker(department).id.clone()
+}
+
+/// Lookup request ids of `cpr` in the panel's audit log.
+fn lookups_of(panel: &RunningPanel, cpr: &str) -> BTreeSet<String> {
+    panel
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.action == Action::LookupStream && r.cpr.as_deref() == Some(cpr))
+        .map(|r| r.request_id)
+        .collect()
+}
+
+/// The event names of an event stream's body.
+fn events(body: &str) -> Vec<&str> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect()
+}
+
+#[tokio::test]
+async fn pages_carry_the_security_headers_and_the_session_cookie_is_locked_down() {
+    let panel = start_panel().await;
+    let mut agent = Agent::new(&panel);
+    let page = agent.get("/log-ind").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let h = |name: &str| {
+        page.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let csp = h("content-security-policy");
+    for part in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(part), "{csp}");
+    }
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    assert_eq!(h("cache-control"), "no-store");
+    assert_eq!(h("x-content-type-options"), "nosniff");
+    assert_eq!(h("x-frame-options"), "DENY");
+    assert!(h("strict-transport-security").starts_with("max-age="));
+    assert_eq!(h("referrer-policy"), "same-origin");
+    let cookie = h("set-cookie");
+    for part in [
+        "__Host-samblik=",
+        "HttpOnly",
+        "Secure",
+        "SameSite=Lax",
+        "Path=/",
+    ] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+    // No inline script anywhere: every script element loads a file from the gateway.
+    assert!(
+        page.body.matches("<script").count() == page.body.matches("<script src=\"/static/").count()
+    );
+    assert!(page.body.contains("lang=\"da\""));
+    // Assets are served by the gateway itself (no CDN) and may be cached.
+    let js = agent.get("/static/samblik.js").await;
+    assert_eq!(js.status, StatusCode::OK);
+    assert!(
+        js.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(
+        js.headers[header::CACHE_CONTROL]
+            .to_str()
+            .unwrap()
+            .starts_with("public")
+    );
+}
+
+#[tokio::test]
+async fn a_form_without_the_csrf_token_or_from_another_origin_changes_nothing() {
+    let panel = start_panel().await;
+    let cpr = three_department_citizen();
+    let mut agent = Agent::new(&panel);
+
+    // Signing in needs the session's token too.
+    let page = agent.get("/log-ind").await;
+    let user = caseworker_id(Department::Jobcenter);
+    let refused = agent
+        .post("/log-ind/demo", &[("_csrf", "forged"), ("user", &user)])
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        agent.get("/panel").await.location(),
+        "/log-ind",
+        "not signed in"
+    );
+
+    let csrf_before = page.csrf();
+    agent.sign_in(&user).await;
+    let lookup = agent.get(&format!("/panel?cpr={cpr}")).await;
+    let id = lookup.location().rsplit('/').next().unwrap().to_owned();
+    let consents = agent.get(&format!("/panel/samtykke/{id}")).await;
+    let csrf = consents.csrf();
+    assert_ne!(
+        csrf, csrf_before,
+        "signing in gives the session a new CSRF token"
+    );
+    let consent = |token: &str| {
+        vec![
+            ("_csrf", token.to_owned()),
+            ("kind", "permit".to_owned()),
+            ("from", "child-welfare".to_owned()),
+            ("to_any", "1".to_owned()),
+            ("max_tier", "2".to_owned()),
+            ("purpose", "prepare-meeting".to_owned()),
+            ("valid_from", "2026-01-01".to_owned()),
+            ("document_ref", "J.nr. 27.12.04-7".to_owned()),
+        ]
+    };
+    let path = format!("/panel/samtykke/{id}");
+    for (origin, token) in [
+        (panel.url.clone(), String::new()),
+        (panel.url.clone(), csrf_before.clone()),
+        ("https://evil.example".to_owned(), csrf.clone()),
+        ("null".to_owned(), csrf.clone()),
+    ] {
+        let form = consent(&token);
+        let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let answer = agent.post_from(&origin, &path, &form).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{origin} {token}");
+    }
+    let listed = agent.get(&path).await;
+    assert!(
+        listed.body.contains("ikke registreret samtykker"),
+        "nothing was recorded"
+    );
+
+    // The same form with the token, from the panel itself, is recorded.
+    let form = consent(&csrf);
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let recorded = agent.post(&path, &form).await;
+    assert_eq!(recorded.status, StatusCode::SEE_OTHER, "{}", recorded.body);
+    assert!(agent.get(&path).await.body.contains("data-active=\"true\""));
+}
+
+#[tokio::test]
+async fn a_deep_link_keeps_the_cpr_out_of_urls_survives_sign_in_and_streams_once() {
+    let panel = start_panel().await;
+    let cpr = three_department_citizen();
+    let mut agent = Agent::new(&panel);
+
+    let link = agent
+        .get(&format!("/panel?cpr={cpr}&purpose=follow-up"))
+        .await;
+    assert_eq!(link.location(), "/log-ind");
+    let anonymous = agent.cookie.clone().unwrap();
+    let next = agent
+        .sign_in(&caseworker_id(Department::ChildWelfare))
+        .await;
+    assert!(
+        next.starts_with("/panel/opslag/") && !next.contains(cpr),
+        "{next}"
+    );
+    assert_ne!(
+        agent.cookie.as_ref(),
+        Some(&anonymous),
+        "a new session id at sign-in"
+    );
+
+    let page = agent.get(&next).await;
+    assert!(page.body.contains(cpr) && page.body.contains("Opfølgning"));
+    assert!(page.body.contains(&format!("data-stream=\"{next}/svar\"")));
+    assert!(
+        lookups_of(&panel, cpr).is_empty(),
+        "the page itself looks nothing up"
+    );
+
+    let stream = agent.get(&format!("{next}/svar")).await;
+    assert_eq!(
+        stream.headers[header::CONTENT_TYPE].to_str().unwrap(),
+        "text/event-stream"
+    );
+    assert_eq!(events(&stream.body), ["kilde", "kilde", "kilde", "faerdig"]);
+    assert_eq!(lookups_of(&panel, cpr).len(), 1);
+
+    // A reload (or the browser's reconnect) does not look the citizen up again.
+    let again = agent.get(&format!("{next}/svar")).await;
+    assert_eq!(events(&again.body), ["afvist"]);
+    assert_eq!(lookups_of(&panel, cpr).len(), 1);
+
+    // Another session cannot use this one's lookup.
+    let mut other = Agent::new(&panel);
+    other.cookie = None;
+    other
+        .sign_in(&caseworker_id(Department::ChildWelfare))
+        .await;
+    assert_eq!(other.get(&next).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_link_from_an_unknown_site_waits_for_a_click() {
+    let panel = start_panel().await;
+    let cpr = three_department_citizen();
+    let mut agent = Agent::new(&panel);
+    agent.sign_in(&caseworker_id(Department::Jobcenter)).await;
+    let link = agent
+        .get_with(
+            &format!("/panel?cpr={cpr}"),
+            &[
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-dest", "document"),
+            ],
+        )
+        .await;
+    let page = agent.get(link.location()).await;
+    assert!(page.body.contains("/bekraeft") && !page.body.contains("data-stream"));
+    let early = agent.get(&format!("{}/svar", link.location())).await;
+    assert_eq!(events(&early.body), ["afvist"]);
+    assert!(
+        lookups_of(&panel, cpr).is_empty(),
+        "nothing looked up before the click"
+    );
+
+    let confirmed = agent
+        .post(
+            &format!("{}/bekraeft", link.location()),
+            &[("_csrf", &page.csrf())],
+        )
+        .await;
+    assert_eq!(confirmed.location(), link.location());
+    let stream = agent.get(&format!("{}/svar", link.location())).await;
+    assert_eq!(events(&stream.body).last(), Some(&"faerdig"));
+    assert_eq!(lookups_of(&panel, cpr).len(), 1);
+}
+
+#[tokio::test]
+async fn without_a_relation_the_panel_offers_break_the_glass_with_a_written_reason() {
+    let panel = start_panel().await;
+    // A citizen with cases, none of them in integration.
+    let cpr = municipality()
+        .citizens
+        .iter()
+        .map(|c| c.cpr.as_str())
+        .find(|c| {
+            let d = departments_of(c);
+            !d.is_empty() && !d.contains(&Department::Integration)
+        })
+        .unwrap();
+    let mut agent = Agent::new(&panel);
+    agent.sign_in(&caseworker_id(Department::Integration)).await;
+    let id = agent
+        .get(&format!("/panel?cpr={cpr}"))
+        .await
+        .location()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = agent.get(&format!("/panel/opslag/{id}")).await;
+    let refused = agent.get(&format!("/panel/opslag/{id}/svar")).await;
+    assert_eq!(events(&refused.body), ["afvist"]);
+    assert!(
+        refused
+            .body
+            .contains(&format!("/panel/noedadgang?opslag={id}"))
+    );
+
+    let form = agent.get(&format!("/panel/noedadgang?opslag={id}")).await;
+    assert!(form.body.contains("Borgeren fra dit opslag") && !form.body.contains(cpr));
+    let short = agent
+        .post(
+            "/panel/noedadgang",
+            &[
+                ("_csrf", &page.csrf()),
+                ("opslag", &id),
+                ("purpose", "coordinate"),
+                ("begrundelse", "akut"),
+            ],
+        )
+        .await;
+    assert_eq!(short.status, StatusCode::OK);
+    assert!(
+        short.body.contains("mindst"),
+        "too short a reason is refused"
+    );
+    let reason = "Borgeren er meldt savnet, og politiet beder om kontaktpersoner nu.";
+    let broke = agent
+        .post(
+            "/panel/noedadgang",
+            &[
+                ("_csrf", &page.csrf()),
+                ("opslag", &id),
+                ("purpose", "coordinate"),
+                ("begrundelse", reason),
+            ],
+        )
+        .await;
+    let marked = agent.get(broke.location()).await;
+    assert!(marked.body.contains("Nødadgang.") && marked.body.contains(reason));
+    let stream = agent.get(&format!("{}/svar", broke.location())).await;
+    assert_eq!(events(&stream.body).last(), Some(&"faerdig"));
+    assert!(
+        !stream.body.contains("Anmod om adgang"),
+        "no requests from a break-the-glass view"
+    );
+    assert!(
+        !stream.body.contains("data-tier=\\\"2\\\"")
+            && !stream.body.contains("data-tier=\\\"3\\\"")
+    );
+
+    let records = panel.audit_records();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.break_glass_reason.as_deref() == Some(reason))
+    );
+}
+
+#[tokio::test]
+async fn the_auditor_exports_csv_and_a_caseworker_cannot_search_the_log() {
+    let panel = start_panel().await;
+    let cpr = three_department_citizen();
+    let mut worker = Agent::new(&panel);
+    worker.sign_in(&caseworker_id(Department::Jobcenter)).await;
+    let lookup = worker.get(&format!("/panel?cpr={cpr}")).await;
+    worker.get(&format!("{}/svar", lookup.location())).await;
+    let page = worker.get("/panel").await;
+    let refused = worker
+        .post("/revision/soeg", &[("_csrf", &page.csrf()), ("cpr", cpr)])
+        .await;
+    assert!(
+        refused.body.contains("Du har ikke adgang"),
+        "{}",
+        refused.body
+    );
+
+    let mut auditor = Agent::new(&panel);
+    assert_eq!(auditor.sign_in(AUDITOR).await, "/");
+    assert_eq!(auditor.get("/").await.location(), "/revision");
+    let search = auditor.get("/revision").await;
+    let found = auditor
+        .post("/revision/soeg", &[("_csrf", &search.csrf()), ("cpr", cpr)])
+        .await;
+    assert!(found.body.contains("data-action=\"lookup-stream\""));
+    let csv = auditor
+        .post(
+            "/revision/eksport",
+            &[("_csrf", &search.csrf()), ("cpr", cpr)],
+        )
+        .await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert!(
+        csv.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    assert!(
+        csv.headers[header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment")
+    );
+    assert!(csv.body.lines().count() > 3, "{}", csv.body);
+    assert!(csv.body.contains("lookup-stream"));
+}
+
+/// A token endpoint that trades one code, once, for `token` — if the PKCE verifier matches
+/// the challenge the authorisation request carried.
+async fn token_endpoint(
+    pki: &TestPki,
+    challenge: Arc<Mutex<String>>,
+    token: String,
+) -> (std::net::SocketAddr, tokio_util::sync::CancellationToken) {
+    let used = Arc::new(Mutex::new(false));
+    serve_https(
+        pki,
+        Arc::new(move |request: HttpsRequest| {
+            let form: std::collections::HashMap<String, String> =
+                form_urlencoded::parse(&request.body).into_owned().collect();
+            let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+            let computed = base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()),
+            );
+            let mut used = used.lock().unwrap();
+            let ok = request.path == "/token"
+                && form.get("grant_type").map(String::as_str) == Some("authorization_code")
+                && form.get("code").map(String::as_str) == Some("code-1")
+                && form.get("client_id").map(String::as_str) == Some("samblik-panel")
+                && computed == *challenge.lock().unwrap()
+                && !*used;
+            if !ok {
+                return (StatusCode::BAD_REQUEST, br#"{"error":"invalid_grant"}"#.to_vec());
+            }
+            *used = true;
+            let body = serde_json::json!({"access_token": token, "token_type": "Bearer", "expires_in": 600});
+            (StatusCode::OK, body.to_string().into_bytes())
+        }),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn sign_in_through_the_identity_provider_checks_state_and_pkce_and_uses_a_code_once() {
+    let panel = start_panel().await;
+    let pki = TestPki::new();
+    let challenge = Arc::new(Mutex::new(String::new()));
+    let (addr, _stop) =
+        token_endpoint(&pki, Arc::clone(&challenge), token(Department::Jobcenter)).await;
+    let mut config = panel.config.panel.clone().unwrap();
+    config.oidc = Some(samblik_gateway::config::OidcConfig {
+        authorization_endpoint: "https://idp.sonderaa.example/authorize".into(),
+        token_endpoint: format!("https://127.0.0.1:{}/token", addr.port()),
+        client_id: "samblik-panel".into(),
+        client_secret_env: None,
+        scopes: vec!["openid".into()],
+        ca_file: Some(pki.ca_file.clone()),
+        timeout_ms: 5_000,
+    });
+    let client =
+        samblik_gateway::panel::OidcClient::from_config(config.oidc.as_ref().unwrap()).unwrap();
+    let oidc_panel = samblik_gateway::panel::Panel::new(
+        Arc::clone(&panel.pipeline),
+        config,
+        samblik_gateway::panel::SignIn::Oidc(Box::new(client)),
+    )
+    .unwrap();
+    let mut agent = Agent {
+        router: Arc::new(oidc_panel).router(),
+        origin: panel.url.clone(),
+        cookie: None,
+    };
+
+    let sign_in_page = agent.get("/log-ind").await;
+    assert!(
+        sign_in_page.body.contains("/log-ind/oidc") && !sign_in_page.body.contains("data-user")
+    );
+    let redirect = agent.get("/log-ind/oidc").await;
+    let url = redirect.location().to_owned();
+    assert!(
+        url.starts_with("https://idp.sonderaa.example/authorize?"),
+        "{url}"
+    );
+    let query: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(url.split_once('?').unwrap().1.as_bytes())
+            .into_owned()
+            .collect();
+    assert_eq!(query["response_type"], "code");
+    assert_eq!(query["code_challenge_method"], "S256");
+    assert_eq!(
+        query["redirect_uri"],
+        format!("{}/log-ind/retur", panel.url)
+    );
+    *challenge.lock().unwrap() = query["code_challenge"].clone();
+
+    // An answer with another state is refused; the code is not even tried.
+    let forged = agent.get("/log-ind/retur?code=code-1&state=forged").await;
+    assert_eq!(forged.location(), "/log-ind");
+    assert_eq!(agent.get("/panel").await.location(), "/log-ind");
+
+    // The real answer: the code is traded (with the PKCE verifier) for an access token.
+    let redirect = agent.get("/log-ind/oidc").await;
+    let query: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(redirect.location().split_once('?').unwrap().1.as_bytes())
+            .into_owned()
+            .collect();
+    *challenge.lock().unwrap() = query["code_challenge"].clone();
+    let back = agent
+        .get(&format!(
+            "/log-ind/retur?code=code-1&state={}",
+            query["state"]
+        ))
+        .await;
+    assert_eq!(back.location(), "/", "{}", back.body);
+    let home = agent.get("/panel").await;
+    assert_eq!(home.status, StatusCode::OK);
+    assert!(home.body.contains(&caseworker(Department::Jobcenter).name));
+
+    // The same code a second time (another browser) gets nowhere.
+    let mut replay = Agent {
+        router: agent.router.clone(),
+        origin: panel.url.clone(),
+        cookie: None,
+    };
+    let redirect = replay.get("/log-ind/oidc").await;
+    let query: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(redirect.location().split_once('?').unwrap().1.as_bytes())
+            .into_owned()
+            .collect();
+    let again = replay
+        .get(&format!(
+            "/log-ind/retur?code=code-1&state={}",
+            query["state"]
+        ))
+        .await;
+    assert_eq!(again.location(), "/log-ind");
+    assert_eq!(replay.get("/panel").await.location(), "/log-ind");
+}
