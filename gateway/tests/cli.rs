@@ -154,7 +154,12 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
     // The demo runs TLS by default: the gateway's URL is https and the CA is in demo.json.
     let url = facts["gateway_url"].as_str().unwrap();
     // The README sends people to the panel at demo.json's panel_url, over TLS.
-    assert!(facts["panel_url"].as_str().unwrap().starts_with("https://127.0.0.1:"));
+    assert!(
+        facts["panel_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://127.0.0.1:")
+    );
     assert!(url.starts_with("https://"), "{url}");
     let ca = facts["ca_file"].as_str().unwrap();
     let (cert, key) = (
