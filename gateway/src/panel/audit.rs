@@ -7,14 +7,13 @@
 //! token and filter travel in the next page's form.
 
 use super::pages::{
-    self, Form, Frame, PanelRef, authorised, checked_form, csrf_field, notice, purpose_code_label,
-    tier_label,
+    self, Form, Frame, PanelRef, authorised, csrf_field, notice, purpose_code_label, tier_label,
 };
-use super::session::Current;
+use super::pages::{Signed, SignedForm};
 use crate::audit_api::AuditApi;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -132,19 +131,8 @@ fn filter_form(csrf: &str, f: &Fields) -> Markup {
     }
 }
 
-async fn search_form(
-    State(panel): State<PanelRef>,
-    Extension(current): Extension<Current>,
-) -> Response {
-    let (user, csrf) = match pages::signed_in(&current) {
-        Ok(u) => u,
-        Err(to_sign_in) => return to_sign_in,
-    };
-    let frame = Frame {
-        panel: &panel,
-        user: Some(&user.caller),
-        csrf: &csrf,
-    };
+async fn search_form(State(panel): State<PanelRef>, Signed { user, csrf, .. }: Signed) -> Response {
+    let frame = Frame::new(&panel, &user, &csrf);
     if !pages::has_role(&user.caller, AUDITOR) {
         return pages::forbidden(&frame);
     }
@@ -174,22 +162,12 @@ fn verify_form(csrf: &str) -> Markup {
 
 async fn search(
     State(panel): State<PanelRef>,
-    Extension(current): Extension<Current>,
-    body: Bytes,
+    SignedForm {
+        signed: Signed { user, csrf, .. },
+        form,
+    }: SignedForm,
 ) -> Response {
-    let form = match checked_form(&current, &body) {
-        Ok(f) => f,
-        Err(refused) => return refused,
-    };
-    let (user, csrf) = match pages::signed_in(&current) {
-        Ok(u) => u,
-        Err(to_sign_in) => return to_sign_in,
-    };
-    let frame = Frame {
-        panel: &panel,
-        user: Some(&user.caller),
-        csrf: &csrf,
-    };
+    let frame = Frame::new(&panel, &user, &csrf);
     let fields = Fields::from_form(&form);
     let request = authorised(
         SearchAuditRequest {
@@ -340,17 +318,11 @@ fn entry_detail(e: &AuditEntry) -> Markup {
 
 async fn export(
     State(panel): State<PanelRef>,
-    Extension(current): Extension<Current>,
-    body: Bytes,
+    SignedForm {
+        signed: Signed { user, csrf, .. },
+        form,
+    }: SignedForm,
 ) -> Response {
-    let form = match checked_form(&current, &body) {
-        Ok(f) => f,
-        Err(refused) => return refused,
-    };
-    let (user, csrf) = match pages::signed_in(&current) {
-        Ok(u) => u,
-        Err(to_sign_in) => return to_sign_in,
-    };
     let fields = Fields::from_form(&form);
     let request = authorised(
         ExportAuditRequest {
@@ -380,11 +352,7 @@ async fn export(
             response
         }
         Err(status) => pages::refused_page(
-            &Frame {
-                panel: &panel,
-                user: Some(&user.caller),
-                csrf: &csrf,
-            },
+            &Frame::new(&panel, &user, &csrf),
             "Eksporten lykkedes ikke",
             &status,
         ),
@@ -393,21 +361,12 @@ async fn export(
 
 async fn verify(
     State(panel): State<PanelRef>,
-    Extension(current): Extension<Current>,
-    body: Bytes,
+    SignedForm {
+        signed: Signed { user, csrf, .. },
+        ..
+    }: SignedForm,
 ) -> Response {
-    if let Err(refused) = checked_form(&current, &body) {
-        return refused;
-    }
-    let (user, csrf) = match pages::signed_in(&current) {
-        Ok(u) => u,
-        Err(to_sign_in) => return to_sign_in,
-    };
-    let frame = Frame {
-        panel: &panel,
-        user: Some(&user.caller),
-        csrf: &csrf,
-    };
+    let frame = Frame::new(&panel, &user, &csrf);
     let answer = match api(&panel)
         .verify(authorised(VerifyAuditRequest {}, &user))
         .await
@@ -447,18 +406,14 @@ fn kind_label(kind: &str) -> &str {
 
 async fn review_queue(
     State(panel): State<PanelRef>,
-    Extension(current): Extension<Current>,
+    Signed {
+        current,
+        user,
+        csrf,
+    }: Signed,
 ) -> Response {
-    let (user, csrf) = match pages::signed_in(&current) {
-        Ok(u) => u,
-        Err(to_sign_in) => return to_sign_in,
-    };
     let message = current.lock().notice.take();
-    let frame = Frame {
-        panel: &panel,
-        user: Some(&user.caller),
-        csrf: &csrf,
-    };
+    let frame = Frame::new(&panel, &user, &csrf);
     let request = authorised(
         ReviewQueueRequest {
             from: None,
@@ -499,17 +454,15 @@ async fn review_queue(
 
 async fn mark_reviewed(
     State(panel): State<PanelRef>,
-    Extension(current): Extension<Current>,
-    body: Bytes,
+    SignedForm {
+        signed: Signed {
+            current,
+            user,
+            csrf,
+        },
+        form,
+    }: SignedForm,
 ) -> Response {
-    let form = match checked_form(&current, &body) {
-        Ok(f) => f,
-        Err(refused) => return refused,
-    };
-    let (user, csrf) = match pages::signed_in(&current) {
-        Ok(u) => u,
-        Err(to_sign_in) => return to_sign_in,
-    };
     let request = authorised(
         MarkReviewedRequest {
             key: form.get("key").to_owned(),
@@ -523,11 +476,7 @@ async fn mark_reviewed(
             Redirect::to("/revision/gennemsyn").into_response()
         }
         Err(status) => pages::refused_page(
-            &Frame {
-                panel: &panel,
-                user: Some(&user.caller),
-                csrf: &csrf,
-            },
+            &Frame::new(&panel, &user, &csrf),
             "Markeringen blev ikke gemt",
             &status,
         ),

@@ -6,6 +6,7 @@ use super::pages::{
     self, Frame, PanelRef, authorised, basis_label, checked_form, csrf_field, date, notice,
     purpose_label, tier_label, withheld_part, withheld_reason,
 };
+use super::pages::{Signed, SignedForm};
 use super::session::{Current, Lookup};
 use axum::Router;
 use axum::body::Bytes;
@@ -176,17 +177,15 @@ fn lookup_fields(cpr: Option<&str>) -> Markup {
 /// The form's lookup: the CPR goes into the session and the browser to the answer page.
 async fn submit(
     State(panel): State<PanelRef>,
-    Extension(current): Extension<Current>,
-    body: Bytes,
+    SignedForm {
+        signed: Signed {
+            current,
+            user,
+            csrf,
+        },
+        form,
+    }: SignedForm,
 ) -> Response {
-    let form = match checked_form(&current, &body) {
-        Ok(f) => f,
-        Err(refused) => return refused,
-    };
-    let (user, csrf) = match pages::signed_in(&current) {
-        Ok(u) => u,
-        Err(to_sign_in) => return to_sign_in,
-    };
     let Ok(cpr) = Cpr::parse(form.get("cpr").trim()) else {
         return form_page(
             &panel,
@@ -211,18 +210,14 @@ async fn submit(
 /// The answer page: a card per department, waiting for its answer.
 async fn answer_page(
     State(panel): State<PanelRef>,
-    Extension(current): Extension<Current>,
     Path(id): Path<String>,
+    Signed {
+        current,
+        user,
+        csrf,
+    }: Signed,
 ) -> Response {
-    let (user, csrf) = match pages::signed_in(&current) {
-        Ok(u) => u,
-        Err(to_sign_in) => return to_sign_in,
-    };
-    let frame = Frame {
-        panel: &panel,
-        user: Some(&user.caller),
-        csrf: &csrf,
-    };
+    let frame = Frame::new(&panel, &user, &csrf);
     let Some(lookup) = current.lock().lookup(&id).cloned() else {
         return forgotten(&frame);
     };
@@ -678,13 +673,13 @@ struct BreakGlassQuery {
 /// The deliberate break-the-glass form: a citizen, a purpose, a written reason.
 async fn break_glass_form(
     State(panel): State<PanelRef>,
-    Extension(current): Extension<Current>,
     Query(query): Query<BreakGlassQuery>,
+    Signed {
+        current,
+        user,
+        csrf,
+    }: Signed,
 ) -> Response {
-    let (user, csrf) = match pages::signed_in(&current) {
-        Ok(u) => u,
-        Err(to_sign_in) => return to_sign_in,
-    };
     let from_lookup = query
         .opslag
         .as_deref()
@@ -739,17 +734,15 @@ fn break_glass_page(
 
 async fn break_glass(
     State(panel): State<PanelRef>,
-    Extension(current): Extension<Current>,
-    body: Bytes,
+    SignedForm {
+        signed: Signed {
+            current,
+            user,
+            csrf,
+        },
+        form,
+    }: SignedForm,
 ) -> Response {
-    let form = match checked_form(&current, &body) {
-        Ok(f) => f,
-        Err(refused) => return refused,
-    };
-    let (user, csrf) = match pages::signed_in(&current) {
-        Ok(u) => u,
-        Err(to_sign_in) => return to_sign_in,
-    };
     let from_lookup = Some(form.get("opslag")).filter(|s| !s.is_empty());
     let cpr = match from_lookup {
         Some(id) => current.lock().lookup(id).map(|l| l.cpr.clone()),

@@ -5,7 +5,9 @@ use super::Panel;
 use super::session::{Current, SignedIn, same_secret};
 use crate::auth::Caller;
 use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
 use samblik_proto::v1::{self as pb, Purpose};
@@ -120,6 +122,15 @@ pub(crate) struct Frame<'a> {
 }
 
 impl<'a> Frame<'a> {
+    /// The frame of a signed-in user's page.
+    pub fn new(panel: &'a Panel, user: &'a SignedIn, csrf: &'a str) -> Self {
+        Frame {
+            panel,
+            user: Some(&user.caller),
+            csrf,
+        }
+    }
+
     pub fn page(&self, title: &str, body: Markup) -> Response {
         let roles = self.user.map(|u| u.roles.as_slice()).unwrap_or_default();
         let has = |r: &str| roles.iter().any(|x| x == r);
@@ -279,6 +290,71 @@ pub(crate) fn signed_in(current: &Current) -> Result<(SignedIn, String), Respons
         Some(user) => Ok((user.clone(), session.csrf.clone())),
         None => Err(super::sign_in_redirect()),
     }
+}
+
+/// The largest form body read (axum's own default for `Bytes`).
+const MAX_FORM_BYTES: usize = 2 * 1024 * 1024;
+
+/// A handler's signed-in user: the session, its user and CSRF token. Without one the request
+/// goes to the sign-in page.
+pub(crate) struct Signed {
+    pub current: Current,
+    pub user: SignedIn,
+    pub csrf: String,
+}
+
+impl FromRequestParts<PanelRef> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &PanelRef) -> Result<Self, Response> {
+        let current = session_of(parts)?;
+        let (user, csrf) = signed_in(&current)?;
+        Ok(Signed {
+            current,
+            user,
+            csrf,
+        })
+    }
+}
+
+/// A state-changing form of a signed-in user: the CSRF token is checked first (a forged form
+/// is refused, signed in or not), then the user as [`Signed`].
+pub(crate) struct SignedForm {
+    pub signed: Signed,
+    pub form: Form,
+}
+
+impl FromRequest<PanelRef> for SignedForm {
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &PanelRef,
+    ) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let current = session_of(&parts)?;
+        let body = axum::body::to_bytes(body, MAX_FORM_BYTES)
+            .await
+            .map_err(|_| {
+                problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Formularen er for stor",
+                    "Formularen kunne ikke læses.",
+                )
+            })?;
+        let form = checked_form(&current, &body)?;
+        let signed = Signed::from_request_parts(&mut parts, state).await?;
+        Ok(SignedForm { signed, form })
+    }
+}
+
+/// The request's session (the session layer always sets one).
+fn session_of(parts: &Parts) -> Result<Current, Response> {
+    parts
+        .extensions
+        .get::<Current>()
+        .cloned()
+        .ok_or_else(super::sign_in_redirect)
 }
 
 /// `tonic` metadata that carries `user`'s access token, as a gRPC client would send it.

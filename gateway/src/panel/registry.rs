@@ -3,14 +3,12 @@
 //! `AccessRequestService` and `ConsentService`, so every change is validated and audited there.
 
 use super::pages::{
-    self, Form, Frame, PanelRef, authorised, checked_form, csrf_field, notice, purpose_label,
-    tier_label,
+    self, Frame, PanelRef, authorised, csrf_field, notice, purpose_label, tier_label,
 };
-use super::session::{Current, SignedIn};
+use super::pages::{Signed, SignedForm};
 use crate::registry_api::RegistryApi;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::{NaiveDate, TimeZone};
@@ -42,13 +40,6 @@ fn api(panel: &PanelRef) -> RegistryApi {
     RegistryApi::new(Arc::clone(&panel.pipeline))
 }
 
-/// A signed-in user's form: CSRF checked.
-fn user_form(current: &Current, body: &Bytes) -> Result<(SignedIn, String, Form), Response> {
-    let form = checked_form(current, body)?;
-    let (user, csrf) = pages::signed_in(current)?;
-    Ok((user, csrf, form))
-}
-
 /// The end of a day in Copenhagen as a protobuf time (a grant "until 31.12." includes that day).
 fn end_of_day(text: &str) -> Option<prost_types::Timestamp> {
     let day = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
@@ -70,28 +61,31 @@ fn start_of_day(text: &str) -> Option<prost_types::Timestamp> {
     ))
 }
 
+/// A form about a lookup this session no longer remembers.
+fn lookup_gone(frame: &Frame<'_>, title: &str) -> Response {
+    pages::refused_page(
+        frame,
+        title,
+        &tonic::Status::not_found(
+            "the lookup is no longer in your session; look the citizen up again",
+        ),
+    )
+}
+
 async fn file_request(
     State(panel): State<PanelRef>,
-    Extension(current): Extension<Current>,
-    body: Bytes,
+    SignedForm {
+        signed: Signed {
+            current,
+            user,
+            csrf,
+        },
+        form,
+    }: SignedForm,
 ) -> Response {
-    let (user, csrf, form) = match user_form(&current, &body) {
-        Ok(x) => x,
-        Err(refused) => return refused,
-    };
-    let frame = Frame {
-        panel: &panel,
-        user: Some(&user.caller),
-        csrf: &csrf,
-    };
+    let frame = Frame::new(&panel, &user, &csrf);
     let Some(lookup) = current.lock().lookup(form.get("opslag")).cloned() else {
-        return pages::refused_page(
-            &frame,
-            "Anmodningen blev ikke sendt",
-            &tonic::Status::not_found(
-                "the lookup is no longer in your session; look the citizen up again",
-            ),
-        );
+        return lookup_gone(&frame, "Anmodningen blev ikke sendt");
     };
     let message = FileAccessRequest {
         cpr: lookup.cpr.as_str().to_owned(),
@@ -127,18 +121,14 @@ fn state_label(state: i32) -> &'static str {
 
 async fn requests_page(
     State(panel): State<PanelRef>,
-    Extension(current): Extension<Current>,
+    Signed {
+        current,
+        user,
+        csrf,
+    }: Signed,
 ) -> Response {
-    let (user, csrf) = match pages::signed_in(&current) {
-        Ok(u) => u,
-        Err(to_sign_in) => return to_sign_in,
-    };
     let message = current.lock().notice.take();
-    let frame = Frame {
-        panel: &panel,
-        user: Some(&user.caller),
-        csrf: &csrf,
-    };
+    let frame = Frame::new(&panel, &user, &csrf);
     let list = |view: RequestView| {
         let request = authorised(
             ListAccessRequests {
@@ -246,14 +236,16 @@ fn request_table(requests: &[&pb::AccessRequest]) -> maud::Markup {
 
 async fn decide(
     State(panel): State<PanelRef>,
-    Extension(current): Extension<Current>,
     Path(id): Path<String>,
-    body: Bytes,
+    SignedForm {
+        signed: Signed {
+            current,
+            user,
+            csrf,
+        },
+        form,
+    }: SignedForm,
 ) -> Response {
-    let (user, csrf, form) = match user_form(&current, &body) {
-        Ok(x) => x,
-        Err(refused) => return refused,
-    };
     let approve = form.get("beslutning") == "godkend";
     let message = DecideAccessRequest {
         request_id: id,
@@ -281,11 +273,7 @@ async fn decide(
             Redirect::to("/panel/anmodninger").into_response()
         }
         Err(status) => pages::refused_page(
-            &Frame {
-                panel: &panel,
-                user: Some(&user.caller),
-                csrf: &csrf,
-            },
+            &Frame::new(&panel, &user, &csrf),
             "Afgørelsen blev ikke gemt",
             &status,
         ),
@@ -306,30 +294,20 @@ fn departments(panel: &PanelRef) -> Vec<(String, String)> {
 
 async fn consents_page(
     State(panel): State<PanelRef>,
-    Extension(current): Extension<Current>,
     Path(opslag): Path<String>,
+    Signed {
+        current,
+        user,
+        csrf,
+    }: Signed,
 ) -> Response {
-    let (user, csrf) = match pages::signed_in(&current) {
-        Ok(u) => u,
-        Err(to_sign_in) => return to_sign_in,
-    };
     let (lookup, message) = {
         let mut session = current.lock();
         (session.lookup(&opslag).cloned(), session.notice.take())
     };
-    let frame = Frame {
-        panel: &panel,
-        user: Some(&user.caller),
-        csrf: &csrf,
-    };
+    let frame = Frame::new(&panel, &user, &csrf);
     let Some(lookup) = lookup else {
-        return pages::refused_page(
-            &frame,
-            "Samtykker",
-            &tonic::Status::not_found(
-                "the lookup is no longer in your session; look the citizen up again",
-            ),
-        );
+        return lookup_gone(&frame, "Samtykker");
     };
     let request = authorised(
         ListConsentsRequest {
@@ -433,27 +411,19 @@ async fn consents_page(
 
 async fn record_consent(
     State(panel): State<PanelRef>,
-    Extension(current): Extension<Current>,
     Path(opslag): Path<String>,
-    body: Bytes,
+    SignedForm {
+        signed: Signed {
+            current,
+            user,
+            csrf,
+        },
+        form,
+    }: SignedForm,
 ) -> Response {
-    let (user, csrf, form) = match user_form(&current, &body) {
-        Ok(x) => x,
-        Err(refused) => return refused,
-    };
-    let frame = Frame {
-        panel: &panel,
-        user: Some(&user.caller),
-        csrf: &csrf,
-    };
+    let frame = Frame::new(&panel, &user, &csrf);
     let Some(lookup) = current.lock().lookup(&opslag).cloned() else {
-        return pages::refused_page(
-            &frame,
-            "Samtykket blev ikke registreret",
-            &tonic::Status::not_found(
-                "the lookup is no longer in your session; look the citizen up again",
-            ),
-        );
+        return lookup_gone(&frame, "Samtykket blev ikke registreret");
     };
     let permit = form.get("kind") != "refuse";
     let consent = pb::Consent {
@@ -501,27 +471,19 @@ async fn record_consent(
 
 async fn withdraw_consent(
     State(panel): State<PanelRef>,
-    Extension(current): Extension<Current>,
     Path(opslag): Path<String>,
-    body: Bytes,
+    SignedForm {
+        signed: Signed {
+            current,
+            user,
+            csrf,
+        },
+        form,
+    }: SignedForm,
 ) -> Response {
-    let (user, csrf, form) = match user_form(&current, &body) {
-        Ok(x) => x,
-        Err(refused) => return refused,
-    };
-    let frame = Frame {
-        panel: &panel,
-        user: Some(&user.caller),
-        csrf: &csrf,
-    };
+    let frame = Frame::new(&panel, &user, &csrf);
     let Some(lookup) = current.lock().lookup(&opslag).cloned() else {
-        return pages::refused_page(
-            &frame,
-            "Samtykket blev ikke tilbagekaldt",
-            &tonic::Status::not_found(
-                "the lookup is no longer in your session; look the citizen up again",
-            ),
-        );
+        return lookup_gone(&frame, "Samtykket blev ikke tilbagekaldt");
     };
     let request = authorised(
         WithdrawConsentRequest {

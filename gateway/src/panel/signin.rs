@@ -3,6 +3,7 @@
 //! result is an access token that the gateway's [`crate::auth::Authenticator`] verifies
 //! exactly as it verifies a gRPC caller's — the panel has no identity of its own making.
 
+use super::pages::Signed;
 use super::pages::{self, Frame, PanelRef, checked_form, csrf_field, notice};
 use super::session::{Current, SignedIn};
 use super::{Panel, SignIn};
@@ -68,11 +69,7 @@ pub(super) fn routes() -> Router<PanelRef> {
 }
 
 /// The start page: where the user's role works.
-async fn home(State(panel): State<PanelRef>, Extension(current): Extension<Current>) -> Response {
-    let (user, csrf) = match pages::signed_in(&current) {
-        Ok(u) => u,
-        Err(to_sign_in) => return to_sign_in,
-    };
+async fn home(State(panel): State<PanelRef>, Signed { user, csrf, .. }: Signed) -> Response {
     let caller = &user.caller;
     if pages::has_role(caller, &["caseworker", "department-leader"]) {
         return Redirect::to("/panel").into_response();
