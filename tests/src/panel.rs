@@ -157,6 +157,8 @@ pub struct Browser {
     driver: Child,
     shots: PathBuf,
     step: usize,
+    /// axe-core's source (`tests/a11y`, installed by npm), run on every page the test shows.
+    axe: Option<String>,
 }
 
 impl Drop for Browser {
@@ -253,16 +255,179 @@ pub async fn start_browser(shots: PathBuf) -> Option<Browser> {
         driver,
         shots,
         step: 0,
+        axe: axe_source(),
     })
 }
 
+/// axe-core from `tests/a11y/node_modules` (`npm ci --prefix tests/a11y`, which the README's
+/// test command runs). Missing is a failure when `SAMBLIK_REQUIRE_BROWSER` is set.
+fn axe_source() -> Option<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("a11y/node_modules/axe-core/axe.min.js");
+    match std::fs::read_to_string(&path) {
+        Ok(source) => Some(source),
+        Err(e) => {
+            assert!(
+                std::env::var_os("SAMBLIK_REQUIRE_BROWSER").is_none(),
+                "SAMBLIK_REQUIRE_BROWSER is set but axe-core is not installed ({}: {e}); \
+                 run npm ci --prefix tests/a11y",
+                path.display()
+            );
+            eprintln!("SKIPPED accessibility checks: axe-core is not installed ({e})");
+            None
+        }
+    }
+}
+
+/// The WCAG 2.1 A and AA rules of axe-core; violations of any of them fail the test.
+const AXE_RUN: &str = r#"
+const done = arguments[arguments.length - 1];
+axe.run(document, {
+  runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] },
+  resultTypes: ['violations', 'incomplete'],
+}).then(r => done({
+  violations: r.violations.map(v => ({
+    rule: v.id, help: v.help,
+    nodes: v.nodes.map(n => n.target.join(' ') + ' — ' + (n.failureSummary || '')),
+  })),
+  incomplete: r.incomplete.map(v => ({ rule: v.id, nodes: v.nodes.map(n => n.target.join(' ')) })),
+  passes: r.passes.length,
+})).catch(e => done({ error: String(e) }));
+"#;
+
+/// Lists the page's tab stops in document order (as sequential focus navigation should visit
+/// them: rendered, enabled, one stop per radio group) and focuses the first. Returns how many
+/// there are, or an error string for a positive `tabindex` (which reorders focus).
+const TAB_STOPS: &str = r#"
+const stops = [];
+const groups = new Set();
+for (const el of document.querySelectorAll(
+    'a[href], button, input, select, textarea, summary, [tabindex]')) {
+  const tabindex = el.getAttribute('tabindex');
+  if (tabindex !== null && parseInt(tabindex, 10) > 0) {
+    return 'positive tabindex on ' + el.outerHTML.slice(0, 120);
+  }
+  if (el.disabled || el.type === 'hidden' || (tabindex !== null && parseInt(tabindex, 10) < 0)) continue;
+  if (el.tagName === 'SUMMARY' && el.parentElement.tagName !== 'DETAILS') continue;
+  // Not rendered, hidden, or inside a closed <details> (content-visibility: hidden).
+  if (!el.checkVisibility({ visibilityProperty: true })) continue;
+  if (el.type === 'radio') {
+    if (groups.has(el.name)) continue;
+    groups.add(el.name);
+    const group = [...document.getElementsByName(el.name)].filter(r => r.form === el.form);
+    stops.push(group.find(r => r.checked) || group[0]);
+    continue;
+  }
+  stops.push(el);
+}
+window.__samblikStops = stops;
+if (stops.length) stops[0].focus();
+return stops.length;
+"#;
+
+/// After a Tab: is the focused element the expected stop, and does it show that it has focus?
+const FOCUSED: &str = r#"
+const el = document.activeElement;
+const expected = window.__samblikStops[arguments[0]];
+const style = getComputedStyle(el);
+const describe = e => e ? (e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') +
+  (e.name ? '[name=' + e.name + ']' : '') + ' "' + (e.textContent || e.value || '').trim().slice(0, 40) + '"') : 'nothing';
+return {
+  expected: el === expected,
+  // A date or time field has a tab stop per part (day, month, year) inside one element.
+  within_previous: el === window.__samblikStops[arguments[0] - 1]
+    && ['date', 'datetime-local', 'time', 'month', 'week'].includes(el.type),
+  focused: describe(el),
+  wanted: describe(expected),
+  indicator: (style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) >= 2)
+    || style.boxShadow !== 'none',
+};
+"#;
+
 impl Browser {
-    /// Saves a screenshot of the page as `NN-name.png` and prints where.
+    /// Saves a screenshot of the page as `NN-name.png`, prints where, and checks the page's
+    /// accessibility (see [`Browser::check_accessibility`]).
     pub async fn screenshot(&mut self, name: &str) {
         self.step += 1;
         let png = self.client.screenshot().await.unwrap();
         let path = self.shots.join(format!("{:02}-{name}.png", self.step));
         std::fs::write(&path, png).unwrap();
         println!("screenshot: {}", path.display());
+        self.check_accessibility(name).await;
+    }
+
+    /// The page as it is now against WCAG 2.1 AA with axe-core (labels, contrast, names, roles,
+    /// language, …), then its keyboard focus order: Tab from the first stop must visit every
+    /// tab stop in document order, each with a visible focus indicator. Panics with what is
+    /// wrong and where.
+    pub async fn check_accessibility(&self, page: &str) {
+        let Some(axe) = &self.axe else { return };
+        self.client.execute(axe, Vec::new()).await.unwrap();
+        let result = self
+            .client
+            .execute_async(AXE_RUN, Vec::new())
+            .await
+            .unwrap();
+        assert!(result.get("error").is_none(), "axe on {page}: {result}");
+        let violations = result["violations"].as_array().cloned().unwrap_or_default();
+        assert!(
+            violations.is_empty(),
+            "WCAG 2.1 AA violations on the {page} page:\n{}",
+            serde_json::to_string_pretty(&violations).unwrap()
+        );
+        // What axe could not decide fails too (a duplicate id, say, leaves a label pointing at
+        // two fields) — except contrast it cannot compute (text over a gradient or an image),
+        // which is printed for a person to look at.
+        for item in result["incomplete"].as_array().into_iter().flatten() {
+            assert_eq!(
+                item["rule"], "color-contrast",
+                "axe needs review on the {page} page: {item}"
+            );
+            println!("axe on {page}: contrast to check by eye: {item}");
+        }
+        println!(
+            "accessibility: {page}: {} WCAG 2.1 A/AA rules pass, no violations",
+            result["passes"]
+        );
+
+        let stops = self.client.execute(TAB_STOPS, Vec::new()).await.unwrap();
+        let stops = match stops.as_u64() {
+            Some(n) => n,
+            None => panic!("focus order on the {page} page: {stops}"),
+        };
+        for i in 1..stops {
+            let mut focus = serde_json::Value::Null;
+            for _ in 0..4 {
+                self.client
+                    .active_element()
+                    .await
+                    .unwrap()
+                    .send_keys("\u{e004}")
+                    .await
+                    .unwrap();
+                focus = self
+                    .client
+                    .execute(FOCUSED, vec![serde_json::json!(i)])
+                    .await
+                    .unwrap();
+                if focus["within_previous"] != serde_json::json!(true) {
+                    break;
+                }
+            }
+            assert_eq!(
+                focus["expected"],
+                serde_json::json!(true),
+                "focus order on the {page} page: Tab number {i} focused {} instead of {}",
+                focus["focused"],
+                focus["wanted"]
+            );
+            assert_eq!(
+                focus["indicator"],
+                serde_json::json!(true),
+                "no visible focus indicator on the {page} page for {}",
+                focus["focused"]
+            );
+        }
+        println!("keyboard: {page}: Tab visits all {stops} stops in order, each visibly focused");
     }
 }

@@ -34,12 +34,22 @@ async fn wait_for(client: &Client, css: &str) -> fantoccini::elements::Element {
     }
 }
 
-async fn sign_in(b: &Browser, panel: &RunningPanel, user: &str) {
+/// Opens the panel's page at `path` and waits for `css` on it.
+async fn open(
+    b: &Browser,
+    panel: &RunningPanel,
+    path: &str,
+    css: &str,
+) -> fantoccini::elements::Element {
     b.client
-        .goto(&format!("{}/log-ind", panel.url))
+        .goto(&format!("{}{path}", panel.url))
         .await
         .unwrap();
-    wait_for(&b.client, &format!("button[data-user='{user}']"))
+    wait_for(&b.client, css).await
+}
+
+async fn sign_in(b: &Browser, panel: &RunningPanel, user: &str) {
+    open(b, panel, "/log-ind", &format!("button[data-user='{user}']"))
         .await
         .click()
         .await
@@ -60,11 +70,7 @@ async fn sign_out(b: &Browser) {
 /// Looks `cpr` up through the form and waits until every department has answered or failed.
 /// Returns the milliseconds from submitting to the first department card.
 async fn look_up(b: &Browser, panel: &RunningPanel, cpr: &str) -> u64 {
-    b.client
-        .goto(&format!("{}/panel", panel.url))
-        .await
-        .unwrap();
-    wait_for(&b.client, "#cpr")
+    open(b, panel, "/panel", "#cpr")
         .await
         .send_keys(cpr)
         .await
@@ -116,6 +122,11 @@ async fn a_caseworker_and_an_auditor_work_through_the_panel_in_chromium() {
     let child_welfare = caseworker(Department::ChildWelfare).id.clone();
     let jobcenter = caseworker(Department::Jobcenter).id.clone();
     let mut first_card_ms = Vec::new();
+
+    // Every page the test shows is checked against WCAG 2.1 AA (axe-core) and for its keyboard
+    // focus order as its screenshot is taken, starting with the sign-in page.
+    open(&b, &panel, "/log-ind", "button[data-user]").await;
+    b.screenshot("sign-in").await;
 
     // Sign in as a child-welfare caseworker and look up a citizen with cases in all three
     // departments: three department cards, each answered.
@@ -193,11 +204,7 @@ async fn a_caseworker_and_an_auditor_work_through_the_panel_in_chromium() {
 
     // The owning department (jobcenter) approves it in its inbox.
     sign_in(&b, &panel, &jobcenter).await;
-    b.client
-        .goto(&format!("{}/panel/anmodninger", panel.url))
-        .await
-        .unwrap();
-    let request = wait_for(&b.client, "article.anmodning").await;
+    let request = open(&b, &panel, "/panel/anmodninger", "article.anmodning").await;
     b.screenshot("owner-inbox").await;
     request
         .find(Locator::Css("button[value=godkend]"))
@@ -296,6 +303,8 @@ async fn a_caseworker_and_an_auditor_work_through_the_panel_in_chromium() {
     assert_eq!(card_status(&b, "child-welfare").await, "svaret");
     assert_eq!(card_status(&b, "jobcenter").await, "svaret");
     b.screenshot("integration-down").await;
+    open(&b, &panel, "/panel/noedadgang", "textarea").await;
+    b.screenshot("break-the-glass-form").await;
     sign_out(&b).await;
 
     // The auditor finds the lookups, sees what was disclosed and checks the chain.
@@ -340,17 +349,9 @@ async fn a_caseworker_and_an_auditor_work_through_the_panel_in_chromium() {
         fields.contains("selected"),
         "the disclosed field paths are listed: {fields}"
     );
-    b.client
-        .goto(&format!("{}/revision/gennemsyn", panel.url))
-        .await
-        .unwrap();
-    wait_for(&b.client, "h1").await;
+    open(&b, &panel, "/revision/gennemsyn", "h1").await;
     b.screenshot("review-queue").await;
-    b.client
-        .goto(&format!("{}/revision", panel.url))
-        .await
-        .unwrap();
-    wait_for(&b.client, "#verificer")
+    open(&b, &panel, "/revision", "#verificer")
         .await
         .click()
         .await

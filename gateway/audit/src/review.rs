@@ -12,7 +12,7 @@ use crate::record::AuditRecord;
 use crate::search::Activity;
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, TimeZone, Timelike, Utc, Weekday};
 use chrono_tz::Tz;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 pub const BREAK_GLASS: &str = "break-glass";
 pub const OUTSIDE_HOURS: &str = "outside-hours";
@@ -143,10 +143,17 @@ impl ReviewRules {
         (day, start_of(day), start_of(next))
     }
 
-    /// The review items in `activity` (lookups, oldest first) and `break_glass` (records).
+    /// The review items in `activity` (lookup records, oldest first) and `break_glass`
+    /// (records). A lookup is one request however many records it wrote (a streamed lookup
+    /// writes one per department as it answers), so it is one item and counts once.
     pub fn analyse(&self, activity: &[Activity], break_glass: &[AuditRecord]) -> Vec<ReviewItem> {
         let mut items = Vec::new();
-        for r in break_glass {
+        let activity = lookups(activity.iter());
+        let mut seen = HashSet::new();
+        for r in break_glass
+            .iter()
+            .filter(|r| seen.insert(r.request_id.as_str()))
+        {
             let Some(at) = parse(&r.at) else { continue };
             items.push(ReviewItem {
                 key: format!("{BREAK_GLASS}:{}", r.request_id),
@@ -163,7 +170,7 @@ impl ReviewRules {
         }
         let mut hours: BTreeMap<(String, DateTime<Utc>), Vec<&Activity>> = BTreeMap::new();
         let mut days: BTreeMap<(String, NaiveDate), Vec<&Activity>> = BTreeMap::new();
-        for a in activity {
+        for a in &activity {
             let Some(at) = parse(&a.at) else { continue };
             if self.outside_hours(at) {
                 let local = at.with_timezone(&self.timezone);
@@ -299,12 +306,13 @@ impl ReviewRules {
         }
         let (hour_start, hour_end) = self.hour_of(at);
         let (_, day_start, day_end) = self.day_of(at);
-        let mine = activity
-            .iter()
-            .filter(|a| a.caller_id == record.actor.caller_id)
-            .filter_map(|a| Some((parse(&a.at)?, a)));
+        let mine = lookups(
+            activity
+                .iter()
+                .filter(|a| a.caller_id == record.actor.caller_id),
+        );
         let (mut in_hour, mut denied_in_day) = (0, 0);
-        for (t, a) in mine {
+        for (t, a) in mine.iter().filter_map(|a| Some((parse(&a.at)?, a))) {
             if t >= hour_start && t < hour_end {
                 in_hour += 1;
             }
@@ -320,6 +328,27 @@ impl ReviewRules {
         }
         flags
     }
+}
+
+/// Lookup records as lookups: the records of one request id become one, at its first record's
+/// time, refused if any of them was.
+fn lookups<'a>(records: impl Iterator<Item = &'a Activity>) -> Vec<Activity> {
+    let mut lookups: Vec<Activity> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for r in records {
+        match index.get(r.request_id.as_str()) {
+            Some(&i) => {
+                if r.outcome == "denied" {
+                    lookups[i].outcome.clone_from(&r.outcome);
+                }
+            }
+            None => {
+                index.insert(&r.request_id, lookups.len());
+                lookups.push(r.clone());
+            }
+        }
+    }
+    lookups
 }
 
 /// Applies the latest mark of each key to `items`; without `include_reviewed`, drops the
@@ -440,6 +469,42 @@ mod tests {
         assert_eq!(rules.flags(&record, &activity), vec![MANY_LOOKUPS]);
         record.actor.caller_id = "cw-c".into();
         assert!(rules.flags(&record, &activity).is_empty());
+    }
+
+    #[test]
+    fn a_streamed_lookup_is_one_lookup_however_many_departments_answered() {
+        let rules = ReviewRules {
+            max_lookups_per_hour: 2,
+            ..ReviewRules::default()
+        };
+        // Two streamed lookups at 02:00 local time, each recorded once per department.
+        let mut activity = Vec::new();
+        for (id, minute) in [(1, 0), (2, 5)] {
+            for _department in 0..3 {
+                activity.push(lookup(
+                    id,
+                    &format!("2026-11-23T01:0{minute}:00.000000Z"),
+                    "cw-a",
+                    "answered",
+                ));
+            }
+        }
+        let mut break_glass = Vec::new();
+        for _department in 0..3 {
+            let mut record = record_at("2026-11-23T01:00:00.000000Z", "cw-a");
+            record.request_id = "r-1".into();
+            record.break_glass_reason = Some("akut".into());
+            break_glass.push(record);
+        }
+        let items = rules.analyse(&activity, &break_glass);
+        let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["outside-hours:r-2", "break-glass:r-1", "outside-hours:r-1"],
+            "one item per lookup, and two lookups are not above two an hour"
+        );
+        let record = record_at("2026-11-23T01:05:00.000000Z", "cw-a");
+        assert_eq!(rules.flags(&record, &activity), vec![OUTSIDE_HOURS]);
     }
 
     #[test]
