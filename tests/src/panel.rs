@@ -8,6 +8,7 @@ use samblik_gateway::demo::{caseworker_claims, demo_panel_config};
 use samblik_gateway::panel::{DemoSignIn, DemoSignInUser, Panel, SignIn};
 use samblik_synth::Department;
 use std::io::BufRead;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -163,7 +164,16 @@ pub struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // chromedriver leads a process group of its own, which the Chromium it starts joins:
+        // a test that fails before closing its session leaves no browser behind.
+        let group = format!("-{}", self.driver.id());
+        let killed = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !killed {
+            let _ = self.driver.kill();
+        }
         let _ = self.driver.wait();
     }
 }
@@ -185,6 +195,7 @@ pub async fn start_browser(shots: PathBuf) -> Option<Browser> {
     }
     let mut driver = Command::new("/usr/bin/chromedriver")
         .arg("--port=0")
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
