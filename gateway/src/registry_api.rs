@@ -251,7 +251,12 @@ const SHOWN_IDS: usize = 20;
 
 /// What a listing showed of one citizen's requests, for their audit record: the request ids.
 fn shown_detail(ids: &[&str]) -> String {
-    let named = ids.iter().take(SHOWN_IDS).copied().collect::<Vec<_>>().join(", ");
+    let named = ids
+        .iter()
+        .take(SHOWN_IDS)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
     match ids.len().saturating_sub(SHOWN_IDS) {
         0 => format!("requests shown: {named}"),
         more => format!("requests shown: {named} and {more} more"),
@@ -518,12 +523,15 @@ impl RegistryApi {
         )
         .await?;
         let message = request.into_inner();
-        let (cpr, purpose, filed) =
-            match self.request_from(&message, &principal.caller, &mut draft) {
-                Ok(r) => r,
-                Err(e) => return refuse(draft, e).await,
-            };
-        if let Err(e) = self.check_case(request_id, &principal, &cpr, purpose, &filed).await {
+        let (cpr, purpose, filed) = match self.request_from(&message, &principal.caller, &mut draft)
+        {
+            Ok(r) => r,
+            Err(e) => return refuse(draft, e).await,
+        };
+        if let Err(e) = self
+            .check_case(request_id, &principal, &cpr, purpose, &filed)
+            .await
+        {
             return refuse(draft, e).await;
         }
         let applied = self

@@ -9,12 +9,10 @@ use samblik_proto::v1::access_request_service_client::AccessRequestServiceClient
 use samblik_proto::v1::audit_service_client::AuditServiceClient;
 use samblik_proto::v1::consent_service_client::ConsentServiceClient;
 use samblik_proto::v1::{
-    AccessRequest, AuditFilter, Case, CaseType, Consent, ConsentKind, DecideAccessRequest, Existence,
-    FileAccessRequest, ListAccessRequests, ListConsentsRequest, LookupResponse, MyAccessLogRequest,
-    Purpose,
-    RecordConsentRequest, RequestState, RequestView, SearchAuditRequest, Selected, SourceResult,
-    Tier,
-    WithdrawConsentRequest,
+    AccessRequest, AuditFilter, Case, CaseType, Consent, ConsentKind, DecideAccessRequest,
+    Existence, FileAccessRequest, ListAccessRequests, ListConsentsRequest, LookupResponse,
+    MyAccessLogRequest, Purpose, RecordConsentRequest, RequestState, RequestView,
+    SearchAuditRequest, Selected, SourceResult, Tier, WithdrawConsentRequest,
 };
 use samblik_synth::Department;
 use samblik_tests::*;
@@ -839,7 +837,11 @@ async fn filing_an_access_request_needs_a_relation_and_a_case_the_source_holds_f
     )
     .await
     .unwrap_err();
-    assert_eq!(nothing_more.code(), Code::FailedPrecondition, "{nothing_more:?}");
+    assert_eq!(
+        nothing_more.code(),
+        Code::FailedPrecondition,
+        "{nothing_more:?}"
+    );
 
     // Nothing was stored: no inbox, no caller holds a request.
     for (t, view) in [
@@ -1016,10 +1018,19 @@ async fn a_citizen_lists_exactly_their_own_consents() {
     };
     let mine_id = mine.consent.unwrap().consent_id;
     // By the token alone, or naming themselves (in either spelling).
-    assert_eq!(ids(list(citizen_token(cpr), "").await.unwrap()), [mine_id.clone()]);
-    assert_eq!(ids(list(citizen_token(cpr), cpr).await.unwrap()), [mine_id.clone()]);
+    assert_eq!(
+        ids(list(citizen_token(cpr), "").await.unwrap()),
+        [mine_id.clone()]
+    );
+    assert_eq!(
+        ids(list(citizen_token(cpr), cpr).await.unwrap()),
+        [mine_id.clone()]
+    );
     let dashed = format!("{}-{}", &cpr[..6], &cpr[6..]);
-    assert_eq!(ids(list(citizen_token(cpr), &dashed).await.unwrap()), [mine_id]);
+    assert_eq!(
+        ids(list(citizen_token(cpr), &dashed).await.unwrap()),
+        [mine_id]
+    );
     assert_eq!(
         ids(list(citizen_token(other), "").await.unwrap()),
         [theirs.consent.unwrap().consent_id]
@@ -1098,9 +1109,13 @@ async fn the_log_names_every_citizen_whose_access_request_was_listed() {
     let inbox = requests(&channel, &child_welfare, RequestView::Inbox).await;
     assert_eq!(inbox.len(), 2);
     assert!(
-        requests(&channel, &token(Department::Integration), RequestView::Inbox)
-            .await
-            .is_empty()
+        requests(
+            &channel,
+            &token(Department::Integration),
+            RequestView::Inbox
+        )
+        .await
+        .is_empty()
     );
 
     // An auditor searching by either citizen finds that their request was shown, to whom,
@@ -1162,10 +1177,8 @@ async fn the_log_names_every_citizen_whose_access_request_was_listed() {
         .unwrap()
         .into_inner();
     assert!(
-        mine.entries
-            .iter()
-            .any(|e| e.department == "child-welfare"
-                && e.action == "read a request for access to your cases"),
+        mine.entries.iter().any(|e| e.department == "child-welfare"
+            && e.action == "read a request for access to your cases"),
         "{mine:?}"
     );
 }
