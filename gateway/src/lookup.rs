@@ -432,7 +432,7 @@ impl LookupPipeline {
                                 .and_then(|c| c.disclosure);
                             if shown.is_none() {
                                 shown = Some(samblik_proto::v1::Disclosure {
-                                    rule_ids: decision.rule_ids.clone(),
+                                    rule_ids: decision.rule_ids.to_vec(),
                                     ..Default::default()
                                 });
                             }
@@ -440,7 +440,7 @@ impl LookupPipeline {
                                 case_id: case.case_id.clone(),
                                 tier: 0,
                                 basis: None,
-                                rule_ids: decision.rule_ids.clone(),
+                                rule_ids: decision.rule_ids.to_vec(),
                                 fields: Vec::new(),
                             });
                             response.cases.push(ExplainedCase {
@@ -1044,7 +1044,7 @@ fn case_entry(case: &samblik_proto::v1::Case, decision: &Decision) -> CaseEntry 
         case_id: case.case_id.clone(),
         tier: u8::try_from(case.tier).unwrap_or(0),
         basis: decision.basis.as_ref().map(ToString::to_string),
-        rule_ids: decision.rule_ids.clone(),
+        rule_ids: decision.rule_ids.to_vec(),
         fields: disclosed_fields(case),
     }
 }

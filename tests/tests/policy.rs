@@ -1020,11 +1020,11 @@ async fn a_citizen_lists_exactly_their_own_consents() {
     // By the token alone, or naming themselves (in either spelling).
     assert_eq!(
         ids(list(citizen_token(cpr), "").await.unwrap()),
-        [mine_id.clone()]
+        std::slice::from_ref(&mine_id)
     );
     assert_eq!(
         ids(list(citizen_token(cpr), cpr).await.unwrap()),
-        [mine_id.clone()]
+        std::slice::from_ref(&mine_id)
     );
     let dashed = format!("{}-{}", &cpr[..6], &cpr[6..]);
     assert_eq!(
