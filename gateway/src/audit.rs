@@ -127,6 +127,31 @@ impl AuditDraft {
         write(&self.log, event).await
     }
 
+    /// Records an answer that showed something of each of `citizens` (a listing of access
+    /// requests): one record per citizen, naming them, with its own detail, all under the one
+    /// request id — the log is searched by CPR, and a record holds one. Without citizens, one
+    /// record that names none. Waits until every record is durable.
+    pub async fn answered_per_citizen(
+        mut self,
+        citizens: Vec<(Cpr, String)>,
+    ) -> Result<(), GatewayError> {
+        let Some(mut event) = self.event.take() else {
+            return Ok(());
+        };
+        event.outcome = Outcome::Answered;
+        if citizens.is_empty() {
+            return write(&self.log, event).await;
+        }
+        let log = &self.log;
+        let writes = citizens.into_iter().map(|(cpr, detail)| {
+            let mut e = event.clone();
+            e.cpr = Some(cpr.as_str().to_owned());
+            e.detail = Some(detail);
+            write(log, e)
+        });
+        futures::future::try_join_all(writes).await.map(|_| ())
+    }
+
     /// Records one part of a streamed answer (one department) and waits until it is durable;
     /// the draft stays open for the next part.
     pub async fn answered_part(&self, source: SourceEntry) -> Result<(), GatewayError> {

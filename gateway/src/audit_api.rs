@@ -43,6 +43,7 @@ const CITIZEN_VISIBLE: &[Action] = &[
     Action::LookupStream,
     Action::PolicyExplained,
     Action::ConsentsListed,
+    Action::RequestsListed,
     Action::AuditSearched,
     Action::AuditExported,
 ];
@@ -775,6 +776,7 @@ fn access_log_entry(r: &AuditRecord, names: bool) -> pb::AccessLogEntry {
             Action::Lookup | Action::LookupStream => "looked up your cases",
             Action::PolicyExplained => "checked what the rules allow others to see",
             Action::ConsentsListed => "read your consents",
+            Action::RequestsListed => "read a request for access to your cases",
             Action::AuditSearched | Action::AuditExported => "audited accesses to your data",
             _ => "read your data",
         }

@@ -277,10 +277,11 @@ impl DisclosurePolicy {
             .as_ref()
             .and_then(|e| e.case_type.as_ref())
             .map_or(("", ""), |t| (t.code.as_str(), t.legal_paragraph.as_str()));
-        let mut flags: Vec<String> = case.sensitivity.clone();
+        // The case's own flags, borrowed; copied only when configuration adds one.
+        let mut flags = std::borrow::Cow::Borrowed(case.sensitivity.as_slice());
         for f in self.configured_flags(source_id, case_type) {
             if !flags.iter().any(|x| x == f) {
-                flags.push(f.to_owned());
+                flags.to_mut().push(f.to_owned());
             }
         }
         let facts = self.facts(
@@ -344,10 +345,9 @@ impl DisclosurePolicy {
             .existence
             .as_ref()
             .and_then(|e| e.case_type.as_ref())
-            .map(|t| t.code.clone())
-            .unwrap_or_default();
+            .map_or("", |t| t.code.as_str());
         if let Some(selected) = case.selected.as_mut() {
-            if let Some(fields) = self.selected_fields(source_id, &case_type) {
+            if let Some(fields) = self.selected_fields(source_id, case_type) {
                 keep_selected(selected, |f| fields.iter().any(|x| x == f));
             }
             if !decision.address_visible && !selected.residence.is_empty() {
@@ -382,7 +382,7 @@ impl DisclosurePolicy {
         case.disclosure = Some(pb::Disclosure {
             basis,
             basis_id,
-            rule_ids: decision.rule_ids.clone(),
+            rule_ids: decision.rule_ids.to_vec(),
             withheld,
         });
         case.sensitivity.clear();

@@ -127,6 +127,17 @@ pub struct LookupPlan {
 }
 
 impl LookupPlan {
+    /// Keeps the own department's answers that are also targets, for their target's call.
+    fn keep_prefetched(&mut self, fetched: Vec<(usize, Fetched)>) {
+        let targets = &self.targets;
+        self.prefetched = std::sync::Mutex::new(
+            fetched
+                .into_iter()
+                .filter(|(i, _)| targets.contains(i))
+                .collect(),
+        );
+    }
+
     fn take_prefetched(&self, index: usize) -> Option<Fetched> {
         let mut prefetched = self.prefetched.lock().unwrap_or_else(|e| e.into_inner());
         let at = prefetched.iter().position(|(i, _)| *i == index)?;
@@ -145,6 +156,15 @@ impl LookupPlan {
             registry: &self.registry,
         }
     }
+}
+
+/// What asking the caller's own department established ([`LookupPipeline::relate`]).
+struct Relation {
+    /// The own department's answers, for reuse as the lookup's own.
+    fetched: Vec<(usize, Fetched)>,
+    /// No relation because none of the own department's sources answered: not known to be
+    /// absent.
+    unknown: bool,
 }
 
 /// What one source call brought back, before the policy decides.
@@ -412,7 +432,7 @@ impl LookupPipeline {
                                 .and_then(|c| c.disclosure);
                             if shown.is_none() {
                                 shown = Some(samblik_proto::v1::Disclosure {
-                                    rule_ids: decision.rule_ids.clone(),
+                                    rule_ids: decision.rule_ids.to_vec(),
                                     ..Default::default()
                                 });
                             }
@@ -420,7 +440,7 @@ impl LookupPipeline {
                                 case_id: case.case_id.clone(),
                                 tier: 0,
                                 basis: None,
-                                rule_ids: decision.rule_ids.clone(),
+                                rule_ids: decision.rule_ids.to_vec(),
                                 fields: Vec::new(),
                             });
                             response.cases.push(ExplainedCase {
@@ -565,18 +585,43 @@ impl LookupPipeline {
         }
     }
 
-    /// Reads the citizen's consents and the caller's grants, and establishes the caller's
-    /// relation to the citizen by asking the caller's own department's source. Without a
-    /// relation the lookup is refused — unless the caller breaks the glass. The own source is
-    /// asked even when the calling system may not ask it: the relation is the gateway's check,
-    /// and that source's answer is shown only through [`Self::fetch_target`].
+    /// Establishes the caller's relation to the citizen ([`Self::relate`]). Without a relation
+    /// the lookup is refused — unless the caller breaks the glass.
     async fn establish(&self, plan: &mut LookupPlan) -> Result<(), GatewayError> {
+        let relation = self.relate(plan).await?;
+        if !plan.relation {
+            if plan.break_glass_reason.is_none() {
+                return Err(if relation.unknown {
+                    GatewayError::Unavailable(
+                        "your department's system did not answer, so your relation to the citizen cannot be established; nothing is disclosed"
+                            .into(),
+                    )
+                } else {
+                    GatewayError::PermissionDenied(
+                        "you have no open case for this citizen in your department; if you must look anyway, break the glass with a written reason"
+                            .into(),
+                    )
+                });
+            }
+            plan.break_glass = true;
+            tracing::warn!(request_id = %plan.request_id, "break-the-glass lookup");
+        }
+        plan.keep_prefetched(relation.fetched);
+        Ok(())
+    }
+
+    /// Reads the citizen's consents and the caller's grants into the plan, and establishes the
+    /// caller's relation to the citizen (`plan.relation`) by asking the caller's own
+    /// department's sources for an open case. The own sources are asked even when the calling
+    /// system may not ask them: the relation is the gateway's check, and their answers are
+    /// shown only through [`Self::fetch_target`]. Fails only when the registry is unreadable.
+    async fn relate(&self, plan: &mut LookupPlan) -> Result<Relation, GatewayError> {
         let (consents, grants) = futures::join!(
             self.registry.consents_for(plan.cpr.as_str()),
             self.registry.grants_for(plan.cpr.as_str(), &plan.caller.id),
         );
         let unreadable = |e: samblik_audit::AuditError| {
-            tracing::error!(error = %e, "consent registry unreadable; refusing the lookup");
+            tracing::error!(error = %e, "consent registry unreadable; refusing the call");
             GatewayError::Unavailable(
                 "consents and access grants cannot be read right now, so nothing is disclosed; try again shortly"
                     .into(),
@@ -616,30 +661,100 @@ impl LookupPipeline {
             .iter()
             .any(|(_, f)| matches!(f, Fetched::Answer { .. }));
         tracing::Span::current().record("relation", plan.relation);
-        if !plan.relation {
-            if plan.break_glass_reason.is_none() {
-                return Err(if !own.is_empty() && !own_answered {
-                    GatewayError::Unavailable(
-                        "your department's system did not answer, so your relation to the citizen cannot be established; nothing is disclosed"
-                            .into(),
-                    )
-                } else {
-                    GatewayError::PermissionDenied(
-                        "you have no open case for this citizen in your department; if you must look anyway, break the glass with a written reason"
-                            .into(),
-                    )
-                });
-            }
-            plan.break_glass = true;
-            tracing::warn!(request_id = %plan.request_id, "break-the-glass lookup");
+        Ok(Relation {
+            unknown: !plan.relation && !own.is_empty() && !own_answered,
+            fetched,
+        })
+    }
+
+    /// A registry call about a citizen — recording their consent, filing an access request
+    /// about them — needs the relation a lookup needs: an open case for the citizen in the
+    /// caller's own department, established exactly as for a lookup ([`Self::relate`]), but
+    /// with no break-the-glass. `doing` completes the refusal ("you may not …"). Sources are
+    /// asked for existence only, and nothing they answer is shown. The plan returned can check
+    /// a case with [`Self::shown_tier`].
+    pub(crate) async fn require_relation(
+        &self,
+        request_id: &str,
+        principal: &Principal,
+        cpr: &Cpr,
+        purpose: Purpose,
+        doing: &str,
+    ) -> Result<LookupPlan, GatewayError> {
+        let caller = Arc::clone(&principal.caller);
+        let mut plan = LookupPlan {
+            request_id: request_id.to_owned(),
+            roles: caller.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+            caller,
+            system: principal.system.clone(),
+            purpose,
+            cpr: cpr.clone(),
+            targets: (0..self.sources.len()).collect(),
+            deadline: Instant::now() + self.limits.default_deadline,
+            break_glass_reason: None,
+            relation: false,
+            break_glass: false,
+            registry: RegistryFacts::default(),
+            dry_run: true,
+            prefetched: Default::default(),
+        };
+        let relation = self.relate(&mut plan).await?;
+        if relation.unknown {
+            return Err(GatewayError::Unavailable(format!(
+                "your department's system did not answer, so your relation to the citizen cannot be established; you may not {doing} now, and nothing was changed"
+            )));
         }
-        plan.prefetched = std::sync::Mutex::new(
-            fetched
-                .into_iter()
-                .filter(|(i, _)| plan.targets.contains(i))
-                .collect(),
-        );
-        Ok(())
+        if !plan.relation {
+            return Err(GatewayError::PermissionDenied(format!(
+                "you have no open case for this citizen in your department, so you may not {doing}"
+            )));
+        }
+        plan.keep_prefetched(relation.fetched);
+        Ok(plan)
+    }
+
+    /// The tier `plan`'s caller is shown now of case `case_id` of source `source_id`, asking the
+    /// source. NOT_FOUND when the source holds no such case for the citizen — or holds one the
+    /// policy hides from the caller: the answer never tells a hidden case from a missing one.
+    pub(crate) async fn shown_tier(
+        &self,
+        plan: &LookupPlan,
+        source_id: &str,
+        case_id: &str,
+    ) -> Result<samblik_policy::Tier, GatewayError> {
+        let index = self.select_sources(&[source_id.to_owned()])?[0];
+        match self.fetch_target(plan, index).await {
+            Fetched::Answer { answer, .. } => {
+                let facts = plan.facts();
+                let tier = answer
+                    .cases
+                    .iter()
+                    .find(|c| {
+                        c.case_id == case_id
+                            && c.subject_cpr == plan.cpr.as_str()
+                            && c.existence.is_some()
+                    })
+                    .map_or(samblik_policy::Tier::Hidden, |c| {
+                        self.policy.decide(&facts, source_id, c).tier
+                    });
+                if tier == samblik_policy::Tier::Hidden {
+                    Err(GatewayError::NotFound(
+                        "the department holds no such case for this citizen".into(),
+                    ))
+                } else {
+                    Ok(tier)
+                }
+            }
+            Fetched::Failed {
+                status: SourceStatus::Denied,
+                detail,
+            } => Err(GatewayError::PermissionDenied(format!(
+                "{detail}, so the case cannot be checked"
+            ))),
+            Fetched::Failed { detail, .. } => Err(GatewayError::Unavailable(format!(
+                "{detail}, so the case cannot be checked; nothing was changed"
+            ))),
+        }
     }
 
     /// Authenticates and validates a request, noting what it learns in the audit draft.
@@ -929,7 +1044,7 @@ fn case_entry(case: &samblik_proto::v1::Case, decision: &Decision) -> CaseEntry 
         case_id: case.case_id.clone(),
         tier: u8::try_from(case.tier).unwrap_or(0),
         basis: decision.basis.as_ref().map(ToString::to_string),
-        rule_ids: decision.rule_ids.clone(),
+        rule_ids: decision.rule_ids.to_vec(),
         fields: disclosed_fields(case),
     }
 }

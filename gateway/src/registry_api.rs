@@ -5,7 +5,7 @@
 use crate::audit::AuditDraft;
 use crate::auth::{Caller, Credentials};
 use crate::error::GatewayError;
-use crate::lookup::LookupPipeline;
+use crate::lookup::{LookupPipeline, Principal};
 use chrono::{DateTime, Utc};
 use samblik_audit::Action;
 use samblik_audit::registry::{
@@ -19,6 +19,7 @@ use samblik_proto::v1::{
     ListAccessRequestsResponse, ListConsentsRequest, ListConsentsResponse, Purpose,
     RecordConsentRequest, RequestView, WithdrawConsentRequest,
 };
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -61,6 +62,18 @@ pub(crate) async fn begin<T>(
     action: Action,
     roles: &[&str],
 ) -> Result<(AuditDraft, Caller), GatewayError> {
+    let (draft, principal) = begin_as(pipeline, request, request_id, action, roles).await?;
+    Ok((draft, principal.caller.as_ref().clone()))
+}
+
+/// [`begin`], answering with the whole principal: the caller and the system calling for them.
+pub(crate) async fn begin_as<T>(
+    pipeline: &LookupPipeline,
+    request: &Request<T>,
+    request_id: &str,
+    action: Action,
+    roles: &[&str],
+) -> Result<(AuditDraft, Principal), GatewayError> {
     let credentials = Credentials::of(request);
     pipeline.auth().refresh_keys_for(credentials.metadata).await;
     let mut draft = AuditDraft::new(
@@ -69,14 +82,19 @@ pub(crate) async fn begin<T>(
         action,
         pipeline.policy().version(),
     );
-    let caller = match pipeline.authenticate(&credentials, &mut draft) {
-        Ok(p) => p.caller,
+    let principal = match pipeline.authenticate(&credentials, &mut draft) {
+        Ok(p) => p,
         Err(e) => {
             draft.refused(&e).await?;
             return Err(e);
         }
     };
-    if !caller.roles.iter().any(|r| roles.contains(&r.as_str())) {
+    if !principal
+        .caller
+        .roles
+        .iter()
+        .any(|r| roles.contains(&r.as_str()))
+    {
         let e = GatewayError::PermissionDenied(format!(
             "this needs one of the roles {}",
             roles.join(", ")
@@ -84,7 +102,7 @@ pub(crate) async fn begin<T>(
         draft.refused(&e).await?;
         return Err(e);
     }
-    Ok((draft, caller.as_ref().clone()))
+    Ok((draft, principal))
 }
 
 impl RegistryApi {
@@ -228,6 +246,23 @@ fn access_request(r: &reg::AccessRequest) -> pb::AccessRequest {
     }
 }
 
+/// Request ids named in one record of a listing at most; the rest are counted.
+const SHOWN_IDS: usize = 20;
+
+/// What a listing showed of one citizen's requests, for their audit record: the request ids.
+fn shown_detail(ids: &[&str]) -> String {
+    let named = ids
+        .iter()
+        .take(SHOWN_IDS)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    match ids.len().saturating_sub(SHOWN_IDS) {
+        0 => format!("requests shown: {named}"),
+        more => format!("requests shown: {named} and {more} more"),
+    }
+}
+
 /// A change's outcome as the caller's answer.
 fn outcome(outcome: ChangeOutcome, what: &str) -> Result<(), GatewayError> {
     match outcome {
@@ -251,19 +286,34 @@ impl RegistryApi {
         request: Request<RecordConsentRequest>,
         request_id: &str,
     ) -> Result<pb::ConsentRecord, GatewayError> {
-        let (mut draft, caller) = self
-            .begin(
-                &request,
-                request_id,
-                Action::ConsentRecorded,
-                CASEWORK_ROLES,
-            )
-            .await?;
+        let (mut draft, principal) = begin_as(
+            &self.pipeline,
+            &request,
+            request_id,
+            Action::ConsentRecorded,
+            CASEWORK_ROLES,
+        )
+        .await?;
         let message = request.into_inner();
-        let consent = match self.consent_from(&message, &caller, &mut draft) {
+        let (cpr, consent) = match self.consent_from(&message, &principal.caller, &mut draft) {
             Ok(c) => c,
             Err(e) => return refuse(draft, e).await,
         };
+        // Whoever records a consent must be the citizen's caseworker, as a lookup requires;
+        // the consent names no purpose of the recording itself.
+        let related = self
+            .pipeline
+            .require_relation(
+                request_id,
+                &principal,
+                &cpr,
+                Purpose::Unspecified,
+                "record a consent for them",
+            )
+            .await;
+        if let Err(e) = related {
+            return refuse(draft, e).await;
+        }
         let now = consent.recorded_at;
         let applied = self
             .apply(draft, RegistryChange::RecordConsent(consent.clone()))
@@ -278,7 +328,7 @@ impl RegistryApi {
         message: &RecordConsentRequest,
         caller: &Caller,
         draft: &mut AuditDraft,
-    ) -> Result<reg::Consent, GatewayError> {
+    ) -> Result<(Cpr, reg::Consent), GatewayError> {
         let cpr = Cpr::parse(&message.cpr)?;
         draft.citizen(&cpr);
         let c = message
@@ -349,7 +399,7 @@ impl RegistryApi {
             withdrawn_by: None,
         };
         consent.validate().map_err(GatewayError::InvalidRequest)?;
-        Ok(consent)
+        Ok((cpr, consent))
     }
 
     async fn withdraw_consent(
@@ -407,14 +457,38 @@ impl RegistryApi {
         request: Request<ListConsentsRequest>,
         request_id: &str,
     ) -> Result<ListConsentsResponse, GatewayError> {
-        let mut roles = CASEWORK_ROLES.to_vec();
-        roles.push("admin");
-        let (mut draft, _caller) = self
+        let mut staff = CASEWORK_ROLES.to_vec();
+        staff.push("admin");
+        let mut roles = staff.clone();
+        roles.push("citizen");
+        let (mut draft, caller) = self
             .begin(&request, request_id, Action::ConsentsListed, &roles)
             .await?;
-        let cpr = match Cpr::parse(&request.get_ref().cpr) {
-            Ok(c) => c,
-            Err(e) => return refuse(draft, e.into()).await,
+        let asked = Cpr::parse(&request.get_ref().cpr);
+        let cpr = if caller.roles.iter().any(|r| staff.contains(&r.as_str())) {
+            match asked {
+                Ok(c) => c,
+                Err(e) => return refuse(draft, e.into()).await,
+            }
+        } else {
+            // A citizen reads their own consents, named by their token; the request may name
+            // them too, and no one else.
+            let Some(own) = caller.citizen.clone() else {
+                let e = GatewayError::PermissionDenied("the token names no citizen".into());
+                return refuse(draft, e).await;
+            };
+            match asked {
+                _ if request.get_ref().cpr.trim().is_empty() => own,
+                Ok(c) if c == own => own,
+                Ok(other) => {
+                    draft.citizen(&other);
+                    let e = GatewayError::PermissionDenied(
+                        "a citizen may list only their own consents".into(),
+                    );
+                    return refuse(draft, e).await;
+                }
+                Err(e) => return refuse(draft, e.into()).await,
+            }
         };
         draft.citizen(&cpr);
         let consents = match self.pipeline.registry().consents_for(cpr.as_str()).await {
@@ -440,19 +514,26 @@ impl RegistryApi {
         request: Request<FileAccessRequest>,
         request_id: &str,
     ) -> Result<pb::AccessRequest, GatewayError> {
-        let (mut draft, caller) = self
-            .begin(
-                &request,
-                request_id,
-                Action::AccessRequested,
-                CASEWORK_ROLES,
-            )
-            .await?;
+        let (mut draft, principal) = begin_as(
+            &self.pipeline,
+            &request,
+            request_id,
+            Action::AccessRequested,
+            CASEWORK_ROLES,
+        )
+        .await?;
         let message = request.into_inner();
-        let filed = match self.request_from(&message, &caller, &mut draft) {
+        let (cpr, purpose, filed) = match self.request_from(&message, &principal.caller, &mut draft)
+        {
             Ok(r) => r,
             Err(e) => return refuse(draft, e).await,
         };
+        if let Err(e) = self
+            .check_case(request_id, &principal, &cpr, purpose, &filed)
+            .await
+        {
+            return refuse(draft, e).await;
+        }
         let applied = self
             .apply(draft, RegistryChange::FileRequest(filed.clone()))
             .await?;
@@ -466,11 +547,12 @@ impl RegistryApi {
         message: &FileAccessRequest,
         caller: &Caller,
         draft: &mut AuditDraft,
-    ) -> Result<reg::AccessRequest, GatewayError> {
+    ) -> Result<(Cpr, Purpose, reg::AccessRequest), GatewayError> {
         let cpr = Cpr::parse(&message.cpr)?;
         draft.citizen(&cpr);
         let purpose = purpose_code(message.purpose)?;
-        draft.purpose(Purpose::from_code(purpose).unwrap_or_default());
+        let wire_purpose = Purpose::from_code(purpose).unwrap_or_default();
+        draft.purpose(wire_purpose);
         let owner = self
             .pipeline
             .policy()
@@ -513,7 +595,41 @@ impl RegistryApi {
             granted_until: None,
         };
         filed.validate().map_err(GatewayError::InvalidRequest)?;
-        Ok(filed)
+        Ok((cpr, wire_purpose, filed))
+    }
+
+    /// A request may be filed only by the citizen's caseworker (the relation a lookup needs),
+    /// for a case the named source holds for the citizen and shows the caller — and for more
+    /// of it than the caller is shown already.
+    async fn check_case(
+        &self,
+        request_id: &str,
+        principal: &Principal,
+        cpr: &Cpr,
+        purpose: Purpose,
+        filed: &reg::AccessRequest,
+    ) -> Result<(), GatewayError> {
+        let plan = self
+            .pipeline
+            .require_relation(
+                request_id,
+                principal,
+                cpr,
+                purpose,
+                "file an access request about them",
+            )
+            .await?;
+        let shown = self
+            .pipeline
+            .shown_tier(&plan, &filed.source_id, &filed.case_id)
+            .await?;
+        if shown.as_u8() >= filed.tier_wanted {
+            return Err(GatewayError::FailedPrecondition(format!(
+                "you are already shown this case at tier {}; ask only for more",
+                shown.as_u8()
+            )));
+        }
+        Ok(())
     }
 
     async fn list_requests(
@@ -563,7 +679,26 @@ impl RegistryApi {
                 .await;
             }
         };
-        draft.answered(Vec::new()).await?;
+        // The record names every citizen whose request was shown, so that an auditor (and the
+        // citizen) searching by CPR finds it: one record per citizen, each listing the requests
+        // of theirs that were shown.
+        let mut shown: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for r in &requests {
+            shown.entry(r.cpr.as_str()).or_default().push(r.id.as_str());
+        }
+        let mut citizens = Vec::with_capacity(shown.len());
+        for (cpr, ids) in shown {
+            let Ok(cpr) = Cpr::parse(cpr) else {
+                tracing::error!("an access request in the store names no valid CPR; refusing");
+                return refuse(
+                    draft,
+                    GatewayError::Unavailable("access requests cannot be read".into()),
+                )
+                .await;
+            };
+            citizens.push((cpr, shown_detail(&ids)));
+        }
+        draft.answered_per_citizen(citizens).await?;
         Ok(ListAccessRequestsResponse {
             requests: requests.iter().map(access_request).collect(),
         })

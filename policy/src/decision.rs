@@ -1,5 +1,7 @@
 //! What the policy answers for one case: a [`Decision`].
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::facts::Tier;
@@ -116,14 +118,15 @@ pub struct Decision {
     /// `Some` exactly when the tier is above [`Tier::Hidden`].
     pub basis: Option<LegalBasis>,
     /// The `@id`s of the rules that decided: the permits that carried the tier and the forbids
-    /// that capped it (including an address forbid). Sorted, without duplicates.
-    pub rule_ids: Vec<String>,
+    /// that capped it (including an address forbid). Sorted, without duplicates. Shared with
+    /// the memoised outcome: a decision costs no copy of it.
+    pub rule_ids: Arc<[String]>,
     /// Whether address fields (e.g. `selected.residence`) may be shown. Only meaningful at
     /// [`Tier::Selected`] and above; always `false` below.
     pub address_visible: bool,
     /// Why the next tier up was withheld. `None` at [`Tier::Full`] and at [`Tier::Hidden`]
-    /// (hidden cases vanish without a trace).
-    pub withheld: Option<Withheld>,
+    /// (hidden cases vanish without a trace). Shared with the memoised outcome.
+    pub withheld: Option<Arc<Withheld>>,
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
@@ -225,13 +226,13 @@ impl Contexts {
 struct Outcome {
     tier: Tier,
     basis: Option<BasisKind>,
-    rule_ids: Vec<String>,
+    rule_ids: Arc<[String]>,
     address_visible: bool,
-    withheld: Option<Withheld>,
+    withheld: Option<Arc<Withheld>>,
 }
 
 impl Outcome {
-    fn hidden(rule_ids: Vec<String>) -> Outcome {
+    fn hidden(rule_ids: Arc<[String]>) -> Outcome {
         Outcome {
             tier: Tier::Hidden,
             basis: None,
@@ -436,7 +437,7 @@ impl Policy {
         Decision {
             tier: outcome.tier,
             basis,
-            rule_ids: outcome.rule_ids.clone(),
+            rule_ids: Arc::clone(&outcome.rule_ids),
             address_visible: outcome.address_visible,
             withheld: outcome.withheld.clone(),
         }
@@ -447,10 +448,10 @@ impl Policy {
     /// that.
     fn evaluate(&self, facts: &CaseFacts<'_>) -> Outcome {
         if !self.vocabulary.knows(facts) {
-            return Outcome::hidden(vec![RULE_UNKNOWN_VOCABULARY.to_owned()]);
+            return Outcome::hidden(Arc::from([RULE_UNKNOWN_VOCABULARY.to_owned()]));
         }
         let Some((principal, resource, entities)) = self.entities(facts) else {
-            return Outcome::hidden(Vec::new());
+            return Outcome::hidden(Arc::from([]));
         };
         let ask = |question: &Question, tier: Tier| {
             self.ask(facts, &principal, question, &resource, &entities, tier)
@@ -488,9 +489,8 @@ impl Policy {
             verdict.allowed
         };
 
-        let withheld = tier
-            .next()
-            .map(|above| match next_forbid.map(|i| &self.rules[i].effect) {
+        let withheld = tier.next().map(|above| {
+            Arc::new(match next_forbid.map(|i| &self.rules[i].effect) {
                 Some(RuleEffect::Forbid { code, reason }) => Withheld {
                     tier: above,
                     code: code.clone(),
@@ -504,7 +504,8 @@ impl Policy {
                         above.as_u8()
                     ),
                 },
-            });
+            })
+        });
 
         Outcome {
             tier,
@@ -515,14 +516,14 @@ impl Policy {
         }
     }
 
-    fn ids(&self, rules: Vec<usize>) -> Vec<String> {
+    fn ids(&self, rules: Vec<usize>) -> Arc<[String]> {
         let mut ids: Vec<String> = rules
             .into_iter()
             .map(|i| self.rules[i].id.clone())
             .collect();
         ids.sort();
         ids.dedup();
-        ids
+        ids.into()
     }
 
     /// The caller and the case as Cedar entities.
@@ -1066,7 +1067,7 @@ mod tests {
             d.basis,
             Some(LegalBasis::Statute("existence-and-contact".into()))
         );
-        assert_eq!(d.rule_ids, ["statute"]);
+        assert_eq!(*d.rule_ids, ["statute"]);
         assert!(!d.address_visible);
         let w = d.withheld.unwrap();
         assert_eq!((w.tier, w.code.as_str()), (Tier::Selected, NEEDS_BASIS));
@@ -1099,7 +1100,7 @@ mod tests {
         ] {
             let d = p.decide(&f);
             assert_eq!(d.tier, Tier::Hidden);
-            assert_eq!(d.rule_ids, [RULE_UNKNOWN_VOCABULARY]);
+            assert_eq!(*d.rule_ids, [RULE_UNKNOWN_VOCABULARY]);
         }
     }
 
@@ -1113,7 +1114,7 @@ mod tests {
         .unwrap();
         let d = forbid.decide(&facts());
         assert_eq!(d.tier, Tier::Hidden);
-        assert_eq!(d.rule_ids, ["citizen-refused"]);
+        assert_eq!(*d.rule_ids, ["citizen-refused"]);
 
         let permit = load_edited(
             "when { context.relation && context.statute }",
@@ -1216,7 +1217,7 @@ mod tests {
         );
         assert_eq!(jobcenter.tier, Tier::Existence);
         assert_eq!(integration.tier, Tier::Selected);
-        assert_eq!(integration.rule_ids, ["integration-statute-selected"]);
+        assert_eq!(*integration.rule_ids, ["integration-statute-selected"]);
         // The caller id and municipality are still not read: a colleague shares the entry.
         let colleague = p.decide(&CaseFacts {
             caller_id: "cw-19",
@@ -1254,7 +1255,7 @@ mod tests {
             source_id: "housing",
             ..facts()
         });
-        assert_eq!(d.rule_ids, [RULE_UNKNOWN_VOCABULARY]);
+        assert_eq!(*d.rule_ids, [RULE_UNKNOWN_VOCABULARY]);
         assert_eq!(
             p.ceiling(
                 &CaseFacts {

@@ -91,7 +91,7 @@ fn mismatches(case: &Case, d: &Decision, with_rule_ids: bool) -> Vec<String> {
     }
     if with_rule_ids
         && let Some(ids) = &e.rule_ids
-        && &d.rule_ids != ids
+        && d.rule_ids[..] != ids[..]
     {
         out.push(format!("rule_ids {:?} (expected {ids:?})", d.rule_ids));
     }

@@ -6,12 +6,13 @@
 
 use samblik_audit::{Action, Outcome};
 use samblik_proto::v1::access_request_service_client::AccessRequestServiceClient;
+use samblik_proto::v1::audit_service_client::AuditServiceClient;
 use samblik_proto::v1::consent_service_client::ConsentServiceClient;
 use samblik_proto::v1::{
-    AccessRequest, Case, CaseType, Consent, ConsentKind, DecideAccessRequest, Existence,
-    FileAccessRequest, ListAccessRequests, ListConsentsRequest, LookupResponse, Purpose,
-    RecordConsentRequest, RequestState, RequestView, Selected, SourceResult, Tier,
-    WithdrawConsentRequest,
+    AccessRequest, AuditFilter, Case, CaseType, Consent, ConsentKind, DecideAccessRequest,
+    Existence, FileAccessRequest, ListAccessRequests, ListConsentsRequest, LookupResponse,
+    MyAccessLogRequest, Purpose, RecordConsentRequest, RequestState, RequestView,
+    SearchAuditRequest, Selected, SourceResult, Tier, WithdrawConsentRequest,
 };
 use samblik_synth::Department;
 use samblik_tests::*;
@@ -685,4 +686,499 @@ async fn a_policy_file_with_a_typo_refuses_to_start() {
 
 fn samblik_policy_default() -> String {
     samblik_gateway::disclosure::DisclosurePolicy::default_rules().to_owned()
+}
+
+/// Whether `department` holds an open case for the citizen (the relation a lookup needs).
+fn open_in(cpr: &str, department: Department) -> bool {
+    municipality().cases.iter().any(|c| {
+        c.cpr == cpr
+            && c.department() == department
+            && c.state == samblik_synth::model::CaseState::Open
+    })
+}
+
+/// A citizen with an open jobcenter case and no child-welfare case at all, and the id of one of
+/// their jobcenter cases.
+fn jobcenter_only_citizen() -> (&'static str, &'static str) {
+    municipality()
+        .citizens
+        .iter()
+        .map(|c| c.cpr.as_str())
+        .filter(|cpr| open_in(cpr, Department::Jobcenter))
+        .find(|cpr| !departments_of(cpr).contains(&Department::ChildWelfare))
+        .and_then(|cpr| {
+            municipality()
+                .cases
+                .iter()
+                .find(|c| c.cpr == cpr && c.department() == Department::Jobcenter)
+                .map(|c| (cpr, c.case_id.as_str()))
+        })
+        .unwrap()
+}
+
+/// A refusal's message without the request id it ends with.
+fn without_request_id(status: &tonic::Status) -> &str {
+    let message = status.message();
+    message.split(" (request id ").next().unwrap_or(message)
+}
+
+fn filing(cpr: &str, source_id: &str, case_id: &str, tier: Tier) -> FileAccessRequest {
+    FileAccessRequest {
+        cpr: cpr.into(),
+        source_id: source_id.into(),
+        case_id: case_id.into(),
+        tier_wanted: tier as i32,
+        purpose: Purpose::PrepareMeeting as i32,
+        justification: "Skal koordinere praktikforløb med familiens indsatser".into(),
+    }
+}
+
+async fn file_as(
+    channel: &Channel,
+    token: &str,
+    message: FileAccessRequest,
+) -> Result<AccessRequest, tonic::Status> {
+    AccessRequestServiceClient::new(channel.clone())
+        .file_request(authed(message, token))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn requests(channel: &Channel, token: &str, view: RequestView) -> Vec<AccessRequest> {
+    AccessRequestServiceClient::new(channel.clone())
+        .list_requests(authed(
+            ListAccessRequests {
+                view: view as i32,
+                state: RequestState::Unspecified as i32,
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .requests
+}
+
+#[tokio::test]
+async fn filing_an_access_request_needs_a_relation_and_a_case_the_source_holds_for_the_citizen() {
+    let m = start_municipal().await;
+    let channel = m.gateway.channel().await;
+    let jobcenter = token(Department::Jobcenter);
+    let child_welfare = token(Department::ChildWelfare);
+    let integration = token(Department::Integration);
+
+    // A caller with no open case for the citizen in their own department may not ask for more
+    // of a case they could never have been shown.
+    let (stranger, jobcenter_case) = jobcenter_only_citizen();
+    assert!(!open_in(stranger, Department::ChildWelfare));
+    let denied = file_as(
+        &channel,
+        &child_welfare,
+        filing(stranger, "jobcenter", jobcenter_case, Tier::Selected),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(!denied.message().contains(stranger));
+    assert!(denied.message().contains("no open case"), "{denied:?}");
+
+    // A related caller: the case must be one the named source holds for this citizen.
+    let cpr = three_department_citizen();
+    assert!(open_in(cpr, Department::Jobcenter));
+    let shown = look(&m.gateway, &jobcenter, cpr).await;
+    let visible = source(&shown, "child-welfare").cases[0].case_id.clone();
+    let missing = file_as(
+        &channel,
+        &jobcenter,
+        filing(cpr, "child-welfare", "BF-1999-999999", Tier::Selected),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    // Another citizen's case, of the right source.
+    let someone_elses = municipality()
+        .cases
+        .iter()
+        .find(|c| c.cpr != cpr && c.department() == Department::ChildWelfare)
+        .unwrap();
+    let foreign = file_as(
+        &channel,
+        &jobcenter,
+        filing(cpr, "child-welfare", &someone_elses.case_id, Tier::Selected),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(foreign.code(), Code::NotFound, "{foreign:?}");
+    assert_eq!(without_request_id(&foreign), without_request_id(&missing));
+    // A case of the citizen, but of another source than the one named.
+    let integration_case = source(&shown, "integration").cases[0].case_id.clone();
+    let wrong_source = file_as(
+        &channel,
+        &jobcenter,
+        filing(cpr, "child-welfare", &integration_case, Tier::Selected),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(wrong_source.code(), Code::NotFound, "{wrong_source:?}");
+    // An unknown source is a bad request.
+    let unknown = file_as(
+        &channel,
+        &jobcenter,
+        filing(cpr, "child-welfarre", &visible, Tier::Selected),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(unknown.code(), Code::InvalidArgument, "{unknown:?}");
+    // Asking for what one is shown already asks for nothing.
+    let nothing_more = file_as(
+        &channel,
+        &jobcenter,
+        filing(cpr, "child-welfare", &visible, Tier::Existence),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        nothing_more.code(),
+        Code::FailedPrecondition,
+        "{nothing_more:?}"
+    );
+
+    // Nothing was stored: no inbox, no caller holds a request.
+    for (t, view) in [
+        (&jobcenter, RequestView::Mine),
+        (&child_welfare, RequestView::Mine),
+        (&child_welfare, RequestView::Inbox),
+        (&integration, RequestView::Inbox),
+    ] {
+        assert!(requests(&channel, t, view).await.is_empty());
+    }
+    // Every refusal is in the log, against the citizen, and no change was made.
+    let records = m.gateway.audit_records();
+    assert!(
+        records
+            .iter()
+            .all(|r| r.change.is_none() || r.action == Action::AuditMaintenance)
+    );
+    let refusals: Vec<(Outcome, Option<&str>)> = records
+        .iter()
+        .filter(|r| r.action == Action::AccessRequested)
+        .map(|r| (r.outcome, r.cpr.as_deref()))
+        .collect();
+    assert_eq!(
+        refusals,
+        [
+            (Outcome::Denied, Some(stranger)),
+            (Outcome::Invalid, Some(cpr)),
+            (Outcome::Invalid, Some(cpr)),
+            (Outcome::Invalid, Some(cpr)),
+            (Outcome::Invalid, Some(cpr)),
+            (Outcome::Invalid, Some(cpr)),
+        ]
+    );
+
+    // The same request for a case the caller is shown is filed.
+    let filed = file_as(
+        &channel,
+        &jobcenter,
+        filing(cpr, "child-welfare", &visible, Tier::Selected),
+    )
+    .await
+    .unwrap();
+    assert_eq!(filed.state(), RequestState::Pending);
+}
+
+#[tokio::test]
+async fn an_access_request_for_a_hidden_case_is_refused_exactly_as_for_a_missing_one() {
+    let cpr = three_department_citizen();
+    let jobcenter_source = start_source(reference(Department::Jobcenter)).await;
+    let scripted = start_source(Arc::new(Scripted {
+        cases: sensitive_cases(cpr),
+    }))
+    .await;
+    let config = gateway_config(
+        &[
+            SourceSpec::at("child-welfare", scripted.addr),
+            SourceSpec::at("jobcenter", jobcenter_source.addr),
+        ],
+        3_000,
+    );
+    let gateway = start_gateway_from_config(config).await;
+    let channel = gateway.channel().await;
+    let jobcenter = token(Department::Jobcenter);
+    // BF-2026-000002 is an SL § 12 a case: hidden from the jobcenter, so it must not be
+    // told apart from a case that does not exist.
+    let hidden = file_as(
+        &channel,
+        &jobcenter,
+        filing(cpr, "child-welfare", "BF-2026-000002", Tier::Selected),
+    )
+    .await
+    .unwrap_err();
+    let missing = file_as(
+        &channel,
+        &jobcenter,
+        filing(cpr, "child-welfare", "BF-2026-000003", Tier::Selected),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(hidden.code(), Code::NotFound);
+    assert_eq!(
+        (hidden.code(), without_request_id(&hidden)),
+        (missing.code(), without_request_id(&missing))
+    );
+    // The visible case of the same source can be asked for.
+    let filed = file_as(
+        &channel,
+        &jobcenter,
+        filing(cpr, "child-welfare", "BF-2026-000001", Tier::Selected),
+    )
+    .await
+    .unwrap();
+    assert_eq!(filed.case_id, "BF-2026-000001");
+}
+
+#[tokio::test]
+async fn recording_a_consent_needs_a_relation_to_the_citizen() {
+    let m = start_municipal().await;
+    let channel = m.gateway.channel().await;
+    let (cpr, _) = jobcenter_only_citizen();
+    let child_welfare = token(Department::ChildWelfare);
+    let jobcenter = token(Department::Jobcenter);
+    let consent = Consent {
+        from_departments: vec!["jobcenter".into()],
+        to_departments: vec!["child-welfare".into()],
+        ..child_welfare_to_jobcenter(Tier::Selected)
+    };
+    // Child welfare has no case for the citizen: it may not record their consent.
+    let denied = record(&channel, &child_welfare, cpr, consent.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(!denied.message().contains(cpr));
+    let listed = ConsentServiceClient::new(channel.clone())
+        .list_consents(authed(ListConsentsRequest { cpr: cpr.into() }, &jobcenter))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.consents.is_empty(), "nothing was recorded");
+    let records = m.gateway.audit_records();
+    assert!(
+        records
+            .iter()
+            .all(|r| r.change.is_none() || r.action == Action::AuditMaintenance)
+    );
+    assert!(records.iter().any(|r| r.action == Action::ConsentRecorded
+        && r.outcome == Outcome::Denied
+        && r.cpr.as_deref() == Some(cpr)));
+
+    // The jobcenter, which holds an open case for the citizen, may.
+    let recorded = record(&channel, &jobcenter, cpr, consent).await.unwrap();
+    assert!(recorded.active);
+}
+
+#[tokio::test]
+async fn a_citizen_lists_exactly_their_own_consents() {
+    let m = start_municipal().await;
+    let channel = m.gateway.channel().await;
+    let jobcenter = token(Department::Jobcenter);
+    let cpr = three_department_citizen();
+    let (other, _) = jobcenter_only_citizen();
+    let mine = record(
+        &channel,
+        &jobcenter,
+        cpr,
+        child_welfare_to_jobcenter(Tier::Selected),
+    )
+    .await
+    .unwrap();
+    let theirs = record(
+        &channel,
+        &jobcenter,
+        other,
+        Consent {
+            from_departments: vec!["jobcenter".into()],
+            to_any_department_with_case: true,
+            to_departments: Vec::new(),
+            ..child_welfare_to_jobcenter(Tier::Existence)
+        },
+    )
+    .await
+    .unwrap();
+    let list = |token: String, cpr: &str| {
+        let mut client = ConsentServiceClient::new(channel.clone());
+        let message = ListConsentsRequest { cpr: cpr.into() };
+        async move { client.list_consents(authed(message, &token)).await }
+    };
+    let ids = |r: tonic::Response<samblik_proto::v1::ListConsentsResponse>| -> Vec<String> {
+        r.into_inner()
+            .consents
+            .into_iter()
+            .map(|c| c.consent.unwrap().consent_id)
+            .collect()
+    };
+    let mine_id = mine.consent.unwrap().consent_id;
+    // By the token alone, or naming themselves (in either spelling).
+    assert_eq!(
+        ids(list(citizen_token(cpr), "").await.unwrap()),
+        std::slice::from_ref(&mine_id)
+    );
+    assert_eq!(
+        ids(list(citizen_token(cpr), cpr).await.unwrap()),
+        std::slice::from_ref(&mine_id)
+    );
+    let dashed = format!("{}-{}", &cpr[..6], &cpr[6..]);
+    assert_eq!(
+        ids(list(citizen_token(cpr), &dashed).await.unwrap()),
+        [mine_id]
+    );
+    assert_eq!(
+        ids(list(citizen_token(other), "").await.unwrap()),
+        [theirs.consent.unwrap().consent_id]
+    );
+    // Never anyone else's.
+    let denied = list(citizen_token(cpr), other).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(!denied.message().contains(other));
+    let bad = list(citizen_token(cpr), "0101").await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    // Nor may a citizen record or withdraw one.
+    let recording = record(
+        &channel,
+        &citizen_token(cpr),
+        cpr,
+        child_welfare_to_jobcenter(Tier::Full),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(recording.code(), Code::PermissionDenied);
+
+    // Each reading is in the log against the citizen it was about; the attempt on another
+    // citizen's is recorded as denied against that citizen.
+    let records = m.gateway.audit_records();
+    let listed: Vec<(Outcome, Option<&str>)> = records
+        .iter()
+        .filter(|r| r.action == Action::ConsentsListed)
+        .map(|r| (r.outcome, r.cpr.as_deref()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (Outcome::Answered, Some(cpr)),
+            (Outcome::Answered, Some(cpr)),
+            (Outcome::Answered, Some(cpr)),
+            (Outcome::Answered, Some(other)),
+            (Outcome::Denied, Some(other)),
+            (Outcome::Invalid, None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_log_names_every_citizen_whose_access_request_was_listed() {
+    let m = start_municipal().await;
+    let channel = m.gateway.channel().await;
+    let jobcenter = token(Department::Jobcenter);
+    let child_welfare = token(Department::ChildWelfare);
+    // Two citizens the jobcenter asks child welfare about.
+    let mut filed: Vec<(&str, String)> = Vec::new();
+    for cpr in municipality().citizens.iter().map(|c| c.cpr.as_str()) {
+        if filed.len() == 2 {
+            break;
+        }
+        if !open_in(cpr, Department::Jobcenter)
+            || !departments_of(cpr).contains(&Department::ChildWelfare)
+        {
+            continue;
+        }
+        let answer = look(&m.gateway, &jobcenter, cpr).await;
+        let Some(case) = source(&answer, "child-welfare").cases.first() else {
+            continue;
+        };
+        let request = file_as(
+            &channel,
+            &jobcenter,
+            filing(cpr, "child-welfare", &case.case_id, Tier::Selected),
+        )
+        .await
+        .unwrap();
+        filed.push((cpr, request.request_id));
+    }
+    assert_eq!(filed.len(), 2);
+
+    // Child welfare reads its inbox; the integration department's is empty.
+    let inbox = requests(&channel, &child_welfare, RequestView::Inbox).await;
+    assert_eq!(inbox.len(), 2);
+    assert!(
+        requests(
+            &channel,
+            &token(Department::Integration),
+            RequestView::Inbox
+        )
+        .await
+        .is_empty()
+    );
+
+    // An auditor searching by either citizen finds that their request was shown, to whom,
+    // and which request it was.
+    let auditor = staff_token("aud-test", "auditor");
+    let mut audit = AuditServiceClient::new(channel.clone());
+    for (i, (cpr, request_id)) in filed.iter().enumerate() {
+        let found = audit
+            .search(authed(
+                SearchAuditRequest {
+                    filter: Some(AuditFilter {
+                        cpr: (*cpr).to_owned(),
+                        ..AuditFilter::default()
+                    }),
+                    ..SearchAuditRequest::default()
+                },
+                &auditor,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let shown: Vec<_> = found
+            .entries
+            .iter()
+            .filter(|e| e.action == "requests-listed" && e.outcome == "answered")
+            .collect();
+        assert_eq!(shown.len(), 1, "{:?}", found.entries);
+        assert_eq!(shown[0].caller_id, caseworker(Department::ChildWelfare).id);
+        assert!(shown[0].detail.contains(request_id.as_str()), "{shown:?}");
+        let (_, other_request) = &filed[1 - i];
+        assert!(!shown[0].detail.contains(other_request.as_str()));
+    }
+    // The listing is one request, recorded once per citizen shown; the empty one names nobody.
+    let records = m.gateway.audit_records();
+    let listings: Vec<_> = records
+        .iter()
+        .filter(|r| r.action == Action::RequestsListed)
+        .collect();
+    assert_eq!(listings.len(), 3, "{listings:?}");
+    assert_eq!(listings[0].request_id, listings[1].request_id);
+    let mut named: Vec<&str> = listings[..2]
+        .iter()
+        .map(|r| r.cpr.as_deref().unwrap())
+        .collect();
+    named.sort_unstable();
+    let mut expected: Vec<&str> = filed.iter().map(|(c, _)| *c).collect();
+    expected.sort_unstable();
+    assert_eq!(named, expected);
+    assert_eq!(listings[2].cpr, None);
+    assert_eq!(listings[2].actor.department, "integration");
+
+    // And the citizen sees that child welfare read their request.
+    let mine = audit
+        .my_access_log(authed(
+            MyAccessLogRequest::default(),
+            &citizen_token(filed[0].0),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        mine.entries.iter().any(|e| e.department == "child-welfare"
+            && e.action == "read a request for access to your cases"),
+        "{mine:?}"
+    );
 }
