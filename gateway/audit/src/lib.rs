@@ -37,7 +37,8 @@ mod writer;
 pub use checkpoint::{Checkpoint, CheckpointSigner};
 pub use maintenance::{Maintenance, PreviousStop, PruneReport, Retention};
 pub use record::{
-    Action, Actor, AuditEvent, AuditRecord, CaseEntry, GENESIS_HASH, Outcome, SourceEntry,
+    Action, Actor, AuditEvent, AuditRecord, CaseEntry, EncodedEvent, GENESIS_HASH, Outcome,
+    SealedRecord, SourceEntry,
 };
 pub use registry::{
     AccessRequest, ChangeOutcome, Consent, ConsentKind, Recipients, Registry, RegistryChange,
@@ -77,7 +78,7 @@ pub trait AuditStore: Send + 'static {
     fn last_checkpoint(&mut self, chain: &str) -> Result<Option<Checkpoint>, AuditError>;
     fn append(
         &mut self,
-        records: &[AuditRecord],
+        records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError>;
     fn chains(&mut self) -> Result<Vec<String>, AuditError>;
@@ -128,7 +129,7 @@ pub trait AuditStore: Send + 'static {
         chain: &str,
         through_seq: u64,
         expected: u64,
-        record: &AuditRecord,
+        record: &SealedRecord,
         checkpoint: &Checkpoint,
     ) -> Result<u64, AuditError> {
         let _ = (chain, through_seq, expected, record, checkpoint);
@@ -159,7 +160,7 @@ pub trait AuditStore: Send + 'static {
 
 /// Seals the record of a registry change once its outcome is known: `(record, checkpoint)`.
 pub type SealChange<'a> =
-    dyn FnMut(ChangeOutcome) -> Result<(AuditRecord, Option<Checkpoint>), AuditError> + 'a;
+    dyn FnMut(ChangeOutcome) -> Result<(SealedRecord, Option<Checkpoint>), AuditError> + 'a;
 
 impl<S: AuditStore + ?Sized> AuditStore for Box<S> {
     fn head(&mut self, chain: &str) -> Result<Option<(u64, String)>, AuditError> {
@@ -170,7 +171,7 @@ impl<S: AuditStore + ?Sized> AuditStore for Box<S> {
     }
     fn append(
         &mut self,
-        records: &[AuditRecord],
+        records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError> {
         (**self).append(records, checkpoint)
@@ -205,7 +206,7 @@ impl<S: AuditStore + ?Sized> AuditStore for Box<S> {
         chain: &str,
         through_seq: u64,
         expected: u64,
-        record: &AuditRecord,
+        record: &SealedRecord,
         checkpoint: &Checkpoint,
     ) -> Result<u64, AuditError> {
         (**self).prune(chain, through_seq, expected, record, checkpoint)
