@@ -7,7 +7,8 @@
 //! ```
 //!
 //! - [`record`]: the record and its canonical encoding; each record carries the SHA-256 of the
-//!   one before it (a hash chain per gateway replica).
+//!   one before it (a hash chain per gateway replica). `append` encodes the record on the
+//!   caller's thread; the writer only frames it with its place in the chain and hashes it.
 //! - [`checkpoint`]: Ed25519-signed checkpoints of the chain's head every N records or T seconds,
 //!   so cutting or rewriting the tail is detectable.
 //! - [`verify`]: walks a whole store and names the first bad record.

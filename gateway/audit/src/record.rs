@@ -534,7 +534,13 @@ mod tests {
         let change = serde_json::json!({"type": "mark", "ids": [1, 2], "note": "x\"y"});
         for (e, change, chain, at, prev) in [
             (event(), None, "c", "2026-01-01T00:00:00Z", GENESIS_HASH),
-            (odd.clone(), None, "replica \"a\"", "2026-11-22T01:02:03.123456Z", "ab"),
+            (
+                odd.clone(),
+                None,
+                "replica \"a\"",
+                "2026-11-22T01:02:03.123456Z",
+                "ab",
+            ),
             (odd, Some(change), "c", "t\\", GENESIS_HASH),
         ] {
             let record =

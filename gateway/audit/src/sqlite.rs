@@ -245,9 +245,9 @@ fn insert(
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
         .execute(params![
-                c.chain,
-                i64::try_from(c.seq).map_err(|_| AuditError::Store("seq overflow".into()))?,
-                c.head_hash,
+            c.chain,
+            i64::try_from(c.seq).map_err(|_| AuditError::Store("seq overflow".into()))?,
+            c.head_hash,
             c.at,
             c.signature
         ])?;
