@@ -7,7 +7,8 @@
 //! ```
 //!
 //! - [`record`]: the record and its canonical encoding; each record carries the SHA-256 of the
-//!   one before it (a hash chain per gateway replica).
+//!   one before it (a hash chain per gateway replica). `append` encodes the record on the
+//!   caller's thread; the writer only frames it with its place in the chain and hashes it.
 //! - [`checkpoint`]: Ed25519-signed checkpoints of the chain's head every N records or T seconds,
 //!   so cutting or rewriting the tail is detectable.
 //! - [`verify`]: walks a whole store and names the first bad record.
@@ -37,7 +38,8 @@ mod writer;
 pub use checkpoint::{Checkpoint, CheckpointSigner};
 pub use maintenance::{Maintenance, PreviousStop, PruneReport, Retention};
 pub use record::{
-    Action, Actor, AuditEvent, AuditRecord, CaseEntry, GENESIS_HASH, Outcome, SourceEntry,
+    Action, Actor, AuditEvent, AuditRecord, CaseEntry, EncodedEvent, GENESIS_HASH, Outcome,
+    SealedRecord, SourceEntry,
 };
 pub use registry::{
     AccessRequest, ChangeOutcome, Consent, ConsentKind, Recipients, Registry, RegistryChange,
@@ -77,7 +79,7 @@ pub trait AuditStore: Send + 'static {
     fn last_checkpoint(&mut self, chain: &str) -> Result<Option<Checkpoint>, AuditError>;
     fn append(
         &mut self,
-        records: &[AuditRecord],
+        records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError>;
     fn chains(&mut self) -> Result<Vec<String>, AuditError>;
@@ -128,7 +130,7 @@ pub trait AuditStore: Send + 'static {
         chain: &str,
         through_seq: u64,
         expected: u64,
-        record: &AuditRecord,
+        record: &SealedRecord,
         checkpoint: &Checkpoint,
     ) -> Result<u64, AuditError> {
         let _ = (chain, through_seq, expected, record, checkpoint);
@@ -159,7 +161,7 @@ pub trait AuditStore: Send + 'static {
 
 /// Seals the record of a registry change once its outcome is known: `(record, checkpoint)`.
 pub type SealChange<'a> =
-    dyn FnMut(ChangeOutcome) -> Result<(AuditRecord, Option<Checkpoint>), AuditError> + 'a;
+    dyn FnMut(ChangeOutcome) -> Result<(SealedRecord, Option<Checkpoint>), AuditError> + 'a;
 
 impl<S: AuditStore + ?Sized> AuditStore for Box<S> {
     fn head(&mut self, chain: &str) -> Result<Option<(u64, String)>, AuditError> {
@@ -170,7 +172,7 @@ impl<S: AuditStore + ?Sized> AuditStore for Box<S> {
     }
     fn append(
         &mut self,
-        records: &[AuditRecord],
+        records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError> {
         (**self).append(records, checkpoint)
@@ -205,7 +207,7 @@ impl<S: AuditStore + ?Sized> AuditStore for Box<S> {
         chain: &str,
         through_seq: u64,
         expected: u64,
-        record: &AuditRecord,
+        record: &SealedRecord,
         checkpoint: &Checkpoint,
     ) -> Result<u64, AuditError> {
         (**self).prune(chain, through_seq, expected, record, checkpoint)

@@ -9,7 +9,7 @@ use crate::registry::{
     RegistryChange, RegistryReader, RequestFilter, RequestRow, RequestState, decide_refusal,
     time_text,
 };
-use crate::{AuditError, AuditRecord, AuditStore, SealChange, StoredRecord};
+use crate::{AuditError, AuditRecord, AuditStore, SealChange, SealedRecord, StoredRecord};
 use postgres::types::ToSql;
 use postgres::{Client, NoTls};
 
@@ -129,29 +129,42 @@ fn create_schema(client: &mut Client) -> Result<(), AuditError> {
 
 fn insert(
     tx: &mut postgres::Transaction<'_>,
-    records: &[AuditRecord],
+    records: &[SealedRecord],
     checkpoint: Option<&Checkpoint>,
 ) -> Result<(), AuditError> {
-    let insert = tx.prepare(
-        "INSERT INTO audit_records
-         (chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )?;
-    for r in records {
+    // One statement (one round trip) per batch rather than one per record: each column goes as
+    // an array and the rows are inserted in the batch's order.
+    if !records.is_empty() {
+        let column = |f: fn(&SealedRecord) -> &str| records.iter().map(f).collect::<Vec<_>>();
+        let seqs = records
+            .iter()
+            .map(|r| to_i64(r.seq))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cprs: Vec<Option<&str>> = records.iter().map(|r| r.cpr.as_deref()).collect();
         tx.execute(
-            &insert,
+            "INSERT INTO audit_records
+             (chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash)
+             SELECT chain, seq, at, request_id, cpr, caller_id, department, action, outcome,
+                    body, hash
+             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                         $11::text[])
+                  WITH ORDINALITY
+                  AS r(chain, seq, at, request_id, cpr, caller_id, department, action, outcome,
+                       body, hash, n)
+             ORDER BY n",
             &[
-                &r.chain,
-                &to_i64(r.seq)?,
-                &r.at,
-                &r.request_id,
-                &r.cpr,
-                &r.actor.caller_id,
-                &r.actor.department,
-                &r.action.as_str(),
-                &r.outcome.as_str(),
-                &r.canonical_json(),
-                &r.hash,
+                &column(|r| &r.chain),
+                &seqs,
+                &column(|r| &r.at),
+                &column(|r| &r.request_id),
+                &cprs,
+                &column(|r| &r.caller_id),
+                &column(|r| &r.department),
+                &column(|r| r.action.as_str()),
+                &column(|r| r.outcome.as_str()),
+                &column(|r| &r.body),
+                &column(|r| &r.hash),
             ],
         )?;
     }
@@ -327,7 +340,7 @@ impl AuditStore for PostgresStore {
 
     fn append(
         &mut self,
-        records: &[AuditRecord],
+        records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError> {
         let mut tx = self.client.transaction()?;
@@ -388,7 +401,7 @@ impl AuditStore for PostgresStore {
         chain: &str,
         through_seq: u64,
         expected: u64,
-        record: &AuditRecord,
+        record: &SealedRecord,
         checkpoint: &Checkpoint,
     ) -> Result<u64, AuditError> {
         let through = to_i64(through_seq)?;

@@ -4,9 +4,17 @@
 //! declaration order, without the hash itself. The encoding includes `prev_hash`, so each record
 //! commits to the whole chain before it. The store keeps exactly these bytes as the record's
 //! body, so verification hashes what is stored, byte for byte.
+//!
+//! Only the chain fields (`chain`, `seq`, `at` at the front, `prev_hash` at the end) depend on
+//! the record's place in the chain. Everything between them is encoded by whoever reports the
+//! event, before it reaches the writer ([`AuditEvent::encode`]); the writer only frames that
+//! encoding with the chain fields and hashes it ([`EncodedEvent::seal`]), so the serial part of
+//! writing a record is a few string copies and one SHA-256. The result is byte for byte what
+//! serialising the whole [`AuditRecord`] gives; a test holds the two together.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::fmt::Write;
 
 /// The hash a chain's first record points back to.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -154,6 +162,137 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
+/// The part of a record's canonical encoding that does not depend on its place in the chain:
+/// the fields from `request_id` to `change`, exactly as they appear in the encoding (without
+/// the braces), with the columns a store indexes beside them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedEvent {
+    pub request_id: String,
+    pub action: Action,
+    pub outcome: Outcome,
+    pub cpr: Option<String>,
+    pub caller_id: String,
+    pub department: String,
+    content: String,
+}
+
+/// The fields of [`AuditRecord`] between `at` and `prev_hash`, borrowed, in the same order.
+#[derive(Serialize)]
+struct Content<'a> {
+    request_id: &'a str,
+    action: Action,
+    actor: &'a Actor,
+    cpr: &'a Option<String>,
+    purpose: &'a Option<String>,
+    break_glass_reason: &'a Option<String>,
+    outcome: Outcome,
+    detail: &'a Option<String>,
+    sources: &'a [SourceEntry],
+    policy_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    change: Option<&'a serde_json::Value>,
+}
+
+impl AuditEvent {
+    /// Encodes the event's part of the record; `change` as [`AuditRecord::change`].
+    pub fn encode(self, change: Option<&serde_json::Value>) -> EncodedEvent {
+        let content = Content {
+            request_id: &self.request_id,
+            action: self.action,
+            actor: &self.actor,
+            cpr: &self.cpr,
+            purpose: &self.purpose,
+            break_glass_reason: &self.break_glass_reason,
+            outcome: self.outcome,
+            detail: &self.detail,
+            sources: &self.sources,
+            policy_version: &self.policy_version,
+            change,
+        };
+        // Serialising a plain struct of strings, numbers and enums cannot fail.
+        let json = serde_json::to_string(&content).unwrap_or_default();
+        // `{…}` without its braces; never empty, as `request_id` is always encoded.
+        let content = json
+            .strip_prefix('{')
+            .and_then(|j| j.strip_suffix('}'))
+            .unwrap_or_default()
+            .to_owned();
+        EncodedEvent {
+            request_id: self.request_id,
+            action: self.action,
+            outcome: self.outcome,
+            cpr: self.cpr,
+            caller_id: self.actor.caller_id,
+            department: self.actor.department,
+            content,
+        }
+    }
+}
+
+impl EncodedEvent {
+    /// Places the event in `chain` at `seq` after `prev_hash`: frames its encoding with the
+    /// chain fields and hashes the whole.
+    pub fn seal(self, chain: &str, seq: u64, at: String, prev_hash: &str) -> SealedRecord {
+        let mut body = String::with_capacity(self.content.len() + chain.len() + at.len() + 128);
+        body.push_str("{\"chain\":");
+        push_json_str(&mut body, chain);
+        body.push_str(",\"seq\":");
+        // Writing to a String cannot fail.
+        let _ = write!(body, "{seq}");
+        body.push_str(",\"at\":");
+        push_json_str(&mut body, &at);
+        body.push(',');
+        body.push_str(&self.content);
+        body.push_str(",\"prev_hash\":");
+        push_json_str(&mut body, prev_hash);
+        body.push('}');
+        SealedRecord {
+            hash: hash_of(&body),
+            chain: chain.to_owned(),
+            seq,
+            at,
+            request_id: self.request_id,
+            action: self.action,
+            outcome: self.outcome,
+            cpr: self.cpr,
+            caller_id: self.caller_id,
+            department: self.department,
+            body,
+        }
+    }
+}
+
+/// Appends `s` as a JSON string, escaped exactly as serde_json escapes it.
+fn push_json_str(out: &mut String, s: &str) {
+    // Chain ids, timestamps and hashes need no escaping; anything else goes through serde_json
+    // so the encoding stays the one serialising the record gives.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    }
+}
+
+/// A record as a store writes it: the indexed columns, the canonical encoding (the body) and
+/// its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedRecord {
+    pub chain: String,
+    pub seq: u64,
+    pub at: String,
+    pub request_id: String,
+    pub action: Action,
+    pub outcome: Outcome,
+    pub cpr: Option<String>,
+    pub caller_id: String,
+    pub department: String,
+    /// The canonical encoding, as hashed.
+    pub body: String,
+    pub hash: String,
+}
+
 impl AuditRecord {
     /// Places `event` in a chain after `prev_hash` and computes its hash.
     pub fn seal(event: AuditEvent, chain: &str, seq: u64, at: String, prev_hash: &str) -> Self {
@@ -189,6 +328,23 @@ impl AuditRecord {
         };
         record.hash = hash_of(&record.canonical_json());
         record
+    }
+
+    /// The record as a store writes it.
+    pub fn to_sealed(&self) -> SealedRecord {
+        SealedRecord {
+            chain: self.chain.clone(),
+            seq: self.seq,
+            at: self.at.clone(),
+            request_id: self.request_id.clone(),
+            action: self.action,
+            outcome: self.outcome,
+            cpr: self.cpr.clone(),
+            caller_id: self.actor.caller_id.clone(),
+            department: self.actor.department.clone(),
+            body: self.canonical_json(),
+            hash: self.hash.clone(),
+        }
     }
 
     /// The hash this record should carry, computed from its content.
@@ -351,6 +507,49 @@ mod tests {
         let back = AuditRecord::from_stored(&a.canonical_json(), &a.hash).unwrap();
         assert_eq!(back.change, Some(change));
         assert_eq!(back.compute_hash(), a.hash);
+    }
+
+    /// The writer frames the caller's encoding instead of serialising the record: the two must
+    /// give the same bytes, or the hashes it writes would not verify.
+    #[test]
+    fn sealing_an_encoded_event_gives_the_canonical_encoding() {
+        let mut odd = event();
+        odd.request_id = "r-\"quoted\"\\ and \u{7f}\u{1}\ttab".into();
+        odd.actor.name = "Søren Ærø — \u{1F600}".into();
+        odd.actor.system = Some("fagsystem\n2".into());
+        odd.cpr = None;
+        odd.detail = Some("</script>&amp;".into());
+        odd.break_glass_reason = Some("akut".into());
+        odd.sources = vec![SourceEntry {
+            source_id: "child-welfare".into(),
+            status: "ok".into(),
+            cases: vec![CaseEntry {
+                case_id: "c-1".into(),
+                tier: 2,
+                basis: None,
+                rule_ids: vec!["a/b".into()],
+                fields: vec!["existence.state".into(), "full.documents[d-1]".into()],
+            }],
+        }];
+        let change = serde_json::json!({"type": "mark", "ids": [1, 2], "note": "x\"y"});
+        for (e, change, chain, at, prev) in [
+            (event(), None, "c", "2026-01-01T00:00:00Z", GENESIS_HASH),
+            (
+                odd.clone(),
+                None,
+                "replica \"a\"",
+                "2026-11-22T01:02:03.123456Z",
+                "ab",
+            ),
+            (odd, Some(change), "c", "t\\", GENESIS_HASH),
+        ] {
+            let record =
+                AuditRecord::seal_with_change(e.clone(), change.clone(), chain, 7, at.into(), prev);
+            let sealed = e.encode(change.as_ref()).seal(chain, 7, at.into(), prev);
+            assert_eq!(sealed.body, record.canonical_json());
+            assert_eq!(sealed.hash, record.hash);
+            assert_eq!(sealed, record.to_sealed());
+        }
     }
 
     #[test]

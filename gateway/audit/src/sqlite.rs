@@ -1,4 +1,9 @@
 //! The embedded store: one SQLite file, WAL, `synchronous=FULL`, so a committed batch is on disk.
+//!
+//! A commit is durable once its frames are in the write-ahead log and the log is fsync'ed.
+//! Copying the log back into the database file (a checkpoint, with an fsync of its own) is not
+//! needed for that, so the store does it on a thread of its own instead of in the writer's
+//! commit, as SQLite would by default.
 
 use crate::checkpoint::Checkpoint;
 use crate::registry::{
@@ -6,7 +11,7 @@ use crate::registry::{
     RegistryChange, RegistryReader, RequestFilter, RequestRow, RequestState, decide_refusal,
     time_text,
 };
-use crate::{AuditError, AuditRecord, AuditStore, SealChange, StoredRecord};
+use crate::{AuditError, AuditRecord, AuditStore, SealChange, SealedRecord, StoredRecord};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 
@@ -92,23 +97,98 @@ pub enum Durability {
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Connection,
+    /// `None` for a read-only store.
+    checkpointer: Option<Checkpointer>,
 }
+
+/// Bytes of records appended between two background checkpoints: about SQLite's own default
+/// (1,000 pages of log), counting the indexes' pages as well as the records'.
+const CHECKPOINT_AFTER_BYTES: usize = 1 << 20;
+/// Log pages after which the writer checkpoints in its own commit after all, should the
+/// background checkpointer fall behind (the log would otherwise grow without bound).
+const FALLBACK_CHECKPOINT_PAGES: u32 = 16_384;
 
 impl SqliteStore {
     pub fn open(path: &Path, durability: Durability) -> Result<Self, AuditError> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| AuditError::Store(e.to_string()))?;
+        let conn = open_writable(path, durability)?;
+        conn.pragma_update(None, "wal_autocheckpoint", FALLBACK_CHECKPOINT_PAGES)?;
+        let checkpointer = Checkpointer::start(open_writable(path, durability)?)?;
+        Ok(SqliteStore {
+            conn,
+            checkpointer: Some(checkpointer),
+        })
+    }
+}
+
+/// Opens (creating if need be) the store's file, in WAL mode, with its schema.
+fn open_writable(path: &Path, durability: Durability) -> Result<Connection, AuditError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| AuditError::Store(e.to_string()))?;
+    }
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Off => "OFF",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// Copies the write-ahead log into the database file on its own connection and thread, when the
+/// writer says enough was appended. A passive checkpoint never blocks the writer; the writer's
+/// commits stay durable on their own (the log is fsync'ed in every commit).
+#[derive(Debug)]
+struct Checkpointer {
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    appended: usize,
+}
+
+impl Checkpointer {
+    fn start(conn: Connection) -> Result<Self, AuditError> {
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("samblik-audit-checkpoint".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    if let Err(e) = done {
+                        tracing::warn!(error = %e, "audit log checkpoint failed; retrying later");
+                    }
+                }
+            })
+            .map_err(|e| AuditError::Store(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Checkpointer {
+            wake: Some(wake),
+            thread: Some(thread),
+            appended: 0,
+        })
+    }
+
+    /// Counts `bytes` appended and wakes the thread when a checkpoint is due.
+    fn appended(&mut self, bytes: usize) {
+        self.appended += bytes;
+        if self.appended >= CHECKPOINT_AFTER_BYTES
+            && let Some(wake) = &self.wake
+        {
+            // Full: a checkpoint is already due, and it will copy these pages too.
+            let _ = wake.try_send(());
+            self.appended = 0;
         }
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        let sync = match durability {
-            Durability::Full => "FULL",
-            Durability::Off => "OFF",
-        };
-        conn.pragma_update(None, "synchronous", sync)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(SqliteStore { conn })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.wake = None;
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the audit checkpoint thread panicked");
+        }
     }
 }
 
@@ -121,7 +201,10 @@ impl SqliteStore {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(SqliteStore { conn })
+        Ok(SqliteStore {
+            conn,
+            checkpointer: None,
+        })
     }
 }
 
@@ -133,7 +216,7 @@ impl From<rusqlite::Error> for AuditError {
 
 fn insert(
     conn: &Connection,
-    records: &[AuditRecord],
+    records: &[SealedRecord],
     checkpoint: Option<&Checkpoint>,
 ) -> Result<(), AuditError> {
     let mut insert = conn.prepare_cached(
@@ -148,26 +231,26 @@ fn insert(
             r.at,
             r.request_id,
             r.cpr,
-            r.actor.caller_id,
-            r.actor.department,
+            r.caller_id,
+            r.department,
             r.action.as_str(),
             r.outcome.as_str(),
-            r.canonical_json(),
+            r.body,
             r.hash,
         ])?;
     }
     if let Some(c) = checkpoint {
-        conn.execute(
+        conn.prepare_cached(
             "INSERT INTO audit_checkpoints (chain, seq, head_hash, at, signature)
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                c.chain,
-                i64::try_from(c.seq).map_err(|_| AuditError::Store("seq overflow".into()))?,
-                c.head_hash,
-                c.at,
-                c.signature
-            ],
-        )?;
+        )?
+        .execute(params![
+            c.chain,
+            i64::try_from(c.seq).map_err(|_| AuditError::Store("seq overflow".into()))?,
+            c.head_hash,
+            c.at,
+            c.signature
+        ])?;
     }
     Ok(())
 }
@@ -331,7 +414,7 @@ impl AuditStore for SqliteStore {
 
     fn append(
         &mut self,
-        records: &[AuditRecord],
+        records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError> {
         let tx = self
@@ -339,6 +422,9 @@ impl AuditStore for SqliteStore {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         insert(&tx, records, checkpoint)?;
         tx.commit()?;
+        if let Some(checkpointer) = &mut self.checkpointer {
+            checkpointer.appended(records.iter().map(|r| r.body.len()).sum());
+        }
         Ok(())
     }
 
@@ -406,7 +492,7 @@ impl AuditStore for SqliteStore {
         chain: &str,
         through_seq: u64,
         expected: u64,
-        record: &AuditRecord,
+        record: &SealedRecord,
         checkpoint: &Checkpoint,
     ) -> Result<u64, AuditError> {
         let through =
@@ -530,7 +616,7 @@ impl SqliteReader {
     /// created if missing (as the writer would), so a registry can be opened first.
     pub fn open(path: &Path, create: bool) -> Result<Self, AuditError> {
         let conn = if create {
-            SqliteStore::open(path, Durability::Full)?.conn
+            open_writable(path, Durability::Full)?
         } else {
             let conn = Connection::open_with_flags(
                 path,

@@ -3,7 +3,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::registry::{ChangeOutcome, RegistryChange};
-use crate::{AuditError, AuditRecord, AuditStore, SealChange, StoredRecord};
+use crate::{AuditError, AuditStore, SealChange, SealedRecord, StoredRecord};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -37,7 +37,7 @@ impl<S: AuditStore> AuditStore for FaultInjecting<S> {
     }
     fn append(
         &mut self,
-        records: &[AuditRecord],
+        records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError> {
         if self.failing.load(Ordering::SeqCst) {
@@ -78,7 +78,7 @@ impl<S: AuditStore> AuditStore for FaultInjecting<S> {
         chain: &str,
         through_seq: u64,
         expected: u64,
-        record: &AuditRecord,
+        record: &SealedRecord,
         checkpoint: &Checkpoint,
     ) -> Result<u64, AuditError> {
         if self.failing.load(Ordering::SeqCst) {

@@ -11,7 +11,9 @@
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::CheckpointSigner;
 use crate::maintenance::{Maintenance, PreviousStop, PruneReport, Retention};
-use crate::record::{Action, Actor, AuditEvent, AuditRecord, GENESIS_HASH, Outcome};
+use crate::record::{
+    Action, Actor, AuditEvent, AuditRecord, EncodedEvent, GENESIS_HASH, Outcome, SealedRecord,
+};
 use crate::registry::{ChangeOutcome, RegistryChange};
 use crate::{AuditError, AuditStore};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -61,15 +63,15 @@ pub struct Receipt {
 }
 
 type AppendReply = Option<oneshot::Sender<Result<Receipt, AuditError>>>;
-/// An ordinary record: the event, a `change` to describe (a review mark), and who waits.
-type AppendJob = (AuditEvent, Option<serde_json::Value>, AppendReply);
+/// An ordinary record, already encoded by its caller, and who waits.
+type AppendJob = (EncodedEvent, AppendReply);
 type ChangeReply = oneshot::Sender<Result<(ChangeOutcome, Receipt), AuditError>>;
 type PruneReply = oneshot::Sender<Result<Option<PruneReport>, AuditError>>;
 
 enum Job {
+    /// Encoded on the caller's thread: the writer's serial work per record is only chaining.
     Append {
-        event: AuditEvent,
-        change: Option<Box<serde_json::Value>>,
+        event: EncodedEvent,
         reply: AppendReply,
     },
     Change {
@@ -151,8 +153,7 @@ impl AuditLog {
         let (reply, receipt) = oneshot::channel();
         self.jobs
             .send(Job::Append {
-                event,
-                change: None,
+                event: event.encode(None),
                 reply: Some(reply),
             })
             .map_err(|_| AuditError::Stopped)?;
@@ -169,8 +170,7 @@ impl AuditLog {
         let (reply, receipt) = oneshot::channel();
         self.jobs
             .send(Job::Append {
-                event,
-                change: Some(Box::new(change)),
+                event: event.encode(Some(&change)),
                 reply: Some(reply),
             })
             .map_err(|_| AuditError::Stopped)?;
@@ -229,8 +229,7 @@ impl AuditLog {
     /// caller went away (its handler is being dropped).
     pub fn append_detached(&self, event: AuditEvent) {
         let job = Job::Append {
-            event,
-            change: None,
+            event: event.encode(None),
             reply: None,
         };
         if self.jobs.send(job).is_err() {
@@ -345,9 +344,8 @@ fn begin(
         previous_stop,
         missing,
     };
-    let record = state.seal_with_change(
-        maintenance_event(detail, options),
-        Some(change.to_value()),
+    let record = state.seal(
+        maintenance_event(detail, options).encode(Some(&change.to_value())),
         chain,
     );
     let checkpoint = signer.sign(chain, record.seq, &record.hash, &record.at);
@@ -391,15 +389,10 @@ struct ChainState {
 }
 
 impl ChainState {
-    fn seal_with_change(
-        &mut self,
-        event: AuditEvent,
-        change: Option<serde_json::Value>,
-        chain: &str,
-    ) -> AuditRecord {
+    /// Chains an encoded event after the head: the only serial part of writing a record.
+    fn seal(&mut self, event: EncodedEvent, chain: &str) -> SealedRecord {
         let at = timestamp(chrono::Utc::now());
-        let record =
-            AuditRecord::seal_with_change(event, change, chain, self.seq + 1, at, &self.hash);
+        let record = event.seal(chain, self.seq + 1, at, &self.hash);
         self.seq = record.seq;
         self.hash.clone_from(&record.hash);
         record
@@ -462,11 +455,7 @@ fn run(
         let mut batch = Vec::with_capacity(jobs.len());
         for job in jobs {
             match job {
-                Job::Append {
-                    event,
-                    change,
-                    reply,
-                } => batch.push((event, change.map(|c| *c), reply)),
+                Job::Append { event, reply } => batch.push((event, reply)),
                 Job::Change {
                     event,
                     change,
@@ -560,9 +549,8 @@ impl Writer {
             anchor.seq, anchor.head_hash
         );
         let before = (self.state.seq, self.state.hash.clone());
-        let record = self.state.seal_with_change(
-            maintenance_event(detail, &self.options),
-            Some(change.to_value()),
+        let record = self.state.seal(
+            maintenance_event(detail, &self.options).encode(Some(&change.to_value())),
             &chain,
         );
         let checkpoint = self
@@ -605,9 +593,10 @@ impl Writer {
             tracing::error!(error = %e, "audit store unavailable at shutdown; no clean-stop record");
             return;
         }
-        let record = self.state.seal_with_change(
-            maintenance_event("writer stopped cleanly".into(), &self.options),
-            Some(Maintenance::WriterStopped.to_value()),
+        let before = (self.state.seq, self.state.hash.clone());
+        let record = self.state.seal(
+            maintenance_event("writer stopped cleanly".into(), &self.options)
+                .encode(Some(&Maintenance::WriterStopped.to_value())),
             &self.options.chain,
         );
         let checkpoint =
@@ -619,8 +608,7 @@ impl Writer {
         {
             tracing::error!(error = %e, "cannot write the audit writer's clean-stop record");
             // Sign what is there, as before this record existed.
-            self.state.seq -= 1;
-            self.state.hash = record.prev_hash;
+            (self.state.seq, self.state.hash) = before;
             self.sign_head_if_unsigned();
         }
     }
@@ -671,19 +659,15 @@ impl Writer {
             return;
         }
         if let Err(e) = self.refresh() {
-            fail(
-                jobs.into_iter().map(|(_, _, reply)| reply),
-                &e,
-                &self.health,
-            );
+            fail(jobs.into_iter().map(|(_, reply)| reply), &e, &self.health);
             return;
         }
         let chain = self.options.chain.as_str();
         let before = (self.state.seq, self.state.hash.clone());
         let mut replies = Vec::with_capacity(jobs.len());
         let mut records = Vec::with_capacity(jobs.len());
-        for (event, change, reply) in jobs {
-            let record = self.state.seal_with_change(event, change, chain);
+        for (event, reply) in jobs {
+            let record = self.state.seal(event, chain);
             replies.push((
                 reply,
                 Receipt {
@@ -753,7 +737,7 @@ impl Writer {
                 ..
             } = self;
             let mut seal =
-                |outcome: ChangeOutcome| -> Result<(AuditRecord, Option<Checkpoint>), AuditError> {
+                |outcome: ChangeOutcome| -> Result<(SealedRecord, Option<Checkpoint>), AuditError> {
                     // Sealed once per transaction; should a store call this twice, the record
                     // still takes the same place in the chain.
                     (state.seq, state.hash) = before.clone();
@@ -775,7 +759,7 @@ impl Writer {
                             ),
                         ),
                     };
-                    let record = state.seal_with_change(event, Some(body.clone()), &options.chain);
+                    let record = state.seal(event.encode(Some(&body)), &options.chain);
                     let checkpoint = state
                         .checkpoint_due(options)
                         .then(|| signer.sign(&options.chain, record.seq, &record.hash, &record.at));

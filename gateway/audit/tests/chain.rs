@@ -259,6 +259,7 @@ fn a_cut_and_forged_tail_is_found() {
                 hash.clone_from(&r.hash);
                 forged.push(r);
             }
+            let forged: Vec<_> = forged.iter().map(AuditRecord::to_sealed).collect();
             store.append(&forged, None).unwrap();
         }
         // Every hash links, but the signed checkpoint after 15 does not match.

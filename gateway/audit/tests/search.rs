@@ -215,12 +215,12 @@ fn fill(s: &TestStore, n: usize) {
         );
     }
     let mut prev = GENESIS_HASH.to_owned();
-    let records: Vec<AuditRecord> = (0..n)
+    let records: Vec<_> = (0..n)
         .map(|i| {
             let at = format!("2026-{:02}-{:02}T12:00:00.000000Z", 1 + i % 12, 1 + i % 28);
             let r = AuditRecord::seal(event(i * 3), "target", i as u64 + 1, at, &prev);
             prev.clone_from(&r.hash);
-            r
+            r.to_sealed()
         })
         .collect();
     s.store().append(&records, None).unwrap();
