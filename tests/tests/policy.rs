@@ -744,6 +744,20 @@ async fn file_as(
         .map(tonic::Response::into_inner)
 }
 
+/// Files `message` as `token`, which must be refused with `code`; the refusal.
+async fn refused_filing(
+    channel: &Channel,
+    token: &str,
+    message: FileAccessRequest,
+    code: Code,
+) -> tonic::Status {
+    let refused = file_as(channel, token, message)
+        .await
+        .expect_err("the filing is refused");
+    assert_eq!(refused.code(), code, "{refused:?}");
+    refused
+}
+
 async fn requests(channel: &Channel, token: &str, view: RequestView) -> Vec<AccessRequest> {
     AccessRequestServiceClient::new(channel.clone())
         .list_requests(authed(
@@ -771,14 +785,13 @@ async fn filing_an_access_request_needs_a_relation_and_a_case_the_source_holds_f
     // of a case they could never have been shown.
     let (stranger, jobcenter_case) = jobcenter_only_citizen();
     assert!(!open_in(stranger, Department::ChildWelfare));
-    let denied = file_as(
+    let denied = refused_filing(
         &channel,
         &child_welfare,
         filing(stranger, "jobcenter", jobcenter_case, Tier::Selected),
+        Code::PermissionDenied,
     )
-    .await
-    .unwrap_err();
-    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    .await;
     assert!(!denied.message().contains(stranger));
     assert!(denied.message().contains("no open case"), "{denied:?}");
 
@@ -787,61 +800,52 @@ async fn filing_an_access_request_needs_a_relation_and_a_case_the_source_holds_f
     assert!(open_in(cpr, Department::Jobcenter));
     let shown = look(&m.gateway, &jobcenter, cpr).await;
     let visible = source(&shown, "child-welfare").cases[0].case_id.clone();
-    let missing = file_as(
+    let missing = refused_filing(
         &channel,
         &jobcenter,
         filing(cpr, "child-welfare", "BF-1999-999999", Tier::Selected),
+        Code::NotFound,
     )
-    .await
-    .unwrap_err();
-    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    .await;
     // Another citizen's case, of the right source.
     let someone_elses = municipality()
         .cases
         .iter()
         .find(|c| c.cpr != cpr && c.department() == Department::ChildWelfare)
         .unwrap();
-    let foreign = file_as(
+    let foreign = refused_filing(
         &channel,
         &jobcenter,
         filing(cpr, "child-welfare", &someone_elses.case_id, Tier::Selected),
+        Code::NotFound,
     )
-    .await
-    .unwrap_err();
-    assert_eq!(foreign.code(), Code::NotFound, "{foreign:?}");
+    .await;
     assert_eq!(without_request_id(&foreign), without_request_id(&missing));
     // A case of the citizen, but of another source than the one named.
     let integration_case = source(&shown, "integration").cases[0].case_id.clone();
-    let wrong_source = file_as(
+    refused_filing(
         &channel,
         &jobcenter,
         filing(cpr, "child-welfare", &integration_case, Tier::Selected),
+        Code::NotFound,
     )
-    .await
-    .unwrap_err();
-    assert_eq!(wrong_source.code(), Code::NotFound, "{wrong_source:?}");
+    .await;
     // An unknown source is a bad request.
-    let unknown = file_as(
+    refused_filing(
         &channel,
         &jobcenter,
         filing(cpr, "child-welfarre", &visible, Tier::Selected),
+        Code::InvalidArgument,
     )
-    .await
-    .unwrap_err();
-    assert_eq!(unknown.code(), Code::InvalidArgument, "{unknown:?}");
+    .await;
     // Asking for what one is shown already asks for nothing.
-    let nothing_more = file_as(
+    refused_filing(
         &channel,
         &jobcenter,
         filing(cpr, "child-welfare", &visible, Tier::Existence),
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(
-        nothing_more.code(),
         Code::FailedPrecondition,
-        "{nothing_more:?}"
-    );
+    )
+    .await;
 
     // Nothing was stored: no inbox, no caller holds a request.
     for (t, view) in [
