@@ -38,8 +38,8 @@ mod writer;
 pub use checkpoint::{Checkpoint, CheckpointSigner};
 pub use maintenance::{Maintenance, PreviousStop, PruneReport, Retention};
 pub use record::{
-    Action, Actor, AuditEvent, AuditRecord, CaseEntry, EncodedEvent, GENESIS_HASH, Outcome,
-    SealedRecord, SourceEntry,
+    Action, Actor, AuditEvent, AuditRecord, CaseEntry, EncodedEvent, GENESIS_HASH, Indexed,
+    Outcome, SealedRecord, SourceEntry,
 };
 pub use registry::{
     AccessRequest, ChangeOutcome, Consent, ConsentKind, Recipients, Registry, RegistryChange,

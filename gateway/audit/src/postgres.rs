@@ -140,7 +140,7 @@ fn insert(
             .iter()
             .map(|r| to_i64(r.seq))
             .collect::<Result<Vec<_>, _>>()?;
-        let cprs: Vec<Option<&str>> = records.iter().map(|r| r.cpr.as_deref()).collect();
+        let cprs: Vec<Option<&str>> = records.iter().map(|r| r.indexed.cpr.as_deref()).collect();
         tx.execute(
             "INSERT INTO audit_records
              (chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash)
@@ -157,12 +157,12 @@ fn insert(
                 &column(|r| &r.chain),
                 &seqs,
                 &column(|r| &r.at),
-                &column(|r| &r.request_id),
+                &column(|r| &r.indexed.request_id),
                 &cprs,
-                &column(|r| &r.caller_id),
-                &column(|r| &r.department),
-                &column(|r| r.action.as_str()),
-                &column(|r| r.outcome.as_str()),
+                &column(|r| &r.indexed.caller_id),
+                &column(|r| &r.indexed.department),
+                &column(|r| r.indexed.action.as_str()),
+                &column(|r| r.indexed.outcome.as_str()),
                 &column(|r| &r.body),
                 &column(|r| &r.hash),
             ],

@@ -162,17 +162,23 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
-/// The part of a record's canonical encoding that does not depend on its place in the chain:
-/// the fields from `request_id` to `change`, exactly as they appear in the encoding (without
-/// the braces), with the columns a store indexes beside them.
+/// The columns a store keeps beside a record's body, to index and filter on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncodedEvent {
+pub struct Indexed {
     pub request_id: String,
     pub action: Action,
     pub outcome: Outcome,
     pub cpr: Option<String>,
     pub caller_id: String,
     pub department: String,
+}
+
+/// The part of a record's canonical encoding that does not depend on its place in the chain:
+/// the fields from `request_id` to `change`, exactly as they appear in the encoding (without
+/// the braces), with the columns a store indexes beside them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedEvent {
+    pub indexed: Indexed,
     content: String,
 }
 
@@ -218,12 +224,14 @@ impl AuditEvent {
             .unwrap_or_default()
             .to_owned();
         EncodedEvent {
-            request_id: self.request_id,
-            action: self.action,
-            outcome: self.outcome,
-            cpr: self.cpr,
-            caller_id: self.actor.caller_id,
-            department: self.actor.department,
+            indexed: Indexed {
+                request_id: self.request_id,
+                action: self.action,
+                outcome: self.outcome,
+                cpr: self.cpr,
+                caller_id: self.actor.caller_id,
+                department: self.actor.department,
+            },
             content,
         }
     }
@@ -251,12 +259,7 @@ impl EncodedEvent {
             chain: chain.to_owned(),
             seq,
             at,
-            request_id: self.request_id,
-            action: self.action,
-            outcome: self.outcome,
-            cpr: self.cpr,
-            caller_id: self.caller_id,
-            department: self.department,
+            indexed: self.indexed,
             body,
         }
     }
@@ -282,12 +285,7 @@ pub struct SealedRecord {
     pub chain: String,
     pub seq: u64,
     pub at: String,
-    pub request_id: String,
-    pub action: Action,
-    pub outcome: Outcome,
-    pub cpr: Option<String>,
-    pub caller_id: String,
-    pub department: String,
+    pub indexed: Indexed,
     /// The canonical encoding, as hashed.
     pub body: String,
     pub hash: String,
@@ -336,12 +334,14 @@ impl AuditRecord {
             chain: self.chain.clone(),
             seq: self.seq,
             at: self.at.clone(),
-            request_id: self.request_id.clone(),
-            action: self.action,
-            outcome: self.outcome,
-            cpr: self.cpr.clone(),
-            caller_id: self.actor.caller_id.clone(),
-            department: self.actor.department.clone(),
+            indexed: Indexed {
+                request_id: self.request_id.clone(),
+                action: self.action,
+                outcome: self.outcome,
+                cpr: self.cpr.clone(),
+                caller_id: self.actor.caller_id.clone(),
+                department: self.actor.department.clone(),
+            },
             body: self.canonical_json(),
             hash: self.hash.clone(),
         }
