@@ -22,6 +22,9 @@ use samblik_synth::{Department, SynthConfig};
 use std::collections::BTreeMap;
 use std::hint::black_box;
 
+// The allocator the `samblik` program runs (`--no-default-features`: the system's).
+samblik_gateway::global_allocator!();
+
 /// One lookup's worth of input: a citizen's cases per source, and a consent.
 struct Lookup {
     caller: String,
@@ -182,9 +185,10 @@ fn bench(c: &mut Criterion) {
     }
     let cases: usize = lookups.iter().map(|l| l.cases.len()).sum();
     eprintln!(
-        "{} lookups, {:.1} cases each",
+        "{} lookups, {:.1} cases each, {} allocator",
         lookups.len(),
-        cases as f64 / lookups.len() as f64
+        cases as f64 / lookups.len() as f64,
+        samblik_gateway::ALLOCATOR_NAME
     );
     let mut i = 0;
     c.bench_function(

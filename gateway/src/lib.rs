@@ -47,3 +47,33 @@ pub mod tokens;
 
 pub use config::Config;
 pub use lookup::{GatewaySource, LookupLimits, LookupPipeline};
+
+/// The allocator a Samblik program installs: jemalloc (feature `jemalloc`, on by default), else
+/// the system's. Install it with [`global_allocator!`].
+#[cfg(feature = "jemalloc")]
+pub type Allocator = tikv_jemallocator::Jemalloc;
+#[cfg(not(feature = "jemalloc"))]
+pub type Allocator = std::alloc::System;
+
+/// The one value of [`Allocator`].
+#[cfg(feature = "jemalloc")]
+pub const ALLOCATOR: Allocator = tikv_jemallocator::Jemalloc;
+#[cfg(not(feature = "jemalloc"))]
+pub const ALLOCATOR: Allocator = std::alloc::System;
+
+/// The name of [`Allocator`], for benchmark reports.
+pub const ALLOCATOR_NAME: &str = if cfg!(feature = "jemalloc") {
+    "jemalloc"
+} else {
+    "system"
+};
+
+/// Installs [`Allocator`] as the program's global allocator: one line at the top of every
+/// binary and benchmark, so the load tools measure the allocator the `samblik` program runs.
+#[macro_export]
+macro_rules! global_allocator {
+    () => {
+        #[global_allocator]
+        static GLOBAL: $crate::Allocator = $crate::ALLOCATOR;
+    };
+}

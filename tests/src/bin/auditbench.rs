@@ -72,6 +72,8 @@ fn open(dir: &std::path::Path, name: &str) -> anyhow::Result<AuditLog> {
     )?)
 }
 
+samblik_gateway::global_allocator!();
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut dir: Option<PathBuf> = None;
@@ -132,7 +134,8 @@ async fn main() -> anyhow::Result<()> {
     let group_rate = total as f64 / started.elapsed().as_secs_f64();
 
     println!(
-        "audit writer, {}s each, SQLite WAL synchronous={} in {}",
+        "audit writer ({} allocator), {}s each, SQLite WAL synchronous={} in {}",
+        samblik_gateway::ALLOCATOR_NAME,
         seconds,
         if no_fsync() { "OFF" } else { "FULL" },
         tmp.path().display()

@@ -215,6 +215,8 @@ fn args_stride() -> usize {
     97
 }
 
+samblik_gateway::global_allocator!();
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
@@ -280,7 +282,8 @@ async fn main() -> anyhow::Result<()> {
     );
 
     println!(
-        "loadtest: {} s per phase, {} concurrent callers over {} connections, {} citizens with cases",
+        "loadtest ({} allocator): {} s per phase, {} concurrent callers over {} connections, {} citizens with cases",
+        samblik_gateway::ALLOCATOR_NAME,
         args.seconds,
         args.concurrency,
         args.connections,
