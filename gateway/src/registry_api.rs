@@ -28,7 +28,8 @@ use tracing::Instrument;
 pub const MIN_JUSTIFICATION: usize = 20;
 /// Most requests one list returns.
 const LIST_LIMIT: usize = 500;
-/// Roles that may record and withdraw consents, file requests and decide them.
+/// Roles that may record, withdraw and list a citizen's consents (with a relation to them), file
+/// requests and decide them.
 const CASEWORK_ROLES: &[&str] = &["caseworker", "department-leader"];
 
 /// The registry APIs over the lookup pipeline's authenticator, audit log, policy and store.
@@ -117,6 +118,21 @@ impl RegistryApi {
             self.pipeline.registry().refresh(&change).await;
         }
         Ok(outcome)
+    }
+
+    /// A citizen's consents are their caseworker's business: recording, withdrawing and (for
+    /// staff) reading them needs the relation a lookup needs. The call names no purpose.
+    async fn require_relation(
+        &self,
+        request_id: &str,
+        principal: &Principal,
+        cpr: &Cpr,
+        doing: &str,
+    ) -> Result<(), GatewayError> {
+        self.pipeline
+            .require_relation(request_id, principal, cpr, Purpose::Unspecified, doing)
+            .await
+            .map(drop)
     }
 }
 
@@ -299,17 +315,8 @@ impl RegistryApi {
             Ok(c) => c,
             Err(e) => return refuse(draft, e).await,
         };
-        // Whoever records a consent must be the citizen's caseworker, as a lookup requires;
-        // the consent names no purpose of the recording itself.
         let related = self
-            .pipeline
-            .require_relation(
-                request_id,
-                &principal,
-                &cpr,
-                Purpose::Unspecified,
-                "record a consent for them",
-            )
+            .require_relation(request_id, &principal, &cpr, "record a consent for them")
             .await;
         if let Err(e) = related {
             return refuse(draft, e).await;
@@ -407,14 +414,14 @@ impl RegistryApi {
         request: Request<WithdrawConsentRequest>,
         request_id: &str,
     ) -> Result<pb::ConsentRecord, GatewayError> {
-        let (mut draft, caller) = self
-            .begin(
-                &request,
-                request_id,
-                Action::ConsentWithdrawn,
-                CASEWORK_ROLES,
-            )
-            .await?;
+        let (mut draft, principal) = begin_as(
+            &self.pipeline,
+            &request,
+            request_id,
+            Action::ConsentWithdrawn,
+            CASEWORK_ROLES,
+        )
+        .await?;
         let message = request.into_inner();
         let cpr = match Cpr::parse(&message.cpr) {
             Ok(c) => c,
@@ -428,6 +435,14 @@ impl RegistryApi {
             )
             .await;
         }
+        // Before the registry is touched, so that a caller without the relation learns nothing,
+        // not even whether the consent exists.
+        let related = self
+            .require_relation(request_id, &principal, &cpr, "withdraw their consent")
+            .await;
+        if let Err(e) = related {
+            return refuse(draft, e).await;
+        }
         let now = Utc::now();
         let applied = self
             .apply(
@@ -435,7 +450,7 @@ impl RegistryApi {
                 RegistryChange::WithdrawConsent {
                     id: message.consent_id.clone(),
                     cpr: cpr.as_str().to_owned(),
-                    by: caller.id.clone(),
+                    by: principal.caller.id.clone(),
                     at: now,
                 },
             )
@@ -457,15 +472,25 @@ impl RegistryApi {
         request: Request<ListConsentsRequest>,
         request_id: &str,
     ) -> Result<ListConsentsResponse, GatewayError> {
-        let mut staff = CASEWORK_ROLES.to_vec();
-        staff.push("admin");
-        let mut roles = staff.clone();
+        // No admin: an administrator operates the gateway and is no citizen's caseworker (the
+        // data-protection officer has `samblik policy explain`, auditors the audit log).
+        let mut roles = CASEWORK_ROLES.to_vec();
         roles.push("citizen");
-        let (mut draft, caller) = self
-            .begin(&request, request_id, Action::ConsentsListed, &roles)
-            .await?;
+        let (mut draft, principal) = begin_as(
+            &self.pipeline,
+            &request,
+            request_id,
+            Action::ConsentsListed,
+            &roles,
+        )
+        .await?;
+        let caller = &principal.caller;
+        let staff = caller
+            .roles
+            .iter()
+            .any(|r| CASEWORK_ROLES.contains(&r.as_str()));
         let asked = Cpr::parse(&request.get_ref().cpr);
-        let cpr = if caller.roles.iter().any(|r| staff.contains(&r.as_str())) {
+        let cpr = if staff {
             match asked {
                 Ok(c) => c,
                 Err(e) => return refuse(draft, e.into()).await,
@@ -491,6 +516,14 @@ impl RegistryApi {
             }
         };
         draft.citizen(&cpr);
+        // Staff read a citizen's consents as they record them: as the citizen's caseworker.
+        if staff
+            && let Err(e) = self
+                .require_relation(request_id, &principal, &cpr, "read their consents")
+                .await
+        {
+            return refuse(draft, e).await;
+        }
         let consents = match self.pipeline.registry().consents_for(cpr.as_str()).await {
             Ok(c) => c,
             Err(e) => {

@@ -443,6 +443,17 @@ async fn without_a_relation_the_panel_offers_break_the_glass_with_a_written_reas
         !stream.body.contains("data-tier=\\\"2\\\"")
             && !stream.body.contains("data-tier=\\\"3\\\"")
     );
+    // Breaking the glass shows cases, not the citizen's consents: that page is a refusal.
+    let opslag = broke.location().rsplit('/').next().unwrap();
+    let consents = agent.get(&format!("/panel/samtykke/{opslag}")).await;
+    assert_eq!(consents.status, StatusCode::OK);
+    assert!(
+        consents.body.contains("Du har ikke adgang til dette.")
+            && consents.body.contains("no open case"),
+        "{}",
+        consents.body
+    );
+    assert!(!consents.body.contains("registrer-samtykke"));
 
     let records = panel.audit_records();
     assert!(

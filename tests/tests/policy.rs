@@ -60,6 +60,35 @@ async fn record(
         .map(tonic::Response::into_inner)
 }
 
+async fn withdraw(
+    channel: &Channel,
+    token: &str,
+    cpr: &str,
+    consent_id: &str,
+) -> Result<samblik_proto::v1::ConsentRecord, tonic::Status> {
+    ConsentServiceClient::new(channel.clone())
+        .withdraw_consent(authed(
+            WithdrawConsentRequest {
+                cpr: cpr.into(),
+                consent_id: consent_id.into(),
+            },
+            token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn consents(
+    channel: &Channel,
+    token: &str,
+    cpr: &str,
+) -> Result<Vec<samblik_proto::v1::ConsentRecord>, tonic::Status> {
+    ConsentServiceClient::new(channel.clone())
+        .list_consents(authed(ListConsentsRequest { cpr: cpr.into() }, token))
+        .await
+        .map(|r| r.into_inner().consents)
+}
+
 async fn look(gateway: &RunningGateway, token: &str, cpr: &str) -> LookupResponse {
     gateway
         .client()
@@ -138,17 +167,9 @@ async fn consent_lifts_other_departments_to_tier_2_and_withdrawal_drops_them_on_
     );
 
     // Withdrawn: the very next lookup is back at tier 1.
-    let withdrawn = ConsentServiceClient::new(channel.clone())
-        .withdraw_consent(authed(
-            WithdrawConsentRequest {
-                cpr: cpr.into(),
-                consent_id: consent_id.clone(),
-            },
-            &jobcenter,
-        ))
+    let withdrawn = withdraw(&channel, &jobcenter, cpr, &consent_id)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(!withdrawn.active && withdrawn.withdrawn_at.is_some());
     let after = look(&m.gateway, &jobcenter, cpr).await;
     assert!(
@@ -157,25 +178,14 @@ async fn consent_lifts_other_departments_to_tier_2_and_withdrawal_drops_them_on_
             .all(|t| *t == Tier::Existence)
     );
     // Withdrawing twice changes nothing and says so.
-    let again = ConsentServiceClient::new(channel.clone())
-        .withdraw_consent(authed(
-            WithdrawConsentRequest {
-                cpr: cpr.into(),
-                consent_id: consent_id.clone(),
-            },
-            &jobcenter,
-        ))
+    let again = withdraw(&channel, &jobcenter, cpr, &consent_id)
         .await
         .unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition);
 
     // The registry lists it, and every change is in the audit log.
-    let listed = ConsentServiceClient::new(channel.clone())
-        .list_consents(authed(ListConsentsRequest { cpr: cpr.into() }, &jobcenter))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.consents.len(), 1);
+    let listed = consents(&channel, &jobcenter, cpr).await.unwrap();
+    assert_eq!(listed.len(), 1);
     let records = m.gateway.audit_records();
     let changes: Vec<(Action, Outcome)> = records
         .iter()
@@ -536,12 +546,8 @@ async fn bad_consents_are_refused_and_change_nothing() {
         let status = record(&channel, &jobcenter, cpr, bad).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     }
-    let listed = ConsentServiceClient::new(channel.clone())
-        .list_consents(authed(ListConsentsRequest { cpr: cpr.into() }, &jobcenter))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(listed.consents.is_empty());
+    let listed = consents(&channel, &jobcenter, cpr).await.unwrap();
+    assert!(listed.is_empty());
     assert!(
         m.gateway
             .audit_records()
@@ -959,12 +965,8 @@ async fn recording_a_consent_needs_a_relation_to_the_citizen() {
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     assert!(!denied.message().contains(cpr));
-    let listed = ConsentServiceClient::new(channel.clone())
-        .list_consents(authed(ListConsentsRequest { cpr: cpr.into() }, &jobcenter))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(listed.consents.is_empty(), "nothing was recorded");
+    let listed = consents(&channel, &jobcenter, cpr).await.unwrap();
+    assert!(listed.is_empty(), "nothing was recorded");
     let records = m.gateway.audit_records();
     assert!(
         records
@@ -978,6 +980,118 @@ async fn recording_a_consent_needs_a_relation_to_the_citizen() {
     // The jobcenter, which holds an open case for the citizen, may.
     let recorded = record(&channel, &jobcenter, cpr, consent).await.unwrap();
     assert!(recorded.active);
+}
+
+/// A consent of `jobcenter_only_citizen`'s, recorded by the jobcenter (which holds their case):
+/// the token of a related caller, the citizen, and the consent's id.
+async fn consent_of_jobcenter_only_citizen(channel: &Channel) -> (String, &'static str, String) {
+    let jobcenter = token(Department::Jobcenter);
+    let (cpr, _) = jobcenter_only_citizen();
+    let consent = Consent {
+        from_departments: vec!["jobcenter".into()],
+        to_departments: vec!["child-welfare".into()],
+        ..child_welfare_to_jobcenter(Tier::Selected)
+    };
+    let recorded = record(channel, &jobcenter, cpr, consent).await.unwrap();
+    (jobcenter, cpr, recorded.consent.unwrap().consent_id)
+}
+
+/// The audit log's records of `action`: their outcomes and the citizens they name.
+fn outcomes(gateway: &RunningGateway, action: Action) -> Vec<(Outcome, Option<String>)> {
+    gateway
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.action == action)
+        .map(|r| (r.outcome, r.cpr))
+        .collect()
+}
+
+#[tokio::test]
+async fn withdrawing_a_consent_needs_a_relation_and_tells_an_outsider_nothing() {
+    let m = start_municipal().await;
+    let channel = m.gateway.channel().await;
+    let (jobcenter, cpr, consent_id) = consent_of_jobcenter_only_citizen(&channel).await;
+    let child_welfare = token(Department::ChildWelfare);
+
+    // Child welfare has no case for the citizen: it may not withdraw their consent, and cannot
+    // tell an existing consent from a missing one.
+    let existing = withdraw(&channel, &child_welfare, cpr, &consent_id)
+        .await
+        .unwrap_err();
+    let missing = withdraw(&channel, &child_welfare, cpr, "c-no-such-consent")
+        .await
+        .unwrap_err();
+    assert_eq!(existing.code(), Code::PermissionDenied, "{existing:?}");
+    assert_eq!(
+        (existing.code(), without_request_id(&existing)),
+        (missing.code(), without_request_id(&missing))
+    );
+    assert!(existing.message().contains("no open case"), "{existing:?}");
+    assert!(!existing.message().contains(cpr));
+
+    // The consent still holds, and only its recording changed the registry.
+    let listed = consents(&channel, &jobcenter, cpr).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].active && listed[0].withdrawn_at.is_none());
+    let records = m.gateway.audit_records();
+    let changes: Vec<Action> = records
+        .iter()
+        .filter(|r| r.change.is_some() && r.action != Action::AuditMaintenance)
+        .map(|r| r.action)
+        .collect();
+    assert_eq!(changes, [Action::ConsentRecorded]);
+    let denied = Some(cpr.to_owned());
+    assert_eq!(
+        outcomes(&m.gateway, Action::ConsentWithdrawn),
+        [(Outcome::Denied, denied.clone()), (Outcome::Denied, denied)]
+    );
+
+    // The jobcenter, which holds an open case for the citizen, may withdraw it.
+    let withdrawn = withdraw(&channel, &jobcenter, cpr, &consent_id)
+        .await
+        .unwrap();
+    assert!(!withdrawn.active && withdrawn.withdrawn_at.is_some());
+}
+
+#[tokio::test]
+async fn staff_list_a_citizens_consents_only_with_a_relation_and_admins_not_at_all() {
+    let m = start_municipal().await;
+    let channel = m.gateway.channel().await;
+    let (jobcenter, cpr, consent_id) = consent_of_jobcenter_only_citizen(&channel).await;
+
+    // Neither child welfare, which has no case for the citizen, nor an administrator is shown
+    // the citizen's consents.
+    let outsider = consents(&channel, &token(Department::ChildWelfare), cpr)
+        .await
+        .unwrap_err();
+    assert_eq!(outsider.code(), Code::PermissionDenied, "{outsider:?}");
+    assert!(outsider.message().contains("no open case"), "{outsider:?}");
+    assert!(!outsider.message().contains(cpr));
+    let admin = consents(&channel, &staff_token("dpo-test", "admin"), cpr)
+        .await
+        .unwrap_err();
+    assert_eq!(admin.code(), Code::PermissionDenied, "{admin:?}");
+    assert!(
+        admin.message().contains("needs one of the roles"),
+        "{admin:?}"
+    );
+
+    // The jobcenter, which holds an open case for the citizen, is.
+    let listed = consents(&channel, &jobcenter, cpr).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].consent.as_ref().unwrap().consent_id, consent_id);
+
+    // The outsider's attempt is recorded against the citizen; the administrator's is refused
+    // on their role, before the request is read.
+    let cpr = Some(cpr.to_owned());
+    assert_eq!(
+        outcomes(&m.gateway, Action::ConsentsListed),
+        [
+            (Outcome::Denied, cpr.clone()),
+            (Outcome::Denied, None),
+            (Outcome::Answered, cpr),
+        ]
+    );
 }
 
 #[tokio::test]
