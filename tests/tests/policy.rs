@@ -1095,6 +1095,99 @@ async fn staff_list_a_citizens_consents_only_with_a_relation_and_admins_not_at_a
 }
 
 #[tokio::test]
+async fn registry_calls_fail_closed_while_the_callers_own_department_is_down() {
+    let mut m = start_municipal().await;
+    let channel = m.gateway.channel().await;
+    let jobcenter = token(Department::Jobcenter);
+    let cpr = three_department_citizen();
+    assert!(open_in(cpr, Department::Jobcenter));
+
+    // While the jobcenter's source answers, the jobcenter is the citizen's caseworker: it
+    // records a consent, and is shown a child-welfare case it could ask for more of.
+    let consent = child_welfare_to_jobcenter(Tier::Selected);
+    let earlier = record(&channel, &jobcenter, cpr, consent).await.unwrap();
+    let consent_id = earlier.consent.unwrap().consent_id;
+    let shown = look(&m.gateway, &jobcenter, cpr).await;
+    let visible = source(&shown, "child-welfare").cases[0].case_id.clone();
+
+    // The jobcenter's own source goes down; the other departments' stay up.
+    let jobcenter_source = Department::ALL
+        .iter()
+        .position(|d| *d == Department::Jobcenter)
+        .unwrap();
+    let down = m.sources.remove(jobcenter_source);
+    let addr = down.addr;
+    drop(down);
+    let refuses_connections = || std::net::TcpStream::connect(addr).is_err();
+    assert!(
+        eventually(Duration::from_secs(5), refuses_connections).await,
+        "the jobcenter's source still accepts connections"
+    );
+
+    // The relation cannot be established: every call fails closed, as unavailable — neither
+    // allowed nor denied — and says that nothing was changed.
+    let wider = child_welfare_to_jobcenter(Tier::Full);
+    let unavailable = [
+        record(&channel, &jobcenter, cpr, wider).await.map(|_| ()),
+        withdraw(&channel, &jobcenter, cpr, &consent_id)
+            .await
+            .map(|_| ()),
+        consents(&channel, &jobcenter, cpr).await.map(|_| ()),
+        file_as(
+            &channel,
+            &jobcenter,
+            filing(cpr, "child-welfare", &visible, Tier::Selected),
+        )
+        .await
+        .map(|_| ()),
+    ];
+    for result in unavailable {
+        let status = result.expect_err("the call fails while the relation is unknown");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("did not answer"), "{status:?}");
+        assert!(
+            status.message().contains("nothing was changed"),
+            "{status:?}"
+        );
+        assert!(!status.message().contains(cpr));
+    }
+
+    // Nothing changed: the earlier consent is the citizen's only one and still active, and no
+    // access request was filed.
+    let listed = consents(&channel, &citizen_token(cpr), cpr).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].consent.as_ref().unwrap().consent_id, consent_id);
+    assert!(listed[0].active && listed[0].withdrawn_at.is_none());
+    let child_welfare = token(Department::ChildWelfare);
+    let mine = requests(&channel, &jobcenter, RequestView::Mine).await;
+    let inbox = requests(&channel, &child_welfare, RequestView::Inbox).await;
+    assert!(mine.is_empty() && inbox.is_empty(), "{mine:?} {inbox:?}");
+    let changes: Vec<Action> = m
+        .gateway
+        .audit_records()
+        .iter()
+        .filter(|r| r.change.is_some() && r.action != Action::AuditMaintenance)
+        .map(|r| r.action)
+        .collect();
+    assert_eq!(changes, [Action::ConsentRecorded]);
+
+    // Every failed call is in the log against the citizen, as failed.
+    let failed = (Outcome::Failed, Some(cpr.to_owned()));
+    let answered = (Outcome::Answered, Some(cpr.to_owned()));
+    let logged = |action| outcomes(&m.gateway, action);
+    assert_eq!(
+        logged(Action::ConsentRecorded),
+        [answered.clone(), failed.clone()]
+    );
+    assert_eq!(
+        logged(Action::ConsentWithdrawn),
+        std::slice::from_ref(&failed)
+    );
+    assert_eq!(logged(Action::ConsentsListed), [failed.clone(), answered]);
+    assert_eq!(logged(Action::AccessRequested), [failed]);
+}
+
+#[tokio::test]
 async fn a_citizen_lists_exactly_their_own_consents() {
     let m = start_municipal().await;
     let channel = m.gateway.channel().await;
