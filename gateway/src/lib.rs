@@ -49,17 +49,12 @@ pub use config::Config;
 pub use lookup::{GatewaySource, LookupLimits, LookupPipeline};
 
 /// The allocator a Samblik program installs: jemalloc (feature `jemalloc`, on by default), else
-/// the system's. Install it with [`global_allocator!`].
-#[cfg(feature = "jemalloc")]
-pub type Allocator = tikv_jemallocator::Jemalloc;
+/// the system's. Both are unit structs, so the name is the type and its one value. Install it
+/// with [`global_allocator!`].
 #[cfg(not(feature = "jemalloc"))]
-pub type Allocator = std::alloc::System;
-
-/// The one value of [`Allocator`].
+pub use std::alloc::System as Allocator;
 #[cfg(feature = "jemalloc")]
-pub const ALLOCATOR: Allocator = tikv_jemallocator::Jemalloc;
-#[cfg(not(feature = "jemalloc"))]
-pub const ALLOCATOR: Allocator = std::alloc::System;
+pub use tikv_jemallocator::Jemalloc as Allocator;
 
 /// The name of [`Allocator`], for benchmark reports.
 pub const ALLOCATOR_NAME: &str = if cfg!(feature = "jemalloc") {
@@ -74,6 +69,6 @@ pub const ALLOCATOR_NAME: &str = if cfg!(feature = "jemalloc") {
 macro_rules! global_allocator {
     () => {
         #[global_allocator]
-        static GLOBAL: $crate::Allocator = $crate::ALLOCATOR;
+        static GLOBAL: $crate::Allocator = $crate::Allocator;
     };
 }
