@@ -15,7 +15,8 @@
 //! - [`maintenance`]: the log's own records: start-up (after a clean or an unclean stop), clean
 //!   stop, and retention pruning, which cuts a chain's front only at a signed checkpoint and
 //!   records the cut ([`AuditLog::prune`], or on a schedule with [`WriterOptions::retention`]).
-//! - [`sqlite`]: the embedded store (WAL, `synchronous=FULL`); [`postgres`]: the production one.
+//! - [`sqlite`]: the embedded store (WAL; each commit's log fsync'ed on a thread of its own
+//!   while the writer commits the next batch); [`postgres`]: the production one.
 //! - [`registry`]: citizens' consents and access requests (grants), kept in the same store.
 //!   Every change goes through the writer ([`AuditLog::change`]) and is committed in the same
 //!   transaction as the audit record describing it; [`Registry`] reads them back, uncached.
@@ -71,6 +72,13 @@ pub struct StoredRecord {
     pub hash: String,
 }
 
+/// Makes durable, on a thread of its own, what a store committed with
+/// [`AuditStore::append_unsynced`]: see [`AuditStore::deferred_sync`].
+pub trait LogSync: Send + 'static {
+    /// Returns once everything committed before the call is durable.
+    fn sync(&mut self) -> Result<(), AuditError>;
+}
+
 /// Where records are kept. Implementations commit each `append` atomically and durably: when it
 /// returns `Ok`, every record and the checkpoint survive a crash; when it fails, none was kept.
 pub trait AuditStore: Send + 'static {
@@ -82,6 +90,28 @@ pub trait AuditStore: Send + 'static {
         records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError>;
+    /// Commits like [`AuditStore::append`], atomically, but may return before the commit is
+    /// durable: it is once a [`LogSync::sync`] that began after this returned has succeeded.
+    /// The default is `append`, durable at once.
+    fn append_unsynced(
+        &mut self,
+        records: &[SealedRecord],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), AuditError> {
+        self.append(records, checkpoint)
+    }
+    /// For a store that can overlap one commit's fsync with the next commit's work (SQLite): the
+    /// handle that makes its [`AuditStore::append_unsynced`] commits durable. `None`, the
+    /// default: every commit waits for the disk itself.
+    fn deferred_sync(&mut self) -> Result<Option<Box<dyn LogSync>>, AuditError> {
+        Ok(None)
+    }
+    /// After a [`LogSync::sync`] failed: makes everything committed so far durable by a path
+    /// that does not rely on the failed writes (after a failed fsync the kernel may have
+    /// dropped them), or fails. The writer refuses records until this succeeds.
+    fn recover_sync(&mut self) -> Result<(), AuditError> {
+        Ok(())
+    }
     fn chains(&mut self) -> Result<Vec<String>, AuditError>;
     /// Up to `limit` records of `chain` after `after_seq`, in order.
     fn records(
@@ -176,6 +206,19 @@ impl<S: AuditStore + ?Sized> AuditStore for Box<S> {
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError> {
         (**self).append(records, checkpoint)
+    }
+    fn append_unsynced(
+        &mut self,
+        records: &[SealedRecord],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), AuditError> {
+        (**self).append_unsynced(records, checkpoint)
+    }
+    fn deferred_sync(&mut self) -> Result<Option<Box<dyn LogSync>>, AuditError> {
+        (**self).deferred_sync()
+    }
+    fn recover_sync(&mut self) -> Result<(), AuditError> {
+        (**self).recover_sync()
     }
     fn chains(&mut self) -> Result<Vec<String>, AuditError> {
         (**self).chains()

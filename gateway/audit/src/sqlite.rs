@@ -1,9 +1,19 @@
-//! The embedded store: one SQLite file, WAL, `synchronous=FULL`, so a committed batch is on disk.
+//! The embedded store: one SQLite file in WAL mode; a commit is durable once its frames are in
+//! the write-ahead log and the log is fsync'ed.
 //!
-//! A commit is durable once its frames are in the write-ahead log and the log is fsync'ed.
+//! SQLite's `synchronous=FULL` would fsync the log inside every commit, so the writer could not
+//! insert the next batch while the disk works. The store instead commits with
+//! `synchronous=NORMAL` (SQLite's own fsyncs at checkpoints and when the log is reused stay) and
+//! fsyncs the log itself, through a descriptor of its own: inside [`AuditStore::append`] and the
+//! other durable writes, or — for the writer's ordinary batches — on the writer's sync thread
+//! ([`AuditStore::deferred_sync`]), which sends the batch's receipts only after that fsync. An
+//! fsync covers the whole file, whoever's descriptor it goes through; SQLite keeps the log file
+//! (the same inode, truncated or reused) for as long as a connection is open, and the store's
+//! own connection is open for the store's lifetime.
+//!
 //! Copying the log back into the database file (a checkpoint, with an fsync of its own) is not
-//! needed for that, so the store does it on a thread of its own instead of in the writer's
-//! commit, as SQLite would by default.
+//! needed for durability, so the store does it on a thread of its own instead of in the
+//! writer's commit, as SQLite would by default.
 
 use crate::checkpoint::Checkpoint;
 use crate::registry::{
@@ -11,9 +21,12 @@ use crate::registry::{
     RegistryChange, RegistryReader, RequestFilter, RequestRow, RequestState, decide_refusal,
     time_text,
 };
-use crate::{AuditError, AuditRecord, AuditStore, SealChange, SealedRecord, StoredRecord};
+use crate::{AuditError, AuditRecord, AuditStore, LogSync, SealChange, SealedRecord, StoredRecord};
 use rusqlite::{Connection, OptionalExtension, params};
+use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit_records (
@@ -90,7 +103,9 @@ CREATE INDEX IF NOT EXISTS access_requests_owner
 /// Whether a commit waits for the disk. `Off` exists only to measure what durability costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
+    /// Every commit's log is fsync'ed before it is reported durable.
     Full,
+    /// Nothing is fsync'ed (`synchronous=OFF`).
     Off,
 }
 
@@ -99,6 +114,49 @@ pub struct SqliteStore {
     conn: Connection,
     /// `None` for a read-only store.
     checkpointer: Option<Checkpointer>,
+    /// The write-ahead log, to fsync; `None` unless the store is durable.
+    wal: Option<Wal>,
+}
+
+/// The store's own descriptor of the write-ahead log, and whether an fsync of it failed (on any
+/// thread) since the store last recovered.
+#[derive(Debug, Clone)]
+struct Wal {
+    file: Arc<File>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Wal {
+    fn open(db: &Path) -> Result<Self, AuditError> {
+        let mut path = db.as_os_str().to_owned();
+        path.push("-wal");
+        // Never created here: SQLite made it when the connection opened the store in WAL mode.
+        let file = File::open(&path).map_err(|e| {
+            AuditError::Store(format!(
+                "cannot open the audit store's write-ahead log {}: {e}",
+                Path::new(&path).display()
+            ))
+        })?;
+        Ok(Wal {
+            file: Arc::new(file),
+            failed: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn sync(&self) -> Result<(), AuditError> {
+        self.file.sync_data().map_err(|e| {
+            self.failed.store(true, Ordering::SeqCst);
+            AuditError::Store(format!(
+                "cannot fsync the audit store's write-ahead log: {e}"
+            ))
+        })
+    }
+}
+
+impl LogSync for Wal {
+    fn sync(&mut self) -> Result<(), AuditError> {
+        Wal::sync(self)
+    }
 }
 
 /// Bytes of records appended between two background checkpoints: about SQLite's own default
@@ -112,11 +170,56 @@ impl SqliteStore {
     pub fn open(path: &Path, durability: Durability) -> Result<Self, AuditError> {
         let conn = open_writable(path, durability)?;
         conn.pragma_update(None, "wal_autocheckpoint", FALLBACK_CHECKPOINT_PAGES)?;
+        let wal = match durability {
+            Durability::Full => Some(Wal::open(path)?),
+            Durability::Off => None,
+        };
         let checkpointer = Checkpointer::start(open_writable(path, durability)?)?;
         Ok(SqliteStore {
             conn,
             checkpointer: Some(checkpointer),
+            wal,
         })
+    }
+
+    /// Commits `write` in one immediate transaction; with `durable`, returns once the commit is
+    /// fsync'ed. First recovers from an earlier failed fsync, if there was one.
+    fn write<T>(
+        &mut self,
+        durable: bool,
+        write: impl FnOnce(&Connection) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        if self
+            .wal
+            .as_ref()
+            .is_some_and(|wal| wal.failed.load(Ordering::SeqCst))
+        {
+            self.recover_sync()?;
+        }
+        // Immediate: the write lock is taken before anything is read, so writers on the same
+        // file (another process) are serialised.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let done = write(&tx)?;
+        tx.commit()?;
+        if durable && let Some(wal) = &self.wal {
+            wal.sync()?;
+        }
+        Ok(done)
+    }
+
+    fn append_records(
+        &mut self,
+        records: &[SealedRecord],
+        checkpoint: Option<&Checkpoint>,
+        durable: bool,
+    ) -> Result<(), AuditError> {
+        self.write(durable, |tx| insert(tx, records, checkpoint))?;
+        if let Some(checkpointer) = &mut self.checkpointer {
+            checkpointer.appended(records.iter().map(|r| r.body.len()).sum());
+        }
+        Ok(())
     }
 }
 
@@ -127,8 +230,10 @@ fn open_writable(path: &Path, durability: Durability) -> Result<Connection, Audi
     }
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    // NORMAL: a commit does not fsync the log; the store does (see the module's docs). SQLite
+    // still fsyncs around its checkpoints and when it starts reusing the log.
     let sync = match durability {
-        Durability::Full => "FULL",
+        Durability::Full => "NORMAL",
         Durability::Off => "OFF",
     };
     conn.pragma_update(None, "synchronous", sync)?;
@@ -204,6 +309,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn,
             checkpointer: None,
+            wal: None,
         })
     }
 }
@@ -417,14 +523,45 @@ impl AuditStore for SqliteStore {
         records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        insert(&tx, records, checkpoint)?;
-        tx.commit()?;
-        if let Some(checkpointer) = &mut self.checkpointer {
-            checkpointer.appended(records.iter().map(|r| r.body.len()).sum());
+        self.append_records(records, checkpoint, true)
+    }
+
+    fn append_unsynced(
+        &mut self,
+        records: &[SealedRecord],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), AuditError> {
+        self.append_records(records, checkpoint, false)
+    }
+
+    fn deferred_sync(&mut self) -> Result<Option<Box<dyn LogSync>>, AuditError> {
+        Ok(self
+            .wal
+            .clone()
+            .map(|wal| Box::new(wal) as Box<dyn LogSync>))
+    }
+
+    /// Copies every committed page into the database file and fsyncs it (SQLite does, in a
+    /// checkpoint), then empties the log: the log writes whose fsync failed are no longer
+    /// needed, since the database file now holds what they held, read back through SQLite.
+    /// Fails while a reader still holds part of the log, and is retried at the next write.
+    fn recover_sync(&mut self) -> Result<(), AuditError> {
+        let Some(wal) = &self.wal else {
+            return Ok(());
+        };
+        let (busy, _, _): (i64, i64, i64) =
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+        if busy != 0 {
+            return Err(AuditError::Store(
+                "recovering after a failed fsync: the write-ahead log is still in use; retrying \
+                 at the next write"
+                    .into(),
+            ));
         }
+        wal.failed.store(false, Ordering::SeqCst);
         Ok(())
     }
 
@@ -433,16 +570,14 @@ impl AuditStore for SqliteStore {
         change: &RegistryChange,
         seal: &mut SealChange<'_>,
     ) -> Result<ChangeOutcome, AuditError> {
-        // Immediate: the write lock is taken before the change reads anything, so writers on
-        // the same file (other replicas) are serialised and a request is decided once.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let outcome = apply(&tx, change)?;
-        let (record, checkpoint) = seal(outcome)?;
-        insert(&tx, std::slice::from_ref(&record), checkpoint.as_ref())?;
-        tx.commit()?;
-        Ok(outcome)
+        // In one immediate transaction, so writers on the same file (other processes) are
+        // serialised and a request is decided once.
+        self.write(true, |tx| {
+            let outcome = apply(tx, change)?;
+            let (record, checkpoint) = seal(outcome)?;
+            insert(tx, std::slice::from_ref(&record), checkpoint.as_ref())?;
+            Ok(outcome)
+        })
     }
 
     fn maintenance_records(&mut self, chain: &str) -> Result<Vec<StoredRecord>, AuditError> {
@@ -497,28 +632,26 @@ impl AuditStore for SqliteStore {
     ) -> Result<u64, AuditError> {
         let through =
             i64::try_from(through_seq).map_err(|_| AuditError::Store("seq overflow".into()))?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let deleted = tx.execute(
-            "DELETE FROM audit_records WHERE chain = ?1 AND seq <= ?2",
-            params![chain, through],
-        )?;
-        let deleted = u64::try_from(deleted).unwrap_or(u64::MAX);
-        if deleted != expected {
-            // Dropping the transaction rolls the delete back.
-            return Err(AuditError::Store(format!(
-                "prune of chain {chain} through {through_seq} would delete {deleted} records, \
-                 not the {expected} verified; nothing was pruned"
-            )));
-        }
-        tx.execute(
-            "DELETE FROM audit_checkpoints WHERE chain = ?1 AND seq < ?2",
-            params![chain, through],
-        )?;
-        insert(&tx, std::slice::from_ref(record), Some(checkpoint))?;
-        tx.commit()?;
-        Ok(deleted)
+        self.write(true, |tx| {
+            let deleted = tx.execute(
+                "DELETE FROM audit_records WHERE chain = ?1 AND seq <= ?2",
+                params![chain, through],
+            )?;
+            let deleted = u64::try_from(deleted).unwrap_or(u64::MAX);
+            if deleted != expected {
+                // Dropping the transaction rolls the delete back.
+                return Err(AuditError::Store(format!(
+                    "prune of chain {chain} through {through_seq} would delete {deleted} \
+                     records, not the {expected} verified; nothing was pruned"
+                )));
+            }
+            tx.execute(
+                "DELETE FROM audit_checkpoints WHERE chain = ?1 AND seq < ?2",
+                params![chain, through],
+            )?;
+            insert(tx, std::slice::from_ref(record), Some(checkpoint))?;
+            Ok(deleted)
+        })
     }
 
     fn check_integrity(&mut self) -> Result<(), AuditError> {

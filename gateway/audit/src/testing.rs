@@ -1,11 +1,12 @@
 //! A fault-injecting store for tests of what happens when the audit log cannot be written
-//! (disk full, I/O error, database down): it fails every write while switched on.
+//! (disk full, I/O error, database down): it fails every write while switched on, and every
+//! fsync of a pipelined commit while that is switched on.
 
 use crate::checkpoint::Checkpoint;
 use crate::registry::{ChangeOutcome, RegistryChange};
-use crate::{AuditError, AuditStore, SealChange, SealedRecord, StoredRecord};
-use std::sync::Arc;
+use crate::{AuditError, AuditStore, LogSync, SealChange, SealedRecord, StoredRecord};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Wraps a store; while `failing` is set, every append fails as a full disk would, and every
 /// registry change fails after the change was applied, just before its record would be written
@@ -14,8 +15,42 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 pub struct FaultInjecting<S> {
     inner: S,
     pub failing: Arc<AtomicBool>,
+    /// While set, every [`LogSync::sync`] and [`AuditStore::recover_sync`] fails, as a disk
+    /// reporting a write-back error would: the commits themselves succeed.
+    pub sync_failing: Arc<AtomicBool>,
+    /// Held by a test, it keeps every [`LogSync::sync`] waiting (a slow disk).
+    pub sync_hold: Arc<Mutex<()>>,
     /// Appends that reached the inner store (each one transaction).
     pub commits: Arc<AtomicUsize>,
+}
+
+/// The inner store's [`LogSync`], failing while `failing` is set.
+struct FaultInjectingSync {
+    inner: Box<dyn LogSync>,
+    failing: Arc<AtomicBool>,
+    hold: Arc<Mutex<()>>,
+}
+
+impl LogSync for FaultInjectingSync {
+    fn sync(&mut self) -> Result<(), AuditError> {
+        drop(
+            self.hold
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(sync_fault());
+        }
+        self.inner.sync()
+    }
+}
+
+fn full_fault() -> AuditError {
+    AuditError::Store("database or disk is full (injected fault)".into())
+}
+
+fn sync_fault() -> AuditError {
+    AuditError::Store("cannot fsync the audit log: Input/output error (injected fault)".into())
 }
 
 impl<S: AuditStore> FaultInjecting<S> {
@@ -23,6 +58,8 @@ impl<S: AuditStore> FaultInjecting<S> {
         FaultInjecting {
             inner,
             failing: Arc::new(AtomicBool::new(false)),
+            sync_failing: Arc::new(AtomicBool::new(false)),
+            sync_hold: Arc::new(Mutex::new(())),
             commits: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -41,12 +78,36 @@ impl<S: AuditStore> AuditStore for FaultInjecting<S> {
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError> {
         if self.failing.load(Ordering::SeqCst) {
-            return Err(AuditError::Store(
-                "database or disk is full (injected fault)".into(),
-            ));
+            return Err(full_fault());
         }
         self.commits.fetch_add(1, Ordering::SeqCst);
         self.inner.append(records, checkpoint)
+    }
+    fn append_unsynced(
+        &mut self,
+        records: &[SealedRecord],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), AuditError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(full_fault());
+        }
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        self.inner.append_unsynced(records, checkpoint)
+    }
+    fn deferred_sync(&mut self) -> Result<Option<Box<dyn LogSync>>, AuditError> {
+        Ok(self.inner.deferred_sync()?.map(|inner| {
+            Box::new(FaultInjectingSync {
+                inner,
+                failing: Arc::clone(&self.sync_failing),
+                hold: Arc::clone(&self.sync_hold),
+            }) as Box<dyn LogSync>
+        }))
+    }
+    fn recover_sync(&mut self) -> Result<(), AuditError> {
+        if self.sync_failing.load(Ordering::SeqCst) {
+            return Err(sync_fault());
+        }
+        self.inner.recover_sync()
     }
     fn chains(&mut self) -> Result<Vec<String>, AuditError> {
         self.inner.chains()
@@ -82,9 +143,7 @@ impl<S: AuditStore> AuditStore for FaultInjecting<S> {
         checkpoint: &Checkpoint,
     ) -> Result<u64, AuditError> {
         if self.failing.load(Ordering::SeqCst) {
-            return Err(AuditError::Store(
-                "database or disk is full (injected fault)".into(),
-            ));
+            return Err(full_fault());
         }
         self.commits.fetch_add(1, Ordering::SeqCst);
         self.inner
@@ -101,9 +160,7 @@ impl<S: AuditStore> AuditStore for FaultInjecting<S> {
         let failing = Arc::clone(&self.failing);
         let mut failing_seal = |outcome: ChangeOutcome| {
             if failing.load(Ordering::SeqCst) {
-                return Err(AuditError::Store(
-                    "database or disk is full (injected fault)".into(),
-                ));
+                return Err(full_fault());
             }
             seal(outcome)
         };

@@ -15,7 +15,9 @@ use crate::record::{
     Action, Actor, AuditEvent, AuditRecord, EncodedEvent, GENESIS_HASH, Outcome, SealedRecord,
 };
 use crate::registry::{ChangeOutcome, RegistryChange};
-use crate::{AuditError, AuditStore};
+use crate::{AuditError, AuditStore, LogSync};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
@@ -119,6 +121,7 @@ impl AuditLog {
     ) -> Result<Self, AuditError> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (health_tx, health) = watch::channel(true);
+        let health_tx = Arc::new(Health::new(health_tx));
         let (ready_tx, ready) = mpsc::sync_channel::<Result<(), AuditError>>(1);
         let chain = options.chain.clone();
         let writer = std::thread::Builder::new()
@@ -126,12 +129,16 @@ impl AuditLog {
             .spawn(move || {
                 let started = open().and_then(|mut store| {
                     let state = begin(&mut *store, &signer, &options)?;
-                    Ok((store, state))
+                    let syncer = store
+                        .deferred_sync()?
+                        .map(|sync| Syncer::start(sync, Arc::clone(&health_tx)))
+                        .transpose()?;
+                    Ok((store, state, syncer))
                 });
                 match started {
-                    Ok((store, state)) => {
+                    Ok((store, state, syncer)) => {
                         let _ = ready_tx.send(Ok(()));
-                        run(store, signer, options, state, rx, health_tx);
+                        run(store, signer, options, state, syncer, rx, health_tx);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -409,14 +416,16 @@ fn run(
     signer: CheckpointSigner,
     options: WriterOptions,
     state: ChainState,
+    syncer: Option<Syncer>,
     rx: mpsc::Receiver<Job>,
-    health: watch::Sender<bool>,
+    health: Arc<Health>,
 ) {
     let mut writer = Writer {
         store,
         signer,
         options,
         state,
+        syncer,
         health,
     };
     // The first scheduled prune runs at start-up: a gateway restarted more often than the
@@ -474,6 +483,161 @@ fn run(
     }
     // Shutting down: the last record says so, signed, so the next start knows it was clean.
     writer.stop();
+    // The syncer answers what it still holds before the writer is gone.
+    drop(writer.syncer.take());
+}
+
+/// `true` while the last commit succeeded and so did the last fsync of a pipelined commit: two
+/// threads report, and either one failing makes the log unhealthy.
+#[derive(Debug)]
+struct Health {
+    commit: AtomicBool,
+    sync: AtomicBool,
+    tx: watch::Sender<bool>,
+}
+
+impl Health {
+    fn new(tx: watch::Sender<bool>) -> Self {
+        Health {
+            commit: AtomicBool::new(true),
+            sync: AtomicBool::new(true),
+            tx,
+        }
+    }
+
+    fn set(&self, which: &AtomicBool, ok: bool) {
+        which.store(ok, Ordering::SeqCst);
+        // Both flags are read under the channel's lock, so the last report wins consistently.
+        self.tx.send_if_modified(|h| {
+            let now = self.commit.load(Ordering::SeqCst) && self.sync.load(Ordering::SeqCst);
+            std::mem::replace(h, now) != now
+        });
+    }
+
+    fn commit(&self, ok: bool) {
+        self.set(&self.commit, ok);
+    }
+
+    fn sync(&self, ok: bool) {
+        self.set(&self.sync, ok);
+    }
+}
+
+/// Receipts of a batch committed but not yet fsync'ed, and the writer's epoch when it was.
+struct Committed {
+    epoch: u64,
+    replies: Vec<(AppendReply, Receipt)>,
+}
+
+/// The fsync half of a pipelined commit, for stores with a [`LogSync`]: the writer commits a
+/// batch without waiting for the disk and hands its receipts here; this thread fsyncs the log,
+/// then sends them — while the writer already commits the next batch. Receipts still leave only
+/// once their records are durable, and one fsync answers every batch committed before it.
+///
+/// A failed fsync fails its batches and every batch committed after it until the writer has
+/// recovered the store ([`AuditStore::recover_sync`]): after a failed fsync the kernel may have
+/// dropped those writes, and a later successful fsync does not prove them on disk. The writer
+/// counts recoveries in epochs; `failed_epoch` is the last epoch whose commits cannot be
+/// trusted.
+struct Syncer {
+    batches: Option<mpsc::Sender<Committed>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    failed_epoch: Arc<AtomicU64>,
+    /// The writer's epoch: the number of recoveries so far, plus one.
+    epoch: u64,
+}
+
+impl Syncer {
+    fn start(sync: Box<dyn LogSync>, health: Arc<Health>) -> Result<Self, AuditError> {
+        let (batches, rx) = mpsc::channel::<Committed>();
+        let failed_epoch = Arc::new(AtomicU64::new(0));
+        let failed = Arc::clone(&failed_epoch);
+        let thread = std::thread::Builder::new()
+            .name("samblik-audit-sync".into())
+            .spawn(move || sync_loop(sync, &rx, &failed, &health))
+            .map_err(|e| AuditError::Store(format!("cannot start the audit sync thread: {e}")))?;
+        Ok(Syncer {
+            batches: Some(batches),
+            thread: Some(thread),
+            failed_epoch,
+            epoch: 1,
+        })
+    }
+
+    /// Whether an fsync failed since the writer last recovered the store.
+    fn failed(&self) -> bool {
+        self.failed_epoch.load(Ordering::SeqCst) >= self.epoch
+    }
+
+    fn recovered(&mut self) {
+        self.epoch = self.failed_epoch.load(Ordering::SeqCst) + 1;
+    }
+
+    fn send(&self, replies: Vec<(AppendReply, Receipt)>) {
+        let committed = Committed {
+            epoch: self.epoch,
+            replies,
+        };
+        if let Some(batches) = &self.batches
+            && let Err(mpsc::SendError(committed)) = batches.send(committed)
+        {
+            // The thread is gone (it panicked): nobody can say these records are durable.
+            for reply in committed.replies.into_iter().filter_map(|(reply, _)| reply) {
+                let _ = reply.send(Err(AuditError::Stopped));
+            }
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.batches = None;
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the audit sync thread panicked");
+        }
+    }
+}
+
+fn sync_loop(
+    mut sync: Box<dyn LogSync>,
+    rx: &mpsc::Receiver<Committed>,
+    failed_epoch: &AtomicU64,
+    health: &Health,
+) {
+    while let Ok(first) = rx.recv() {
+        // Everything committed by now is covered by one fsync.
+        let mut batches = vec![first];
+        batches.extend(rx.try_iter());
+        let newest = batches.iter().map(|b| b.epoch).max().unwrap_or(0);
+        if newest > failed_epoch.load(Ordering::SeqCst) {
+            match sync.sync() {
+                Ok(()) => health.sync(true),
+                Err(e) => {
+                    tracing::error!(error = %e, "audit log fsync failed; records are refused until the store recovers");
+                    failed_epoch.fetch_max(newest, Ordering::SeqCst);
+                    health.sync(false);
+                }
+            }
+        }
+        let failed = failed_epoch.load(Ordering::SeqCst);
+        for batch in batches {
+            let durable = batch.epoch > failed;
+            for (reply, receipt) in batch.replies {
+                if let Some(reply) = reply {
+                    let _ = reply.send(if durable {
+                        Ok(receipt)
+                    } else {
+                        Err(AuditError::Store(
+                            "the audit log could not be fsync'ed; the record may not be durable"
+                                .into(),
+                        ))
+                    });
+                }
+            }
+        }
+    }
 }
 
 struct Writer {
@@ -481,7 +645,9 @@ struct Writer {
     signer: CheckpointSigner,
     options: WriterOptions,
     state: ChainState,
-    health: watch::Sender<bool>,
+    /// `Some` when the store's commits are fsync'ed on a thread of their own.
+    syncer: Option<Syncer>,
+    health: Arc<Health>,
 }
 
 impl Writer {
@@ -624,8 +790,10 @@ impl Writer {
         }
     }
 
-    /// After a failed write, re-reads the store's head before the next one.
+    /// Before every write: recovers the store after a failed fsync, and re-reads its head after
+    /// a failed write.
     fn refresh(&mut self) -> Result<(), AuditError> {
+        self.recover_sync()?;
         if self.state.stale {
             let head = self.store.head(&self.options.chain)?;
             self.state.seq = head.as_ref().map_or(0, |(s, _)| *s);
@@ -640,8 +808,7 @@ impl Writer {
             self.state.checkpointed_seq = self.state.seq;
             self.state.checkpointed_at = Instant::now();
         }
-        self.health
-            .send_if_modified(|h| !std::mem::replace(h, true));
+        self.health.commit(true);
     }
 
     fn failed(&mut self, before: (u64, String), error: &AuditError, records: usize) {
@@ -649,8 +816,7 @@ impl Writer {
         self.state.stale = true;
         tracing::error!(error = %error, records, "audit write failed; lookups are refused until it recovers");
         // Health first: whoever hears of the failure must find the gateway unhealthy.
-        self.health
-            .send_if_modified(|h| std::mem::replace(h, false));
+        self.health.commit(false);
     }
 
     /// Seals and commits ordinary records in one transaction.
@@ -682,12 +848,22 @@ impl Writer {
             self.signer
                 .sign(chain, self.state.seq, &self.state.hash, &at)
         });
-        match self.store.append(&records, checkpoint.as_ref()) {
+        let committed = match &self.syncer {
+            Some(_) => self.store.append_unsynced(&records, checkpoint.as_ref()),
+            None => self.store.append(&records, checkpoint.as_ref()),
+        };
+        match committed {
             Ok(()) => {
                 self.succeeded(checkpoint.is_some());
-                for (reply, receipt) in replies {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Ok(receipt));
+                match &self.syncer {
+                    // Receipts leave once the syncer has fsync'ed the commit.
+                    Some(syncer) => syncer.send(replies),
+                    None => {
+                        for (reply, receipt) in replies {
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Ok(receipt));
+                            }
+                        }
                     }
                 }
             }
@@ -698,6 +874,22 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// After a pipelined commit's fsync failed: recovers the store before anything else is
+    /// committed, so no receipt rests on writes the kernel may have dropped.
+    fn recover_sync(&mut self) -> Result<(), AuditError> {
+        let Some(syncer) = &mut self.syncer else {
+            return Ok(());
+        };
+        if !syncer.failed() {
+            return Ok(());
+        }
+        self.store.recover_sync()?;
+        syncer.recovered();
+        self.health.sync(true);
+        tracing::info!(chain = %self.options.chain, "audit store recovered after a failed fsync");
+        Ok(())
     }
 
     /// Applies a registry change and commits its record with it, in one transaction.
@@ -820,13 +1012,9 @@ fn sign_head(
     }
 }
 
-fn fail(
-    replies: impl Iterator<Item = AppendReply>,
-    error: &AuditError,
-    health: &watch::Sender<bool>,
-) {
+fn fail(replies: impl Iterator<Item = AppendReply>, error: &AuditError, health: &Health) {
     tracing::error!(error = %error, "audit store unavailable; lookups are refused until it recovers");
-    health.send_if_modified(|h| std::mem::replace(h, false));
+    health.commit(false);
     for reply in replies.flatten() {
         let _ = reply.send(Err(error.clone()));
     }

@@ -171,6 +171,83 @@ fn a_failing_store_refuses_appends_turns_unhealthy_and_recovers() {
     }
 }
 
+/// Waits (bounded) until `done` holds: for what another thread does, with no fixed sleep.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn sqlite_commits_the_next_batch_while_the_last_one_is_fsynced_and_answers_only_after_the_fsync() {
+    let s = common::sqlite_store("audit");
+    let store = FaultInjecting::new(s.store());
+    let (commits, hold) = (Arc::clone(&store.commits), Arc::clone(&store.sync_hold));
+    let log = Arc::new(open(&s, Box::new(store)));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let slow_disk = hold.lock().unwrap();
+    let before = commits.load(Ordering::SeqCst);
+    let first = runtime.spawn({
+        let log = Arc::clone(&log);
+        async move { log.append(event(1)).await }
+    });
+    wait_until("the first record is committed", || {
+        commits.load(Ordering::SeqCst) > before
+    });
+    let second = runtime.spawn({
+        let log = Arc::clone(&log);
+        async move { log.append(event(2)).await }
+    });
+    // The writer is not waiting for the disk: it commits the next record meanwhile…
+    wait_until(
+        "the second record is committed while the first is fsynced",
+        || commits.load(Ordering::SeqCst) > before + 1,
+    );
+    // …but neither caller hears of its record before the fsync that covers it.
+    assert!(!first.is_finished() && !second.is_finished());
+    drop(slow_disk);
+    let first = runtime.block_on(first).unwrap().unwrap();
+    let second = runtime.block_on(second).unwrap().unwrap();
+    assert_eq!(second.seq, first.seq + 1);
+    drop(runtime);
+    Arc::try_unwrap(log).unwrap().close();
+    assert_eq!(verify(&s).unwrap()[0].records, 4);
+}
+
+#[test]
+fn sqlite_a_failed_fsync_refuses_its_records_turns_unhealthy_and_recovers() {
+    let s = common::sqlite_store("audit");
+    let store = FaultInjecting::new(s.store());
+    let failing = Arc::clone(&store.sync_failing);
+    let log = open(&s, Box::new(store));
+    let health = log.health();
+    block_on(log.append(event(1))).unwrap();
+    failing.store(true, Ordering::SeqCst);
+    // Committed, but its fsync failed: the caller must not go on as if it were durable.
+    let error = block_on(log.append(event(2))).unwrap_err();
+    assert!(error.to_string().contains("fsync"), "{error}");
+    assert!(!*health.borrow());
+    // While the disk still fails, recovery fails and nothing more is committed.
+    assert!(block_on(log.append(event(3))).is_err());
+    assert!(!*health.borrow());
+    failing.store(false, Ordering::SeqCst);
+    let receipt = block_on(log.append(event(4))).unwrap();
+    assert!(*health.borrow());
+    // Start-up, 1, and 2 (committed before its fsync failed; its caller was refused), then 4.
+    assert_eq!(receipt.seq, 4);
+    log.close();
+    assert_eq!(verify(&s).unwrap()[0].records, 5);
+}
+
 #[test]
 fn a_store_that_cannot_be_opened_is_an_error() {
     let dir = tempfile::tempdir().unwrap();

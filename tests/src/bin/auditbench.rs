@@ -137,7 +137,11 @@ async fn main() -> anyhow::Result<()> {
         "audit writer ({} allocator), {}s each, SQLite WAL synchronous={} in {}",
         samblik_gateway::ALLOCATOR_NAME,
         seconds,
-        if no_fsync() { "OFF" } else { "FULL" },
+        if no_fsync() {
+            "OFF, nothing fsync'ed"
+        } else {
+            "NORMAL, the log fsync'ed before each receipt"
+        },
         tmp.path().display()
     );
     println!("single record per fsync : {single_rate:>9.0} records/s");
