@@ -3,7 +3,9 @@
 //! ```text
 //! request handler ──AuditEvent──► AuditLog::append ──► writer thread ──► AuditStore (SQLite)
 //!        ▲                                                │ group commit: every event waiting
-//!        └──────────── receipt (seq, hash) ◄──────────────┘ goes into one transaction + fsync
+//!        │                                                │ goes into one transaction
+//!        └──── receipt (seq, hash) ◄── sync thread ◄──────┘ the log fsync'ed, then receipts,
+//!                                                           in commit order
 //! ```
 //!
 //! - [`record`]: the record and its canonical encoding; each record carries the SHA-256 of the
@@ -74,9 +76,10 @@ pub struct StoredRecord {
 
 /// Makes durable, on a thread of its own, what a store committed with
 /// [`AuditStore::append_unsynced`]: see [`AuditStore::deferred_sync`].
-pub trait LogSync: Send + 'static {
-    /// Returns once everything committed before the call is durable.
-    fn sync(&mut self) -> Result<(), AuditError>;
+pub trait LogSync: Send + Sync + 'static {
+    /// Returns once everything committed before the call is durable. Several threads may call
+    /// it at once.
+    fn sync(&self) -> Result<(), AuditError>;
 }
 
 /// Where records are kept. Implementations commit each `append` atomically and durably: when it

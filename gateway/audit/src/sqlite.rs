@@ -154,7 +154,7 @@ impl Wal {
 }
 
 impl LogSync for Wal {
-    fn sync(&mut self) -> Result<(), AuditError> {
+    fn sync(&self) -> Result<(), AuditError> {
         Wal::sync(self)
     }
 }

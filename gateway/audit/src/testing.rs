@@ -20,6 +20,12 @@ pub struct FaultInjecting<S> {
     pub sync_failing: Arc<AtomicBool>,
     /// Held by a test, it keeps every [`LogSync::sync`] waiting (a slow disk).
     pub sync_hold: Arc<Mutex<()>>,
+    /// The next this many syncs fail, each after waiting for `failing_sync_hold` (a disk whose
+    /// write-back error shows up late), while the others go on.
+    pub failing_syncs: Arc<AtomicUsize>,
+    pub failing_sync_hold: Arc<Mutex<()>>,
+    /// Syncs that have returned.
+    pub syncs: Arc<AtomicUsize>,
     /// Appends that reached the inner store (each one transaction).
     pub commits: Arc<AtomicUsize>,
 }
@@ -29,24 +35,40 @@ struct FaultInjectingSync {
     inner: Box<dyn LogSync>,
     failing: Arc<AtomicBool>,
     hold: Arc<Mutex<()>>,
+    failing_syncs: Arc<AtomicUsize>,
+    failing_hold: Arc<Mutex<()>>,
+    syncs: Arc<AtomicUsize>,
 }
 
 impl LogSync for FaultInjectingSync {
-    fn sync(&mut self) -> Result<(), AuditError> {
-        drop(
-            self.hold
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(sync_fault());
-        }
-        self.inner.sync()
+    fn sync(&self) -> Result<(), AuditError> {
+        let result = if self
+            .failing_syncs
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            drop(lock(&self.failing_hold));
+            Err(sync_fault())
+        } else {
+            drop(lock(&self.hold));
+            if self.failing.load(Ordering::SeqCst) {
+                Err(sync_fault())
+            } else {
+                self.inner.sync()
+            }
+        };
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        result
     }
 }
 
 fn full_fault() -> AuditError {
     AuditError::Store("database or disk is full (injected fault)".into())
+}
+
+fn lock(hold: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+    hold.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn sync_fault() -> AuditError {
@@ -60,6 +82,9 @@ impl<S: AuditStore> FaultInjecting<S> {
             failing: Arc::new(AtomicBool::new(false)),
             sync_failing: Arc::new(AtomicBool::new(false)),
             sync_hold: Arc::new(Mutex::new(())),
+            failing_syncs: Arc::new(AtomicUsize::new(0)),
+            failing_sync_hold: Arc::new(Mutex::new(())),
+            syncs: Arc::new(AtomicUsize::new(0)),
             commits: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -100,6 +125,9 @@ impl<S: AuditStore> AuditStore for FaultInjecting<S> {
                 inner,
                 failing: Arc::clone(&self.sync_failing),
                 hold: Arc::clone(&self.sync_hold),
+                failing_syncs: Arc::clone(&self.failing_syncs),
+                failing_hold: Arc::clone(&self.failing_sync_hold),
+                syncs: Arc::clone(&self.syncs),
             }) as Box<dyn LogSync>
         }))
     }

@@ -16,9 +16,9 @@ use crate::record::{
 };
 use crate::registry::{ChangeOutcome, RegistryChange};
 use crate::{AuditError, AuditStore, LogSync};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
@@ -523,65 +523,109 @@ impl Health {
     }
 }
 
-/// Receipts of a batch committed but not yet fsync'ed, and the writer's epoch when it was.
+/// Receipts of a batch committed but not yet fsync'ed: the batch's place in commit order and the
+/// writer's epoch when it was committed.
 struct Committed {
+    order: u64,
     epoch: u64,
     replies: Vec<(AppendReply, Receipt)>,
 }
 
+/// How many fsyncs may be in flight at once: a batch's fsync starts as soon as it is committed,
+/// even while the previous batch's is still running, so a record waits for about one fsync
+/// rather than the rest of the one in progress and then its own.
+const SYNC_THREADS: usize = 2;
+
 /// The fsync half of a pipelined commit, for stores with a [`LogSync`]: the writer commits a
-/// batch without waiting for the disk and hands its receipts here; this thread fsyncs the log,
-/// then sends them — while the writer already commits the next batch. Receipts still leave only
-/// once their records are durable, and one fsync answers every batch committed before it.
+/// batch without waiting for the disk and hands its receipts here; a sync thread fsyncs the log,
+/// then the receipts are sent — while the writer already commits the next batch. Receipts leave
+/// only once their records are durable, in commit order, and one fsync answers every batch
+/// committed before it began.
 ///
 /// A failed fsync fails its batches and every batch committed after it until the writer has
 /// recovered the store ([`AuditStore::recover_sync`]): after a failed fsync the kernel may have
-/// dropped those writes, and a later successful fsync does not prove them on disk. The writer
-/// counts recoveries in epochs; `failed_epoch` is the last epoch whose commits cannot be
-/// trusted.
+/// dropped those writes, and a later fsync succeeding does not prove them on disk (nor the
+/// records after them: SQLite's log is read back only up to the first bad frame). Hence the
+/// release in commit order. The writer counts recoveries in epochs; `failed_epoch` is the last
+/// epoch whose commits cannot be trusted.
 struct Syncer {
     batches: Option<mpsc::Sender<Committed>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    failed_epoch: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    shared: Arc<SyncShared>,
+    /// Batches handed over so far.
+    committed: u64,
     /// The writer's epoch: the number of recoveries so far, plus one.
     epoch: u64,
+}
+
+/// What the sync threads share.
+struct SyncShared {
+    sync: Box<dyn LogSync>,
+    queue: std::sync::Mutex<mpsc::Receiver<Committed>>,
+    release: std::sync::Mutex<Release>,
+    failed_epoch: AtomicU64,
+    health: Arc<Health>,
+}
+
+/// Batches whose fsync has finished, held until every batch committed before them is answered.
+struct Release {
+    next: u64,
+    done: std::collections::BTreeMap<u64, (Committed, bool)>,
 }
 
 impl Syncer {
     fn start(sync: Box<dyn LogSync>, health: Arc<Health>) -> Result<Self, AuditError> {
         let (batches, rx) = mpsc::channel::<Committed>();
-        let failed_epoch = Arc::new(AtomicU64::new(0));
-        let failed = Arc::clone(&failed_epoch);
-        let thread = std::thread::Builder::new()
-            .name("samblik-audit-sync".into())
-            .spawn(move || sync_loop(sync, &rx, &failed, &health))
-            .map_err(|e| AuditError::Store(format!("cannot start the audit sync thread: {e}")))?;
-        Ok(Syncer {
+        let shared = Arc::new(SyncShared {
+            sync,
+            queue: std::sync::Mutex::new(rx),
+            release: std::sync::Mutex::new(Release {
+                next: 0,
+                done: std::collections::BTreeMap::new(),
+            }),
+            failed_epoch: AtomicU64::new(0),
+            health,
+        });
+        let mut syncer = Syncer {
             batches: Some(batches),
-            thread: Some(thread),
-            failed_epoch,
+            threads: Vec::new(),
+            shared,
+            committed: 0,
             epoch: 1,
-        })
+        };
+        for i in 0..SYNC_THREADS {
+            let shared = Arc::clone(&syncer.shared);
+            let thread = std::thread::Builder::new()
+                .name(format!("samblik-audit-sync-{i}"))
+                .spawn(move || shared.run())
+                .map_err(|e| {
+                    AuditError::Store(format!("cannot start an audit sync thread: {e}"))
+                })?;
+            syncer.threads.push(thread);
+        }
+        Ok(syncer)
     }
 
     /// Whether an fsync failed since the writer last recovered the store.
     fn failed(&self) -> bool {
-        self.failed_epoch.load(Ordering::SeqCst) >= self.epoch
+        self.shared.failed_epoch.load(Ordering::SeqCst) >= self.epoch
     }
 
     fn recovered(&mut self) {
-        self.epoch = self.failed_epoch.load(Ordering::SeqCst) + 1;
+        self.epoch = self.shared.failed_epoch.load(Ordering::SeqCst) + 1;
     }
 
-    fn send(&self, replies: Vec<(AppendReply, Receipt)>) {
+    fn send(&mut self, replies: Vec<(AppendReply, Receipt)>) {
         let committed = Committed {
+            order: self.committed,
             epoch: self.epoch,
             replies,
         };
+        self.committed += 1;
         if let Some(batches) = &self.batches
             && let Err(mpsc::SendError(committed)) = batches.send(committed)
         {
-            // The thread is gone (it panicked): nobody can say these records are durable.
+            // The threads are gone (they panicked): nobody can say these records are durable.
             for reply in committed.replies.into_iter().filter_map(|(reply, _)| reply) {
                 let _ = reply.send(Err(AuditError::Stopped));
             }
@@ -592,38 +636,59 @@ impl Syncer {
 impl Drop for Syncer {
     fn drop(&mut self) {
         self.batches = None;
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the audit sync thread panicked");
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("an audit sync thread panicked");
+            }
         }
     }
 }
 
-fn sync_loop(
-    mut sync: Box<dyn LogSync>,
-    rx: &mpsc::Receiver<Committed>,
-    failed_epoch: &AtomicU64,
-    health: &Health,
-) {
-    while let Ok(first) = rx.recv() {
-        // Everything committed by now is covered by one fsync.
-        let mut batches = vec![first];
-        batches.extend(rx.try_iter());
-        let newest = batches.iter().map(|b| b.epoch).max().unwrap_or(0);
-        if newest > failed_epoch.load(Ordering::SeqCst) {
-            match sync.sync() {
-                Ok(()) => health.sync(true),
-                Err(e) => {
-                    tracing::error!(error = %e, "audit log fsync failed; records are refused until the store recovers");
-                    failed_epoch.fetch_max(newest, Ordering::SeqCst);
-                    health.sync(false);
-                }
-            }
+impl SyncShared {
+    fn run(&self) {
+        loop {
+            // Everything committed by now is covered by one fsync.
+            let batches = {
+                let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                let Ok(first) = queue.recv() else {
+                    return;
+                };
+                let mut batches = vec![first];
+                batches.extend(queue.try_iter());
+                batches
+            };
+            let newest = batches.iter().map(|b| b.epoch).max().unwrap_or(0);
+            let synced = newest > self.failed_epoch.load(Ordering::SeqCst)
+                && match self.sync.sync() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "audit log fsync failed; records are refused until the store recovers");
+                        self.failed_epoch.fetch_max(newest, Ordering::SeqCst);
+                        false
+                    }
+                };
+            self.release(batches, synced);
         }
-        let failed = failed_epoch.load(Ordering::SeqCst);
+    }
+
+    /// Answers, in commit order, every batch whose fsync has finished and whose predecessors
+    /// are answered.
+    fn release(&self, batches: Vec<Committed>, synced: bool) {
+        let mut release = self.release.lock().unwrap_or_else(PoisonError::into_inner);
         for batch in batches {
-            let durable = batch.epoch > failed;
+            release.done.insert(batch.order, (batch, synced));
+        }
+        loop {
+            let next = release.next;
+            let Some((batch, synced)) = release.done.remove(&next) else {
+                return;
+            };
+            release.next += 1;
+            if !synced {
+                self.failed_epoch.fetch_max(batch.epoch, Ordering::SeqCst);
+            }
+            let durable = synced && batch.epoch > self.failed_epoch.load(Ordering::SeqCst);
+            self.health.sync(durable);
             for (reply, receipt) in batch.replies {
                 if let Some(reply) = reply {
                     let _ = reply.send(if durable {
@@ -855,7 +920,7 @@ impl Writer {
         match committed {
             Ok(()) => {
                 self.succeeded(checkpoint.is_some());
-                match &self.syncer {
+                match &mut self.syncer {
                     // Receipts leave once the syncer has fsync'ed the commit.
                     Some(syncer) => syncer.send(replies),
                     None => {

@@ -224,6 +224,56 @@ fn sqlite_commits_the_next_batch_while_the_last_one_is_fsynced_and_answers_only_
 }
 
 #[test]
+fn sqlite_a_later_fsync_that_succeeds_does_not_answer_records_after_an_earlier_one_that_failed() {
+    let s = common::sqlite_store("audit");
+    let store = FaultInjecting::new(s.store());
+    let (commits, syncs) = (Arc::clone(&store.commits), Arc::clone(&store.syncs));
+    let (failing_syncs, late_error) = (
+        Arc::clone(&store.failing_syncs),
+        Arc::clone(&store.failing_sync_hold),
+    );
+    let log = Arc::new(open(&s, Box::new(store)));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The first record's fsync will fail, but only after the second record's has succeeded.
+    let late = late_error.lock().unwrap();
+    failing_syncs.store(1, Ordering::SeqCst);
+    let before = (commits.load(Ordering::SeqCst), syncs.load(Ordering::SeqCst));
+    let first = runtime.spawn({
+        let log = Arc::clone(&log);
+        async move { log.append(event(1)).await }
+    });
+    wait_until("the first record is committed and its fsync began", || {
+        commits.load(Ordering::SeqCst) > before.0 && failing_syncs.load(Ordering::SeqCst) == 0
+    });
+    let second = runtime.spawn({
+        let log = Arc::clone(&log);
+        async move { log.append(event(2)).await }
+    });
+    wait_until("the second record's fsync has succeeded", || {
+        syncs.load(Ordering::SeqCst) > before.1
+    });
+    assert!(
+        !second.is_finished(),
+        "a record was answered before the fsync of the one committed before it"
+    );
+    drop(late);
+    assert!(runtime.block_on(first).unwrap().is_err());
+    assert!(
+        runtime.block_on(second).unwrap().is_err(),
+        "its log frames follow frames the disk may have lost"
+    );
+    // The store recovers at the next write, and the chain still verifies.
+    runtime.block_on(log.append(event(3))).unwrap();
+    drop(runtime);
+    Arc::try_unwrap(log).unwrap().close();
+    verify(&s).unwrap();
+}
+
+#[test]
 fn sqlite_a_failed_fsync_refuses_its_records_turns_unhealthy_and_recovers() {
     let s = common::sqlite_store("audit");
     let store = FaultInjecting::new(s.store());
