@@ -563,6 +563,8 @@ struct SyncShared {
     sync: Box<dyn LogSync>,
     queue: std::sync::Mutex<mpsc::Receiver<Committed>>,
     release: std::sync::Mutex<Release>,
+    /// Signalled whenever batches are answered.
+    released: std::sync::Condvar,
     failed_epoch: AtomicU64,
     health: Arc<Health>,
 }
@@ -583,6 +585,7 @@ impl Syncer {
                 next: 0,
                 done: std::collections::BTreeMap::new(),
             }),
+            released: std::sync::Condvar::new(),
             failed_epoch: AtomicU64::new(0),
             health,
         });
@@ -613,6 +616,24 @@ impl Syncer {
 
     fn recovered(&mut self) {
         self.epoch = self.shared.failed_epoch.load(Ordering::SeqCst) + 1;
+    }
+
+    /// Waits until every batch handed over so far is answered, so that a write made durable
+    /// inline (a registry change, a prune, the clean-stop record) is answered only after
+    /// everything committed before it, and after a failed fsync only once the store recovered.
+    fn drain(&self) {
+        let mut release = self
+            .shared
+            .release
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while release.next < self.committed {
+            release = self
+                .shared
+                .released
+                .wait(release)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
     }
 
     fn send(&mut self, replies: Vec<(AppendReply, Receipt)>) {
@@ -681,6 +702,7 @@ impl SyncShared {
         loop {
             let next = release.next;
             let Some((batch, synced)) = release.done.remove(&next) else {
+                self.released.notify_all();
                 return;
             };
             release.next += 1;
@@ -737,7 +759,7 @@ impl Writer {
     /// Cuts the chain's front at the latest signed checkpoint older than `cutoff`; see
     /// [`AuditLog::prune`].
     fn prune(&mut self, cutoff: &str, by: &str) -> Result<Option<PruneReport>, AuditError> {
-        self.refresh()
+        self.settle()
             .inspect_err(|e| fail(std::iter::empty(), e, &self.health))?;
         let chain = self.options.chain.clone();
         let Some(front) = self.store.records(&chain, 0, 1)?.first().map(|r| r.seq) else {
@@ -820,7 +842,7 @@ impl Writer {
 
     /// Writes the signed "writer stopped" record.
     fn stop(&mut self) {
-        if let Err(e) = self.refresh() {
+        if let Err(e) = self.settle() {
             tracing::error!(error = %e, "audit store unavailable at shutdown; no clean-stop record");
             return;
         }
@@ -853,6 +875,15 @@ impl Writer {
                 &mut self.state,
             );
         }
+    }
+
+    /// Before a write that is made durable inline: waits for the pipelined fsyncs in flight,
+    /// then [`Self::refresh`]es.
+    fn settle(&mut self) -> Result<(), AuditError> {
+        if let Some(syncer) = &self.syncer {
+            syncer.drain();
+        }
+        self.refresh()
     }
 
     /// Before every write: recovers the store after a failed fsync, and re-reads its head after
@@ -959,7 +990,7 @@ impl Writer {
 
     /// Applies a registry change and commits its record with it, in one transaction.
     fn change(&mut self, mut event: AuditEvent, change: &RegistryChange, reply: ChangeReply) {
-        if let Err(e) = self.refresh() {
+        if let Err(e) = self.settle() {
             fail(std::iter::empty(), &e, &self.health);
             let _ = reply.send(Err(e));
             return;

@@ -747,3 +747,59 @@ fn pruning_the_audit_log_keeps_every_consent_and_access_request() {
         assert_eq!(rt.block_on(later.grants_for(CPR, "cw-1")).unwrap().len(), 1);
     }
 }
+
+#[test]
+fn sqlite_a_change_is_answered_only_after_every_record_committed_before_it() {
+    let s = Setup {
+        store: common::sqlite_store("registry"),
+        registries: Default::default(),
+    };
+    let rt = runtime();
+    let store = FaultInjecting::new(s.store());
+    let (commits, failing_syncs, late_error) = (
+        Arc::clone(&store.commits),
+        Arc::clone(&store.failing_syncs),
+        Arc::clone(&store.failing_sync_hold),
+    );
+    let log = Arc::new(s.log("replica-a", Box::new(store)));
+    // A lookup's record is committed; its fsync will fail, late.
+    let late = late_error.lock().unwrap();
+    failing_syncs.store(1, Ordering::SeqCst);
+    let before = commits.load(Ordering::SeqCst);
+    let lookup = rt.spawn({
+        let log = Arc::clone(&log);
+        async move { log.append(event("cw-1", "jobcenter")).await }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while commits.load(Ordering::SeqCst) == before || failing_syncs.load(Ordering::SeqCst) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lookup's record was not committed"
+        );
+        std::thread::yield_now();
+    }
+    // A change made durable inline comes after it in the log, so it waits for its fsync…
+    let recorded = rt.spawn({
+        let log = Arc::clone(&log);
+        async move {
+            log.change(
+                event("cw-1", "jobcenter"),
+                RegistryChange::RecordConsent(consent("c-1", CPR, t(1))),
+            )
+            .await
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(
+        !recorded.is_finished(),
+        "a change was answered while a record before it was still being fsync'ed"
+    );
+    // …and after that fsync failed, it is applied only once the store has recovered.
+    drop(late);
+    assert!(rt.block_on(lookup).unwrap().is_err());
+    let (outcome, _) = rt.block_on(recorded).unwrap().unwrap();
+    assert_eq!(outcome, ChangeOutcome::Applied);
+    drop(rt);
+    Arc::try_unwrap(log).unwrap().close();
+    assert_eq!(s.verify().len(), 1);
+}
