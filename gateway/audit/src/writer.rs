@@ -642,13 +642,17 @@ impl Syncer {
             epoch: self.epoch,
             replies,
         };
-        self.committed += 1;
-        if let Some(batches) = &self.batches
-            && let Err(mpsc::SendError(committed)) = batches.send(committed)
-        {
-            // The threads are gone (they panicked): nobody can say these records are durable.
-            for reply in committed.replies.into_iter().filter_map(|(reply, _)| reply) {
-                let _ = reply.send(Err(AuditError::Stopped));
+        let Some(batches) = &self.batches else {
+            return;
+        };
+        match batches.send(committed) {
+            Ok(()) => self.committed += 1,
+            Err(mpsc::SendError(committed)) => {
+                // The threads are gone (they panicked): nobody can say these records are
+                // durable. Not counted, so nobody waits for them to be answered.
+                for reply in committed.replies.into_iter().filter_map(|(reply, _)| reply) {
+                    let _ = reply.send(Err(AuditError::Stopped));
+                }
             }
         }
     }
