@@ -90,6 +90,17 @@ impl<S: AuditStore> FaultInjecting<S> {
     }
 }
 
+impl<S> FaultInjecting<S> {
+    /// A write about to reach the inner store: fails while `failing`, else is counted.
+    fn commit(&self) -> Result<(), AuditError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(full_fault());
+        }
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
 impl<S: AuditStore> AuditStore for FaultInjecting<S> {
     fn head(&mut self, chain: &str) -> Result<Option<(u64, String)>, AuditError> {
         self.inner.head(chain)
@@ -102,10 +113,7 @@ impl<S: AuditStore> AuditStore for FaultInjecting<S> {
         records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(full_fault());
-        }
-        self.commits.fetch_add(1, Ordering::SeqCst);
+        self.commit()?;
         self.inner.append(records, checkpoint)
     }
     fn append_unsynced(
@@ -113,10 +121,7 @@ impl<S: AuditStore> AuditStore for FaultInjecting<S> {
         records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(full_fault());
-        }
-        self.commits.fetch_add(1, Ordering::SeqCst);
+        self.commit()?;
         self.inner.append_unsynced(records, checkpoint)
     }
     fn deferred_sync(&mut self) -> Result<Option<Box<dyn LogSync>>, AuditError> {
@@ -170,10 +175,7 @@ impl<S: AuditStore> AuditStore for FaultInjecting<S> {
         record: &SealedRecord,
         checkpoint: &Checkpoint,
     ) -> Result<u64, AuditError> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(full_fault());
-        }
-        self.commits.fetch_add(1, Ordering::SeqCst);
+        self.commit()?;
         self.inner
             .prune(chain, through_seq, expected, record, checkpoint)
     }

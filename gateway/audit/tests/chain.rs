@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 mod common;
-use common::{Backend, TestStore as Setup};
+use common::{Backend, TestStore as Setup, spawn_append, wait_until};
 
 /// One empty store per backend: every test runs against SQLite and against PostgreSQL (a real
 /// server; the README's test command starts one and sets `SAMBLIK_TEST_POSTGRES_URL`).
@@ -82,12 +82,7 @@ fn write(s: &Setup, n: usize) {
 
 /// Runs a future to completion on a runtime of its own; the stores are used outside it.
 fn block_on<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(future)
+    common::runtime().block_on(future)
 }
 
 fn broken_at(s: &Setup) -> u64 {
@@ -171,42 +166,20 @@ fn a_failing_store_refuses_appends_turns_unhealthy_and_recovers() {
     }
 }
 
-/// Waits (bounded) until `done` holds: for what another thread does, with no fixed sleep.
-fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 #[test]
 fn sqlite_commits_the_next_batch_while_the_last_one_is_fsynced_and_answers_only_after_the_fsync() {
     let s = common::sqlite_store("audit");
     let store = FaultInjecting::new(s.store());
     let (commits, hold) = (Arc::clone(&store.commits), Arc::clone(&store.sync_hold));
     let log = Arc::new(open(&s, Box::new(store)));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     let slow_disk = hold.lock().unwrap();
     let before = commits.load(Ordering::SeqCst);
-    let first = runtime.spawn({
-        let log = Arc::clone(&log);
-        async move { log.append(event(1)).await }
-    });
+    let first = spawn_append(&runtime, &log, event(1));
     wait_until("the first record is committed", || {
         commits.load(Ordering::SeqCst) > before
     });
-    let second = runtime.spawn({
-        let log = Arc::clone(&log);
-        async move { log.append(event(2)).await }
-    });
+    let second = spawn_append(&runtime, &log, event(2));
     // The writer is not waiting for the disk: it commits the next record meanwhile…
     wait_until(
         "the second record is committed while the first is fsynced",
@@ -233,26 +206,16 @@ fn sqlite_a_later_fsync_that_succeeds_does_not_answer_records_after_an_earlier_o
         Arc::clone(&store.failing_sync_hold),
     );
     let log = Arc::new(open(&s, Box::new(store)));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     // The first record's fsync will fail, but only after the second record's has succeeded.
     let late = late_error.lock().unwrap();
     failing_syncs.store(1, Ordering::SeqCst);
     let before = (commits.load(Ordering::SeqCst), syncs.load(Ordering::SeqCst));
-    let first = runtime.spawn({
-        let log = Arc::clone(&log);
-        async move { log.append(event(1)).await }
-    });
+    let first = spawn_append(&runtime, &log, event(1));
     wait_until("the first record is committed and its fsync began", || {
         commits.load(Ordering::SeqCst) > before.0 && failing_syncs.load(Ordering::SeqCst) == 0
     });
-    let second = runtime.spawn({
-        let log = Arc::clone(&log);
-        async move { log.append(event(2)).await }
-    });
+    let second = spawn_append(&runtime, &log, event(2));
     wait_until("the second record's fsync has succeeded", || {
         syncs.load(Ordering::SeqCst) > before.1
     });

@@ -16,7 +16,7 @@ const CPR: &str = "0101901235";
 const OTHER_CPR: &str = "0202902346";
 
 mod common;
-use common::{TestStore, runtime, test_stores};
+use common::{TestStore, runtime, spawn_append, test_stores, wait_until};
 
 struct Setup {
     store: TestStore,
@@ -766,18 +766,11 @@ fn sqlite_a_change_is_answered_only_after_every_record_committed_before_it() {
     let late = late_error.lock().unwrap();
     failing_syncs.store(1, Ordering::SeqCst);
     let before = commits.load(Ordering::SeqCst);
-    let lookup = rt.spawn({
-        let log = Arc::clone(&log);
-        async move { log.append(event("cw-1", "jobcenter")).await }
-    });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while commits.load(Ordering::SeqCst) == before || failing_syncs.load(Ordering::SeqCst) > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the lookup's record was not committed"
-        );
-        std::thread::yield_now();
-    }
+    let lookup = spawn_append(&rt, &log, event("cw-1", "jobcenter"));
+    wait_until(
+        "the lookup's record is committed and its fsync began",
+        || commits.load(Ordering::SeqCst) > before && failing_syncs.load(Ordering::SeqCst) == 0,
+    );
     // A change made durable inline comes after it in the log, so it waits for its fsync…
     let recorded = rt.spawn({
         let log = Arc::clone(&log);

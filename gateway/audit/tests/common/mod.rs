@@ -99,6 +99,28 @@ fn test_store(prefix: &str, postgres_admin: Option<&str>) -> TestStore {
     }
 }
 
+/// Waits (bounded) until `done` holds: for what another thread does, with no fixed sleep.
+pub fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Appends `event` on `runtime` without waiting for its receipt.
+pub fn spawn_append(
+    runtime: &tokio::runtime::Runtime,
+    log: &std::sync::Arc<samblik_audit::AuditLog>,
+    event: samblik_audit::AuditEvent,
+) -> tokio::task::JoinHandle<Result<samblik_audit::Receipt, samblik_audit::AuditError>> {
+    let log = std::sync::Arc::clone(log);
+    runtime.spawn(async move { log.append(event).await })
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
