@@ -6,7 +6,9 @@
 //!
 //! Further phases: the same gateway over TLS, right after its plaintext phase (the cost of TLS
 //! on long-lived connections); with the audit log's fsync off (what durability costs); with
-//! sources over gRPC; and with the verified-token cache off.
+//! sources over gRPC; and with the verified-token cache off. Each phase also reports the
+//! process's CPU time per lookup (client and servers together), which other work on a shared
+//! machine disturbs far less than the throughput.
 //!
 //! `cargo run --release -p samblik-tests --bin loadtest -- [--seconds 10] [--concurrency 32]`
 
@@ -86,11 +88,18 @@ struct Run {
     failures: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// CPU time the whole process (client and servers) spent during the phase.
+    cpu: Duration,
 }
 
 impl Run {
     fn per_second(&self) -> f64 {
         self.lookups as f64 / self.elapsed.as_secs_f64()
+    }
+    /// CPU time per answered lookup, client included: what a lookup costs, far less disturbed
+    /// than the throughput by other work on a shared machine.
+    fn cpu_per_lookup(&self) -> Duration {
+        self.cpu / u32::try_from(self.lookups.max(1)).unwrap_or(u32::MAX)
     }
     fn percentile(&self, p: f64) -> Duration {
         let mut sorted = self.latencies.clone();
@@ -131,6 +140,7 @@ async fn drive_over(
     }
     let stop_at = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
+    let cpu_before = process_cpu_time();
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..args.concurrency {
         let mut client = LookupServiceClient::new(channels[worker % channels.len()].clone());
@@ -167,6 +177,7 @@ async fn drive_over(
         failures: 0,
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
+        cpu: Duration::ZERO,
     };
     while let Some(joined) = workers.join_next().await {
         let (ok, failed, latencies) = joined?;
@@ -175,7 +186,29 @@ async fn drive_over(
         run.latencies.extend(latencies);
     }
     run.elapsed = started.elapsed();
+    run.cpu = process_cpu_time().saturating_sub(cpu_before);
     Ok(run)
+}
+
+/// User and system CPU time of this process so far (`/proc/self/stat`, in the kernel's
+/// USER_HZ ticks of 10 ms); zero where that cannot be read.
+fn process_cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // The fields after the command name (which may hold spaces) start at the state, field 3;
+    // utime and stime are fields 14 and 15.
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|t| t.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }
 
 /// The gateway over `sources` in this process, served over TLS with the demo's certificates
@@ -350,10 +383,11 @@ async fn main() -> anyhow::Result<()> {
         ("gateway, no token cache", &uncached),
     ] {
         println!(
-            "{name:<28} {:>8.0} lookups/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} ok, {} failed)",
+            "{name:<28} {:>8.0} lookups/s  p50 {:>6.2} ms  p99 {:>6.2} ms  cpu {:>5.0} µs/lookup  ({} ok, {} failed)",
             run.per_second(),
             run.percentile(0.50).as_secs_f64() * 1e3,
             run.percentile(0.99).as_secs_f64() * 1e3,
+            run.cpu_per_lookup().as_secs_f64() * 1e6,
             run.lookups,
             run.failures
         );
