@@ -8,7 +8,7 @@
 //! on long-lived connections); with the audit log's fsync off (what durability costs); with
 //! sources over gRPC; and with the verified-token cache off. Each phase also reports the
 //! process's CPU time per lookup (client and servers together), which other work on a shared
-//! machine disturbs far less than the throughput.
+//! machine disturbs less than the throughput (though it still moves it).
 //!
 //! `cargo run --release -p samblik-tests --bin loadtest -- [--seconds 10] [--concurrency 32]`
 
@@ -96,8 +96,8 @@ impl Run {
     fn per_second(&self) -> f64 {
         self.lookups as f64 / self.elapsed.as_secs_f64()
     }
-    /// CPU time per answered lookup, client included: what a lookup costs, far less disturbed
-    /// than the throughput by other work on a shared machine.
+    /// CPU time per answered lookup, client included: what a lookup costs, less disturbed than
+    /// the throughput by other work on a shared machine.
     fn cpu_per_lookup(&self) -> Duration {
         self.cpu / u32::try_from(self.lookups.max(1)).unwrap_or(u32::MAX)
     }
