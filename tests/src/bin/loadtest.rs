@@ -10,7 +10,12 @@
 //! process's CPU time per lookup (client and servers together), which other work on a shared
 //! machine disturbs less than the throughput (though it still moves it).
 //!
-//! `cargo run --release -p samblik-tests --bin loadtest -- [--seconds 10] [--concurrency 32]`
+//! `--audit-pairs N` runs only the audit log's two phases (durable, fsync off), alternately, N
+//! times each, and prints every pair's ratio and their median: the ratio of two phases measured
+//! seconds apart, many times over, is what a shared machine disturbs least.
+//!
+//! `cargo run --release -p samblik-tests --bin loadtest -- [--seconds 10] [--concurrency 32]
+//! [--connections 4] [--audit-pairs N]`
 
 use anyhow::Context;
 use samblik_adapters::Source;
@@ -60,6 +65,8 @@ struct Args {
     seconds: u64,
     concurrency: usize,
     connections: usize,
+    /// Only the audit phases, alternately, this many times each.
+    audit_pairs: Option<usize>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -67,6 +74,7 @@ fn parse_args() -> anyhow::Result<Args> {
         seconds: 10,
         concurrency: 32,
         connections: 4,
+        audit_pairs: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -75,9 +83,14 @@ fn parse_args() -> anyhow::Result<Args> {
             "--seconds" => args.seconds = value.parse()?,
             "--concurrency" => args.concurrency = value.parse()?,
             "--connections" => args.connections = value.parse()?,
-            other => {
-                anyhow::bail!("unknown flag {other}; use --seconds, --concurrency, --connections")
+            "--audit-pairs" => {
+                let pairs: usize = value.parse()?;
+                anyhow::ensure!(pairs > 0, "--audit-pairs needs at least one pair");
+                args.audit_pairs = Some(pairs);
             }
+            other => anyhow::bail!(
+                "unknown flag {other}; use --seconds, --concurrency, --connections, --audit-pairs"
+            ),
         }
     }
     Ok(args)
@@ -243,6 +256,19 @@ async fn start_tls_gateway(
     Ok((addr, client, stop.drop_guard()))
 }
 
+/// One phase's line of the report.
+fn report(name: &str, run: &Run) {
+    println!(
+        "{name:<28} {:>8.0} lookups/s  p50 {:>6.2} ms  p99 {:>6.2} ms  cpu {:>5.0} µs/lookup  ({} ok, {} failed)",
+        run.per_second(),
+        run.percentile(0.50).as_secs_f64() * 1e3,
+        run.percentile(0.99).as_secs_f64() * 1e3,
+        run.cpu_per_lookup().as_secs_f64() * 1e6,
+        run.lookups,
+        run.failures
+    );
+}
+
 /// Workers step through the citizens with a stride so they do not ask for the same one.
 fn args_stride() -> usize {
     97
@@ -299,6 +325,39 @@ async fn main() -> anyhow::Result<()> {
         start_gateway_in_process(in_process.clone(), 3_000, 10_000, AuditDurability::Full).await;
     let gateway_no_fsync =
         start_gateway_in_process(in_process.clone(), 3_000, 10_000, AuditDurability::Off).await;
+    let all_ok = |r: &LookupResponse| {
+        r.sources.len() == 3 && r.sources.iter().all(|s| s.status() == SourceStatus::Ok)
+    };
+    // One phase of plain-text load on `addr`, each answer held to `check`.
+    let phase = |addr: SocketAddr, check: fn(&LookupResponse) -> bool| {
+        drive(addr, &args, Arc::clone(&cprs), Arc::clone(&tokens), check)
+    };
+    if let Some(pairs) = args.audit_pairs {
+        println!(
+            "loadtest ({} allocator): audit phases only, {pairs} pairs of {} s each, {} concurrent callers over {} connections",
+            samblik_gateway::ALLOCATOR_NAME,
+            args.seconds,
+            args.concurrency,
+            args.connections,
+        );
+        let mut ratios = Vec::new();
+        for pair in 1..=pairs {
+            let on = phase(gateway.addr, all_ok).await?;
+            let off = phase(gateway_no_fsync.addr, all_ok).await?;
+            report(&format!("{pair}: audit on"), &on);
+            report(&format!("{pair}: audit fsync off"), &off);
+            ratios.push(on.per_second() / off.per_second());
+            println!("{pair}: ratio on / off {:.3}", ratios[ratios.len() - 1]);
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "ratio audit fsync on / off (in-process sources), median of {pairs}: {:.3} (range {:.3}–{:.3}; target >= 0.8)",
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1],
+        );
+        return Ok(());
+    }
     let pki_dir = tempfile::tempdir()?;
     let (gateway_tls, client_tls, _stop_tls) =
         start_tls_gateway(in_process.clone(), pki_dir.path()).await?;
@@ -322,25 +381,8 @@ async fn main() -> anyhow::Result<()> {
         args.connections,
         cprs.len()
     );
-    let echo = drive(
-        echo_addr,
-        &args,
-        Arc::clone(&cprs),
-        Arc::clone(&tokens),
-        |_| true,
-    )
-    .await?;
-    let all_ok = |r: &LookupResponse| {
-        r.sources.len() == 3 && r.sources.iter().all(|s| s.status() == SourceStatus::Ok)
-    };
-    let full = drive(
-        gateway.addr,
-        &args,
-        Arc::clone(&cprs),
-        Arc::clone(&tokens),
-        all_ok,
-    )
-    .await?;
+    let echo = phase(echo_addr, |_| true).await?;
+    let full = phase(gateway.addr, all_ok).await?;
     let tls = drive_over(
         gateway_tls,
         Some(client_tls),
@@ -350,30 +392,9 @@ async fn main() -> anyhow::Result<()> {
         all_ok,
     )
     .await?;
-    let remote = drive(
-        gateway_remote.addr,
-        &args,
-        Arc::clone(&cprs),
-        Arc::clone(&tokens),
-        all_ok,
-    )
-    .await?;
-    let no_fsync = drive(
-        gateway_no_fsync.addr,
-        &args,
-        Arc::clone(&cprs),
-        Arc::clone(&tokens),
-        all_ok,
-    )
-    .await?;
-    let uncached = drive(
-        gateway_uncached.addr,
-        &args,
-        Arc::clone(&cprs),
-        Arc::clone(&tokens),
-        all_ok,
-    )
-    .await?;
+    let remote = phase(gateway_remote.addr, all_ok).await?;
+    let no_fsync = phase(gateway_no_fsync.addr, all_ok).await?;
+    let uncached = phase(gateway_uncached.addr, all_ok).await?;
     for (name, run) in [
         ("bare tonic echo", &echo),
         ("gateway, in-process sources", &full),
@@ -382,15 +403,7 @@ async fn main() -> anyhow::Result<()> {
         ("gateway, audit fsync off", &no_fsync),
         ("gateway, no token cache", &uncached),
     ] {
-        println!(
-            "{name:<28} {:>8.0} lookups/s  p50 {:>6.2} ms  p99 {:>6.2} ms  cpu {:>5.0} µs/lookup  ({} ok, {} failed)",
-            run.per_second(),
-            run.percentile(0.50).as_secs_f64() * 1e3,
-            run.percentile(0.99).as_secs_f64() * 1e3,
-            run.cpu_per_lookup().as_secs_f64() * 1e6,
-            run.lookups,
-            run.failures
-        );
+        report(name, run);
     }
     println!(
         "ratio gateway (in-process sources) / echo: {:.3} (target >= 0.3)",
