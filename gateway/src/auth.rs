@@ -53,7 +53,19 @@ pub struct Credentials<'a> {
     pub metadata: &'a MetadataMap,
     /// The verified chain, leaf first; `None` without TLS or without a client certificate.
     pub peer_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The call came from Samblik's own lookup panel, in this process ([`ViaPanel`]).
+    pub via_panel: bool,
 }
+
+/// The name the audit log gives Samblik's own lookup panel as the calling system
+/// (`actor.system`), so auditors can tell its lookups from a fagsystem's. No client certificate
+/// may claim it.
+pub const PANEL_SYSTEM: &str = "samblik-panel";
+
+/// Marks a request the panel makes of the gateway's services in its own process. It lives in
+/// the request's extensions, which nothing on the wire can set.
+#[derive(Debug, Clone, Copy)]
+pub struct ViaPanel;
 
 impl<'a> Credentials<'a> {
     /// The credentials `request` arrived with.
@@ -61,6 +73,7 @@ impl<'a> Credentials<'a> {
         Credentials {
             metadata: request.metadata(),
             peer_certs: request.peer_certs(),
+            via_panel: request.extensions().get::<ViaPanel>().is_some(),
         }
     }
 
@@ -659,13 +672,29 @@ mod tests {
         let none = Credentials {
             metadata: &metadata,
             peer_certs: None,
+            via_panel: false,
         };
         assert_eq!(none.system_name(), Ok(None));
         let garbage = Credentials {
             metadata: &metadata,
             peer_certs: Some(Arc::new(vec![CertificateDer::from(vec![0x30, 0x00])])),
+            via_panel: false,
         };
         assert_eq!(garbage.system_name(), Err(AuthError::UnnamedCertificate));
+    }
+
+    #[test]
+    fn only_the_panels_own_mark_makes_a_call_the_panels() {
+        let mut request = tonic::Request::new(());
+        request
+            .metadata_mut()
+            .insert("x-samblik-via", PANEL_SYSTEM.parse().unwrap());
+        assert!(
+            !Credentials::of(&request).via_panel,
+            "a header claimed the panel"
+        );
+        request.extensions_mut().insert(ViaPanel);
+        assert!(Credentials::of(&request).via_panel);
     }
 
     #[test]

@@ -50,6 +50,8 @@
 //! ask it). A certificate of the CA whose name is not listed is a system without limits,
 //! unless `require_listed_systems`, which refuses it (PERMISSION_DENIED, audited). A client
 //! without a certificate (`optional`) is no system: the caseworker's token alone decides.
+//! Lookups through Samblik's own panel are recorded with the system `samblik-panel`; a client
+//! certificate that names itself so is refused (PERMISSION_DENIED, audited).
 //! Certificates that are expired, from another CA, named by no common name, or `revoked` (by
 //! serial number or SHA-256 fingerprint) are refused at the TLS handshake.
 

@@ -8,7 +8,7 @@
 //! durable.
 
 use crate::audit::{AuditDraft, disclosed_fields, source_entry};
-use crate::auth::{Authenticator, Caller, CallingSystem, Credentials, Systems};
+use crate::auth::{Authenticator, Caller, CallingSystem, Credentials, PANEL_SYSTEM, Systems};
 use crate::disclosure::{DisclosurePolicy, LookupFacts, RegistryFacts, wire_tier};
 use crate::error::GatewayError;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -251,14 +251,29 @@ impl LookupPipeline {
         let span = tracing::Span::current();
         let system_name = credentials.system_name()?;
         if let Some(name) = &system_name {
-            draft.system(name);
+            if name == PANEL_SYSTEM {
+                // Refused below; recorded so that it cannot pass for the panel in the log.
+                draft.system(&format!("{name} (client certificate, refused)"));
+            } else {
+                draft.system(name);
+            }
             span.record("system", name.as_str());
+        } else if credentials.via_panel {
+            // Samblik's own panel: recorded as the system, limited by nothing but the policy.
+            draft.system(PANEL_SYSTEM);
+            span.record("system", PANEL_SYSTEM);
         }
         let caller = self.auth.authenticate(credentials.metadata)?;
         draft.caller(&caller);
         span.record("caller", caller.id.as_str());
         span.record("department", caller.department.as_str());
         let system = match system_name {
+            Some(name) if name == PANEL_SYSTEM => {
+                tracing::warn!(system = %name, "a client certificate claims to be the panel");
+                return Err(GatewayError::PermissionDenied(
+                    "this system's client certificate is not admitted to Samblik".into(),
+                ));
+            }
             Some(name) => Some(self.systems.admit(&name).map_err(|e| {
                 tracing::warn!(system = %name, error = %e, "calling system refused");
                 GatewayError::PermissionDenied(

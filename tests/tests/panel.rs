@@ -9,7 +9,8 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use samblik_audit::Action;
+use samblik_audit::{Action, AuditRecord};
+use samblik_gateway::auth::PANEL_SYSTEM;
 use samblik_synth::Department;
 use samblik_tests::idp::{HttpsRequest, TestPki, serve_https};
 use samblik_tests::panel::{AUDITOR, RunningPanel, start_panel};
@@ -132,12 +133,19 @@ fn caseworker_id(department: Department) -> String {
     caseworker(department).id.clone()
 }
 
-/// Lookup request ids of `cpr` in the panel's audit log.
-fn lookups_of(panel: &RunningPanel, cpr: &str) -> BTreeSet<String> {
+/// The panel's audit records of lookups of `cpr`.
+fn lookup_records(panel: &RunningPanel, cpr: &str) -> Vec<AuditRecord> {
     panel
         .audit_records()
         .into_iter()
         .filter(|r| r.action == Action::LookupStream && r.cpr.as_deref() == Some(cpr))
+        .collect()
+}
+
+/// Lookup request ids of `cpr` in the panel's audit log.
+fn lookups_of(panel: &RunningPanel, cpr: &str) -> BTreeSet<String> {
+    lookup_records(panel, cpr)
+        .into_iter()
         .map(|r| r.request_id)
         .collect()
 }
@@ -318,6 +326,12 @@ async fn a_deep_link_keeps_the_cpr_out_of_urls_survives_sign_in_and_streams_once
     );
     assert_eq!(events(&stream.body), ["kilde", "kilde", "kilde", "faerdig"]);
     assert_eq!(lookups_of(&panel, cpr).len(), 1);
+    // The audit log names the panel as the calling system.
+    let records = lookup_records(&panel, cpr);
+    assert!(!records.is_empty());
+    for record in records {
+        assert_eq!(record.actor.system.as_deref(), Some(PANEL_SYSTEM));
+    }
 
     // A reload (or the browser's reconnect) does not look the citizen up again.
     let again = agent.get(&format!("{next}/svar")).await;

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use samblik_adapters::tls::{ClientAuth, ReloadingServerConfig, TlsFiles, sha256_fingerprint};
+use samblik_gateway::auth::PANEL_SYSTEM;
 use samblik_gateway::config::{Config, SystemConfig, TlsConfig};
 use samblik_gateway::tls::{CertPair, DEMO_FAGSYSTEM, DemoPki, demo_server_tls, demo_source_tls};
 use samblik_proto::source::v1::CallerContext;
@@ -554,6 +555,36 @@ async fn a_restricted_system_asks_only_its_sources_and_only_for_its_purposes() {
             .all(|r| r.status() == SourceStatus::Ok)
     );
     assert_eq!(recorded_systems(&s, &answer.request_id), [None]);
+}
+
+#[tokio::test]
+async fn a_client_certificate_cannot_pass_for_the_panel() {
+    let ca = TestPki::new();
+    let (valid, _) = ca.client_cert("valid", "kmd-momentum", |_| {});
+    let (impostor, _) = ca.client_cert("impostor", PANEL_SYSTEM, |_| {});
+    let s = start_secure(
+        ClientAuth::Optional,
+        |config, _| {
+            config.server.tls.as_mut().unwrap().client_ca_file = Some(ca.ca_file.clone());
+        },
+        None,
+    )
+    .await;
+    assert!(
+        answered(&s, Some(&valid)).await,
+        "control: an unlisted system may call"
+    );
+    let mut client = connect(s.gateway.addr, &s.pki.ca, Some(&impostor))
+        .await
+        .unwrap();
+    let id = s.denied_unasked(&mut client, Purpose::PrepareMeeting).await;
+    assert_eq!(
+        recorded_systems(&s, &id),
+        [Some(format!(
+            "{PANEL_SYSTEM} (client certificate, refused)"
+        ))],
+        "the refusal must not read as the panel's own lookup"
+    );
 }
 
 #[tokio::test]

@@ -25,7 +25,8 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 pub enum Action {
     /// A unary lookup.
     Lookup,
-    /// A streamed lookup; one record per request, written when the stream ends.
+    /// A streamed lookup; one record per source's answer (all with the request's id), each
+    /// durable before that answer is sent.
     LookupStream,
     /// The audit log itself: start-up after a crash, pruning, and the like.
     AuditMaintenance,

@@ -357,9 +357,12 @@ fn session_of(parts: &Parts) -> Result<Current, Response> {
         .ok_or_else(super::sign_in_redirect)
 }
 
-/// `tonic` metadata that carries `user`'s access token, as a gRPC client would send it.
+/// A call to the gateway's own services on `user`'s behalf: their access token in the metadata,
+/// as a gRPC client would send it, and the panel's mark ([`crate::auth::ViaPanel`]), so the
+/// audit log names the panel as the calling system.
 pub(crate) fn authorised<T>(message: T, user: &SignedIn) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
+    request.extensions_mut().insert(crate::auth::ViaPanel);
     if let Ok(value) = format!("Bearer {}", user.token).parse() {
         request.metadata_mut().insert("authorization", value);
     }
