@@ -122,17 +122,8 @@ impl Run {
     }
 }
 
-async fn drive(
-    addr: SocketAddr,
-    args: &Args,
-    cprs: Arc<Vec<String>>,
-    tokens: Arc<Vec<String>>,
-    check: fn(&LookupResponse) -> bool,
-) -> anyhow::Result<Run> {
-    drive_over(addr, None, args, cprs, tokens, check).await
-}
-
-/// [`drive`], over TLS when `tls` is set (long-lived connections: the handshakes are paid once).
+/// One phase of load on `addr`, over TLS when `tls` is set (long-lived connections: the
+/// handshakes are paid once).
 async fn drive_over(
     addr: SocketAddr,
     tls: Option<ClientTlsConfig>,
@@ -330,7 +321,14 @@ async fn main() -> anyhow::Result<()> {
     };
     // One phase of plain-text load on `addr`, each answer held to `check`.
     let phase = |addr: SocketAddr, check: fn(&LookupResponse) -> bool| {
-        drive(addr, &args, Arc::clone(&cprs), Arc::clone(&tokens), check)
+        drive_over(
+            addr,
+            None,
+            &args,
+            Arc::clone(&cprs),
+            Arc::clone(&tokens),
+            check,
+        )
     };
     if let Some(pairs) = args.audit_pairs {
         println!(
