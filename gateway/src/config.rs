@@ -51,7 +51,8 @@
 //! unless `require_listed_systems`, which refuses it (PERMISSION_DENIED, audited). A client
 //! without a certificate (`optional`) is no system: the caseworker's token alone decides.
 //! Lookups through Samblik's own panel are recorded with the system `samblik-panel`; a client
-//! certificate that names itself so is refused (PERMISSION_DENIED, audited).
+//! certificate that names itself so is refused (PERMISSION_DENIED, audited), and a configuration
+//! that lists `samblik-panel` among its systems does not load.
 //! Certificates that are expired, from another CA, named by no common name, or `revoked` (by
 //! serial number or SHA-256 fingerprint) are refused at the TLS handshake.
 
@@ -1154,6 +1155,14 @@ impl Config {
                     system.name
                 ));
             }
+            // The panel's own calls are marked inside the process; a certificate with its name
+            // is refused at every call, so listing it could only mislead the operator.
+            if name == crate::auth::PANEL_SYSTEM {
+                return invalid(format!(
+                    "server.tls.systems: {name:?} is the lookup panel's own name; no calling \
+                     system may use it (a client certificate naming it is refused)"
+                ));
+            }
             let limit = |field: &str, list: &Option<Vec<String>>, known: &[&str]| {
                 let context = |what: String| format!("server.tls.systems {name:?}: {what}");
                 match list {
@@ -1398,6 +1407,10 @@ mod tests {
                 "repeated",
             ),
             (system("name = \"DUBU\"\nscopes = []"), "unknown field"),
+            (
+                system("name = \"samblik-panel\""),
+                "the lookup panel's own name",
+            ),
             (
                 format!("{GOOD}{CLIENT_TLS}revoked = [\"serial:zz\"]\n"),
                 "not hexadecimal",
