@@ -250,8 +250,9 @@ impl LookupPipeline {
     ) -> Result<Principal, GatewayError> {
         let span = tracing::Span::current();
         let system_name = credentials.system_name()?;
+        let claims_panel = system_name.as_deref() == Some(PANEL_SYSTEM);
         if let Some(name) = &system_name {
-            if name == PANEL_SYSTEM {
+            if claims_panel {
                 // Refused below; recorded so that it cannot pass for the panel in the log.
                 draft.system(&format!("{name} (client certificate, refused)"));
             } else {
@@ -267,18 +268,19 @@ impl LookupPipeline {
         draft.caller(&caller);
         span.record("caller", caller.id.as_str());
         span.record("department", caller.department.as_str());
+        let not_admitted = || {
+            GatewayError::PermissionDenied(
+                "this system's client certificate is not admitted to Samblik".into(),
+            )
+        };
         let system = match system_name {
-            Some(name) if name == PANEL_SYSTEM => {
+            Some(name) if claims_panel => {
                 tracing::warn!(system = %name, "a client certificate claims to be the panel");
-                return Err(GatewayError::PermissionDenied(
-                    "this system's client certificate is not admitted to Samblik".into(),
-                ));
+                return Err(not_admitted());
             }
             Some(name) => Some(self.systems.admit(&name).map_err(|e| {
                 tracing::warn!(system = %name, error = %e, "calling system refused");
-                GatewayError::PermissionDenied(
-                    "this system's client certificate is not admitted to Samblik".into(),
-                )
+                not_admitted()
             })?),
             None => None,
         };
