@@ -46,7 +46,13 @@ pub struct Policy {
     names: Names,
     contexts: Contexts,
     memo: Memo<Outcome>,
+    /// Ceilings, keyed like decisions but on the whole list of case types (joined by
+    /// [`CASE_TYPE_SEPARATOR`]): one memo hit per source instead of one per case type.
+    ceilings: Memo<Tier>,
 }
+
+/// Joins a ceiling's case types into one memo key; a case type containing it is never memoised.
+const CASE_TYPE_SEPARATOR: char = '\u{1f}';
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -318,20 +324,37 @@ impl Policy {
     /// [`Policy::decide`] over the given case types, with no sensitivity flags and the facts'
     /// bases. The gateway asks the source for no more. No case types: [`Tier::Hidden`].
     pub fn ceiling(&self, facts: &CaseFacts<'_>, case_types: &[&str]) -> Tier {
-        case_types
-            .iter()
-            .map(|case_type| {
-                let unflagged = CaseFacts {
-                    case_type,
-                    flags: &[],
-                    ..*facts
-                };
-                self.memo
-                    .get_or_insert_with(&unflagged, || self.evaluate(&unflagged))
-                    .tier
-            })
-            .max()
-            .unwrap_or(Tier::Hidden)
+        let best = || {
+            case_types
+                .iter()
+                .map(|case_type| {
+                    let unflagged = CaseFacts {
+                        case_type,
+                        flags: &[],
+                        ..*facts
+                    };
+                    self.memo
+                        .get_or_insert_with(&unflagged, || self.evaluate(&unflagged))
+                        .tier
+                })
+                .max()
+                .unwrap_or(Tier::Hidden)
+        };
+        if case_types.is_empty() {
+            return Tier::Hidden;
+        }
+        if case_types.iter().any(|t| t.contains(CASE_TYPE_SEPARATOR)) {
+            return best();
+        }
+        // The case type is always part of a memo key (the vocabulary check reads it), so the
+        // joined list tells every list apart.
+        let joined = case_types.join(CASE_TYPE_SEPARATOR.encode_utf8(&mut [0; 4]));
+        let listed = CaseFacts {
+            case_type: &joined,
+            flags: &[],
+            ..*facts
+        };
+        *self.ceilings.get_or_insert_with(&listed, best)
     }
 
     fn build(
@@ -422,6 +445,7 @@ impl Policy {
             contexts: Contexts::new(&names, &catalog.purposes)?,
             names,
             memo: Memo::new(reads),
+            ceilings: Memo::new(reads),
         })
     }
 
@@ -1275,6 +1299,22 @@ mod tests {
             default_policy().ceiling(&facts(), &["SL-140", "SL-12a"]),
             Tier::Existence
         );
+    }
+
+    #[test]
+    fn a_ceiling_is_remembered_per_list_of_case_types() {
+        let p = default_policy();
+        let both = p.ceiling(&facts(), &["SL-140", "SL-12a"]);
+        assert_eq!(both, Tier::Existence);
+        assert_eq!(p.ceilings.len(), 1);
+        assert_eq!(p.ceiling(&facts(), &["SL-140", "SL-12a"]), both);
+        assert_eq!(p.ceilings.len(), 1, "the same list is one entry");
+        // A case type that is not in the catalog hides, even when its text is the joined list
+        // of two known ones: it is decided on its own, never from the list's entry.
+        let joined = format!("SL-140{CASE_TYPE_SEPARATOR}SL-12a");
+        assert_eq!(p.ceiling(&facts(), &[joined.as_str()]), Tier::Hidden);
+        assert_eq!(p.ceiling(&facts(), &["SL-140"]), Tier::Existence);
+        assert_eq!(p.ceilings.len(), 2);
     }
 
     #[test]
