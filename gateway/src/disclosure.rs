@@ -8,7 +8,7 @@
 use crate::config::{Config, ConfigError, FieldSetConfig, PolicyConfig, SourceConfig};
 use chrono::{DateTime, Utc};
 use samblik_audit::registry::{AccessRequest, Consent, ConsentKind};
-use samblik_policy::{BasisFact, CaseFacts, Catalog, Decision, Policy, Role, Tier};
+use samblik_policy::{BasisFact, CaseFacts, CaseTypes, Catalog, Decision, Policy, Role, Tier};
 use samblik_proto::v1::{self as pb, Case};
 use std::collections::HashMap;
 
@@ -50,7 +50,7 @@ pub struct DisclosurePolicy {
 #[derive(Debug, Clone)]
 struct SourceFacts {
     owner: String,
-    case_types: Vec<String>,
+    case_types: CaseTypes,
 }
 
 impl DisclosurePolicy {
@@ -113,7 +113,7 @@ impl DisclosurePolicy {
                 s.id.clone(),
                 SourceFacts {
                     owner: s.owner().to_owned(),
-                    case_types,
+                    case_types: CaseTypes::new(case_types),
                 },
             );
         }
@@ -263,10 +263,9 @@ impl DisclosurePolicy {
         let Some(source) = self.sources.get(source_id) else {
             return Tier::Hidden;
         };
-        let case_types: Vec<&str> = source.case_types.iter().map(String::as_str).collect();
         let owner = source.owner.as_str();
         let facts = self.facts(lookup, source_id, owner, None, "", "", &[]);
-        self.policy.ceiling(&facts, &case_types)
+        self.policy.ceiling(&facts, &source.case_types)
     }
 
     /// The decision for one case.

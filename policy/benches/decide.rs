@@ -16,12 +16,13 @@ use std::borrow::Cow;
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use samblik_policy::{BasisFact, CaseFacts, Catalog, Policy, Role, Tier};
+use samblik_policy::{BasisFact, CaseFacts, CaseTypes, Catalog, Policy, Role, Tier};
 
 struct Source {
     id: &'static str,
     owner: &'static str,
-    case_types: &'static [&'static str],
+    /// Built once, as the gateway builds them at load.
+    case_types: CaseTypes,
     /// (case type, legal paragraph, flags)
     cases: Vec<(&'static str, &'static str, Vec<String>)>,
 }
@@ -31,7 +32,7 @@ fn sources() -> Vec<Source> {
         Source {
             id: "child-welfare",
             owner: "child-welfare",
-            case_types: &["SL-54", "SL-140", "SL-12a"],
+            case_types: CaseTypes::new(["SL-54", "SL-140", "SL-12a"]),
             cases: vec![
                 ("SL-140", "Serviceloven § 140", vec![]),
                 ("SL-54", "Serviceloven § 54", vec![]),
@@ -46,7 +47,7 @@ fn sources() -> Vec<Source> {
         Source {
             id: "jobcenter",
             owner: "jobcenter",
-            case_types: &["LAB-27", "LAB-30a"],
+            case_types: CaseTypes::new(["LAB-27", "LAB-30a"]),
             cases: vec![
                 ("LAB-27", "LAB § 27", vec![]),
                 ("LAB-27", "LAB § 27", vec![]),
@@ -56,7 +57,7 @@ fn sources() -> Vec<Source> {
         Source {
             id: "integration",
             owner: "integration",
-            case_types: &["IL-19", "SL-57c"],
+            case_types: CaseTypes::new(["IL-19", "SL-57c"]),
             cases: vec![
                 ("IL-19", "Integrationsloven § 19", vec![]),
                 (
@@ -112,7 +113,7 @@ fn lookup(policy: &Policy, sources: &[Source], who: &Who<'_>) -> usize {
             purpose: "prepare-meeting",
             source_id: source.id,
             owner_department: source.owner,
-            case_type: source.case_types[0],
+            case_type: &source.case_types.as_slice()[0],
             legal_paragraph: "",
             flags: &[],
             relation: who.relation,
@@ -125,7 +126,7 @@ fn lookup(policy: &Policy, sources: &[Source], who: &Who<'_>) -> usize {
             refusal: None,
             grant: None,
         };
-        let ceiling = policy.ceiling(&base, source.case_types);
+        let ceiling = policy.ceiling(&base, &source.case_types);
         if ceiling == Tier::Hidden {
             continue;
         }

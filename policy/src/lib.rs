@@ -23,4 +23,4 @@ mod reads;
 pub use decision::{Decision, LegalBasis, NEEDS_BASIS, RULE_UNKNOWN_VOCABULARY, Withheld};
 pub use error::PolicyError;
 pub use facts::{BasisFact, CaseFacts, Catalog, Role, Tier};
-pub use policy::Policy;
+pub use policy::{CaseTypes, Policy};

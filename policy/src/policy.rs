@@ -46,13 +46,36 @@ pub struct Policy {
     names: Names,
     contexts: Contexts,
     memo: Memo<Outcome>,
-    /// Ceilings, keyed like decisions but on the whole list of case types (joined by
-    /// [`CASE_TYPE_SEPARATOR`]): one memo hit per source instead of one per case type.
+    /// Ceilings, keyed like decisions but on a [`CaseTypes`]' whole list: one memo hit per
+    /// source instead of one per case type.
     ceilings: Memo<Tier>,
 }
 
 /// Joins a ceiling's case types into one memo key; a case type containing it is never memoised.
 const CASE_TYPE_SEPARATOR: char = '\u{1f}';
+
+/// The case types a source serves, with the memo key of their [`Policy::ceiling`]: built once
+/// (at load), so a lookup's ceilings allocate nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseTypes {
+    list: Vec<String>,
+    /// The list joined by [`CASE_TYPE_SEPARATOR`]; `None` when it is empty or a case type
+    /// contains the separator (two lists could then share a key).
+    key: Option<String>,
+}
+
+impl CaseTypes {
+    pub fn new<S: Into<String>>(case_types: impl IntoIterator<Item = S>) -> Self {
+        let list: Vec<String> = case_types.into_iter().map(Into::into).collect();
+        let key = (!list.is_empty() && !list.iter().any(|t| t.contains(CASE_TYPE_SEPARATOR)))
+            .then(|| list.join(CASE_TYPE_SEPARATOR.encode_utf8(&mut [0; 4])));
+        CaseTypes { list, key }
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.list
+    }
+}
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -323,9 +346,10 @@ impl Policy {
     /// The highest tier any case of this source could be granted in this lookup: the best
     /// [`Policy::decide`] over the given case types, with no sensitivity flags and the facts'
     /// bases. The gateway asks the source for no more. No case types: [`Tier::Hidden`].
-    pub fn ceiling(&self, facts: &CaseFacts<'_>, case_types: &[&str]) -> Tier {
+    pub fn ceiling(&self, facts: &CaseFacts<'_>, case_types: &CaseTypes) -> Tier {
         let best = || {
             case_types
+                .list
                 .iter()
                 .map(|case_type| {
                     let unflagged = CaseFacts {
@@ -340,21 +364,19 @@ impl Policy {
                 .max()
                 .unwrap_or(Tier::Hidden)
         };
-        if case_types.is_empty() {
-            return Tier::Hidden;
-        }
-        if case_types.iter().any(|t| t.contains(CASE_TYPE_SEPARATOR)) {
-            return best();
-        }
         // The case type is always part of a memo key (the vocabulary check reads it), so the
         // joined list tells every list apart.
-        let joined = case_types.join(CASE_TYPE_SEPARATOR.encode_utf8(&mut [0; 4]));
-        let listed = CaseFacts {
-            case_type: &joined,
-            flags: &[],
-            ..*facts
-        };
-        *self.ceilings.get_or_insert_with(&listed, best)
+        match &case_types.key {
+            Some(key) => {
+                let listed = CaseFacts {
+                    case_type: key,
+                    flags: &[],
+                    ..*facts
+                };
+                *self.ceilings.get_or_insert_with(&listed, best)
+            }
+            None => best(),
+        }
     }
 
     fn build(
@@ -1286,7 +1308,7 @@ mod tests {
                     source_id: "housing",
                     ..facts()
                 },
-                &["SL-140"]
+                &CaseTypes::new(["SL-140"])
             ),
             Tier::Hidden
         );
@@ -1294,9 +1316,13 @@ mod tests {
 
     #[test]
     fn ceiling_without_case_types_is_hidden() {
-        assert_eq!(default_policy().ceiling(&facts(), &[]), Tier::Hidden);
+        let none: [&str; 0] = [];
         assert_eq!(
-            default_policy().ceiling(&facts(), &["SL-140", "SL-12a"]),
+            default_policy().ceiling(&facts(), &CaseTypes::new(none)),
+            Tier::Hidden
+        );
+        assert_eq!(
+            default_policy().ceiling(&facts(), &CaseTypes::new(["SL-140", "SL-12a"])),
             Tier::Existence
         );
     }
@@ -1304,16 +1330,20 @@ mod tests {
     #[test]
     fn a_ceiling_is_remembered_per_list_of_case_types() {
         let p = default_policy();
-        let both = p.ceiling(&facts(), &["SL-140", "SL-12a"]);
+        let list = CaseTypes::new(["SL-140", "SL-12a"]);
+        let both = p.ceiling(&facts(), &list);
         assert_eq!(both, Tier::Existence);
         assert_eq!(p.ceilings.len(), 1);
-        assert_eq!(p.ceiling(&facts(), &["SL-140", "SL-12a"]), both);
+        assert_eq!(p.ceiling(&facts(), &list.clone()), both);
         assert_eq!(p.ceilings.len(), 1, "the same list is one entry");
         // A case type that is not in the catalog hides, even when its text is the joined list
         // of two known ones: it is decided on its own, never from the list's entry.
         let joined = format!("SL-140{CASE_TYPE_SEPARATOR}SL-12a");
-        assert_eq!(p.ceiling(&facts(), &[joined.as_str()]), Tier::Hidden);
-        assert_eq!(p.ceiling(&facts(), &["SL-140"]), Tier::Existence);
+        assert_eq!(p.ceiling(&facts(), &CaseTypes::new([joined])), Tier::Hidden);
+        assert_eq!(
+            p.ceiling(&facts(), &CaseTypes::new(["SL-140"])),
+            Tier::Existence
+        );
         assert_eq!(p.ceilings.len(), 2);
     }
 

@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 
 use common::{OwnedFacts, catalog, default_policy};
-use samblik_policy::{Decision, Policy, Tier};
+use samblik_policy::{CaseTypes, Decision, Policy, Tier};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -138,7 +138,7 @@ fn corpus_decisions_keep_their_invariants() {
         assert!(!d.address_visible || d.tier >= Tier::Selected, "{name}");
         assert!(d.rule_ids.windows(2).all(|w| w[0] < w[1]), "{name}");
         assert!(
-            d.tier <= policy.ceiling(&facts, &[facts.case_type]),
+            d.tier <= policy.ceiling(&facts, &CaseTypes::new([facts.case_type])),
             "{name}"
         );
     }

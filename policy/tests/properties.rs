@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 
 use common::{OwnedBasis, OwnedFacts, SOURCES, default_policy};
 use proptest::prelude::*;
-use samblik_policy::{Catalog, Policy, Tier};
+use samblik_policy::{CaseTypes, Catalog, Policy, Tier};
 
 static POLICY: LazyLock<Policy> = LazyLock::new(default_policy);
 
@@ -90,8 +90,8 @@ proptest! {
         let roles = f.roles();
         let facts = f.facts(&roles);
         let decided = POLICY.decide(&facts).tier;
-        prop_assert!(decided <= POLICY.ceiling(&facts, &[facts.case_type]));
-        prop_assert!(decided <= POLICY.ceiling(&facts, &Catalog::CASE_TYPES));
+        prop_assert!(decided <= POLICY.ceiling(&facts, &CaseTypes::new([facts.case_type])));
+        prop_assert!(decided <= POLICY.ceiling(&facts, &CaseTypes::new(Catalog::CASE_TYPES.iter().copied())));
     }
 
     #[test]
