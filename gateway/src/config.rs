@@ -335,8 +335,9 @@ pub struct AuditConfig {
     /// …and at least this often.
     #[serde(default = "defaults::checkpoint_interval_secs")]
     pub checkpoint_interval_secs: u64,
-    /// `full` (default): a record is on disk before the answer leaves. `off` skips the fsync and
-    /// exists only to measure what durability costs; never run a municipality on it.
+    /// `full` (default): a record is on disk before the answer leaves. `off` skips the fsync
+    /// (PostgreSQL: `synchronous_commit = off`) and exists only to measure what durability
+    /// costs; never run a municipality on it.
     #[serde(default)]
     pub durability: AuditDurability,
     /// What the auditors' review queue flags.

@@ -89,7 +89,7 @@ pub fn audit_store_opener(
 {
     enum Target {
         Sqlite(std::path::PathBuf, Durability),
-        Postgres(String),
+        Postgres(String, Durability),
     }
     let durability = match config.durability {
         AuditDurability::Full => Durability::Full,
@@ -102,11 +102,14 @@ pub fn audit_store_opener(
     };
     let target = match (&config.path, &config.postgres_url_env) {
         (Some(path), _) => Target::Sqlite(path.clone(), durability),
-        (None, Some(var)) => Target::Postgres(std::env::var(var).map_err(|_| {
-            ServerError::Audit(AuditError::Store(format!(
-                "audit.postgres_url_env names {var}, which is not set"
-            )))
-        })?),
+        (None, Some(var)) => Target::Postgres(
+            std::env::var(var).map_err(|_| {
+                ServerError::Audit(AuditError::Store(format!(
+                    "audit.postgres_url_env names {var}, which is not set"
+                )))
+            })?,
+            durability,
+        ),
         (None, None) => {
             return Err(ServerError::Audit(AuditError::Store(
                 "no audit store configured".into(),
@@ -116,7 +119,9 @@ pub fn audit_store_opener(
     Ok(move || -> Result<Box<dyn AuditStore>, AuditError> {
         Ok(match target {
             Target::Sqlite(path, durability) => Box::new(SqliteStore::open(&path, durability)?),
-            Target::Postgres(url) => Box::new(PostgresStore::connect(&url)?),
+            Target::Postgres(url, durability) => {
+                Box::new(PostgresStore::connect_with(&url, durability)?)
+            }
         })
     })
 }

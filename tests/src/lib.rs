@@ -319,9 +319,33 @@ pub async fn start_gateway_in_process(
     verified_token_cache: u64,
     audit_durability: samblik_gateway::config::AuditDurability,
 ) -> RunningGateway {
+    start_gateway_in_process_on(
+        sources,
+        default_deadline_ms,
+        verified_token_cache,
+        audit_durability,
+        None,
+    )
+    .await
+}
+
+/// As [`start_gateway_in_process`]; with `postgres_url_env`, the audit log and the registry are
+/// in the PostgreSQL database whose URL that environment variable holds, as a production
+/// gateway's are.
+pub async fn start_gateway_in_process_on(
+    sources: Vec<(Arc<dyn Source>, &str)>,
+    default_deadline_ms: u64,
+    verified_token_cache: u64,
+    audit_durability: samblik_gateway::config::AuditDurability,
+    postgres_url_env: Option<&str>,
+) -> RunningGateway {
     let (mut config, audit_dir) = with_own_audit(gateway_config(&[], default_deadline_ms));
     config.auth.verified_token_cache = verified_token_cache;
     config.audit.durability = audit_durability;
+    if let Some(var) = postgres_url_env {
+        config.audit.path = None;
+        config.audit.postgres_url_env = Some(var.to_owned());
+    }
     serve_pipeline(in_process_pipeline(&config, sources), audit_dir).await
 }
 

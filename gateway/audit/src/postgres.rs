@@ -1,7 +1,8 @@
 //! The production store: PostgreSQL, for several gateway replicas writing to one database. Each
 //! replica writes its own chain, so replicas never contend for a chain's head and every chain
 //! stays verifiable on its own. A commit returns after PostgreSQL has flushed its WAL
-//! (`synchronous_commit` is forced on for the session).
+//! (`synchronous_commit` is forced on for the session), unless the store was opened with
+//! [`Durability::Off`] to measure what that costs.
 
 use crate::checkpoint::Checkpoint;
 use crate::registry::{
@@ -9,6 +10,7 @@ use crate::registry::{
     RegistryChange, RegistryReader, RequestFilter, RequestRow, RequestState, decide_refusal,
     time_text,
 };
+use crate::sqlite::Durability;
 use crate::{AuditError, AuditRecord, AuditStore, SealChange, SealedRecord, StoredRecord};
 use postgres::types::ToSql;
 use postgres::{Client, NoTls};
@@ -111,12 +113,32 @@ fn to_i64(n: u64) -> Result<i64, AuditError> {
 }
 
 impl PostgresStore {
-    /// Connects (`postgres://user@host:port/db`) and creates the schema if missing.
+    /// Connects (`postgres://user@host:port/db`) and creates the schema if missing. Every
+    /// commit waits for PostgreSQL's WAL flush, whatever the server's default.
     pub fn connect(url: &str) -> Result<Self, AuditError> {
+        Self::connect_with(url, Durability::Full)
+    }
+
+    /// [`PostgresStore::connect`]; with [`Durability::Off`] a commit returns before its WAL is
+    /// flushed (`synchronous_commit = off` for this session only): for measuring what
+    /// durability costs, never for a municipality.
+    pub fn connect_with(url: &str, durability: Durability) -> Result<Self, AuditError> {
         let mut client = Client::connect(url, NoTls)?;
-        client.batch_execute("SET synchronous_commit = on")?;
+        client.batch_execute(match durability {
+            Durability::Full => "SET synchronous_commit = on",
+            Durability::Off => "SET synchronous_commit = off",
+        })?;
         create_schema(&mut client)?;
         Ok(PostgresStore { client })
+    }
+
+    /// What this store's session commits with: `on` unless it was opened with
+    /// [`Durability::Off`].
+    pub fn synchronous_commit(&mut self) -> Result<String, AuditError> {
+        Ok(self
+            .client
+            .query_one("SHOW synchronous_commit", &[])?
+            .get::<_, String>(0))
     }
 }
 

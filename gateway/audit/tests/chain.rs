@@ -92,6 +92,31 @@ fn broken_at(s: &Setup) -> u64 {
     }
 }
 
+/// A PostgreSQL store waits for the WAL flush on every commit even where the server's default
+/// says otherwise; only a store opened to measure what that costs (`Durability::Off`) does not.
+#[test]
+fn postgres_commits_wait_for_the_wal_flush_whatever_the_default() {
+    use samblik_audit::postgres::PostgresStore;
+    use samblik_audit::sqlite::Durability;
+    for s in setups() {
+        let Backend::Postgres(url) = &s.backend else {
+            continue;
+        };
+        let database = url.rsplit_once('/').unwrap().1;
+        s.sql(&format!(
+            "ALTER DATABASE {database} SET synchronous_commit = off"
+        ));
+        let mut durable = PostgresStore::connect(url).unwrap();
+        assert_eq!(durable.synchronous_commit().unwrap(), "on");
+        let mut unsynced = PostgresStore::connect_with(url, Durability::Off).unwrap();
+        assert_eq!(unsynced.synchronous_commit().unwrap(), "off");
+        let log = open(&s, Box::new(durable));
+        block_on(log.append(event(1))).unwrap();
+        log.close();
+        assert!(verify(&s).is_ok());
+    }
+}
+
 #[test]
 fn records_chain_and_verify_across_restarts() {
     for s in setups() {

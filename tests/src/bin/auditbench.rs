@@ -2,8 +2,14 @@
 //! for its own fsync one after another (the disk's single-record fsync rate) and when many
 //! callers write at once (group commit), on the same disk in the same run.
 //!
-//! `cargo run --release -p samblik-tests --bin auditbench -- [--dir /var/tmp] [--seconds 5] [--writers 256] [--no-fsync]`
+//! `cargo run --release -p samblik-tests --bin auditbench -- [--dir /var/tmp] [--seconds 5] [--writers 256] [--no-fsync] [--postgres ADMIN_URL]`
+//!
+//! With `--postgres` the store is PostgreSQL instead of SQLite: a database of its own per run on
+//! the server `ADMIN_URL` names (created here, dropped at the end); `--no-fsync` then means
+//! `synchronous_commit = off`.
 
+use samblik_audit::AuditStore;
+use samblik_audit::postgres::PostgresStore;
 use samblik_audit::sqlite::{Durability, SqliteStore};
 use samblik_audit::{
     Action, Actor, AuditEvent, AuditLog, CaseEntry, CheckpointSigner, Outcome, SourceEntry,
@@ -57,19 +63,69 @@ fn no_fsync() -> bool {
     std::env::args().any(|a| a == "--no-fsync")
 }
 
-fn open(dir: &std::path::Path, name: &str) -> anyhow::Result<AuditLog> {
+fn open(
+    dir: &std::path::Path,
+    name: &str,
+    postgres: Option<&Postgres>,
+) -> anyhow::Result<AuditLog> {
     let durability = if no_fsync() {
         Durability::Off
     } else {
         Durability::Full
     };
-    let store = SqliteStore::open(&dir.join(format!("{name}.db")), durability)?;
+    let store: Box<dyn AuditStore> = match postgres {
+        Some(server) => Box::new(PostgresStore::connect_with(
+            &server.create(name)?,
+            durability,
+        )?),
+        None => Box::new(SqliteStore::open(
+            &dir.join(format!("{name}.db")),
+            durability,
+        )?),
+    };
     let signer = CheckpointSigner::load_or_create(&dir.join(format!("{name}.key")))?;
-    Ok(AuditLog::start(
-        Box::new(store),
-        signer,
-        WriterOptions::new(name),
-    )?)
+    Ok(AuditLog::start(store, signer, WriterOptions::new(name))?)
+}
+
+/// A PostgreSQL server to bench on: each store gets a database of its own, dropped at the end.
+struct Postgres {
+    admin: String,
+    created: std::sync::Mutex<Vec<String>>,
+}
+
+impl Postgres {
+    /// Creates an empty database for `name` and returns its URL.
+    fn create(&self, name: &str) -> anyhow::Result<String> {
+        let database = format!("samblik_auditbench_{}_{name}", std::process::id());
+        let mut admin = postgres::Client::connect(&self.admin, postgres::NoTls)?;
+        admin.batch_execute(&format!("CREATE DATABASE {database}"))?;
+        self.created
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(database.clone());
+        let base = self
+            .admin
+            .rsplit_once('/')
+            .map_or(self.admin.as_str(), |(base, _)| base);
+        Ok(format!("{base}/{database}"))
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let Ok(mut admin) = postgres::Client::connect(&self.admin, postgres::NoTls) else {
+            return;
+        };
+        for database in self
+            .created
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+        {
+            let _ =
+                admin.batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"));
+        }
+    }
 }
 
 samblik_gateway::global_allocator!();
@@ -77,6 +133,7 @@ samblik_gateway::global_allocator!();
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut dir: Option<PathBuf> = None;
+    let mut postgres: Option<Postgres> = None;
     let (mut seconds, mut writers) = (5u64, 256usize);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -90,6 +147,12 @@ async fn main() -> anyhow::Result<()> {
             "--dir" => dir = Some(value.into()),
             "--seconds" => seconds = value.parse()?,
             "--writers" => writers = value.parse()?,
+            "--postgres" => {
+                postgres = Some(Postgres {
+                    admin: value,
+                    created: std::sync::Mutex::new(Vec::new()),
+                });
+            }
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
@@ -100,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
     let run_for = Duration::from_secs(seconds);
 
     // One record at a time: each append waits for its own commit and fsync.
-    let single = open(tmp.path(), "single")?;
+    let single = tokio::task::block_in_place(|| open(tmp.path(), "single", postgres.as_ref()))?;
     let started = Instant::now();
     let mut n = 0usize;
     while started.elapsed() < run_for {
@@ -108,10 +171,12 @@ async fn main() -> anyhow::Result<()> {
         n += 1;
     }
     let single_rate = n as f64 / started.elapsed().as_secs_f64();
-    single.close();
+    tokio::task::block_in_place(|| single.close());
 
     // Many writers at once: the writer commits whatever is waiting in one transaction.
-    let group = Arc::new(open(tmp.path(), "group")?);
+    let group = Arc::new(tokio::task::block_in_place(|| {
+        open(tmp.path(), "group", postgres.as_ref())
+    })?);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..writers {
@@ -133,16 +198,24 @@ async fn main() -> anyhow::Result<()> {
     }
     let group_rate = total as f64 / started.elapsed().as_secs_f64();
 
+    let store = match (&postgres, no_fsync()) {
+        (None, true) => format!(
+            "SQLite WAL synchronous=OFF, nothing fsync'ed, in {}",
+            tmp.path().display()
+        ),
+        (None, false) => format!(
+            "SQLite WAL synchronous=NORMAL, the log fsync'ed before each receipt, in {}",
+            tmp.path().display()
+        ),
+        (Some(_), true) => "PostgreSQL, synchronous_commit=off".to_owned(),
+        (Some(_), false) => {
+            "PostgreSQL, synchronous_commit=on (WAL flushed before each receipt)".to_owned()
+        }
+    };
     println!(
-        "audit writer ({} allocator), {}s each, SQLite WAL synchronous={} in {}",
+        "audit writer ({} allocator), {}s each, {store}",
         samblik_gateway::ALLOCATOR_NAME,
         seconds,
-        if no_fsync() {
-            "OFF, nothing fsync'ed"
-        } else {
-            "NORMAL, the log fsync'ed before each receipt"
-        },
-        tmp.path().display()
     );
     println!("single record per fsync : {single_rate:>9.0} records/s");
     println!("group commit, {writers} writers: {group_rate:>9.0} records/s");
@@ -151,7 +224,8 @@ async fn main() -> anyhow::Result<()> {
         group_rate / single_rate
     );
     if let Ok(group) = Arc::try_unwrap(group) {
-        group.close();
+        tokio::task::block_in_place(|| group.close());
     }
+    tokio::task::block_in_place(|| drop(postgres));
     Ok(())
 }

@@ -14,8 +14,12 @@
 //! times each, and prints every pair's ratio and their median: the ratio of two phases measured
 //! seconds apart, many times over, is what a shared machine disturbs least.
 //!
+//! With `--postgres ADMIN_URL` (only with `--audit-pairs`), the two audited gateways write to
+//! PostgreSQL, as a production gateway does: a database each on the server `ADMIN_URL` names
+//! (created here, dropped at the end); "fsync off" is then `synchronous_commit = off`.
+//!
 //! `cargo run --release -p samblik-tests --bin loadtest -- [--seconds 10] [--concurrency 32]
-//! [--connections 4] [--audit-pairs N]`
+//! [--connections 4] [--audit-pairs N] [--postgres ADMIN_URL]`
 
 use anyhow::Context;
 use samblik_adapters::Source;
@@ -28,7 +32,10 @@ use samblik_proto::v1::lookup_service_server::{LookupService, LookupServiceServe
 use samblik_proto::v1::{LookupRequest, LookupResponse, Purpose, SourceResult, SourceStatus};
 use samblik_synth::store::DepartmentData;
 use samblik_synth::{Department, SynthConfig};
-use samblik_tests::{SourceSpec, issuer, start_gateway, start_gateway_in_process, start_source};
+use samblik_tests::{
+    SourceSpec, issuer, start_gateway, start_gateway_in_process, start_gateway_in_process_on,
+    start_source,
+};
 use samblik_tests::{gateway_config, in_process_pipeline, with_own_audit};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +74,8 @@ struct Args {
     connections: usize,
     /// Only the audit phases, alternately, this many times each.
     audit_pairs: Option<usize>,
+    /// The PostgreSQL server (an administrator's URL) the audited gateways write to.
+    postgres: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -75,6 +84,7 @@ fn parse_args() -> anyhow::Result<Args> {
         concurrency: 32,
         connections: 4,
         audit_pairs: None,
+        postgres: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -88,11 +98,16 @@ fn parse_args() -> anyhow::Result<Args> {
                 anyhow::ensure!(pairs > 0, "--audit-pairs needs at least one pair");
                 args.audit_pairs = Some(pairs);
             }
+            "--postgres" => args.postgres = Some(value),
             other => anyhow::bail!(
-                "unknown flag {other}; use --seconds, --concurrency, --connections, --audit-pairs"
+                "unknown flag {other}; use --seconds, --concurrency, --connections, --audit-pairs, --postgres"
             ),
         }
     }
+    anyhow::ensure!(
+        args.postgres.is_none() || args.audit_pairs.is_some(),
+        "--postgres measures the audit phases only: give --audit-pairs too"
+    );
     Ok(args)
 }
 
@@ -267,9 +282,85 @@ fn args_stride() -> usize {
 
 samblik_gateway::global_allocator!();
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// The environment variables that hold the audited gateways' PostgreSQL URLs (a gateway's
+/// config names the variable, never the URL). Set, they take the place of `--postgres`.
+const POSTGRES_DURABLE_ENV: &str = "SAMBLIK_LOADTEST_AUDIT_URL";
+const POSTGRES_NO_FSYNC_ENV: &str = "SAMBLIK_LOADTEST_AUDIT_NO_FSYNC_URL";
+
+/// The two audited gateways' databases on a PostgreSQL server, dropped when done.
+struct BenchDatabases {
+    admin: String,
+    names: [String; 2],
+}
+
+impl BenchDatabases {
+    fn create(admin: &str) -> anyhow::Result<Self> {
+        let names = [
+            format!("samblik_loadtest_{}_durable", std::process::id()),
+            format!("samblik_loadtest_{}_no_fsync", std::process::id()),
+        ];
+        let mut client = postgres::Client::connect(admin, postgres::NoTls)
+            .context("connecting to the PostgreSQL server given by --postgres")?;
+        for name in &names {
+            client.batch_execute(&format!("CREATE DATABASE {name}"))?;
+        }
+        Ok(BenchDatabases {
+            admin: admin.to_owned(),
+            names,
+        })
+    }
+
+    /// The databases' URLs, for [`POSTGRES_DURABLE_ENV`] and [`POSTGRES_NO_FSYNC_ENV`].
+    fn urls(&self) -> [(&'static str, String); 2] {
+        let base = self
+            .admin
+            .rsplit_once('/')
+            .map_or(self.admin.as_str(), |(base, _)| base);
+        [
+            (POSTGRES_DURABLE_ENV, format!("{base}/{}", self.names[0])),
+            (POSTGRES_NO_FSYNC_ENV, format!("{base}/{}", self.names[1])),
+        ]
+    }
+}
+
+impl Drop for BenchDatabases {
+    fn drop(&mut self) {
+        let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) else {
+            eprintln!("could not drop the load test's databases {:?}", self.names);
+            return;
+        };
+        for name in &self.names {
+            let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    let on_postgres = std::env::var_os(POSTGRES_DURABLE_ENV).is_some();
+    anyhow::ensure!(
+        !on_postgres || args.audit_pairs.is_some(),
+        "{POSTGRES_DURABLE_ENV} is set: the audit phases on PostgreSQL need --audit-pairs"
+    );
+    if let (Some(admin), false) = (&args.postgres, on_postgres) {
+        // A gateway's config names the variable that holds its database's URL, never the URL:
+        // create the databases, then run this program again with the variables set.
+        let databases = BenchDatabases::create(admin)?;
+        let status = std::process::Command::new(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .envs(databases.urls())
+            .status()?;
+        drop(databases);
+        anyhow::ensure!(status.success(), "the load test failed: {status}");
+        return Ok(());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args, on_postgres))
+}
+
+async fn run(args: Args, on_postgres: bool) -> anyhow::Result<()> {
     eprintln!("generating the synthetic municipality (43,000 inhabitants)…");
     let data = samblik_synth::generate(&SynthConfig::new(2017, 43_000))?;
     // Citizens with an open jobcenter case: the jobcenter callers below have a relation to each
@@ -312,10 +403,27 @@ async fn main() -> anyhow::Result<()> {
         servers.push(running);
         in_process.push((source, department.display_name()));
     }
-    let gateway =
-        start_gateway_in_process(in_process.clone(), 3_000, 10_000, AuditDurability::Full).await;
-    let gateway_no_fsync =
-        start_gateway_in_process(in_process.clone(), 3_000, 10_000, AuditDurability::Off).await;
+    let (durable_env, no_fsync_env) = if on_postgres {
+        (Some(POSTGRES_DURABLE_ENV), Some(POSTGRES_NO_FSYNC_ENV))
+    } else {
+        (None, None)
+    };
+    let gateway = start_gateway_in_process_on(
+        in_process.clone(),
+        3_000,
+        10_000,
+        AuditDurability::Full,
+        durable_env,
+    )
+    .await;
+    let gateway_no_fsync = start_gateway_in_process_on(
+        in_process.clone(),
+        3_000,
+        10_000,
+        AuditDurability::Off,
+        no_fsync_env,
+    )
+    .await;
     let all_ok = |r: &LookupResponse| {
         r.sources.len() == 3 && r.sources.iter().all(|s| s.status() == SourceStatus::Ok)
     };
@@ -332,11 +440,12 @@ async fn main() -> anyhow::Result<()> {
     };
     if let Some(pairs) = args.audit_pairs {
         println!(
-            "loadtest ({} allocator): audit phases only, {pairs} pairs of {} s each, {} concurrent callers over {} connections",
+            "loadtest ({} allocator): audit phases only, {pairs} pairs of {} s each, {} concurrent callers over {} connections, audit store {}",
             samblik_gateway::ALLOCATOR_NAME,
             args.seconds,
             args.concurrency,
             args.connections,
+            if on_postgres { "PostgreSQL" } else { "SQLite" },
         );
         let mut ratios = Vec::new();
         for pair in 1..=pairs {
