@@ -13,7 +13,7 @@ use crate::registry::{
 use crate::sqlite::Durability;
 use crate::{AuditError, AuditRecord, AuditStore, SealChange, SealedRecord, StoredRecord};
 use postgres::types::ToSql;
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Statement};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit_records (
@@ -93,7 +93,55 @@ const SCHEMA_LOCK: i64 = 0x5341_4d42_4c49_4b01;
 
 pub struct PostgresStore {
     client: Client,
+    statements: Statements,
 }
+
+/// A connection's statements, each prepared once: a query given as text is prepared again every
+/// time it runs, which costs a second round trip and a parse and plan on the server.
+#[derive(Default)]
+struct Statements(std::collections::HashMap<String, Statement>);
+
+impl Statements {
+    /// `sql` prepared on `client`'s connection (outside any transaction, so that a rollback
+    /// cannot take it away).
+    fn get(&mut self, client: &mut Client, sql: &str) -> Result<Statement, AuditError> {
+        if let Some(statement) = self.0.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = client.prepare(sql)?;
+        self.0.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    /// The two statements a batch is written with.
+    fn inserts(&mut self, client: &mut Client) -> Result<Inserts, AuditError> {
+        Ok(Inserts {
+            records: self.get(client, INSERT_RECORDS)?,
+            checkpoint: self.get(client, INSERT_CHECKPOINT)?,
+        })
+    }
+}
+
+struct Inserts {
+    records: Statement,
+    checkpoint: Statement,
+}
+
+/// One statement (one round trip) per batch rather than one per record: each column goes as an
+/// array and the rows are inserted in the batch's order.
+const INSERT_RECORDS: &str = "INSERT INTO audit_records
+     (chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash)
+     SELECT chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash
+     FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+          WITH ORDINALITY
+          AS r(chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body,
+               hash, n)
+     ORDER BY n";
+
+const INSERT_CHECKPOINT: &str =
+    "INSERT INTO audit_checkpoints (chain, seq, head_hash, at, signature)
+     VALUES ($1, $2, $3, $4, $5)";
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -129,7 +177,10 @@ impl PostgresStore {
             Durability::Off => "SET synchronous_commit = off",
         })?;
         create_schema(&mut client)?;
-        Ok(PostgresStore { client })
+        Ok(PostgresStore {
+            client,
+            statements: Statements::default(),
+        })
     }
 
     /// What this store's session commits with: `on` unless it was opened with
@@ -151,11 +202,10 @@ fn create_schema(client: &mut Client) -> Result<(), AuditError> {
 
 fn insert(
     tx: &mut postgres::Transaction<'_>,
+    statements: &Inserts,
     records: &[SealedRecord],
     checkpoint: Option<&Checkpoint>,
 ) -> Result<(), AuditError> {
-    // One statement (one round trip) per batch rather than one per record: each column goes as
-    // an array and the rows are inserted in the batch's order.
     if !records.is_empty() {
         let column = |f: fn(&SealedRecord) -> &str| records.iter().map(f).collect::<Vec<_>>();
         let seqs = records
@@ -164,17 +214,7 @@ fn insert(
             .collect::<Result<Vec<_>, _>>()?;
         let cprs: Vec<Option<&str>> = records.iter().map(|r| r.indexed.cpr.as_deref()).collect();
         tx.execute(
-            "INSERT INTO audit_records
-             (chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash)
-             SELECT chain, seq, at, request_id, cpr, caller_id, department, action, outcome,
-                    body, hash
-             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                         $11::text[])
-                  WITH ORDINALITY
-                  AS r(chain, seq, at, request_id, cpr, caller_id, department, action, outcome,
-                       body, hash, n)
-             ORDER BY n",
+            &statements.records,
             &[
                 &column(|r| &r.chain),
                 &seqs,
@@ -192,8 +232,7 @@ fn insert(
     }
     if let Some(c) = checkpoint {
         tx.execute(
-            "INSERT INTO audit_checkpoints (chain, seq, head_hash, at, signature)
-             VALUES ($1, $2, $3, $4, $5)",
+            &statements.checkpoint,
             &[&c.chain, &to_i64(c.seq)?, &c.head_hash, &c.at, &c.signature],
         )?;
     }
@@ -365,8 +404,9 @@ impl AuditStore for PostgresStore {
         records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError> {
+        let inserts = self.statements.inserts(&mut self.client)?;
         let mut tx = self.client.transaction()?;
-        insert(&mut tx, records, checkpoint)?;
+        insert(&mut tx, &inserts, records, checkpoint)?;
         tx.commit()?;
         Ok(())
     }
@@ -377,10 +417,16 @@ impl AuditStore for PostgresStore {
         seal: &mut SealChange<'_>,
     ) -> Result<ChangeOutcome, AuditError> {
         // Dropping the transaction on any error below rolls the change back.
+        let inserts = self.statements.inserts(&mut self.client)?;
         let mut tx = self.client.transaction()?;
         let outcome = apply(&mut tx, change)?;
         let (record, checkpoint) = seal(outcome)?;
-        insert(&mut tx, std::slice::from_ref(&record), checkpoint.as_ref())?;
+        insert(
+            &mut tx,
+            &inserts,
+            std::slice::from_ref(&record),
+            checkpoint.as_ref(),
+        )?;
         tx.commit()?;
         Ok(outcome)
     }
@@ -427,6 +473,7 @@ impl AuditStore for PostgresStore {
         checkpoint: &Checkpoint,
     ) -> Result<u64, AuditError> {
         let through = to_i64(through_seq)?;
+        let inserts = self.statements.inserts(&mut self.client)?;
         // Dropping the transaction on any error below rolls the delete back.
         let mut tx = self.client.transaction()?;
         let deleted = tx.execute(
@@ -443,7 +490,12 @@ impl AuditStore for PostgresStore {
             "DELETE FROM audit_checkpoints WHERE chain = $1 AND seq < $2",
             &[&chain, &through],
         )?;
-        insert(&mut tx, std::slice::from_ref(record), Some(checkpoint))?;
+        insert(
+            &mut tx,
+            &inserts,
+            std::slice::from_ref(record),
+            Some(checkpoint),
+        )?;
         tx.commit()?;
         Ok(deleted)
     }
@@ -518,6 +570,7 @@ fn checkpoint(chain: &str, r: &postgres::Row) -> Checkpoint {
 /// thread ([`crate::Registry`] runs it on blocking threads).
 pub struct PostgresReader {
     client: Client,
+    statements: Statements,
 }
 
 impl std::fmt::Debug for PostgresReader {
@@ -534,7 +587,10 @@ impl PostgresReader {
             create_schema(&mut client)?;
         }
         client.batch_execute("SET default_transaction_read_only = on")?;
-        Ok(PostgresReader { client })
+        Ok(PostgresReader {
+            client,
+            statements: Statements::default(),
+        })
     }
 
     fn consents(
@@ -542,11 +598,12 @@ impl PostgresReader {
         condition: &str,
         args: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Consent>, AuditError> {
+        let statement = self.statements.get(
+            &mut self.client,
+            &format!("SELECT {CONSENT_COLUMNS} FROM consents WHERE {condition}"),
+        )?;
         self.client
-            .query(
-                &format!("SELECT {CONSENT_COLUMNS} FROM consents WHERE {condition}"),
-                args,
-            )?
+            .query(&statement, args)?
             .iter()
             .map(|r| {
                 ConsentRow {
@@ -575,11 +632,12 @@ impl PostgresReader {
         condition: &str,
         args: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<AccessRequest>, AuditError> {
+        let statement = self.statements.get(
+            &mut self.client,
+            &format!("SELECT {REQUEST_COLUMNS} FROM access_requests WHERE {condition}"),
+        )?;
         self.client
-            .query(
-                &format!("SELECT {REQUEST_COLUMNS} FROM access_requests WHERE {condition}"),
-                args,
-            )?
+            .query(&statement, args)?
             .iter()
             .map(|r| {
                 RequestRow {
