@@ -664,3 +664,61 @@ pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) ->
     }
     condition()
 }
+
+/// Databases of a benchmark's own on a PostgreSQL server (given by an administrator's URL): each
+/// created empty, all dropped when this is.
+pub struct ScratchDatabases {
+    admin: String,
+    tool: &'static str,
+    created: Vec<String>,
+}
+
+impl std::fmt::Debug for ScratchDatabases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The administrator's URL may hold a password: never print it.
+        f.debug_struct("ScratchDatabases")
+            .field("created", &self.created)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScratchDatabases {
+    pub fn on(admin: &str, tool: &'static str) -> Self {
+        ScratchDatabases {
+            admin: admin.to_owned(),
+            tool,
+            created: Vec::new(),
+        }
+    }
+
+    /// Creates an empty database for `name` and returns its URL.
+    pub fn create(&mut self, name: &str) -> anyhow::Result<String> {
+        let database = format!("samblik_{}_{}_{name}", self.tool, std::process::id());
+        let mut admin = postgres::Client::connect(&self.admin, postgres::NoTls).map_err(|e| {
+            anyhow::anyhow!("cannot connect to the PostgreSQL server given by --postgres: {e}")
+        })?;
+        admin.batch_execute(&format!("CREATE DATABASE {database}"))?;
+        self.created.push(database.clone());
+        let base = self
+            .admin
+            .rsplit_once('/')
+            .map_or(self.admin.as_str(), |(base, _)| base);
+        Ok(format!("{base}/{database}"))
+    }
+}
+
+impl Drop for ScratchDatabases {
+    fn drop(&mut self) {
+        if self.created.is_empty() {
+            return;
+        }
+        let Ok(mut admin) = postgres::Client::connect(&self.admin, postgres::NoTls) else {
+            eprintln!("could not drop the databases {:?}", self.created);
+            return;
+        };
+        for database in &self.created {
+            let _ =
+                admin.batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"));
+        }
+    }
+}

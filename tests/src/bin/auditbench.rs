@@ -15,6 +15,7 @@ use samblik_audit::{
     Action, Actor, AuditEvent, AuditLog, CaseEntry, CheckpointSigner, Outcome, SourceEntry,
     WriterOptions,
 };
+use samblik_tests::ScratchDatabases;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,21 +64,15 @@ fn no_fsync() -> bool {
     std::env::args().any(|a| a == "--no-fsync")
 }
 
-fn open(
-    dir: &std::path::Path,
-    name: &str,
-    postgres: Option<&Postgres>,
-) -> anyhow::Result<AuditLog> {
+/// A store named `name`: a SQLite file in `dir`, or the PostgreSQL database at `postgres`.
+fn open(dir: &std::path::Path, name: &str, postgres: Option<&str>) -> anyhow::Result<AuditLog> {
     let durability = if no_fsync() {
         Durability::Off
     } else {
         Durability::Full
     };
     let store: Box<dyn AuditStore> = match postgres {
-        Some(server) => Box::new(PostgresStore::connect_with(
-            &server.create(name)?,
-            durability,
-        )?),
+        Some(url) => Box::new(PostgresStore::connect_with(url, durability)?),
         None => Box::new(SqliteStore::open(
             &dir.join(format!("{name}.db")),
             durability,
@@ -87,53 +82,13 @@ fn open(
     Ok(AuditLog::start(store, signer, WriterOptions::new(name))?)
 }
 
-/// A PostgreSQL server to bench on: each store gets a database of its own, dropped at the end.
-struct Postgres {
-    admin: String,
-    created: std::sync::Mutex<Vec<String>>,
-}
-
-impl Postgres {
-    /// Creates an empty database for `name` and returns its URL.
-    fn create(&self, name: &str) -> anyhow::Result<String> {
-        let database = format!("samblik_auditbench_{}_{name}", std::process::id());
-        let mut admin = postgres::Client::connect(&self.admin, postgres::NoTls)?;
-        admin.batch_execute(&format!("CREATE DATABASE {database}"))?;
-        self.created
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(database.clone());
-        let base = self
-            .admin
-            .rsplit_once('/')
-            .map_or(self.admin.as_str(), |(base, _)| base);
-        Ok(format!("{base}/{database}"))
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let Ok(mut admin) = postgres::Client::connect(&self.admin, postgres::NoTls) else {
-            return;
-        };
-        for database in self
-            .created
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .drain(..)
-        {
-            let _ =
-                admin.batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"));
-        }
-    }
-}
-
 samblik_gateway::global_allocator!();
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut dir: Option<PathBuf> = None;
-    let mut postgres: Option<Postgres> = None;
+    let mut postgres: Option<ScratchDatabases> = None;
+    let mut urls: [Option<String>; 2] = [None, None];
     let (mut seconds, mut writers) = (5u64, 256usize);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -148,10 +103,15 @@ async fn main() -> anyhow::Result<()> {
             "--seconds" => seconds = value.parse()?,
             "--writers" => writers = value.parse()?,
             "--postgres" => {
-                postgres = Some(Postgres {
-                    admin: value,
-                    created: std::sync::Mutex::new(Vec::new()),
-                });
+                let mut databases = ScratchDatabases::on(&value, "auditbench");
+                // The PostgreSQL client blocks: off the runtime's own work.
+                urls = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+                    Ok([
+                        Some(databases.create("single")?),
+                        Some(databases.create("group")?),
+                    ])
+                })?;
+                postgres = Some(databases);
             }
             other => anyhow::bail!("unknown flag {other}"),
         }
@@ -163,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
     let run_for = Duration::from_secs(seconds);
 
     // One record at a time: each append waits for its own commit and fsync.
-    let single = tokio::task::block_in_place(|| open(tmp.path(), "single", postgres.as_ref()))?;
+    let single = tokio::task::block_in_place(|| open(tmp.path(), "single", urls[0].as_deref()))?;
     let started = Instant::now();
     let mut n = 0usize;
     while started.elapsed() < run_for {
@@ -175,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Many writers at once: the writer commits whatever is waiting in one transaction.
     let group = Arc::new(tokio::task::block_in_place(|| {
-        open(tmp.path(), "group", postgres.as_ref())
+        open(tmp.path(), "group", urls[1].as_deref())
     })?);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();

@@ -33,8 +33,8 @@ use samblik_proto::v1::{LookupRequest, LookupResponse, Purpose, SourceResult, So
 use samblik_synth::store::DepartmentData;
 use samblik_synth::{Department, SynthConfig};
 use samblik_tests::{
-    SourceSpec, issuer, start_gateway, start_gateway_in_process, start_gateway_in_process_on,
-    start_source,
+    ScratchDatabases, SourceSpec, issuer, start_gateway, start_gateway_in_process,
+    start_gateway_in_process_on, start_source,
 };
 use samblik_tests::{gateway_config, in_process_pipeline, with_own_audit};
 use std::net::SocketAddr;
@@ -287,54 +287,6 @@ samblik_gateway::global_allocator!();
 const POSTGRES_DURABLE_ENV: &str = "SAMBLIK_LOADTEST_AUDIT_URL";
 const POSTGRES_NO_FSYNC_ENV: &str = "SAMBLIK_LOADTEST_AUDIT_NO_FSYNC_URL";
 
-/// The two audited gateways' databases on a PostgreSQL server, dropped when done.
-struct BenchDatabases {
-    admin: String,
-    names: [String; 2],
-}
-
-impl BenchDatabases {
-    fn create(admin: &str) -> anyhow::Result<Self> {
-        let names = [
-            format!("samblik_loadtest_{}_durable", std::process::id()),
-            format!("samblik_loadtest_{}_no_fsync", std::process::id()),
-        ];
-        let mut client = postgres::Client::connect(admin, postgres::NoTls)
-            .context("connecting to the PostgreSQL server given by --postgres")?;
-        for name in &names {
-            client.batch_execute(&format!("CREATE DATABASE {name}"))?;
-        }
-        Ok(BenchDatabases {
-            admin: admin.to_owned(),
-            names,
-        })
-    }
-
-    /// The databases' URLs, for [`POSTGRES_DURABLE_ENV`] and [`POSTGRES_NO_FSYNC_ENV`].
-    fn urls(&self) -> [(&'static str, String); 2] {
-        let base = self
-            .admin
-            .rsplit_once('/')
-            .map_or(self.admin.as_str(), |(base, _)| base);
-        [
-            (POSTGRES_DURABLE_ENV, format!("{base}/{}", self.names[0])),
-            (POSTGRES_NO_FSYNC_ENV, format!("{base}/{}", self.names[1])),
-        ]
-    }
-}
-
-impl Drop for BenchDatabases {
-    fn drop(&mut self) {
-        let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) else {
-            eprintln!("could not drop the load test's databases {:?}", self.names);
-            return;
-        };
-        for name in &self.names {
-            let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-        }
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let on_postgres = std::env::var_os(POSTGRES_DURABLE_ENV).is_some();
@@ -345,10 +297,11 @@ fn main() -> anyhow::Result<()> {
     if let (Some(admin), false) = (&args.postgres, on_postgres) {
         // A gateway's config names the variable that holds its database's URL, never the URL:
         // create the databases, then run this program again with the variables set.
-        let databases = BenchDatabases::create(admin)?;
+        let mut databases = ScratchDatabases::on(admin, "loadtest");
         let status = std::process::Command::new(std::env::current_exe()?)
             .args(std::env::args_os().skip(1))
-            .envs(databases.urls())
+            .env(POSTGRES_DURABLE_ENV, databases.create("durable")?)
+            .env(POSTGRES_NO_FSYNC_ENV, databases.create("no_fsync")?)
             .status()?;
         drop(databases);
         anyhow::ensure!(status.success(), "the load test failed: {status}");
