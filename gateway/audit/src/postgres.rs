@@ -93,17 +93,18 @@ const SCHEMA_LOCK: i64 = 0x5341_4d42_4c49_4b01;
 
 pub struct PostgresStore {
     client: Client,
-    statements: Statements,
+    /// Prepared at the first write.
+    inserts: Option<Inserts>,
 }
 
-/// A connection's statements, each prepared once: a query given as text is prepared again every
-/// time it runs, which costs a second round trip and a parse and plan on the server.
+/// A registry reader's statements, each prepared once on its connection: a query given as text
+/// is prepared again every time it runs, which costs a second round trip and a parse and plan
+/// on the server. The conditions the reader builds are few, so the map stays small.
 #[derive(Default)]
 struct Statements(std::collections::HashMap<String, Statement>);
 
 impl Statements {
-    /// `sql` prepared on `client`'s connection (outside any transaction, so that a rollback
-    /// cannot take it away).
+    /// `sql` prepared on `client`'s connection.
     fn get(&mut self, client: &mut Client, sql: &str) -> Result<Statement, AuditError> {
         if let Some(statement) = self.0.get(sql) {
             return Ok(statement.clone());
@@ -112,16 +113,10 @@ impl Statements {
         self.0.insert(sql.to_owned(), statement.clone());
         Ok(statement)
     }
-
-    /// The two statements a batch is written with.
-    fn inserts(&mut self, client: &mut Client) -> Result<Inserts, AuditError> {
-        Ok(Inserts {
-            records: self.get(client, INSERT_RECORDS)?,
-            checkpoint: self.get(client, INSERT_CHECKPOINT)?,
-        })
-    }
 }
 
+/// The two statements a batch is written with.
+#[derive(Clone)]
 struct Inserts {
     records: Statement,
     checkpoint: Statement,
@@ -179,8 +174,22 @@ impl PostgresStore {
         create_schema(&mut client)?;
         Ok(PostgresStore {
             client,
-            statements: Statements::default(),
+            inserts: None,
         })
+    }
+
+    /// The statements a batch is written with, prepared once (outside any transaction, so that
+    /// a rollback cannot take them away).
+    fn inserts(&mut self) -> Result<Inserts, AuditError> {
+        if let Some(inserts) = &self.inserts {
+            return Ok(inserts.clone());
+        }
+        let inserts = Inserts {
+            records: self.client.prepare(INSERT_RECORDS)?,
+            checkpoint: self.client.prepare(INSERT_CHECKPOINT)?,
+        };
+        self.inserts = Some(inserts.clone());
+        Ok(inserts)
     }
 
     /// What this store's session commits with: `on` unless it was opened with
@@ -404,7 +413,7 @@ impl AuditStore for PostgresStore {
         records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError> {
-        let inserts = self.statements.inserts(&mut self.client)?;
+        let inserts = self.inserts()?;
         let mut tx = self.client.transaction()?;
         insert(&mut tx, &inserts, records, checkpoint)?;
         tx.commit()?;
@@ -417,7 +426,7 @@ impl AuditStore for PostgresStore {
         seal: &mut SealChange<'_>,
     ) -> Result<ChangeOutcome, AuditError> {
         // Dropping the transaction on any error below rolls the change back.
-        let inserts = self.statements.inserts(&mut self.client)?;
+        let inserts = self.inserts()?;
         let mut tx = self.client.transaction()?;
         let outcome = apply(&mut tx, change)?;
         let (record, checkpoint) = seal(outcome)?;
@@ -473,7 +482,7 @@ impl AuditStore for PostgresStore {
         checkpoint: &Checkpoint,
     ) -> Result<u64, AuditError> {
         let through = to_i64(through_seq)?;
-        let inserts = self.statements.inserts(&mut self.client)?;
+        let inserts = self.inserts()?;
         // Dropping the transaction on any error below rolls the delete back.
         let mut tx = self.client.transaction()?;
         let deleted = tx.execute(
