@@ -50,6 +50,18 @@ pub use registry::{
 };
 pub use writer::{AuditLog, Receipt, WriterOptions};
 
+/// Whether a commit waits for the disk, in either store. `Off` exists only to measure what
+/// durability costs; never run a municipality on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit is on disk before it is reported durable: SQLite's log fsync'ed, or
+    /// PostgreSQL's WAL flushed (`synchronous_commit = on`).
+    Full,
+    /// Nothing waits for the disk: SQLite `synchronous=OFF`, PostgreSQL
+    /// `synchronous_commit = off`.
+    Off,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuditError {
     /// The store failed (I/O error, disk full, database unreachable).

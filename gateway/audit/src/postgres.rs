@@ -10,8 +10,9 @@ use crate::registry::{
     RegistryChange, RegistryReader, RequestFilter, RequestRow, RequestState, decide_refusal,
     time_text,
 };
-use crate::sqlite::Durability;
-use crate::{AuditError, AuditRecord, AuditStore, SealChange, SealedRecord, StoredRecord};
+use crate::{
+    AuditError, AuditRecord, AuditStore, Durability, SealChange, SealedRecord, StoredRecord,
+};
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Statement};
 

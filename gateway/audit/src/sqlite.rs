@@ -100,14 +100,8 @@ CREATE INDEX IF NOT EXISTS access_requests_owner
     ON access_requests (owner_department, state, filed_at);
 ";
 
-/// Whether a commit waits for the disk. `Off` exists only to measure what durability costs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// Every commit's log is fsync'ed before it is reported durable.
-    Full,
-    /// Nothing is fsync'ed (`synchronous=OFF`).
-    Off,
-}
+/// Both stores take it; it is here too, where the embedded store's callers have long found it.
+pub use crate::Durability;
 
 #[derive(Debug)]
 pub struct SqliteStore {

@@ -96,8 +96,8 @@ fn broken_at(s: &Setup) -> u64 {
 /// says otherwise; only a store opened to measure what that costs (`Durability::Off`) does not.
 #[test]
 fn postgres_commits_wait_for_the_wal_flush_whatever_the_default() {
+    use samblik_audit::Durability;
     use samblik_audit::postgres::PostgresStore;
-    use samblik_audit::sqlite::Durability;
     for s in setups() {
         let Backend::Postgres(url) = &s.backend else {
             continue;

@@ -9,8 +9,9 @@
 //! `synchronous_commit = off`.
 
 use samblik_audit::AuditStore;
+use samblik_audit::Durability;
 use samblik_audit::postgres::PostgresStore;
-use samblik_audit::sqlite::{Durability, SqliteStore};
+use samblik_audit::sqlite::SqliteStore;
 use samblik_audit::{
     Action, Actor, AuditEvent, AuditLog, CaseEntry, CheckpointSigner, Outcome, SourceEntry,
     WriterOptions,
