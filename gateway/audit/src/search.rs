@@ -194,11 +194,55 @@ pub(crate) fn search_sql(
             "(at < {at} OR (at = {at} AND (chain < {chain} OR (chain = {chain} AND seq < {seq}))))"
         ));
     }
+    // SQLite indexes the citizen and the caller in postings, a chunk of records at a time (see
+    // the `sqlite` module): the candidates are the chunks' postings for the key plus the
+    // records not yet in a chunk; the clauses above still decide.
+    let postings = match (&query.cpr, &query.caller_id) {
+        (Some(cpr), _) => Some((crate::sqlite::POSTING_CITIZEN, cpr)),
+        (None, Some(caller)) => Some((crate::sqlite::POSTING_CALLER, caller)),
+        (None, None) => None,
+    };
+    let (with, table) = match (dialect, postings) {
+        (Dialect::Sqlite, Some((kind, key))) => {
+            let kind = w.bind(Param::Int(kind));
+            let key = w.bind(Param::Text(key.clone()));
+            let mut bounds = String::new();
+            if let Some(from) = query.from {
+                let p = w.bind(Param::Text(time_bound(from)));
+                bounds.push_str(&format!(" AND at >= {p}"));
+            }
+            if let Some(until) = query.until {
+                let p = w.bind(Param::Text(time_bound(until)));
+                bounds.push_str(&format!(" AND at < {p}"));
+            }
+            if let Some(after) = &query.after {
+                let p = w.bind(Param::Text(after.at.clone()));
+                bounds.push_str(&format!(" AND at <= {p}"));
+            }
+            w.clauses.push(format!(
+                "rowid IN (SELECT rid FROM audit_postings
+                            WHERE chunk IN posting_chunks AND kind = {kind} AND key = {key}{bounds}
+                           UNION ALL
+                           SELECT rowid FROM audit_records
+                            WHERE rowid > (SELECT indexed_through FROM audit_postings_state))"
+            ));
+            (
+                "WITH RECURSIVE posting_chunks(c) AS (
+                   SELECT min(chunk) FROM audit_postings
+                   UNION ALL
+                   SELECT c + 1 FROM posting_chunks
+                    WHERE c < (SELECT max(chunk) FROM audit_postings))\n",
+                // Found by rowid; no index on time may be scanned instead.
+                "audit_records NOT INDEXED",
+            )
+        }
+        _ => ("", "audit_records"),
+    };
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let limit = w.bind(Param::Int(limit));
     Ok(Sql {
         text: format!(
-            "SELECT seq, request_id, cpr, caller_id, body, hash FROM audit_records
+            "{with}SELECT seq, request_id, cpr, caller_id, body, hash FROM {table}
              WHERE {} ORDER BY at DESC, chain DESC, seq DESC LIMIT {limit}",
             w.render()
         ),
@@ -273,6 +317,24 @@ pub(crate) fn sqlite_search(
         )?
         .collect::<Result<Vec<_>, _>>()?;
     records_of(rows)
+}
+
+/// The plan SQLite chooses for a search (`EXPLAIN QUERY PLAN`, one line per step): what a test,
+/// or an operator looking into a slow search, checks to see which indexes answer it.
+pub fn sqlite_search_plan(
+    conn: &rusqlite::Connection,
+    query: &AuditQuery,
+    limit: usize,
+) -> Result<Vec<String>, AuditError> {
+    let sql = search_sql(Dialect::Sqlite, query, limit)?;
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", sql.text))?;
+    let steps = stmt
+        .query_map(
+            rusqlite::params_from_iter(sqlite_params(&sql.params)),
+            |r| r.get::<_, String>(3),
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(steps)
 }
 
 /// Runs [`activity_sql`] on an SQLite connection.

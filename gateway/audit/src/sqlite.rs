@@ -14,6 +14,19 @@
 //! Copying the log back into the database file (a checkpoint, with an fsync of its own) is not
 //! needed for durability, so the store does it on a thread of its own instead of in the
 //! writer's commit, as SQLite would by default.
+//!
+//! **The citizen and caller postings.** Auditors search by citizen and by caller, so those two
+//! columns need an index — but an ordinary index on either takes a random key per record, so
+//! every commit rewrites one whole 4 KB page of it per record (and the log must be fsync'ed
+//! with them before the answer leaves): most of what a durable commit wrote. Instead, the
+//! records are indexed a whole chunk at a time ([`POSTINGS_CHUNK`] records, by rowid): the
+//! commit that completes a chunk also writes the chunk's postings `(chunk, kind, key, at,
+//! rowid)` in key order, so they fill a few fresh pages once. A search probes each chunk's
+//! postings (one B-tree seek per chunk) and reads the records not yet in a chunk (those above
+//! `audit_postings_state.indexed_through`) directly; it always checks the record's own column
+//! too, so a stale posting can hide nothing and show nothing. Postings live in the same file
+//! and the same transactions as the records, so a crash leaves them as consistent as the
+//! records themselves.
 
 use crate::checkpoint::Checkpoint;
 use crate::registry::{
@@ -43,9 +56,20 @@ CREATE TABLE IF NOT EXISTS audit_records (
     hash       TEXT    NOT NULL,
     UNIQUE (chain, seq)
 );
-CREATE INDEX IF NOT EXISTS audit_records_cpr ON audit_records (cpr, at);
-CREATE INDEX IF NOT EXISTS audit_records_caller ON audit_records (caller_id, at);
 CREATE INDEX IF NOT EXISTS audit_records_at ON audit_records (at);
+CREATE TABLE IF NOT EXISTS audit_postings (
+    chunk INTEGER NOT NULL,
+    kind  INTEGER NOT NULL,
+    key   TEXT    NOT NULL,
+    at    TEXT    NOT NULL,
+    rid   INTEGER NOT NULL,
+    PRIMARY KEY (chunk, kind, key, at, rid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_postings_state (
+    id               INTEGER PRIMARY KEY CHECK (id = 1),
+    indexed_through  INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO audit_postings_state (id, indexed_through) VALUES (1, 0);
 CREATE INDEX IF NOT EXISTS audit_records_maintenance ON audit_records (chain, seq)
     WHERE action = 'audit-maintenance';
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
@@ -110,6 +134,9 @@ pub struct SqliteStore {
     checkpointer: Option<Checkpointer>,
     /// The write-ahead log, to fsync; `None` unless the store is durable.
     wal: Option<Wal>,
+    /// The rowid from which the next chunk of postings is due; only a hint (another store on
+    /// the same file may have indexed it), checked against the file when reached.
+    postings_due: i64,
 }
 
 /// The store's own descriptor of the write-ahead log, and whether an fsync of it failed (on any
@@ -169,11 +196,23 @@ impl SqliteStore {
             Durability::Off => None,
         };
         let checkpointer = Checkpointer::start(open_writable(path, durability)?)?;
-        Ok(SqliteStore {
+        let mut store = SqliteStore {
             conn,
             checkpointer: Some(checkpointer),
             wal,
-        })
+            postings_due: 0,
+        };
+        // Brings the postings up to date (all of them, for a file written before they
+        // existed), then drops the per-record indexes they replace.
+        store.postings_due = store.write(true, |tx| {
+            let due = index_postings(tx)?;
+            tx.execute_batch(
+                "DROP INDEX IF EXISTS audit_records_cpr;
+                 DROP INDEX IF EXISTS audit_records_caller;",
+            )?;
+            Ok(due)
+        })?;
+        Ok(store)
     }
 
     /// Commits `write` in one immediate transaction; with `durable`, returns once the commit is
@@ -209,7 +248,15 @@ impl SqliteStore {
         checkpoint: Option<&Checkpoint>,
         durable: bool,
     ) -> Result<(), AuditError> {
-        self.write(durable, |tx| insert(tx, records, checkpoint))?;
+        let due = self.postings_due;
+        self.postings_due = self.write(durable, |tx| {
+            insert(tx, records, checkpoint)?;
+            if last_rowid(tx)? >= due {
+                index_postings(tx)
+            } else {
+                Ok(due)
+            }
+        })?;
         if let Some(checkpointer) = &mut self.checkpointer {
             checkpointer.appended(records.iter().map(|r| r.body.len()).sum());
         }
@@ -304,6 +351,7 @@ impl SqliteStore {
             conn,
             checkpointer: None,
             wal: None,
+            postings_due: i64::MAX,
         })
     }
 }
@@ -353,6 +401,78 @@ fn insert(
         ])?;
     }
     Ok(())
+}
+
+/// Records per chunk of postings. A search probes each chunk once (a million records: ~250
+/// seeks) and reads fewer than this many unindexed records directly.
+pub const POSTINGS_CHUNK: i64 = 4096;
+/// `audit_postings.kind` of a citizen's posting (key: the CPR number).
+pub(crate) const POSTING_CITIZEN: i64 = 0;
+/// `audit_postings.kind` of a caller's posting (key: the caller's id).
+pub(crate) const POSTING_CALLER: i64 = 1;
+
+fn last_rowid(conn: &Connection) -> Result<i64, AuditError> {
+    Ok(conn.query_row(
+        "SELECT COALESCE(max(rowid), 0) FROM audit_records",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// Writes the postings of every whole chunk of records not yet indexed, inside the caller's
+/// transaction; returns the rowid at which the next chunk will be whole.
+fn index_postings(conn: &Connection) -> Result<i64, AuditError> {
+    let last = last_rowid(conn)?;
+    let mut through: i64 = conn.query_row(
+        "SELECT indexed_through FROM audit_postings_state",
+        [],
+        |r| r.get(0),
+    )?;
+    let indexed = through;
+    if last < through {
+        // Rowids started again (a prune emptied the table): every posting is stale.
+        conn.execute("DELETE FROM audit_postings", [])?;
+        through = 0;
+    }
+    let mut chunk = conn.prepare_cached(
+        "INSERT INTO audit_postings (chunk, kind, key, at, rid)
+         SELECT ?1, ?4, cpr, at, rowid FROM audit_records
+          WHERE rowid > ?2 AND rowid <= ?3 AND cpr IS NOT NULL
+         UNION ALL
+         SELECT ?1, ?5, caller_id, at, rowid FROM audit_records
+          WHERE rowid > ?2 AND rowid <= ?3
+         ORDER BY 2, 3, 4, 5",
+    )?;
+    while last - through >= POSTINGS_CHUNK {
+        chunk.execute(params![
+            through / POSTINGS_CHUNK,
+            through,
+            through + POSTINGS_CHUNK,
+            POSTING_CITIZEN,
+            POSTING_CALLER
+        ])?;
+        through += POSTINGS_CHUNK;
+    }
+    if through != indexed {
+        conn.execute(
+            "UPDATE audit_postings_state SET indexed_through = ?1",
+            params![through],
+        )?;
+    }
+    Ok(through + POSTINGS_CHUNK)
+}
+
+/// Drops the postings of records a prune deleted (rowids `first..=last`), then indexes as
+/// usual: rowids may start again if the prune emptied the table.
+fn postings_after_prune(conn: &Connection, first: i64, last: i64) -> Result<i64, AuditError> {
+    conn.execute(
+        "DELETE FROM audit_postings
+          WHERE chunk >= ?1 AND chunk <= ?2
+            AND NOT EXISTS (SELECT 1 FROM audit_records r WHERE r.rowid = audit_postings.rid)",
+        // The chunk of rowid r is (r - 1) / POSTINGS_CHUNK.
+        params![(first - 1) / POSTINGS_CHUNK, (last - 1) / POSTINGS_CHUNK],
+    )?;
+    index_postings(conn)
 }
 
 /// Applies a registry change inside the caller's transaction.
@@ -626,7 +746,12 @@ impl AuditStore for SqliteStore {
     ) -> Result<u64, AuditError> {
         let through =
             i64::try_from(through_seq).map_err(|_| AuditError::Store("seq overflow".into()))?;
-        self.write(true, |tx| {
+        let (deleted, due) = self.write(true, |tx| {
+            let (first, last): (Option<i64>, Option<i64>) = tx.query_row(
+                "SELECT min(rowid), max(rowid) FROM audit_records WHERE chain = ?1 AND seq <= ?2",
+                params![chain, through],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             let deleted = tx.execute(
                 "DELETE FROM audit_records WHERE chain = ?1 AND seq <= ?2",
                 params![chain, through],
@@ -644,8 +769,14 @@ impl AuditStore for SqliteStore {
                 params![chain, through],
             )?;
             insert(tx, std::slice::from_ref(record), Some(checkpoint))?;
-            Ok(deleted)
-        })
+            let due = match (first, last) {
+                (Some(first), Some(last)) => postings_after_prune(tx, first, last)?,
+                _ => index_postings(tx)?,
+            };
+            Ok((deleted, due))
+        })?;
+        self.postings_due = due;
+        Ok(deleted)
     }
 
     fn check_integrity(&mut self) -> Result<(), AuditError> {

@@ -29,6 +29,14 @@ impl TestStore {
         }
     }
 
+    /// The SQLite store's file (a test of SQLite's own layout).
+    pub fn sqlite_path(&self) -> &std::path::Path {
+        match &self.backend {
+            Backend::Sqlite(db) => db,
+            Backend::Postgres(_) => panic!("not an SQLite store"),
+        }
+    }
+
     pub fn registry(&self) -> Registry {
         match &self.backend {
             Backend::Sqlite(db) => Registry::sqlite(db).unwrap(),
