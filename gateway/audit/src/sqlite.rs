@@ -134,8 +134,9 @@ pub struct SqliteStore {
     checkpointer: Option<Checkpointer>,
     /// The write-ahead log, to fsync; `None` unless the store is durable.
     wal: Option<Wal>,
-    /// The rowid from which the next chunk of postings is due; only a hint (another store on
-    /// the same file may have indexed it), checked against the file when reached.
+    /// The rowid from which the next chunk of postings is due: a commit that reaches it indexes
+    /// (and 0 makes the next commit check). Only a hint (another store on the same file may
+    /// have indexed the chunk), checked against the file when reached.
     postings_due: i64,
 }
 
@@ -203,14 +204,14 @@ impl SqliteStore {
             postings_due: 0,
         };
         // Brings the postings up to date (all of them, for a file written before they
-        // existed), then drops the per-record indexes they replace.
-        store.postings_due = store.write(true, |tx| {
-            let due = index_postings(tx)?;
+        // existed: every commit indexes what is due), then drops the per-record indexes they
+        // replace.
+        store.write(true, |tx| {
             tx.execute_batch(
                 "DROP INDEX IF EXISTS audit_records_cpr;
                  DROP INDEX IF EXISTS audit_records_caller;",
             )?;
-            Ok(due)
+            Ok(())
         })?;
         Ok(store)
     }
@@ -235,7 +236,13 @@ impl SqliteStore {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let done = write(&tx)?;
+        let due = if last_rowid(&tx)? >= self.postings_due {
+            index_postings(&tx)?
+        } else {
+            self.postings_due
+        };
         tx.commit()?;
+        self.postings_due = due;
         if durable && let Some(wal) = &self.wal {
             wal.sync()?;
         }
@@ -248,15 +255,7 @@ impl SqliteStore {
         checkpoint: Option<&Checkpoint>,
         durable: bool,
     ) -> Result<(), AuditError> {
-        let due = self.postings_due;
-        self.postings_due = self.write(durable, |tx| {
-            insert(tx, records, checkpoint)?;
-            if last_rowid(tx)? >= due {
-                index_postings(tx)
-            } else {
-                Ok(due)
-            }
-        })?;
+        self.write(durable, |tx| insert(tx, records, checkpoint))?;
         if let Some(checkpointer) = &mut self.checkpointer {
             checkpointer.appended(records.iter().map(|r| r.body.len()).sum());
         }
@@ -462,9 +461,8 @@ fn index_postings(conn: &Connection) -> Result<i64, AuditError> {
     Ok(through + POSTINGS_CHUNK)
 }
 
-/// Drops the postings of records a prune deleted (rowids `first..=last`), then indexes as
-/// usual: rowids may start again if the prune emptied the table.
-fn postings_after_prune(conn: &Connection, first: i64, last: i64) -> Result<i64, AuditError> {
+/// Drops the postings of records a prune deleted (rowids `first..=last`).
+fn drop_pruned_postings(conn: &Connection, first: i64, last: i64) -> Result<(), AuditError> {
     conn.execute(
         "DELETE FROM audit_postings
           WHERE chunk >= ?1 AND chunk <= ?2
@@ -472,7 +470,7 @@ fn postings_after_prune(conn: &Connection, first: i64, last: i64) -> Result<i64,
         // The chunk of rowid r is (r - 1) / POSTINGS_CHUNK.
         params![(first - 1) / POSTINGS_CHUNK, (last - 1) / POSTINGS_CHUNK],
     )?;
-    index_postings(conn)
+    Ok(())
 }
 
 /// Applies a registry change inside the caller's transaction.
@@ -746,7 +744,9 @@ impl AuditStore for SqliteStore {
     ) -> Result<u64, AuditError> {
         let through =
             i64::try_from(through_seq).map_err(|_| AuditError::Store("seq overflow".into()))?;
-        let (deleted, due) = self.write(true, |tx| {
+        // The commit indexes afresh: rowids start again if the prune empties the table.
+        self.postings_due = 0;
+        self.write(true, |tx| {
             let (first, last): (Option<i64>, Option<i64>) = tx.query_row(
                 "SELECT min(rowid), max(rowid) FROM audit_records WHERE chain = ?1 AND seq <= ?2",
                 params![chain, through],
@@ -769,14 +769,11 @@ impl AuditStore for SqliteStore {
                 params![chain, through],
             )?;
             insert(tx, std::slice::from_ref(record), Some(checkpoint))?;
-            let due = match (first, last) {
-                (Some(first), Some(last)) => postings_after_prune(tx, first, last)?,
-                _ => index_postings(tx)?,
-            };
-            Ok((deleted, due))
-        })?;
-        self.postings_due = due;
-        Ok(deleted)
+            if let (Some(first), Some(last)) = (first, last) {
+                drop_pruned_postings(tx, first, last)?;
+            }
+            Ok(deleted)
+        })
     }
 
     fn check_integrity(&mut self) -> Result<(), AuditError> {
