@@ -171,6 +171,21 @@ pub(crate) fn search_sql(
     query: &AuditQuery,
     limit: usize,
 ) -> Result<Sql, AuditError> {
+    search_sql_among(dialect, query, limit, None)
+}
+
+/// [`search_sql`]; on SQLite, by citizen or caller, with `newest` only the records of the key's
+/// `newest` postings are candidates (with every posting as new as the last of them, so a tie
+/// is never cut), not all of them: a caller with a hundred thousand records is answered by
+/// reading a page's worth of records, not all of theirs. A page shorter than `limit` may then
+/// be short only because the other filters dropped candidates; [`sqlite_search`] asks again
+/// without the bound.
+fn search_sql_among(
+    dialect: Dialect,
+    query: &AuditQuery,
+    limit: usize,
+    newest: Option<usize>,
+) -> Result<Sql, AuditError> {
     let mut w = Where::new(dialect);
     w.equals("cpr", &query.cpr);
     w.equals("caller_id", &query.caller_id);
@@ -206,37 +221,54 @@ pub(crate) fn search_sql(
         (Dialect::Sqlite, Some((kind, key))) => {
             let kind = w.bind(Param::Int(kind));
             let key = w.bind(Param::Text(key.clone()));
-            let mut bounds = String::new();
+            let mut postings = format!(
+                "SELECT rid FROM audit_postings
+                  WHERE chunk IN posting_chunks AND kind = {kind} AND key = {key}"
+            );
             if let Some(from) = query.from {
                 let p = w.bind(Param::Text(time_bound(from)));
-                bounds.push_str(&format!(" AND at >= {p}"));
+                postings.push_str(&format!(" AND at >= {p}"));
             }
             if let Some(until) = query.until {
                 let p = w.bind(Param::Text(time_bound(until)));
-                bounds.push_str(&format!(" AND at < {p}"));
+                postings.push_str(&format!(" AND at < {p}"));
             }
             if let Some(after) = &query.after {
                 let p = w.bind(Param::Text(after.at.clone()));
-                bounds.push_str(&format!(" AND at <= {p}"));
+                postings.push_str(&format!(" AND at <= {p}"));
+            }
+            let mut with = "WITH RECURSIVE posting_chunks(c) AS (
+                   SELECT min(chunk) FROM audit_postings
+                   UNION ALL
+                   SELECT c + 1 FROM posting_chunks
+                    WHERE c < (SELECT max(chunk) FROM audit_postings))"
+                .to_owned();
+            if let Some(newest) = newest {
+                // The `at` of the key's `newest`-th newest posting: records older than it are
+                // not candidates, whether posted or not yet.
+                let offset = w.bind(Param::Int(
+                    i64::try_from(newest.saturating_sub(1)).unwrap_or(i64::MAX),
+                ));
+                let newest_at = postings.replacen("SELECT rid", "SELECT at", 1);
+                with.push_str(&format!(
+                    ",
+                 threshold(at) AS MATERIALIZED (
+                   SELECT COALESCE(({newest_at} ORDER BY at DESC LIMIT 1 OFFSET {offset}), ''))"
+                ));
+                postings.push_str(" AND at >= (SELECT at FROM threshold)");
+                w.clauses
+                    .push("at >= (SELECT at FROM threshold)".to_owned());
             }
             w.clauses.push(format!(
-                "rowid IN (SELECT rid FROM audit_postings
-                            WHERE chunk IN posting_chunks AND kind = {kind} AND key = {key}{bounds}
+                "rowid IN ({postings}
                            UNION ALL
                            SELECT rowid FROM audit_records
                             WHERE rowid > (SELECT indexed_through FROM audit_postings_state))"
             ));
-            (
-                "WITH RECURSIVE posting_chunks(c) AS (
-                   SELECT min(chunk) FROM audit_postings
-                   UNION ALL
-                   SELECT c + 1 FROM posting_chunks
-                    WHERE c < (SELECT max(chunk) FROM audit_postings))\n",
-                // Found by rowid; no index on time may be scanned instead.
-                "audit_records NOT INDEXED",
-            )
+            // Found by rowid; no index on time may be scanned instead.
+            (with + "\n", "audit_records NOT INDEXED")
         }
-        _ => ("", "audit_records"),
+        _ => (String::new(), "audit_records"),
     };
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let limit = w.bind(Param::Int(limit));
@@ -299,7 +331,29 @@ pub(crate) fn sqlite_search(
     query: &AuditQuery,
     limit: usize,
 ) -> Result<Vec<AuditRecord>, AuditError> {
-    let sql = search_sql(Dialect::Sqlite, query, limit)?;
+    // By citizen or caller, the newest candidates first; a short page may be short only
+    // because other filters dropped candidates, so it is asked again without the bound.
+    let newest = newest_candidates(query, limit);
+    let rows = sqlite_rows(conn, query, limit, newest)?;
+    if newest.is_some() && rows.len() < limit {
+        return records_of(sqlite_rows(conn, query, limit, None)?);
+    }
+    records_of(rows)
+}
+
+/// How many of a key's newest postings a first try of a search by citizen or caller reads:
+/// a few pages' worth.
+fn newest_candidates(query: &AuditQuery, limit: usize) -> Option<usize> {
+    (query.cpr.is_some() || query.caller_id.is_some()).then(|| limit.saturating_mul(4).max(256))
+}
+
+fn sqlite_rows(
+    conn: &rusqlite::Connection,
+    query: &AuditQuery,
+    limit: usize,
+    newest: Option<usize>,
+) -> Result<Vec<StoredRecord>, AuditError> {
+    let sql = search_sql_among(Dialect::Sqlite, query, limit, newest)?;
     let mut stmt = conn.prepare(&sql.text)?;
     let rows = stmt
         .query_map(
@@ -316,7 +370,7 @@ pub(crate) fn sqlite_search(
             },
         )?
         .collect::<Result<Vec<_>, _>>()?;
-    records_of(rows)
+    Ok(rows)
 }
 
 /// The plan SQLite chooses for a search (`EXPLAIN QUERY PLAN`, one line per step): what a test,
@@ -326,7 +380,8 @@ pub fn sqlite_search_plan(
     query: &AuditQuery,
     limit: usize,
 ) -> Result<Vec<String>, AuditError> {
-    let sql = search_sql(Dialect::Sqlite, query, limit)?;
+    let newest = newest_candidates(query, limit);
+    let sql = search_sql_among(Dialect::Sqlite, query, limit, newest)?;
     let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", sql.text))?;
     let steps = stmt
         .query_map(

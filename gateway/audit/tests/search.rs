@@ -327,6 +327,7 @@ fn one_citizen_among_a_million_records_is_found_completely_by_index() {
 fn append_sealed(
     store: &mut dyn AuditStore,
     chain: &str,
+    day: &str,
     first: usize,
     n: usize,
     prev: &str,
@@ -335,7 +336,7 @@ fn append_sealed(
     let records: Vec<_> = (first..first + n)
         .map(|i| {
             let at = format!(
-                "2026-03-01T{:02}:{:02}:{:02}.{:06}Z",
+                "{day}T{:02}:{:02}:{:02}.{:06}Z",
                 i / 3600 % 24,
                 i / 60 % 60,
                 i % 60,
@@ -385,12 +386,13 @@ fn assert_searches_complete(s: &TestStore) {
     let paged = |mut query: AuditQuery| -> Vec<(String, i64)> {
         let mut found = Vec::new();
         loop {
+            // As `AuditService.Search` pages: a short page is the last.
             let page = rt.block_on(registry.search(query.clone(), 400)).unwrap();
-            if page.is_empty() {
-                return found;
-            }
             query.after = page.last().map(Cursor::of);
             found.extend(page.iter().map(|r| (r.chain.clone(), r.seq as i64)));
+            if page.len() < 400 {
+                return found;
+            }
         }
     };
     for cpr in CITIZENS {
@@ -413,6 +415,18 @@ fn assert_searches_complete(s: &TestStore) {
             "caller {caller}"
         );
     }
+    // A caller's denied lookups only: fewer than a page among the caller's newest records, so
+    // the search must look past them.
+    let query = AuditQuery {
+        caller_id: Some("cw-2".into()),
+        outcomes: vec![Outcome::Denied],
+        ..AuditQuery::default()
+    };
+    same(
+        paged(query),
+        scan("caller_id", "cw-2", "AND outcome = 'denied'"),
+        "a caller's denied lookups",
+    );
     // A period, whose bounds the postings apply too.
     let from: DateTime<Utc> = "2026-03-01T01:00:00Z".parse().unwrap();
     let until: DateTime<Utc> = "2026-03-01T02:00:00Z".parse().unwrap();
@@ -479,7 +493,9 @@ fn sqlite_postings_find_what_a_full_scan_finds_across_chunks_prunes_and_old_file
     let chunk = sqlite::POSTINGS_CHUNK;
     let mut store = s.store();
     let n = 2 * chunk as usize + 300;
-    let mut prev = append_sealed(&mut *store, "replica-a", 1, n, GENESIS_HASH);
+    let mut prev = append_sealed(&mut *store, "replica-a", "2026-03-01", 1, n, GENESIS_HASH);
+    // Another chain, written after but dated before: unindexed records older than indexed ones.
+    append_sealed(&mut *store, "replica-b", "2026-02-01", 1, 3000, GENESIS_HASH);
     // Two whole chunks indexed, the rest read directly.
     assert_eq!(indexed_through(&s), 2 * chunk);
     assert_searches_complete(&s);
@@ -512,14 +528,17 @@ fn sqlite_postings_find_what_a_full_scan_finds_across_chunks_prunes_and_old_file
     assert_eq!(count(old), 0);
     assert_searches_complete(&s);
 
-    // A prune of every record but its own: rowids start again from 1, and the postings with
-    // them.
+    // A prune of every record but its own (the other chain gone first, as if pruned by its
+    // own writer): rowids start again from 1, and the postings with them.
+    conn.execute("DELETE FROM audit_records WHERE chain = 'replica-b'", [])
+        .unwrap();
     let last = next + 1;
     prune(&mut *store, last, next, (next - 1000) as u64, &mut prev);
     assert_eq!(indexed_through(&s), 0);
     append_sealed(
         &mut *store,
         "replica-a",
+        "2026-03-03",
         last + 1,
         chunk as usize + 10,
         &prev,
