@@ -461,15 +461,28 @@ fn index_postings(conn: &Connection) -> Result<i64, AuditError> {
     Ok(through + POSTINGS_CHUNK)
 }
 
-/// Drops the postings of records a prune deleted (rowids `first..=last`).
+/// Drops the postings of records a prune deleted (rowids `first..=last`): a chunk left without
+/// records goes whole (a range of its key); a chunk partly pruned (another chain's records
+/// share it) loses the postings whose record is gone.
 fn drop_pruned_postings(conn: &Connection, first: i64, last: i64) -> Result<(), AuditError> {
-    conn.execute(
-        "DELETE FROM audit_postings
-          WHERE chunk >= ?1 AND chunk <= ?2
-            AND NOT EXISTS (SELECT 1 FROM audit_records r WHERE r.rowid = audit_postings.rid)",
-        // The chunk of rowid r is (r - 1) / POSTINGS_CHUNK.
-        params![(first - 1) / POSTINGS_CHUNK, (last - 1) / POSTINGS_CHUNK],
+    let mut any_left = conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM audit_records WHERE rowid > ?1 AND rowid <= ?2)",
     )?;
+    let mut drop_chunk = conn.prepare_cached("DELETE FROM audit_postings WHERE chunk = ?1")?;
+    let mut drop_gone = conn.prepare_cached(
+        "DELETE FROM audit_postings
+          WHERE chunk = ?1
+            AND NOT EXISTS (SELECT 1 FROM audit_records r WHERE r.rowid = audit_postings.rid)",
+    )?;
+    // The chunk of rowid r is (r - 1) / POSTINGS_CHUNK.
+    for chunk in (first - 1) / POSTINGS_CHUNK..=(last - 1) / POSTINGS_CHUNK {
+        let (lo, hi) = (chunk * POSTINGS_CHUNK, (chunk + 1) * POSTINGS_CHUNK);
+        if any_left.query_row(params![lo, hi], |r| r.get::<_, bool>(0))? {
+            drop_gone.execute(params![chunk])?;
+        } else {
+            drop_chunk.execute(params![chunk])?;
+        }
+    }
     Ok(())
 }
 

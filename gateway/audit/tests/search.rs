@@ -495,18 +495,25 @@ fn sqlite_postings_find_what_a_full_scan_finds_across_chunks_prunes_and_old_file
     let n = 2 * chunk as usize + 300;
     let mut prev = append_sealed(&mut *store, "replica-a", "2026-03-01", 1, n, GENESIS_HASH);
     // Another chain, written after but dated before: unindexed records older than indexed ones.
-    append_sealed(&mut *store, "replica-b", "2026-02-01", 1, 3000, GENESIS_HASH);
+    append_sealed(
+        &mut *store,
+        "replica-b",
+        "2026-02-01",
+        1,
+        3000,
+        GENESIS_HASH,
+    );
     // Two whole chunks indexed, the rest read directly.
     assert_eq!(indexed_through(&s), 2 * chunk);
     assert_searches_complete(&s);
 
-    // A prune through the middle of the first chunk: its postings go with the records.
+    // A prune of the first chunk and part of the second: their postings go with the records.
     let next = n + 1;
-    prune(&mut *store, next, 1000, 1000, &mut prev);
+    prune(&mut *store, next, 5000, 5000, &mut prev);
     let conn = rusqlite::Connection::open(s.sqlite_path()).unwrap();
     let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
     assert_eq!(
-        count("SELECT count(*) FROM audit_postings WHERE rid <= 1000"),
+        count("SELECT count(*) FROM audit_postings WHERE rid <= 5000"),
         0
     );
     assert_searches_complete(&s);
@@ -533,7 +540,7 @@ fn sqlite_postings_find_what_a_full_scan_finds_across_chunks_prunes_and_old_file
     conn.execute("DELETE FROM audit_records WHERE chain = 'replica-b'", [])
         .unwrap();
     let last = next + 1;
-    prune(&mut *store, last, next, (next - 1000) as u64, &mut prev);
+    prune(&mut *store, last, next, (next - 5000) as u64, &mut prev);
     assert_eq!(indexed_through(&s), 0);
     append_sealed(
         &mut *store,
