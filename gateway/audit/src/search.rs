@@ -119,11 +119,11 @@ impl Where {
         }
     }
 
-    fn equals(&mut self, column: &str, value: &Option<String>) {
-        if let Some(v) = value {
-            let p = self.bind(Param::Text(v.clone()));
-            self.clauses.push(format!("{column} = {p}"));
-        }
+    /// `column = value`, if a value is given; returns its placeholder.
+    fn equals(&mut self, column: &str, value: &Option<String>) -> Option<String> {
+        let p = self.bind(Param::Text(value.clone()?));
+        self.clauses.push(format!("{column} = {p}"));
+        Some(p)
     }
 
     fn one_of(&mut self, column: &str, values: &[&str]) {
@@ -138,15 +138,21 @@ impl Where {
             .push(format!("{column} IN ({})", placeholders.join(", ")));
     }
 
-    fn period(&mut self, from: Option<DateTime<Utc>>, until: Option<DateTime<Utc>>) {
+    /// `from <= at < until`, each bound if given; returns the clauses on `at`, for a
+    /// subquery to apply too.
+    fn period(&mut self, from: Option<DateTime<Utc>>, until: Option<DateTime<Utc>>) -> String {
+        let mut bounds = String::new();
         if let Some(from) = from {
             let p = self.bind(Param::Text(time_bound(from)));
             self.clauses.push(format!("at >= {p}"));
+            bounds.push_str(&format!(" AND at >= {p}"));
         }
         if let Some(until) = until {
             let p = self.bind(Param::Text(time_bound(until)));
             self.clauses.push(format!("at < {p}"));
+            bounds.push_str(&format!(" AND at < {p}"));
         }
+        bounds
     }
 
     fn render(&self) -> String {
@@ -187,10 +193,11 @@ fn search_sql_among(
     newest: Option<usize>,
 ) -> Result<Sql, AuditError> {
     let mut w = Where::new(dialect);
-    w.equals("cpr", &query.cpr);
-    w.equals("caller_id", &query.caller_id);
+    let cpr = w.equals("cpr", &query.cpr);
+    let caller = w.equals("caller_id", &query.caller_id);
     w.equals("department", &query.department);
-    w.period(query.from, query.until);
+    // The clauses on `at` the postings apply too (a posting carries its record's `at`).
+    let mut bounds = w.period(query.from, query.until);
     let actions: Vec<&str> = query.actions.iter().map(|a| a.as_str()).collect();
     w.one_of("action", &actions);
     let outcomes: Vec<&str> = query.outcomes.iter().map(|o| o.as_str()).collect();
@@ -208,11 +215,12 @@ fn search_sql_among(
         w.clauses.push(format!(
             "(at < {at} OR (at = {at} AND (chain < {chain} OR (chain = {chain} AND seq < {seq}))))"
         ));
+        bounds.push_str(&format!(" AND at <= {at}"));
     }
     // SQLite indexes the citizen and the caller in postings, a chunk of records at a time (see
     // the `sqlite` module): the candidates are the chunks' postings for the key plus the
     // records not yet in a chunk; the clauses above still decide.
-    let postings = match (&query.cpr, &query.caller_id) {
+    let postings = match (cpr, caller) {
         (Some(cpr), _) => Some((crate::sqlite::POSTING_CITIZEN, cpr)),
         (None, Some(caller)) => Some((crate::sqlite::POSTING_CALLER, caller)),
         (None, None) => None,
@@ -220,23 +228,9 @@ fn search_sql_among(
     let (with, table) = match (dialect, postings) {
         (Dialect::Sqlite, Some((kind, key))) => {
             let kind = w.bind(Param::Int(kind));
-            let key = w.bind(Param::Text(key.clone()));
-            let mut postings = format!(
-                "SELECT rid FROM audit_postings
-                  WHERE chunk IN posting_chunks AND kind = {kind} AND key = {key}"
+            let mut posted = format!(
+                "audit_postings WHERE chunk IN posting_chunks AND kind = {kind} AND key = {key}{bounds}"
             );
-            if let Some(from) = query.from {
-                let p = w.bind(Param::Text(time_bound(from)));
-                postings.push_str(&format!(" AND at >= {p}"));
-            }
-            if let Some(until) = query.until {
-                let p = w.bind(Param::Text(time_bound(until)));
-                postings.push_str(&format!(" AND at < {p}"));
-            }
-            if let Some(after) = &query.after {
-                let p = w.bind(Param::Text(after.at.clone()));
-                postings.push_str(&format!(" AND at <= {p}"));
-            }
             let mut with = "WITH RECURSIVE posting_chunks(c) AS (
                    SELECT min(chunk) FROM audit_postings
                    UNION ALL
@@ -249,18 +243,18 @@ fn search_sql_among(
                 let offset = w.bind(Param::Int(
                     i64::try_from(newest.saturating_sub(1)).unwrap_or(i64::MAX),
                 ));
-                let newest_at = postings.replacen("SELECT rid", "SELECT at", 1);
                 with.push_str(&format!(
                     ",
                  threshold(at) AS MATERIALIZED (
-                   SELECT COALESCE(({newest_at} ORDER BY at DESC LIMIT 1 OFFSET {offset}), ''))"
+                   SELECT COALESCE((SELECT at FROM {posted}
+                                    ORDER BY at DESC LIMIT 1 OFFSET {offset}), ''))"
                 ));
-                postings.push_str(" AND at >= (SELECT at FROM threshold)");
+                posted.push_str(" AND at >= (SELECT at FROM threshold)");
                 w.clauses
                     .push("at >= (SELECT at FROM threshold)".to_owned());
             }
             w.clauses.push(format!(
-                "rowid IN ({postings}
+                "rowid IN (SELECT rid FROM {posted}
                            UNION ALL
                            SELECT rowid FROM audit_records
                             WHERE rowid > (SELECT indexed_through FROM audit_postings_state))"

@@ -236,8 +236,9 @@ impl SqliteStore {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let done = write(&tx)?;
-        let due = if last_rowid(&tx)? >= self.postings_due {
-            index_postings(&tx)?
+        let last = last_rowid(&tx)?;
+        let due = if last >= self.postings_due {
+            index_postings(&tx, last)?
         } else {
             self.postings_due
         };
@@ -418,10 +419,10 @@ fn last_rowid(conn: &Connection) -> Result<i64, AuditError> {
     )?)
 }
 
-/// Writes the postings of every whole chunk of records not yet indexed, inside the caller's
-/// transaction; returns the rowid at which the next chunk will be whole.
-fn index_postings(conn: &Connection) -> Result<i64, AuditError> {
-    let last = last_rowid(conn)?;
+/// Writes the postings of every whole chunk of records (up to rowid `last`, the table's last)
+/// not yet indexed, inside the caller's transaction; returns the rowid at which the next chunk
+/// will be whole.
+fn index_postings(conn: &Connection, last: i64) -> Result<i64, AuditError> {
     let mut through: i64 = conn.query_row(
         "SELECT indexed_through FROM audit_postings_state",
         [],
