@@ -26,6 +26,7 @@
 //! If the store cannot write, `append` fails, the gateway answers UNAVAILABLE and discloses
 //! nothing, and [`AuditLog::health`] reports unhealthy until a write succeeds again.
 
+pub mod bodies;
 pub mod checkpoint;
 pub mod maintenance;
 pub mod postgres;

@@ -3,6 +3,7 @@
 //! SQL (only the placeholders and the JSON operator differ), newest first, a page at a time by
 //! keyset (never OFFSET, so page 1000 costs what page 1 does), over the indexed columns.
 
+use crate::bodies::{SharedDictionaries, StoredBody};
 use crate::record::{Action, AuditRecord, Outcome};
 use crate::{AuditError, StoredRecord};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -204,7 +205,9 @@ fn search_sql_among(
     w.one_of("outcome", &outcomes);
     if query.break_glass {
         w.clauses.push(match dialect {
-            Dialect::Sqlite => "json_extract(body, '$.break_glass_reason') IS NOT NULL".to_owned(),
+            Dialect::Sqlite => {
+                "json_extract(samblik_body(body), '$.break_glass_reason') IS NOT NULL".to_owned()
+            }
             Dialect::Postgres => "(body::jsonb ->> 'break_glass_reason') IS NOT NULL".to_owned(),
         });
     }
@@ -322,16 +325,27 @@ pub(crate) fn records_of(rows: Vec<StoredRecord>) -> Result<Vec<AuditRecord>, Au
 /// Runs [`search_sql`] on an SQLite connection.
 pub(crate) fn sqlite_search(
     conn: &rusqlite::Connection,
+    dictionaries: &SharedDictionaries,
     query: &AuditQuery,
     limit: usize,
 ) -> Result<Vec<AuditRecord>, AuditError> {
+    // One read transaction: `samblik_body` knows every dictionary the rows it reads need.
+    let tx = conn.unchecked_transaction()?;
+    if query.break_glass {
+        dictionaries
+            .lock()
+            .map_err(|_| AuditError::Store("the dictionary cache is poisoned".into()))?
+            .refresh(&tx)?;
+    }
     // By citizen or caller, the newest candidates first; a short page may be short only
     // because other filters dropped candidates, so it is asked again without the bound.
     let newest = newest_candidates(query, limit);
-    let rows = sqlite_rows(conn, query, limit, newest)?;
+    let mut rows = sqlite_rows(&tx, query, limit, newest)?;
     if newest.is_some() && rows.len() < limit {
-        return records_of(sqlite_rows(conn, query, limit, None)?);
+        rows = sqlite_rows(&tx, query, limit, None)?;
     }
+    let rows = crate::sqlite::with_bodies(dictionaries, &tx, rows)?;
+    tx.commit()?;
     records_of(rows)
 }
 
@@ -346,22 +360,13 @@ fn sqlite_rows(
     query: &AuditQuery,
     limit: usize,
     newest: Option<usize>,
-) -> Result<Vec<StoredRecord>, AuditError> {
+) -> Result<Vec<(StoredRecord, StoredBody)>, AuditError> {
     let sql = search_sql_among(Dialect::Sqlite, query, limit, newest)?;
     let mut stmt = conn.prepare(&sql.text)?;
     let rows = stmt
         .query_map(
             rusqlite::params_from_iter(sqlite_params(&sql.params)),
-            |r| {
-                Ok(StoredRecord {
-                    seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                    request_id: r.get(1)?,
-                    cpr: r.get(2)?,
-                    caller_id: r.get(3)?,
-                    body: r.get(4)?,
-                    hash: r.get(5)?,
-                })
-            },
+            crate::sqlite::stored_record,
         )?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)

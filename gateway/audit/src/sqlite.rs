@@ -28,6 +28,7 @@
 //! and the same transactions as the records, so a crash leaves them as consistent as the
 //! records themselves.
 
+use crate::bodies::{Encoder, Schedule, SharedDictionaries, StoredBody};
 use crate::checkpoint::Checkpoint;
 use crate::registry::{
     AccessRequest, CONSENT_COLUMNS, ChangeOutcome, Consent, ConsentRow, REQUEST_COLUMNS,
@@ -65,6 +66,11 @@ CREATE TABLE IF NOT EXISTS audit_postings (
     rid   INTEGER NOT NULL,
     PRIMARY KEY (chunk, kind, key, at, rid)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_dictionaries (
+    id              INTEGER PRIMARY KEY,
+    trained_through INTEGER NOT NULL,
+    dict            BLOB    NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit_postings_state (
     id               INTEGER PRIMARY KEY CHECK (id = 1),
     indexed_through  INTEGER NOT NULL
@@ -138,6 +144,10 @@ pub struct SqliteStore {
     /// (and 0 makes the next commit check). Only a hint (another store on the same file may
     /// have indexed the chunk), checked against the file when reached.
     postings_due: i64,
+    /// Compresses the bodies the store writes; `None` for a read-only store.
+    encoder: Option<Encoder>,
+    /// The dictionaries met reading bodies back.
+    dictionaries: SharedDictionaries,
 }
 
 /// The store's own descriptor of the write-ahead log, and whether an fsync of it failed (on any
@@ -190,7 +200,19 @@ const FALLBACK_CHECKPOINT_PAGES: u32 = 16_384;
 
 impl SqliteStore {
     pub fn open(path: &Path, durability: Durability) -> Result<Self, AuditError> {
+        Self::open_with_schedule(path, durability, Schedule::default())
+    }
+
+    /// [`SqliteStore::open`], training body dictionaries on `schedule` (a test's smaller
+    /// figures) instead of the default.
+    #[doc(hidden)]
+    pub fn open_with_schedule(
+        path: &Path,
+        durability: Durability,
+        schedule: Schedule,
+    ) -> Result<Self, AuditError> {
         let conn = open_writable(path, durability)?;
+        let encoder = Encoder::open(&conn, schedule)?;
         conn.pragma_update(None, "wal_autocheckpoint", FALLBACK_CHECKPOINT_PAGES)?;
         let wal = match durability {
             Durability::Full => Some(Wal::open(path)?),
@@ -202,11 +224,13 @@ impl SqliteStore {
             checkpointer: Some(checkpointer),
             wal,
             postings_due: 0,
+            encoder: Some(encoder),
+            dictionaries: SharedDictionaries::default(),
         };
         // Brings the postings up to date (all of them, for a file written before they
         // existed: every commit indexes what is due), then drops the per-record indexes they
         // replace.
-        store.write(true, |tx| {
+        store.write(true, |tx, _| {
             tx.execute_batch(
                 "DROP INDEX IF EXISTS audit_records_cpr;
                  DROP INDEX IF EXISTS audit_records_caller;",
@@ -221,7 +245,7 @@ impl SqliteStore {
     fn write<T>(
         &mut self,
         durable: bool,
-        write: impl FnOnce(&Connection) -> Result<T, AuditError>,
+        write: impl FnOnce(&Connection, Option<&mut Encoder>) -> Result<T, AuditError>,
     ) -> Result<T, AuditError> {
         if self
             .wal
@@ -235,15 +259,22 @@ impl SqliteStore {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let done = write(&tx)?;
+        let done = write(&tx, self.encoder.as_mut())?;
         let last = last_rowid(&tx)?;
         let due = if last >= self.postings_due {
             index_postings(&tx, last)?
         } else {
             self.postings_due
         };
+        let dictionary = match &self.encoder {
+            Some(encoder) if encoder.due(last) => Some(encoder.train(&tx, last)?),
+            _ => None,
+        };
         tx.commit()?;
         self.postings_due = due;
+        if let (Some(encoder), Some(dictionary)) = (&mut self.encoder, dictionary) {
+            encoder.adopt(dictionary);
+        }
         if durable && let Some(wal) = &self.wal {
             wal.sync()?;
         }
@@ -256,7 +287,9 @@ impl SqliteStore {
         checkpoint: Option<&Checkpoint>,
         durable: bool,
     ) -> Result<(), AuditError> {
-        self.write(durable, |tx| insert(tx, records, checkpoint))?;
+        self.write(durable, |tx, encoder| {
+            insert(tx, encoder, records, checkpoint)
+        })?;
         if let Some(checkpointer) = &mut self.checkpointer {
             checkpointer.appended(records.iter().map(|r| r.body.len()).sum());
         }
@@ -352,6 +385,8 @@ impl SqliteStore {
             checkpointer: None,
             wal: None,
             postings_due: i64::MAX,
+            encoder: None,
+            dictionaries: SharedDictionaries::default(),
         })
     }
 }
@@ -364,6 +399,7 @@ impl From<rusqlite::Error> for AuditError {
 
 fn insert(
     conn: &Connection,
+    mut encoder: Option<&mut Encoder>,
     records: &[SealedRecord],
     checkpoint: Option<&Checkpoint>,
 ) -> Result<(), AuditError> {
@@ -373,6 +409,10 @@ fn insert(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
     for r in records {
+        let body = match encoder.as_deref_mut() {
+            Some(encoder) => encoder.encode(&r.body),
+            None => rusqlite::types::Value::Text(r.body.clone()),
+        };
         insert.execute(params![
             r.chain,
             i64::try_from(r.seq).map_err(|_| AuditError::Store("seq overflow".into()))?,
@@ -383,7 +423,7 @@ fn insert(
             r.indexed.department,
             r.indexed.action.as_str(),
             r.indexed.outcome.as_str(),
-            r.body,
+            body,
             r.hash,
         ])?;
     }
@@ -698,10 +738,15 @@ impl AuditStore for SqliteStore {
     ) -> Result<ChangeOutcome, AuditError> {
         // In one immediate transaction, so writers on the same file (other processes) are
         // serialised and a request is decided once.
-        self.write(true, |tx| {
+        self.write(true, |tx, encoder| {
             let outcome = apply(tx, change)?;
             let (record, checkpoint) = seal(outcome)?;
-            insert(tx, std::slice::from_ref(&record), checkpoint.as_ref())?;
+            insert(
+                tx,
+                encoder,
+                std::slice::from_ref(&record),
+                checkpoint.as_ref(),
+            )?;
             Ok(outcome)
         })
     }
@@ -709,6 +754,7 @@ impl AuditStore for SqliteStore {
     fn maintenance_records(&mut self, chain: &str) -> Result<Vec<StoredRecord>, AuditError> {
         read_records(
             &self.conn,
+            &self.dictionaries,
             "SELECT seq, request_id, cpr, caller_id, body, hash FROM audit_records
              WHERE chain = ?1 AND action = 'audit-maintenance' ORDER BY seq",
             params![chain],
@@ -760,7 +806,7 @@ impl AuditStore for SqliteStore {
             i64::try_from(through_seq).map_err(|_| AuditError::Store("seq overflow".into()))?;
         // The commit indexes afresh: rowids start again if the prune empties the table.
         self.postings_due = 0;
-        self.write(true, |tx| {
+        self.write(true, |tx, encoder| {
             let (first, last): (Option<i64>, Option<i64>) = tx.query_row(
                 "SELECT min(rowid), max(rowid) FROM audit_records WHERE chain = ?1 AND seq <= ?2",
                 params![chain, through],
@@ -782,7 +828,7 @@ impl AuditStore for SqliteStore {
                 "DELETE FROM audit_checkpoints WHERE chain = ?1 AND seq < ?2",
                 params![chain, through],
             )?;
-            insert(tx, std::slice::from_ref(record), Some(checkpoint))?;
+            insert(tx, encoder, std::slice::from_ref(record), Some(checkpoint))?;
             if let (Some(first), Some(last)) = (first, last) {
                 drop_pruned_postings(tx, first, last)?;
             }
@@ -823,6 +869,7 @@ impl AuditStore for SqliteStore {
     ) -> Result<Vec<StoredRecord>, AuditError> {
         read_records(
             &self.conn,
+            &self.dictionaries,
             "SELECT seq, request_id, cpr, caller_id, body, hash FROM audit_records
              WHERE chain = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             params![
@@ -855,29 +902,55 @@ impl AuditStore for SqliteStore {
 /// Reads records (`seq, request_id, cpr, caller_id, body, hash`) with a cached statement.
 fn read_records(
     conn: &Connection,
+    dictionaries: &SharedDictionaries,
     sql: &str,
     args: impl rusqlite::Params,
 ) -> Result<Vec<StoredRecord>, AuditError> {
     let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt
-        .query_map(args, |r| {
-            Ok(StoredRecord {
-                seq: r.get::<_, i64>(0)?.unsigned_abs(),
-                request_id: r.get(1)?,
-                cpr: r.get(2)?,
-                caller_id: r.get(3)?,
-                body: r.get(4)?,
-                hash: r.get(5)?,
-            })
-        })?
+        .query_map(args, stored_record)?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    with_bodies(dictionaries, conn, rows)
+}
+
+/// A row of `seq, request_id, cpr, caller_id, body, hash`, its body as stored.
+pub(crate) fn stored_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredRecord, StoredBody)> {
+    Ok((
+        StoredRecord {
+            seq: r.get::<_, i64>(0)?.unsigned_abs(),
+            request_id: r.get(1)?,
+            cpr: r.get(2)?,
+            caller_id: r.get(3)?,
+            body: String::new(),
+            hash: r.get(5)?,
+        },
+        r.get(4)?,
+    ))
+}
+
+/// Puts the canonical JSON of each row's stored body into its record.
+pub(crate) fn with_bodies(
+    dictionaries: &SharedDictionaries,
+    conn: &Connection,
+    rows: Vec<(StoredRecord, StoredBody)>,
+) -> Result<Vec<StoredRecord>, AuditError> {
+    let (mut records, bodies): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
+    for (record, body) in
+        records
+            .iter_mut()
+            .zip(crate::bodies::decode_all(dictionaries, conn, bodies)?)
+    {
+        record.body = body;
+    }
+    Ok(records)
 }
 
 /// Reads the registry on a connection of its own (WAL lets it read while the writer writes).
 #[derive(Debug)]
 pub struct SqliteReader {
     conn: Connection,
+    /// The body dictionaries met, shared with the connection's `samblik_body` function.
+    dictionaries: SharedDictionaries,
 }
 
 impl SqliteReader {
@@ -896,7 +969,9 @@ impl SqliteReader {
             conn
         };
         conn.pragma_update(None, "query_only", true)?;
-        Ok(SqliteReader { conn })
+        let dictionaries = SharedDictionaries::default();
+        crate::bodies::register_function(&conn, &dictionaries)?;
+        Ok(SqliteReader { conn, dictionaries })
     }
 
     fn consents(
@@ -1038,7 +1113,7 @@ impl RegistryReader for SqliteReader {
         query: &crate::search::AuditQuery,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, AuditError> {
-        crate::search::sqlite_search(&self.conn, query, limit)
+        crate::search::sqlite_search(&self.conn, &self.dictionaries, query, limit)
     }
 
     fn activity(

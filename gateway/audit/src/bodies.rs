@@ -1,0 +1,398 @@
+//! How the embedded store keeps a record's body: compressed with a zstd dictionary trained on the
+//! store's own records.
+//!
+//! A body is the canonical JSON of its record, ~1.2 KB for a lookup, and most of it repeats from
+//! record to record (the keys, the field paths disclosed, the policy version). Stored as it is, a
+//! SQLite page holds two of them, and each durable commit writes its pages whole to the log. Zstd
+//! with a dictionary trained on earlier bodies stores the same body in ~130 bytes.
+//!
+//! - **The stored form.** `audit_records.body` is TEXT (the canonical JSON itself: every record
+//!   written before the store had a dictionary, and every file written before this change) or a
+//!   BLOB: one zstd frame, whose header names the dictionary it needs by id.
+//! - **The dictionaries** live in `audit_dictionaries`, in the same file and the same transactions
+//!   as the records they compress, and are never changed or deleted: a file carries everything
+//!   needed to read it back, whatever binary reads it.
+//! - **What is hashed** is the canonical JSON, as before: verification decompresses, then hashes,
+//!   so a changed byte in a compressed body is a record that does not match its hash.
+//! - **Training** happens in the writer's transaction, from the newest records, when the store
+//!   has enough of them and no dictionary, and again after many records (so that a dictionary
+//!   follows what the records look like). A training that fails leaves the records uncompressed;
+//!   it never fails a write.
+
+use crate::AuditError;
+use rusqlite::Connection;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ValueRef};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Records the first dictionary is trained from (the store's newest), and how many the store
+/// has before it trains one: ~2.5 MB of samples for a dictionary of [`DICTIONARY_BYTES`].
+pub const TRAINING_RECORDS: i64 = 2048;
+/// Records written with a dictionary after which a new one is trained from the newest records.
+pub const RETRAIN_AFTER_RECORDS: i64 = 1 << 20;
+/// The size of a trained dictionary.
+const DICTIONARY_BYTES: usize = 16 * 1024;
+/// Zstd's level 1: with a dictionary, higher levels shrink a body by a byte or two and cost
+/// time on the writer's thread.
+const LEVEL: i32 = 1;
+/// The largest body a frame may claim to hold: a record is kilobytes; a frame claiming more was
+/// not written by a store.
+const MAX_BODY_BYTES: u64 = 16 << 20;
+
+/// When a store trains dictionaries (by rowid): [`Schedule::default`] in production; a test
+/// takes smaller figures to see training and retraining happen on a few records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub training_records: i64,
+    pub retrain_after_records: i64,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            training_records: TRAINING_RECORDS,
+            retrain_after_records: RETRAIN_AFTER_RECORDS,
+        }
+    }
+}
+
+/// A stored body as read from the table, before it is decompressed.
+#[derive(Debug)]
+pub(crate) enum StoredBody {
+    Text(String),
+    Compressed(Vec<u8>),
+}
+
+impl FromSql for StoredBody {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        match value {
+            ValueRef::Text(t) => std::str::from_utf8(t)
+                .map(|t| StoredBody::Text(t.to_owned()))
+                .map_err(|e| FromSqlError::Other(Box::new(e))),
+            ValueRef::Blob(b) => Ok(StoredBody::Compressed(b.to_vec())),
+            _ => Err(FromSqlError::InvalidType),
+        }
+    }
+}
+
+/// The dictionaries a connection has met, by id, ready to decompress with. Shared (behind a
+/// mutex) with the SQL function `samblik_body`, which a search calls to reach into bodies.
+#[derive(Default)]
+pub(crate) struct Dictionaries {
+    decoders: HashMap<u32, zstd::bulk::Decompressor<'static>>,
+}
+
+impl std::fmt::Debug for Dictionaries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dictionaries")
+            .field("ids", &self.decoders.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+pub(crate) type SharedDictionaries = Arc<Mutex<Dictionaries>>;
+
+impl Dictionaries {
+    /// Loads the file's dictionaries this connection does not know yet. A file without the
+    /// table (written before dictionaries existed, opened read-only) has none.
+    pub(crate) fn refresh(&mut self, conn: &Connection) -> Result<(), AuditError> {
+        let exists: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema
+                             WHERE type = 'table' AND name = 'audit_dictionaries')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Ok(());
+        }
+        let mut stmt = conn.prepare_cached("SELECT id, dict FROM audit_dictionaries")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let id = u32::try_from(row.get::<_, i64>(0)?)
+                .map_err(|_| AuditError::Store("a dictionary id is out of range".into()))?;
+            if self.decoders.contains_key(&id) {
+                continue;
+            }
+            // A dictionary that cannot be used leaves the records that need it unreadable
+            // (verification names the first), not the whole store.
+            let decoder = match row.get_ref(1)? {
+                ValueRef::Blob(dict) => zstd::bulk::Decompressor::with_dictionary(dict),
+                _ => Err(std::io::Error::other("not a blob")),
+            };
+            match decoder {
+                Ok(decoder) => {
+                    self.decoders.insert(id, decoder);
+                }
+                Err(e) => {
+                    tracing::error!(dictionary = id, error = %e, "an audit body dictionary is unusable")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn knows(&self, frame: &[u8]) -> bool {
+        dictionary_of(frame).is_none_or(|id| self.decoders.contains_key(&id))
+    }
+
+    /// Decompresses one body. The error says what is wrong with it; verification reports it as
+    /// that record's fault.
+    pub(crate) fn decompress(&mut self, frame: &[u8]) -> Result<String, String> {
+        let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+            Ok(Some(size)) if size <= MAX_BODY_BYTES => size,
+            Ok(_) => return Err("the compressed body does not state a plausible size".into()),
+            Err(_) => return Err("the body is not a zstd frame".into()),
+        };
+        let id = zstd::zstd_safe::get_dict_id_from_frame(frame)
+            .ok_or("the compressed body names no dictionary")?;
+        let decoder = self.decoders.get_mut(&id.get()).ok_or_else(|| {
+            format!("the compressed body needs dictionary {id}, which the store lacks")
+        })?;
+        let bytes = decoder
+            .decompress(frame, usize::try_from(size).unwrap_or(usize::MAX))
+            .map_err(|e| format!("the compressed body does not decompress: {e}"))?;
+        String::from_utf8(bytes).map_err(|_| "the decompressed body is not UTF-8".into())
+    }
+}
+
+/// The id of the dictionary a compressed body needs (from its frame header), if it names one.
+pub fn dictionary_of(frame: &[u8]) -> Option<u32> {
+    zstd::zstd_safe::get_dict_id_from_frame(frame).map(std::num::NonZeroU32::get)
+}
+
+/// Turns stored bodies into canonical JSON, loading dictionaries the connection has not met yet
+/// from `conn`. A body that cannot be decompressed becomes a text that matches no hash (it says
+/// why), so verification and searches report that record rather than failing as a whole.
+pub(crate) fn decode_all(
+    dictionaries: &SharedDictionaries,
+    conn: &Connection,
+    bodies: Vec<StoredBody>,
+) -> Result<Vec<String>, AuditError> {
+    let mut dictionaries = dictionaries
+        .lock()
+        .map_err(|_| AuditError::Store("the dictionary cache is poisoned".into()))?;
+    let unknown = bodies
+        .iter()
+        .any(|b| matches!(b, StoredBody::Compressed(frame) if !dictionaries.knows(frame)));
+    if unknown {
+        dictionaries.refresh(conn)?;
+    }
+    Ok(bodies
+        .into_iter()
+        .map(|body| match body {
+            StoredBody::Text(text) => text,
+            StoredBody::Compressed(frame) => dictionaries
+                .decompress(&frame)
+                .unwrap_or_else(|why| format!("unreadable: {why}")),
+        })
+        .collect())
+}
+
+/// Registers `samblik_body(body)` on `conn`: the canonical JSON of a stored body, so that SQL
+/// can reach into it (`json_extract(samblik_body(body), …)`). It knows the dictionaries in
+/// `dictionaries`; [`Dictionaries::refresh`] them in the same read transaction first.
+pub(crate) fn register_function(
+    conn: &Connection,
+    dictionaries: &SharedDictionaries,
+) -> Result<(), AuditError> {
+    let dictionaries = Arc::clone(dictionaries);
+    conn.create_scalar_function(
+        "samblik_body",
+        1,
+        rusqlite::functions::FunctionFlags::SQLITE_UTF8
+            | rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
+        move |ctx| match ctx.get_raw(0) {
+            ValueRef::Text(t) => Ok(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Blob(frame) => {
+                let mut dictionaries = dictionaries.lock().map_err(|_| {
+                    rusqlite::Error::UserFunctionError("the dictionary cache is poisoned".into())
+                })?;
+                dictionaries
+                    .decompress(frame)
+                    .map_err(|why| rusqlite::Error::UserFunctionError(why.into()))
+            }
+            _ => Err(rusqlite::Error::UserFunctionError(
+                "samblik_body takes a stored body".into(),
+            )),
+        },
+    )?;
+    Ok(())
+}
+
+/// The writer's side: the dictionary it compresses new bodies with, and when the next one is
+/// due.
+pub(crate) struct Encoder {
+    schedule: Schedule,
+    current: Option<(u32, zstd::bulk::Compressor<'static>)>,
+    /// The rowid at which the writer trains (or looks for) its next dictionary.
+    due: i64,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("dictionary", &self.current.as_ref().map(|(id, _)| id))
+            .field("due", &self.due)
+            .finish()
+    }
+}
+
+/// A dictionary trained or adopted in a transaction not yet committed.
+pub(crate) struct Pending {
+    id: u32,
+    dict: Vec<u8>,
+    due: i64,
+}
+
+impl Encoder {
+    /// The writer's encoder for the file on `conn`: its newest dictionary, if it has one.
+    pub(crate) fn open(conn: &Connection, schedule: Schedule) -> Result<Self, AuditError> {
+        let mut encoder = Encoder {
+            schedule,
+            current: None,
+            due: 0,
+        };
+        match newest(conn)? {
+            Some((id, dict, through)) => {
+                encoder.adopt(Pending {
+                    id,
+                    dict,
+                    due: through + schedule.retrain_after_records,
+                });
+            }
+            None => encoder.due = schedule.training_records,
+        }
+        Ok(encoder)
+    }
+
+    /// A body as the writer stores it: compressed if there is a dictionary, else as it is (also
+    /// should compressing fail, which zstd does not do on memory it was given).
+    pub(crate) fn encode(&mut self, body: &str) -> rusqlite::types::Value {
+        if let Some((_, compressor)) = &mut self.current
+            && let Ok(frame) = compressor.compress(body.as_bytes())
+        {
+            return rusqlite::types::Value::Blob(frame);
+        }
+        rusqlite::types::Value::Text(body.to_owned())
+    }
+
+    /// Whether a commit whose table ends at rowid `last` should train (or look for) a new
+    /// dictionary.
+    pub(crate) fn due(&self, last: i64) -> bool {
+        last >= self.due
+    }
+
+    /// Inside the writer's transaction: takes the file's newest dictionary if another writer
+    /// trained it recently, else trains one from the newest records and stores it. `None` if
+    /// there are too few records or training failed (logged): the records stay uncompressed
+    /// until the next try, [`Schedule::training_records`] later.
+    pub(crate) fn train(&self, conn: &Connection, last: i64) -> Result<Pending, AuditError> {
+        let retry = Pending {
+            id: 0,
+            dict: Vec::new(),
+            due: last + self.schedule.training_records,
+        };
+        if let Some((id, dict, through)) = newest(conn)?
+            && through + self.schedule.retrain_after_records > last
+            && self
+                .current
+                .as_ref()
+                .is_none_or(|(current, _)| *current != id)
+        {
+            return Ok(Pending {
+                id,
+                dict,
+                due: through + self.schedule.retrain_after_records,
+            });
+        }
+        let samples = samples(conn, self.schedule.training_records)?;
+        if i64::try_from(samples.len()).unwrap_or(0) < self.schedule.training_records {
+            return Ok(retry);
+        }
+        let started = std::time::Instant::now();
+        let dict = match zstd::dict::from_samples(&samples, DICTIONARY_BYTES) {
+            Ok(dict) => dict,
+            Err(e) => {
+                tracing::warn!(error = %e, records = samples.len(), "training an audit body dictionary failed; bodies stay uncompressed for now");
+                return Ok(retry);
+            }
+        };
+        let Some(id) = zstd::zstd_safe::get_dict_id_from_dict(&dict) else {
+            tracing::warn!("a trained audit body dictionary has no id; not used");
+            return Ok(retry);
+        };
+        let stored = conn.execute(
+            "INSERT OR IGNORE INTO audit_dictionaries (id, trained_through, dict)
+             VALUES (?1, ?2, ?3)",
+            rusqlite::params![i64::from(id.get()), last, dict],
+        )?;
+        if stored == 0 {
+            // Another dictionary has this id (ids come from the content): keep the current one.
+            tracing::warn!(
+                dictionary = id.get(),
+                "a trained audit body dictionary's id is taken; not used"
+            );
+            return Ok(retry);
+        }
+        tracing::info!(
+            dictionary = id.get(),
+            records = samples.len(),
+            bytes = dict.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "trained an audit body dictionary"
+        );
+        Ok(Pending {
+            id: id.get(),
+            dict,
+            due: last + self.schedule.retrain_after_records,
+        })
+    }
+
+    /// After the transaction that trained or found `pending` committed: compresses with it from
+    /// now on (a retry only moves the next try).
+    pub(crate) fn adopt(&mut self, pending: Pending) {
+        self.due = pending.due;
+        if pending.dict.is_empty() {
+            return;
+        }
+        match zstd::bulk::Compressor::with_dictionary(LEVEL, &pending.dict) {
+            Ok(compressor) => self.current = Some((pending.id, compressor)),
+            Err(e) => {
+                tracing::warn!(error = %e, dictionary = pending.id, "an audit body dictionary is unusable; bodies stay as they were");
+            }
+        }
+    }
+}
+
+/// The file's newest dictionary: id, bytes, and the rowid it was trained through.
+fn newest(conn: &Connection) -> Result<Option<(u32, Vec<u8>, i64)>, AuditError> {
+    use rusqlite::OptionalExtension;
+    let row = conn
+        .query_row(
+            "SELECT id, dict, trained_through FROM audit_dictionaries
+              ORDER BY trained_through DESC, id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    row.map(|(id, dict, through)| {
+        u32::try_from(id)
+            .map(|id| (id, dict, through))
+            .map_err(|_| AuditError::Store("a dictionary id is out of range".into()))
+    })
+    .transpose()
+}
+
+/// The newest `n` bodies, as canonical JSON.
+fn samples(conn: &Connection, n: i64) -> Result<Vec<Vec<u8>>, AuditError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT body FROM audit_records ORDER BY rowid DESC LIMIT ?1")?;
+    let bodies = stmt
+        .query_map([n], |r| r.get::<_, StoredBody>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let dictionaries = SharedDictionaries::default();
+    Ok(decode_all(&dictionaries, conn, bodies)?
+        .into_iter()
+        .map(String::into_bytes)
+        .collect())
+}

@@ -1,0 +1,357 @@
+//! The embedded store's compressed bodies, over a real SQLite file: a dictionary trained from the
+//! store's own records, records read back whole by verification and every search (the
+//! break-the-glass filter reaches into compressed bodies), a changed byte found at its record,
+//! and a training that fails changing nothing but the size.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{TestStore, runtime, spawn_append};
+use samblik_audit::bodies::{Schedule, TRAINING_RECORDS, dictionary_of};
+use samblik_audit::checkpoint::{load_verifying_key, public_key_path};
+use samblik_audit::search::AuditQuery;
+use samblik_audit::sqlite::{Durability, SqliteStore};
+use samblik_audit::verify::{VerifyError, verify_store};
+use samblik_audit::*;
+use std::sync::Arc;
+
+const CITIZENS: [&str; 3] = ["0101901235", "0202902346", "0303903457"];
+
+/// A lookup record much like the gateway's: three sources, field paths, a purpose; every
+/// seventh breaks the glass.
+fn event(i: usize) -> AuditEvent {
+    let case = |source: &str, tier: u8, fields: &[&str]| SourceEntry {
+        source_id: source.into(),
+        status: "ok".into(),
+        cases: vec![CaseEntry {
+            case_id: format!("{}-2026-{i:06}", &source[..2].to_uppercase()),
+            tier,
+            basis: Some("statute:existence-and-contact".into()),
+            rule_ids: vec!["statute".into()],
+            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+        }],
+    };
+    let existence = [
+        "existence.case_type",
+        "existence.state",
+        "existence.opened_on",
+        "existence.responsible.name",
+        "existence.responsible.unit",
+        "existence.responsible.phone",
+    ];
+    AuditEvent {
+        request_id: format!("5c2d{i:04x}-9a1e-4b7f-8c3d-{:012x}", i * 7919),
+        action: Action::Lookup,
+        actor: Actor {
+            caller_id: format!("cw-jobcenter-{:03}", i % 40),
+            name: format!("Sagsbehandler {}", i % 40),
+            department: "jobcenter".into(),
+            municipality: "999".into(),
+            system: None,
+        },
+        cpr: Some(CITIZENS[i % 3].into()),
+        purpose: Some("prepare-meeting".into()),
+        break_glass_reason: i
+            .is_multiple_of(7)
+            .then(|| "urgent: the child's safety is at stake".into()),
+        outcome: Outcome::Answered,
+        detail: None,
+        sources: vec![
+            case("child-welfare", 1, &existence),
+            case("jobcenter", 3, &existence),
+            SourceEntry {
+                source_id: "integration".into(),
+                status: "ok".into(),
+                cases: Vec::new(),
+            },
+        ],
+        policy_version: "sha256:ff1c58e0ab48dde9e407f480133d70e86feb1fb8e211f9fbfe0f5b168f71a99a"
+            .into(),
+    }
+}
+
+/// Appends events `from..to` through the writer, all at once (group commit), and closes it.
+fn write(s: &TestStore, store: SqliteStore, from: usize, to: usize) {
+    let signer = CheckpointSigner::load_or_create(&s.key).unwrap();
+    let log = Arc::new(
+        AuditLog::start(Box::new(store), signer, WriterOptions::new("replica-a")).unwrap(),
+    );
+    let rt = runtime();
+    let pending: Vec<_> = (from..to)
+        .map(|i| spawn_append(&rt, &log, event(i)))
+        .collect();
+    for p in pending {
+        rt.block_on(p).unwrap().unwrap();
+    }
+    Arc::into_inner(log).unwrap().close();
+}
+
+fn sql<T: rusqlite::types::FromSql>(s: &TestStore, query: &str) -> T {
+    rusqlite::Connection::open(s.sqlite_path())
+        .unwrap()
+        .query_row(query, [], |r| r.get(0))
+        .unwrap()
+}
+
+fn verify(s: &TestStore) -> Result<Vec<verify::ChainSummary>, VerifyError> {
+    let key = load_verifying_key(&public_key_path(&s.key)).unwrap();
+    verify_store(
+        &mut SqliteStore::open_read_only(s.sqlite_path()).unwrap(),
+        &key,
+    )
+}
+
+/// Every record of the chain as the store reads it back (newest first), checked against its hash.
+fn all_records(s: &TestStore) -> Vec<AuditRecord> {
+    let mut store = SqliteStore::open_read_only(s.sqlite_path()).unwrap();
+    let mut records: Vec<AuditRecord> = store
+        .records("replica-a", 0, 100_000)
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(record::hash_of(&r.body), r.hash, "record {}", r.seq);
+            AuditRecord::from_stored(&r.body, &r.hash).unwrap()
+        })
+        .collect();
+    records.reverse();
+    records
+}
+
+fn seqs(records: &[AuditRecord]) -> Vec<u64> {
+    records.iter().map(|r| r.seq).collect()
+}
+
+#[test]
+fn sqlite_bodies_are_compressed_once_trained_and_read_back_whole_everywhere() {
+    let s = common::sqlite_store("bodies");
+    let n = usize::try_from(TRAINING_RECORDS).unwrap() + 600;
+    let store = SqliteStore::open(s.sqlite_path(), Durability::Full).unwrap();
+    write(&s, store, 0, n);
+
+    // Trained once, from the store's own records; the records after it are compressed.
+    assert_eq!(sql::<i64>(&s, "SELECT count(*) FROM audit_dictionaries"), 1);
+    let blobs: i64 = sql(
+        &s,
+        "SELECT count(*) FROM audit_records WHERE typeof(body) = 'blob'",
+    );
+    let texts: i64 = sql(
+        &s,
+        "SELECT count(*) FROM audit_records WHERE typeof(body) = 'text'",
+    );
+    assert!(
+        texts >= TRAINING_RECORDS,
+        "{texts} records before the dictionary"
+    );
+    assert!(blobs >= 300, "only {blobs} records compressed");
+    let (blob_bytes, text_bytes): (f64, f64) = (
+        sql(
+            &s,
+            "SELECT avg(length(body)) FROM audit_records WHERE typeof(body) = 'blob'",
+        ),
+        sql(
+            &s,
+            "SELECT avg(length(body)) FROM audit_records WHERE typeof(body) = 'text'",
+        ),
+    );
+    assert!(
+        blob_bytes * 4.0 < text_bytes,
+        "a compressed body takes {blob_bytes:.0} bytes against {text_bytes:.0}"
+    );
+
+    // Verification decompresses and hashes every record; reading back gives every record.
+    let summary = verify(&s).unwrap();
+    let records = all_records(&s);
+    assert_eq!(summary[0].records, records.len() as u64);
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.action == Action::Lookup)
+            .count(),
+        n
+    );
+
+    // The searches, on both kinds of body, find what a full scan finds.
+    let registry = s.registry();
+    let rt = runtime();
+    let search = |q: AuditQuery| rt.block_on(registry.search(q, 100_000)).unwrap();
+    let glass = search(AuditQuery {
+        break_glass: true,
+        ..AuditQuery::default()
+    });
+    assert_eq!(
+        seqs(&glass),
+        seqs(
+            &records
+                .iter()
+                .filter(|r| r.break_glass_reason.is_some())
+                .cloned()
+                .collect::<Vec<_>>()
+        )
+    );
+    assert!(glass.len() > n / 7 - 2);
+    let citizen = search(AuditQuery {
+        cpr: Some(CITIZENS[2].into()),
+        ..AuditQuery::default()
+    });
+    assert_eq!(
+        citizen,
+        records
+            .iter()
+            .filter(|r| r.cpr.as_deref() == Some(CITIZENS[2]))
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+
+    // A store opened again compresses with the file's dictionary rather than training anew.
+    let store = SqliteStore::open(s.sqlite_path(), Durability::Full).unwrap();
+    write(&s, store, n, n + 20);
+    assert_eq!(sql::<i64>(&s, "SELECT count(*) FROM audit_dictionaries"), 1);
+    let newest: String = sql(
+        &s,
+        "SELECT typeof(body) FROM audit_records ORDER BY rowid DESC LIMIT 1",
+    );
+    assert_eq!(newest, "blob");
+    verify(&s).unwrap();
+}
+
+#[test]
+fn a_changed_byte_in_a_compressed_body_or_its_dictionary_is_found_at_its_record() {
+    let s = common::sqlite_store("bodies-tamper");
+    let n = usize::try_from(TRAINING_RECORDS).unwrap() + 600;
+    write(
+        &s,
+        SqliteStore::open(s.sqlite_path(), Durability::Full).unwrap(),
+        0,
+        n,
+    );
+    let conn = rusqlite::Connection::open(s.sqlite_path()).unwrap();
+    let first_blob: i64 = sql(
+        &s,
+        "SELECT min(seq) FROM audit_records WHERE typeof(body) = 'blob'",
+    );
+    // A record in the middle of the compressed ones.
+    let target: i64 = sql(
+        &s,
+        "SELECT seq FROM audit_records WHERE typeof(body) = 'blob' ORDER BY seq
+          LIMIT 1 OFFSET (SELECT count(*) / 2 FROM audit_records WHERE typeof(body) = 'blob')",
+    );
+    assert!(target > first_blob);
+    let original: Vec<u8> = conn
+        .query_row(
+            "SELECT body FROM audit_records WHERE seq = ?1",
+            [target],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let put = |body: &[u8]| {
+        conn.execute(
+            "UPDATE audit_records SET body = ?1 WHERE seq = ?2",
+            rusqlite::params![body, target],
+        )
+        .unwrap();
+    };
+    let broken_at = || match verify(&s) {
+        Err(VerifyError::Broken(b)) => b.seq,
+        other => panic!("expected a broken chain, got {other:?}"),
+    };
+
+    // A flipped bit in the compressed data (past the frame header), anywhere.
+    for at in [original.len() / 2, original.len() - 1] {
+        let mut flipped = original.clone();
+        flipped[at] ^= 0x10;
+        put(&flipped);
+        assert_eq!(broken_at(), target.unsigned_abs(), "flip at byte {at}");
+    }
+    // Not a frame at all, and a frame cut short.
+    put(b"not a zstd frame");
+    assert_eq!(broken_at(), target.unsigned_abs());
+    put(&original[..original.len() / 2]);
+    assert_eq!(broken_at(), target.unsigned_abs());
+    put(&original);
+    verify(&s).unwrap();
+
+    // A search shows no altered record either: it names it.
+    put(&original[..original.len() - 3]);
+    let registry = s.registry();
+    let err = runtime()
+        .block_on(registry.search(AuditQuery::default(), 100_000))
+        .unwrap_err();
+    assert!(err.to_string().contains(&target.to_string()), "{err}");
+    put(&original);
+
+    // A changed dictionary breaks the first record compressed with it.
+    let mut dict: Vec<u8> = conn
+        .query_row("SELECT dict FROM audit_dictionaries", [], |r| r.get(0))
+        .unwrap();
+    let content = dict.len() - 4000;
+    for b in &mut dict[content..] {
+        *b = b.wrapping_add(1);
+    }
+    conn.execute("UPDATE audit_dictionaries SET dict = ?1", [dict])
+        .unwrap();
+    assert_eq!(broken_at(), first_blob.unsigned_abs());
+}
+
+#[test]
+fn dictionaries_are_retrained_on_schedule_and_every_one_stays_readable() {
+    let s = common::sqlite_store("bodies-retrain");
+    let schedule = Schedule {
+        training_records: 2048,
+        retrain_after_records: 1500,
+    };
+    let open =
+        || SqliteStore::open_with_schedule(s.sqlite_path(), Durability::Full, schedule).unwrap();
+    write(&s, open(), 0, 2_400);
+    write(&s, open(), 2_400, 4_000);
+    write(&s, open(), 4_000, 5_200);
+    let dictionaries: i64 = sql(&s, "SELECT count(*) FROM audit_dictionaries");
+    assert!(dictionaries >= 2, "{dictionaries} dictionaries");
+    let conn = rusqlite::Connection::open(s.sqlite_path()).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT body FROM audit_records WHERE typeof(body) = 'blob'")
+        .unwrap();
+    let used: std::collections::BTreeSet<u32> = stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|body| dictionary_of(&body.unwrap()).unwrap())
+        .collect();
+    assert!(used.len() >= 2, "records name the dictionaries {used:?}");
+    verify(&s).unwrap();
+    assert_eq!(
+        all_records(&s)
+            .iter()
+            .filter(|r| r.action == Action::Lookup)
+            .count(),
+        5_200
+    );
+}
+
+#[test]
+fn a_training_that_fails_leaves_the_records_as_they_are() {
+    let s = common::sqlite_store("bodies-untrained");
+    // Three records are too few to train on: zstd refuses, and the writer goes on.
+    let schedule = Schedule {
+        training_records: 3,
+        retrain_after_records: 1 << 20,
+    };
+    let store =
+        SqliteStore::open_with_schedule(s.sqlite_path(), Durability::Full, schedule).unwrap();
+    write(&s, store, 0, 50);
+    assert_eq!(sql::<i64>(&s, "SELECT count(*) FROM audit_dictionaries"), 0);
+    assert_eq!(
+        sql::<i64>(
+            &s,
+            "SELECT count(*) FROM audit_records WHERE typeof(body) = 'blob'"
+        ),
+        0
+    );
+    verify(&s).unwrap();
+    assert_eq!(
+        all_records(&s)
+            .iter()
+            .filter(|r| r.action == Action::Lookup)
+            .count(),
+        50
+    );
+}
