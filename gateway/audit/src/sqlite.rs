@@ -212,7 +212,7 @@ impl SqliteStore {
         schedule: Schedule,
     ) -> Result<Self, AuditError> {
         let conn = open_writable(path, durability)?;
-        let encoder = Encoder::open(&conn, schedule)?;
+        let encoder = Encoder::open(&conn, path, schedule)?;
         conn.pragma_update(None, "wal_autocheckpoint", FALLBACK_CHECKPOINT_PAGES)?;
         let wal = match durability {
             Durability::Full => Some(Wal::open(path)?),
@@ -266,9 +266,9 @@ impl SqliteStore {
         } else {
             self.postings_due
         };
-        let dictionary = match &self.encoder {
-            Some(encoder) if encoder.due(last) => Some(encoder.train(&tx, last)?),
-            _ => None,
+        let dictionary = match &mut self.encoder {
+            Some(encoder) => encoder.step(&tx, last)?,
+            None => None,
         };
         tx.commit()?;
         self.postings_due = due;
