@@ -209,9 +209,11 @@ pub(crate) fn register_function(
                 let mut dictionaries = dictionaries.lock().map_err(|_| {
                     rusqlite::Error::UserFunctionError("the dictionary cache is poisoned".into())
                 })?;
-                dictionaries
-                    .decompress(frame)
-                    .map_err(|why| rusqlite::Error::UserFunctionError(why.into()))
+                dictionaries.decompress(frame).map_err(|why| {
+                    rusqlite::Error::UserFunctionError(
+                        format!("{why}; run `samblik audit verify`").into(),
+                    )
+                })
             }
             _ => Err(rusqlite::Error::UserFunctionError(
                 "samblik_body takes a stored body".into(),
