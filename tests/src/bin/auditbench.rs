@@ -21,42 +21,146 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A lookup's record, as varied as a municipality's: a random request id, one of 240 callers in
+/// four departments, zero to three cases per source at tiers 1–3 with their field paths (a tier-3
+/// case lists its documents). Deterministic in `i`. Varied, because the embedded store
+/// compresses bodies with a dictionary trained on earlier ones, and identical records would
+/// flatter it.
 fn event(i: usize) -> AuditEvent {
+    let mut rng = Mix(i as u64);
+    const DEPARTMENTS: [&str; 4] = ["jobcenter", "child-welfare", "integration", "adult-social"];
+    const FIRST: [&str; 16] = [
+        "Anne", "Mette", "Lars", "Søren", "Fatima", "Jonas", "Ida", "Mads", "Camilla", "Ahmad",
+        "Louise", "Rasmus", "Sofie", "Henrik", "Nadia", "Peter",
+    ];
+    const LAST: [&str; 16] = [
+        "Jensen",
+        "Nielsen",
+        "Hansen",
+        "Pedersen",
+        "Andersen",
+        "Christensen",
+        "Larsen",
+        "Sørensen",
+        "Rasmussen",
+        "Jørgensen",
+        "Petersen",
+        "Madsen",
+        "Kristensen",
+        "Olsen",
+        "Thomsen",
+        "Yilmaz",
+    ];
+    const PURPOSES: [&str; 4] = [
+        "prepare-meeting",
+        "coordinate-plan",
+        "assess-need",
+        "follow-up",
+    ];
+    let caller = rng.below(240);
+    let department = DEPARTMENTS[caller % 4];
+    let sources = [
+        ("child-welfare", "BF"),
+        ("jobcenter", "JC"),
+        ("integration", "IN"),
+    ]
+    .into_iter()
+    .map(|(source, prefix)| SourceEntry {
+        source_id: source.into(),
+        status: "ok".into(),
+        cases: (0..rng.below(4))
+            .map(|_| {
+                let case_id = format!(
+                    "{prefix}-20{}-{:06}",
+                    20 + rng.below(7),
+                    rng.below(1_000_000)
+                );
+                let tier = 1 + rng.below(3) as u8;
+                let mut fields: Vec<String> = [
+                    "existence.case_type",
+                    "existence.state",
+                    "existence.opened_on",
+                    "existence.responsible.name",
+                    "existence.responsible.unit",
+                    "existence.responsible.phone",
+                    "existence.responsible.email",
+                ]
+                .map(String::from)
+                .to_vec();
+                if tier >= 2 {
+                    fields.extend(
+                        [
+                            "selected.interventions",
+                            "selected.goals",
+                            "selected.next_follow_up_on",
+                        ]
+                        .map(String::from),
+                    );
+                }
+                if tier == 3 {
+                    let documents = 1 + rng.below(6);
+                    fields.extend(
+                        (1..=documents).map(|d| format!("full.documents[{case_id}-D{d:02}]")),
+                    );
+                }
+                let (basis, rule) = match tier {
+                    1 => ("statute:existence-and-contact", "statute"),
+                    2 => ("consent", "consent-selected"),
+                    _ => ("own-department", "own-department"),
+                };
+                CaseEntry {
+                    case_id,
+                    tier,
+                    basis: Some(basis.into()),
+                    rule_ids: vec![rule.into()],
+                    fields,
+                }
+            })
+            .collect(),
+    })
+    .collect();
     AuditEvent {
-        request_id: format!("bench-{i}"),
+        request_id: format!(
+            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            rng.next() as u32,
+            rng.below(1 << 16),
+            rng.below(1 << 12),
+            rng.below(1 << 16),
+            rng.next() >> 16
+        ),
         action: Action::Lookup,
         actor: Actor {
-            caller_id: format!("cw-jobcenter-{:03}", i % 60),
-            name: "Bench Caseworker".into(),
-            department: "jobcenter".into(),
+            caller_id: format!("cw-{department}-{caller:03}"),
+            name: format!("{} {}", FIRST[caller % 16], LAST[caller / 16 % 16]),
+            department: department.into(),
             municipality: "999".into(),
             system: None,
         },
-        cpr: Some(format!("0101{:06}", i % 1_000_000)),
-        purpose: Some("prepare-meeting".into()),
+        cpr: Some(format!("0101{:06}", rng.below(1_000_000))),
+        purpose: Some(PURPOSES[rng.below(4)].into()),
         break_glass_reason: None,
         outcome: Outcome::Answered,
         detail: None,
-        sources: ["child-welfare", "jobcenter", "integration"]
-            .into_iter()
-            .map(|s| SourceEntry {
-                source_id: s.into(),
-                status: "ok".into(),
-                cases: vec![CaseEntry {
-                    case_id: format!("{s}-{i}"),
-                    tier: 1,
-                    basis: Some("minimum-variation".into()),
-                    rule_ids: vec!["minimum-variation/existence-and-contact".into()],
-                    fields: vec![
-                        "existence.case_type".into(),
-                        "existence.state".into(),
-                        "existence.responsible.name".into(),
-                        "existence.responsible.phone".into(),
-                    ],
-                }],
-            })
-            .collect(),
-        policy_version: "minimum-variation/v1".into(),
+        sources,
+        policy_version: "sha256:ff1c58e0ab48dde9e407f480133d70e86feb1fb8e211f9fbfe0f5b168f71a99a"
+            .into(),
+    }
+}
+
+/// SplitMix64: a few lines of deterministic variety, no dependency.
+struct Mix(u64);
+
+impl Mix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
     }
 }
 
