@@ -79,7 +79,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(s: &TestStore, store: SqliteStore) -> Self {
+    /// A writer on the store of `s`, training dictionaries on `schedule`.
+    fn start(s: &TestStore, schedule: Schedule) -> Self {
+        let store =
+            SqliteStore::open_with_schedule(s.sqlite_path(), Durability::Full, schedule).unwrap();
         let signer = CheckpointSigner::load_or_create(&s.key).unwrap();
         let options = WriterOptions::new("replica-a");
         Writer {
@@ -139,8 +142,7 @@ fn dictionaries_used(s: &TestStore) -> std::collections::BTreeSet<u32> {
 /// A store with at least `TRAINING_RECORDS` records, then `after` more once its bodies are
 /// compressed; returns how many events were written.
 fn compressed_store(s: &TestStore, after: usize) -> usize {
-    let store = SqliteStore::open(s.sqlite_path(), Durability::Full).unwrap();
-    let mut w = Writer::start(s, store);
+    let mut w = Writer::start(s, Schedule::default());
     w.append(usize::try_from(TRAINING_RECORDS).unwrap());
     w.append_until("the first compressed body", || compressed(s) > 0);
     w.append(after);
@@ -176,6 +178,14 @@ fn all_records(s: &TestStore) -> Vec<AuditRecord> {
         .collect();
     records.reverse();
     records
+}
+
+/// How many lookups the store holds, read back and checked.
+fn lookups(s: &TestStore) -> usize {
+    all_records(s)
+        .iter()
+        .filter(|r| r.action == Action::Lookup)
+        .count()
 }
 
 fn seqs(records: &[AuditRecord]) -> Vec<u64> {
@@ -253,10 +263,7 @@ fn sqlite_bodies_are_compressed_once_trained_and_read_back_whole_everywhere() {
     assert_eq!(citizen, expected);
 
     // A store opened again compresses with the file's dictionary rather than training anew.
-    let mut w = Writer::start(
-        &s,
-        SqliteStore::open(s.sqlite_path(), Durability::Full).unwrap(),
-    );
+    let mut w = Writer::start(&s, Schedule::default());
     w.append(20);
     w.close();
     assert_eq!(sql::<i64>(&s, "SELECT count(*) FROM audit_dictionaries"), 1);
@@ -347,9 +354,7 @@ fn dictionaries_are_retrained_on_schedule_and_every_one_stays_readable() {
         training_records: 2048,
         retrain_after_records: 1500,
     };
-    let store =
-        SqliteStore::open_with_schedule(s.sqlite_path(), Durability::Full, schedule).unwrap();
-    let mut w = Writer::start(&s, store);
+    let mut w = Writer::start(&s, schedule);
     w.append(2_048);
     w.append_until("bodies compressed with two dictionaries", || {
         dictionaries_used(&s).len() >= 2
@@ -357,13 +362,7 @@ fn dictionaries_are_retrained_on_schedule_and_every_one_stays_readable() {
     let n = w.close();
     assert!(sql::<i64>(&s, "SELECT count(*) FROM audit_dictionaries") >= 2);
     verify(&s).unwrap();
-    assert_eq!(
-        all_records(&s)
-            .iter()
-            .filter(|r| r.action == Action::Lookup)
-            .count(),
-        n
-    );
+    assert_eq!(lookups(&s), n);
 }
 
 #[test]
@@ -374,9 +373,7 @@ fn a_training_that_fails_leaves_the_records_as_they_are() {
         training_records: 3,
         retrain_after_records: 1 << 20,
     };
-    let store =
-        SqliteStore::open_with_schedule(s.sqlite_path(), Durability::Full, schedule).unwrap();
-    let mut w = Writer::start(&s, store);
+    let mut w = Writer::start(&s, schedule);
     for _ in 0..20 {
         w.append(5);
     }
@@ -384,11 +381,5 @@ fn a_training_that_fails_leaves_the_records_as_they_are() {
     assert_eq!(sql::<i64>(&s, "SELECT count(*) FROM audit_dictionaries"), 0);
     assert_eq!(compressed(&s), 0);
     verify(&s).unwrap();
-    assert_eq!(
-        all_records(&s)
-            .iter()
-            .filter(|r| r.action == Action::Lookup)
-            .count(),
-        100
-    );
+    assert_eq!(lookups(&s), 100);
 }
