@@ -285,15 +285,11 @@ impl Encoder {
         Ok(encoder)
     }
 
-    /// A body as the writer stores it: compressed if there is a dictionary, else as it is (also
-    /// should compressing fail, which zstd does not do on memory it was given).
-    pub(crate) fn encode(&mut self, body: &str) -> rusqlite::types::Value {
-        if let Some((_, compressor)) = &mut self.current
-            && let Ok(frame) = compressor.compress(body.as_bytes())
-        {
-            return rusqlite::types::Value::Blob(frame);
-        }
-        rusqlite::types::Value::Text(body.to_owned())
+    /// A body compressed with the current dictionary; `None` (the store keeps the text) before
+    /// there is one, or should compressing fail, which zstd does not do on memory it was given.
+    pub(crate) fn compress(&mut self, body: &str) -> Option<Vec<u8>> {
+        let (_, compressor) = self.current.as_mut()?;
+        compressor.compress(body.as_bytes()).ok()
     }
 
     /// Inside the writer's transaction, the table ending at rowid `last`: stores a dictionary

@@ -409,9 +409,10 @@ fn insert(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
     for r in records {
-        let body = match encoder.as_deref_mut() {
-            Some(encoder) => encoder.encode(&r.body),
-            None => rusqlite::types::Value::Text(r.body.clone()),
+        let compressed = encoder.as_deref_mut().and_then(|e| e.compress(&r.body));
+        let body: &dyn rusqlite::ToSql = match &compressed {
+            Some(compressed) => compressed,
+            None => &r.body,
         };
         insert.execute(params![
             r.chain,
