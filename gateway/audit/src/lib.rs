@@ -77,6 +77,7 @@ pub enum AuditError {
 }
 
 /// A record as read back for verification: the indexed columns and the stored body.
+/// Verification holds every column a search filters on to the hashed body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRecord {
     pub seq: u64,
@@ -85,7 +86,15 @@ pub struct StoredRecord {
     pub caller_id: String,
     pub body: String,
     pub hash: String,
+    pub at: String,
+    pub department: String,
+    pub action: String,
+    pub outcome: String,
 }
+
+/// The columns a [`StoredRecord`] is read from, in its fields' order.
+pub(crate) const STORED_COLUMNS: &str =
+    "seq, request_id, cpr, caller_id, body, hash, at, department, action, outcome";
 
 /// Makes durable, on a thread of its own, what a store committed with
 /// [`AuditStore::append_unsynced`]: see [`AuditStore::deferred_sync`].

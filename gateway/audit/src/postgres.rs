@@ -11,7 +11,8 @@ use crate::registry::{
     time_text,
 };
 use crate::{
-    AuditError, AuditRecord, AuditStore, Durability, SealChange, SealedRecord, StoredRecord,
+    AuditError, AuditRecord, AuditStore, Durability, STORED_COLUMNS, SealChange, SealedRecord,
+    StoredRecord,
 };
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Statement};
@@ -445,13 +446,15 @@ impl AuditStore for PostgresStore {
         Ok(self
             .client
             .query(
-                "SELECT seq, request_id, cpr, caller_id, body, hash FROM audit_records
-                 WHERE chain = $1 AND action = 'audit-maintenance' ORDER BY seq",
+                &format!(
+                    "SELECT {STORED_COLUMNS} FROM audit_records
+                     WHERE chain = $1 AND action = 'audit-maintenance' ORDER BY seq"
+                ),
                 &[&chain],
             )?
             .iter()
             .map(stored_record)
-            .collect())
+            .collect::<Result<_, _>>()?)
     }
 
     fn prune_anchor(
@@ -532,13 +535,15 @@ impl AuditStore for PostgresStore {
         Ok(self
             .client
             .query(
-                "SELECT seq, request_id, cpr, caller_id, body, hash FROM audit_records
-                 WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                &format!(
+                    "SELECT {STORED_COLUMNS} FROM audit_records
+                     WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                ),
                 &[&chain, &to_i64(after_seq)?, &limit],
             )?
             .iter()
             .map(stored_record)
-            .collect())
+            .collect::<Result<_, _>>()?)
     }
 
     fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError> {
@@ -555,15 +560,20 @@ impl AuditStore for PostgresStore {
     }
 }
 
-fn stored_record(r: &postgres::Row) -> StoredRecord {
-    StoredRecord {
-        seq: r.get::<_, i64>(0).unsigned_abs(),
-        request_id: r.get(1),
-        cpr: r.get(2),
-        caller_id: r.get(3),
-        body: r.get(4),
-        hash: r.get(5),
-    }
+/// A row of [`STORED_COLUMNS`].
+pub(crate) fn stored_record(r: &postgres::Row) -> Result<StoredRecord, postgres::Error> {
+    Ok(StoredRecord {
+        seq: r.try_get::<_, i64>(0)?.unsigned_abs(),
+        request_id: r.try_get(1)?,
+        cpr: r.try_get(2)?,
+        caller_id: r.try_get(3)?,
+        body: r.try_get(4)?,
+        hash: r.try_get(5)?,
+        at: r.try_get(6)?,
+        department: r.try_get(7)?,
+        action: r.try_get(8)?,
+        outcome: r.try_get(9)?,
+    })
 }
 
 fn checkpoint(chain: &str, r: &postgres::Row) -> Checkpoint {

@@ -5,7 +5,7 @@
 
 use crate::bodies::{SharedDictionaries, StoredBody};
 use crate::record::{Action, AuditRecord, Outcome};
-use crate::{AuditError, StoredRecord};
+use crate::{AuditError, STORED_COLUMNS, StoredRecord};
 use chrono::{DateTime, SecondsFormat, Utc};
 
 /// Which records; `None` and empty lists match everything.
@@ -271,7 +271,7 @@ fn search_sql_among(
     let limit = w.bind(Param::Int(limit));
     Ok(Sql {
         text: format!(
-            "{with}SELECT seq, request_id, cpr, caller_id, body, hash FROM {table}
+            "{with}SELECT {STORED_COLUMNS} FROM {table}
              WHERE {} ORDER BY at DESC, chain DESC, seq DESC LIMIT {limit}",
             w.render()
         ),
@@ -437,16 +437,7 @@ pub(crate) fn postgres_search(
     let rows = client
         .query(&sql.text, &postgres_params(&sql.params))?
         .iter()
-        .map(|r| {
-            Ok(StoredRecord {
-                seq: u64::try_from(r.try_get::<_, i64>(0)?).unwrap_or(0),
-                request_id: r.try_get(1)?,
-                cpr: r.try_get(2)?,
-                caller_id: r.try_get(3)?,
-                body: r.try_get(4)?,
-                hash: r.try_get(5)?,
-            })
-        })
+        .map(crate::postgres::stored_record)
         .collect::<Result<Vec<_>, postgres::Error>>()?;
     records_of(rows)
 }

@@ -35,7 +35,10 @@ use crate::registry::{
     RegistryChange, RegistryReader, RequestFilter, RequestRow, RequestState, decide_refusal,
     time_text,
 };
-use crate::{AuditError, AuditRecord, AuditStore, LogSync, SealChange, SealedRecord, StoredRecord};
+use crate::{
+    AuditError, AuditRecord, AuditStore, LogSync, STORED_COLUMNS, SealChange, SealedRecord,
+    StoredRecord,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::fs::File;
 use std::path::Path;
@@ -756,8 +759,10 @@ impl AuditStore for SqliteStore {
         read_records(
             &self.conn,
             &self.dictionaries,
-            "SELECT seq, request_id, cpr, caller_id, body, hash FROM audit_records
-             WHERE chain = ?1 AND action = 'audit-maintenance' ORDER BY seq",
+            &format!(
+                "SELECT {STORED_COLUMNS} FROM audit_records
+                 WHERE chain = ?1 AND action = 'audit-maintenance' ORDER BY seq"
+            ),
             params![chain],
         )
     }
@@ -871,8 +876,10 @@ impl AuditStore for SqliteStore {
         read_records(
             &self.conn,
             &self.dictionaries,
-            "SELECT seq, request_id, cpr, caller_id, body, hash FROM audit_records
-             WHERE chain = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            &format!(
+                "SELECT {STORED_COLUMNS} FROM audit_records
+                 WHERE chain = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ),
             params![
                 chain,
                 i64::try_from(after_seq).unwrap_or(i64::MAX),
@@ -900,7 +907,7 @@ impl AuditStore for SqliteStore {
     }
 }
 
-/// Reads records (`seq, request_id, cpr, caller_id, body, hash`) with a cached statement.
+/// Reads records ([`STORED_COLUMNS`]) with a cached statement.
 fn read_records(
     conn: &Connection,
     dictionaries: &SharedDictionaries,
@@ -914,7 +921,7 @@ fn read_records(
     with_bodies(dictionaries, conn, rows)
 }
 
-/// A row of `seq, request_id, cpr, caller_id, body, hash`, its body as stored.
+/// A row of [`STORED_COLUMNS`], its body as stored.
 pub(crate) fn stored_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredRecord, StoredBody)> {
     Ok((
         StoredRecord {
@@ -924,6 +931,10 @@ pub(crate) fn stored_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredRe
             caller_id: r.get(3)?,
             body: String::new(),
             hash: r.get(5)?,
+            at: r.get(6)?,
+            department: r.get(7)?,
+            action: r.get(8)?,
+            outcome: r.get(9)?,
         },
         r.get(4)?,
     ))

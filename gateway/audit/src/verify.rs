@@ -184,11 +184,17 @@ pub(crate) fn verify_chain(
             if record.prev_hash != prev_hash {
                 return Err(broken(seq, "does not link to the previous record".into()));
             }
+            // Every column a search filters on: one edited in place would hide the record
+            // from a search (or a prune would take it early) while its body still verifies.
             if record.seq != seq
                 || record.chain != chain
                 || record.request_id != stored.request_id
                 || record.cpr != stored.cpr
                 || record.actor.caller_id != stored.caller_id
+                || record.at != stored.at
+                || record.actor.department != stored.department
+                || record.action.as_str() != stored.action
+                || record.outcome.as_str() != stored.outcome
             {
                 return Err(broken(seq, "indexed columns differ from the record".into()));
             }

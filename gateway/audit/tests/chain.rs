@@ -311,8 +311,21 @@ fn a_flipped_byte_is_found_at_its_record() {
 fn a_changed_index_column_is_found() {
     for s in setups() {
         write(&s, 30);
-        s.sql("UPDATE audit_records SET cpr = '0202020202' WHERE seq = 9");
-        assert_eq!(broken_at(&s), 9);
+        // Every column a search filters on, each edited in place on its own record.
+        let edits = [
+            (9, "cpr = '0202020202'"),
+            (10, "caller_id = 'cw-someone-else'"),
+            (11, "department = 'child-welfare'"),
+            (12, "outcome = 'denied'"),
+            (13, "action = 'consents-listed'"),
+            (14, "at = '2026-01-01T00:00:00.000000Z'"),
+        ];
+        for (seq, edit) in edits.into_iter().rev() {
+            s.sql(&format!(
+                "UPDATE audit_records SET {edit} WHERE seq = {seq}"
+            ));
+            assert_eq!(broken_at(&s), seq, "{edit}");
+        }
     }
 }
 
