@@ -94,6 +94,15 @@ impl std::fmt::Debug for Dictionaries {
 
 pub(crate) type SharedDictionaries = Arc<Mutex<Dictionaries>>;
 
+/// Takes the shared cache (a thread that panicked holding it leaves it unusable, not wrong).
+pub(crate) fn lock(
+    dictionaries: &SharedDictionaries,
+) -> Result<std::sync::MutexGuard<'_, Dictionaries>, AuditError> {
+    dictionaries
+        .lock()
+        .map_err(|_| AuditError::Store("the dictionary cache is poisoned".into()))
+}
+
 impl Dictionaries {
     /// Loads the file's dictionaries this connection does not know yet. A file without the
     /// table (written before dictionaries existed, opened read-only) has none.
@@ -145,9 +154,8 @@ impl Dictionaries {
             Ok(_) => return Err("the compressed body does not state a plausible size".into()),
             Err(_) => return Err("the body is not a zstd frame".into()),
         };
-        let id = zstd::zstd_safe::get_dict_id_from_frame(frame)
-            .ok_or("the compressed body names no dictionary")?;
-        let decoder = self.decoders.get_mut(&id.get()).ok_or_else(|| {
+        let id = dictionary_of(frame).ok_or("the compressed body names no dictionary")?;
+        let decoder = self.decoders.get_mut(&id).ok_or_else(|| {
             format!("the compressed body needs dictionary {id}, which the store lacks")
         })?;
         let bytes = decoder
@@ -170,9 +178,7 @@ pub(crate) fn decode_all(
     conn: &Connection,
     bodies: Vec<StoredBody>,
 ) -> Result<Vec<String>, AuditError> {
-    let mut dictionaries = dictionaries
-        .lock()
-        .map_err(|_| AuditError::Store("the dictionary cache is poisoned".into()))?;
+    let mut dictionaries = lock(dictionaries)?;
     let unknown = bodies
         .iter()
         .any(|b| matches!(b, StoredBody::Compressed(frame) if !dictionaries.knows(frame)));
@@ -206,9 +212,8 @@ pub(crate) fn register_function(
         move |ctx| match ctx.get_raw(0) {
             ValueRef::Text(t) => Ok(String::from_utf8_lossy(t).into_owned()),
             ValueRef::Blob(frame) => {
-                let mut dictionaries = dictionaries.lock().map_err(|_| {
-                    rusqlite::Error::UserFunctionError("the dictionary cache is poisoned".into())
-                })?;
+                let mut dictionaries = lock(&dictionaries)
+                    .map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?;
                 dictionaries.decompress(frame).map_err(|why| {
                     rusqlite::Error::UserFunctionError(
                         format!("{why}; run `samblik audit verify`").into(),

@@ -332,10 +332,7 @@ pub(crate) fn sqlite_search(
     // One read transaction: `samblik_body` knows every dictionary the rows it reads need.
     let tx = conn.unchecked_transaction()?;
     if query.break_glass {
-        dictionaries
-            .lock()
-            .map_err(|_| AuditError::Store("the dictionary cache is poisoned".into()))?
-            .refresh(&tx)?;
+        crate::bodies::lock(dictionaries)?.refresh(&tx)?;
     }
     // By citizen or caller, the newest candidates first; a short page may be short only
     // because other filters dropped candidates, so it is asked again without the bound.
