@@ -286,6 +286,12 @@ pub async fn serve_configured(
                 .await;
             health_reporter.set_service_status("", status).await;
             if audit_health.changed().await.is_err() {
+                // The writer is gone: nothing can be recorded, so nothing may be disclosed.
+                let down = tonic_health::ServingStatus::NotServing;
+                health_reporter
+                    .set_service_status(LOOKUP_SERVICE_NAME, down)
+                    .await;
+                health_reporter.set_service_status("", down).await;
                 break;
             }
         }

@@ -33,6 +33,10 @@ pub enum Maintenance {
     },
     /// The writer stopped cleanly: this is its last record, signed by its last checkpoint.
     WriterStopped,
+    /// The store accepts writes again after it could not be written (full disk, I/O error,
+    /// database down): the first record since, signed. Lookups in between were refused, and
+    /// could not be recorded.
+    StoreRecovered,
     /// Records `from_seq..=through_seq` were pruned.
     Prune {
         from_seq: u64,

@@ -95,8 +95,12 @@ const SCHEMA_LOCK: i64 = 0x5341_4d42_4c49_4b01;
 
 pub struct PostgresStore {
     client: Client,
-    /// Prepared at the first write.
+    /// Prepared at the first write on this connection.
     inserts: Option<Inserts>,
+    /// To connect again once the connection is gone (a database restart, a failover, a
+    /// terminated session): the writer's next try reconnects, so the log recovers by itself.
+    url: String,
+    durability: Durability,
 }
 
 /// A registry reader's statements, each prepared once on its connection: a query given as text
@@ -168,21 +172,31 @@ impl PostgresStore {
     /// flushed (`synchronous_commit = off` for this session only): for measuring what
     /// durability costs, never for a municipality.
     pub fn connect_with(url: &str, durability: Durability) -> Result<Self, AuditError> {
-        let mut client = Client::connect(url, NoTls)?;
-        client.batch_execute(match durability {
-            Durability::Full => "SET synchronous_commit = on",
-            Durability::Off => "SET synchronous_commit = off",
-        })?;
+        let mut client = session(url, durability)?;
         create_schema(&mut client)?;
         Ok(PostgresStore {
             client,
             inserts: None,
+            url: url.to_owned(),
+            durability,
         })
     }
 
-    /// The statements a batch is written with, prepared once (outside any transaction, so that
-    /// a rollback cannot take them away).
+    /// The connection, made again if the last one is gone. A call that fails because the
+    /// server went away leaves the client closed; the next call reconnects.
+    fn connected(&mut self) -> Result<&mut Client, AuditError> {
+        if self.client.is_closed() {
+            tracing::warn!("the audit database connection is gone; connecting again");
+            self.client = session(&self.url, self.durability)?;
+            self.inserts = None;
+        }
+        Ok(&mut self.client)
+    }
+
+    /// The statements a batch is written with, prepared once per connection (outside any
+    /// transaction, so that a rollback cannot take them away).
     fn inserts(&mut self) -> Result<Inserts, AuditError> {
+        self.connected()?;
         if let Some(inserts) = &self.inserts {
             return Ok(inserts.clone());
         }
@@ -202,6 +216,16 @@ impl PostgresStore {
             .query_one("SHOW synchronous_commit", &[])?
             .get::<_, String>(0))
     }
+}
+
+/// A session that commits as `durability` says.
+fn session(url: &str, durability: Durability) -> Result<Client, AuditError> {
+    let mut client = Client::connect(url, NoTls)?;
+    client.batch_execute(match durability {
+        Durability::Full => "SET synchronous_commit = on",
+        Durability::Off => "SET synchronous_commit = off",
+    })?;
+    Ok(client)
 }
 
 fn create_schema(client: &mut Client) -> Result<(), AuditError> {
@@ -394,7 +418,7 @@ fn apply(
 
 impl AuditStore for PostgresStore {
     fn head(&mut self, chain: &str) -> Result<Option<(u64, String)>, AuditError> {
-        let row = self.client.query_opt(
+        let row = self.connected()?.query_opt(
             "SELECT seq, hash FROM audit_records WHERE chain = $1 ORDER BY seq DESC LIMIT 1",
             &[&chain],
         )?;
@@ -402,7 +426,7 @@ impl AuditStore for PostgresStore {
     }
 
     fn last_checkpoint(&mut self, chain: &str) -> Result<Option<Checkpoint>, AuditError> {
-        let row = self.client.query_opt(
+        let row = self.connected()?.query_opt(
             "SELECT seq, head_hash, at, signature FROM audit_checkpoints
              WHERE chain = $1 ORDER BY seq DESC LIMIT 1",
             &[&chain],
@@ -416,7 +440,7 @@ impl AuditStore for PostgresStore {
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError> {
         let inserts = self.inserts()?;
-        let mut tx = self.client.transaction()?;
+        let mut tx = self.connected()?.transaction()?;
         insert(&mut tx, &inserts, records, checkpoint)?;
         tx.commit()?;
         Ok(())
@@ -429,7 +453,7 @@ impl AuditStore for PostgresStore {
     ) -> Result<ChangeOutcome, AuditError> {
         // Dropping the transaction on any error below rolls the change back.
         let inserts = self.inserts()?;
-        let mut tx = self.client.transaction()?;
+        let mut tx = self.connected()?.transaction()?;
         let outcome = apply(&mut tx, change)?;
         let (record, checkpoint) = seal(outcome)?;
         insert(
@@ -444,7 +468,7 @@ impl AuditStore for PostgresStore {
 
     fn maintenance_records(&mut self, chain: &str) -> Result<Vec<StoredRecord>, AuditError> {
         Ok(self
-            .client
+            .connected()?
             .query(
                 &format!(
                     "SELECT {STORED_COLUMNS} FROM audit_records
@@ -464,7 +488,7 @@ impl AuditStore for PostgresStore {
         max_seq: u64,
     ) -> Result<Option<Checkpoint>, AuditError> {
         let max_seq = i64::try_from(max_seq).unwrap_or(i64::MAX);
-        let row = self.client.query_opt(
+        let row = self.connected()?.query_opt(
             "SELECT c.seq, c.head_hash, c.at, c.signature FROM audit_checkpoints c
              WHERE c.chain = $1 AND c.seq <= $3
                AND c.seq < COALESCE((SELECT r.seq FROM audit_records r
@@ -488,7 +512,7 @@ impl AuditStore for PostgresStore {
         let through = to_i64(through_seq)?;
         let inserts = self.inserts()?;
         // Dropping the transaction on any error below rolls the delete back.
-        let mut tx = self.client.transaction()?;
+        let mut tx = self.connected()?.transaction()?;
         let deleted = tx.execute(
             "DELETE FROM audit_records WHERE chain = $1 AND seq <= $2",
             &[&chain, &through],
@@ -515,7 +539,7 @@ impl AuditStore for PostgresStore {
 
     fn chains(&mut self) -> Result<Vec<String>, AuditError> {
         Ok(self
-            .client
+            .connected()?
             .query(
                 "SELECT DISTINCT chain FROM audit_records ORDER BY chain",
                 &[],
@@ -533,7 +557,7 @@ impl AuditStore for PostgresStore {
     ) -> Result<Vec<StoredRecord>, AuditError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         Ok(self
-            .client
+            .connected()?
             .query(
                 &format!(
                     "SELECT {STORED_COLUMNS} FROM audit_records
@@ -548,7 +572,7 @@ impl AuditStore for PostgresStore {
 
     fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError> {
         Ok(self
-            .client
+            .connected()?
             .query(
                 "SELECT seq, head_hash, at, signature FROM audit_checkpoints
                  WHERE chain = $1 ORDER BY seq",

@@ -41,6 +41,10 @@ pub struct WriterOptions {
     /// Most records one prune deletes, so a large backlog is pruned in steps between ordinary
     /// writes rather than holding the writer for long.
     pub max_prune_records: u64,
+    /// While the store cannot be written, how often the idle writer tries again: health recovers
+    /// by itself, with no lookup to carry it (a load balancer sends none to an unhealthy
+    /// gateway).
+    pub retry_every: Duration,
 }
 
 impl WriterOptions {
@@ -53,6 +57,7 @@ impl WriterOptions {
             policy_version: String::new(),
             retention: None,
             max_prune_records: 50_000,
+            retry_every: Duration::from_secs(1),
         }
     }
 }
@@ -437,17 +442,25 @@ fn run(
         {
             next_prune = Some(writer.scheduled_prune(retention));
         }
-        let wait = next_prune.map_or(writer.options.checkpoint_interval, |due| {
+        let mut wait = next_prune.map_or(writer.options.checkpoint_interval, |due| {
             writer
                 .options
                 .checkpoint_interval
                 .min(due.saturating_duration_since(Instant::now()))
         });
+        if !writer.health.healthy() {
+            wait = wait.min(writer.options.retry_every);
+        }
         let first = match rx.recv_timeout(wait) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
-                // Idle: sign the head if records came after the last checkpoint.
-                writer.sign_head_if_unsigned();
+                // Idle: try a store that failed again, or sign the head if records came after
+                // the last checkpoint.
+                if writer.health.healthy() {
+                    writer.sign_head_if_unsigned();
+                } else if let Err(e) = writer.ready() {
+                    tracing::debug!(error = %e, "the audit store cannot be written yet");
+                }
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
@@ -516,6 +529,10 @@ impl Health {
 
     fn commit(&self, ok: bool) {
         self.set(&self.commit, ok);
+    }
+
+    fn healthy(&self) -> bool {
+        self.commit.load(Ordering::SeqCst) && self.sync.load(Ordering::SeqCst)
     }
 
     fn sync(&self, ok: bool) {
@@ -882,12 +899,56 @@ impl Writer {
     }
 
     /// Before a write that is made durable inline: waits for the pipelined fsyncs in flight,
-    /// then [`Self::refresh`]es.
+    /// then [`Self::refresh`]es (and after a failure, see [`Self::ready`]).
     fn settle(&mut self) -> Result<(), AuditError> {
         if let Some(syncer) = &self.syncer {
             syncer.drain();
         }
-        self.refresh()
+        self.ready()
+    }
+
+    /// Before every write: [`Self::refresh`]es; after a failed write or fsync, first writes a
+    /// signed [`Maintenance::StoreRecovered`] record (durable inline), which is what turns health
+    /// back on — so every recovery is in the chain, whether a lookup or the idle writer's retry
+    /// found it.
+    fn ready(&mut self) -> Result<(), AuditError> {
+        if self.health.healthy() {
+            return self.refresh();
+        }
+        if let Some(syncer) = &self.syncer {
+            syncer.drain();
+        }
+        self.refresh()?;
+        let before = (self.state.seq, self.state.hash.clone());
+        let record = self.state.seal(
+            maintenance_event(
+                "the audit store accepts writes again; lookups were refused while it did not"
+                    .into(),
+                &self.options,
+            )
+            .encode(Some(&Maintenance::StoreRecovered.to_value())),
+            &self.options.chain,
+        );
+        let checkpoint =
+            self.signer
+                .sign(&self.options.chain, record.seq, &record.hash, &record.at);
+        match self
+            .store
+            .append(std::slice::from_ref(&record), Some(&checkpoint))
+        {
+            Ok(()) => {
+                self.succeeded(true);
+                self.health.sync(true);
+                tracing::info!(chain = %self.options.chain, "audit store writable again");
+                Ok(())
+            }
+            Err(e) => {
+                (self.state.seq, self.state.hash) = before;
+                self.state.stale = true;
+                self.health.commit(false);
+                Err(e)
+            }
+        }
     }
 
     /// Before every write: recovers the store after a failed fsync, and re-reads its head after
@@ -924,7 +985,7 @@ impl Writer {
         if jobs.is_empty() {
             return;
         }
-        if let Err(e) = self.refresh() {
+        if let Err(e) = self.ready() {
             fail(jobs.into_iter().map(|(_, reply)| reply), &e, &self.health);
             return;
         }

@@ -183,11 +183,13 @@ fn a_failing_store_refuses_appends_turns_unhealthy_and_recovers() {
         failing.store(false, Ordering::SeqCst);
         let receipt = block_on(log.append(event(4))).unwrap();
         assert!(*health.borrow());
-        // The failed records left no gap: the chain goes on from the last durable one.
-        assert_eq!(receipt.seq, 3);
+        // The failed records left no gap: the chain goes on from the last durable one, with
+        // the recovery recorded first.
+        assert_eq!(receipt.seq, 4);
+        assert_eq!(maintenance_at(&s, 3), Maintenance::StoreRecovered);
         log.close();
-        // Start-up, two lookups, clean stop.
-        assert_eq!(verify(&s).unwrap()[0].records, 4);
+        // Start-up, a lookup, the recovery, a lookup, clean stop.
+        assert_eq!(verify(&s).unwrap()[0].records, 5);
     }
 }
 
@@ -280,10 +282,12 @@ fn sqlite_a_failed_fsync_refuses_its_records_turns_unhealthy_and_recovers() {
     failing.store(false, Ordering::SeqCst);
     let receipt = block_on(log.append(event(4))).unwrap();
     assert!(*health.borrow());
-    // Start-up, 1, and 2 (committed before its fsync failed; its caller was refused), then 4.
-    assert_eq!(receipt.seq, 4);
+    // Start-up, 1, and 2 (committed before its fsync failed; its caller was refused), the
+    // recovery, then 4.
+    assert_eq!(receipt.seq, 5);
+    assert_eq!(maintenance_at(&s, 4), Maintenance::StoreRecovered);
     log.close();
-    assert_eq!(verify(&s).unwrap()[0].records, 5);
+    assert_eq!(verify(&s).unwrap()[0].records, 6);
 }
 
 #[test]
@@ -464,6 +468,12 @@ fn stored(s: &Setup) -> Vec<AuditRecord> {
 
 fn maintenance(record: &AuditRecord) -> Maintenance {
     Maintenance::of(record).unwrap_or_else(|| panic!("not a maintenance record: {record:?}"))
+}
+
+/// What the maintenance record at `seq` did.
+fn maintenance_at(s: &Setup, seq: u64) -> Maintenance {
+    let records = stored(s);
+    maintenance(records.iter().find(|r| r.seq == seq).unwrap())
 }
 
 #[test]
