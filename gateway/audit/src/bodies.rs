@@ -19,6 +19,10 @@
 //!   records and trains on a thread of its own; the writer stores the dictionary in its next
 //!   transaction and compresses with it once that has committed. A training that fails leaves
 //!   the records as they are; it never fails or delays a write.
+//! - **No personal data in a dictionary.** A dictionary is kept as long as any record needs it,
+//!   which can be long after the records it was trained on were pruned. So it is trained on the
+//!   records' shape only ([`redacted`]): every value that could name or single out a person — the
+//!   citizen, the caller, a case or document id, a free text — is blanked in the samples first.
 
 use crate::AuditError;
 use rusqlite::Connection;
@@ -449,7 +453,41 @@ fn newest(conn: &Connection) -> Result<Option<(u32, Vec<u8>, i64)>, AuditError> 
     .transpose()
 }
 
-/// The newest `n` bodies, as canonical JSON.
+/// What a dictionary may learn from `body`: the record's canonical JSON with every value that
+/// could name or single out a person blanked — the citizen, the caller's id and name, the
+/// request id, a break-the-glass reason or other free text, case ids, the document ids in field
+/// paths, a registry change's content — and the previous hash (noise). The keys, departments,
+/// purposes, outcomes, sources, tiers, legal bases, rule ids, field paths and times stay: they
+/// are what repeats. `None` for a body that is not a record.
+pub fn redacted(body: &str) -> Option<Vec<u8>> {
+    let mut record: crate::AuditRecord = serde_json::from_str(body).ok()?;
+    let blank = |value: &mut Option<String>| {
+        if let Some(v) = value {
+            v.clear();
+        }
+    };
+    record.request_id.clear();
+    record.actor.caller_id.clear();
+    record.actor.name.clear();
+    blank(&mut record.cpr);
+    blank(&mut record.break_glass_reason);
+    blank(&mut record.detail);
+    record.prev_hash.clear();
+    if record.action != crate::Action::AuditMaintenance {
+        record.change = None;
+    }
+    for case in record.sources.iter_mut().flat_map(|s| s.cases.iter_mut()) {
+        case.case_id.clear();
+        for field in &mut case.fields {
+            if let Some((path, _id)) = field.split_once('[') {
+                *field = format!("{path}[]");
+            }
+        }
+    }
+    serde_json::to_vec(&record).ok()
+}
+
+/// The newest `n` bodies, as canonical JSON, [`redacted`] for training.
 fn samples(conn: &Connection, n: i64) -> Result<Vec<Vec<u8>>, AuditError> {
     let mut stmt =
         conn.prepare_cached("SELECT body FROM audit_records ORDER BY rowid DESC LIMIT ?1")?;
@@ -458,7 +496,7 @@ fn samples(conn: &Connection, n: i64) -> Result<Vec<Vec<u8>>, AuditError> {
         .collect::<Result<Vec<_>, _>>()?;
     let dictionaries = SharedDictionaries::default();
     Ok(decode_all(&dictionaries, conn, bodies)?
-        .into_iter()
-        .map(String::into_bytes)
+        .iter()
+        .filter_map(|body| redacted(body))
         .collect())
 }
