@@ -92,6 +92,22 @@ pub struct StoredRecord {
     pub outcome: String,
 }
 
+impl StoredRecord {
+    /// Whether the columns a search filters on say what the record's hashed content says (the
+    /// chain and seq aside): one edited in place would show a record to the wrong search — a
+    /// lookup to another citizen — or hide it from the right one.
+    pub(crate) fn columns_agree(&self, record: &AuditRecord) -> bool {
+        record.seq == self.seq
+            && record.request_id == self.request_id
+            && record.cpr == self.cpr
+            && record.actor.caller_id == self.caller_id
+            && record.at == self.at
+            && record.actor.department == self.department
+            && record.action.as_str() == self.action
+            && record.outcome.as_str() == self.outcome
+    }
+}
+
 /// The columns a [`StoredRecord`] is read from, in its fields' order.
 pub(crate) const STORED_COLUMNS: &str =
     "seq, request_id, cpr, caller_id, body, hash, at, department, action, outcome";

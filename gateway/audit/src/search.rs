@@ -316,8 +316,16 @@ pub(crate) fn records_of(rows: Vec<StoredRecord>) -> Result<Vec<AuditRecord>, Au
                     row.seq
                 )));
             }
-            AuditRecord::from_stored(&row.body, &row.hash)
-                .map_err(|e| AuditError::Store(format!("record {} is unreadable: {e}", row.seq)))
+            let record = AuditRecord::from_stored(&row.body, &row.hash).map_err(|e| {
+                AuditError::Store(format!("record {} is unreadable: {e}", row.seq))
+            })?;
+            if !row.columns_agree(&record) {
+                return Err(AuditError::Store(format!(
+                    "record {} has columns that differ from its content; run `samblik audit verify`",
+                    row.seq
+                )));
+            }
+            Ok(record)
         })
         .collect()
 }

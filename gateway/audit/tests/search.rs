@@ -181,6 +181,28 @@ fn a_record_altered_in_place_is_never_shown() {
     }
 }
 
+#[test]
+fn a_record_whose_columns_were_edited_is_never_shown() {
+    for s in test_stores("search_columns") {
+        let records = write(&s, 6);
+        // Record 3 is citizen 1's lookup; its citizen column now names citizen 0, whose own
+        // "who looked at my data" must not show it.
+        let moved = records.iter().find(|r| r.seq == 3).unwrap();
+        assert_eq!(moved.cpr.as_deref(), Some(CITIZENS[1]));
+        s.sql(&format!(
+            "UPDATE audit_records SET cpr = '{}' WHERE seq = 3",
+            CITIZENS[0]
+        ));
+        let registry = s.registry();
+        let query = AuditQuery {
+            cpr: Some(CITIZENS[0].into()),
+            ..AuditQuery::default()
+        };
+        let err = runtime().block_on(registry.search(query, 100)).unwrap_err();
+        assert!(err.to_string().contains("record 3 has columns"), "{err}");
+    }
+}
+
 /// Fills the store with a million records of 20,000 other citizens, straight in SQL (their
 /// bodies are placeholders: no search here shows them), then adds `n` real records of one
 /// citizen spread across the same period.
