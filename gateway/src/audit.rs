@@ -252,6 +252,7 @@ pub fn disclosed_fields(case: &Case) -> Vec<String> {
             !s.assessment_summary.is_empty(),
             "selected.assessment_summary",
         );
+        push(!s.residence.is_empty(), "selected.residence");
     }
     if let Some(f) = &case.full {
         for d in &f.documents {

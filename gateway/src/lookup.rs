@@ -575,13 +575,15 @@ impl LookupPipeline {
         request: &LookupRequest,
         client_timeout: Option<Duration>,
     ) -> Result<(AuditDraft, LookupPlan), GatewayError> {
-        self.auth.refresh_keys_for(credentials.metadata).await;
+        // The draft first: a caller who goes away while the identity provider's keys are
+        // fetched is recorded as cancelled too.
         let mut draft = AuditDraft::new(
             Arc::clone(&self.audit),
             &request_id,
             action,
             self.policy.version(),
         );
+        self.auth.refresh_keys_for(credentials.metadata).await;
         let prepared = self.prepare(request_id, &mut draft, credentials, request, client_timeout);
         let established = match prepared {
             Ok(mut plan) => self.establish(&mut plan).await.map(|()| plan),

@@ -76,13 +76,15 @@ pub(crate) async fn begin_as<T>(
     roles: &[&str],
 ) -> Result<(AuditDraft, Principal), GatewayError> {
     let credentials = Credentials::of(request);
-    pipeline.auth().refresh_keys_for(credentials.metadata).await;
+    // The draft first: a caller who goes away while the identity provider's keys are fetched
+    // is recorded as cancelled too.
     let mut draft = AuditDraft::new(
         Arc::clone(pipeline.audit_log()),
         request_id,
         action,
         pipeline.policy().version(),
     );
+    pipeline.auth().refresh_keys_for(credentials.metadata).await;
     let principal = match pipeline.authenticate(&credentials, &mut draft) {
         Ok(p) => p,
         Err(e) => {
@@ -107,17 +109,18 @@ pub(crate) async fn begin_as<T>(
 }
 
 impl RegistryApi {
-    /// Writes `change` with its audit record, then makes it visible to the next lookup.
+    /// Writes `change` with its audit record, then makes what the store now holds visible to
+    /// the next lookup. The mirror is re-read whatever the outcome: a change whose fsync failed
+    /// may still be in the store (and a withdrawn consent must not outlive its withdrawal in
+    /// memory), and a retry of it finds it already done.
     async fn apply(
         &self,
         draft: AuditDraft,
         change: RegistryChange,
     ) -> Result<ChangeOutcome, GatewayError> {
-        let outcome = draft.change(change.clone()).await?;
-        if outcome == ChangeOutcome::Applied {
-            self.pipeline.registry().refresh(&change).await;
-        }
-        Ok(outcome)
+        let outcome = draft.change(change.clone()).await;
+        self.pipeline.registry().refresh(&change).await;
+        Ok(outcome?)
     }
 
     /// A citizen's consents are their caseworker's business: recording, withdrawing and (for

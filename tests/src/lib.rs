@@ -385,12 +385,20 @@ pub fn in_process_pipeline(
     )
 }
 
-/// Starts the gateway over `sources`, auditing into `store` (e.g. a fault-injecting one).
+/// Starts the gateway over `sources`, auditing into the store `open` makes of the gateway's
+/// audit file (e.g. a fault-injecting one around it; the registry reads that file too).
 pub async fn start_gateway_audited_by(
     sources: &[SourceSpec],
-    store: Box<dyn samblik_audit::AuditStore>,
+    open: impl FnOnce(&std::path::Path) -> Box<dyn samblik_audit::AuditStore>,
 ) -> RunningGateway {
     let (config, audit_dir) = with_own_audit(gateway_config(sources, 3_000));
+    let store = open(
+        config
+            .audit
+            .path
+            .as_deref()
+            .expect("with_own_audit sets the path"),
+    );
     let signer =
         samblik_audit::CheckpointSigner::load_or_create(&config.audit.signing_key_file).unwrap();
     let log = samblik_audit::AuditLog::start(

@@ -73,12 +73,39 @@ async fn an_answered_lookup_records_who_looked_at_whom_and_exactly_what_was_disc
     let started = &m.gateway.audit_records()[0];
     assert_eq!(r.policy_version, started.policy_version);
     assert_eq!(r.sources.len(), 3);
+    let mut addresses = 0;
     for (entry, result) in r.sources.iter().zip(&answer.sources) {
         assert_eq!(entry.source_id, result.source_id);
         assert_eq!(entry.status, "ok");
         let ids: Vec<&str> = entry.cases.iter().map(|c| c.case_id.as_str()).collect();
         let sent: Vec<&str> = result.cases.iter().map(|c| c.case_id.as_str()).collect();
         assert_eq!(ids, sent);
+        // Every part of `Selected` that left is named, the address too.
+        for (recorded, case) in entry.cases.iter().zip(&result.cases) {
+            let Some(s) = &case.selected else { continue };
+            for (sent, path) in [
+                (!s.interventions.is_empty(), "selected.interventions"),
+                (!s.situation.is_empty(), "selected.situation"),
+                (!s.goals.is_empty(), "selected.goals"),
+                (
+                    !s.next_follow_up_on.is_empty(),
+                    "selected.next_follow_up_on",
+                ),
+                (
+                    !s.assessment_summary.is_empty(),
+                    "selected.assessment_summary",
+                ),
+                (!s.residence.is_empty(), "selected.residence"),
+            ] {
+                assert_eq!(
+                    recorded.fields.iter().any(|f| f == path),
+                    sent,
+                    "{path} in {:?}",
+                    recorded.fields
+                );
+            }
+            addresses += usize::from(!s.residence.is_empty());
+        }
         if entry.source_id == "jobcenter" {
             // The caller's own department: in full, and every disclosed field is named.
             for case in &entry.cases {
@@ -106,6 +133,7 @@ async fn an_answered_lookup_records_who_looked_at_whom_and_exactly_what_was_disc
             );
         }
     }
+    assert!(addresses > 0, "no address was disclosed to check");
 }
 
 #[tokio::test]
@@ -230,16 +258,15 @@ async fn a_streamed_lookup_records_each_part_before_sending_it() {
 #[tokio::test]
 async fn when_the_audit_store_fails_nothing_is_disclosed_health_says_so_and_it_recovers() {
     let jobcenter = start_source(reference(Department::Jobcenter)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = FaultInjecting::new(
-        SqliteStore::open(&dir.path().join("audit.db"), Durability::Full).unwrap(),
-    );
-    let failing = Arc::clone(&store.failing);
-    let gateway = start_gateway_audited_by(
-        &[SourceSpec::at("jobcenter", jobcenter.addr)],
-        Box::new(store),
-    )
-    .await;
+    let mut failing = None;
+    let gateway =
+        start_gateway_audited_by(&[SourceSpec::at("jobcenter", jobcenter.addr)], |path| {
+            let store = FaultInjecting::new(SqliteStore::open(path, Durability::Full).unwrap());
+            failing = Some(Arc::clone(&store.failing));
+            Box::new(store)
+        })
+        .await;
+    let failing = failing.unwrap();
     let mut client = gateway.client().await;
     let mut health = HealthClient::new(gateway.channel().await);
     let serving = |h: &mut HealthClient<_>| {
@@ -292,15 +319,11 @@ async fn when_the_audit_store_fails_nothing_is_disclosed_health_says_so_and_it_r
     }
     assert_eq!(last, ServingStatus::NotServing as i32);
 
+    // The store heals; no lookup comes (a load balancer sends none to an unhealthy gateway):
+    // the writer's own retry finds it, records the recovery, and health turns back on.
     failing.store(false, Ordering::SeqCst);
-    let answer = client
-        .lookup(request(cpr, Purpose::PrepareMeeting, Some(&token), None))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(answer.sources[0].status(), SourceStatus::Ok);
     let mut last = 0;
-    for _ in 0..100 {
+    for _ in 0..500 {
         last = serving(&mut health).await;
         if last == ServingStatus::Serving as i32 {
             break;
@@ -308,4 +331,113 @@ async fn when_the_audit_store_fails_nothing_is_disclosed_health_says_so_and_it_r
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(last, ServingStatus::Serving as i32);
+    let recovered: Vec<_> = gateway
+        .audit_records()
+        .into_iter()
+        .filter(|r| {
+            samblik_audit::Maintenance::of(r) == Some(samblik_audit::Maintenance::StoreRecovered)
+        })
+        .collect();
+    assert_eq!(recovered.len(), 1, "the recovery is recorded once");
+    let answer = client
+        .lookup(request(cpr, Purpose::PrepareMeeting, Some(&token), None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.sources[0].status(), SourceStatus::Ok);
+}
+
+/// A consent withdrawal whose record could not be confirmed durable (its fsync failed) is in the
+/// store all the same: the next lookup must not go on using the consent from memory.
+#[tokio::test]
+async fn a_withdrawal_that_failed_to_confirm_still_ends_the_consent_for_the_next_lookup() {
+    use samblik_proto::v1::consent_service_client::ConsentServiceClient;
+    use samblik_proto::v1::{
+        Consent, ConsentKind, RecordConsentRequest, Tier, WithdrawConsentRequest,
+    };
+    let mut specs = Vec::new();
+    let mut running = Vec::new();
+    for department in [Department::Jobcenter, Department::ChildWelfare] {
+        let source = start_source(reference(department)).await;
+        let mut spec = SourceSpec::at(department.id(), source.addr);
+        spec.department = department.display_name().to_owned();
+        specs.push(spec);
+        running.push(source);
+    }
+    let mut unconfirmed = None;
+    let gateway = start_gateway_audited_by(&specs, |path| {
+        let store = FaultInjecting::new(SqliteStore::open(path, Durability::Full).unwrap());
+        unconfirmed = Some(Arc::clone(&store.changes_unconfirmed));
+        Box::new(store)
+    })
+    .await;
+    let unconfirmed = unconfirmed.unwrap();
+    let token = token(Department::Jobcenter);
+    let cpr = three_department_citizen();
+    let mut consents = ConsentServiceClient::new(gateway.channel().await);
+    let child_welfare_tiers = || async {
+        let answer = gateway
+            .client()
+            .await
+            .lookup(request(cpr, Purpose::PrepareMeeting, Some(&token), None))
+            .await
+            .unwrap()
+            .into_inner();
+        let source = answer
+            .sources
+            .iter()
+            .find(|s| s.source_id == Department::ChildWelfare.id())
+            .unwrap();
+        assert!(!source.cases.is_empty());
+        source.cases.iter().map(|c| c.tier()).collect::<Vec<_>>()
+    };
+
+    let recorded = consents
+        .record_consent(authed(
+            RecordConsentRequest {
+                cpr: cpr.into(),
+                consent: Some(Consent {
+                    kind: ConsentKind::Permit as i32,
+                    from_departments: vec![Department::ChildWelfare.id().into()],
+                    to_departments: vec![Department::Jobcenter.id().into()],
+                    max_tier: Tier::Selected as i32,
+                    purposes: vec![Purpose::PrepareMeeting as i32],
+                    document_ref: "SBSYS 27.12.04-G01-3-26 dok. 14".into(),
+                    ..Consent::default()
+                }),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let consent_id = recorded.consent.unwrap().consent_id;
+    assert!(
+        child_welfare_tiers()
+            .await
+            .iter()
+            .all(|t| *t == Tier::Selected)
+    );
+
+    unconfirmed.store(true, Ordering::SeqCst);
+    let status = consents
+        .withdraw_consent(authed(
+            WithdrawConsentRequest {
+                cpr: cpr.into(),
+                consent_id: consent_id.clone(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    unconfirmed.store(false, Ordering::SeqCst);
+
+    assert!(
+        child_welfare_tiers()
+            .await
+            .iter()
+            .all(|t| *t == Tier::Existence),
+        "the withdrawn consent is still used"
+    );
 }

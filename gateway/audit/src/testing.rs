@@ -28,6 +28,9 @@ pub struct FaultInjecting<S> {
     pub syncs: Arc<AtomicUsize>,
     /// Appends that reached the inner store (each one transaction).
     pub commits: Arc<AtomicUsize>,
+    /// While set, every registry change is committed by the inner store and then reported
+    /// failed, as a change whose fsync failed would be: in the store, but never answered.
+    pub changes_unconfirmed: Arc<AtomicBool>,
 }
 
 /// The inner store's [`LogSync`], failing while `failing` is set.
@@ -86,6 +89,7 @@ impl<S: AuditStore> FaultInjecting<S> {
             failing_sync_hold: Arc::new(Mutex::new(())),
             syncs: Arc::new(AtomicUsize::new(0)),
             commits: Arc::new(AtomicUsize::new(0)),
+            changes_unconfirmed: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -197,6 +201,9 @@ impl<S: AuditStore> AuditStore for FaultInjecting<S> {
         let result = self.inner.apply_change(change, &mut failing_seal);
         if result.is_ok() {
             self.commits.fetch_add(1, Ordering::SeqCst);
+            if self.changes_unconfirmed.load(Ordering::SeqCst) {
+                return Err(sync_fault());
+            }
         }
         result
     }
