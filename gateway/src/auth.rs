@@ -47,8 +47,9 @@ pub struct Caller {
 }
 
 /// What a request is authenticated by: its metadata (the caseworker's bearer token) and the
-/// client certificate chain its TLS connection was verified with (the calling system).
-#[derive(Debug, Clone)]
+/// client certificate chain its TLS connection was verified with (the calling system). Its
+/// `Debug` never shows the metadata, which holds the token.
+#[derive(Clone)]
 pub struct Credentials<'a> {
     pub metadata: &'a MetadataMap,
     /// The verified chain, leaf first; `None` without TLS or without a client certificate.
@@ -66,6 +67,18 @@ pub const PANEL_SYSTEM: &str = "samblik-panel";
 /// the request's extensions, which nothing on the wire can set.
 #[derive(Debug, Clone, Copy)]
 pub struct ViaPanel;
+
+impl std::fmt::Debug for Credentials<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field(
+                "peer_certs",
+                &self.peer_certs.as_ref().map_or(0, |chain| chain.len()),
+            )
+            .field("via_panel", &self.via_panel)
+            .finish_non_exhaustive()
+    }
+}
 
 impl<'a> Credentials<'a> {
     /// The credentials `request` arrived with.
@@ -681,6 +694,19 @@ mod tests {
             via_panel: false,
         };
         assert_eq!(garbage.system_name(), Err(AuthError::UnnamedCertificate));
+    }
+
+    #[test]
+    fn credentials_print_without_the_token() {
+        let mut metadata = MetadataMap::new();
+        metadata.insert("authorization", "Bearer secret-token".parse().unwrap());
+        let credentials = Credentials {
+            metadata: &metadata,
+            peer_certs: None,
+            via_panel: false,
+        };
+        let printed = format!("{credentials:?}");
+        assert!(!printed.contains("secret-token"), "{printed}");
     }
 
     #[test]

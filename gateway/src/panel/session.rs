@@ -38,13 +38,22 @@ pub(crate) fn same_secret(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// The signed-in user of a session.
-#[derive(Debug, Clone)]
+/// The signed-in user of a session. Its `Debug` never shows the access token.
+#[derive(Clone)]
 pub(crate) struct SignedIn {
     /// The access token every call on the user's behalf carries, as on the gRPC API.
     pub token: String,
     pub caller: Arc<Caller>,
     pub expires: SystemTime,
+}
+
+impl std::fmt::Debug for SignedIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedIn")
+            .field("caller", &self.caller)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A lookup the user asked for: the CPR stays here, the address bar shows only its id.
@@ -239,6 +248,25 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signed_in_user_prints_without_their_token() {
+        let user = SignedIn {
+            token: "eyJhbGciOiJFUzI1NiJ9.secret-payload.signature".into(),
+            caller: Arc::new(Caller {
+                id: "cw-1".into(),
+                name: "Mette Jensen".into(),
+                department: "jobcenter".into(),
+                municipality: "0101".into(),
+                roles: vec!["caseworker".into()],
+                citizen: None,
+            }),
+            expires: SystemTime::UNIX_EPOCH,
+        };
+        let printed = format!("{user:?}");
+        assert!(printed.contains("Mette Jensen"), "{printed}");
+        assert!(!printed.contains("secret-payload"), "{printed}");
+    }
 
     #[test]
     fn secrets_compare_by_content() {
