@@ -241,7 +241,9 @@ async fn a_form_without_the_csrf_token_or_from_another_origin_changes_nothing() 
 
     let csrf_before = page.csrf();
     agent.sign_in(&user).await;
-    let lookup = agent.get(&format!("/panel?cpr={cpr}")).await;
+    let lookup = agent
+        .get(&format!("/panel?cpr={cpr}&purpose=prepare-meeting"))
+        .await;
     let id = lookup.location().rsplit('/').next().unwrap().to_owned();
     let consents = agent.get(&format!("/panel/samtykke/{id}")).await;
     let csrf = consents.csrf();
@@ -285,6 +287,29 @@ async fn a_form_without_the_csrf_token_or_from_another_origin_changes_nothing() 
     let recorded = agent.post(&path, &form).await;
     assert_eq!(recorded.status, StatusCode::SEE_OTHER, "{}", recorded.body);
     assert!(agent.get(&path).await.body.contains("data-active=\"true\""));
+}
+
+#[tokio::test]
+async fn a_deep_link_without_a_valid_purpose_looks_nothing_up_and_asks_for_one() {
+    let panel = start_panel().await;
+    let cpr = three_department_citizen();
+    let mut agent = Agent::new(&panel);
+    agent
+        .sign_in(&caseworker_id(Department::ChildWelfare))
+        .await;
+    for link in [
+        format!("/panel?cpr={cpr}"),
+        format!("/panel?cpr={cpr}&purpose=curiosity"),
+    ] {
+        let page = agent.get(&link).await;
+        assert_eq!(page.status, StatusCode::OK, "{link}");
+        assert!(
+            page.body.contains("gyldigt formål"),
+            "{link}: {}",
+            page.body
+        );
+    }
+    assert!(lookups_of(&panel, cpr).is_empty(), "nothing was looked up");
 }
 
 #[tokio::test]
@@ -355,7 +380,7 @@ async fn a_link_from_an_unknown_site_waits_for_a_click() {
     agent.sign_in(&caseworker_id(Department::Jobcenter)).await;
     let link = agent
         .get_with(
-            &format!("/panel?cpr={cpr}"),
+            &format!("/panel?cpr={cpr}&purpose=prepare-meeting"),
             &[
                 ("sec-fetch-site", "cross-site"),
                 ("sec-fetch-dest", "document"),
@@ -399,7 +424,7 @@ async fn without_a_relation_the_panel_offers_break_the_glass_with_a_written_reas
     let mut agent = Agent::new(&panel);
     agent.sign_in(&caseworker_id(Department::Integration)).await;
     let id = agent
-        .get(&format!("/panel?cpr={cpr}"))
+        .get(&format!("/panel?cpr={cpr}&purpose=prepare-meeting"))
         .await
         .location()
         .rsplit('/')
@@ -483,7 +508,9 @@ async fn the_auditor_exports_csv_and_a_caseworker_cannot_search_the_log() {
     let cpr = three_department_citizen();
     let mut worker = Agent::new(&panel);
     worker.sign_in(&caseworker_id(Department::Jobcenter)).await;
-    let lookup = worker.get(&format!("/panel?cpr={cpr}")).await;
+    let lookup = worker
+        .get(&format!("/panel?cpr={cpr}&purpose=prepare-meeting"))
+        .await;
     worker.get(&format!("{}/svar", lookup.location())).await;
     let page = worker.get("/panel").await;
     let refused = worker

@@ -50,19 +50,17 @@ async fn form_or_deep_link(
     headers: HeaderMap,
     Query(link): Query<DeepLink>,
 ) -> Response {
+    // A link must say why: the purpose is recorded with the lookup, so none is ever assumed.
     let deep = link.cpr.as_deref().map(|cpr| {
         (
             Cpr::parse(cpr.trim()),
-            link.purpose
-                .as_deref()
-                .and_then(Purpose::from_code)
-                .unwrap_or(Purpose::PrepareMeeting),
+            link.purpose.as_deref().and_then(Purpose::from_code),
         )
     });
     let signed_in = current.lock().user().cloned();
     let Some(user) = signed_in else {
         // Not signed in: the deep link waits in the session, not in the sign-in URL.
-        if let Some((Ok(cpr), purpose)) = deep {
+        if let Some((Ok(cpr), Some(purpose))) = deep {
             current.lock().after_sign_in = Some(Lookup {
                 cpr,
                 purpose,
@@ -74,7 +72,7 @@ async fn form_or_deep_link(
         return super::sign_in_redirect();
     };
     match deep {
-        Some((Ok(cpr), purpose)) => {
+        Some((Ok(cpr), Some(purpose))) => {
             let id = current.lock().add_lookup(Lookup {
                 cpr,
                 purpose,
@@ -91,6 +89,15 @@ async fn form_or_deep_link(
                 &user.caller,
                 &csrf,
                 Some("CPR-nummeret i linket er ikke gyldigt."),
+            )
+        }
+        Some((Ok(_), None)) => {
+            let csrf = current.lock().csrf.clone();
+            form_page(
+                &panel,
+                &user.caller,
+                &csrf,
+                Some("Linket angiver ikke et gyldigt formål. Vælg formålet her."),
             )
         }
         None => {
