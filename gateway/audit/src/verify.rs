@@ -1,5 +1,10 @@
 //! Verification of a whole store: every chain's records in order, their hashes and links, the
 //! indexed columns against the hashed body, and every signed checkpoint.
+//!
+//! What the key vouches for, besides the checkpoints' heads: every audit-maintenance record —
+//! start-up, clean stop, prune — has a checkpoint at its own seq, because the writer commits
+//! each together with one. So a prune record (which would excuse a missing front) cannot be
+//! made up without the key.
 
 use crate::checkpoint::Checkpoint;
 use crate::maintenance::Maintenance;
@@ -198,10 +203,28 @@ pub(crate) fn verify_chain(
             {
                 return Err(broken(seq, "indexed columns differ from the record".into()));
             }
-            if let Some(c) = checkpoints.get(&seq)
+            let checkpoint = checkpoints.get(&seq);
+            if let Some(c) = checkpoint
                 && c.head_hash != record.hash
             {
                 return Err(broken(seq, "differs from the signed checkpoint".into()));
+            }
+            let maintenance = Maintenance::of(&record);
+            // The writer signs each of its start-up, clean-stop and prune records in the same
+            // commit that writes it: one without its checkpoint was written without the key.
+            let always_signed = matches!(
+                maintenance,
+                Some(
+                    Maintenance::WriterStarted { .. }
+                        | Maintenance::WriterStopped
+                        | Maintenance::Prune { .. }
+                )
+            );
+            if always_signed && checkpoint.is_none() {
+                return Err(broken(
+                    seq,
+                    "audit-maintenance record without its signed checkpoint".into(),
+                ));
             }
             prev_hash = record.hash;
             expected_seq += 1;
