@@ -729,6 +729,39 @@ fn a_forged_clean_stop_record_is_found() {
 }
 
 #[test]
+fn a_chain_whose_records_are_all_deleted_is_found_by_its_checkpoints() {
+    for s in setups() {
+        write(&s, 30);
+        s.sql("DELETE FROM audit_records");
+        let b = broken(&s);
+        assert_eq!((b.chain.as_str(), b.seq), ("replica-a", 1), "{b}");
+    }
+}
+
+#[test]
+fn a_chain_made_up_without_the_key_is_found() {
+    for s in setups() {
+        write(&s, 5);
+        // Ordinary records from the genesis hash: no start-up record begins the chain.
+        forge(&s, "gateway-9", (0..5).map(|i| (event(i), None)).collect());
+        let b = broken(&s);
+        assert_eq!((b.chain.as_str(), b.seq), ("gateway-9", 1), "{b}");
+        // With a start-up record in front, its missing checkpoint gives it away.
+        let started = Maintenance::WriterStarted {
+            head_seq: 0,
+            checkpoint_seq: 0,
+            previous_stop: PreviousStop::FirstStart,
+            missing: None,
+        };
+        let mut records = vec![(maintenance_event(), Some(started))];
+        records.extend((0..5).map(|i| (event(i), None)));
+        forge(&s, "gateway-8", records);
+        let b = broken(&s);
+        assert_eq!((b.chain.as_str(), b.seq), ("gateway-8", 1), "{b}");
+    }
+}
+
+#[test]
 fn a_prune_never_deletes_records_that_do_not_verify() {
     for s in setups() {
         write(&s, 30);
