@@ -126,6 +126,34 @@ pub fn audit_store_opener(
     })
 }
 
+/// How to open the configured audit store only to read it (verification): SQLite read-only,
+/// and never a new file — a wrong path is an error, not an empty store that verifies.
+pub fn audit_store_reader(
+    config: &AuditConfig,
+) -> Result<impl FnOnce() -> Result<Box<dyn AuditStore>, AuditError> + Send + 'static, ServerError>
+{
+    let sqlite = config.path.clone();
+    let writable = match &sqlite {
+        Some(_) => None,
+        None => Some(audit_store_opener(config)?),
+    };
+    Ok(move || -> Result<Box<dyn AuditStore>, AuditError> {
+        match (sqlite, writable) {
+            (Some(path), _) => {
+                if !path.is_file() {
+                    return Err(AuditError::Store(format!(
+                        "no audit store at {}",
+                        path.display()
+                    )));
+                }
+                Ok(Box::new(SqliteStore::open_read_only(&path)?))
+            }
+            (None, Some(open)) => open(),
+            (None, None) => Err(AuditError::Store("no audit store configured".into())),
+        }
+    })
+}
+
 /// Verification of the configured store for the `AuditService.Verify` call: each run opens the
 /// store afresh (read-only for SQLite) and reads the checkpoint key's public half.
 pub fn audit_verifier(config: &AuditConfig) -> Arc<crate::audit_api::Verifier> {
@@ -136,10 +164,7 @@ pub fn audit_verifier(config: &AuditConfig) -> Arc<crate::audit_api::Verifier> {
         let fail = |e: &dyn std::fmt::Display| VerifyError::Store(AuditError::Store(e.to_string()));
         let key =
             load_verifying_key(&public_key_path(&config.signing_key_file)).map_err(|e| fail(&e))?;
-        let mut store: Box<dyn AuditStore> = match &config.path {
-            Some(path) => Box::new(SqliteStore::open_read_only(path)?),
-            None => audit_store_opener(&config).map_err(|e| fail(&e))?()?,
-        };
+        let mut store = audit_store_reader(&config).map_err(|e| fail(&e))?()?;
         verify_store(&mut *store, &key)
     })
 }
