@@ -59,10 +59,29 @@ pub enum ServerError {
 /// Opens the audit log of a validated config: the store, the signing key, the writer. Fails
 /// (and the gateway must not start) if a start-up record cannot be written.
 pub fn open_audit_log(config: &AuditConfig, policy_version: &str) -> Result<AuditLog, ServerError> {
+    let signer = audit_signer(config)?;
     let open = audit_store_opener(config)?;
-    let signer = CheckpointSigner::load_or_create(&config.signing_key_file)?;
     let options = audit_writer_options(config, policy_version);
     Ok(AuditLog::start_with(open, signer, options)?)
+}
+
+/// The checkpoint signing key. A missing key is created only for a store that holds no
+/// checkpoint yet (a first start): one deleted beside a store in use must be restored, or whoever
+/// could delete it would have the gateway re-key and replace the `.pub` that verification reads.
+fn audit_signer(config: &AuditConfig) -> Result<CheckpointSigner, ServerError> {
+    let path = config.signing_key_file.clone();
+    if path.exists() {
+        return Ok(CheckpointSigner::load_or_create(&path)?);
+    }
+    // On a thread of its own: PostgreSQL's blocking client must not run on the async runtime.
+    let open = audit_store_opener(config)?;
+    let signer = std::thread::spawn(move || {
+        let mut store = open()?;
+        CheckpointSigner::load_or_create_for(&path, &mut *store)
+    })
+    .join()
+    .map_err(|_| AuditError::Store("the audit signing key check panicked".into()))??;
+    Ok(signer)
 }
 
 /// How the configured writer chains, checkpoints and prunes: its retention schedule runs in the
@@ -571,4 +590,32 @@ pub(crate) fn request_span(request_id: &str, rpc: &'static str) -> tracing::Span
 fn refuse(error: &crate::error::GatewayError, request_id: &str) -> Status {
     tracing::info!(error = %error, "lookup refused");
     error.to_status(request_id)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn a_deleted_signing_key_is_not_replaced_while_the_store_holds_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let config: AuditConfig = toml::from_str(&format!(
+            "path = {:?}\nsigning_key_file = {:?}",
+            dir.path().join("audit.db"),
+            dir.path().join("audit.key"),
+        ))
+        .unwrap();
+        // A first start creates the key.
+        open_audit_log(&config, "test").unwrap().close();
+        let public = samblik_audit::checkpoint::public_key_path(&config.signing_key_file);
+        let signed_with = std::fs::read_to_string(&public).unwrap();
+
+        std::fs::remove_file(&config.signing_key_file).unwrap();
+        let err = open_audit_log(&config, "test").unwrap_err().to_string();
+        assert!(err.contains("restore the key"), "{err}");
+        assert!(!config.signing_key_file.exists(), "a new key was created");
+        assert_eq!(std::fs::read_to_string(&public).unwrap(), signed_with);
+    }
 }

@@ -762,6 +762,27 @@ fn a_chain_made_up_without_the_key_is_found() {
 }
 
 #[test]
+fn a_missing_key_is_created_only_for_a_store_without_checkpoints() {
+    for s in setups() {
+        // A new store: the key is created.
+        let first = CheckpointSigner::load_or_create_for(&s.key, &mut *s.store()).unwrap();
+        drop(first);
+        write(&s, 3);
+        let public = std::fs::read_to_string(public_key_path(&s.key)).unwrap();
+        // Deleted beside a store that has checkpoints: refused, and the `.pub` stays.
+        std::fs::remove_file(&s.key).unwrap();
+        let err = CheckpointSigner::load_or_create_for(&s.key, &mut *s.store()).unwrap_err();
+        assert!(err.to_string().contains("restore the key"), "{err}");
+        assert!(!s.key.exists());
+        assert_eq!(
+            std::fs::read_to_string(public_key_path(&s.key)).unwrap(),
+            public
+        );
+        verify(&s).unwrap();
+    }
+}
+
+#[test]
 fn a_prune_never_deletes_records_that_do_not_verify() {
     for s in setups() {
         write(&s, 30);
