@@ -456,6 +456,11 @@ fn verify_audit(
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the verification thread panicked"))??;
+    // An empty store verifies trivially: most likely the wrong store, never a pass.
+    anyhow::ensure!(
+        !summaries.is_empty(),
+        "the audit store holds no chain: nothing was verified (is this the right store?)"
+    );
     for s in summaries {
         let pruned = if s.first_seq > 1 {
             format!("; records 1..={} pruned", s.first_seq - 1)
@@ -749,7 +754,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             (None, Some(config)) => {
                 let config = Config::load(&config)?;
-                let open = crate::server::audit_store_opener(&config.audit)?;
+                let open = crate::server::audit_store_reader(&config.audit)?;
                 verify_audit(open, &config.audit.signing_key_file)
             }
             (None, None) => anyhow::bail!("give --dir or --config"),

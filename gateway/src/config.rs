@@ -324,7 +324,8 @@ pub struct AuditConfig {
     /// holds the PostgreSQL connection URL (it may carry a password, so it is not in this file).
     #[serde(default)]
     pub postgres_url_env: Option<String>,
-    /// The Ed25519 checkpoint signing key (created with its `.pub` half if missing).
+    /// The Ed25519 checkpoint signing key (created with its `.pub` half if missing while the
+    /// store holds no checkpoint; once it does, a missing key must be restored, never replaced).
     pub signing_key_file: PathBuf,
     /// This replica's chain id; unique per gateway replica writing to one store.
     #[serde(default = "defaults::audit_chain")]

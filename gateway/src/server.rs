@@ -59,10 +59,29 @@ pub enum ServerError {
 /// Opens the audit log of a validated config: the store, the signing key, the writer. Fails
 /// (and the gateway must not start) if a start-up record cannot be written.
 pub fn open_audit_log(config: &AuditConfig, policy_version: &str) -> Result<AuditLog, ServerError> {
+    let signer = audit_signer(config)?;
     let open = audit_store_opener(config)?;
-    let signer = CheckpointSigner::load_or_create(&config.signing_key_file)?;
     let options = audit_writer_options(config, policy_version);
     Ok(AuditLog::start_with(open, signer, options)?)
+}
+
+/// The checkpoint signing key. A missing key is created only for a store that holds no
+/// checkpoint yet (a first start): one deleted beside a store in use must be restored, or whoever
+/// could delete it would have the gateway re-key and replace the `.pub` that verification reads.
+fn audit_signer(config: &AuditConfig) -> Result<CheckpointSigner, ServerError> {
+    let path = config.signing_key_file.clone();
+    if path.exists() {
+        return Ok(CheckpointSigner::load_or_create(&path)?);
+    }
+    // On a thread of its own: PostgreSQL's blocking client must not run on the async runtime.
+    let open = audit_store_opener(config)?;
+    let signer = std::thread::spawn(move || {
+        let mut store = open()?;
+        CheckpointSigner::load_or_create_for(&path, &mut *store)
+    })
+    .join()
+    .map_err(|_| AuditError::Store("the audit signing key check panicked".into()))??;
+    Ok(signer)
 }
 
 /// How the configured writer chains, checkpoints and prunes: its retention schedule runs in the
@@ -126,6 +145,34 @@ pub fn audit_store_opener(
     })
 }
 
+/// How to open the configured audit store only to read it (verification): SQLite read-only,
+/// and never a new file — a wrong path is an error, not an empty store that verifies.
+pub fn audit_store_reader(
+    config: &AuditConfig,
+) -> Result<impl FnOnce() -> Result<Box<dyn AuditStore>, AuditError> + Send + 'static, ServerError>
+{
+    let sqlite = config.path.clone();
+    let writable = match &sqlite {
+        Some(_) => None,
+        None => Some(audit_store_opener(config)?),
+    };
+    Ok(move || -> Result<Box<dyn AuditStore>, AuditError> {
+        match (sqlite, writable) {
+            (Some(path), _) => {
+                if !path.is_file() {
+                    return Err(AuditError::Store(format!(
+                        "no audit store at {}",
+                        path.display()
+                    )));
+                }
+                Ok(Box::new(SqliteStore::open_read_only(&path)?))
+            }
+            (None, Some(open)) => open(),
+            (None, None) => Err(AuditError::Store("no audit store configured".into())),
+        }
+    })
+}
+
 /// Verification of the configured store for the `AuditService.Verify` call: each run opens the
 /// store afresh (read-only for SQLite) and reads the checkpoint key's public half.
 pub fn audit_verifier(config: &AuditConfig) -> Arc<crate::audit_api::Verifier> {
@@ -136,10 +183,7 @@ pub fn audit_verifier(config: &AuditConfig) -> Arc<crate::audit_api::Verifier> {
         let fail = |e: &dyn std::fmt::Display| VerifyError::Store(AuditError::Store(e.to_string()));
         let key =
             load_verifying_key(&public_key_path(&config.signing_key_file)).map_err(|e| fail(&e))?;
-        let mut store: Box<dyn AuditStore> = match &config.path {
-            Some(path) => Box::new(SqliteStore::open_read_only(path)?),
-            None => audit_store_opener(&config).map_err(|e| fail(&e))?()?,
-        };
+        let mut store = audit_store_reader(&config).map_err(|e| fail(&e))?()?;
         verify_store(&mut *store, &key)
     })
 }
@@ -552,4 +596,32 @@ pub(crate) fn request_span(request_id: &str, rpc: &'static str) -> tracing::Span
 fn refuse(error: &crate::error::GatewayError, request_id: &str) -> Status {
     tracing::info!(error = %error, "lookup refused");
     error.to_status(request_id)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn a_deleted_signing_key_is_not_replaced_while_the_store_holds_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let config: AuditConfig = toml::from_str(&format!(
+            "path = {:?}\nsigning_key_file = {:?}",
+            dir.path().join("audit.db"),
+            dir.path().join("audit.key"),
+        ))
+        .unwrap();
+        // A first start creates the key.
+        open_audit_log(&config, "test").unwrap().close();
+        let public = samblik_audit::checkpoint::public_key_path(&config.signing_key_file);
+        let signed_with = std::fs::read_to_string(&public).unwrap();
+
+        std::fs::remove_file(&config.signing_key_file).unwrap();
+        let err = open_audit_log(&config, "test").unwrap_err().to_string();
+        assert!(err.contains("restore the key"), "{err}");
+        assert!(!config.signing_key_file.exists(), "a new key was created");
+        assert_eq!(std::fs::read_to_string(&public).unwrap(), signed_with);
+    }
 }

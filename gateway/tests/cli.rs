@@ -708,6 +708,60 @@ signing_key_file = "audit.key"
     }
 }
 
+#[test]
+fn audit_verify_refuses_a_missing_or_empty_store() {
+    let dir = tempfile::tempdir().unwrap();
+    // The key exists (verification reads its public half first): only the store is wrong.
+    samblik_audit::CheckpointSigner::load_or_create(&dir.path().join("audit.key")).unwrap();
+    let config = |name: &str, audit_path: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[server]
+listen = "127.0.0.1:0"
+[auth]
+issuer = "https://idp.example"
+audience = "samblik"
+[[auth.keys]]
+kid = "k1"
+algorithm = "ES256"
+public_key_file = "missing.pem"
+[[sources]]
+id = "jobcenter"
+department = "Jobcenter"
+endpoint = "http://127.0.0.1:1"
+[audit]
+path = "{audit_path}"
+signing_key_file = "audit.key"
+"#
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let verify = |config: &Path| {
+        let out = samblik(&["audit", "verify", "--config", config.to_str().unwrap()]);
+        assert!(!out.status.success(), "verified: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // A misspelt path: an error, and no new database in its place.
+    let stderr = verify(&config("missing.toml", "no-such-audit.db"));
+    assert!(stderr.contains("no audit store at"), "{stderr}");
+    assert!(!dir.path().join("no-such-audit.db").exists());
+
+    // A store that holds no chain verified nothing: that is not a pass.
+    samblik_audit::sqlite::SqliteStore::open(
+        &dir.path().join("empty.db"),
+        samblik_audit::Durability::Full,
+    )
+    .unwrap();
+    let stderr = verify(&config("empty.toml", "empty.db"));
+    assert!(stderr.contains("holds no chain"), "{stderr}");
+}
+
 /// An admin URL of the test PostgreSQL server, or `None` off CI when there is none.
 fn postgres_admin_url() -> Option<String> {
     match std::env::var("SAMBLIK_TEST_POSTGRES_URL") {

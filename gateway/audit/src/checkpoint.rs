@@ -1,7 +1,7 @@
 //! Signed checkpoints: an Ed25519 signature over a chain's head, written every N records or T
 //! seconds, so that cutting or rewriting the tail of a chain is detectable.
 
-use crate::AuditError;
+use crate::{AuditError, AuditStore};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -57,19 +57,49 @@ impl std::fmt::Debug for CheckpointSigner {
 
 impl CheckpointSigner {
     /// Loads the secret key from `path` (64 hex digits), creating it (mode 0600) and its public
-    /// half at `<path>.pub` on first use.
+    /// half at `<path>.pub` on first use. Where a store exists, use
+    /// [`CheckpointSigner::load_or_create_for`]: this does not know whether a key is expected.
     pub fn load_or_create(path: &Path) -> Result<Self, AuditError> {
         if !path.exists() {
-            let mut secret = [0u8; 32];
-            rand::Rng::fill(&mut rand::rng(), &mut secret);
-            let key = SigningKey::from_bytes(&secret);
-            write_private(path, hex::encode(secret).as_bytes())?;
-            std::fs::write(
-                public_key_path(path),
-                hex::encode(key.verifying_key().as_bytes()),
-            )
-            .map_err(|e| AuditError::Key(format!("{}: {e}", public_key_path(path).display())))?;
+            Self::create(path)?;
         }
+        Self::load(path)
+    }
+
+    /// As [`CheckpointSigner::load_or_create`] for `store`, but creates a key only while the
+    /// store holds no checkpoint. A key missing beside a store that has checkpoints was lost or
+    /// deleted: a new one would overwrite `<path>.pub`, sign on where the old one stopped, and
+    /// leave every earlier checkpoint unverifiable. The operator must restore the key instead.
+    pub fn load_or_create_for(path: &Path, store: &mut dyn AuditStore) -> Result<Self, AuditError> {
+        if !path.exists() {
+            for chain in store.chains()? {
+                if store.last_checkpoint(&chain)?.is_some() {
+                    return Err(AuditError::Key(format!(
+                        "no checkpoint signing key at {}, but the audit store holds checkpoints \
+                         signed with one (chain {chain:?}): restore the key file (and its .pub) \
+                         from backup; a new key is never created for a store in use",
+                        path.display()
+                    )));
+                }
+            }
+            Self::create(path)?;
+        }
+        Self::load(path)
+    }
+
+    fn create(path: &Path) -> Result<(), AuditError> {
+        let mut secret = [0u8; 32];
+        rand::Rng::fill(&mut rand::rng(), &mut secret);
+        let key = SigningKey::from_bytes(&secret);
+        write_private(path, hex::encode(secret).as_bytes())?;
+        std::fs::write(
+            public_key_path(path),
+            hex::encode(key.verifying_key().as_bytes()),
+        )
+        .map_err(|e| AuditError::Key(format!("{}: {e}", public_key_path(path).display())))
+    }
+
+    fn load(path: &Path) -> Result<Self, AuditError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| AuditError::Key(format!("{}: {e}", path.display())))?;
         let bytes: [u8; 32] = hex::decode(text.trim())

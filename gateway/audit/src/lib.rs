@@ -112,6 +112,11 @@ impl StoredRecord {
 pub(crate) const STORED_COLUMNS: &str =
     "seq, request_id, cpr, caller_id, body, hash, at, department, action, outcome";
 
+/// Every chain a store holds anything of: records or checkpoints. A chain whose records were
+/// all deleted still has its checkpoints, and verification must see it.
+pub(crate) const CHAINS: &str = "SELECT chain FROM audit_records
+     UNION SELECT chain FROM audit_checkpoints ORDER BY chain";
+
 /// Makes durable, on a thread of its own, what a store committed with
 /// [`AuditStore::append_unsynced`]: see [`AuditStore::deferred_sync`].
 pub trait LogSync: Send + Sync + 'static {
@@ -153,6 +158,7 @@ pub trait AuditStore: Send + 'static {
     fn recover_sync(&mut self) -> Result<(), AuditError> {
         Ok(())
     }
+    /// Every chain with records or checkpoints in the store, by name.
     fn chains(&mut self) -> Result<Vec<String>, AuditError>;
     /// Up to `limit` records of `chain` after `after_seq`, in order.
     fn records(

@@ -7,7 +7,9 @@
 //! `prune` record naming the cut (`through_seq`, the checkpoint's `anchor_hash`) and a new signed
 //! checkpoint over it. The checkpoint at the cut stays as the anchor: verification starts the
 //! chain there, and accepts a missing front only if a prune record in the remaining chain names
-//! exactly that cut. Before deleting, the writer verifies the records it is about to delete, so
+//! exactly that cut. Every maintenance record is committed with a checkpoint at its own seq, and
+//! verification requires it: a prune record (or a chain's start-up record) cannot be forged
+//! without the key. Before deleting, the writer verifies the records it is about to delete, so
 //! a prune never erases the evidence of tampering.
 
 use crate::record::{Action, AuditRecord};

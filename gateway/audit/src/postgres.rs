@@ -11,8 +11,8 @@ use crate::registry::{
     time_text,
 };
 use crate::{
-    AuditError, AuditRecord, AuditStore, Durability, STORED_COLUMNS, SealChange, SealedRecord,
-    StoredRecord,
+    AuditError, AuditRecord, AuditStore, CHAINS, Durability, STORED_COLUMNS, SealChange,
+    SealedRecord, StoredRecord,
 };
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Statement};
@@ -540,10 +540,7 @@ impl AuditStore for PostgresStore {
     fn chains(&mut self) -> Result<Vec<String>, AuditError> {
         Ok(self
             .connected()?
-            .query(
-                "SELECT DISTINCT chain FROM audit_records ORDER BY chain",
-                &[],
-            )?
+            .query(CHAINS, &[])?
             .iter()
             .map(|r| r.get(0))
             .collect())

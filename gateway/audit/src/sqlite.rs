@@ -36,7 +36,7 @@ use crate::registry::{
     time_text,
 };
 use crate::{
-    AuditError, AuditRecord, AuditStore, LogSync, STORED_COLUMNS, SealChange, SealedRecord,
+    AuditError, AuditRecord, AuditStore, CHAINS, LogSync, STORED_COLUMNS, SealChange, SealedRecord,
     StoredRecord,
 };
 use rusqlite::{Connection, OptionalExtension, params};
@@ -858,9 +858,7 @@ impl AuditStore for SqliteStore {
     }
 
     fn chains(&mut self) -> Result<Vec<String>, AuditError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT DISTINCT chain FROM audit_records ORDER BY chain")?;
+        let mut stmt = self.conn.prepare(CHAINS)?;
         let chains = stmt
             .query_map([], |r| r.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()?;

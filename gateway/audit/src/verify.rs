@@ -1,5 +1,11 @@
 //! Verification of a whole store: every chain's records in order, their hashes and links, the
 //! indexed columns against the hashed body, and every signed checkpoint.
+//!
+//! What the key vouches for, besides the checkpoints' heads: every chain begins with the
+//! writer's signed start-up record (or, after a prune, at the signed checkpoint kept at the
+//! cut), and every audit-maintenance record — start-up, clean stop, prune — has a checkpoint at
+//! its own seq, because the writer commits each together with one. So neither a chain nor a
+//! prune record (which would excuse a missing front) can be made up without the key.
 
 use crate::checkpoint::Checkpoint;
 use crate::maintenance::Maintenance;
@@ -107,7 +113,14 @@ pub(crate) fn verify_chain(
             }
         })
         .max_by_key(|cut| cut.through_seq);
-    let first_seq = store.records(chain, 0, 1)?.first().map_or(1, |r| r.seq);
+    let Some(first_seq) = store.records(chain, 0, 1)?.first().map(|r| r.seq) else {
+        // A prune never deletes its own record, so a chain the writer wrote always has records.
+        let last = checkpoints.keys().next_back().copied().unwrap_or(0);
+        return Err(broken(
+            1,
+            format!("no records are stored, but signed checkpoints up to {last} are"),
+        ));
+    };
     let expected_first = cut.as_ref().map_or(1, |c| c.through_seq + 1);
     if first_seq > expected_first {
         let accounted = match &cut {
@@ -198,10 +211,40 @@ pub(crate) fn verify_chain(
             {
                 return Err(broken(seq, "indexed columns differ from the record".into()));
             }
-            if let Some(c) = checkpoints.get(&seq)
+            let checkpoint = checkpoints.get(&seq);
+            if let Some(c) = checkpoint
                 && c.head_hash != record.hash
             {
                 return Err(broken(seq, "differs from the signed checkpoint".into()));
+            }
+            let maintenance = Maintenance::of(&record);
+            // A chain the writer wrote begins with its start-up record; one that does not was
+            // made up (or its front cut) without the key. After a prune, the signed checkpoint
+            // at the cut anchors the front instead.
+            if seq == first_seq
+                && cut.is_none()
+                && !matches!(maintenance, Some(Maintenance::WriterStarted { .. }))
+            {
+                return Err(broken(
+                    seq,
+                    "the chain does not begin with a \"writer started\" record".into(),
+                ));
+            }
+            // The writer signs each of its start-up, clean-stop and prune records in the same
+            // commit that writes it: one without its checkpoint was written without the key.
+            let always_signed = matches!(
+                maintenance,
+                Some(
+                    Maintenance::WriterStarted { .. }
+                        | Maintenance::WriterStopped
+                        | Maintenance::Prune { .. }
+                )
+            );
+            if always_signed && checkpoint.is_none() {
+                return Err(broken(
+                    seq,
+                    "audit-maintenance record without its signed checkpoint".into(),
+                ));
             }
             prev_hash = record.hash;
             expected_seq += 1;

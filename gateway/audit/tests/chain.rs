@@ -643,6 +643,155 @@ fn a_prune_record_cut_away_with_its_prefix_is_found() {
     }
 }
 
+/// An audit-maintenance record as the writer words it, for forging one.
+fn maintenance_event() -> AuditEvent {
+    AuditEvent {
+        request_id: String::new(),
+        action: Action::AuditMaintenance,
+        actor: Actor {
+            caller_id: "samblik".into(),
+            name: "Samblik audit writer".into(),
+            ..Actor::default()
+        },
+        cpr: None,
+        purpose: None,
+        break_glass_reason: None,
+        outcome: Outcome::Answered,
+        detail: Some("forged".into()),
+        sources: Vec::new(),
+        policy_version: "test".into(),
+    }
+}
+
+/// Appends records sealed after `chain`'s head (or the genesis hash), unsigned, as someone
+/// with write access to the store but without the key could.
+fn forge(s: &Setup, chain: &str, records: Vec<(AuditEvent, Option<Maintenance>)>) -> u64 {
+    let mut store = s.store();
+    let (mut seq, mut hash) = store
+        .head(chain)
+        .unwrap()
+        .unwrap_or((0, GENESIS_HASH.to_owned()));
+    let mut sealed = Vec::new();
+    for (event, change) in records {
+        seq += 1;
+        let record = AuditRecord::seal_with_change(
+            event,
+            change.map(|c| c.to_value()),
+            chain,
+            seq,
+            text_time(chrono::Utc::now()),
+            &hash,
+        );
+        hash.clone_from(&record.hash);
+        sealed.push(record.to_sealed());
+    }
+    store.append(&sealed, None).unwrap();
+    seq
+}
+
+fn broken(s: &Setup) -> verify::Broken {
+    match verify(s) {
+        Err(VerifyError::Broken(b)) => b,
+        other => panic!("expected a broken chain, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_prune_record_forged_without_the_key_is_found() {
+    for s in setups() {
+        write(&s, 30); // 1..=32, signed at 1, every 10 records and at 32
+        // A correctly hashed prune record after the head names a signed checkpoint as its
+        // cut; the records through that checkpoint are then deleted. Only the key is missing:
+        // the writer signs every prune record at its own seq.
+        let anchor = s.store().checkpoints("replica-a").unwrap()[1].clone();
+        assert!(anchor.seq > 1 && anchor.seq < 32, "{anchor:?}");
+        let prune = Maintenance::Prune {
+            from_seq: 1,
+            through_seq: anchor.seq,
+            records: anchor.seq,
+            anchor_hash: anchor.head_hash.clone(),
+            cutoff: text_time(chrono::Utc::now()),
+            by: "retention schedule".into(),
+        };
+        let forged = forge(&s, "replica-a", vec![(maintenance_event(), Some(prune))]);
+        assert_eq!(forged, 33);
+        s.sql(&format!(
+            "DELETE FROM audit_records WHERE seq <= {at};
+             DELETE FROM audit_checkpoints WHERE seq < {at};",
+            at = anchor.seq
+        ));
+        let b = broken(&s);
+        assert_eq!((b.chain.as_str(), b.seq), ("replica-a", forged), "{b}");
+    }
+}
+
+#[test]
+fn a_forged_clean_stop_record_is_found() {
+    for s in setups() {
+        write(&s, 5);
+        let forged = forge(
+            &s,
+            "replica-a",
+            vec![(maintenance_event(), Some(Maintenance::WriterStopped))],
+        );
+        assert_eq!(broken_at(&s), forged);
+    }
+}
+
+#[test]
+fn a_chain_whose_records_are_all_deleted_is_found_by_its_checkpoints() {
+    for s in setups() {
+        write(&s, 30);
+        s.sql("DELETE FROM audit_records");
+        let b = broken(&s);
+        assert_eq!((b.chain.as_str(), b.seq), ("replica-a", 1), "{b}");
+    }
+}
+
+#[test]
+fn a_chain_made_up_without_the_key_is_found() {
+    for s in setups() {
+        write(&s, 5);
+        // Ordinary records from the genesis hash: no start-up record begins the chain.
+        forge(&s, "gateway-9", (0..5).map(|i| (event(i), None)).collect());
+        let b = broken(&s);
+        assert_eq!((b.chain.as_str(), b.seq), ("gateway-9", 1), "{b}");
+        // With a start-up record in front, its missing checkpoint gives it away.
+        let started = Maintenance::WriterStarted {
+            head_seq: 0,
+            checkpoint_seq: 0,
+            previous_stop: PreviousStop::FirstStart,
+            missing: None,
+        };
+        let mut records = vec![(maintenance_event(), Some(started))];
+        records.extend((0..5).map(|i| (event(i), None)));
+        forge(&s, "gateway-8", records);
+        let b = broken(&s);
+        assert_eq!((b.chain.as_str(), b.seq), ("gateway-8", 1), "{b}");
+    }
+}
+
+#[test]
+fn a_missing_key_is_created_only_for_a_store_without_checkpoints() {
+    for s in setups() {
+        // A new store: the key is created.
+        let first = CheckpointSigner::load_or_create_for(&s.key, &mut *s.store()).unwrap();
+        drop(first);
+        write(&s, 3);
+        let public = std::fs::read_to_string(public_key_path(&s.key)).unwrap();
+        // Deleted beside a store that has checkpoints: refused, and the `.pub` stays.
+        std::fs::remove_file(&s.key).unwrap();
+        let err = CheckpointSigner::load_or_create_for(&s.key, &mut *s.store()).unwrap_err();
+        assert!(err.to_string().contains("restore the key"), "{err}");
+        assert!(!s.key.exists());
+        assert_eq!(
+            std::fs::read_to_string(public_key_path(&s.key)).unwrap(),
+            public
+        );
+        verify(&s).unwrap();
+    }
+}
+
 #[test]
 fn a_prune_never_deletes_records_that_do_not_verify() {
     for s in setups() {
