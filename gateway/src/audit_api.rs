@@ -752,7 +752,12 @@ fn review_item(i: &review::ReviewItem) -> pb::ReviewItem {
         at: Some(timestamp(i.at)),
         window_end: Some(timestamp(i.window_end)),
         count: u32::try_from(i.count).unwrap_or(u32::MAX),
-        request_ids: i.request_ids.clone(),
+        request_ids: i
+            .request_ids
+            .iter()
+            .take(review::MAX_ITEM_REQUESTS)
+            .cloned()
+            .collect(),
         summary: i.summary.clone(),
         reviewed: review.is_some(),
         reviewed_by: review.map(|m| m.by.clone()).unwrap_or_default(),

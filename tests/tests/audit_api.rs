@@ -536,3 +536,104 @@ async fn the_citizen_view_can_hide_caseworker_names() {
     assert_eq!(mine.entries[0].caller_name, "");
     assert_eq!(mine.entries[0].department, "jobcenter");
 }
+
+/// `from` and `until` as the wire's timestamps.
+fn period_filter(
+    from: chrono::DateTime<chrono::Utc>,
+    until: chrono::DateTime<chrono::Utc>,
+) -> AuditFilter {
+    let wire = |t: chrono::DateTime<chrono::Utc>| prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap(),
+    };
+    AuditFilter {
+        from: Some(wire(from)),
+        until: Some(wire(until)),
+        flagged: true,
+        ..AuditFilter::default()
+    }
+}
+
+/// Every working hour of every day: only the per-hour count flags anything.
+fn always_working(c: &mut samblik_gateway::config::Config, max_lookups_per_hour: usize) {
+    c.audit.review.max_lookups_per_hour = max_lookups_per_hour;
+    c.audit.review.work_start = "00:00".into();
+    c.audit.review.work_end = "23:59".into();
+    c.audit.review.work_days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .map(String::from)
+        .to_vec();
+}
+
+/// The rows of a flagged CSV export over `filter`.
+async fn export_rows(m: &Municipal, filter: AuditFilter) -> Vec<csv::StringRecord> {
+    let mut stream = audit_client(m)
+        .await
+        .export(authed(
+            ExportAuditRequest {
+                filter: Some(filter),
+                format: ExportFormat::Csv as i32,
+            },
+            &staff_token(AUDITOR, "auditor"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        data.extend(chunk.data);
+    }
+    csv::Reader::from_reader(data.as_slice())
+        .records()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_flagged_filter_keeps_every_lookup_of_a_window_however_many_it_holds() {
+    let m = start_municipal_with(|c| always_working(c, 2)).await;
+    let jobcenter = token(Department::Jobcenter);
+    let cpr = three_department_citizen();
+    // More lookups than a review item lists request ids for.
+    let lookups = samblik_audit::review::MAX_ITEM_REQUESTS + 12;
+    for _ in 0..lookups {
+        assert_eq!(lookup(&m, &jobcenter, cpr, None).await, Code::Ok);
+    }
+    let now = chrono::Utc::now();
+    let period = period_filter(
+        now - chrono::Duration::hours(2),
+        now + chrono::Duration::hours(1),
+    );
+    // Paged a few at a time, the flagged search finds every lookup (the search records
+    // themselves are not flagged).
+    let flagged = search_all(&m, period.clone(), 7).await;
+    assert!(flagged.iter().all(|e| e.action == "lookup"), "{flagged:#?}");
+    assert_eq!(flagged.len(), lookups);
+    assert!(
+        flagged
+            .iter()
+            .all(|e| e.flags.contains(&"many-lookups".to_owned()))
+    );
+    assert_eq!(export_rows(&m, period).await.len(), lookups);
+    // The queue's item still lists no more than its cap of request ids, and counts them all.
+    let items = audit_client(&m)
+        .await
+        .review_queue(authed(
+            ReviewQueueRequest::default(),
+            &staff_token(AUDITOR, "auditor"),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let counted: u32 = items
+        .iter()
+        .filter(|i| i.kind == "many-lookups")
+        .map(|i| i.count)
+        .sum();
+    assert_eq!(counted as usize, lookups, "{items:#?}");
+    assert!(
+        items
+            .iter()
+            .all(|i| i.request_ids.len() <= samblik_audit::review::MAX_ITEM_REQUESTS)
+    );
+}

@@ -19,7 +19,8 @@ pub const OUTSIDE_HOURS: &str = "outside-hours";
 pub const MANY_LOOKUPS: &str = "many-lookups";
 pub const MANY_DENIED: &str = "many-denied";
 
-/// Most request ids one item lists.
+/// Most request ids one item lists on the wire. The item itself keeps them all: the `flagged`
+/// search filter is built from them, and must not lose a lookup because a window held many.
 pub const MAX_ITEM_REQUESTS: usize = 50;
 
 /// The thresholds, from config.
@@ -68,6 +69,7 @@ pub struct ReviewItem {
     pub at: DateTime<Utc>,
     pub window_end: DateTime<Utc>,
     pub count: usize,
+    /// Every lookup the item concerns (the wire lists the first [`MAX_ITEM_REQUESTS`]).
     pub request_ids: Vec<String>,
     pub summary: String,
     pub review: Option<ReviewMark>,
@@ -264,11 +266,7 @@ impl ReviewRules {
             at: start,
             window_end: end,
             count: records.len(),
-            request_ids: records
-                .iter()
-                .take(MAX_ITEM_REQUESTS)
-                .map(|a| a.request_id.clone())
-                .collect(),
+            request_ids: records.iter().map(|a| a.request_id.clone()).collect(),
             summary,
             review: None,
         }
