@@ -362,6 +362,18 @@ impl AuditApi {
         Ok(self.rules().analyse(&activity, &break_glass))
     }
 
+    /// The review item `key` names, as it is now. A group key names its window, which is read
+    /// whole; a single lookup's key is looked for in the longest period the queue shows.
+    async fn current_item(&self, key: &str) -> Result<Option<review::ReviewItem>, GatewayError> {
+        let now = Utc::now();
+        let (from, until) = self
+            .rules()
+            .window_of_key(key)
+            .unwrap_or((now - Duration::days(MAX_REVIEW_DAYS), now));
+        let items = self.review_items(from, until).await?;
+        Ok(items.into_iter().find(|i| i.key == key))
+    }
+
     /// Every review mark ever made.
     async fn marks(&self) -> Result<Vec<ReviewMark>, GatewayError> {
         let records = self
@@ -616,19 +628,30 @@ impl AuditApi {
         if let Some(p) = problem {
             return refuse(draft, GatewayError::InvalidRequest(p)).await;
         }
+        // A mark covers an item as it is (see `ReviewMark::covers`), so there must be one: a
+        // key that names nothing yet, such as a coming hour's, cannot be marked in advance.
+        let mut item = match self.current_item(key).await {
+            Ok(Some(item)) => item,
+            Ok(None) => {
+                let e = GatewayError::NotFound(
+                    "no review item has this key: mark an item the review queue lists".into(),
+                );
+                return refuse(draft, e).await;
+            }
+            Err(e) => return refuse(draft, e).await,
+        };
         draft.detail(format!("reviewed {kind}"));
         draft
-            .answered_with_change(ReviewMark::change_json(key, note))
+            .answered_with_change(ReviewMark::change_json(&item, note))
             .await?;
-        Ok(pb::ReviewItem {
-            key: key.to_owned(),
-            kind: kind.to_owned(),
-            reviewed: true,
-            reviewed_by: caller.id,
-            reviewed_at: Some(timestamp(Utc::now())),
-            review_note: note.to_owned(),
-            ..pb::ReviewItem::default()
-        })
+        item.review = Some(ReviewMark {
+            key: item.key.clone(),
+            by: caller.id,
+            at: Utc::now(),
+            note: note.to_owned(),
+            count: Some(item.count),
+        });
+        Ok(review_item(&item))
     }
 
     async fn my_access_log(

@@ -637,3 +637,94 @@ async fn the_flagged_filter_keeps_every_lookup_of_a_window_however_many_it_holds
             .all(|i| i.request_ids.len() <= samblik_audit::review::MAX_ITEM_REQUESTS)
     );
 }
+
+/// The hours (UTC, `YYYY-MM-DDTHH`) the gateway's lookups fall in.
+fn lookup_hours(m: &Municipal) -> std::collections::BTreeSet<String> {
+    m.gateway
+        .audit_records()
+        .iter()
+        .filter(|r| r.action == Action::Lookup)
+        .map(|r| r.at[..13].to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_mark_covers_an_item_as_it_was_and_a_key_that_names_nothing_cannot_be_marked() {
+    let m = start_municipal_with(|c| always_working(c, 2)).await;
+    let jobcenter = token(Department::Jobcenter);
+    let cpr = three_department_citizen();
+    let auditor = staff_token(AUDITOR, "auditor");
+    let mut client = audit_client(&m).await;
+    let caller = &caseworker(Department::Jobcenter).id;
+
+    // The coming hour's key is predictable, but there is nothing to review in it yet.
+    let next_hour = (chrono::Utc::now() + chrono::Duration::hours(1)).format("%Y-%m-%dT%H:00Z");
+    for key in [
+        format!("many-lookups:{caller}:{next_hour}"),
+        "outside-hours:no-such-request".to_owned(),
+    ] {
+        let err = client
+            .mark_reviewed(authed(
+                MarkReviewedRequest {
+                    key,
+                    note: "nothing to see here".into(),
+                },
+                &auditor,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    }
+    let refused = m
+        .gateway
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.action == Action::ReviewMarked)
+        .map(|r| r.outcome)
+        .collect::<Vec<_>>();
+    assert_eq!(refused, vec![Outcome::Invalid, Outcome::Invalid]);
+
+    for _ in 0..3 {
+        assert_eq!(lookup(&m, &jobcenter, cpr, None).await, Code::Ok);
+    }
+    let queue = async |client: &mut AuditServiceClient<Channel>| {
+        client
+            .review_queue(authed(ReviewQueueRequest::default(), &auditor))
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+    };
+    let items = queue(&mut client).await;
+    let Some(many) = items.iter().find(|i| i.kind == "many-lookups") else {
+        assert!(lookup_hours(&m).len() > 1, "{items:#?}");
+        eprintln!("the lookups straddled an hour: nothing to mark");
+        return;
+    };
+    let marked = client
+        .mark_reviewed(authed(
+            MarkReviewedRequest {
+                key: many.key.clone(),
+                note: "three lookups for one meeting".into(),
+            },
+            &auditor,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(marked.reviewed);
+    assert_eq!(marked.count, many.count);
+    assert!(queue(&mut client).await.iter().all(|i| i.key != many.key));
+
+    // The caller goes on in the same hour: the mark no longer covers the window.
+    assert_eq!(lookup(&m, &jobcenter, cpr, None).await, Code::Ok);
+    if lookup_hours(&m).len() > 1 {
+        eprintln!("the lookups straddled an hour: the marked window did not grow");
+        return;
+    }
+    let items = queue(&mut client).await;
+    let grown = items.iter().find(|i| i.key == many.key).unwrap();
+    assert_eq!(grown.count, many.count + 1);
+    assert!(!grown.reviewed);
+    assert!(grown.summary.contains("grown since reviewed"), "{grown:?}");
+}
