@@ -270,7 +270,8 @@ impl AuditApi {
             .map_err(unavailable)
     }
 
-    /// The request ids the review queue flags in the period of `search` (which is bounded).
+    /// The request ids the review queue flags in the period of `search` (which is bounded):
+    /// every lookup of a flagged window that overlaps it, not only the lookups inside it.
     async fn flagged_ids(&self, search: &Search) -> Result<HashSet<String>, GatewayError> {
         let (Some(from), Some(until)) = (search.query.from, search.query.until) else {
             return Ok(HashSet::new());
@@ -336,15 +337,17 @@ impl AuditApi {
         Ok(Page { records, next })
     }
 
-    /// The review items of a period, with the auditors' marks.
+    /// The review items of a period: its lookups' items and the windows that overlap it, each
+    /// counted whole (a period's edge never cuts a window short). Without the auditors' marks.
     async fn review_items(
         &self,
         from: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<review::ReviewItem>, GatewayError> {
         let registry = self.pipeline.registry();
+        let (read_from, read_until) = self.rules().context(from, until);
         let activity = registry
-            .activity(from, until, Vec::new())
+            .activity(read_from, read_until, Vec::new())
             .await
             .map_err(unavailable)?;
         let break_glass = registry
@@ -359,7 +362,9 @@ impl AuditApi {
             )
             .await
             .map_err(unavailable)?;
-        Ok(self.rules().analyse(&activity, &break_glass))
+        let mut items = self.rules().analyse(&activity, &break_glass);
+        items.retain(|i| i.overlaps(from, until));
+        Ok(items)
     }
 
     /// The review item `key` names, as it is now. A group key names its window, which is read

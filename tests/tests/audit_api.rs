@@ -728,3 +728,81 @@ async fn a_mark_covers_an_item_as_it_was_and_a_key_that_names_nothing_cannot_be_
     assert!(!grown.reviewed);
     assert!(grown.summary.contains("grown since reviewed"), "{grown:?}");
 }
+
+#[tokio::test]
+async fn a_window_is_judged_whole_whichever_part_of_it_a_period_holds() {
+    // Eight lookups in an hour are above five; neither half of them is.
+    let m = start_municipal_with(|c| always_working(c, 5)).await;
+    let jobcenter = token(Department::Jobcenter);
+    let cpr = three_department_citizen();
+    for _ in 0..8 {
+        assert_eq!(lookup(&m, &jobcenter, cpr, None).await, Code::Ok);
+    }
+    if lookup_hours(&m).len() > 1 {
+        eprintln!("the lookups straddled an hour: no window holds all eight");
+        return;
+    }
+    let lookups: Vec<samblik_audit::AuditRecord> = m
+        .gateway
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.action == Action::Lookup)
+        .collect();
+    let at = |r: &samblik_audit::AuditRecord| {
+        chrono::DateTime::parse_from_rfc3339(&r.at)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    // A period's edge falls between the fourth and the fifth lookup.
+    let edge = at(&lookups[4]);
+    let hour = chrono::Duration::hours(1);
+    let ids = |entries: &[AuditEntry]| {
+        let mut ids: Vec<String> = entries.iter().map(|e| e.request_id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    let expected = |range: std::ops::Range<usize>| {
+        let mut ids: Vec<String> = lookups[range]
+            .iter()
+            .map(|r| r.request_id.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let after = search_all(&m, period_filter(edge, edge + hour), 3).await;
+    assert_eq!(ids(&after), expected(4..8), "{after:#?}");
+    let before = search_all(&m, period_filter(edge - hour, edge), 3).await;
+    assert_eq!(ids(&before), expected(0..4), "{before:#?}");
+    assert_eq!(
+        export_rows(&m, period_filter(edge, edge + hour))
+            .await
+            .len(),
+        4
+    );
+
+    // The queue from the edge on counts the whole window; a period that ends before the window
+    // starts does not hold it.
+    let queue = async |from, until| {
+        let period = period_filter(from, until);
+        audit_client(&m)
+            .await
+            .review_queue(authed(
+                ReviewQueueRequest {
+                    from: period.from,
+                    until: period.until,
+                    ..ReviewQueueRequest::default()
+                },
+                &staff_token(AUDITOR, "auditor"),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+    };
+    let items = queue(edge, edge + hour).await;
+    let many: Vec<_> = items.iter().filter(|i| i.kind == "many-lookups").collect();
+    assert_eq!(many.len(), 1, "{items:#?}");
+    assert_eq!(many[0].count, 8);
+    let earlier = queue(edge - hour * 2, edge - hour).await;
+    assert!(earlier.is_empty(), "{earlier:#?}");
+}

@@ -83,6 +83,18 @@ pub struct ReviewItem {
     pub review: Option<ReviewMark>,
 }
 
+impl ReviewItem {
+    /// Whether the item belongs to the period `from..until`: its lookup is in it, or its window
+    /// overlaps it (a window is judged whole, whatever part of it the period holds).
+    pub fn overlaps(&self, from: DateTime<Utc>, until: DateTime<Utc>) -> bool {
+        if self.window_end > self.at {
+            self.at < until && from < self.window_end
+        } else {
+            from <= self.at && self.at < until
+        }
+    }
+}
+
 /// An auditor's "reviewed" mark, as kept in the record of [`crate::Action::ReviewMarked`].
 ///
 /// A mark covers its item as it was when marked: a window that has gained lookups since is
@@ -319,8 +331,8 @@ impl ReviewRules {
         }
     }
 
-    /// The window of lookups [`ReviewRules::flags`] needs to see for records in `from..until`:
-    /// whole local days around it.
+    /// The window of lookups [`ReviewRules::flags`] needs to see for records in `from..until`,
+    /// and [`ReviewRules::analyse`] for the windows that overlap it: whole local days around it.
     pub fn context(
         &self,
         from: DateTime<Utc>,
@@ -662,5 +674,30 @@ mod tests {
         assert_eq!(rules.window_of_key("outside-hours:r-1"), None);
         assert_eq!(rules.window_of_key("many-lookups:cw-a:yesterday"), None);
         assert_eq!(rules.window_of_key("many-lookups:æøå"), None);
+    }
+
+    #[test]
+    fn a_window_belongs_to_every_period_it_overlaps_and_a_lookup_to_the_one_it_is_in() {
+        let rules = ReviewRules {
+            max_lookups_per_hour: 1,
+            ..ReviewRules::default()
+        };
+        let activity = vec![
+            lookup(1, "2026-11-23T09:10:00.000000Z", "cw-a", "answered"),
+            lookup(2, "2026-11-23T09:50:00.000000Z", "cw-a", "answered"),
+        ];
+        let items = rules.analyse(&activity, &[]);
+        let many = items.iter().find(|i| i.kind == MANY_LOOKUPS).unwrap();
+        assert!(many.overlaps(at("2026-11-23T09:30:00Z"), at("2026-11-23T10:30:00Z")));
+        assert!(many.overlaps(at("2026-11-23T08:30:00Z"), at("2026-11-23T09:30:00Z")));
+        assert!(!many.overlaps(at("2026-11-23T10:00:00Z"), at("2026-11-23T11:00:00Z")));
+        assert!(!many.overlaps(at("2026-11-23T08:00:00Z"), at("2026-11-23T09:00:00Z")));
+        let single = ReviewItem {
+            at: at("2026-11-23T09:10:00Z"),
+            window_end: at("2026-11-23T09:10:00Z"),
+            ..many.clone()
+        };
+        assert!(single.overlaps(at("2026-11-23T09:10:00Z"), at("2026-11-23T09:11:00Z")));
+        assert!(!single.overlaps(at("2026-11-23T09:00:00Z"), at("2026-11-23T09:10:00Z")));
     }
 }
