@@ -806,3 +806,36 @@ async fn a_window_is_judged_whole_whichever_part_of_it_a_period_holds() {
     let earlier = queue(edge - hour * 2, edge - hour).await;
     assert!(earlier.is_empty(), "{earlier:#?}");
 }
+
+#[tokio::test]
+async fn a_break_the_glass_reason_with_control_characters_is_refused_and_recorded() {
+    let m = start_municipal().await;
+    let jobcenter = token(Department::Jobcenter);
+    let stranger = citizen_without_cases();
+    for reason in [
+        format!("{BREAK_GLASS_REASON}\u{1b}[2K\rnothing happened here"),
+        format!("{BREAK_GLASS_REASON}\nApproved by the auditor"),
+        format!("{BREAK_GLASS_REASON}\u{7}"),
+    ] {
+        assert_eq!(
+            lookup(&m, &jobcenter, stranger, Some(&reason)).await,
+            Code::InvalidArgument,
+            "{reason:?}"
+        );
+    }
+    assert_eq!(m.calls(), 0, "a source was called");
+    let refused: Vec<Outcome> = m
+        .gateway
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.action == Action::Lookup)
+        .map(|r| r.outcome)
+        .collect();
+    assert_eq!(refused, vec![Outcome::Invalid; 3]);
+    // Danish letters and punctuation are plain text.
+    let danish = "Akut: barnet på Ærø-skolen er i fare, jf. underretning fra lærer Søren Ålbæk";
+    assert_eq!(
+        lookup(&m, &jobcenter, stranger, Some(danish)).await,
+        Code::Ok
+    );
+}
