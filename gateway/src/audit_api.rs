@@ -270,7 +270,8 @@ impl AuditApi {
             .map_err(unavailable)
     }
 
-    /// The request ids the review queue flags in the period of `search` (which is bounded).
+    /// The request ids the review queue flags in the period of `search` (which is bounded):
+    /// every lookup of a flagged window that overlaps it, not only the lookups inside it.
     async fn flagged_ids(&self, search: &Search) -> Result<HashSet<String>, GatewayError> {
         let (Some(from), Some(until)) = (search.query.from, search.query.until) else {
             return Ok(HashSet::new());
@@ -336,15 +337,17 @@ impl AuditApi {
         Ok(Page { records, next })
     }
 
-    /// The review items of a period, with the auditors' marks.
+    /// The review items of a period: its lookups' items and the windows that overlap it, each
+    /// counted whole (a period's edge never cuts a window short). Without the auditors' marks.
     async fn review_items(
         &self,
         from: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<review::ReviewItem>, GatewayError> {
         let registry = self.pipeline.registry();
+        let (read_from, read_until) = self.rules().context(from, until);
         let activity = registry
-            .activity(from, until, Vec::new())
+            .activity(read_from, read_until, Vec::new())
             .await
             .map_err(unavailable)?;
         let break_glass = registry
@@ -359,7 +362,21 @@ impl AuditApi {
             )
             .await
             .map_err(unavailable)?;
-        Ok(self.rules().analyse(&activity, &break_glass))
+        let mut items = self.rules().analyse(&activity, &break_glass);
+        items.retain(|i| i.overlaps(from, until));
+        Ok(items)
+    }
+
+    /// The review item `key` names, as it is now. A group key names its window, which is read
+    /// whole; a single lookup's key is looked for in the longest period the queue shows.
+    async fn current_item(&self, key: &str) -> Result<Option<review::ReviewItem>, GatewayError> {
+        let now = Utc::now();
+        let (from, until) = self
+            .rules()
+            .window_of_key(key)
+            .unwrap_or((now - Duration::days(MAX_REVIEW_DAYS), now));
+        let items = self.review_items(from, until).await?;
+        Ok(items.into_iter().find(|i| i.key == key))
     }
 
     /// Every review mark ever made.
@@ -616,19 +633,30 @@ impl AuditApi {
         if let Some(p) = problem {
             return refuse(draft, GatewayError::InvalidRequest(p)).await;
         }
+        // A mark covers an item as it is (see `ReviewMark::covers`), so there must be one: a
+        // key that names nothing yet, such as a coming hour's, cannot be marked in advance.
+        let mut item = match self.current_item(key).await {
+            Ok(Some(item)) => item,
+            Ok(None) => {
+                let e = GatewayError::NotFound(
+                    "no review item has this key: mark an item the review queue lists".into(),
+                );
+                return refuse(draft, e).await;
+            }
+            Err(e) => return refuse(draft, e).await,
+        };
         draft.detail(format!("reviewed {kind}"));
         draft
-            .answered_with_change(ReviewMark::change_json(key, note))
+            .answered_with_change(ReviewMark::change_json(&item, note))
             .await?;
-        Ok(pb::ReviewItem {
-            key: key.to_owned(),
-            kind: kind.to_owned(),
-            reviewed: true,
-            reviewed_by: caller.id,
-            reviewed_at: Some(timestamp(Utc::now())),
-            review_note: note.to_owned(),
-            ..pb::ReviewItem::default()
-        })
+        item.review = Some(ReviewMark {
+            key: item.key.clone(),
+            by: caller.id,
+            at: Utc::now(),
+            note: note.to_owned(),
+            count: Some(item.count),
+        });
+        Ok(review_item(&item))
     }
 
     async fn my_access_log(
@@ -752,7 +780,12 @@ fn review_item(i: &review::ReviewItem) -> pb::ReviewItem {
         at: Some(timestamp(i.at)),
         window_end: Some(timestamp(i.window_end)),
         count: u32::try_from(i.count).unwrap_or(u32::MAX),
-        request_ids: i.request_ids.clone(),
+        request_ids: i
+            .request_ids
+            .iter()
+            .take(review::MAX_ITEM_REQUESTS)
+            .cloned()
+            .collect(),
         summary: i.summary.clone(),
         reviewed: review.is_some(),
         reviewed_by: review.map(|m| m.by.clone()).unwrap_or_default(),

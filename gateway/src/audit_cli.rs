@@ -8,9 +8,10 @@ use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
 use samblik_proto::v1::audit_service_client::AuditServiceClient;
 use samblik_proto::v1::{
-    AuditFilter, ExportAuditRequest, ExportFormat, MarkReviewedRequest, MyAccessLogRequest,
-    ReviewQueueRequest, SearchAuditRequest,
+    AccessLogEntry, AuditEntry, AuditFilter, ExportAuditRequest, ExportFormat, MarkReviewedRequest,
+    MyAccessLogRequest, ReviewItem, ReviewQueueRequest, SearchAuditRequest,
 };
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -93,13 +94,112 @@ fn time_text(t: Option<&prost_types::Timestamp>) -> String {
         .unwrap_or_default()
 }
 
+/// Whether `c` must not reach a terminal as it is: a control character (an escape sequence, a
+/// line break, a carriage return) or one that reorders the text around it.
+fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// Text from the log as the terminal shows it. Much of it was written by caseworkers (a
+/// break-the-glass reason, a purpose) or auditors (a review note): an escape sequence or a line
+/// break in it could rewrite or hide the auditor's lines, so those characters are shown escaped
+/// (`\u{1b}`, `\n`); every other character, Danish letters too, as it is.
+fn shown(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(unprintable) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unprintable(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// One record of a search, on one line.
+fn entry_line(e: &AuditEntry) -> String {
+    let cases: usize = e.sources.iter().map(|s| s.cases.len()).sum();
+    format!(
+        "{}  {:<18} {:<12} {:<22} {:<16} {:<10} {:<16} {} case(s){}{}  [{}]",
+        time_text(e.at.as_ref()),
+        shown(&e.action),
+        shown(&e.outcome),
+        shown(&e.caller_id),
+        shown(&e.department),
+        shown(&e.cpr),
+        shown(&e.purpose),
+        cases,
+        if e.flags.is_empty() {
+            String::new()
+        } else {
+            format!("  flags: {}", shown(&e.flags.join(",")))
+        },
+        if e.break_glass_reason.is_empty() {
+            String::new()
+        } else {
+            format!("  break-glass: {}", shown(&e.break_glass_reason))
+        },
+        shown(&e.request_id)
+    )
+}
+
+/// One review item, on two lines.
+fn item_lines(i: &ReviewItem) -> String {
+    format!(
+        "{}  {:<14} {:<22} {:<16} {}{}\n    key: {}",
+        time_text(i.at.as_ref()),
+        shown(&i.kind),
+        shown(&i.caller_id),
+        shown(&i.department),
+        shown(&i.summary),
+        if i.reviewed {
+            format!(
+                "  (reviewed by {}: {})",
+                shown(&i.reviewed_by),
+                shown(&i.review_note)
+            )
+        } else {
+            String::new()
+        },
+        shown(&i.key)
+    )
+}
+
+/// One access in a citizen's log, on one line.
+fn access_line(e: &AccessLogEntry) -> String {
+    let who = if e.caller_name.is_empty() {
+        shown(&e.department).into_owned()
+    } else {
+        format!("{} ({})", shown(&e.caller_name), shown(&e.department))
+    };
+    format!(
+        "{}  {}  {} — purpose: {}{}",
+        time_text(e.at.as_ref()),
+        who,
+        shown(&e.action),
+        shown(&e.purpose),
+        if e.break_glass {
+            "  [emergency access]"
+        } else {
+            ""
+        }
+    )
+}
+
 /// Prints up to `limit` matching records, newest first, one line each.
 pub async fn search(call: &Call, filter: &FilterArgs, limit: usize) -> anyhow::Result<String> {
     let mut out = String::new();
     let mut token = String::new();
-    let mut shown = 0usize;
+    let mut count = 0usize;
     loop {
-        let page_size = u32::try_from(limit.saturating_sub(shown).min(500)).unwrap_or(500);
+        let page_size = u32::try_from(limit.saturating_sub(count).min(500)).unwrap_or(500);
         let response = call
             .client()
             .search(call.request(SearchAuditRequest {
@@ -110,38 +210,15 @@ pub async fn search(call: &Call, filter: &FilterArgs, limit: usize) -> anyhow::R
             .await?
             .into_inner();
         for e in &response.entries {
-            let cases: usize = e.sources.iter().map(|s| s.cases.len()).sum();
-            let _ = writeln!(
-                out,
-                "{}  {:<18} {:<12} {:<22} {:<16} {:<10} {:<16} {} case(s){}{}  [{}]",
-                time_text(e.at.as_ref()),
-                e.action,
-                e.outcome,
-                e.caller_id,
-                e.department,
-                e.cpr,
-                e.purpose,
-                cases,
-                if e.flags.is_empty() {
-                    String::new()
-                } else {
-                    format!("  flags: {}", e.flags.join(","))
-                },
-                if e.break_glass_reason.is_empty() {
-                    String::new()
-                } else {
-                    format!("  break-glass: {}", e.break_glass_reason)
-                },
-                e.request_id
-            );
-            shown += 1;
+            let _ = writeln!(out, "{}", entry_line(e));
+            count += 1;
         }
         token = response.next_page_token;
-        if token.is_empty() || shown >= limit {
+        if token.is_empty() || count >= limit {
             break;
         }
     }
-    let _ = writeln!(out, "{shown} record(s)");
+    let _ = writeln!(out, "{count} record(s)");
     Ok(out)
 }
 
@@ -188,21 +265,7 @@ pub async fn review(
         .into_inner();
     let mut out = String::new();
     for i in &response.items {
-        let _ = writeln!(
-            out,
-            "{}  {:<14} {:<22} {:<16} {}{}\n    key: {}",
-            time_text(i.at.as_ref()),
-            i.kind,
-            i.caller_id,
-            i.department,
-            i.summary,
-            if i.reviewed {
-                format!("  (reviewed by {}: {})", i.reviewed_by, i.review_note)
-            } else {
-                String::new()
-            },
-            i.key
-        );
+        let _ = writeln!(out, "{}", item_lines(i));
     }
     let _ = writeln!(out, "{} item(s) to review", response.items.len());
     Ok(out)
@@ -217,7 +280,8 @@ pub async fn mark_reviewed(call: &Call, key: String, note: String) -> anyhow::Re
         .into_inner();
     Ok(format!(
         "{} marked as reviewed by {}\n",
-        item.key, item.reviewed_by
+        shown(&item.key),
+        shown(&item.reviewed_by)
     ))
 }
 
@@ -235,24 +299,7 @@ pub async fn my_log(call: &Call) -> anyhow::Result<String> {
             .await?
             .into_inner();
         for e in &response.entries {
-            let who = if e.caller_name.is_empty() {
-                e.department.clone()
-            } else {
-                format!("{} ({})", e.caller_name, e.department)
-            };
-            let _ = writeln!(
-                out,
-                "{}  {}  {} — purpose: {}{}",
-                time_text(e.at.as_ref()),
-                who,
-                e.action,
-                e.purpose,
-                if e.break_glass {
-                    "  [emergency access]"
-                } else {
-                    ""
-                }
-            );
+            let _ = writeln!(out, "{}", access_line(e));
         }
         token = response.next_page_token;
         if token.is_empty() {
@@ -260,4 +307,63 @@ pub async fn my_log(call: &Call) -> anyhow::Result<String> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_from_the_log_cannot_rewrite_the_auditors_terminal() {
+        let entry = AuditEntry {
+            action: "lookup".into(),
+            caller_id: "cw-1".into(),
+            purpose: "prepare-meeting".into(),
+            break_glass_reason: "Akut på Ærø\u{1b}[2K\r\u{1b}[1Aall fine\nsecond line\u{202e}"
+                .into(),
+            request_id: "r-1".into(),
+            ..AuditEntry::default()
+        };
+        let line = entry_line(&entry);
+        assert!(
+            !line.chars().any(unprintable),
+            "{line:?} reaches the terminal raw"
+        );
+        assert!(
+            line.contains(
+                "break-glass: Akut på Ærø\\u{1b}[2K\\r\\u{1b}[1Aall fine\\nsecond line\\u{202e}"
+            ),
+            "{line}"
+        );
+        let item = ReviewItem {
+            kind: "break-glass".into(),
+            summary: "break-the-glass lookup\u{1b}]0;pwned\u{7}".into(),
+            reviewed: true,
+            reviewed_by: "aud-1".into(),
+            review_note: "ok\r\nkey: many-lookups:fake".into(),
+            key: "break-glass:r-1".into(),
+            ..ReviewItem::default()
+        };
+        let lines = item_lines(&item);
+        assert_eq!(lines.lines().count(), 2, "{lines}");
+        assert!(
+            !lines.chars().any(|c| c.is_control() && c != '\n'),
+            "{lines:?}"
+        );
+        assert!(lines.contains("ok\\r\\nkey: many-lookups:fake"), "{lines}");
+        let access = AccessLogEntry {
+            caller_name: "Søren\u{1b}[8m".into(),
+            department: "jobcenter".into(),
+            purpose: "prepare-meeting\n".into(),
+            ..AccessLogEntry::default()
+        };
+        let line = access_line(&access);
+        assert!(line.starts_with("  Søren\\u{1b}[8m (jobcenter)"), "{line}");
+        assert!(!line.chars().any(unprintable), "{line:?}");
+        // Text without such characters is shown as it is.
+        assert!(matches!(
+            shown("Ålbæk, Ørsted"),
+            Cow::Borrowed("Ålbæk, Ørsted")
+        ));
+    }
 }

@@ -823,6 +823,15 @@ impl LookupPipeline {
                     self.policy.break_glass_min_reason()
                 )));
             }
+            // Auditors read the reason on their terminals: an escape sequence or a line break
+            // in it could rewrite what they see.
+            r if r.chars().any(char::is_control) => {
+                return Err(GatewayError::InvalidRequest(
+                    "a break-the-glass reason must be plain text on one line, without control \
+                     characters"
+                        .into(),
+                ));
+            }
             r => Some(r.to_owned()),
         };
         let roles = caller.roles.iter().filter_map(|r| Role::parse(r)).collect();

@@ -536,3 +536,306 @@ async fn the_citizen_view_can_hide_caseworker_names() {
     assert_eq!(mine.entries[0].caller_name, "");
     assert_eq!(mine.entries[0].department, "jobcenter");
 }
+
+/// `from` and `until` as the wire's timestamps.
+fn period_filter(
+    from: chrono::DateTime<chrono::Utc>,
+    until: chrono::DateTime<chrono::Utc>,
+) -> AuditFilter {
+    let wire = |t: chrono::DateTime<chrono::Utc>| prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap(),
+    };
+    AuditFilter {
+        from: Some(wire(from)),
+        until: Some(wire(until)),
+        flagged: true,
+        ..AuditFilter::default()
+    }
+}
+
+/// Every working hour of every day: only the per-hour count flags anything.
+fn always_working(c: &mut samblik_gateway::config::Config, max_lookups_per_hour: usize) {
+    c.audit.review.max_lookups_per_hour = max_lookups_per_hour;
+    c.audit.review.work_start = "00:00".into();
+    c.audit.review.work_end = "23:59".into();
+    c.audit.review.work_days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .map(String::from)
+        .to_vec();
+}
+
+/// The rows of a flagged CSV export over `filter`.
+async fn export_rows(m: &Municipal, filter: AuditFilter) -> Vec<csv::StringRecord> {
+    let mut stream = audit_client(m)
+        .await
+        .export(authed(
+            ExportAuditRequest {
+                filter: Some(filter),
+                format: ExportFormat::Csv as i32,
+            },
+            &staff_token(AUDITOR, "auditor"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        data.extend(chunk.data);
+    }
+    csv::Reader::from_reader(data.as_slice())
+        .records()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_flagged_filter_keeps_every_lookup_of_a_window_however_many_it_holds() {
+    let m = start_municipal_with(|c| always_working(c, 2)).await;
+    let jobcenter = token(Department::Jobcenter);
+    let cpr = three_department_citizen();
+    // More lookups than a review item lists request ids for.
+    let lookups = samblik_audit::review::MAX_ITEM_REQUESTS + 12;
+    for _ in 0..lookups {
+        assert_eq!(lookup(&m, &jobcenter, cpr, None).await, Code::Ok);
+    }
+    let now = chrono::Utc::now();
+    let period = period_filter(
+        now - chrono::Duration::hours(2),
+        now + chrono::Duration::hours(1),
+    );
+    // Paged a few at a time, the flagged search finds every lookup (the search records
+    // themselves are not flagged).
+    let flagged = search_all(&m, period.clone(), 7).await;
+    assert!(flagged.iter().all(|e| e.action == "lookup"), "{flagged:#?}");
+    assert_eq!(flagged.len(), lookups);
+    assert!(
+        flagged
+            .iter()
+            .all(|e| e.flags.contains(&"many-lookups".to_owned()))
+    );
+    assert_eq!(export_rows(&m, period).await.len(), lookups);
+    // The queue's item still lists no more than its cap of request ids, and counts them all.
+    let items = audit_client(&m)
+        .await
+        .review_queue(authed(
+            ReviewQueueRequest::default(),
+            &staff_token(AUDITOR, "auditor"),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let counted: u32 = items
+        .iter()
+        .filter(|i| i.kind == "many-lookups")
+        .map(|i| i.count)
+        .sum();
+    assert_eq!(counted as usize, lookups, "{items:#?}");
+    assert!(
+        items
+            .iter()
+            .all(|i| i.request_ids.len() <= samblik_audit::review::MAX_ITEM_REQUESTS)
+    );
+}
+
+/// The hours (UTC, `YYYY-MM-DDTHH`) the gateway's lookups fall in.
+fn lookup_hours(m: &Municipal) -> std::collections::BTreeSet<String> {
+    m.gateway
+        .audit_records()
+        .iter()
+        .filter(|r| r.action == Action::Lookup)
+        .map(|r| r.at[..13].to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_mark_covers_an_item_as_it_was_and_a_key_that_names_nothing_cannot_be_marked() {
+    let m = start_municipal_with(|c| always_working(c, 2)).await;
+    let jobcenter = token(Department::Jobcenter);
+    let cpr = three_department_citizen();
+    let auditor = staff_token(AUDITOR, "auditor");
+    let mut client = audit_client(&m).await;
+    let caller = &caseworker(Department::Jobcenter).id;
+
+    // The coming hour's key is predictable, but there is nothing to review in it yet.
+    let next_hour = (chrono::Utc::now() + chrono::Duration::hours(1)).format("%Y-%m-%dT%H:00Z");
+    for key in [
+        format!("many-lookups:{caller}:{next_hour}"),
+        "outside-hours:no-such-request".to_owned(),
+    ] {
+        let err = client
+            .mark_reviewed(authed(
+                MarkReviewedRequest {
+                    key,
+                    note: "nothing to see here".into(),
+                },
+                &auditor,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    }
+    let refused = m
+        .gateway
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.action == Action::ReviewMarked)
+        .map(|r| r.outcome)
+        .collect::<Vec<_>>();
+    assert_eq!(refused, vec![Outcome::Invalid, Outcome::Invalid]);
+
+    for _ in 0..3 {
+        assert_eq!(lookup(&m, &jobcenter, cpr, None).await, Code::Ok);
+    }
+    let queue = async |client: &mut AuditServiceClient<Channel>| {
+        client
+            .review_queue(authed(ReviewQueueRequest::default(), &auditor))
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+    };
+    let items = queue(&mut client).await;
+    let Some(many) = items.iter().find(|i| i.kind == "many-lookups") else {
+        assert!(lookup_hours(&m).len() > 1, "{items:#?}");
+        eprintln!("the lookups straddled an hour: nothing to mark");
+        return;
+    };
+    let marked = client
+        .mark_reviewed(authed(
+            MarkReviewedRequest {
+                key: many.key.clone(),
+                note: "three lookups for one meeting".into(),
+            },
+            &auditor,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(marked.reviewed);
+    assert_eq!(marked.count, many.count);
+    assert!(queue(&mut client).await.iter().all(|i| i.key != many.key));
+
+    // The caller goes on in the same hour: the mark no longer covers the window.
+    assert_eq!(lookup(&m, &jobcenter, cpr, None).await, Code::Ok);
+    if lookup_hours(&m).len() > 1 {
+        eprintln!("the lookups straddled an hour: the marked window did not grow");
+        return;
+    }
+    let items = queue(&mut client).await;
+    let grown = items.iter().find(|i| i.key == many.key).unwrap();
+    assert_eq!(grown.count, many.count + 1);
+    assert!(!grown.reviewed);
+    assert!(grown.summary.contains("grown since reviewed"), "{grown:?}");
+}
+
+#[tokio::test]
+async fn a_window_is_judged_whole_whichever_part_of_it_a_period_holds() {
+    // Eight lookups in an hour are above five; neither half of them is.
+    let m = start_municipal_with(|c| always_working(c, 5)).await;
+    let jobcenter = token(Department::Jobcenter);
+    let cpr = three_department_citizen();
+    for _ in 0..8 {
+        assert_eq!(lookup(&m, &jobcenter, cpr, None).await, Code::Ok);
+    }
+    if lookup_hours(&m).len() > 1 {
+        eprintln!("the lookups straddled an hour: no window holds all eight");
+        return;
+    }
+    let lookups: Vec<samblik_audit::AuditRecord> = m
+        .gateway
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.action == Action::Lookup)
+        .collect();
+    let at = |r: &samblik_audit::AuditRecord| {
+        chrono::DateTime::parse_from_rfc3339(&r.at)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    // A period's edge falls between the fourth and the fifth lookup.
+    let edge = at(&lookups[4]);
+    let hour = chrono::Duration::hours(1);
+    let ids = |entries: &[AuditEntry]| {
+        let mut ids: Vec<String> = entries.iter().map(|e| e.request_id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    let expected = |range: std::ops::Range<usize>| {
+        let mut ids: Vec<String> = lookups[range]
+            .iter()
+            .map(|r| r.request_id.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let after = search_all(&m, period_filter(edge, edge + hour), 3).await;
+    assert_eq!(ids(&after), expected(4..8), "{after:#?}");
+    let before = search_all(&m, period_filter(edge - hour, edge), 3).await;
+    assert_eq!(ids(&before), expected(0..4), "{before:#?}");
+    assert_eq!(
+        export_rows(&m, period_filter(edge, edge + hour))
+            .await
+            .len(),
+        4
+    );
+
+    // The queue from the edge on counts the whole window; a period that ends before the window
+    // starts does not hold it.
+    let queue = async |from, until| {
+        let period = period_filter(from, until);
+        audit_client(&m)
+            .await
+            .review_queue(authed(
+                ReviewQueueRequest {
+                    from: period.from,
+                    until: period.until,
+                    ..ReviewQueueRequest::default()
+                },
+                &staff_token(AUDITOR, "auditor"),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+    };
+    let items = queue(edge, edge + hour).await;
+    let many: Vec<_> = items.iter().filter(|i| i.kind == "many-lookups").collect();
+    assert_eq!(many.len(), 1, "{items:#?}");
+    assert_eq!(many[0].count, 8);
+    let earlier = queue(edge - hour * 2, edge - hour).await;
+    assert!(earlier.is_empty(), "{earlier:#?}");
+}
+
+#[tokio::test]
+async fn a_break_the_glass_reason_with_control_characters_is_refused_and_recorded() {
+    let m = start_municipal().await;
+    let jobcenter = token(Department::Jobcenter);
+    let stranger = citizen_without_cases();
+    for reason in [
+        format!("{BREAK_GLASS_REASON}\u{1b}[2K\rnothing happened here"),
+        format!("{BREAK_GLASS_REASON}\nApproved by the auditor"),
+        format!("{BREAK_GLASS_REASON}\u{7}"),
+    ] {
+        assert_eq!(
+            lookup(&m, &jobcenter, stranger, Some(&reason)).await,
+            Code::InvalidArgument,
+            "{reason:?}"
+        );
+    }
+    assert_eq!(m.calls(), 0, "a source was called");
+    let refused: Vec<Outcome> = m
+        .gateway
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.action == Action::Lookup)
+        .map(|r| r.outcome)
+        .collect();
+    assert_eq!(refused, vec![Outcome::Invalid; 3]);
+    // Danish letters and punctuation are plain text.
+    let danish = "Akut: barnet på Ærø-skolen er i fare, jf. underretning fra lærer Søren Ålbæk";
+    assert_eq!(
+        lookup(&m, &jobcenter, stranger, Some(danish)).await,
+        Code::Ok
+    );
+}

@@ -10,7 +10,9 @@
 
 use crate::record::AuditRecord;
 use crate::search::Activity;
-use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, TimeZone, Timelike, Utc, Weekday};
+use chrono::{
+    DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Timelike, Utc, Weekday,
+};
 use chrono_tz::Tz;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -19,7 +21,12 @@ pub const OUTSIDE_HOURS: &str = "outside-hours";
 pub const MANY_LOOKUPS: &str = "many-lookups";
 pub const MANY_DENIED: &str = "many-denied";
 
-/// Most request ids one item lists.
+/// How a group item's key names its window's start (UTC), and that text's length.
+const WINDOW_KEY_FORMAT: &str = "%Y-%m-%dT%H:%MZ";
+const WINDOW_KEY_LEN: usize = "2026-01-01T00:00Z".len();
+
+/// Most request ids one item lists on the wire. The item itself keeps them all: the `flagged`
+/// search filter is built from them, and must not lose a lookup because a window held many.
 pub const MAX_ITEM_REQUESTS: usize = 50;
 
 /// The thresholds, from config.
@@ -67,25 +74,54 @@ pub struct ReviewItem {
     /// The first record concerned and the end of the window the item covers.
     pub at: DateTime<Utc>,
     pub window_end: DateTime<Utc>,
+    /// The last record concerned: a mark older than it was made before the item grew.
+    pub last: DateTime<Utc>,
     pub count: usize,
+    /// Every lookup the item concerns (the wire lists the first [`MAX_ITEM_REQUESTS`]).
     pub request_ids: Vec<String>,
     pub summary: String,
     pub review: Option<ReviewMark>,
 }
 
+impl ReviewItem {
+    /// Whether the item belongs to the period `from..until`: its lookup is in it, or its window
+    /// overlaps it (a window is judged whole, whatever part of it the period holds).
+    pub fn overlaps(&self, from: DateTime<Utc>, until: DateTime<Utc>) -> bool {
+        if self.window_end > self.at {
+            self.at < until && from < self.window_end
+        } else {
+            from <= self.at && self.at < until
+        }
+    }
+}
+
 /// An auditor's "reviewed" mark, as kept in the record of [`crate::Action::ReviewMarked`].
+///
+/// A mark covers its item as it was when marked: a window that has gained lookups since is
+/// back in the queue, so a mark made at 10:05 on 31 lookups does not hide the 500 of 10:59.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReviewMark {
     pub key: String,
     pub by: String,
     pub at: DateTime<Utc>,
     pub note: String,
+    /// The item's count when marked; `None` in marks made before marks kept it, which cover
+    /// the item's records up to the mark's time.
+    pub count: Option<usize>,
 }
 
 impl ReviewMark {
-    /// The record's `change`.
-    pub fn change_json(key: &str, note: &str) -> serde_json::Value {
-        serde_json::json!({ "type": "review", "key": key, "note": note })
+    /// The record's `change`, for a mark on `item`.
+    pub fn change_json(item: &ReviewItem, note: &str) -> serde_json::Value {
+        serde_json::json!({ "type": "review", "key": item.key, "note": note, "count": item.count })
+    }
+
+    /// Whether this mark covers `item` as it is now (the mark is on its key).
+    pub fn covers(&self, item: &ReviewItem) -> bool {
+        match self.count {
+            Some(count) => item.count <= count,
+            None => item.last <= self.at,
+        }
     }
 
     /// Reads a mark back from its record; `None` for any other record.
@@ -99,6 +135,10 @@ impl ReviewMark {
             by: record.actor.caller_id.clone(),
             at: parse(&record.at)?,
             note: change.get("note")?.as_str()?.to_owned(),
+            count: change
+                .get("count")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|c| usize::try_from(c).ok()),
         })
     }
 }
@@ -162,6 +202,7 @@ impl ReviewRules {
                 department: r.actor.department.clone(),
                 at,
                 window_end: at,
+                last: at,
                 count: 1,
                 request_ids: vec![r.request_id.clone()],
                 summary: format!("break-the-glass lookup ({})", r.outcome.as_str()),
@@ -181,6 +222,7 @@ impl ReviewRules {
                     department: a.department.clone(),
                     at,
                     window_end: at,
+                    last: at,
                     count: 1,
                     request_ids: vec![a.request_id.clone()],
                     summary: format!(
@@ -254,7 +296,7 @@ impl ReviewRules {
         summary: String,
     ) -> ReviewItem {
         ReviewItem {
-            key: format!("{kind}:{caller}:{}", start.format("%Y-%m-%dT%H:%MZ")),
+            key: format!("{kind}:{caller}:{}", start.format(WINDOW_KEY_FORMAT)),
             kind,
             caller_id: caller.to_owned(),
             department: records
@@ -263,19 +305,34 @@ impl ReviewRules {
                 .unwrap_or_default(),
             at: start,
             window_end: end,
+            last: records.last().and_then(|a| parse(&a.at)).unwrap_or(start),
             count: records.len(),
-            request_ids: records
-                .iter()
-                .take(MAX_ITEM_REQUESTS)
-                .map(|a| a.request_id.clone())
-                .collect(),
+            request_ids: records.iter().map(|a| a.request_id.clone()).collect(),
             summary,
             review: None,
         }
     }
 
-    /// The window of lookups [`ReviewRules::flags`] needs to see for records in `from..until`:
-    /// whole local days around it.
+    /// The window a group item's key names (`kind:caller:start`), from its start; `None` for
+    /// the key of a single lookup's item or a key that names no window.
+    pub fn window_of_key(&self, key: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let (kind, rest) = key.split_once(':')?;
+        let start = rest.get(rest.len().checked_sub(WINDOW_KEY_LEN)?..)?;
+        let start = NaiveDateTime::parse_from_str(start, WINDOW_KEY_FORMAT)
+            .ok()?
+            .and_utc();
+        match kind {
+            MANY_LOOKUPS => Some(self.hour_of(start)),
+            MANY_DENIED => {
+                let (_, from, until) = self.day_of(start);
+                Some((from, until))
+            }
+            _ => None,
+        }
+    }
+
+    /// The window of lookups [`ReviewRules::flags`] needs to see for records in `from..until`,
+    /// and [`ReviewRules::analyse`] for the windows that overlap it: whole local days around it.
     pub fn context(
         &self,
         from: DateTime<Utc>,
@@ -351,8 +408,9 @@ fn lookups<'a>(records: impl Iterator<Item = &'a Activity>) -> Vec<Activity> {
     lookups
 }
 
-/// Applies the latest mark of each key to `items`; without `include_reviewed`, drops the
-/// reviewed ones.
+/// Applies the latest mark of each key to `items`, where it still covers the item (see
+/// [`ReviewMark::covers`]); without `include_reviewed`, drops the reviewed ones. An item that
+/// grew since its mark is unreviewed again, and its summary says so.
 pub fn apply_marks(items: &mut Vec<ReviewItem>, marks: &[ReviewMark], include_reviewed: bool) {
     let mut latest: BTreeMap<&str, &ReviewMark> = BTreeMap::new();
     for m in marks {
@@ -364,7 +422,20 @@ pub fn apply_marks(items: &mut Vec<ReviewItem>, marks: &[ReviewMark], include_re
         }
     }
     for item in items.iter_mut() {
-        item.review = latest.get(item.key.as_str()).map(|m| (*m).clone());
+        let Some(mark) = latest.get(item.key.as_str()) else {
+            continue;
+        };
+        if mark.covers(item) {
+            item.review = Some((*mark).clone());
+        } else {
+            let had = mark.count.map_or_else(String::new, |c| format!(" at {c}"));
+            item.summary = format!(
+                "{}; grown since reviewed{had} by {} on {}",
+                item.summary,
+                mark.by,
+                mark.at.format("%Y-%m-%d %H:%M UTC")
+            );
+        }
     }
     if !include_reviewed {
         items.retain(|i| i.review.is_none());
@@ -518,6 +589,7 @@ mod tests {
             by: "aud".into(),
             at: at(at_),
             note: note.into(),
+            count: None,
         };
         let marks = vec![
             mark("later", "2026-11-24T10:00:00Z"),
@@ -527,5 +599,105 @@ mod tests {
         assert_eq!(items[0].review.as_ref().unwrap().note, "later");
         apply_marks(&mut items, &marks, false);
         assert!(items.is_empty());
+    }
+
+    #[test]
+    fn a_mark_covers_an_item_as_it_was_and_a_grown_item_is_back_in_the_queue() {
+        let rules = ReviewRules {
+            max_lookups_per_hour: 2,
+            ..ReviewRules::default()
+        };
+        let minute = |i: usize| format!("2026-11-23T09:{i:02}:00.000000Z");
+        let mut activity: Vec<Activity> = (0..3)
+            .map(|i| lookup(i, &minute(i), "cw-a", "answered"))
+            .collect();
+        let many = |activity: &[Activity]| {
+            let mut items = rules.analyse(activity, &[]);
+            items.retain(|i| i.kind == MANY_LOOKUPS);
+            items
+        };
+        let items = many(&activity);
+        let key = "many-lookups:cw-a:2026-11-23T09:00Z";
+        assert_eq!(items[0].key, key);
+        let mark = ReviewMark {
+            key: key.into(),
+            by: "aud".into(),
+            at: at("2026-11-23T09:05:00Z"),
+            note: "spoke to the caseworker".into(),
+            count: Some(3),
+        };
+        let mut marked = items.clone();
+        apply_marks(&mut marked, std::slice::from_ref(&mark), false);
+        assert!(marked.is_empty(), "the item as marked is reviewed");
+        // Later in the same hour the caller goes on looking up.
+        activity.extend((3..40).map(|i| lookup(i, &minute(i), "cw-a", "answered")));
+        let mut grown = many(&activity);
+        apply_marks(&mut grown, std::slice::from_ref(&mark), false);
+        assert_eq!(grown.len(), 1);
+        assert_eq!(grown[0].count, 40);
+        assert!(grown[0].review.is_none());
+        assert!(
+            grown[0].summary.contains("grown since reviewed at 3"),
+            "{grown:?}"
+        );
+        // A mark from before marks kept a count covers the records up to its time.
+        let legacy = ReviewMark {
+            count: None,
+            ..mark.clone()
+        };
+        let mut old = items;
+        apply_marks(&mut old, std::slice::from_ref(&legacy), false);
+        assert!(old.is_empty());
+        let mut grown = many(&activity);
+        apply_marks(&mut grown, &[legacy], false);
+        assert_eq!(grown.len(), 1);
+        // The mark's record keeps the count, and reads back with it.
+        let mut record = record_at("2026-11-23T09:05:00.000000Z", "aud");
+        record.change = Some(ReviewMark::change_json(&many(&activity)[0], "checked"));
+        assert_eq!(ReviewMark::from_record(&record).unwrap().count, Some(40));
+        record.change = Some(serde_json::json!({ "type": "review", "key": key, "note": "old" }));
+        assert_eq!(ReviewMark::from_record(&record).unwrap().count, None);
+    }
+
+    #[test]
+    fn a_group_key_names_its_window() {
+        let rules = ReviewRules::default();
+        assert_eq!(
+            rules.window_of_key("many-lookups:cw:a:2026-11-23T09:00Z"),
+            Some((at("2026-11-23T09:00:00Z"), at("2026-11-23T10:00:00Z")))
+        );
+        // Copenhagen's day starts at 23:00 UTC in winter.
+        assert_eq!(
+            rules.window_of_key("many-denied:cw-a:2026-11-22T23:00Z"),
+            Some((at("2026-11-22T23:00:00Z"), at("2026-11-23T23:00:00Z")))
+        );
+        assert_eq!(rules.window_of_key("outside-hours:r-1"), None);
+        assert_eq!(rules.window_of_key("many-lookups:cw-a:yesterday"), None);
+        assert_eq!(rules.window_of_key("many-lookups:æøå"), None);
+    }
+
+    #[test]
+    fn a_window_belongs_to_every_period_it_overlaps_and_a_lookup_to_the_one_it_is_in() {
+        let rules = ReviewRules {
+            max_lookups_per_hour: 1,
+            ..ReviewRules::default()
+        };
+        let activity = vec![
+            lookup(1, "2026-11-23T09:10:00.000000Z", "cw-a", "answered"),
+            lookup(2, "2026-11-23T09:50:00.000000Z", "cw-a", "answered"),
+        ];
+        let items = rules.analyse(&activity, &[]);
+        let many = items.iter().find(|i| i.kind == MANY_LOOKUPS).unwrap();
+        assert!(many.overlaps(at("2026-11-23T09:30:00Z"), at("2026-11-23T10:30:00Z")));
+        assert!(many.overlaps(at("2026-11-23T08:30:00Z"), at("2026-11-23T09:30:00Z")));
+        assert!(!many.overlaps(at("2026-11-23T10:00:00Z"), at("2026-11-23T11:00:00Z")));
+        assert!(!many.overlaps(at("2026-11-23T08:00:00Z"), at("2026-11-23T09:00:00Z")));
+        let single = ReviewItem {
+            at: at("2026-11-23T09:10:00Z"),
+            window_end: at("2026-11-23T09:10:00Z"),
+            ..many.clone()
+        };
+        assert!(single.overlaps(at("2026-11-23T09:10:00Z"), at("2026-11-23T09:11:00Z")));
+        assert!(!single.overlaps(at("2026-11-23T09:00:00Z"), at("2026-11-23T09:10:00Z")));
     }
 }
