@@ -120,7 +120,7 @@ impl RegistryApi {
     ) -> Result<ChangeOutcome, GatewayError> {
         let outcome = draft.change(change.clone()).await;
         self.pipeline.registry().refresh(&change).await;
-        Ok(outcome?)
+        outcome
     }
 
     /// A citizen's consents are their caseworker's business: recording, withdrawing and (for
