@@ -70,21 +70,42 @@ impl CheckpointSigner {
     /// store holds no checkpoint. A key missing beside a store that has checkpoints was lost or
     /// deleted: a new one would overwrite `<path>.pub`, sign on where the old one stopped, and
     /// leave every earlier checkpoint unverifiable. The operator must restore the key instead.
+    ///
+    /// And the key must be the one the store's checkpoints are signed with — every chain's, as
+    /// `samblik audit verify` checks every chain with one public key: the replicas writing to one
+    /// store share one signing key. A replica given another key is refused at start-up, rather
+    /// than found out at the next verification.
     pub fn load_or_create_for(path: &Path, store: &mut dyn AuditStore) -> Result<Self, AuditError> {
+        let mut signed = Vec::new();
+        for chain in store.chains()? {
+            if let Some(checkpoint) = store.last_checkpoint(&chain)? {
+                signed.push(checkpoint);
+            }
+        }
         if !path.exists() {
-            for chain in store.chains()? {
-                if store.last_checkpoint(&chain)?.is_some() {
-                    return Err(AuditError::Key(format!(
-                        "no checkpoint signing key at {}, but the audit store holds checkpoints \
-                         signed with one (chain {chain:?}): restore the key file (and its .pub) \
-                         from backup; a new key is never created for a store in use",
-                        path.display()
-                    )));
-                }
+            if let Some(c) = signed.first() {
+                return Err(AuditError::Key(format!(
+                    "no checkpoint signing key at {}, but the audit store holds checkpoints \
+                     signed with one (chain {:?}): restore the key file (and its .pub) \
+                     from backup; a new key is never created for a store in use",
+                    path.display(),
+                    c.chain
+                )));
             }
             Self::create(path)?;
         }
-        Self::load(path)
+        let signer = Self::load(path)?;
+        let key = signer.verifying_key();
+        if let Some(c) = signed.iter().find(|c| !c.verify(&key)) {
+            return Err(AuditError::Key(format!(
+                "the checkpoint signing key at {} does not sign the audit store's checkpoints \
+                 (chain {:?}): every replica writing to one store signs with the same key; give \
+                 this one that key",
+                path.display(),
+                c.chain
+            )));
+        }
+        Ok(signer)
     }
 
     fn create(path: &Path) -> Result<(), AuditError> {

@@ -217,6 +217,14 @@ pub trait AuditStore: Send + 'static {
     fn check_integrity(&mut self) -> Result<(), AuditError> {
         Ok(())
     }
+    /// Claims `chain` for this store's writer for as long as it lives, before it reads the
+    /// chain's head: a second writer on the same chain (two replicas given one chain id, or an
+    /// operator's prune of a live replica's chain) is refused rather than racing it. A store
+    /// that one process owns (SQLite) has nothing to claim.
+    fn claim(&mut self, chain: &str) -> Result<(), AuditError> {
+        let _ = chain;
+        Ok(())
+    }
     /// Applies a (validated) registry change and, in the same transaction, writes the audit
     /// record describing it: `seal` is called once with what the change did and returns the
     /// record (and a checkpoint, if due) to insert. Refused outcomes change nothing but are
@@ -304,6 +312,9 @@ impl<S: AuditStore + ?Sized> AuditStore for Box<S> {
     }
     fn check_integrity(&mut self) -> Result<(), AuditError> {
         (**self).check_integrity()
+    }
+    fn claim(&mut self, chain: &str) -> Result<(), AuditError> {
+        (**self).claim(chain)
     }
     fn apply_change(
         &mut self,

@@ -101,6 +101,9 @@ pub struct PostgresStore {
     /// terminated session): the writer's next try reconnects, so the log recovers by itself.
     url: String,
     durability: Durability,
+    /// The chain this session holds the lock of ([`AuditStore::claim`]), taken again on a new
+    /// connection.
+    claimed: Option<String>,
 }
 
 /// A registry reader's statements, each prepared once on its connection: a query given as text
@@ -179,6 +182,7 @@ impl PostgresStore {
             inserts: None,
             url: url.to_owned(),
             durability,
+            claimed: None,
         })
     }
 
@@ -189,6 +193,11 @@ impl PostgresStore {
             tracing::warn!("the audit database connection is gone; connecting again");
             self.client = session(&self.url, self.durability)?;
             self.inserts = None;
+            // The lock went with the old session: a writer that took the chain meanwhile keeps
+            // it, and this one writes nothing more.
+            if let Some(chain) = &self.claimed {
+                lock_chain(&mut self.client, chain)?;
+            }
         }
         Ok(&mut self.client)
     }
@@ -215,6 +224,31 @@ impl PostgresStore {
             .client
             .query_one("SHOW synchronous_commit", &[])?
             .get::<_, String>(0))
+    }
+}
+
+/// How long a writer waits for its chain's lock: a gateway restarted at once after a crash
+/// finds its old session still ending on the server.
+const CHAIN_LOCK_WAIT: &str = "10s";
+
+/// Takes `chain`'s session-level advisory lock (waiting up to [`CHAIN_LOCK_WAIT`]), or says
+/// that someone else holds it.
+fn lock_chain(client: &mut Client, chain: &str) -> Result<(), AuditError> {
+    client.batch_execute(&format!("SET lock_timeout = '{CHAIN_LOCK_WAIT}'"))?;
+    let locked = client.execute(
+        "SELECT pg_advisory_lock(hashtextextended('samblik-audit-chain:' || $1, 0))",
+        &[&chain],
+    );
+    client.batch_execute("RESET lock_timeout")?;
+    match locked {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            Err(AuditError::Store(format!(
+                "the audit chain {chain:?} is being written by another gateway (or an \
+                 operator's command): each replica needs a chain of its own ([audit] chain)"
+            )))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -417,6 +451,12 @@ fn apply(
 }
 
 impl AuditStore for PostgresStore {
+    fn claim(&mut self, chain: &str) -> Result<(), AuditError> {
+        lock_chain(self.connected()?, chain)?;
+        self.claimed = Some(chain.to_owned());
+        Ok(())
+    }
+
     fn head(&mut self, chain: &str) -> Result<Option<(u64, String)>, AuditError> {
         let row = self.connected()?.query_opt(
             "SELECT seq, hash FROM audit_records WHERE chain = $1 ORDER BY seq DESC LIMIT 1",

@@ -186,6 +186,9 @@ impl<S: AuditStore> AuditStore for FaultInjecting<S> {
     fn check_integrity(&mut self) -> Result<(), AuditError> {
         self.inner.check_integrity()
     }
+    fn claim(&mut self, chain: &str) -> Result<(), AuditError> {
+        self.inner.claim(chain)
+    }
     fn apply_change(
         &mut self,
         change: &RegistryChange,

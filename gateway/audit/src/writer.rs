@@ -287,6 +287,7 @@ fn begin(
 ) -> Result<ChainState, AuditError> {
     store.check_integrity()?;
     let chain = options.chain.as_str();
+    store.claim(chain)?;
     let head = store.head(chain)?;
     let last_checkpoint = store.last_checkpoint(chain)?;
     let head_seq = head.as_ref().map_or(0, |(s, _)| *s);

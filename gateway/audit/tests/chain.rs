@@ -789,6 +789,12 @@ fn a_missing_key_is_created_only_for_a_store_without_checkpoints() {
             public
         );
         verify(&s).unwrap();
+
+        // Another replica's key, not the one the store is signed with: refused at start-up.
+        let other = s.key.with_file_name("other-replica.key");
+        CheckpointSigner::load_or_create(&other).unwrap();
+        let err = CheckpointSigner::load_or_create_for(&other, &mut *s.store()).unwrap_err();
+        assert!(err.to_string().contains("same key"), "{err}");
     }
 }
 
@@ -880,6 +886,13 @@ fn the_start_up_record_tells_a_clean_stop_from_an_unclean_one() {
         let log = open_with(&s, options(1));
         block_on(log.append(event(4))).unwrap();
         std::mem::forget(log);
+        if s.is_postgres() {
+            // A crashed process's connection ends with it, and with it its claim on the chain.
+            s.sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            );
+        }
         write(&s, 1);
         let starts: Vec<(PreviousStop, String)> = stored(&s)
             .iter()
