@@ -22,7 +22,8 @@
 //! - **No personal data in a dictionary.** A dictionary is kept as long as any record needs it,
 //!   which can be long after the records it was trained on were pruned. So it is trained on the
 //!   records' shape only ([`redacted`]): every value that could name or single out a person — the
-//!   citizen, the caller, a case or document id, a free text — is blanked in the samples first.
+//!   citizen, the caller, a case or document id, a free text — is blanked or zeroed in the
+//!   samples first.
 
 use crate::AuditError;
 use rusqlite::Connection;
@@ -453,35 +454,42 @@ fn newest(conn: &Connection) -> Result<Option<(u32, Vec<u8>, i64)>, AuditError> 
     .transpose()
 }
 
-/// What a dictionary may learn from `body`: the record's canonical JSON with every value that
-/// could name or single out a person blanked — the citizen, the caller's id and name, the
-/// request id, a break-the-glass reason or other free text, case ids, the document ids in field
-/// paths, a registry change's content — and the previous hash (noise). The keys, departments,
-/// purposes, outcomes, sources, tiers, legal bases, rule ids, field paths and times stay: they
-/// are what repeats. `None` for a body that is not a record.
+/// What a dictionary may learn from `body`: the record's canonical JSON with nothing in it that
+/// could name or single out a person. The caller's id and name, a break-the-glass reason or
+/// other free text, a registry change's content and the previous hash (noise) are blanked; the
+/// citizen, the request id, case ids and the document ids in field paths keep their shape with
+/// every digit (and the request id's every hex digit) a zero. The keys, departments, purposes,
+/// outcomes, sources, tiers, legal bases, rule ids, field paths and times stay: they are what
+/// repeats. `None` for a body that is not a record.
 pub fn redacted(body: &str) -> Option<Vec<u8>> {
+    fn zeroed(text: &mut String, digit: fn(char) -> bool) {
+        *text = text
+            .chars()
+            .map(|c| if digit(c) { '0' } else { c })
+            .collect();
+    }
+    let decimal = |c: char| c.is_ascii_digit();
     let mut record: crate::AuditRecord = serde_json::from_str(body).ok()?;
-    let blank = |value: &mut Option<String>| {
-        if let Some(v) = value {
-            v.clear();
-        }
-    };
-    record.request_id.clear();
+    zeroed(&mut record.request_id, |c| c.is_ascii_hexdigit());
     record.actor.caller_id.clear();
     record.actor.name.clear();
-    blank(&mut record.cpr);
-    blank(&mut record.break_glass_reason);
-    blank(&mut record.detail);
+    if let Some(cpr) = &mut record.cpr {
+        zeroed(cpr, decimal);
+    }
+    for text in [&mut record.break_glass_reason, &mut record.detail]
+        .into_iter()
+        .flatten()
+    {
+        text.clear();
+    }
     record.prev_hash.clear();
     if record.action != crate::Action::AuditMaintenance {
         record.change = None;
     }
     for case in record.sources.iter_mut().flat_map(|s| s.cases.iter_mut()) {
-        case.case_id.clear();
+        zeroed(&mut case.case_id, decimal);
         for field in &mut case.fields {
-            if let Some((path, _id)) = field.split_once('[') {
-                *field = format!("{path}[]");
-            }
+            zeroed(field, decimal);
         }
     }
     serde_json::to_vec(&record).ok()

@@ -227,13 +227,21 @@ fn sqlite_bodies_are_compressed_once_trained_and_read_back_whole_everywhere() {
     // The dictionary outlives the records it was trained on: it learnt their shape, and no
     // citizen, caller, request, case or free text.
     let dict: Vec<u8> = sql(&s, "SELECT dict FROM audit_dictionaries");
-    for personal in CITIZENS.into_iter().chain([
-        "Sagsbehandler",
-        "cw-jobcenter-",
-        "-9a1e-4b7f-",
-        "-2026-0",
-        "child's safety",
-    ]) {
+    let case_ids = (0..n).map(|i| format!("-2026-{i:06}"));
+    for personal in CITIZENS
+        .into_iter()
+        .map(str::to_owned)
+        .chain(
+            [
+                "Sagsbehandler",
+                "cw-jobcenter-",
+                "-9a1e-4b7f-",
+                "child's safety",
+            ]
+            .map(str::to_owned),
+        )
+        .chain(case_ids)
+    {
         assert!(
             !dict
                 .windows(personal.len())
