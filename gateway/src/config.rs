@@ -372,7 +372,9 @@ pub struct ReviewConfig {
     pub work_days: Vec<String>,
     /// More lookups than this by one caller in one clock hour are flagged.
     pub max_lookups_per_hour: usize,
-    /// More lookups refused for lack of relation than this by one caller in one day are flagged.
+    /// More distinct citizens than this refused to one caller for lack of relation (no open
+    /// case in their department) in one local day are flagged. Refusals for other reasons, and
+    /// the same citizen tried again, do not count.
     pub max_denied_per_day: usize,
 }
 

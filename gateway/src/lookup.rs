@@ -16,6 +16,7 @@ use prost::Message;
 use samblik_adapters::SourceAnswer;
 use samblik_adapters::{CaseQuery, Source, SourceError};
 use samblik_audit::registry::Registry;
+use samblik_audit::review::NO_RELATION;
 use samblik_audit::{Action, AuditLog, CaseEntry, SourceEntry};
 use samblik_policy::{Decision, Role};
 use samblik_proto::Cpr;
@@ -616,10 +617,11 @@ impl LookupPipeline {
                             .into(),
                     )
                 } else {
-                    GatewayError::PermissionDenied(
-                        "you have no open case for this citizen in your department; if you must look anyway, break the glass with a written reason"
-                            .into(),
-                    )
+                    // Begins with `NO_RELATION`: the review queue tells this refusal from
+                    // others by it.
+                    GatewayError::PermissionDenied(format!(
+                        "{NO_RELATION}; if you must look anyway, break the glass with a written reason"
+                    ))
                 });
             }
             plan.break_glass = true;
@@ -725,7 +727,7 @@ impl LookupPipeline {
         }
         if !plan.relation {
             return Err(GatewayError::PermissionDenied(format!(
-                "you have no open case for this citizen in your department, so you may not {doing}"
+                "{NO_RELATION}, so you may not {doing}"
             )));
         }
         plan.keep_prefetched(relation.fetched);

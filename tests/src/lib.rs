@@ -112,6 +112,11 @@ pub fn three_department_citizen() -> &'static str {
 
 /// A citizen with no case anywhere.
 pub fn citizen_without_cases() -> &'static str {
+    citizens_without_cases()[0]
+}
+
+/// Every citizen with no case anywhere (there are several), in the dataset's order.
+pub fn citizens_without_cases() -> Vec<&'static str> {
     let with_cases: BTreeSet<&str> = municipality()
         .cases
         .iter()
@@ -121,8 +126,8 @@ pub fn citizen_without_cases() -> &'static str {
         .citizens
         .iter()
         .map(|c| c.cpr.as_str())
-        .find(|cpr| !with_cases.contains(cpr))
-        .unwrap()
+        .filter(|cpr| !with_cases.contains(cpr))
+        .collect()
 }
 
 /// A break-the-glass reason long enough to be accepted.

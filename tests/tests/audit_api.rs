@@ -271,6 +271,73 @@ async fn exports_hold_every_matching_record_as_csv_and_as_json_lines() {
     assert_eq!(exports, 2);
 }
 
+/// The review queue's items of `kind`, as an auditor sees them.
+async fn queue_items(m: &Municipal, kind: &str) -> Vec<samblik_proto::v1::ReviewItem> {
+    let auditor = staff_token(AUDITOR, "auditor");
+    let mut items = audit_client(m)
+        .await
+        .review_queue(authed(ReviewQueueRequest::default(), &auditor))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    items.retain(|i| i.kind == kind);
+    items
+}
+
+#[tokio::test]
+async fn many_denied_counts_the_distinct_citizens_a_caller_was_refused_for_lack_of_relation() {
+    let m = start_municipal_with(|c| c.audit.review.max_denied_per_day = 2).await;
+    let jobcenter = token(Department::Jobcenter);
+    let strangers = citizens_without_cases();
+    assert!(
+        strangers.len() >= 3,
+        "the test municipality has few such citizens"
+    );
+    // Six refusals of the same citizen are one citizen tried, not many.
+    for _ in 0..6 {
+        assert_eq!(
+            lookup(&m, &jobcenter, strangers[0], None).await,
+            Code::PermissionDenied
+        );
+    }
+    let refused = |m: &Municipal| {
+        m.gateway
+            .audit_records()
+            .into_iter()
+            .filter(|r| r.action == Action::Lookup && r.outcome == Outcome::Denied)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(refused(&m).len(), 6);
+    assert_eq!(queue_items(&m, "many-denied").await, []);
+    // Two more citizens: three, above two.
+    for cpr in &strangers[1..3] {
+        assert_eq!(
+            lookup(&m, &jobcenter, cpr, None).await,
+            Code::PermissionDenied
+        );
+    }
+    // All in one local day — unless the test ran across midnight, which it then says.
+    let hours: std::collections::BTreeSet<String> =
+        refused(&m).iter().map(|r| r.at[..13].to_owned()).collect();
+    if hours.len() > 1 {
+        eprintln!("the refusals straddled an hour ({hours:?}): the day's count not checked");
+        return;
+    }
+    let items = queue_items(&m, "many-denied").await;
+    assert_eq!(items.len(), 1, "{items:#?}");
+    assert_eq!(items[0].count, 3);
+    assert_eq!(items[0].request_ids.len(), 8);
+    assert_eq!(items[0].caller_id, caseworker(Department::Jobcenter).id);
+    assert!(
+        items[0]
+            .summary
+            .starts_with("3 distinct citizens refused for lack of relation"),
+        "{}",
+        items[0].summary
+    );
+}
+
 #[tokio::test]
 async fn break_the_glass_and_anomalies_reach_the_review_queue_until_an_auditor_marks_them() {
     // Two lookups an hour are "many", and there are no working days: every lookup in this test
@@ -286,13 +353,15 @@ async fn break_the_glass_and_anomalies_reach_the_review_queue_until_an_auditor_m
     for _ in 0..3 {
         assert_eq!(lookup(&m, &jobcenter, cpr, None).await, Code::Ok);
     }
-    let stranger = citizen_without_cases();
+    // Two citizens the caseworker has no case for: two citizens refused, above one.
+    let strangers = citizens_without_cases();
+    let stranger = strangers[0];
     assert_eq!(
         lookup(&m, &jobcenter, stranger, None).await,
         Code::PermissionDenied
     );
     assert_eq!(
-        lookup(&m, &jobcenter, stranger, None).await,
+        lookup(&m, &jobcenter, strangers[1], None).await,
         Code::PermissionDenied
     );
     let glass = lookup(&m, &jobcenter, stranger, Some(BREAK_GLASS_REASON)).await;

@@ -12,9 +12,12 @@ use samblik_gateway::auth::PANEL_SYSTEM;
 use samblik_gateway::config::{Config, SystemConfig, TlsConfig};
 use samblik_gateway::tls::{CertPair, DEMO_FAGSYSTEM, DemoPki, demo_server_tls, demo_source_tls};
 use samblik_proto::source::v1::CallerContext;
+use samblik_proto::v1::audit_service_client::AuditServiceClient;
 use samblik_proto::v1::consent_service_client::ConsentServiceClient;
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;
-use samblik_proto::v1::{ListConsentsRequest, LookupResponse, Purpose, SourceStatus};
+use samblik_proto::v1::{
+    ListConsentsRequest, LookupResponse, Purpose, ReviewQueueRequest, SourceStatus,
+};
 use samblik_synth::Department;
 use samblik_tests::idp::TestPki;
 use samblik_tests::*;
@@ -555,6 +558,63 @@ async fn a_restricted_system_asks_only_its_sources_and_only_for_its_purposes() {
             .all(|r| r.status() == SourceStatus::Ok)
     );
     assert_eq!(recorded_systems(&s, &answer.request_id), [None]);
+}
+
+#[tokio::test]
+async fn refusals_of_a_system_or_its_purpose_are_not_refusals_for_lack_of_relation() {
+    let s = start_secure(
+        ClientAuth::Optional,
+        |config, _| {
+            let tls = config.server.tls.as_mut().unwrap();
+            tls.require_listed_systems = true;
+            tls.systems = vec![SystemConfig {
+                name: DEMO_FAGSYSTEM.to_owned(),
+                sources: None,
+                purposes: Some(vec!["prepare-meeting".into()]),
+            }];
+            config.audit.review.max_denied_per_day = 1;
+        },
+        None,
+    )
+    .await;
+    let jobcenter = token(Department::Jobcenter);
+    let strangers = citizens_without_cases();
+    let refuse = async |client: &mut LookupServiceClient<Channel>, cpr: &str, purpose| {
+        let refused = client
+            .lookup(request(cpr, purpose, Some(&jobcenter), None))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    };
+    // Three citizens the caseworker has no case for, each refused — but for a purpose the
+    // system may not use, or for a system that is not admitted, never for lack of relation.
+    let mut fagsystem = connect(s.gateway.addr, &s.pki.ca, Some(&s.pki.fagsystem))
+        .await
+        .unwrap();
+    refuse(&mut fagsystem, strangers[0], Purpose::FollowUp).await;
+    refuse(&mut fagsystem, strangers[1], Purpose::FollowUp).await;
+    let mut unlisted = connect(s.gateway.addr, &s.pki.ca, Some(&s.pki.gateway_client))
+        .await
+        .unwrap();
+    refuse(&mut unlisted, strangers[2], Purpose::PrepareMeeting).await;
+    let denied = s
+        .gateway
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.outcome == samblik_audit::Outcome::Denied)
+        .count();
+    assert_eq!(denied, 3);
+
+    let auditor = staff_token("aud-test", "auditor");
+    let mut audit =
+        AuditServiceClient::new(channel(s.gateway.addr, &s.pki.ca, None).await.unwrap());
+    let items = audit
+        .review_queue(authed(ReviewQueueRequest::default(), &auditor))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(items.iter().all(|i| i.kind != "many-denied"), "{items:#?}");
 }
 
 #[tokio::test]

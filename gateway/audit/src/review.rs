@@ -5,8 +5,10 @@
 //! - `break-glass`: every lookup made with break-the-glass.
 //! - `outside-hours`: a lookup outside working hours (local time) or on a weekend.
 //! - `many-lookups`: a caller's lookups in one clock hour above a threshold.
-//! - `many-denied`: a caller's refused lookups (no relation to the citizen) in one day above a
-//!   threshold — someone trying citizens they have no case for.
+//! - `many-denied`: the distinct citizens a caller was refused for lack of relation (no open
+//!   case in their department) in one local day, above a threshold — someone trying citizens
+//!   they have no case for. Refusals for any other reason (a calling system not admitted, a
+//!   purpose it may not use) do not count, nor does trying the same citizen again.
 
 use crate::record::AuditRecord;
 use crate::search::Activity;
@@ -20,6 +22,23 @@ pub const BREAK_GLASS: &str = "break-glass";
 pub const OUTSIDE_HOURS: &str = "outside-hours";
 pub const MANY_LOOKUPS: &str = "many-lookups";
 pub const MANY_DENIED: &str = "many-denied";
+
+/// How the gateway's refusal of a caller with no relation to the citizen begins (the caller
+/// has no open case for the citizen in their own department). The gateway builds that refusal
+/// from this text, and the review queue recognises it in a record's `detail` by it: the record
+/// format has no field for why a lookup was refused, and gains none.
+pub const NO_RELATION: &str = "you have no open case for this citizen in your department";
+
+/// What the gateway puts before a refusal's message in a record's `detail` (its
+/// `PermissionDenied` error as text).
+const DENIED_PREFIX: &str = "permission denied: ";
+
+/// Whether a refused record's `detail` says the caller had no relation to the citizen.
+pub fn is_no_relation_detail(detail: &str) -> bool {
+    detail
+        .strip_prefix(DENIED_PREFIX)
+        .is_some_and(|message| message.starts_with(NO_RELATION))
+}
 
 /// How a group item's key names its window's start (UTC), and that text's length.
 const WINDOW_KEY_FORMAT: &str = "%Y-%m-%dT%H:%MZ";
@@ -40,7 +59,8 @@ pub struct ReviewRules {
     pub work_days: Vec<Weekday>,
     /// More lookups than this by one caller in one clock hour are flagged.
     pub max_lookups_per_hour: usize,
-    /// More refused lookups than this by one caller in one day are flagged.
+    /// More distinct citizens than this refused to one caller for lack of relation in one
+    /// local day are flagged.
     pub max_denied_per_day: usize,
 }
 
@@ -76,6 +96,8 @@ pub struct ReviewItem {
     pub window_end: DateTime<Utc>,
     /// The last record concerned: a mark older than it was made before the item grew.
     pub last: DateTime<Utc>,
+    /// How many lookups the item concerns; for [`MANY_DENIED`], how many distinct citizens
+    /// they were of (what its threshold counts).
     pub count: usize,
     /// Every lookup the item concerns (the wire lists the first [`MAX_ITEM_REQUESTS`]).
     pub request_ids: Vec<String>,
@@ -238,7 +260,7 @@ impl ReviewRules {
                 .entry((a.caller_id.clone(), self.hour_of(at).0))
                 .or_default()
                 .push(a);
-            if a.outcome == "denied" {
+            if a.refused_for_lack_of_relation() {
                 days.entry((a.caller_id.clone(), self.day_of(at).0))
                     .or_default()
                     .push(a);
@@ -261,25 +283,30 @@ impl ReviewRules {
             }
         }
         for ((caller, day), denied) in days {
-            if denied.len() > self.max_denied_per_day {
+            let citizens = distinct_citizens(&denied);
+            if citizens > self.max_denied_per_day {
                 let (_, start, end) = self.day_of(
                     denied
                         .first()
                         .and_then(|a| parse(&a.at))
                         .unwrap_or_default(),
                 );
-                items.push(self.group_item(
+                let mut item = self.group_item(
                     MANY_DENIED,
                     &caller,
                     start,
                     end,
                     &denied,
                     format!(
-                        "{} lookups refused for lack of relation on {day} (threshold {})",
+                        "{citizens} distinct citizens refused for lack of relation on {day} \
+                         ({} refused lookups; threshold {} citizens)",
                         denied.len(),
                         self.max_denied_per_day
                     ),
-                ));
+                );
+                // What the threshold counts, so a mark covers the citizens tried when marked.
+                item.count = citizens;
+                items.push(item);
             }
         }
         items.sort_by(|a, b| b.at.cmp(&a.at).then_with(|| a.key.cmp(&b.key)));
@@ -368,35 +395,48 @@ impl ReviewRules {
                 .iter()
                 .filter(|a| a.caller_id == record.actor.caller_id),
         );
-        let (mut in_hour, mut denied_in_day) = (0, 0);
+        let mut in_hour = 0;
+        let mut denied_in_day = Vec::new();
         for (t, a) in mine.iter().filter_map(|a| Some((parse(&a.at)?, a))) {
             if t >= hour_start && t < hour_end {
                 in_hour += 1;
             }
-            if t >= day_start && t < day_end && a.outcome == "denied" {
-                denied_in_day += 1;
+            if t >= day_start && t < day_end && a.refused_for_lack_of_relation() {
+                denied_in_day.push(a);
             }
         }
         if in_hour > self.max_lookups_per_hour {
             flags.push(MANY_LOOKUPS);
         }
-        if record.outcome == crate::Outcome::Denied && denied_in_day > self.max_denied_per_day {
+        let no_relation = record.outcome == crate::Outcome::Denied
+            && record.detail.as_deref().is_some_and(is_no_relation_detail);
+        if no_relation && distinct_citizens(&denied_in_day) > self.max_denied_per_day {
             flags.push(MANY_DENIED);
         }
         flags
     }
 }
 
+/// How many distinct citizens `lookups` concern.
+fn distinct_citizens(lookups: &[&Activity]) -> usize {
+    lookups
+        .iter()
+        .filter_map(|a| a.cpr.as_deref())
+        .collect::<HashSet<_>>()
+        .len()
+}
+
 /// Lookup records as lookups: the records of one request id become one, at its first record's
-/// time, refused if any of them was.
+/// time, refused (and why) if any of them was.
 fn lookups<'a>(records: impl Iterator<Item = &'a Activity>) -> Vec<Activity> {
     let mut lookups: Vec<Activity> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     for r in records {
         match index.get(r.request_id.as_str()) {
             Some(&i) => {
-                if r.outcome == "denied" {
+                if r.outcome == crate::Outcome::Denied.as_str() {
                     lookups[i].outcome.clone_from(&r.outcome);
+                    lookups[i].detail.clone_from(&r.detail);
                 }
             }
             None => {
@@ -450,13 +490,32 @@ mod tests {
         parse(text).unwrap()
     }
 
+    /// A lookup of a citizen of its own (by `id`); a `denied` one refused for lack of relation.
     fn lookup(id: usize, at: &str, caller: &str, outcome: &str) -> Activity {
+        let detail = (outcome == "denied").then(no_relation_detail);
+        Activity {
+            outcome: outcome.into(),
+            ..refusal(id, at, caller, &format!("01019{id:05}"), detail)
+        }
+    }
+
+    /// The detail the gateway records for a lookup refused for lack of relation.
+    fn no_relation_detail() -> String {
+        format!(
+            "{DENIED_PREFIX}{NO_RELATION}; if you must look anyway, break the glass with a written reason"
+        )
+    }
+
+    /// A refused lookup of `cpr`, with `detail`.
+    fn refusal(id: usize, at: &str, caller: &str, cpr: &str, detail: Option<String>) -> Activity {
         Activity {
             at: at.into(),
             request_id: format!("r-{id}"),
             caller_id: caller.into(),
             department: "jobcenter".into(),
-            outcome: outcome.into(),
+            cpr: Some(cpr.into()),
+            outcome: "denied".into(),
+            detail,
         }
     }
 
@@ -540,6 +599,127 @@ mod tests {
         assert_eq!(rules.flags(&record, &activity), vec![MANY_LOOKUPS]);
         record.actor.caller_id = "cw-c".into();
         assert!(rules.flags(&record, &activity).is_empty());
+    }
+
+    /// The record of refusal `a`, as [`ReviewRules::flags`] sees it.
+    fn refused_record(a: &Activity) -> AuditRecord {
+        let mut record = record_at(&a.at, &a.caller_id);
+        record.request_id.clone_from(&a.request_id);
+        record.cpr.clone_from(&a.cpr);
+        record.outcome = crate::Outcome::Denied;
+        record.detail.clone_from(&a.detail);
+        record
+    }
+
+    fn many_denied(rules: &ReviewRules, activity: &[Activity]) -> Vec<ReviewItem> {
+        let mut items = rules.analyse(activity, &[]);
+        items.retain(|i| i.kind == MANY_DENIED);
+        items
+    }
+
+    #[test]
+    fn many_denied_counts_distinct_citizens_not_refusals() {
+        let rules = ReviewRules {
+            max_denied_per_day: 5,
+            ..ReviewRules::default()
+        };
+        // Six refusals for lack of relation, all of the same citizen.
+        let activity: Vec<Activity> = (0..6)
+            .map(|i| {
+                let at = format!("2026-11-23T09:0{i}:00.000000Z");
+                refusal(i, &at, "cw-a", "0101901235", Some(no_relation_detail()))
+            })
+            .collect();
+        assert!(many_denied(&rules, &activity).is_empty());
+        assert!(
+            !rules
+                .flags(&refused_record(&activity[5]), &activity)
+                .contains(&MANY_DENIED)
+        );
+        // Six distinct citizens: one above the threshold.
+        let activity: Vec<Activity> = (0..6)
+            .map(|i| {
+                lookup(
+                    i,
+                    &format!("2026-11-23T09:0{i}:00.000000Z"),
+                    "cw-a",
+                    "denied",
+                )
+            })
+            .collect();
+        let items = many_denied(&rules, &activity);
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert_eq!(items[0].count, 6);
+        assert_eq!(items[0].request_ids.len(), 6);
+        assert!(
+            items[0]
+                .summary
+                .starts_with("6 distinct citizens refused for lack of relation on 2026-11-23"),
+            "{}",
+            items[0].summary
+        );
+        assert!(
+            rules
+                .flags(&refused_record(&activity[5]), &activity)
+                .contains(&MANY_DENIED)
+        );
+        // Five of them, each tried twice: ten refusals, five citizens, not above five.
+        let twice: Vec<Activity> = (0..10)
+            .map(|i| {
+                let at = format!("2026-11-23T10:{i:02}:00.000000Z");
+                let cpr = format!("01019{:05}", i % 5);
+                refusal(i, &at, "cw-a", &cpr, Some(no_relation_detail()))
+            })
+            .collect();
+        assert!(many_denied(&rules, &twice).is_empty());
+    }
+
+    #[test]
+    fn refusals_for_other_reasons_than_lack_of_relation_do_not_count() {
+        let rules = ReviewRules {
+            max_denied_per_day: 1,
+            ..ReviewRules::default()
+        };
+        let others = [
+            "permission denied: the calling system may not look up for the purpose follow-up",
+            "permission denied: the calling system is not admitted",
+            // The text alone, not as the gateway records a refusal, is not one.
+            NO_RELATION,
+        ];
+        let activity: Vec<Activity> = others
+            .iter()
+            .enumerate()
+            .map(|(i, detail)| {
+                let at = format!("2026-11-23T09:0{i}:00.000000Z");
+                let cpr = format!("01019{i:05}");
+                refusal(i, &at, "cw-a", &cpr, Some((*detail).to_owned()))
+            })
+            .chain([refusal(
+                7,
+                "2026-11-23T09:07:00.000000Z",
+                "cw-a",
+                "0101900007",
+                None,
+            )])
+            .collect();
+        assert!(many_denied(&rules, &activity).is_empty());
+        for a in &activity {
+            assert!(
+                !rules
+                    .flags(&refused_record(a), &activity)
+                    .contains(&MANY_DENIED)
+            );
+        }
+        // One refusal for lack of relation besides them is still not above one citizen.
+        let mut with_one = activity.clone();
+        with_one.push(lookup(8, "2026-11-23T09:08:00.000000Z", "cw-a", "denied"));
+        assert!(many_denied(&rules, &with_one).is_empty());
+        // A second one is.
+        with_one.push(lookup(9, "2026-11-23T09:09:00.000000Z", "cw-a", "denied"));
+        assert_eq!(
+            many_denied(&rules, &with_one)[0].request_ids,
+            ["r-8", "r-9"]
+        );
     }
 
     #[test]

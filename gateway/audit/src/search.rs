@@ -60,14 +60,31 @@ impl Cursor {
     }
 }
 
-/// A lookup as the review queue needs it: who, when, how it ended — without the body.
+/// A lookup as the review queue needs it: who, when, about whom, how it ended — and, for a
+/// refused lookup only, why (its `detail`, the one part of the body read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Activity {
     pub at: String,
     pub request_id: String,
     pub caller_id: String,
     pub department: String,
+    /// The citizen looked up (`None` when the request named no valid CPR).
+    pub cpr: Option<String>,
     pub outcome: String,
+    /// The refusal's detail; `None` for a lookup that was not refused.
+    pub detail: Option<String>,
+}
+
+impl Activity {
+    /// Whether the lookup was refused because the caller has no relation to the citizen (no
+    /// open case in their department), rather than for any other reason.
+    pub fn refused_for_lack_of_relation(&self) -> bool {
+        self.outcome == Outcome::Denied.as_str()
+            && self
+                .detail
+                .as_deref()
+                .is_some_and(crate::review::is_no_relation_detail)
+    }
 }
 
 /// How a record's time is written, so text comparison orders as time does.
@@ -295,9 +312,17 @@ pub(crate) fn activity_sql(
     );
     let callers: Vec<&str> = callers.iter().map(String::as_str).collect();
     w.one_of("caller_id", &callers);
+    // Only a refusal's body is read, and only its detail: few lookups are refused.
+    let detail = match dialect {
+        Dialect::Sqlite => "json_extract(samblik_body(body), '$.detail')",
+        Dialect::Postgres => "(body::jsonb ->> 'detail')",
+    };
+    let denied = w.bind(Param::Text(Outcome::Denied.as_str().to_owned()));
     Sql {
         text: format!(
-            "SELECT at, request_id, caller_id, department, outcome FROM audit_records
+            "SELECT at, request_id, caller_id, department, cpr, outcome,
+                    CASE WHEN outcome = {denied} THEN {detail} END
+             FROM audit_records
              WHERE {} ORDER BY at",
             w.render()
         ),
@@ -399,12 +424,16 @@ pub fn sqlite_search_plan(
 /// Runs [`activity_sql`] on an SQLite connection.
 pub(crate) fn sqlite_activity(
     conn: &rusqlite::Connection,
+    dictionaries: &SharedDictionaries,
     from: DateTime<Utc>,
     until: DateTime<Utc>,
     callers: &[String],
 ) -> Result<Vec<Activity>, AuditError> {
     let sql = activity_sql(Dialect::Sqlite, from, until, callers);
-    let mut stmt = conn.prepare(&sql.text)?;
+    // One read transaction: `samblik_body` knows every dictionary a refusal's body needs.
+    let tx = conn.unchecked_transaction()?;
+    crate::bodies::lock(dictionaries)?.refresh(&tx)?;
+    let mut stmt = tx.prepare(&sql.text)?;
     let rows = stmt
         .query_map(
             rusqlite::params_from_iter(sqlite_params(&sql.params)),
@@ -414,11 +443,15 @@ pub(crate) fn sqlite_activity(
                     request_id: r.get(1)?,
                     caller_id: r.get(2)?,
                     department: r.get(3)?,
-                    outcome: r.get(4)?,
+                    cpr: r.get(4)?,
+                    outcome: r.get(5)?,
+                    detail: r.get(6)?,
                 })
             },
         )?
         .collect::<Result<Vec<_>, _>>()?;
+    drop(stmt);
+    tx.commit()?;
     Ok(rows)
 }
 
@@ -464,7 +497,9 @@ pub(crate) fn postgres_activity(
                 request_id: r.try_get(1)?,
                 caller_id: r.try_get(2)?,
                 department: r.try_get(3)?,
-                outcome: r.try_get(4)?,
+                cpr: r.try_get(4)?,
+                outcome: r.try_get(5)?,
+                detail: r.try_get(6)?,
             })
         })
         .collect::<Result<Vec<_>, postgres::Error>>()?)

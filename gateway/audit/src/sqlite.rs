@@ -1132,6 +1132,6 @@ impl RegistryReader for SqliteReader {
         until: chrono::DateTime<chrono::Utc>,
         callers: &[String],
     ) -> Result<Vec<crate::search::Activity>, AuditError> {
-        crate::search::sqlite_activity(&self.conn, from, until, callers)
+        crate::search::sqlite_activity(&self.conn, &self.dictionaries, from, until, callers)
     }
 }

@@ -55,8 +55,12 @@ fn event(i: usize) -> AuditEvent {
         break_glass_reason: i
             .is_multiple_of(7)
             .then(|| "urgent: the child's safety is at stake".into()),
-        outcome: Outcome::Answered,
-        detail: None,
+        outcome: if i % 11 == 10 {
+            Outcome::Denied
+        } else {
+            Outcome::Answered
+        },
+        detail: (i % 11 == 10).then(|| format!("permission denied: {}", review::NO_RELATION)),
         sources: vec![
             case("child-welfare", 1, &existence),
             case("jobcenter", 3, &existence),
@@ -288,6 +292,26 @@ fn sqlite_bodies_are_compressed_once_trained_and_read_back_whole_everywhere() {
         .cloned()
         .collect();
     assert_eq!(citizen, expected);
+    // The review queue reads a refusal's detail out of its body, compressed or not.
+    let activity = rt
+        .block_on(registry.activity(chrono::DateTime::UNIX_EPOCH, chrono::Utc::now(), Vec::new()))
+        .unwrap();
+    let mut refused: Vec<&str> = activity
+        .iter()
+        .filter(|a| a.refused_for_lack_of_relation())
+        .map(|a| a.request_id.as_str())
+        .collect();
+    let mut expected: Vec<&str> = records
+        .iter()
+        .filter(|r| r.outcome == Outcome::Denied)
+        .map(|r| r.request_id.as_str())
+        .collect();
+    assert_eq!(refused.len(), expected.len());
+    assert!(refused.len() > n / 11 - 2);
+    refused.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(refused, expected);
+    assert!(activity.iter().all(|a| a.cpr.is_some()));
 
     // A store opened again compresses with the file's dictionary rather than training anew.
     let mut w = Writer::start(&s, Schedule::default());

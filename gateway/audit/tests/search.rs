@@ -44,10 +44,24 @@ fn event(i: usize) -> AuditEvent {
         } else {
             Outcome::Answered
         },
-        detail: None,
+        detail: refusal_detail(i),
         sources: Vec::new(),
         policy_version: "test".into(),
     }
+}
+
+/// Refusals are for lack of relation (every third) or for a purpose; others have no detail.
+fn refusal_detail(i: usize) -> Option<String> {
+    i.is_multiple_of(5).then(|| {
+        if i.is_multiple_of(3) {
+            format!(
+                "permission denied: {}; break the glass",
+                review::NO_RELATION
+            )
+        } else {
+            "permission denied: the calling system may not look up for the purpose follow-up".into()
+        }
+    })
 }
 
 /// Writes `n` events through the writer (after its start-up record); returns every record of
@@ -162,6 +176,19 @@ fn every_filter_matches_a_full_scan_and_pages_join_up() {
         expected.reverse();
         let got: Vec<String> = activity.iter().map(|a| a.request_id.clone()).collect();
         assert_eq!(got, expected);
+        // With the citizen, and why a refused lookup was refused (read from its body).
+        for a in &activity {
+            let i: usize = a.request_id["req-".len()..].parse().unwrap();
+            assert_eq!(a.cpr.as_deref(), Some(CITIZENS[i % 3]));
+            assert_eq!(a.detail, refusal_detail(i), "{a:?}");
+            assert_eq!(a.refused_for_lack_of_relation(), i.is_multiple_of(15));
+        }
+        assert!(activity.iter().any(|a| a.refused_for_lack_of_relation()));
+        assert!(
+            activity
+                .iter()
+                .any(|a| a.detail.is_some() && !a.refused_for_lack_of_relation())
+        );
     }
 }
 
