@@ -23,8 +23,10 @@
 //! ```
 //!
 //! Consents and access requests are [`registry_api`]; every change is written with its audit
-//! record in one transaction. Errors become gRPC statuses in one place, [`error`]. The configuration is [`config`]; the
-//! demo, with its synthetic municipality and token issuer, is [`demo`] and [`tokens`].
+//! record in one transaction. Errors become gRPC statuses in one place, [`error`]. A request
+//! tonic refuses before any handler reads it (too large, not decodable) is audited by
+//! [`unread`]. The configuration is [`config`]; the demo, with its synthetic municipality and
+//! token issuer, is [`demo`] and [`tokens`].
 
 pub mod audit;
 pub mod audit_api;
@@ -44,6 +46,7 @@ pub mod registry_api;
 pub mod server;
 pub mod tls;
 pub mod tokens;
+pub mod unread;
 
 pub use config::Config;
 pub use lookup::{GatewaySource, LookupLimits, LookupPipeline};

@@ -342,6 +342,7 @@ pub async fn serve_configured(
     });
     let (reflection_v1, reflection_v1alpha) = samblik_adapters::server::reflection_services()?;
     let audit = Arc::clone(pipeline.audit_log());
+    let unread = crate::unread::UnreadAuditLayer::new(Arc::clone(&pipeline));
     let registry = crate::registry_api::RegistryApi::new(Arc::clone(&pipeline));
     let consents = ConsentServiceServer::new(registry.clone())
         .max_decoding_message_size(limits.max_message_bytes);
@@ -359,6 +360,8 @@ pub async fn serve_configured(
         .http2_max_header_list_size(limits.max_header_list_bytes)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .timeout(Duration::from_millis(limits.request_timeout_ms))
+        // A request tonic refuses before its handler (too large, not decodable) is audited too.
+        .layer(unread)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

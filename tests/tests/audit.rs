@@ -255,6 +255,80 @@ async fn a_streamed_lookup_records_each_part_before_sending_it() {
     assert_eq!(sent.len(), 3);
 }
 
+/// Not protobuf at all: a varint that never ends.
+const NOT_PROTOBUF: [u8; 16] = [0xff; 16];
+
+#[tokio::test]
+async fn a_lookup_that_is_not_protobuf_is_refused_and_recorded_unread() {
+    // The source is never asked: the request is refused before any handler reads it.
+    let jobcenter = SourceSpec::at("jobcenter", dead_address().await);
+    let gateway = start_gateway(&[jobcenter], 3_000).await;
+    let token = token(Department::Jobcenter);
+    let status = raw_unary(
+        gateway.channel().await,
+        "/samblik.v1.LookupService/Lookup",
+        NOT_PROTOBUF.to_vec(),
+        Some(&token),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    let id = request_id_of_status(&status);
+
+    let lookups: Vec<_> = gateway
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.action == Action::Lookup)
+        .collect();
+    assert_eq!(lookups.len(), 1, "{lookups:?}");
+    let r = &lookups[0];
+    assert_eq!(r.request_id, id);
+    assert_eq!(r.outcome, Outcome::Invalid);
+    assert_eq!(r.actor.caller_id, caseworker(Department::Jobcenter).id);
+    assert!(r.cpr.is_none() && r.purpose.is_none() && r.sources.is_empty());
+    let detail = r.detail.as_deref().unwrap_or_default();
+    assert!(detail.contains("could not be read"), "{detail}");
+    assert!(!detail.contains(&token));
+
+    // Without a token it is recorded all the same, naming nobody.
+    let status = raw_unary(
+        gateway.channel().await,
+        "/samblik.v1.PolicyService/Explain",
+        NOT_PROTOBUF.to_vec(),
+        None,
+    )
+    .await
+    .unwrap_err();
+    let records = gateway.audit_records_of(&request_id_of_status(&status));
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].action, Action::PolicyExplained);
+    assert_eq!(records[0].outcome, Outcome::Invalid);
+    assert!(records[0].actor.caller_id.is_empty());
+}
+
+#[tokio::test]
+async fn an_unread_request_that_cannot_be_recorded_is_unavailable() {
+    let mut failing = None;
+    let jobcenter = SourceSpec::at("jobcenter", dead_address().await);
+    let gateway = start_gateway_audited_by(&[jobcenter], |path| {
+        let store = FaultInjecting::new(SqliteStore::open(path, Durability::Full).unwrap());
+        failing = Some(Arc::clone(&store.failing));
+        Box::new(store)
+    })
+    .await;
+    failing.unwrap().store(true, Ordering::SeqCst);
+    let status = raw_unary(
+        gateway.channel().await,
+        "/samblik.v1.LookupService/Lookup",
+        NOT_PROTOBUF.to_vec(),
+        Some(&token(Department::Jobcenter)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    request_id_of_status(&status);
+}
+
 #[tokio::test]
 async fn when_the_audit_store_fails_nothing_is_disclosed_health_says_so_and_it_recovers() {
     let jobcenter = start_source(reference(Department::Jobcenter)).await;

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use samblik_adapters::Source;
+use samblik_audit::{Action, Outcome};
 use samblik_gateway::config::LimitsConfig;
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;
 use samblik_proto::v1::{LookupRequest, Purpose};
@@ -100,6 +101,43 @@ async fn an_oversized_message_is_refused_unread_and_the_gateway_keeps_serving() 
         .lookup(lookup_of("jobcenter", cpr, Duration::from_secs(2)))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn an_oversized_lookup_is_recorded_unread_with_the_caller_and_nothing_of_the_message() {
+    let limits = LimitsConfig {
+        max_message_bytes: 16 * 1024,
+        ..LimitsConfig::default()
+    };
+    let (addr, _stop, audit) = start(limits, Arc::new(Hanging::default())).await;
+    let huge = "7".repeat(64 * 1024);
+    let status = client(addr)
+        .await
+        .lookup(lookup_of("jobcenter", &huge, Duration::from_secs(2)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    let id = status
+        .metadata()
+        .get("x-request-id")
+        .expect("the refusal carries its record's request id")
+        .to_str()
+        .unwrap();
+
+    let lookups: Vec<_> =
+        audit_records_in(&audit.path().join(samblik_gateway::demo::AUDIT_DB_FILE))
+            .into_iter()
+            .filter(|r| r.action == Action::Lookup)
+            .collect();
+    assert_eq!(lookups.len(), 1, "{lookups:?}");
+    let r = &lookups[0];
+    assert_eq!(r.request_id, id);
+    assert_eq!(r.outcome, Outcome::Invalid);
+    assert_eq!(r.actor.caller_id, caseworker(Department::Jobcenter).id);
+    assert!(r.cpr.is_none() && r.purpose.is_none());
+    let detail = r.detail.as_deref().unwrap_or_default();
+    assert!(detail.contains("larger than the size limit"), "{detail}");
+    assert!(!detail.contains("7777"), "{detail}");
 }
 
 #[tokio::test]

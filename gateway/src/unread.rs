@@ -1,0 +1,203 @@
+//! Requests that tonic refuses before any handler runs — a message over
+//! `limits.max_message_bytes`, or one that is not a protobuf of the method's type — are audited
+//! here, so that every request to an audited service leaves its record.
+//!
+//! Every handler answers through [`crate::error`] or its `call` wrapper, which put the request id
+//! on the response (headers, or a trailers-only error's headers). A non-OK trailers-only response
+//! without one was written by tonic alone: no handler saw the request, so nothing recorded it.
+//! [`UnreadAuditLayer`] then records it — outcome `invalid`, the caller if the token verifies, no
+//! CPR and nothing else of the message — and gives the response that record's request id,
+//! before the response leaves. If the record cannot be written the answer is UNAVAILABLE.
+
+use crate::audit::AuditDraft;
+use crate::auth::Credentials;
+use crate::error::{GatewayError, REQUEST_ID_HEADER};
+use crate::lookup::LookupPipeline;
+use futures::future::BoxFuture;
+use samblik_audit::Action;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::Code;
+use tonic::body::Body;
+use tracing::Instrument;
+
+/// The audited action of a gRPC method path; `None` for services that are not audited (health,
+/// reflection) and for methods no service has.
+pub fn action_of(path: &str) -> Option<Action> {
+    Some(match path.strip_prefix("/samblik.v1.")? {
+        "LookupService/Lookup" => Action::Lookup,
+        "LookupService/LookupStream" => Action::LookupStream,
+        "PolicyService/Explain" => Action::PolicyExplained,
+        "ConsentService/RecordConsent" => Action::ConsentRecorded,
+        "ConsentService/WithdrawConsent" => Action::ConsentWithdrawn,
+        "ConsentService/ListConsents" => Action::ConsentsListed,
+        "AccessRequestService/FileRequest" => Action::AccessRequested,
+        "AccessRequestService/ListRequests" => Action::RequestsListed,
+        "AccessRequestService/DecideRequest" => Action::AccessDecided,
+        "AuditService/Search" => Action::AuditSearched,
+        "AuditService/Export" => Action::AuditExported,
+        "AuditService/Verify" => Action::AuditVerified,
+        "AuditService/ReviewQueue" => Action::ReviewQueueRead,
+        "AuditService/MarkReviewed" => Action::ReviewMarked,
+        "AuditService/MyAccessLog" => Action::CitizenViewed,
+        _ => return None,
+    })
+}
+
+/// Audits the requests of audited services that no handler read (see the module docs).
+#[derive(Debug, Clone)]
+pub struct UnreadAuditLayer {
+    pipeline: Arc<LookupPipeline>,
+}
+
+impl UnreadAuditLayer {
+    pub fn new(pipeline: Arc<LookupPipeline>) -> Self {
+        UnreadAuditLayer { pipeline }
+    }
+}
+
+impl<S> tower::Layer<S> for UnreadAuditLayer {
+    type Service = UnreadAudit<S>;
+
+    fn layer(&self, inner: S) -> UnreadAudit<S> {
+        UnreadAudit {
+            inner,
+            pipeline: Arc::clone(&self.pipeline),
+        }
+    }
+}
+
+/// The service [`UnreadAuditLayer`] wraps around the gRPC routes.
+#[derive(Debug, Clone)]
+pub struct UnreadAudit<S> {
+    inner: S,
+    pipeline: Arc<LookupPipeline>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for UnreadAudit<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let Some(action) = action_of(request.uri().path()) else {
+            return Box::pin(self.inner.call(request));
+        };
+        // Who is calling (token, client certificate) — never the message.
+        let mut caller = http::Request::new(());
+        *caller.headers_mut() = request.headers().clone();
+        *caller.extensions_mut() = request.extensions().clone();
+        let pipeline = Arc::clone(&self.pipeline);
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            match refused_unread(&response) {
+                Some(code) => Ok(record(&pipeline, action, code, caller, response).await),
+                None => Ok(response),
+            }
+        })
+    }
+}
+
+/// The code of an error that no handler answered: non-OK, trailers-only, no request id.
+fn refused_unread(response: &http::Response<Body>) -> Option<Code> {
+    let headers = response.headers();
+    if headers.contains_key(REQUEST_ID_HEADER) {
+        return None;
+    }
+    let code = Code::from_bytes(headers.get("grpc-status")?.as_bytes());
+    (code != Code::Ok).then_some(code)
+}
+
+/// Records the unread request and returns `response` with the record's request id, or
+/// UNAVAILABLE if the record could not be written.
+async fn record(
+    pipeline: &LookupPipeline,
+    action: Action,
+    code: Code,
+    caller: http::Request<()>,
+    response: http::Response<Body>,
+) -> http::Response<Body> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!("unread", request_id = %request_id, action = ?action);
+    async {
+        let caller = tonic::Request::from_http(caller);
+        let credentials = Credentials::of(&caller);
+        let mut draft = AuditDraft::new(
+            Arc::clone(pipeline.audit_log()),
+            &request_id,
+            action,
+            pipeline.policy().version(),
+        );
+        pipeline.auth().refresh_keys_for(credentials.metadata).await;
+        // Names the caller in the record if the token verifies; the outcome is `invalid` either
+        // way, since the request itself could not be read.
+        if let Err(e) = pipeline.authenticate(&credentials, &mut draft) {
+            tracing::info!(error = %e, "unread request's caller not identified");
+        }
+        let why = match code {
+            Code::OutOfRange | Code::ResourceExhausted => "it is larger than the size limit",
+            Code::Internal => "it is not a valid protobuf message",
+            _ => "the transport refused it",
+        };
+        let error = GatewayError::InvalidRequest(format!("the request could not be read: {why}"));
+        tracing::info!(code = ?code, "request refused unread");
+        let mut response = match draft.refused(&error).await {
+            Ok(()) => response,
+            Err(e) => e.to_status(&request_id).into_http(),
+        };
+        if let Ok(value) = request_id.parse() {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_audited_services_methods_have_an_action() {
+        assert_eq!(
+            action_of("/samblik.v1.LookupService/Lookup"),
+            Some(Action::Lookup)
+        );
+        assert_eq!(
+            action_of("/samblik.v1.AuditService/MyAccessLog"),
+            Some(Action::CitizenViewed)
+        );
+        assert_eq!(action_of("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(
+            action_of("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            None
+        );
+        assert_eq!(action_of("/samblik.v1.LookupService/Nothing"), None);
+    }
+
+    #[test]
+    fn only_a_non_ok_response_without_a_request_id_is_unread() {
+        let status = |code: Code| tonic::Status::new(code, "x").into_http::<Body>();
+        assert_eq!(
+            refused_unread(&status(Code::OutOfRange)),
+            Some(Code::OutOfRange)
+        );
+        let mut answered = status(Code::InvalidArgument);
+        answered
+            .headers_mut()
+            .insert(REQUEST_ID_HEADER, http::HeaderValue::from_static("r-1"));
+        assert_eq!(refused_unread(&answered), None);
+        // An answer's headers carry no status (it comes in the trailers).
+        assert_eq!(refused_unread(&http::Response::new(Body::empty())), None);
+    }
+}
