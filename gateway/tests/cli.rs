@@ -654,15 +654,11 @@ fn a_lone_source_serves_mutual_tls_and_plaintext_only_when_told_to() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown department"));
 }
 
-#[test]
-fn serve_refuses_a_bad_config_before_binding() {
-    let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    let base = r#"
+/// A config file with one unreachable source, a key file that is not there, and the audit
+/// store at `audit_path`: enough to be parsed, not to serve.
+fn minimal_config(audit_path: &str) -> String {
+    format!(
+        r#"
 [server]
 listen = "127.0.0.1:0"
 [auth]
@@ -677,9 +673,21 @@ id = "jobcenter"
 department = "Jobcenter"
 endpoint = "http://127.0.0.1:1"
 [audit]
-path = "audit.db"
+path = "{audit_path}"
 signing_key_file = "audit.key"
-"#;
+"#
+    )
+}
+
+#[test]
+fn serve_refuses_a_bad_config_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let base = &minimal_config("audit.db");
     let cases = [
         (
             write(
@@ -715,30 +723,7 @@ fn audit_verify_refuses_a_missing_or_empty_store() {
     samblik_audit::CheckpointSigner::load_or_create(&dir.path().join("audit.key")).unwrap();
     let config = |name: &str, audit_path: &str| {
         let path = dir.path().join(name);
-        std::fs::write(
-            &path,
-            format!(
-                r#"
-[server]
-listen = "127.0.0.1:0"
-[auth]
-issuer = "https://idp.example"
-audience = "samblik"
-[[auth.keys]]
-kid = "k1"
-algorithm = "ES256"
-public_key_file = "missing.pem"
-[[sources]]
-id = "jobcenter"
-department = "Jobcenter"
-endpoint = "http://127.0.0.1:1"
-[audit]
-path = "{audit_path}"
-signing_key_file = "audit.key"
-"#
-            ),
-        )
-        .unwrap();
+        std::fs::write(&path, minimal_config(audit_path)).unwrap();
         path
     };
     let verify = |config: &Path| {

@@ -390,6 +390,23 @@ pub fn in_process_pipeline(
     )
 }
 
+/// The one `Lookup` record among `records`, checked as a request no handler read must be
+/// recorded: under `request_id`, outcome invalid, the jobcenter caseworker as the caller,
+/// nothing of the message (no citizen, purpose or sources); returns its detail.
+pub fn the_unread_lookup(records: Vec<samblik_audit::AuditRecord>, request_id: &str) -> String {
+    let lookups: Vec<_> = records
+        .into_iter()
+        .filter(|r| r.action == samblik_audit::Action::Lookup)
+        .collect();
+    assert_eq!(lookups.len(), 1, "{lookups:?}");
+    let r = &lookups[0];
+    assert_eq!(r.request_id, request_id);
+    assert_eq!(r.outcome, samblik_audit::Outcome::Invalid);
+    assert_eq!(r.actor.caller_id, caseworker(Department::Jobcenter).id);
+    assert!(r.cpr.is_none() && r.purpose.is_none() && r.sources.is_empty());
+    r.detail.clone().unwrap_or_default()
+}
+
 /// Starts the gateway over `sources`, auditing into the store `open` makes of the gateway's
 /// audit file (e.g. a fault-injecting one around it; the registry reads that file too).
 pub async fn start_gateway_audited_by(

@@ -275,18 +275,7 @@ async fn a_lookup_that_is_not_protobuf_is_refused_and_recorded_unread() {
     assert_eq!(status.code(), Code::Internal, "{status:?}");
     let id = request_id_of_status(&status);
 
-    let lookups: Vec<_> = gateway
-        .audit_records()
-        .into_iter()
-        .filter(|r| r.action == Action::Lookup)
-        .collect();
-    assert_eq!(lookups.len(), 1, "{lookups:?}");
-    let r = &lookups[0];
-    assert_eq!(r.request_id, id);
-    assert_eq!(r.outcome, Outcome::Invalid);
-    assert_eq!(r.actor.caller_id, caseworker(Department::Jobcenter).id);
-    assert!(r.cpr.is_none() && r.purpose.is_none() && r.sources.is_empty());
-    let detail = r.detail.as_deref().unwrap_or_default();
+    let detail = the_unread_lookup(gateway.audit_records(), &id);
     assert!(detail.contains("could not be read"), "{detail}");
     assert!(!detail.contains(&token));
 

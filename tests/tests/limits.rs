@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use samblik_adapters::Source;
-use samblik_audit::{Action, Outcome};
 use samblik_gateway::config::LimitsConfig;
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;
 use samblik_proto::v1::{LookupRequest, Purpose};
@@ -124,18 +123,10 @@ async fn an_oversized_lookup_is_recorded_unread_with_the_caller_and_nothing_of_t
         .to_str()
         .unwrap();
 
-    let lookups: Vec<_> =
-        audit_records_in(&audit.path().join(samblik_gateway::demo::AUDIT_DB_FILE))
-            .into_iter()
-            .filter(|r| r.action == Action::Lookup)
-            .collect();
-    assert_eq!(lookups.len(), 1, "{lookups:?}");
-    let r = &lookups[0];
-    assert_eq!(r.request_id, id);
-    assert_eq!(r.outcome, Outcome::Invalid);
-    assert_eq!(r.actor.caller_id, caseworker(Department::Jobcenter).id);
-    assert!(r.cpr.is_none() && r.purpose.is_none());
-    let detail = r.detail.as_deref().unwrap_or_default();
+    let detail = the_unread_lookup(
+        audit_records_in(&audit.path().join(samblik_gateway::demo::AUDIT_DB_FILE)),
+        id,
+    );
     assert!(detail.contains("larger than the size limit"), "{detail}");
     assert!(!detail.contains("7777"), "{detail}");
 }

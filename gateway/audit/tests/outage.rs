@@ -6,32 +6,11 @@
 
 mod common;
 
-use common::{TestStore, runtime, test_stores, wait_until};
+use common::{TestStore, lookup_event, postgres_store, runtime, wait_until};
 use samblik_audit::checkpoint::{load_verifying_key, public_key_path};
 use samblik_audit::verify::verify_store;
 use samblik_audit::*;
 use std::time::Duration;
-
-fn event(i: usize) -> AuditEvent {
-    AuditEvent {
-        request_id: format!("req-{i}"),
-        action: Action::Lookup,
-        actor: Actor {
-            caller_id: "cw-1".into(),
-            name: "Test".into(),
-            department: "jobcenter".into(),
-            municipality: "999".into(),
-            system: None,
-        },
-        cpr: Some("0101901235".into()),
-        purpose: Some("prepare-meeting".into()),
-        break_glass_reason: None,
-        outcome: Outcome::Answered,
-        detail: None,
-        sources: Vec::new(),
-        policy_version: "test".into(),
-    }
-}
 
 /// A connection to the test server's administrative database, and the name of `s`'s database.
 fn admin_of(s: &TestStore) -> (::postgres::Client, String) {
@@ -44,15 +23,9 @@ fn admin_of(s: &TestStore) -> (::postgres::Client, String) {
     (client, database)
 }
 
-fn postgres_store() -> Option<TestStore> {
-    test_stores("outage")
-        .into_iter()
-        .find(TestStore::is_postgres)
-}
-
 #[test]
 fn a_terminated_database_session_is_reconnected_by_the_idle_writer_and_recorded() {
-    let Some(s) = postgres_store() else {
+    let Some(s) = postgres_store("outage") else {
         return;
     };
     let signer = CheckpointSigner::load_or_create(&s.key).unwrap();
@@ -63,7 +36,7 @@ fn a_terminated_database_session_is_reconnected_by_the_idle_writer_and_recorded(
     let log = AuditLog::start(s.store(), signer, options).unwrap();
     let health = log.health();
     let rt = runtime();
-    rt.block_on(log.append(event(0))).unwrap();
+    rt.block_on(log.append(lookup_event(0))).unwrap();
 
     // The database goes down for a while: it takes no new connections and ends the writer's
     // session (a restart or a failover looks the same to the writer).
@@ -76,7 +49,7 @@ fn a_terminated_database_session_is_reconnected_by_the_idle_writer_and_recorded(
         ))
         .unwrap();
     assert!(
-        rt.block_on(log.append(event(1))).is_err(),
+        rt.block_on(log.append(lookup_event(1))).is_err(),
         "written with the database down"
     );
     assert!(!*health.borrow(), "healthy without a database");
@@ -86,7 +59,7 @@ fn a_terminated_database_session_is_reconnected_by_the_idle_writer_and_recorded(
         .batch_execute(&format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true"))
         .unwrap();
     wait_until("health back without a write", || *health.borrow());
-    rt.block_on(log.append(event(2))).unwrap();
+    rt.block_on(log.append(lookup_event(2))).unwrap();
     log.close();
 
     let mut store = s.store();

@@ -6,38 +6,11 @@
 
 mod common;
 
-use common::{TestStore, runtime, test_stores};
+use common::{TestStore, lookup_event, postgres_store, runtime};
 use samblik_audit::checkpoint::{load_verifying_key, public_key_path};
 use samblik_audit::verify::verify_store;
 use samblik_audit::*;
 use std::sync::Arc;
-
-fn event(i: usize) -> AuditEvent {
-    AuditEvent {
-        request_id: format!("req-{i}"),
-        action: Action::Lookup,
-        actor: Actor {
-            caller_id: format!("cw-{}", i % 5),
-            name: "Test".into(),
-            department: "jobcenter".into(),
-            municipality: "999".into(),
-            system: None,
-        },
-        cpr: Some("0101901235".into()),
-        purpose: Some("prepare-meeting".into()),
-        break_glass_reason: None,
-        outcome: Outcome::Answered,
-        detail: None,
-        sources: Vec::new(),
-        policy_version: "test".into(),
-    }
-}
-
-fn postgres_store() -> Option<TestStore> {
-    test_stores("replicas")
-        .into_iter()
-        .find(TestStore::is_postgres)
-}
 
 fn start(s: &TestStore, chain: &str) -> Result<AuditLog, AuditError> {
     let options = WriterOptions {
@@ -53,7 +26,7 @@ fn start(s: &TestStore, chain: &str) -> Result<AuditLog, AuditError> {
 
 #[test]
 fn replicas_write_their_own_chains_at_once_and_each_stays_verifiable() {
-    let Some(s) = postgres_store() else {
+    let Some(s) = postgres_store("replicas") else {
         return;
     };
     let a = Arc::new(start(&s, "replica-a").unwrap());
@@ -68,7 +41,9 @@ fn replicas_write_their_own_chains_at_once_and_each_stays_verifiable() {
         let mut pending = Vec::new();
         for i in 0..200 {
             let log = Arc::clone(if i % 2 == 0 { &a } else { &b });
-            pending.push(tokio::spawn(async move { log.append(event(i)).await }));
+            pending.push(tokio::spawn(
+                async move { log.append(lookup_event(i)).await },
+            ));
         }
         for p in pending {
             p.await.unwrap().unwrap();

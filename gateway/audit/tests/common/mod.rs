@@ -136,3 +136,33 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// A plain answered lookup by one of five jobcenter caseworkers, for tests about the log rather
+/// than what a record says.
+pub fn lookup_event(i: usize) -> samblik_audit::AuditEvent {
+    use samblik_audit::{Action, Actor, AuditEvent, Outcome};
+    AuditEvent {
+        request_id: format!("req-{i}"),
+        action: Action::Lookup,
+        actor: Actor {
+            caller_id: format!("cw-{}", i % 5),
+            name: "Test".into(),
+            department: "jobcenter".into(),
+            municipality: "999".into(),
+            system: None,
+        },
+        cpr: Some("0101901235".into()),
+        purpose: Some("prepare-meeting".into()),
+        break_glass_reason: None,
+        outcome: Outcome::Answered,
+        detail: None,
+        sources: Vec::new(),
+        policy_version: "test".into(),
+    }
+}
+
+/// An empty PostgreSQL store, for what only PostgreSQL has (sessions, locks); `None` off CI
+/// without a server (CI fails in [`test_stores`] instead).
+pub fn postgres_store(prefix: &str) -> Option<TestStore> {
+    test_stores(prefix).into_iter().find(TestStore::is_postgres)
+}
