@@ -49,7 +49,7 @@ pub use registry::{
     AccessRequest, ChangeOutcome, Consent, ConsentKind, Recipients, Registry, RegistryChange,
     RegistryReader, RequestFilter, RequestState,
 };
-pub use writer::{AuditLog, Receipt, WriterOptions};
+pub use writer::{AuditLog, Receipt, WriterOptions, maintenance_event};
 
 /// Whether a commit waits for the disk, in either store. `Off` exists only to measure what
 /// durability costs; never run a municipality on it.

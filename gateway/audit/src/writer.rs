@@ -367,8 +367,8 @@ fn begin(
     Ok(state)
 }
 
-/// A record of the writer's own.
-fn maintenance_event(detail: String, options: &WriterOptions) -> AuditEvent {
+/// A record of the writer's own (a test forging one words it the same way).
+pub fn maintenance_event(detail: String, options: &WriterOptions) -> AuditEvent {
     AuditEvent {
         request_id: String::new(),
         action: Action::AuditMaintenance,

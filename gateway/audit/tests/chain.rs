@@ -644,23 +644,10 @@ fn a_prune_record_cut_away_with_its_prefix_is_found() {
 }
 
 /// An audit-maintenance record as the writer words it, for forging one.
-fn maintenance_event() -> AuditEvent {
-    AuditEvent {
-        request_id: String::new(),
-        action: Action::AuditMaintenance,
-        actor: Actor {
-            caller_id: "samblik".into(),
-            name: "Samblik audit writer".into(),
-            ..Actor::default()
-        },
-        cpr: None,
-        purpose: None,
-        break_glass_reason: None,
-        outcome: Outcome::Answered,
-        detail: Some("forged".into()),
-        sources: Vec::new(),
-        policy_version: "test".into(),
-    }
+fn forged_maintenance() -> AuditEvent {
+    let mut options = WriterOptions::new("replica-a");
+    options.policy_version = "test".into();
+    maintenance_event("forged".into(), &options)
 }
 
 /// Appends records sealed after `chain`'s head (or the genesis hash), unsigned, as someone
@@ -713,7 +700,7 @@ fn a_prune_record_forged_without_the_key_is_found() {
             cutoff: text_time(chrono::Utc::now()),
             by: "retention schedule".into(),
         };
-        let forged = forge(&s, "replica-a", vec![(maintenance_event(), Some(prune))]);
+        let forged = forge(&s, "replica-a", vec![(forged_maintenance(), Some(prune))]);
         assert_eq!(forged, 33);
         s.sql(&format!(
             "DELETE FROM audit_records WHERE seq <= {at};
@@ -732,7 +719,7 @@ fn a_forged_clean_stop_record_is_found() {
         let forged = forge(
             &s,
             "replica-a",
-            vec![(maintenance_event(), Some(Maintenance::WriterStopped))],
+            vec![(forged_maintenance(), Some(Maintenance::WriterStopped))],
         );
         assert_eq!(broken_at(&s), forged);
     }
@@ -763,7 +750,7 @@ fn a_chain_made_up_without_the_key_is_found() {
             previous_stop: PreviousStop::FirstStart,
             missing: None,
         };
-        let mut records = vec![(maintenance_event(), Some(started))];
+        let mut records = vec![(forged_maintenance(), Some(started))];
         records.extend((0..5).map(|i| (event(i), None)));
         forge(&s, "gateway-8", records);
         let b = broken(&s);
