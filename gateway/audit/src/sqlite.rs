@@ -314,6 +314,10 @@ fn open_writable(path: &Path, durability: Durability) -> Result<Connection, Audi
         Durability::Off => "OFF",
     };
     conn.pragma_update(None, "synchronous", sync)?;
+    // What a prune deletes (and what a registry change overwrites) is overwritten with zeros,
+    // not left in the file's free space, where a CPR number would outlive its retention. The
+    // records table is only ever appended to otherwise, so this costs the writer nothing.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)

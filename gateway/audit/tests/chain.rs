@@ -527,6 +527,33 @@ fn a_prune_cuts_the_front_at_a_signed_checkpoint_and_the_chain_still_verifies() 
     }
 }
 
+/// Retention means gone: a pruned record's CPR number is not left behind in the file's free
+/// space (SQLite leaves deleted content in place unless told otherwise).
+#[test]
+fn a_pruned_record_leaves_no_trace_in_the_file() {
+    let s = common::sqlite_store("audit-secure-delete");
+    const CPR: &str = "3112992468";
+    let log = open(&s, s.store());
+    for i in 0..30 {
+        let mut lookup = event(i);
+        lookup.cpr = Some(CPR.into());
+        block_on(log.append(lookup)).unwrap();
+    }
+    log.close();
+    let file = || {
+        // The last connection to close copies the log into the file and removes it.
+        assert!(!s.sqlite_path().with_extension("db-wal").exists());
+        std::fs::read(s.sqlite_path()).unwrap()
+    };
+    let holds = |bytes: &[u8]| bytes.windows(CPR.len()).any(|w| w == CPR.as_bytes());
+    assert!(holds(&file()), "the records are in the file before the prune");
+
+    let report = prune(&s, cutoff_now()).unwrap();
+    assert_eq!(report.records, 32);
+    assert!(!holds(&file()), "a pruned CPR number is still in the file");
+    verify(&s).unwrap();
+}
+
 #[test]
 fn a_prune_keeps_every_record_newer_than_the_cutoff() {
     for s in setups() {
