@@ -987,6 +987,8 @@ impl LookupPipeline {
                     asked: max_tier,
                 },
                 Ok(Err(error)) => {
+                    // The kind and the gRPC status code only: `SourceError` carries nothing of
+                    // the department system's own message.
                     tracing::warn!(source = %id, error = %error, "source lookup failed");
                     let (status, detail) = match error {
                         SourceError::Timeout => (
@@ -1054,7 +1056,8 @@ impl LookupPipeline {
                 return Err("case without id or existence part");
             }
             if case.carried_tier() > asked {
-                tracing::warn!(source = %source_id, case_id = %case.case_id, "source sent fields above the asked tier; dropped");
+                // Not the case id: it is the department's data, and could be anything.
+                tracing::warn!(source = %source_id, "source sent fields above the asked tier; dropped");
                 case.restrict_to(asked);
             }
             let decision = self.policy.decide(&facts, source_id, &case);
