@@ -322,7 +322,7 @@ pub async fn start_gateway_in_process(
     sources: Vec<(Arc<dyn Source>, &str)>,
     default_deadline_ms: u64,
     verified_token_cache: u64,
-    audit_durability: samblik_gateway::config::AuditDurability,
+    audit_durability: samblik_audit::Durability,
 ) -> RunningGateway {
     start_gateway_in_process_on(
         sources,
@@ -341,17 +341,17 @@ pub async fn start_gateway_in_process_on(
     sources: Vec<(Arc<dyn Source>, &str)>,
     default_deadline_ms: u64,
     verified_token_cache: u64,
-    audit_durability: samblik_gateway::config::AuditDurability,
+    audit_durability: samblik_audit::Durability,
     postgres_url_env: Option<&str>,
 ) -> RunningGateway {
     let (mut config, audit_dir) = with_own_audit(gateway_config(&[], default_deadline_ms));
     config.auth.verified_token_cache = verified_token_cache;
-    config.audit.durability = audit_durability;
     if let Some(var) = postgres_url_env {
         config.audit.path = None;
         config.audit.postgres_url_env = Some(var.to_owned());
     }
-    serve_pipeline(in_process_pipeline(&config, sources), audit_dir).await
+    let pipeline = in_process_pipeline_with(&config, sources, audit_durability);
+    serve_pipeline(pipeline, audit_dir).await
 }
 
 /// The pipeline of `config`'s auth, limits and audit log over sources held in this process
@@ -359,6 +359,16 @@ pub async fn start_gateway_in_process_on(
 pub fn in_process_pipeline(
     config: &Config,
     sources: Vec<(Arc<dyn Source>, &str)>,
+) -> LookupPipeline {
+    in_process_pipeline_with(config, sources, samblik_audit::Durability::Full)
+}
+
+/// As [`in_process_pipeline`], with the audit store's `durability`: `Off` only to measure what
+/// the fsync costs (a config file cannot ask for it).
+pub fn in_process_pipeline_with(
+    config: &Config,
+    sources: Vec<(Arc<dyn Source>, &str)>,
+    durability: samblik_audit::Durability,
 ) -> LookupPipeline {
     let source_configs: Vec<_> = sources
         .iter()
@@ -371,7 +381,9 @@ pub fn in_process_pipeline(
         )
         .unwrap(),
     );
-    let audit = samblik_gateway::server::open_audit_log(&config.audit, policy.version()).unwrap();
+    let audit =
+        samblik_gateway::server::open_audit_log_with(&config.audit, policy.version(), durability)
+            .unwrap();
     let registry = samblik_gateway::server::open_registry(&config.audit).unwrap();
     LookupPipeline::new(
         Authenticator::from_config(&config.auth).unwrap(),
