@@ -389,13 +389,16 @@ impl LookupPipeline {
         credentials: &Credentials<'_>,
         request: &ExplainRequest,
     ) -> Result<ExplainResponse, GatewayError> {
-        self.auth.refresh_keys_for(credentials.metadata).await;
-        let mut draft = AuditDraft::new(
+        // The draft first: a caller who goes away while the identity provider's keys are
+        // fetched is recorded as cancelled too.
+        let mut draft = AuditDraft::for_request(
             Arc::clone(&self.audit),
             &request_id,
             Action::PolicyExplained,
             self.policy.version(),
+            credentials,
         );
+        self.auth.refresh_keys_for(credentials.metadata).await;
         let plan = match self.explain_plan(request_id, &mut draft, credentials, request) {
             Ok(plan) => plan,
             Err(e) => {
@@ -578,11 +581,12 @@ impl LookupPipeline {
     ) -> Result<(AuditDraft, LookupPlan), GatewayError> {
         // The draft first: a caller who goes away while the identity provider's keys are
         // fetched is recorded as cancelled too.
-        let mut draft = AuditDraft::new(
+        let mut draft = AuditDraft::for_request(
             Arc::clone(&self.audit),
             &request_id,
             action,
             self.policy.version(),
+            credentials,
         );
         self.auth.refresh_keys_for(credentials.metadata).await;
         let prepared = self.prepare(request_id, &mut draft, credentials, request, client_timeout);
