@@ -1,6 +1,6 @@
 //! A [`Source`] backed by a remote `samblik.source.v1` adapter.
 
-use crate::{CaseQuery, Health, Source, SourceAnswer, SourceError};
+use crate::{CaseQuery, Cause, Health, Source, SourceAnswer, SourceError};
 use async_trait::async_trait;
 use samblik_proto::source::v1::source_service_client::SourceServiceClient;
 use samblik_proto::source::v1::{CallerContext, FindCasesRequest};
@@ -91,7 +91,9 @@ impl Source for GrpcSource {
         let as_of = response
             .as_of
             .and_then(|t| SystemTime::try_from(t).ok())
-            .ok_or_else(|| SourceError::Failed("answer without a valid as_of time".into()))?;
+            .ok_or(SourceError::Failed(Cause::Fixed(
+                "answer without a valid as_of time",
+            )))?;
         Ok(SourceAnswer {
             cases: response.cases,
             as_of,
@@ -109,14 +111,16 @@ impl Source for GrpcSource {
     }
 }
 
+/// The kind of failure a remote source's status means, with its code. The status message is
+/// the department system's text and is dropped: it could hold anything, a CPR number included.
 fn status_to_error(status: tonic::Status) -> SourceError {
-    let message = status.message().to_owned();
+    let cause = Cause::Status(status.code());
     match status.code() {
         // A broken connection (e.g. a peer that does not speak HTTP/2) surfaces as Cancelled.
-        Code::Unavailable | Code::Cancelled => SourceError::Unavailable(message),
+        Code::Unavailable | Code::Cancelled => SourceError::Unavailable(cause),
         Code::DeadlineExceeded => SourceError::Timeout,
-        Code::PermissionDenied | Code::Unauthenticated => SourceError::Denied(message),
-        Code::InvalidArgument => SourceError::InvalidQuery(message),
-        code => SourceError::Failed(format!("{code:?}: {message}")),
+        Code::PermissionDenied | Code::Unauthenticated => SourceError::Denied(cause),
+        Code::InvalidArgument => SourceError::InvalidQuery(cause),
+        _ => SourceError::Failed(cause),
     }
 }

@@ -42,24 +42,46 @@ pub struct SourceAnswer {
     pub as_of: SystemTime,
 }
 
-/// Why a source gave no answer. The messages are for logs; callers see only the status.
+/// Why a source gave no answer: the kind of failure and its [`Cause`]. It never carries the
+/// department system's own words (a gRPC status message, an exception text): those could hold
+/// anything, a CPR number included, and this error is what the gateway logs. Callers see only
+/// the source's status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
     /// The source could not be reached or is not serving.
-    #[error("source unavailable: {0}")]
-    Unavailable(String),
+    #[error("source unavailable ({0})")]
+    Unavailable(Cause),
     /// The source's own deadline passed.
     #[error("source timed out")]
     Timeout,
     /// The source refused the lookup.
-    #[error("source denied the lookup: {0}")]
-    Denied(String),
+    #[error("source denied the lookup ({0})")]
+    Denied(Cause),
     /// The query was not acceptable to the source.
-    #[error("invalid query: {0}")]
-    InvalidQuery(String),
+    #[error("invalid query ({0})")]
+    InvalidQuery(Cause),
     /// The source failed, or answered with something that is not a valid answer.
-    #[error("source error: {0}")]
-    Failed(String),
+    #[error("source error ({0})")]
+    Failed(Cause),
+}
+
+/// What may be said about a source's failure, in a log line or to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A remote source answered with this gRPC status code; its message is dropped unread.
+    Status(tonic::Code),
+    /// A fixed description from the adapter's own code. `'static`, so that it cannot carry
+    /// anything of a request or of the department's data.
+    Fixed(&'static str),
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::Status(code) => write!(f, "gRPC status {code:?}"),
+            Cause::Fixed(text) => f.write_str(text),
+        }
+    }
 }
 
 /// Whether a source can serve lookups now.

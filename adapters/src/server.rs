@@ -80,9 +80,9 @@ fn error_to_status(error: SourceError) -> Status {
         SourceError::Unavailable(_) => Status::unavailable("source unavailable"),
         SourceError::Timeout => Status::deadline_exceeded("source timed out"),
         SourceError::Denied(_) => Status::permission_denied("lookup denied"),
-        SourceError::InvalidQuery(m) => Status::invalid_argument(m),
-        SourceError::Failed(m) => {
-            tracing::warn!(error = %m, "source failed");
+        SourceError::InvalidQuery(_) => Status::invalid_argument("invalid query"),
+        SourceError::Failed(cause) => {
+            tracing::warn!(error = %cause, "source failed");
             Status::internal("source failed")
         }
     }

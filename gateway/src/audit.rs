@@ -1,7 +1,7 @@
 //! The gateway's side of the audit log: what each request becomes as an audit record, on every
 //! path — answered, refused, or abandoned by its caller.
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Credentials};
 use crate::error::GatewayError;
 use samblik_audit::registry::{ChangeOutcome, RegistryChange};
 use samblik_audit::{Action, Actor, AuditEvent, AuditLog, CaseEntry, Outcome, SourceEntry};
@@ -35,6 +35,22 @@ impl AuditDraft {
                 policy_version: policy_version.to_owned(),
             }),
         }
+    }
+
+    /// The draft of a request that came with `credentials`. It claims the request's record: if
+    /// the request is dropped from now on, this draft records it, and the gRPC server's
+    /// [`crate::unread::UnreadAudit`] writes nothing of its own.
+    pub fn for_request(
+        log: Arc<AuditLog>,
+        request_id: &str,
+        action: Action,
+        policy_version: &str,
+        credentials: &Credentials<'_>,
+    ) -> Self {
+        if let Some(record) = &credentials.record {
+            record.claim();
+        }
+        Self::new(log, request_id, action, policy_version)
     }
 
     fn event_mut(&mut self) -> Option<&mut AuditEvent> {
@@ -183,15 +199,27 @@ impl AuditDraft {
     pub fn complete(mut self) {
         self.event = None;
     }
+
+    /// Records, without waiting, that the request ended unanswered, and `why`: for paths that
+    /// can no longer wait (the request is being dropped).
+    pub fn abandoned(mut self, why: &str) {
+        self.abandon(why);
+    }
+
+    fn abandon(&mut self, why: &str) {
+        if let Some(mut event) = self.event.take() {
+            event.outcome = Outcome::Cancelled;
+            event.detail = Some(why.to_owned());
+            self.log.append_detached(event);
+        }
+    }
 }
 
 impl Drop for AuditDraft {
     fn drop(&mut self) {
-        if let Some(mut event) = self.event.take() {
-            event.outcome = Outcome::Cancelled;
-            event.detail = Some("the caller went away before the answer".into());
-            self.log.append_detached(event);
-        }
+        // The handler was dropped: the caller went away, or a deadline (the caller's, or the
+        // server's request timeout) passed.
+        self.abandon("the caller went away or its time ran out before the answer");
     }
 }
 

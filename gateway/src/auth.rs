@@ -56,6 +56,10 @@ pub struct Credentials<'a> {
     pub peer_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
     /// The call came from Samblik's own lookup panel, in this process ([`ViaPanel`]).
     pub via_panel: bool,
+    /// The request's record, to be claimed by the handler's audit draft
+    /// ([`crate::unread::RecordClaim`]); `None` for calls that did not come through the gRPC
+    /// server (the panel's).
+    pub record: Option<crate::unread::RecordClaim>,
 }
 
 /// The name the audit log gives Samblik's own lookup panel as the calling system
@@ -87,6 +91,10 @@ impl<'a> Credentials<'a> {
             metadata: request.metadata(),
             peer_certs: request.peer_certs(),
             via_panel: request.extensions().get::<ViaPanel>().is_some(),
+            record: request
+                .extensions()
+                .get::<crate::unread::RecordClaim>()
+                .cloned(),
         }
     }
 
@@ -686,12 +694,14 @@ mod tests {
             metadata: &metadata,
             peer_certs: None,
             via_panel: false,
+            record: None,
         };
         assert_eq!(none.system_name(), Ok(None));
         let garbage = Credentials {
             metadata: &metadata,
             peer_certs: Some(Arc::new(vec![CertificateDer::from(vec![0x30, 0x00])])),
             via_panel: false,
+            record: None,
         };
         assert_eq!(garbage.system_name(), Err(AuthError::UnnamedCertificate));
     }
@@ -704,6 +714,7 @@ mod tests {
             metadata: &metadata,
             peer_certs: None,
             via_panel: false,
+            record: None,
         };
         let printed = format!("{credentials:?}");
         assert!(!printed.contains("secret-token"), "{printed}");

@@ -336,9 +336,8 @@ pub struct AuditConfig {
     /// …and at least this often.
     #[serde(default = "defaults::checkpoint_interval_secs")]
     pub checkpoint_interval_secs: u64,
-    /// `full` (default): a record is on disk before the answer leaves. `off` skips the fsync
-    /// (PostgreSQL: `synchronous_commit = off`) and exists only to measure what durability
-    /// costs; never run a municipality on it.
+    /// `full`, the default and the only value: a record is on disk before the answer leaves.
+    /// `off` (no fsync) is refused by name; see [`AuditDurability`].
     #[serde(default)]
     pub durability: AuditDurability,
     /// What the auditors' review queue flags.
@@ -432,12 +431,31 @@ impl ReviewConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// How durable an audit record is before its answer leaves: always `full` — on disk (SQLite's
+/// log fsync'ed, PostgreSQL's WAL flushed). A config that asks for `off` is refused with the
+/// reason, not taken: without the fsync a crash loses the records of answers already given.
+/// Only the load benchmark measures what durability costs, through
+/// [`crate::server::open_audit_log_with`], which no config file reaches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AuditDurability {
     #[default]
     Full,
-    Off,
+}
+
+/// Why `audit.durability = "off"` is refused, and what to do instead.
+const DURABILITY_OFF_REFUSED: &str = "audit.durability = \"off\" is refused: without the fsync a crash loses the audit records of answers already given, and every answer must stay recorded. Remove the setting (the default, \"full\", is the only value)";
+
+impl<'de> Deserialize<'de> for AuditDurability {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match String::deserialize(deserializer)?.as_str() {
+            "full" => Ok(AuditDurability::Full),
+            "off" => Err(D::Error::custom(DURABILITY_OFF_REFUSED)),
+            other => Err(D::Error::custom(format!(
+                "audit.durability {other:?} is not known: the only value is \"full\""
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1295,6 +1313,29 @@ mod tests {
                 config.audit.prune_interval_secs
             ),
             (183, 86_400)
+        );
+    }
+
+    #[test]
+    fn refuses_an_audit_log_without_fsync_by_name() {
+        let with = |durability: &str| {
+            GOOD.replace(
+                "signing_key_file = \"audit.key\"",
+                &format!("signing_key_file = \"audit.key\"\ndurability = {durability:?}"),
+            )
+        };
+        let err = parse(&with("off"));
+        assert!(
+            err.as_ref()
+                .is_err_and(|e| e.contains("audit.durability = \"off\" is refused")
+                    && e.contains("Remove the setting")),
+            "{err:?}"
+        );
+        assert!(parse(&with("fast")).is_err_and(|e| e.contains("the only value")));
+        let full = parse(&with("full"));
+        assert!(
+            full.is_ok_and(|c| c.audit.durability == AuditDurability::Full),
+            "\"full\" is still accepted"
         );
     }
 

@@ -389,13 +389,16 @@ impl LookupPipeline {
         credentials: &Credentials<'_>,
         request: &ExplainRequest,
     ) -> Result<ExplainResponse, GatewayError> {
-        self.auth.refresh_keys_for(credentials.metadata).await;
-        let mut draft = AuditDraft::new(
+        // The draft first: a caller who goes away while the identity provider's keys are
+        // fetched is recorded as cancelled too.
+        let mut draft = AuditDraft::for_request(
             Arc::clone(&self.audit),
             &request_id,
             Action::PolicyExplained,
             self.policy.version(),
+            credentials,
         );
+        self.auth.refresh_keys_for(credentials.metadata).await;
         let plan = match self.explain_plan(request_id, &mut draft, credentials, request) {
             Ok(plan) => plan,
             Err(e) => {
@@ -578,11 +581,12 @@ impl LookupPipeline {
     ) -> Result<(AuditDraft, LookupPlan), GatewayError> {
         // The draft first: a caller who goes away while the identity provider's keys are
         // fetched is recorded as cancelled too.
-        let mut draft = AuditDraft::new(
+        let mut draft = AuditDraft::for_request(
             Arc::clone(&self.audit),
             &request_id,
             action,
             self.policy.version(),
+            credentials,
         );
         self.auth.refresh_keys_for(credentials.metadata).await;
         let prepared = self.prepare(request_id, &mut draft, credentials, request, client_timeout);
@@ -987,6 +991,8 @@ impl LookupPipeline {
                     asked: max_tier,
                 },
                 Ok(Err(error)) => {
+                    // The kind and the gRPC status code only: `SourceError` carries nothing of
+                    // the department system's own message.
                     tracing::warn!(source = %id, error = %error, "source lookup failed");
                     let (status, detail) = match error {
                         SourceError::Timeout => (
@@ -1054,7 +1060,8 @@ impl LookupPipeline {
                 return Err("case without id or existence part");
             }
             if case.carried_tier() > asked {
-                tracing::warn!(source = %source_id, case_id = %case.case_id, "source sent fields above the asked tier; dropped");
+                // Not the case id: it is the department's data, and could be anything.
+                tracing::warn!(source = %source_id, "source sent fields above the asked tier; dropped");
                 case.restrict_to(asked);
             }
             let decision = self.policy.decide(&facts, source_id, &case);

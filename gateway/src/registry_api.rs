@@ -78,11 +78,12 @@ pub(crate) async fn begin_as<T>(
     let credentials = Credentials::of(request);
     // The draft first: a caller who goes away while the identity provider's keys are fetched
     // is recorded as cancelled too.
-    let mut draft = AuditDraft::new(
+    let mut draft = AuditDraft::for_request(
         Arc::clone(pipeline.audit_log()),
         request_id,
         action,
         pipeline.policy().version(),
+        &credentials,
     );
     pipeline.auth().refresh_keys_for(credentials.metadata).await;
     let principal = match pipeline.authenticate(&credentials, &mut draft) {

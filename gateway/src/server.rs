@@ -2,7 +2,7 @@
 //! server reflection, on one listener.
 
 use crate::auth::{AuthSetupError, Authenticator, Credentials, Systems};
-use crate::config::{AuditConfig, AuditDurability, Config, LimitsConfig};
+use crate::config::{AuditConfig, Config, LimitsConfig};
 use crate::disclosure::DisclosurePolicy;
 use crate::error::REQUEST_ID_HEADER;
 use crate::lookup::{GatewaySource, LookupLimits, LookupPipeline, parse_grpc_timeout};
@@ -57,10 +57,28 @@ pub enum ServerError {
 }
 
 /// Opens the audit log of a validated config: the store, the signing key, the writer. Fails
-/// (and the gateway must not start) if a start-up record cannot be written.
+/// (and the gateway must not start) if a start-up record cannot be written. Every record is
+/// durable before its answer leaves.
 pub fn open_audit_log(config: &AuditConfig, policy_version: &str) -> Result<AuditLog, ServerError> {
+    open_audit_log_with(config, policy_version, Durability::Full)
+}
+
+/// As [`open_audit_log`], with the store's `durability`. `Durability::Off` (no fsync) is for
+/// measuring what durability costs — the load benchmark's baseline — and for nothing else. No
+/// config file reaches it: `audit.durability` refuses `off` ([`crate::config::AuditDurability`]),
+/// and [`run`] opens the log with [`open_audit_log`].
+pub fn open_audit_log_with(
+    config: &AuditConfig,
+    policy_version: &str,
+    durability: Durability,
+) -> Result<AuditLog, ServerError> {
+    if durability == Durability::Off {
+        tracing::warn!(
+            "audit log without fsync: records can be lost in a crash; for measurement only"
+        );
+    }
     let signer = audit_signer(config)?;
-    let open = audit_store_opener(config)?;
+    let open = store_opener(config, durability)?;
     let options = audit_writer_options(config, policy_version);
     Ok(AuditLog::start_with(open, signer, options)?)
 }
@@ -99,26 +117,26 @@ pub fn audit_writer_options(config: &AuditConfig, policy_version: &str) -> Write
     options
 }
 
-/// How to open the configured audit store. The store is opened by whoever runs the returned
-/// function — the audit writer's own thread — because PostgreSQL's blocking client must not run
-/// on the async runtime.
+/// How to open the configured audit store, durably. The store is opened by whoever runs the
+/// returned function — the audit writer's own thread — because PostgreSQL's blocking client must
+/// not run on the async runtime.
 pub fn audit_store_opener(
     config: &AuditConfig,
+) -> Result<impl FnOnce() -> Result<Box<dyn AuditStore>, AuditError> + Send + 'static, ServerError>
+{
+    store_opener(config, Durability::Full)
+}
+
+/// [`audit_store_opener`] with the store's `durability` ([`open_audit_log_with`]).
+fn store_opener(
+    config: &AuditConfig,
+    durability: Durability,
 ) -> Result<impl FnOnce() -> Result<Box<dyn AuditStore>, AuditError> + Send + 'static, ServerError>
 {
     enum Target {
         Sqlite(std::path::PathBuf, Durability),
         Postgres(String, Durability),
     }
-    let durability = match config.durability {
-        AuditDurability::Full => Durability::Full,
-        AuditDurability::Off => {
-            tracing::warn!(
-                "audit.durability = off: records are not fsync'ed; for measurement only"
-            );
-            Durability::Off
-        }
-    };
     let target = match (&config.path, &config.postgres_url_env) {
         (Some(path), _) => Target::Sqlite(path.clone(), durability),
         (None, Some(var)) => Target::Postgres(

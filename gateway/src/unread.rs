@@ -8,6 +8,16 @@
 //! [`UnreadAuditLayer`] then records it — outcome `invalid`, the caller if the token verifies, no
 //! CPR and nothing else of the message — and gives the response that record's request id,
 //! before the response leaves. If the record cannot be written the answer is UNAVAILABLE.
+//!
+//! A request can also end with no response at all from the routes: tonic's `GrpcTimeout`, which
+//! sits outside every layer of ours, drops the whole call when the server's request timeout
+//! (`limits.request_timeout_ms`) or the caller's `grpc-timeout` passes, and hyper drops it when
+//! the caller resets the stream. Once a handler has opened its audit draft, that draft records
+//! the drop (outcome `cancelled`); it claims the request's [`RecordClaim`] as it opens. A request
+//! dropped before any handler claimed it — its message still arriving — is recorded here,
+//! `cancelled`, with the caller if the token verifies and nothing of the message. Either way,
+//! one record; the caller's answer (tonic's CANCELLED, "Timeout expired") carries no request id,
+//! since nothing of ours writes it.
 
 use crate::audit::AuditDraft;
 use crate::auth::Credentials;
@@ -16,6 +26,7 @@ use crate::lookup::LookupPipeline;
 use futures::future::BoxFuture;
 use samblik_audit::Action;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use tonic::Code;
 use tonic::body::Body;
@@ -42,6 +53,23 @@ pub fn action_of(path: &str) -> Option<Action> {
         "AuditService/MyAccessLog" => Action::CitizenViewed,
         _ => return None,
     })
+}
+
+/// Whether a handler has taken on an audited request's record: set when it opens the request's
+/// audit draft ([`AuditDraft::for_request`]), which from then on records the request on every
+/// path, its drop included. [`UnreadAudit`] puts one in each audited request's extensions, which
+/// nothing on the wire can set.
+#[derive(Debug, Clone, Default)]
+pub struct RecordClaim(Arc<AtomicBool>);
+
+impl RecordClaim {
+    pub fn claim(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    fn is_claimed(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// Audits the requests of audited services that no handler read (see the module docs).
@@ -87,24 +115,83 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let Some(action) = action_of(request.uri().path()) else {
             return Box::pin(self.inner.call(request));
         };
+        let claim = RecordClaim::default();
+        request.extensions_mut().insert(claim.clone());
         // Who is calling (token, client certificate) — never the message.
         let mut caller = http::Request::new(());
         *caller.headers_mut() = request.headers().clone();
         *caller.extensions_mut() = request.extensions().clone();
         let pipeline = Arc::clone(&self.pipeline);
+        let unanswered = Unanswered {
+            pipeline: Arc::clone(&pipeline),
+            action,
+            caller: Some(caller),
+            claim,
+        };
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await?;
+            let caller = unanswered.answered();
             match refused_unread(&response) {
                 Some(code) => Ok(record(&pipeline, action, code, caller, response).await),
                 None => Ok(response),
             }
         })
     }
+}
+
+/// An audited request the routes have not answered yet. Dropped so, with no handler's draft
+/// claiming its record, it records the request as abandoned (see the module docs).
+struct Unanswered {
+    pipeline: Arc<LookupPipeline>,
+    action: Action,
+    caller: Option<http::Request<()>>,
+    claim: RecordClaim,
+}
+
+impl Unanswered {
+    /// The routes answered: the answer's check takes over. Returns the caller's headers.
+    fn answered(mut self) -> http::Request<()> {
+        self.caller.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(caller) = self.caller.take()
+            && !self.claim.is_claimed()
+        {
+            record_abandoned(&self.pipeline, self.action, caller);
+        }
+    }
+}
+
+/// Records, without waiting (the request is being dropped), a request that ended before any
+/// handler read it. The caller is named if the token verifies with the keys at hand: there is
+/// no waiting for the identity provider here.
+fn record_abandoned(pipeline: &LookupPipeline, action: Action, caller: http::Request<()>) {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!("unread", request_id = %request_id, action = ?action);
+    let _entered = span.enter();
+    let caller = tonic::Request::from_http(caller);
+    let credentials = Credentials::of(&caller);
+    let mut draft = AuditDraft::new(
+        Arc::clone(pipeline.audit_log()),
+        &request_id,
+        action,
+        pipeline.policy().version(),
+    );
+    if let Err(e) = pipeline.authenticate(&credentials, &mut draft) {
+        tracing::info!(error = %e, "abandoned request's caller not identified");
+    }
+    tracing::info!("request ended before it was read");
+    draft.abandoned(
+        "the request ended before it was read: its deadline (the caller's, or the server's request timeout) passed, or the caller went away",
+    );
 }
 
 /// The code of an error that no handler answered: non-OK, trailers-only, no request id.

@@ -702,6 +702,14 @@ fn serve_refuses_a_bad_config_before_binding() {
             "missing field `sources`",
         ),
         (dir.path().join("absent.toml"), "cannot read config file"),
+        // The audit log's fsync cannot be turned off: refused by name, before anything listens.
+        (
+            write(
+                "nofsync.toml",
+                &base.replace("[audit]", "[audit]\ndurability = \"off\""),
+            ),
+            "audit.durability = \"off\" is refused",
+        ),
     ];
     for (path, needle) in cases {
         let out = samblik(&["serve", "--config", path.to_str().unwrap()]);

@@ -322,7 +322,7 @@ pub async fn start_gateway_in_process(
     sources: Vec<(Arc<dyn Source>, &str)>,
     default_deadline_ms: u64,
     verified_token_cache: u64,
-    audit_durability: samblik_gateway::config::AuditDurability,
+    audit_durability: samblik_audit::Durability,
 ) -> RunningGateway {
     start_gateway_in_process_on(
         sources,
@@ -341,17 +341,17 @@ pub async fn start_gateway_in_process_on(
     sources: Vec<(Arc<dyn Source>, &str)>,
     default_deadline_ms: u64,
     verified_token_cache: u64,
-    audit_durability: samblik_gateway::config::AuditDurability,
+    audit_durability: samblik_audit::Durability,
     postgres_url_env: Option<&str>,
 ) -> RunningGateway {
     let (mut config, audit_dir) = with_own_audit(gateway_config(&[], default_deadline_ms));
     config.auth.verified_token_cache = verified_token_cache;
-    config.audit.durability = audit_durability;
     if let Some(var) = postgres_url_env {
         config.audit.path = None;
         config.audit.postgres_url_env = Some(var.to_owned());
     }
-    serve_pipeline(in_process_pipeline(&config, sources), audit_dir).await
+    let pipeline = in_process_pipeline_with(&config, sources, audit_durability);
+    serve_pipeline(pipeline, audit_dir).await
 }
 
 /// The pipeline of `config`'s auth, limits and audit log over sources held in this process
@@ -359,6 +359,16 @@ pub async fn start_gateway_in_process_on(
 pub fn in_process_pipeline(
     config: &Config,
     sources: Vec<(Arc<dyn Source>, &str)>,
+) -> LookupPipeline {
+    in_process_pipeline_with(config, sources, samblik_audit::Durability::Full)
+}
+
+/// As [`in_process_pipeline`], with the audit store's `durability`: `Off` only to measure what
+/// the fsync costs (a config file cannot ask for it).
+pub fn in_process_pipeline_with(
+    config: &Config,
+    sources: Vec<(Arc<dyn Source>, &str)>,
+    durability: samblik_audit::Durability,
 ) -> LookupPipeline {
     let source_configs: Vec<_> = sources
         .iter()
@@ -371,7 +381,9 @@ pub fn in_process_pipeline(
         )
         .unwrap(),
     );
-    let audit = samblik_gateway::server::open_audit_log(&config.audit, policy.version()).unwrap();
+    let audit =
+        samblik_gateway::server::open_audit_log_with(&config.audit, policy.version(), durability)
+            .unwrap();
     let registry = samblik_gateway::server::open_registry(&config.audit).unwrap();
     LookupPipeline::new(
         Authenticator::from_config(&config.auth).unwrap(),
@@ -652,6 +664,89 @@ impl Source for Scripted {
     }
     async fn health(&self) -> Health {
         Health::Serving
+    }
+}
+
+/// A third-party adapter that refuses every lookup with `code` and a status message naming the
+/// citizen it was asked about (it starts with [`BLABBING_MESSAGE`]): words from a department's
+/// system that must never reach the gateway's log.
+#[derive(Debug)]
+pub struct Blabbing {
+    pub code: tonic::Code,
+}
+
+/// How [`Blabbing`]'s status messages begin.
+pub const BLABBING_MESSAGE: &str = "no record of citizen";
+
+#[tonic::async_trait]
+impl samblik_proto::source::v1::source_service_server::SourceService for Blabbing {
+    async fn find_cases(
+        &self,
+        request: tonic::Request<samblik_proto::source::v1::FindCasesRequest>,
+    ) -> Result<tonic::Response<samblik_proto::source::v1::FindCasesResponse>, tonic::Status> {
+        Err(tonic::Status::new(
+            self.code,
+            format!("{BLABBING_MESSAGE} {}", request.get_ref().cpr),
+        ))
+    }
+}
+
+/// Serves [`Blabbing`] with `code` over real gRPC on a loopback port (its own tonic server,
+/// not Samblik's source server: a third party's adapter).
+pub async fn start_blabbing(code: tonic::Code) -> RunningSource {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone().cancelled_owned();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(
+                samblik_proto::source::v1::source_service_server::SourceServiceServer::new(
+                    Blabbing { code },
+                ),
+            )
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                shutdown,
+            )
+            .await
+            .unwrap();
+    });
+    RunningSource { addr, stop }
+}
+
+/// What is logged on this thread, at the level `samblik serve` logs by default (`info`), while
+/// the guard [`CapturedLog::start`] returns is held. A `#[tokio::test]` runs every task it
+/// spawns — the gateway's and its sources' — on its own thread, so this is their log.
+#[derive(Debug, Clone, Default)]
+pub struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLog {
+    pub fn start() -> (Self, tracing::subscriber::DefaultGuard) {
+        let log = CapturedLog::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (log, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

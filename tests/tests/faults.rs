@@ -1,5 +1,6 @@
-//! Sources that are down, hang, answer garbage or answer about someone else: that source's
-//! status says so, the others are served, and the call returns within its deadline.
+//! Sources that are down, hang, answer garbage, answer about someone else or refuse in words of
+//! their own: that source's status says so (and its words stay out of the log), the others are
+//! served, and the call returns within its deadline.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -12,6 +13,7 @@ use samblik_tests::*;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tonic::Code;
 
 fn status_of(response: &LookupResponse, id: &str) -> SourceStatus {
     response
@@ -218,4 +220,76 @@ async fn a_malformed_case_makes_the_source_an_error_not_a_silent_gap() {
     let result = scripted_result(&scripted).await;
     assert_eq!(result.status(), SourceStatus::Error);
     assert!(result.cases.is_empty());
+}
+
+#[tokio::test]
+async fn a_sources_error_message_never_reaches_the_log_and_its_status_is_still_recorded() {
+    let (log, _capturing) = CapturedLog::start();
+    let jobcenter = start_source(reference(Department::Jobcenter)).await;
+    // Third-party adapters that refuse with a message naming the citizen looked up.
+    let blabbers = [
+        ("internal", Code::Internal, SourceStatus::Error, "error"),
+        (
+            "refusing",
+            Code::PermissionDenied,
+            SourceStatus::Denied,
+            "denied",
+        ),
+        (
+            "down",
+            Code::Unavailable,
+            SourceStatus::Unavailable,
+            "unavailable",
+        ),
+        ("picky", Code::InvalidArgument, SourceStatus::Error, "error"),
+    ];
+    let mut specs = vec![SourceSpec::at("jobcenter", jobcenter.addr)];
+    let mut running = Vec::new();
+    for (id, code, ..) in blabbers {
+        let source = start_blabbing(code).await;
+        specs.push(SourceSpec::at(id, source.addr));
+        running.push(source);
+    }
+    let gateway = start_gateway(&specs, 3_000).await;
+    let cpr = three_department_citizen();
+    let answer = gateway
+        .client()
+        .await
+        .lookup(request(
+            cpr,
+            Purpose::PrepareMeeting,
+            Some(&token(Department::Jobcenter)),
+            None,
+        ))
+        .await
+        .unwrap();
+    let request_id = answer
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let response = answer.into_inner();
+    assert_eq!(status_of(&response, "jobcenter"), SourceStatus::Ok);
+    let records = gateway.audit_records_of(&request_id);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let text = log.text();
+    assert!(!text.contains(cpr), "the CPR number is in the log:\n{text}");
+    assert!(
+        !text.contains(BLABBING_MESSAGE),
+        "a source's message is in the log:\n{text}"
+    );
+    for (id, code, status, recorded) in blabbers {
+        assert_eq!(status_of(&response, id), status, "{id}");
+        let entry = records[0].sources.iter().find(|s| s.source_id == id);
+        assert_eq!(entry.map(|s| s.status.as_str()), Some(recorded), "{id}");
+        // The log says which source failed, and how: its status code.
+        assert!(
+            text.lines().any(|l| l.contains("source lookup failed")
+                && l.contains(&format!("source={id} "))
+                && l.contains(&format!("{code:?}"))),
+            "no failure logged for {id} in:\n{text}"
+        );
+    }
 }

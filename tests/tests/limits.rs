@@ -1,5 +1,6 @@
 //! Limits: a client that sends too much, or opens too many calls on one connection, is held back
-//! while the gateway keeps serving everybody else.
+//! while the gateway keeps serving everybody else; a call the server's request timeout cuts off
+//! leaves exactly one audit record.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Code;
+use tower::ServiceExt;
 
 /// The gateway over a hanging source and a prompt one (2 s source timeouts), with `limits`.
 async fn start(
@@ -219,4 +221,134 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
         matches!(served, Ok(Ok(_))),
         "not served after the first connection closed: {served:?}"
     );
+}
+
+/// The gateway's audit records of `Lookup`s, from its audit directory.
+fn lookups_in(audit: &tempfile::TempDir) -> Vec<samblik_audit::AuditRecord> {
+    audit_records_in(&audit.path().join(samblik_gateway::demo::AUDIT_DB_FILE))
+        .into_iter()
+        .filter(|r| r.action == samblik_audit::Action::Lookup)
+        .collect()
+}
+
+/// A server request timeout of a second: longer than any prompt lookup here takes, shorter than
+/// the hanging source's 2 s timeout.
+fn cut_off_after_a_second() -> LimitsConfig {
+    LimitsConfig {
+        request_timeout_ms: 1_000,
+        ..LimitsConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_lookup_cut_off_by_the_request_timeout_before_it_was_read_is_recorded_once() {
+    let (addr, _stop, audit) = start(cut_off_after_a_second(), Arc::new(Hanging::default())).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // The headers of a lookup, and a message announced as 100 bytes of which 5 ever arrive:
+    // tonic is still reading it when the server's request timeout passes.
+    let (mut body, frames) = futures::channel::mpsc::channel::<
+        Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    >(1);
+    body.try_send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(&[
+        0, 0, 0, 0, 100, 1, 2, 3, 4, 5,
+    ]))))
+    .unwrap();
+    let request = tonic::codegen::http::Request::post(format!(
+        "http://{addr}/samblik.v1.LookupService/Lookup"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header(
+        "authorization",
+        format!("Bearer {}", token(Department::Jobcenter)),
+    )
+    .body(tonic::body::Body::new(http_body_util::StreamBody::new(
+        frames,
+    )))
+    .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(20), channel.oneshot(request))
+        .await
+        .expect("the server cut the call off")
+        .unwrap();
+    let headers = response.headers();
+    assert_eq!(
+        headers.get("grpc-status").map(|v| v.to_str().unwrap()),
+        Some("1"),
+        "not CANCELLED: {headers:?}"
+    );
+    drop(body);
+
+    // Recorded without waiting (the call was being dropped): poll until it is in the store.
+    assert!(
+        eventually(Duration::from_secs(10), || !lookups_in(&audit).is_empty()).await,
+        "the cut-off lookup left no record"
+    );
+    // A lookup answered after it is recorded after it: then nothing more of the first is due.
+    let cpr = three_department_citizen();
+    client(addr)
+        .await
+        .lookup(lookup_of("jobcenter", cpr, Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let lookups = lookups_in(&audit);
+    let cut_off: Vec<_> = lookups.iter().filter(|r| r.cpr.is_none()).collect();
+    assert_eq!(cut_off.len(), 1, "{lookups:?}");
+    assert_eq!(lookups.len(), 2, "{lookups:?}");
+    let record = cut_off[0];
+    assert_eq!(record.outcome, samblik_audit::Outcome::Cancelled);
+    assert_eq!(record.actor.caller_id, caseworker(Department::Jobcenter).id);
+    assert!(record.purpose.is_none() && record.sources.is_empty());
+    let detail = record.detail.as_deref().unwrap_or_default();
+    assert!(detail.contains("before it was read"), "{detail}");
+}
+
+#[tokio::test]
+async fn a_lookup_cut_off_by_the_request_timeout_in_its_handler_is_recorded_once() {
+    let hanging = Arc::new(Hanging::default());
+    let (addr, _stop, audit) = start(cut_off_after_a_second(), Arc::clone(&hanging)).await;
+    let cpr = three_department_citizen();
+    // The caller would wait 10 s, the hanging source 2 s: the server's timeout comes first, while
+    // the handler waits for the source.
+    let status = client(addr)
+        .await
+        .lookup(lookup_of("hanging", cpr, Duration::from_secs(10)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    assert_eq!(hanging.started.load(Ordering::SeqCst), 1);
+    assert!(
+        eventually(Duration::from_secs(5), || hanging
+            .cancelled
+            .load(Ordering::SeqCst)
+            == 1)
+        .await,
+        "the source call outlived the request"
+    );
+    // A lookup answered after the cut-off one is recorded after its record.
+    let answered = client(addr)
+        .await
+        .lookup(lookup_of("jobcenter", cpr, Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let answered_id = answered
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let lookups = lookups_in(&audit);
+    assert_eq!(lookups.len(), 2, "{lookups:?}");
+    let cut_off: Vec<_> = lookups
+        .iter()
+        .filter(|r| r.request_id != answered_id)
+        .collect();
+    assert_eq!(cut_off.len(), 1, "{lookups:?}");
+    // The handler's own record: it knew the citizen and the purpose.
+    assert_eq!(cut_off[0].outcome, samblik_audit::Outcome::Cancelled);
+    assert_eq!(cut_off[0].cpr.as_deref(), Some(cpr));
+    assert!(cut_off[0].purpose.is_some());
 }

@@ -503,6 +503,74 @@ async fn without_a_relation_the_panel_offers_break_the_glass_with_a_written_reas
 }
 
 #[tokio::test]
+async fn an_invalid_cpr_typed_into_a_form_is_refused_and_recorded_as_over_grpc() {
+    let panel = start_panel().await;
+    let mut agent = Agent::new(&panel);
+    agent.sign_in(&caseworker_id(Department::Jobcenter)).await;
+    let form = agent.get("/panel").await;
+    // Neither is anyone's CPR number: no 32nd day, and too short.
+    let (no_date, too_short) = ("3213459876", "12345");
+    let refused = agent
+        .post(
+            "/panel/opslag",
+            &[
+                ("_csrf", &form.csrf()),
+                ("cpr", no_date),
+                ("purpose", "prepare-meeting"),
+            ],
+        )
+        .await;
+    let glass = agent
+        .post(
+            "/panel/noedadgang",
+            &[
+                ("_csrf", &form.csrf()),
+                ("cpr", too_short),
+                ("purpose", "coordinate"),
+                (
+                    "begrundelse",
+                    "Borgeren er meldt savnet, og politiet beder om kontaktpersoner nu.",
+                ),
+            ],
+        )
+        .await;
+    // The reply is the form again with the message, as before, and without the input.
+    for (page, typed) in [(&refused, no_date), (&glass, too_short)] {
+        assert_eq!(page.status, StatusCode::OK, "{typed}");
+        assert!(
+            page.body.contains("Det er ikke et gyldigt CPR-nummer."),
+            "{typed}: {}",
+            page.body
+        );
+        assert!(!page.body.contains(typed), "{typed} shown again");
+    }
+    // One record each, as the gRPC API writes for the same input: invalid, the caseworker and
+    // the panel named, no citizen and nothing asked of any source.
+    let lookups: Vec<AuditRecord> = panel
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.action == Action::LookupStream)
+        .collect();
+    assert_eq!(lookups.len(), 2, "{lookups:?}");
+    for record in &lookups {
+        assert_eq!(
+            record.outcome,
+            samblik_audit::Outcome::Invalid,
+            "{record:?}"
+        );
+        assert_eq!(record.actor.caller_id, caseworker_id(Department::Jobcenter));
+        assert_eq!(record.actor.system.as_deref(), Some(PANEL_SYSTEM));
+        assert!(record.cpr.is_none() && record.purpose.is_none() && record.sources.is_empty());
+        let detail = record.detail.as_deref().unwrap_or_default();
+        assert!(detail.contains("CPR"), "{detail}");
+        assert!(
+            !detail.contains(no_date) && !detail.contains(too_short),
+            "{detail}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_auditor_exports_csv_and_a_caseworker_cannot_search_the_log() {
     let panel = start_panel().await;
     let cpr = three_department_citizen();

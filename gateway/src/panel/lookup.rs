@@ -7,7 +7,8 @@ use super::pages::{
     purpose_label, tier_label, withheld_part, withheld_reason,
 };
 use super::pages::{Signed, SignedForm};
-use super::session::{Current, Lookup};
+use super::session::{Current, Lookup, SignedIn};
+use crate::error::GatewayError;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
@@ -193,13 +194,10 @@ async fn submit(
         form,
     }: SignedForm,
 ) -> Response {
-    let Ok(cpr) = Cpr::parse(form.get("cpr").trim()) else {
-        return form_page(
-            &panel,
-            &user.caller,
-            &csrf,
-            Some("Det er ikke et gyldigt CPR-nummer."),
-        );
+    let typed = form.get("cpr").trim();
+    let Ok(cpr) = Cpr::parse(typed) else {
+        let message = refuse_unreadable_cpr(&panel, &user, typed).await;
+        return form_page(&panel, &user.caller, &csrf, Some(&message));
     };
     let Some(purpose) = Purpose::from_code(form.get("purpose")) else {
         return form_page(&panel, &user.caller, &csrf, Some("Vælg et formål."));
@@ -212,6 +210,45 @@ async fn submit(
         needs_confirmation: false,
     });
     Redirect::to(&format!("/panel/opslag/{id}")).into_response()
+}
+
+const NOT_A_CPR: &str = "Det er ikke et gyldigt CPR-nummer.";
+
+/// Refuses a lookup whose CPR number a form could not read, recording it exactly as the gRPC API
+/// records the same input: the typed text goes to the pipeline's lookup, as the panel's lookups
+/// do, and its validation refuses it — outcome invalid, the caller named, no citizen — before
+/// any source is asked. Answers with the form's message: the usual one, or the refusal's when
+/// something else stood in the way first (a sign-in that expired, an audit log that cannot be
+/// written).
+async fn refuse_unreadable_cpr(panel: &super::Panel, user: &SignedIn, typed: &str) -> String {
+    let request = LookupRequest {
+        cpr: typed.to_owned(),
+        ..LookupRequest::default()
+    };
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let span = crate::server::request_span(&request_id, "Panel");
+    let call = authorised((), user);
+    let refused = std::sync::Arc::clone(&panel.pipeline)
+        .lookup_stream(
+            request_id.clone(),
+            &crate::auth::Credentials::of(&call),
+            &request,
+            None,
+        )
+        .instrument(span.clone())
+        .await;
+    match refused {
+        Err(e) => {
+            span.in_scope(|| tracing::info!(error = %e, "panel lookup refused"));
+            match e {
+                GatewayError::InvalidCpr(_) | GatewayError::InvalidRequest(_) => NOT_A_CPR.into(),
+                e => pages::refusal(&e.to_status(&request_id)),
+            }
+        }
+        // The pipeline reads a CPR number as the form does, so it cannot take one the form could
+        // not read; were it to, dropping the answers cancels the lookup, and the log records it.
+        Ok(_) => NOT_A_CPR.into(),
+    }
 }
 
 /// The answer page: a card per department, waiting for its answer.
@@ -751,14 +788,21 @@ async fn break_glass(
     }: SignedForm,
 ) -> Response {
     let from_lookup = Some(form.get("opslag")).filter(|s| !s.is_empty());
-    let cpr = match from_lookup {
-        Some(id) => current.lock().lookup(id).map(|l| l.cpr.clone()),
-        None => Cpr::parse(form.get("cpr").trim()).ok(),
-    };
     let again =
         |message: &str| break_glass_page(&panel, &user.caller, &csrf, from_lookup, Some(message));
+    let cpr = match from_lookup {
+        Some(id) => current.lock().lookup(id).map(|l| l.cpr.clone()),
+        None => {
+            let typed = form.get("cpr").trim();
+            match Cpr::parse(typed) {
+                Ok(cpr) => Some(cpr),
+                Err(_) => return again(&refuse_unreadable_cpr(&panel, &user, typed).await),
+            }
+        }
+    };
+    // A lookup of this session that is gone (not a CPR number anyone typed).
     let Some(cpr) = cpr else {
-        return again("Det er ikke et gyldigt CPR-nummer.");
+        return again(NOT_A_CPR);
     };
     let Some(purpose) = Purpose::from_code(form.get("purpose")) else {
         return again("Vælg et formål.");

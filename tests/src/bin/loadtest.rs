@@ -5,7 +5,8 @@
 //! counts on a noisy machine.
 //!
 //! Further phases: the same gateway over TLS, right after its plaintext phase (the cost of TLS
-//! on long-lived connections); with the audit log's fsync off (what durability costs); with
+//! on long-lived connections); with the audit log's fsync off (what durability costs: opened
+//! through `server::open_audit_log_with`, since no config file may turn the fsync off); with
 //! sources over gRPC; and with the verified-token cache off. Each phase also reports the
 //! process's CPU time per lookup (client and servers together), which other work on a shared
 //! machine disturbs less than the throughput (though it still moves it).
@@ -24,7 +25,7 @@
 use anyhow::Context;
 use samblik_adapters::Source;
 use samblik_adapters::reference::ReferenceSource;
-use samblik_gateway::config::AuditDurability;
+use samblik_audit::Durability;
 use samblik_gateway::demo::caseworker_claims;
 use samblik_gateway::tls::DemoPki;
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;
@@ -365,7 +366,7 @@ async fn run(args: Args, on_postgres: bool) -> anyhow::Result<()> {
         in_process.clone(),
         3_000,
         10_000,
-        AuditDurability::Full,
+        Durability::Full,
         durable_env,
     )
     .await;
@@ -373,7 +374,7 @@ async fn run(args: Args, on_postgres: bool) -> anyhow::Result<()> {
         in_process.clone(),
         3_000,
         10_000,
-        AuditDurability::Off,
+        Durability::Off,
         no_fsync_env,
     )
     .await;
@@ -421,8 +422,7 @@ async fn run(args: Args, on_postgres: bool) -> anyhow::Result<()> {
     let pki_dir = tempfile::tempdir()?;
     let (gateway_tls, client_tls, _stop_tls) =
         start_tls_gateway(in_process.clone(), pki_dir.path()).await?;
-    let gateway_uncached =
-        start_gateway_in_process(in_process, 3_000, 0, AuditDurability::Full).await;
+    let gateway_uncached = start_gateway_in_process(in_process, 3_000, 0, Durability::Full).await;
     let gateway_remote = start_gateway(&specs, 3_000).await;
 
     let echo_listener = TcpListener::bind("127.0.0.1:0").await?;
