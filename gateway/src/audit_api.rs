@@ -10,7 +10,7 @@ use crate::registry_api::{begin, call, from_timestamp, refuse, status, timestamp
 use chrono::{DateTime, Duration, Utc};
 use samblik_audit::review::{self, ReviewMark, ReviewRules};
 use samblik_audit::search::{Activity, AuditQuery, Cursor};
-use samblik_audit::verify::{ChainSummary, VerifyError};
+use samblik_audit::verify::{Breaks, ChainSummary, VerifyError};
 use samblik_audit::{Action, AuditRecord, Outcome};
 use samblik_proto::Cpr;
 use samblik_proto::v1::audit_service_server::AuditService;
@@ -50,6 +50,15 @@ const CITIZEN_VISIBLE: &[Action] = &[
 
 /// Checks every chain of the store; runs on a blocking thread.
 pub type Verifier = dyn Fn() -> Result<Vec<ChainSummary>, VerifyError> + Send + Sync;
+
+fn chain_status(c: ChainSummary) -> pb::ChainStatus {
+    pb::ChainStatus {
+        chain: c.chain,
+        records: c.records,
+        checkpoints: u64::try_from(c.checkpoints).unwrap_or(u64::MAX),
+        head_hash: c.head_hash,
+    }
+}
 
 /// How the log is read back, from config.
 #[derive(Clone, Default)]
@@ -518,33 +527,45 @@ impl AuditApi {
         let response = match result {
             Ok(Ok(chains)) => VerifyAuditResponse {
                 ok: true,
-                chains: chains
-                    .into_iter()
-                    .map(|c| pb::ChainStatus {
-                        chain: c.chain,
-                        records: c.records,
-                        checkpoints: u64::try_from(c.checkpoints).unwrap_or(u64::MAX),
-                        head_hash: c.head_hash,
-                    })
-                    .collect(),
+                chains: chains.into_iter().map(chain_status).collect(),
                 ..VerifyAuditResponse::default()
             },
-            Ok(Err(VerifyError::Broken(b))) => VerifyAuditResponse {
-                ok: false,
-                broken_chain: b.chain,
-                broken_seq: b.seq,
-                reason: b.reason,
-                ..VerifyAuditResponse::default()
-            },
+            Ok(Err(VerifyError::Broken(breaks))) => {
+                let Breaks {
+                    first,
+                    further,
+                    unlisted,
+                    verified,
+                } = *breaks;
+                VerifyAuditResponse {
+                    ok: false,
+                    chains: verified.into_iter().map(chain_status).collect(),
+                    broken_chain: first.chain,
+                    broken_seq: first.seq,
+                    reason: first.reason,
+                    further: further
+                        .into_iter()
+                        .map(|b| pb::BrokenRecord {
+                            chain: b.chain,
+                            seq: b.seq,
+                            reason: b.reason,
+                        })
+                        .collect(),
+                    unlisted,
+                }
+            }
             Ok(Err(VerifyError::Store(e))) => return refuse(draft, unavailable(e)).await,
             Err(e) => return refuse(draft, unavailable(e)).await,
         };
         draft.detail(if response.ok {
             "every chain verifies".into()
         } else {
+            let further = response.further.len() as u64 + response.unlisted;
             format!(
-                "chain {:?} breaks at record {}",
-                response.broken_chain, response.broken_seq
+                "chain {:?} breaks at record {}{}",
+                response.broken_chain,
+                response.broken_seq,
+                Breaks::and_further(further)
             )
         });
         draft.answered(Vec::new()).await?;

@@ -108,7 +108,7 @@ fn unprintable(c: char) -> bool {
 /// break-the-glass reason, a purpose) or auditors (a review note): an escape sequence or a line
 /// break in it could rewrite or hide the auditor's lines, so those characters are shown escaped
 /// (`\u{1b}`, `\n`); every other character, Danish letters too, as it is.
-fn shown(text: &str) -> Cow<'_, str> {
+pub(crate) fn shown(text: &str) -> Cow<'_, str> {
     if !text.chars().any(unprintable) {
         return Cow::Borrowed(text);
     }

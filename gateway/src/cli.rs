@@ -450,29 +450,63 @@ fn verify_audit(
     let public = public_key_path(key);
     let key = load_verifying_key(&public)
         .with_context(|| format!("cannot read the checkpoint key {}", public.display()))?;
-    let summaries = std::thread::spawn(move || -> anyhow::Result<_> {
+    let verified = std::thread::spawn(move || -> anyhow::Result<_> {
         let mut store = open()?;
-        Ok(samblik_audit::verify::verify_store(&mut *store, &key)?)
+        Ok(samblik_audit::verify::verify_store(&mut *store, &key))
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the verification thread panicked"))??;
+    let summaries = match verified {
+        Ok(summaries) => summaries,
+        Err(samblik_audit::verify::VerifyError::Broken(breaks)) => {
+            // Every problem found; the error names the first again.
+            for s in &breaks.verified {
+                print_verified(s);
+            }
+            for (i, broken) in std::iter::once(&breaks.first)
+                .chain(&breaks.further)
+                .enumerate()
+            {
+                println!(
+                    "problem {}: {}",
+                    i + 1,
+                    crate::audit_cli::shown(&broken.to_string())
+                );
+            }
+            if breaks.unlisted > 0 {
+                println!("… and {} further problems not listed", breaks.unlisted);
+            }
+            anyhow::bail!(
+                "the audit log does not verify: {}",
+                crate::audit_cli::shown(&breaks.to_string())
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
     // An empty store verifies trivially: most likely the wrong store, never a pass.
     anyhow::ensure!(
         !summaries.is_empty(),
         "the audit store holds no chain: nothing was verified (is this the right store?)"
     );
-    for s in summaries {
-        let pruned = if s.first_seq > 1 {
-            format!("; records 1..={} pruned", s.first_seq - 1)
-        } else {
-            String::new()
-        };
-        println!(
-            "chain {}: {} records, {} signed checkpoints, head {} — verified{pruned}",
-            s.chain, s.records, s.checkpoints, s.head_hash
-        );
+    for s in &summaries {
+        print_verified(s);
     }
     Ok(())
+}
+
+fn print_verified(s: &samblik_audit::verify::ChainSummary) {
+    let pruned = if s.first_seq > 1 {
+        format!("; records 1..={} pruned", s.first_seq - 1)
+    } else {
+        String::new()
+    };
+    println!(
+        "chain {}: {} records, {} signed checkpoints, head {} — verified{pruned}",
+        crate::audit_cli::shown(&s.chain),
+        s.records,
+        s.checkpoints,
+        s.head_hash
+    );
 }
 
 /// Prunes the configured chain of an audit store through a writer of its own, so the prune is

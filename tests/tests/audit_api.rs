@@ -513,6 +513,40 @@ async fn an_auditor_verifies_the_chain_through_the_api() {
         records.last().unwrap().detail.as_deref(),
         Some("every chain verifies")
     );
+
+    // Two records altered far apart: the answer names the first, and lists the second.
+    let edited = rusqlite::Connection::open(m.gateway.audit_db())
+        .unwrap()
+        .execute(
+            "UPDATE audit_records SET department = 'elsewhere' WHERE seq IN (1, 3)",
+            [],
+        )
+        .unwrap();
+    assert_eq!(edited, 2);
+    let broken = audit_client(&m)
+        .await
+        .verify(authed(VerifyAuditRequest {}, &auditor))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!broken.ok);
+    assert_eq!(broken.broken_seq, 1);
+    let further: Vec<_> = broken.further.iter().map(|b| b.seq).collect();
+    assert_eq!(further, [3], "{broken:?}");
+    assert_eq!(
+        broken.further[0].reason,
+        "indexed columns differ from the record"
+    );
+    assert_eq!(
+        m.gateway.audit_records().last().unwrap().detail.as_deref(),
+        Some(
+            format!(
+                "chain {:?} breaks at record 1 (and 1 further problem)",
+                broken.broken_chain
+            )
+            .as_str()
+        )
+    );
 }
 
 #[tokio::test]

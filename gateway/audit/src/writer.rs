@@ -805,10 +805,13 @@ impl Writer {
             &chain,
             &self.signer.verifying_key(),
             Some(anchor.seq),
-        )
-        .map_err(|e| {
-            tracing::error!(chain, error = %e, "refusing to prune audit records that do not verify");
-            AuditError::Store(format!("refusing to prune: {e}"))
+        )?
+        .first_problem()
+        .map_err(|broken| {
+            tracing::error!(chain, error = %broken, "refusing to prune audit records that do not verify");
+            AuditError::Store(format!(
+                "refusing to prune: the audit log does not verify: {broken}"
+            ))
         })?;
         let records = anchor.seq + 1 - front;
         let change = Maintenance::Prune {

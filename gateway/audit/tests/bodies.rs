@@ -357,7 +357,7 @@ fn a_changed_byte_in_a_compressed_body_or_its_dictionary_is_found_at_its_record(
         .unwrap();
     };
     let broken_at = || match verify(&s) {
-        Err(VerifyError::Broken(b)) => b.seq,
+        Err(VerifyError::Broken(b)) => b.first.seq,
         other => panic!("expected a broken chain, got {other:?}"),
     };
 

@@ -87,7 +87,7 @@ fn block_on<F: Future>(future: F) -> F::Output {
 
 fn broken_at(s: &Setup) -> u64 {
     match verify(s) {
-        Err(VerifyError::Broken(b)) => b.seq,
+        Err(VerifyError::Broken(b)) => b.first.seq,
         other => panic!("expected a broken chain, got {other:?}"),
     }
 }
@@ -546,7 +546,10 @@ fn a_pruned_record_leaves_no_trace_in_the_file() {
         std::fs::read(s.sqlite_path()).unwrap()
     };
     let holds = |bytes: &[u8]| bytes.windows(CPR.len()).any(|w| w == CPR.as_bytes());
-    assert!(holds(&file()), "the records are in the file before the prune");
+    assert!(
+        holds(&file()),
+        "the records are in the file before the prune"
+    );
 
     let report = prune(&s, cutoff_now()).unwrap();
     assert_eq!(report.records, 32);
@@ -705,7 +708,7 @@ fn forge(s: &Setup, chain: &str, records: Vec<(AuditEvent, Option<Maintenance>)>
 
 fn broken(s: &Setup) -> verify::Broken {
     match verify(s) {
-        Err(VerifyError::Broken(b)) => b,
+        Err(VerifyError::Broken(b)) => b.first,
         other => panic!("expected a broken chain, got {other:?}"),
     }
 }
@@ -972,7 +975,85 @@ fn signed_records_missing_at_start_up_are_recorded_and_stay_visible() {
                 .contains("records 21..=32"),
             "{started:?}"
         );
-        assert_eq!(broken_at(&s), 21);
+        // The gap is the only problem: the start-up record after it links to the signed
+        // checkpoint the writer went on from.
+        let breaks = breaks(&s);
+        assert_eq!(breaks.first.seq, 21);
+        assert_eq!(problems(&breaks), [21]);
+        // Tampering after the gap is not hidden by it.
+        s.sql("UPDATE audit_records SET body = replace(body, '\"tier\":1', '\"tier\":3') WHERE seq = 34");
+        assert_eq!(problems(&self::breaks(&s)), [21, 34]);
+    }
+}
+
+fn breaks(s: &Setup) -> verify::Breaks {
+    match verify(s) {
+        Err(VerifyError::Broken(b)) => *b,
+        other => panic!("expected a broken chain, got {other:?}"),
+    }
+}
+
+/// The seqs of every problem found, listed or not, in order.
+fn problems(breaks: &verify::Breaks) -> Vec<u64> {
+    std::iter::once(&breaks.first)
+        .chain(&breaks.further)
+        .map(|b| b.seq)
+        .collect()
+}
+
+#[test]
+fn verification_goes_on_past_a_break_and_finds_each_problem_once() {
+    for s in setups() {
+        write(&s, 30); // 1..=32
+        s.sql("UPDATE audit_records SET body = replace(body, '\"tier\":1', '\"tier\":3') WHERE seq = 5");
+        s.sql("DELETE FROM audit_records WHERE seq = 20");
+        s.sql("UPDATE audit_records SET caller_id = 'cw-someone-else' WHERE seq = 27");
+        let breaks = breaks(&s);
+        assert_eq!(problems(&breaks), [5, 20, 27], "{breaks:#?}");
+        assert_eq!(
+            breaks.further[0].reason,
+            "record missing (next stored record is 21)"
+        );
+        assert_eq!(breaks.unlisted, 0);
+        assert!(breaks.verified.is_empty());
+    }
+}
+
+#[test]
+fn one_broken_chain_does_not_hide_the_others() {
+    for s in setups() {
+        write(&s, 30);
+        let signer = CheckpointSigner::load_or_create(&s.key).unwrap();
+        let b = AuditLog::start(s.store(), signer, WriterOptions::new("replica-b")).unwrap();
+        for i in 0..5 {
+            block_on(b.append(event(i))).unwrap();
+        }
+        b.close();
+        s.sql("DELETE FROM audit_records WHERE chain = 'replica-a' AND seq = 12");
+        let breaks = breaks(&s);
+        assert_eq!(
+            (breaks.first.chain.as_str(), breaks.first.seq),
+            ("replica-a", 12)
+        );
+        assert!(breaks.further.is_empty(), "{breaks:#?}");
+        let verified: Vec<_> = breaks
+            .verified
+            .iter()
+            .map(|c| (c.chain.as_str(), c.records))
+            .collect();
+        assert_eq!(verified, [("replica-b", 7)]);
+    }
+}
+
+#[test]
+fn a_chain_broken_throughout_lists_the_first_problems_and_counts_the_rest() {
+    for s in setups() {
+        write(&s, 30); // 1..=32
+        s.sql("UPDATE audit_records SET department = 'elsewhere'");
+        let breaks = breaks(&s);
+        assert_eq!(breaks.further.len() + 1, verify::LISTED_PER_CHAIN);
+        assert_eq!(breaks.unlisted, 32 - verify::LISTED_PER_CHAIN as u64);
+        assert_eq!(problems(&breaks), (1..=20).collect::<Vec<u64>>());
     }
 }
 

@@ -386,6 +386,20 @@ async fn verify(
                 div.besked.fejl role="alert" id="kaede-status" data-ok="false" {
                     "Kæden er brudt i " (answer.broken_chain) " ved post #" (answer.broken_seq) ": " (answer.reason)
                 }
+                @if !answer.further.is_empty() {
+                    h2 { "Flere fejl fundet efter den første" }
+                    ul id="kaede-flere" {
+                        @for b in &answer.further {
+                            li { (b.chain) " post #" (b.seq) ": " (b.reason) }
+                        }
+                        @if answer.unlisted > 0 {
+                            li { "… og " (answer.unlisted) " fejl mere" }
+                        }
+                    }
+                }
+                @if !answer.chains.is_empty() {
+                    p { "Kæderne herunder er hele." }
+                }
             }
             table.liste {
                 thead { tr { th { "Kæde" } th { "Poster" } th { "Kontrolpunkter" } th { "Seneste hash" } } }
