@@ -139,19 +139,8 @@ fn store_opener(
     }
     let target = match (&config.path, &config.postgres_url_env) {
         (Some(path), _) => Target::Sqlite(path.clone(), durability),
-        (None, Some(var)) => Target::Postgres(
-            std::env::var(var).map_err(|_| {
-                ServerError::Audit(AuditError::Store(format!(
-                    "audit.postgres_url_env names {var}, which is not set"
-                )))
-            })?,
-            durability,
-        ),
-        (None, None) => {
-            return Err(ServerError::Audit(AuditError::Store(
-                "no audit store configured".into(),
-            )));
-        }
+        (None, Some(var)) => Target::Postgres(postgres_url(var)?, durability),
+        (None, None) => return Err(no_store_configured()),
     };
     Ok(move || -> Result<Box<dyn AuditStore>, AuditError> {
         Ok(match target {
@@ -163,20 +152,38 @@ fn store_opener(
     })
 }
 
-/// How to open the configured audit store only to read it (verification): SQLite read-only,
-/// and never a new file — a wrong path is an error, not an empty store that verifies.
+/// The PostgreSQL URL in the environment variable `var` (`audit.postgres_url_env`).
+fn postgres_url(var: &str) -> Result<String, ServerError> {
+    std::env::var(var).map_err(|_| {
+        ServerError::Audit(AuditError::Store(format!(
+            "audit.postgres_url_env names {var}, which is not set"
+        )))
+    })
+}
+
+fn no_store_configured() -> ServerError {
+    ServerError::Audit(AuditError::Store("no audit store configured".into()))
+}
+
+/// How to open the configured audit store only to read it (verification): nothing is created
+/// or changed — SQLite read-only and never a new file, PostgreSQL in a read-only session and
+/// never a schema — so a wrong path or database is an error, not an empty store that verifies.
 pub fn audit_store_reader(
     config: &AuditConfig,
 ) -> Result<impl FnOnce() -> Result<Box<dyn AuditStore>, AuditError> + Send + 'static, ServerError>
 {
-    let sqlite = config.path.clone();
-    let writable = match &sqlite {
-        Some(_) => None,
-        None => Some(audit_store_opener(config)?),
+    enum Source {
+        Sqlite(std::path::PathBuf),
+        Postgres(String),
+    }
+    let source = match (&config.path, &config.postgres_url_env) {
+        (Some(path), _) => Source::Sqlite(path.clone()),
+        (None, Some(var)) => Source::Postgres(postgres_url(var)?),
+        (None, None) => return Err(no_store_configured()),
     };
     Ok(move || -> Result<Box<dyn AuditStore>, AuditError> {
-        match (sqlite, writable) {
-            (Some(path), _) => {
+        match source {
+            Source::Sqlite(path) => {
                 if !path.is_file() {
                     return Err(AuditError::Store(format!(
                         "no audit store at {}",
@@ -185,8 +192,7 @@ pub fn audit_store_reader(
                 }
                 Ok(Box::new(SqliteStore::open_read_only(&path)?))
             }
-            (None, Some(open)) => open(),
-            (None, None) => Err(AuditError::Store("no audit store configured".into())),
+            Source::Postgres(url) => Ok(Box::new(PostgresStore::open_read_only(&url)?)),
         }
     })
 }
@@ -210,16 +216,8 @@ pub fn audit_verifier(config: &AuditConfig) -> Arc<crate::audit_api::Verifier> {
 pub fn open_registry(config: &AuditConfig) -> Result<Registry, ServerError> {
     Ok(match (&config.path, &config.postgres_url_env) {
         (Some(path), _) => Registry::sqlite(path)?,
-        (None, Some(var)) => Registry::postgres(&std::env::var(var).map_err(|_| {
-            ServerError::Audit(AuditError::Store(format!(
-                "audit.postgres_url_env names {var}, which is not set"
-            )))
-        })?)?,
-        (None, None) => {
-            return Err(ServerError::Audit(AuditError::Store(
-                "no audit store configured".into(),
-            )));
-        }
+        (None, Some(var)) => Registry::postgres(&postgres_url(var)?)?,
+        (None, None) => return Err(no_store_configured()),
     })
 }
 

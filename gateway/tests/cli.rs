@@ -845,6 +845,31 @@ chain = "replica-a"
         ),
     )
     .unwrap();
+    // Verifying a database the gateway has not written yet: an error, and nothing created in
+    // it (verification only reads).
+    samblik_audit::CheckpointSigner::load_or_create(&dir.path().join("keys/audit-signing.key"))
+        .unwrap();
+    let refused = Command::new(SAMBLIK)
+        .args(["audit", "verify", "--config", config.to_str().unwrap()])
+        .env("SAMBLIK_AUDIT_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "verified: {refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("no audit store in this database"),
+        "{stderr}"
+    );
+    let tables: i64 = postgres::Client::connect(&url, postgres::NoTls)
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "verification created tables");
+
     let mut gateway = Running(
         Command::new(SAMBLIK)
             .args(["serve", "--config", config.to_str().unwrap()])

@@ -101,6 +101,8 @@ pub struct PostgresStore {
     /// terminated session): the writer's next try reconnects, so the log recovers by itself.
     url: String,
     durability: Durability,
+    /// Opened only to read ([`PostgresStore::open_read_only`]): so is every session after it.
+    read_only: bool,
     /// The chain this session holds the lock of ([`AuditStore::claim`]), taken again on a new
     /// connection.
     claimed: Option<String>,
@@ -175,13 +177,36 @@ impl PostgresStore {
     /// flushed (`synchronous_commit = off` for this session only): for measuring what
     /// durability costs, never for a municipality.
     pub fn connect_with(url: &str, durability: Durability) -> Result<Self, AuditError> {
-        let mut client = session(url, durability)?;
+        let mut client = session(url, durability, false)?;
         create_schema(&mut client)?;
         Ok(PostgresStore {
             client,
             inserts: None,
             url: url.to_owned(),
             durability,
+            read_only: false,
+            claimed: None,
+        })
+    }
+
+    /// Opens an existing store to read it only (verification): a read-only session, and nothing
+    /// created — a database without the audit log's tables is an error, not an empty store.
+    pub fn open_read_only(url: &str) -> Result<Self, AuditError> {
+        let mut client = session(url, Durability::Full, true)?;
+        let exists: bool = client
+            .query_one("SELECT to_regclass('audit_records') IS NOT NULL", &[])?
+            .get(0);
+        if !exists {
+            return Err(AuditError::Store(
+                "no audit store in this database (it has no audit_records table)".into(),
+            ));
+        }
+        Ok(PostgresStore {
+            client,
+            inserts: None,
+            url: url.to_owned(),
+            durability: Durability::Full,
+            read_only: true,
             claimed: None,
         })
     }
@@ -191,7 +216,7 @@ impl PostgresStore {
     fn connected(&mut self) -> Result<&mut Client, AuditError> {
         if self.client.is_closed() {
             tracing::warn!("the audit database connection is gone; connecting again");
-            self.client = session(&self.url, self.durability)?;
+            self.client = session(&self.url, self.durability, self.read_only)?;
             self.inserts = None;
             // The lock went with the old session: a writer that took the chain meanwhile keeps
             // it, and this one writes nothing more.
@@ -252,13 +277,16 @@ fn lock_chain(client: &mut Client, chain: &str) -> Result<(), AuditError> {
     }
 }
 
-/// A session that commits as `durability` says.
-fn session(url: &str, durability: Durability) -> Result<Client, AuditError> {
+/// A session that commits as `durability` says; with `read_only`, one that cannot write.
+fn session(url: &str, durability: Durability, read_only: bool) -> Result<Client, AuditError> {
     let mut client = Client::connect(url, NoTls)?;
     client.batch_execute(match durability {
         Durability::Full => "SET synchronous_commit = on",
         Durability::Off => "SET synchronous_commit = off",
     })?;
+    if read_only {
+        client.batch_execute("SET default_transaction_read_only = on")?;
+    }
     Ok(client)
 }
 
