@@ -656,7 +656,7 @@ impl AuditApi {
         }
         // A mark covers an item as it is (see `ReviewMark::covers`), so there must be one: a
         // key that names nothing yet, such as a coming hour's, cannot be marked in advance.
-        let mut item = match self.current_item(key).await {
+        let item = match self.current_item(key).await {
             Ok(Some(item)) => item,
             Ok(None) => {
                 let e = GatewayError::NotFound(
@@ -666,18 +666,26 @@ impl AuditApi {
             }
             Err(e) => return refuse(draft, e).await,
         };
+        // The mark covers what the auditor saw: a window that grew after the queue showed it
+        // stays in the queue (older clients say nothing: the item as it is now).
+        let seen = match usize::try_from(message.seen_count) {
+            Ok(0) | Err(_) => item.count,
+            Ok(seen) => seen.min(item.count),
+        };
         draft.detail(format!("reviewed {kind}"));
         draft
-            .answered_with_change(ReviewMark::change_json(&item, note))
+            .answered_with_change(ReviewMark::change_json(&item, note, seen))
             .await?;
-        item.review = Some(ReviewMark {
+        let mark = ReviewMark {
             key: item.key.clone(),
             by: caller.id,
             at: Utc::now(),
             note: note.to_owned(),
-            count: Some(item.count),
-        });
-        Ok(review_item(&item))
+            count: Some(seen),
+        };
+        let mut items = vec![item];
+        review::apply_marks(&mut items, std::slice::from_ref(&mark), true);
+        Ok(items.first().map(review_item).unwrap_or_default())
     }
 
     async fn my_access_log(

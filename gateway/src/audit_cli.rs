@@ -272,12 +272,29 @@ pub async fn review(
 }
 
 /// Marks one review item as reviewed.
-pub async fn mark_reviewed(call: &Call, key: String, note: String) -> anyhow::Result<String> {
+/// `seen_count`: the item's count as the queue showed it (`None`: the item as it is now).
+pub async fn mark_reviewed(
+    call: &Call,
+    key: String,
+    note: String,
+    seen_count: Option<u32>,
+) -> anyhow::Result<String> {
     let item = call
         .client()
-        .mark_reviewed(call.request(MarkReviewedRequest { key, note })?)
+        .mark_reviewed(call.request(MarkReviewedRequest {
+            key,
+            note,
+            seen_count: seen_count.unwrap_or(0),
+        })?)
         .await?
         .into_inner();
+    if !item.reviewed {
+        return Ok(format!(
+            "{} marked as reviewed as far as you saw it; it has grown since ({})\n",
+            shown(&item.key),
+            shown(&item.summary)
+        ));
+    }
     Ok(format!(
         "{} marked as reviewed by {}\n",
         shown(&item.key),

@@ -266,6 +266,10 @@ enum AuditCommand {
         key: String,
         #[arg(long)]
         note: String,
+        /// The item's count as `samblik audit review` printed it: the mark covers that many,
+        /// and a window that has grown since stays in the queue. Unset: the item as it is now.
+        #[arg(long)]
+        count: Option<u32>,
     },
     /// Who looked at my data (role citizen; `samblik token --user citizen:CPR` in the demo).
     MyLog {
@@ -354,9 +358,12 @@ async fn audit_command(command: AuditCommand) -> anyhow::Result<()> {
             until,
             all,
         } => a::review(&gateway.audit_call().await?, from, until, all).await,
-        AuditCommand::MarkReviewed { gateway, key, note } => {
-            a::mark_reviewed(&gateway.audit_call().await?, key, note).await
-        }
+        AuditCommand::MarkReviewed {
+            gateway,
+            key,
+            note,
+            count,
+        } => a::mark_reviewed(&gateway.audit_call().await?, key, note, count).await,
         AuditCommand::MyLog { gateway } => a::my_log(&gateway.audit_call().await?).await,
     };
     print!("{}", printed.map_err(status_error)?);

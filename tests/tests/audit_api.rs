@@ -439,6 +439,7 @@ async fn break_the_glass_and_anomalies_reach_the_review_queue_until_an_auditor_m
             MarkReviewedRequest {
                 key: glass.key.clone(),
                 note: note.to_owned(),
+                seen_count: 0,
             },
             &auditor,
         )
@@ -451,6 +452,7 @@ async fn break_the_glass_and_anomalies_reach_the_review_queue_until_an_auditor_m
         MarkReviewedRequest {
             key: glass.key.clone(),
             note: "looks fine to me".into(),
+            seen_count: 0,
         },
         &jobcenter,
     );
@@ -771,6 +773,7 @@ async fn a_mark_covers_an_item_as_it_was_and_a_key_that_names_nothing_cannot_be_
                 MarkReviewedRequest {
                     key,
                     note: "nothing to see here".into(),
+                    seen_count: 0,
                 },
                 &auditor,
             ))
@@ -809,6 +812,7 @@ async fn a_mark_covers_an_item_as_it_was_and_a_key_that_names_nothing_cannot_be_
             MarkReviewedRequest {
                 key: many.key.clone(),
                 note: "three lookups for one meeting".into(),
+                seen_count: many.count,
             },
             &auditor,
         ))
@@ -830,6 +834,47 @@ async fn a_mark_covers_an_item_as_it_was_and_a_key_that_names_nothing_cannot_be_
     assert_eq!(grown.count, many.count + 1);
     assert!(!grown.reviewed);
     assert!(grown.summary.contains("grown since reviewed"), "{grown:?}");
+
+    // Marked again from a listing taken before it grew: the mark covers what that showed, and
+    // the window stays in the queue; marked as it is now shown, it leaves.
+    let mark = async |client: &mut AuditServiceClient<Channel>, seen_count: u32| {
+        client
+            .mark_reviewed(authed(
+                MarkReviewedRequest {
+                    key: many.key.clone(),
+                    note: "looked at the listing".into(),
+                    seen_count,
+                },
+                &auditor,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let stale = mark(&mut client, many.count).await;
+    assert!(!stale.reviewed, "{stale:?}");
+    assert!(
+        queue(&mut client).await.iter().any(|i| i.key == many.key),
+        "a mark of the smaller window took the grown one off the queue"
+    );
+    let current = mark(&mut client, grown.count).await;
+    assert!(current.reviewed, "{current:?}");
+    assert!(queue(&mut client).await.iter().all(|i| i.key != many.key));
+    let counts: Vec<u64> = m
+        .gateway
+        .audit_records()
+        .iter()
+        .filter(|r| r.action == Action::ReviewMarked && r.outcome == Outcome::Answered)
+        .filter_map(|r| r.change.as_ref()?.get("count")?.as_u64())
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            u64::from(many.count),
+            u64::from(many.count),
+            u64::from(grown.count)
+        ]
+    );
 }
 
 #[tokio::test]

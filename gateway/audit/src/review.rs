@@ -134,8 +134,8 @@ pub struct ReviewMark {
 
 impl ReviewMark {
     /// The record's `change`, for a mark on `item`.
-    pub fn change_json(item: &ReviewItem, note: &str) -> serde_json::Value {
-        serde_json::json!({ "type": "review", "key": item.key, "note": note, "count": item.count })
+    pub fn change_json(item: &ReviewItem, note: &str, count: usize) -> serde_json::Value {
+        serde_json::json!({ "type": "review", "key": item.key, "note": note, "count": count })
     }
 
     /// Whether this mark covers `item` as it is now (the mark is on its key).
@@ -833,7 +833,8 @@ mod tests {
         assert_eq!(grown.len(), 1);
         // The mark's record keeps the count, and reads back with it.
         let mut record = record_at("2026-11-23T09:05:00.000000Z", "aud");
-        record.change = Some(ReviewMark::change_json(&many(&activity)[0], "checked"));
+        let item = &many(&activity)[0];
+        record.change = Some(ReviewMark::change_json(item, "checked", item.count));
         assert_eq!(ReviewMark::from_record(&record).unwrap().count, Some(40));
         record.change = Some(serde_json::json!({ "type": "review", "key": key, "note": "old" }));
         assert_eq!(ReviewMark::from_record(&record).unwrap().count, None);

@@ -456,6 +456,7 @@ async fn review_queue(
                     form method="post" action="/revision/gennemsyn" {
                         (csrf_field(&csrf))
                         input type="hidden" name="key" value=(item.key);
+                        input type="hidden" name="seen_count" value=(item.count);
                         label for=(format!("note-{}", item.key)) { "Note" }
                         input id=(format!("note-{}", item.key)) type="text" name="note" required;
                         button type="submit" { "Markér som gennemset" }
@@ -481,6 +482,8 @@ async fn mark_reviewed(
         MarkReviewedRequest {
             key: form.get("key").to_owned(),
             note: form.get("note").trim().to_owned(),
+            // What the page showed: a window that grew since stays in the queue.
+            seen_count: form.get("seen_count").parse().unwrap_or(0),
         },
         &user,
     );
