@@ -153,7 +153,7 @@ fn entry_line(e: &AuditEntry) -> String {
 /// One review item, on two lines.
 fn item_lines(i: &ReviewItem) -> String {
     format!(
-        "{}  {:<14} {:<22} {:<16} {}{}\n    key: {}",
+        "{}  {:<14} {:<22} {:<16} {}{}\n    key: {}  count: {}",
         time_text(i.at.as_ref()),
         shown(&i.kind),
         shown(&i.caller_id),
@@ -168,7 +168,9 @@ fn item_lines(i: &ReviewItem) -> String {
         } else {
             String::new()
         },
-        shown(&i.key)
+        shown(&i.key),
+        // For `mark-reviewed --count`: the mark then covers what this listing showed.
+        i.count
     )
 }
 
