@@ -19,7 +19,7 @@ use samblik_proto::v1::{
     MyAccessLogRequest, MyAccessLogResponse, ReviewQueueRequest, ReviewQueueResponse,
     SearchAuditRequest, SearchAuditResponse, VerifyAuditRequest, VerifyAuditResponse,
 };
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -185,6 +185,7 @@ impl Search {
                 Vec::new()
             },
             break_glass: filter.break_glass,
+            request_ids: Vec::new(),
             after,
         };
         if filter.flagged {
@@ -688,6 +689,101 @@ impl AuditApi {
         Ok(items.first().map(review_item).unwrap_or_default())
     }
 
+    /// Up to `size` accesses `query` finds, newest first, and where the next page begins, if
+    /// there is one. An access is a request, however many records it wrote — a streamed lookup
+    /// writes one per department that answered, and other requests' records may fall between
+    /// them — and is given by its newest record (all of a request's records name the same
+    /// caller, purpose and break-the-glass). It is shown where that record falls, and only
+    /// there: a later record of a request whose newest record is elsewhere — on an earlier
+    /// page — is skipped. The next page begins after the newest record of the page's last
+    /// access.
+    async fn accesses(
+        &self,
+        query: AuditQuery,
+        size: usize,
+    ) -> Result<(Vec<AuditRecord>, Option<Cursor>), GatewayError> {
+        let registry = self.pipeline.registry();
+        let mut shown: Vec<AuditRecord> = Vec::with_capacity(size);
+        // The requests whose place is settled: shown on this page, or on an earlier one.
+        let mut settled: HashSet<String> = HashSet::new();
+        let mut after = query.after.clone();
+        loop {
+            let step = AuditQuery {
+                after: after.clone(),
+                ..query.clone()
+            };
+            let records = registry.search(step, size + 1).await.map_err(unavailable)?;
+            let mut unsettled: Vec<String> = Vec::new();
+            for r in &records {
+                if !settled.contains(&r.request_id) && !unsettled.contains(&r.request_id) {
+                    unsettled.push(r.request_id.clone());
+                }
+            }
+            let newest = self.newest_records(&query, unsettled).await?;
+            for r in &records {
+                if !settled.insert(r.request_id.clone()) {
+                    continue;
+                }
+                let is_newest = newest
+                    .get(&r.request_id)
+                    .is_some_and(|(chain, seq)| *chain == r.chain && *seq == r.seq);
+                if !is_newest {
+                    // Not the request's newest record: the request is shown where that is.
+                    continue;
+                }
+                if shown.len() == size {
+                    let next = shown.last().map(Cursor::of);
+                    return Ok((shown, next));
+                }
+                shown.push(r.clone());
+            }
+            if records.len() <= size {
+                return Ok((shown, None));
+            }
+            after = records.last().map(Cursor::of);
+        }
+    }
+
+    /// The newest record of each of `requests` that `query` (but for its cursor) finds, as
+    /// (chain, seq).
+    async fn newest_records(
+        &self,
+        query: &AuditQuery,
+        requests: Vec<String>,
+    ) -> Result<HashMap<String, (String, u64)>, GatewayError> {
+        let mut newest = HashMap::new();
+        if requests.is_empty() {
+            // An empty list matches every request.
+            return Ok(newest);
+        }
+        let wanted = requests.len();
+        // A streamed lookup writes a record per department: a few steps' worth at most.
+        let step = wanted.saturating_mul(4);
+        let mut by_request = AuditQuery {
+            request_ids: requests,
+            after: None,
+            ..query.clone()
+        };
+        while newest.len() < wanted {
+            let records = self
+                .pipeline
+                .registry()
+                .search(by_request.clone(), step)
+                .await
+                .map_err(unavailable)?;
+            for r in &records {
+                newest
+                    .entry(r.request_id.clone())
+                    .or_insert_with(|| (r.chain.clone(), r.seq));
+            }
+            if records.len() < step {
+                break;
+            }
+            by_request.after = records.last().map(Cursor::of);
+        }
+        Ok(newest)
+    }
+
     async fn my_access_log(
         &self,
         request: Request<MyAccessLogRequest>,
@@ -720,29 +816,16 @@ impl AuditApi {
             after,
             ..AuditQuery::default()
         };
-        let found = self.pipeline.registry().search(query, size + 1).await;
-        let mut records = match found {
-            Ok(r) => r,
-            Err(e) => return refuse(draft, unavailable(e)).await,
-        };
-        let next = if records.len() > size {
-            records.truncate(size);
-            records.last().map(Cursor::of)
-        } else {
-            None
+        let (accesses, next) = match self.accesses(query, size).await {
+            Ok(page) => page,
+            Err(e) => return refuse(draft, e).await,
         };
         draft.answered(Vec::new()).await?;
         let names = self.pipeline.audit_access().citizen_sees_names;
-        let mut entries: Vec<pb::AccessLogEntry> = Vec::with_capacity(records.len());
-        let mut last_request = None;
-        for r in &records {
-            // A streamed lookup has one record per department; the citizen sees one access.
-            if last_request == Some(r.request_id.as_str()) {
-                continue;
-            }
-            last_request = Some(r.request_id.as_str());
-            entries.push(access_log_entry(r, names));
-        }
+        let entries = accesses
+            .iter()
+            .map(|r| access_log_entry(r, names))
+            .collect();
         Ok(MyAccessLogResponse {
             entries,
             next_page_token: next.map(|c| c.encode()).unwrap_or_default(),

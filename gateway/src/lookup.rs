@@ -87,6 +87,17 @@ pub struct LookupPipeline {
     audit_access: Arc<crate::audit_api::AuditAccess>,
 }
 
+/// Whether a lookup breaks the glass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakGlass {
+    /// When the request gives a reason: the gRPC API's reading, where an empty
+    /// `break_glass_reason` is an ordinary lookup.
+    IfReasonGiven,
+    /// Whatever the reason says: the panel's break-the-glass form, where a blank reason is too
+    /// short, not a request for an ordinary lookup.
+    Asked,
+}
+
 /// Who is calling: the caseworker, and the system calling on their behalf, if any.
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -302,6 +313,7 @@ impl LookupPipeline {
                 request_id,
                 credentials,
                 request,
+                BreakGlass::IfReasonGiven,
                 client_timeout,
             )
             .await?;
@@ -333,6 +345,7 @@ impl LookupPipeline {
         request_id: String,
         credentials: &Credentials<'_>,
         request: &LookupRequest,
+        break_glass: BreakGlass,
         client_timeout: Option<Duration>,
     ) -> Result<mpsc::Receiver<Result<SourceResult, GatewayError>>, GatewayError> {
         let (draft, plan) = self
@@ -341,6 +354,7 @@ impl LookupPipeline {
                 request_id,
                 credentials,
                 request,
+                break_glass,
                 client_timeout,
             )
             .await?;
@@ -577,6 +591,7 @@ impl LookupPipeline {
         request_id: String,
         credentials: &Credentials<'_>,
         request: &LookupRequest,
+        break_glass: BreakGlass,
         client_timeout: Option<Duration>,
     ) -> Result<(AuditDraft, LookupPlan), GatewayError> {
         // The draft first: a caller who goes away while the identity provider's keys are
@@ -589,7 +604,14 @@ impl LookupPipeline {
             credentials,
         );
         self.auth.refresh_keys_for(credentials.metadata).await;
-        let prepared = self.prepare(request_id, &mut draft, credentials, request, client_timeout);
+        let prepared = self.prepare(
+            request_id,
+            &mut draft,
+            credentials,
+            request,
+            break_glass,
+            client_timeout,
+        );
         let established = match prepared {
             Ok(mut plan) => self.establish(&mut plan).await.map(|()| plan),
             Err(e) => Err(e),
@@ -792,6 +814,7 @@ impl LookupPipeline {
         draft: &mut AuditDraft,
         credentials: &Credentials<'_>,
         request: &LookupRequest,
+        break_glass: BreakGlass,
         client_timeout: Option<Duration>,
     ) -> Result<LookupPlan, GatewayError> {
         let started = Instant::now();
@@ -821,25 +844,8 @@ impl LookupPipeline {
         draft.purpose(purpose);
         tracing::Span::current().record("purpose", purpose.code());
         check_purpose(system.as_deref(), purpose)?;
-        let break_glass_reason = match request.break_glass_reason.trim() {
-            "" => None,
-            r if r.chars().count() < self.policy.break_glass_min_reason() => {
-                return Err(GatewayError::InvalidRequest(format!(
-                    "a break-the-glass reason must say why in at least {} characters",
-                    self.policy.break_glass_min_reason()
-                )));
-            }
-            // Auditors read the reason on their terminals: an escape sequence or a line break
-            // in it could rewrite what they see.
-            r if r.chars().any(char::is_control) => {
-                return Err(GatewayError::InvalidRequest(
-                    "a break-the-glass reason must be plain text on one line, without control \
-                     characters"
-                        .into(),
-                ));
-            }
-            r => Some(r.to_owned()),
-        };
+        let break_glass_reason =
+            self.break_glass_reason(&request.break_glass_reason, break_glass)?;
         let roles = caller.roles.iter().filter_map(|r| Role::parse(r)).collect();
         let targets = self.select_sources(&request.sources)?;
         let budget = client_timeout
@@ -862,6 +868,30 @@ impl LookupPipeline {
             dry_run: false,
             prefetched: Default::default(),
         })
+    }
+
+    /// A lookup's break-the-glass reason, trimmed, as validation reads it: `None` for an
+    /// ordinary lookup, an error for a reason the lookup is refused for.
+    pub fn break_glass_reason(
+        &self,
+        reason: &str,
+        break_glass: BreakGlass,
+    ) -> Result<Option<String>, GatewayError> {
+        let min = self.policy.break_glass_min_reason();
+        match reason.trim() {
+            "" if break_glass == BreakGlass::IfReasonGiven => Ok(None),
+            r if r.chars().count() < min => Err(GatewayError::InvalidRequest(format!(
+                "a break-the-glass reason must say why in at least {min} characters"
+            ))),
+            // Auditors read the reason on their terminals: an escape sequence or a line break
+            // in it could rewrite what they see.
+            r if r.chars().any(char::is_control) => Err(GatewayError::InvalidRequest(
+                "a break-the-glass reason must be plain text on one line, without control \
+                 characters"
+                    .into(),
+            )),
+            r => Ok(Some(r.to_owned())),
+        }
     }
 
     fn select_sources(&self, filter: &[String]) -> Result<Vec<usize>, GatewayError> {

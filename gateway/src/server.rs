@@ -5,7 +5,7 @@ use crate::auth::{AuthSetupError, Authenticator, Credentials, Systems};
 use crate::config::{AuditConfig, Config, LimitsConfig};
 use crate::disclosure::DisclosurePolicy;
 use crate::error::REQUEST_ID_HEADER;
-use crate::lookup::{GatewaySource, LookupLimits, LookupPipeline, parse_grpc_timeout};
+use crate::lookup::{BreakGlass, GatewaySource, LookupLimits, LookupPipeline, parse_grpc_timeout};
 use samblik_adapters::GrpcSource;
 use samblik_adapters::tls::ReloadingServerConfig;
 use samblik_audit::postgres::PostgresStore;
@@ -559,6 +559,7 @@ impl LookupService for LookupApi {
                     request_id.clone(),
                     &Credentials::of(&request),
                     request.get_ref(),
+                    BreakGlass::IfReasonGiven,
                     timeout,
                 )
                 .await

@@ -8,8 +8,9 @@ use samblik_audit::{Action, Outcome};
 use samblik_proto::v1::audit_service_client::AuditServiceClient;
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;
 use samblik_proto::v1::{
-    AuditEntry, AuditFilter, ExportAuditRequest, ExportFormat, LookupRequest, MarkReviewedRequest,
-    MyAccessLogRequest, Purpose, ReviewQueueRequest, SearchAuditRequest, VerifyAuditRequest,
+    AccessLogEntry, AuditEntry, AuditFilter, ExportAuditRequest, ExportFormat, LookupRequest,
+    MarkReviewedRequest, MyAccessLogRequest, Purpose, ReviewQueueRequest, SearchAuditRequest,
+    VerifyAuditRequest,
 };
 use samblik_synth::Department;
 use samblik_tests::*;
@@ -621,6 +622,160 @@ async fn a_citizen_sees_who_looked_at_their_data_and_nothing_else() {
         .collect();
     assert_eq!(viewed.len(), 2);
     assert_eq!(viewed[0].cpr.as_deref(), Some(cpr));
+}
+
+/// A department whose every answer waits until the test lets one through.
+struct Late {
+    inner: std::sync::Arc<dyn samblik_adapters::Source>,
+    release: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl samblik_adapters::Source for Late {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+    async fn find_cases(
+        &self,
+        query: samblik_adapters::CaseQuery,
+        caller: samblik_proto::source::v1::CallerContext,
+    ) -> Result<samblik_adapters::SourceAnswer, samblik_adapters::SourceError> {
+        self.release.acquire().await.unwrap().forget();
+        self.inner.find_cases(query, caller).await
+    }
+    async fn health(&self) -> samblik_adapters::Health {
+        self.inner.health().await
+    }
+}
+
+/// Every entry of the citizen's view, following the page tokens, `page_size` at a time.
+async fn my_access_log_all(m: &Municipal, cpr: &str, page_size: u32) -> Vec<AccessLogEntry> {
+    let mut client = audit_client(m).await;
+    let mut entries = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .my_access_log(authed(
+                MyAccessLogRequest {
+                    page_size,
+                    page_token,
+                },
+                &citizen_token(cpr),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let most = if page_size == 0 {
+            50
+        } else {
+            page_size as usize
+        };
+        assert!(page.entries.len() <= most, "{page_size}: {page:?}");
+        entries.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            return entries;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_lookup_is_one_access_in_the_citizens_view_whatever_comes_between_its_records() {
+    // Integration answers only when let through, so another lookup is recorded between the
+    // streamed lookup's first records and its last.
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let mut sources = Vec::new();
+    let mut specs = Vec::new();
+    for department in Department::ALL {
+        let source: std::sync::Arc<dyn samblik_adapters::Source> =
+            if department == Department::Integration {
+                std::sync::Arc::new(Late {
+                    inner: reference(department),
+                    release: std::sync::Arc::clone(&release),
+                })
+            } else {
+                reference(department)
+            };
+        let running = start_source(source).await;
+        // Time enough for the other lookup while integration waits.
+        let mut spec = SourceSpec::at(department.id(), running.addr).timeout_ms(9_000);
+        spec.department = department.display_name().to_owned();
+        specs.push(spec);
+        sources.push(running);
+    }
+    let gateway = start_gateway_from_config(gateway_config(&specs, 10_000)).await;
+    let m = Municipal {
+        gateway,
+        sources,
+        seen: Default::default(),
+    };
+    let cpr = three_department_citizen();
+
+    let mut client = LookupServiceClient::new(m.gateway.channel().await);
+    let mut streamed = client
+        .lookup_stream(request(
+            cpr,
+            Purpose::PrepareMeeting,
+            Some(&token(Department::Jobcenter)),
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // Each part is sent only once its record is durable.
+    for _ in 0..2 {
+        let part = streamed.message().await.unwrap().unwrap();
+        assert_ne!(part.source_id, Department::Integration.id());
+    }
+    let between = LookupRequest {
+        cpr: cpr.to_owned(),
+        purpose: Purpose::FollowUp as i32,
+        sources: vec![Department::Jobcenter.id().to_owned()],
+        ..LookupRequest::default()
+    };
+    client
+        .lookup(authed(between, &token(Department::Jobcenter)))
+        .await
+        .unwrap();
+    release.add_permits(1);
+    let last = streamed.message().await.unwrap().unwrap();
+    assert_eq!(last.source_id, Department::Integration.id());
+    assert!(streamed.message().await.unwrap().is_none());
+    let lookups: Vec<_> = m
+        .gateway
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.cpr.as_deref() == Some(cpr) && r.outcome == Outcome::Answered)
+        .map(|r| r.action)
+        .collect();
+    assert_eq!(
+        lookups,
+        [
+            Action::LookupStream,
+            Action::LookupStream,
+            Action::Lookup,
+            Action::LookupStream
+        ],
+        "the other lookup is recorded between the streamed lookup's records"
+    );
+
+    // Newest first: the streamed lookup (its last record is the newest), then the other; each
+    // once, on every page size — one that splits the streamed lookup's records too.
+    for page_size in [0, 1, 2, 3] {
+        let seen: Vec<(String, String)> = my_access_log_all(&m, cpr, page_size)
+            .await
+            .into_iter()
+            .map(|e| (e.department, e.purpose))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("jobcenter".to_owned(), "prepare-meeting".to_owned()),
+                ("jobcenter".to_owned(), "follow-up".to_owned()),
+            ],
+            "page size {page_size}"
+        );
+    }
 }
 
 #[tokio::test]

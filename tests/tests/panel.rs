@@ -571,6 +571,150 @@ async fn an_invalid_cpr_typed_into_a_form_is_refused_and_recorded_as_over_grpc()
 }
 
 #[tokio::test]
+async fn an_invalid_purpose_or_reason_in_a_form_is_refused_and_recorded_as_over_grpc() {
+    let panel = start_panel().await;
+    let mut agent = Agent::new(&panel);
+    agent.sign_in(&caseworker_id(Department::Jobcenter)).await;
+    let cpr = municipality().citizens[0].cpr.as_str();
+    let reason = "Borgeren er meldt savnet, og politiet beder om kontaktpersoner nu.";
+    // A deep link is a GET any site can make: refused as before, and never recorded.
+    let link = agent
+        .get(&format!("/panel?cpr={cpr}&purpose=look-around"))
+        .await;
+    assert!(link.body.contains("gyldigt formål"), "{}", link.body);
+    let lookups = |panel: &RunningPanel| -> Vec<AuditRecord> {
+        panel
+            .audit_records()
+            .into_iter()
+            .filter(|r| r.action == Action::LookupStream)
+            .collect()
+    };
+    assert!(lookups(&panel).is_empty());
+    // A lookup of the session to break the glass from (opened by link, not yet looked up).
+    let from = agent
+        .get(&format!("/panel?cpr={cpr}&purpose=prepare-meeting"))
+        .await
+        .location()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let form = agent.get("/panel").await;
+    let csrf = form.csrf();
+    /// Where it is posted, what, the page's message, what the record's detail says, and the
+    /// purpose recorded.
+    type Case<'a> = (
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: [Case<'_>; 7] = [
+        (
+            "/panel/opslag",
+            vec![("cpr", cpr), ("purpose", "")],
+            "Vælg et formål.",
+            "purpose is missing",
+            None,
+        ),
+        (
+            "/panel/opslag",
+            vec![("cpr", cpr), ("purpose", "look-around")],
+            "Vælg et formål.",
+            "purpose is not a known purpose",
+            None,
+        ),
+        (
+            "/panel/noedadgang",
+            vec![
+                ("cpr", cpr),
+                ("purpose", "unspecified"),
+                ("begrundelse", reason),
+            ],
+            "Vælg et formål.",
+            "purpose is not a known purpose",
+            None,
+        ),
+        (
+            "/panel/noedadgang",
+            vec![
+                ("cpr", cpr),
+                ("purpose", "coordinate"),
+                ("begrundelse", "akut"),
+            ],
+            "Begrundelsen skal være mindst 20 tegn.",
+            "at least 20 characters",
+            Some("coordinate"),
+        ),
+        (
+            // Blank: over gRPC no break-the-glass at all, but this form asks for nothing else.
+            "/panel/noedadgang",
+            vec![
+                ("cpr", cpr),
+                ("purpose", "coordinate"),
+                ("begrundelse", "   "),
+            ],
+            "Begrundelsen skal være mindst 20 tegn.",
+            "at least 20 characters",
+            Some("coordinate"),
+        ),
+        (
+            "/panel/noedadgang",
+            vec![
+                ("opslag", &from),
+                ("purpose", "follow-up"),
+                ("begrundelse", "akut"),
+            ],
+            "Begrundelsen skal være mindst 20 tegn.",
+            "at least 20 characters",
+            Some("follow-up"),
+        ),
+        (
+            "/panel/noedadgang",
+            vec![
+                ("cpr", cpr),
+                ("purpose", "coordinate"),
+                (
+                    "begrundelse",
+                    "Borgeren er meldt savnet,\r\nog politiet beder om kontaktpersoner nu.",
+                ),
+            ],
+            "Begrundelsen skal være almindelig tekst på én linje",
+            "plain text on one line",
+            Some("coordinate"),
+        ),
+    ];
+    for (done, (path, fields, message, detail, purpose)) in cases.iter().enumerate() {
+        let mut posted = vec![("_csrf", csrf.as_str())];
+        posted.extend(fields.iter().copied());
+        let page = agent.post(path, &posted).await;
+        // The form again, with the message, as before.
+        assert_eq!(page.status, StatusCode::OK, "{fields:?}");
+        assert!(page.body.contains(message), "{fields:?}: {}", page.body);
+        // One record more, as the gRPC API writes for the same input: invalid, the caseworker
+        // and the panel named, the citizen and the purpose as far as validation read them, and
+        // nothing asked of any source.
+        let records = lookups(&panel);
+        let record = records.last().unwrap();
+        assert_eq!(records.len(), done + 1, "{fields:?}: {records:?}");
+        assert_eq!(
+            record.outcome,
+            samblik_audit::Outcome::Invalid,
+            "{record:?}"
+        );
+        assert_eq!(record.actor.caller_id, caseworker_id(Department::Jobcenter));
+        assert_eq!(record.actor.system.as_deref(), Some(PANEL_SYSTEM));
+        assert_eq!(record.cpr.as_deref(), Some(cpr));
+        assert_eq!(record.purpose.as_deref(), *purpose, "{record:?}");
+        assert!(record.sources.is_empty() && record.break_glass_reason.is_none());
+        let recorded = record.detail.as_deref().unwrap_or_default();
+        assert!(recorded.contains(detail), "{fields:?}: {recorded}");
+        assert!(!recorded.contains("savnet") && !recorded.contains(cpr));
+    }
+}
+
+#[tokio::test]
 async fn the_auditor_exports_csv_and_a_caseworker_cannot_search_the_log() {
     let panel = start_panel().await;
     let cpr = three_department_citizen();

@@ -22,6 +22,8 @@ pub struct AuditQuery {
     pub outcomes: Vec<Outcome>,
     /// Only records that carry a break-the-glass reason.
     pub break_glass: bool,
+    /// Only the records of these requests (by `request_id`).
+    pub request_ids: Vec<String>,
     /// Only records older than this one (the last of the previous page).
     pub after: Option<Cursor>,
 }
@@ -220,6 +222,8 @@ fn search_sql_among(
     w.one_of("action", &actions);
     let outcomes: Vec<&str> = query.outcomes.iter().map(|o| o.as_str()).collect();
     w.one_of("outcome", &outcomes);
+    let request_ids: Vec<&str> = query.request_ids.iter().map(String::as_str).collect();
+    w.one_of("request_id", &request_ids);
     if query.break_glass {
         w.clauses.push(match dialect {
             Dialect::Sqlite => {

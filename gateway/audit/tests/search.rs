@@ -153,6 +153,17 @@ fn every_filter_matches_a_full_scan_and_pages_join_up() {
             ids(&search(q, 1000)),
             expect(&|r| r.outcome == Outcome::Denied && r.action == Action::Lookup)
         );
+        // By request, within the citizen's records (the citizen's view asks so).
+        let q = AuditQuery {
+            request_ids: vec!["req-4".into(), "req-7".into(), "req-9".into()],
+            ..by_citizen.clone()
+        };
+        let wanted = ["req-4", "req-7", "req-9"];
+        assert_eq!(
+            ids(&search(q, 1000)),
+            expect(&|r| r.cpr.as_deref() == Some(CITIZENS[1])
+                && wanted.contains(&r.request_id.as_str()))
+        );
         let (from, until) = (time(&all[40]), time(&all[10]));
         let q = AuditQuery {
             from: Some(from),

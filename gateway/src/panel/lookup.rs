@@ -9,6 +9,7 @@ use super::pages::{
 use super::pages::{Signed, SignedForm};
 use super::session::{Current, Lookup, SignedIn};
 use crate::error::GatewayError;
+use crate::lookup::BreakGlass;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
@@ -195,13 +196,19 @@ async fn submit(
     }: SignedForm,
 ) -> Response {
     let typed = form.get("cpr").trim();
-    let Ok(cpr) = Cpr::parse(typed) else {
-        let message = refuse_unreadable_cpr(&panel, &user, typed).await;
+    let (cpr, purpose) = (Cpr::parse(typed), Purpose::from_code(form.get("purpose")));
+    let (Ok(cpr), Some(purpose)) = (cpr.as_ref(), purpose) else {
+        let message = if cpr.is_err() { NOT_A_CPR } else { NO_PURPOSE };
+        let request = LookupRequest {
+            cpr: typed.to_owned(),
+            purpose: wire_purpose(form.get("purpose")),
+            ..LookupRequest::default()
+        };
+        let message =
+            refuse_invalid_input(&panel, &user, &request, BreakGlass::IfReasonGiven, message).await;
         return form_page(&panel, &user.caller, &csrf, Some(&message));
     };
-    let Some(purpose) = Purpose::from_code(form.get("purpose")) else {
-        return form_page(&panel, &user.caller, &csrf, Some("Vælg et formål."));
-    };
+    let cpr = cpr.clone();
     let id = current.lock().add_lookup(Lookup {
         cpr,
         purpose,
@@ -213,18 +220,33 @@ async fn submit(
 }
 
 const NOT_A_CPR: &str = "Det er ikke et gyldigt CPR-nummer.";
+const NO_PURPOSE: &str = "Vælg et formål.";
 
-/// Refuses a lookup whose CPR number a form could not read, recording it exactly as the gRPC API
-/// records the same input: the typed text goes to the pipeline's lookup, as the panel's lookups
-/// do, and its validation refuses it — outcome invalid, the caller named, no citizen — before
-/// any source is asked. Answers with the form's message: the usual one, or the refusal's when
-/// something else stood in the way first (a sign-in that expired, an audit log that cannot be
-/// written).
-async fn refuse_unreadable_cpr(panel: &super::Panel, user: &SignedIn, typed: &str) -> String {
-    let request = LookupRequest {
-        cpr: typed.to_owned(),
-        ..LookupRequest::default()
-    };
+/// A form's purpose as the wire carries it: none when the field is empty, and a number no
+/// purpose has when it names none, so that the pipeline refuses it as the gRPC API refuses a
+/// missing or an unknown purpose.
+fn wire_purpose(code: &str) -> i32 {
+    match Purpose::from_code(code) {
+        Some(p) => p as i32,
+        None if code.is_empty() => Purpose::Unspecified as i32,
+        None => -1,
+    }
+}
+
+/// Refuses a lookup whose input a form could not accept (a CPR number it could not read, a
+/// purpose it does not know, a break-the-glass reason too short or not plain text), recording
+/// it exactly as the gRPC API records the same input: the input goes to the pipeline's lookup,
+/// as the panel's lookups do, and its validation refuses it — outcome invalid, the caller named,
+/// and the citizen and purpose if it got as far as reading them — before any source is asked.
+/// Answers with the form's `message`, or the refusal's when something else stood in the way
+/// first (a sign-in that expired, an audit log that cannot be written).
+async fn refuse_invalid_input(
+    panel: &super::Panel,
+    user: &SignedIn,
+    request: &LookupRequest,
+    break_glass: BreakGlass,
+    message: &str,
+) -> String {
     let request_id = uuid::Uuid::new_v4().to_string();
     let span = crate::server::request_span(&request_id, "Panel");
     let call = authorised((), user);
@@ -232,7 +254,8 @@ async fn refuse_unreadable_cpr(panel: &super::Panel, user: &SignedIn, typed: &st
         .lookup_stream(
             request_id.clone(),
             &crate::auth::Credentials::of(&call),
-            &request,
+            request,
+            break_glass,
             None,
         )
         .instrument(span.clone())
@@ -241,13 +264,14 @@ async fn refuse_unreadable_cpr(panel: &super::Panel, user: &SignedIn, typed: &st
         Err(e) => {
             span.in_scope(|| tracing::info!(error = %e, "panel lookup refused"));
             match e {
-                GatewayError::InvalidCpr(_) | GatewayError::InvalidRequest(_) => NOT_A_CPR.into(),
+                GatewayError::InvalidCpr(_) | GatewayError::InvalidRequest(_) => message.into(),
                 e => pages::refusal(&e.to_status(&request_id)),
             }
         }
-        // The pipeline reads a CPR number as the form does, so it cannot take one the form could
-        // not read; were it to, dropping the answers cancels the lookup, and the log records it.
-        Ok(_) => NOT_A_CPR.into(),
+        // The forms read their input as the pipeline does (the purpose through
+        // `wire_purpose`, the reason by the pipeline's own rule), so it cannot take what a form
+        // could not; were it to, dropping the answers cancels the lookup, and the log records it.
+        Ok(_) => message.into(),
     }
 }
 
@@ -389,6 +413,11 @@ async fn answers(
         sources: Vec::new(),
         break_glass_reason: lookup.break_glass.clone().unwrap_or_default(),
     };
+    let break_glass = if lookup.break_glass.is_some() {
+        BreakGlass::Asked
+    } else {
+        BreakGlass::IfReasonGiven
+    };
     let request_id = uuid::Uuid::new_v4().to_string();
     let span = crate::server::request_span(&request_id, "Panel");
     let call = authorised((), &user);
@@ -398,6 +427,7 @@ async fn answers(
             request_id.clone(),
             &crate::auth::Credentials::of(&call),
             &request,
+            break_glass,
             None,
         )
         .instrument(span.clone())
@@ -791,31 +821,51 @@ async fn break_glass(
     let again =
         |message: &str| break_glass_page(&panel, &user.caller, &csrf, from_lookup, Some(message));
     let cpr = match from_lookup {
-        Some(id) => current.lock().lookup(id).map(|l| l.cpr.clone()),
+        Some(id) => {
+            let known = current.lock().lookup(id).map(|l| l.cpr.clone());
+            // A lookup of this session that is gone (not a CPR number anyone typed).
+            let Some(cpr) = known else {
+                return again(NOT_A_CPR);
+            };
+            Ok(cpr)
+        }
         None => {
             let typed = form.get("cpr").trim();
-            match Cpr::parse(typed) {
-                Ok(cpr) => Some(cpr),
-                Err(_) => return again(&refuse_unreadable_cpr(&panel, &user, typed).await),
-            }
+            Cpr::parse(typed).map_err(|_| typed)
         }
     };
-    // A lookup of this session that is gone (not a CPR number anyone typed).
-    let Some(cpr) = cpr else {
-        return again(NOT_A_CPR);
+    let purpose = Purpose::from_code(form.get("purpose"));
+    let reason = form.get("begrundelse");
+    let checked = panel.pipeline.break_glass_reason(reason, BreakGlass::Asked);
+    let (Ok(cpr), Some(purpose), Ok(Some(reason))) = (&cpr, purpose, checked) else {
+        // In the pipeline's order, so that the message names what it refuses.
+        let min = panel.pipeline.policy().break_glass_min_reason();
+        let message = if cpr.is_err() {
+            NOT_A_CPR.to_owned()
+        } else if purpose.is_none() {
+            NO_PURPOSE.to_owned()
+        } else if reason.trim().chars().count() < min {
+            format!("Begrundelsen skal være mindst {min} tegn.")
+        } else {
+            "Begrundelsen skal være almindelig tekst på én linje, uden linjeskift.".to_owned()
+        };
+        let request = LookupRequest {
+            cpr: match &cpr {
+                Ok(cpr) => cpr.as_str().to_owned(),
+                Err(typed) => (*typed).to_owned(),
+            },
+            purpose: wire_purpose(form.get("purpose")),
+            sources: Vec::new(),
+            break_glass_reason: reason.to_owned(),
+        };
+        return again(
+            &refuse_invalid_input(&panel, &user, &request, BreakGlass::Asked, &message).await,
+        );
     };
-    let Some(purpose) = Purpose::from_code(form.get("purpose")) else {
-        return again("Vælg et formål.");
-    };
-    let reason = form.get("begrundelse").trim();
-    let min = panel.pipeline.policy().break_glass_min_reason();
-    if reason.chars().count() < min {
-        return again(&format!("Begrundelsen skal være mindst {min} tegn."));
-    }
     let id = current.lock().add_lookup(Lookup {
-        cpr,
+        cpr: cpr.clone(),
         purpose,
-        break_glass: Some(reason.to_owned()),
+        break_glass: Some(reason),
         started: false,
         needs_confirmation: false,
     });
