@@ -304,6 +304,16 @@ pub async fn start_gateway(sources: &[SourceSpec], default_deadline_ms: u64) -> 
     serve_pipeline(pipeline, audit_dir).await
 }
 
+/// The request id a reply (an answer's or a refusal's metadata) carries; panics if it has none.
+pub fn request_id_of(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get("x-request-id")
+        .expect("the reply carries its request id")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// Every record of every chain in the SQLite audit store `db`.
 pub fn audit_records_in(db: &std::path::Path) -> Vec<samblik_audit::AuditRecord> {
     use samblik_audit::AuditStore;

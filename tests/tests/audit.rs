@@ -17,26 +17,6 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-fn request_id_of<T>(response: &tonic::Response<T>) -> String {
-    response
-        .metadata()
-        .get("x-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
-fn request_id_of_status(status: &tonic::Status) -> String {
-    status
-        .metadata()
-        .get("x-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test]
 async fn an_answered_lookup_records_who_looked_at_whom_and_exactly_what_was_disclosed() {
     let m = start_municipal().await;
@@ -50,7 +30,7 @@ async fn an_answered_lookup_records_who_looked_at_whom_and_exactly_what_was_disc
         .lookup(request(&dashed, Purpose::FollowUp, Some(&token), None))
         .await
         .unwrap();
-    let id = request_id_of(&response);
+    let id = request_id_of(response.metadata());
     let answer = response.into_inner();
     let records = m.gateway.audit_records_of(&id);
     assert_eq!(records.len(), 1, "{records:?}");
@@ -161,18 +141,22 @@ async fn refusals_are_recorded_too() {
         .await
         .unwrap_err();
 
-    let r = &m.gateway.audit_records_of(&request_id_of_status(&no_token))[0];
+    let r = &m
+        .gateway
+        .audit_records_of(&request_id_of(no_token.metadata()))[0];
     assert_eq!(r.outcome, Outcome::Unauthenticated);
     assert!(r.actor.caller_id.is_empty() && r.cpr.is_none());
 
-    let r = &m.gateway.audit_records_of(&request_id_of_status(&bad_cpr))[0];
+    let r = &m
+        .gateway
+        .audit_records_of(&request_id_of(bad_cpr.metadata()))[0];
     assert_eq!(r.outcome, Outcome::Invalid);
     assert_eq!(r.actor.caller_id, caseworker(Department::ChildWelfare).id);
     assert!(r.cpr.is_none(), "an invalid CPR is not a CPR");
 
     let r = &m
         .gateway
-        .audit_records_of(&request_id_of_status(&no_purpose))[0];
+        .audit_records_of(&request_id_of(no_purpose.metadata()))[0];
     assert_eq!(r.outcome, Outcome::Invalid);
     assert_eq!(r.cpr.as_deref(), Some(cpr));
     assert!(r.sources.is_empty());
@@ -227,7 +211,7 @@ async fn a_streamed_lookup_records_each_part_before_sending_it() {
         ))
         .await
         .unwrap();
-    let id = request_id_of(&response);
+    let id = request_id_of(response.metadata());
     let mut stream = response.into_inner();
     let mut sent = Vec::new();
     while let Some(part) = stream.message().await.unwrap() {
@@ -273,7 +257,7 @@ async fn a_lookup_that_is_not_protobuf_is_refused_and_recorded_unread() {
     .await
     .unwrap_err();
     assert_eq!(status.code(), Code::Internal, "{status:?}");
-    let id = request_id_of_status(&status);
+    let id = request_id_of(status.metadata());
 
     let detail = the_unread_lookup(gateway.audit_records(), &id);
     assert!(detail.contains("could not be read"), "{detail}");
@@ -288,7 +272,7 @@ async fn a_lookup_that_is_not_protobuf_is_refused_and_recorded_unread() {
     )
     .await
     .unwrap_err();
-    let records = gateway.audit_records_of(&request_id_of_status(&status));
+    let records = gateway.audit_records_of(&request_id_of(status.metadata()));
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].action, Action::PolicyExplained);
     assert_eq!(records[0].outcome, Outcome::Invalid);
@@ -315,7 +299,7 @@ async fn an_unread_request_that_cannot_be_recorded_is_unavailable() {
     .await
     .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    request_id_of_status(&status);
+    request_id_of(status.metadata());
 }
 
 #[tokio::test]

@@ -263,13 +263,7 @@ async fn a_sources_error_message_never_reaches_the_log_and_its_status_is_still_r
         ))
         .await
         .unwrap();
-    let request_id = answer
-        .metadata()
-        .get("x-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let request_id = request_id_of(answer.metadata());
     let response = answer.into_inner();
     assert_eq!(status_of(&response, "jobcenter"), SourceStatus::Ok);
     let records = gateway.audit_records_of(&request_id);

@@ -334,12 +334,7 @@ async fn a_lookup_cut_off_by_the_request_timeout_in_its_handler_is_recorded_once
         .lookup(lookup_of("jobcenter", cpr, Duration::from_secs(2)))
         .await
         .unwrap();
-    let answered_id = answered
-        .metadata()
-        .get("x-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap();
+    let answered_id = request_id_of(answered.metadata());
     let lookups = lookups_in(&audit);
     assert_eq!(lookups.len(), 2, "{lookups:?}");
     let cut_off: Vec<_> = lookups

@@ -50,6 +50,18 @@ impl Answer {
 }
 
 impl Agent {
+    /// Opens a lookup of `cpr` (to prepare a meeting) by a deep link, as a case system links to
+    /// the panel; returns the session's id for it.
+    async fn open_by_link(&mut self, cpr: &str) -> String {
+        self.get(&format!("/panel?cpr={cpr}&purpose=prepare-meeting"))
+            .await
+            .location()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
     fn new(panel: &RunningPanel) -> Self {
         Agent {
             router: panel.router(),
@@ -423,14 +435,7 @@ async fn without_a_relation_the_panel_offers_break_the_glass_with_a_written_reas
         .unwrap();
     let mut agent = Agent::new(&panel);
     agent.sign_in(&caseworker_id(Department::Integration)).await;
-    let id = agent
-        .get(&format!("/panel?cpr={cpr}&purpose=prepare-meeting"))
-        .await
-        .location()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let id = agent.open_by_link(cpr).await;
     let page = agent.get(&format!("/panel/opslag/{id}")).await;
     let refused = agent.get(&format!("/panel/opslag/{id}/svar")).await;
     assert_eq!(events(&refused.body), ["afvist"]);
@@ -591,14 +596,7 @@ async fn an_invalid_purpose_or_reason_in_a_form_is_refused_and_recorded_as_over_
     };
     assert!(lookups(&panel).is_empty());
     // A lookup of the session to break the glass from (opened by link, not yet looked up).
-    let from = agent
-        .get(&format!("/panel?cpr={cpr}&purpose=prepare-meeting"))
-        .await
-        .location()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let from = agent.open_by_link(cpr).await;
     let form = agent.get("/panel").await;
     let csrf = form.csrf();
     /// Where it is posted, what, the page's message, what the record's detail says, and the

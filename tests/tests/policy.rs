@@ -274,13 +274,7 @@ async fn without_a_relation_the_lookup_is_denied_and_break_the_glass_gets_tier_1
     let mut glass = request(cpr, Purpose::PrepareMeeting, Some(&child_welfare), None);
     glass.get_mut().break_glass_reason = BREAK_GLASS_REASON.into();
     let response = client.lookup(glass).await.unwrap();
-    let request_id = response
-        .metadata()
-        .get("x-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let request_id = request_id_of(response.metadata());
     let answer = response.into_inner();
     let jc = source(&answer, "jobcenter");
     assert!(!jc.cases.is_empty());

@@ -366,15 +366,6 @@ async fn the_gateway_certificate_is_reloaded_without_a_restart() {
     );
 }
 
-fn request_id_of(metadata: &tonic::metadata::MetadataMap) -> String {
-    metadata
-        .get("x-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// The system recorded in each audit record of `request_id` (at least one record).
 fn recorded_systems(s: &Secure, request_id: &str) -> Vec<Option<String>> {
     let records = s.gateway.audit_records_of(request_id);
