@@ -8,6 +8,9 @@
 //! measures the writer's capacity only when the writers are enough to keep it busy: it prints
 //! how busy the writer's thread was. On a two-core machine 256 writers keep it ~80 % busy and
 //! 2,048 ~88 % (the rest of the two cores go to the callers, the checkpointer and the fsyncs).
+//! The callers run on the Tokio runtime's worker threads (one per core by default); with
+//! `TOKIO_WORKER_THREADS=1` they share one core, and the writer's thread has the other to itself
+//! on a two-core machine, as it would on a server with cores to spare.
 //!
 //! With `--postgres` the store is PostgreSQL instead of SQLite: a database of its own per run on
 //! the server `ADMIN_URL` names (created here, dropped at the end); `--no-fsync` then means
