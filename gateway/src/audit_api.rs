@@ -692,10 +692,10 @@ impl AuditApi {
     /// Up to `size` accesses `query` finds, newest first, and where the next page begins, if
     /// there is one. An access is a request, however many records it wrote — a streamed lookup
     /// writes one per department that answered, and other requests' records may fall between
-    /// them — and is given by its newest record (all of a request's records name the same
-    /// caller, purpose and break-the-glass). It is shown where that record falls, and only
-    /// there: a later record of a request whose newest record is elsewhere — on an earlier
-    /// page — is skipped. The next page begins after the newest record of the page's last
+    /// them — and is given by its first record, which says when it happened (all of a
+    /// request's records name the same caller, purpose and break-the-glass). It is shown where
+    /// that record falls, and only there: the request's later records, on this page or an
+    /// earlier one, are skipped. The next page begins after the first record of the page's last
     /// access.
     async fn accesses(
         &self,
@@ -704,8 +704,8 @@ impl AuditApi {
     ) -> Result<(Vec<AuditRecord>, Option<Cursor>), GatewayError> {
         let registry = self.pipeline.registry();
         let mut shown: Vec<AuditRecord> = Vec::with_capacity(size);
-        // The requests whose place is settled: shown on this page, or on an earlier one.
-        let mut settled: HashSet<String> = HashSet::new();
+        // The first record of every request met so far.
+        let mut first: HashMap<String, (String, u64)> = HashMap::new();
         let mut after = query.after.clone();
         loop {
             let step = AuditQuery {
@@ -713,22 +713,19 @@ impl AuditApi {
                 ..query.clone()
             };
             let records = registry.search(step, size + 1).await.map_err(unavailable)?;
-            let mut unsettled: Vec<String> = Vec::new();
+            let mut unknown: Vec<String> = Vec::new();
             for r in &records {
-                if !settled.contains(&r.request_id) && !unsettled.contains(&r.request_id) {
-                    unsettled.push(r.request_id.clone());
+                if !first.contains_key(&r.request_id) && !unknown.contains(&r.request_id) {
+                    unknown.push(r.request_id.clone());
                 }
             }
-            let newest = self.newest_records(&query, unsettled).await?;
+            first.extend(self.first_records(&query, unknown).await?);
             for r in &records {
-                if !settled.insert(r.request_id.clone()) {
-                    continue;
-                }
-                let is_newest = newest
+                let is_first = first
                     .get(&r.request_id)
                     .is_some_and(|(chain, seq)| *chain == r.chain && *seq == r.seq);
-                if !is_newest {
-                    // Not the request's newest record: the request is shown where that is.
+                if !is_first {
+                    // A later record: the request is shown where its first record is.
                     continue;
                 }
                 if shown.len() == size {
@@ -744,44 +741,41 @@ impl AuditApi {
         }
     }
 
-    /// The newest record of each of `requests` that `query` (but for its cursor) finds, as
+    /// The first record of each of `requests` that `query` (but for its cursor) finds, as
     /// (chain, seq).
-    async fn newest_records(
+    async fn first_records(
         &self,
         query: &AuditQuery,
         requests: Vec<String>,
     ) -> Result<HashMap<String, (String, u64)>, GatewayError> {
-        let mut newest = HashMap::new();
+        let mut first = HashMap::new();
         if requests.is_empty() {
             // An empty list matches every request.
-            return Ok(newest);
+            return Ok(first);
         }
-        let wanted = requests.len();
         // A streamed lookup writes a record per department: a few steps' worth at most.
-        let step = wanted.saturating_mul(4);
+        let step = requests.len().saturating_mul(4);
         let mut by_request = AuditQuery {
             request_ids: requests,
             after: None,
             ..query.clone()
         };
-        while newest.len() < wanted {
+        loop {
             let records = self
                 .pipeline
                 .registry()
                 .search(by_request.clone(), step)
                 .await
                 .map_err(unavailable)?;
+            // Newest first, to the end: the last record met of a request is its first.
             for r in &records {
-                newest
-                    .entry(r.request_id.clone())
-                    .or_insert_with(|| (r.chain.clone(), r.seq));
+                first.insert(r.request_id.clone(), (r.chain.clone(), r.seq));
             }
             if records.len() < step {
-                break;
+                return Ok(first);
             }
             by_request.after = records.last().map(Cursor::of);
         }
-        Ok(newest)
     }
 
     async fn my_access_log(

@@ -243,7 +243,8 @@ pub struct PolicyConfig {
     /// sources set), e.g. `honour-related-conflict` on SL § 12 a.
     #[serde(default = "defaults::sensitivity")]
     pub sensitivity: Vec<SensitivityConfig>,
-    /// The shortest written reason a break-the-glass lookup is accepted with.
+    /// The shortest written reason a break-the-glass lookup is accepted with, in characters
+    /// (at least 1: there is always a reason).
     #[serde(default = "defaults::break_glass_min_reason")]
     pub break_glass_min_reason: usize,
     /// The longest an approved access request may run.
@@ -1071,6 +1072,14 @@ impl Config {
                 "auth.claims.role_names: {from:?} maps to {to:?}, which is not one of {ROLES:?}"
             ));
         }
+        // Break-the-glass is the lookup without a relation: the reason is what the auditors
+        // review it by, so there is always one.
+        if self.policy.break_glass_min_reason == 0 {
+            return invalid(
+                "policy.break_glass_min_reason must be at least 1: a break-the-glass lookup always gives a reason (the default is 20 characters)"
+                    .into(),
+            );
+        }
         let audit = &self.audit;
         if audit.path.is_some() == audit.postgres_url_env.is_some() {
             return invalid(
@@ -1336,6 +1345,22 @@ mod tests {
         assert!(
             full.is_ok_and(|c| c.audit.durability == AuditDurability::Full),
             "\"full\" is still accepted"
+        );
+    }
+
+    #[test]
+    fn refuses_a_break_glass_lookup_without_a_reason() {
+        let with = |min: usize| format!("{GOOD}\n[policy]\nbreak_glass_min_reason = {min}\n");
+        let err = parse(&with(0));
+        assert!(
+            err.as_ref()
+                .is_err_and(|e| e.contains("policy.break_glass_min_reason must be at least 1")),
+            "{err:?}"
+        );
+        let one = parse(&with(1));
+        assert!(
+            one.is_ok_and(|c| c.policy.break_glass_min_reason == 1),
+            "a one-character minimum is refused"
         );
     }
 

@@ -176,8 +176,9 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     config.panel = Some(demo_panel_config(panel_addr, &panel_url));
     config.validate()?;
     // Keys, certificates and endpoints are all checked before anything is announced.
-    let pipeline = Arc::new(server::pipeline_from_config(&config)?);
     let tls = crate::tls::listener_tls(&config)?;
+    let panel_tls = crate::panel::panel_tls(&config)?;
+    let pipeline = Arc::new(server::pipeline_from_config(&config)?);
 
     let facts = demo_facts(
         &options,
@@ -198,7 +199,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     let panel = server::PanelServer {
         panel: Arc::new(panel),
         listener: panel_listener,
-        tls: crate::panel::panel_tls(&config)?,
+        tls: panel_tls,
     };
     let stop = shutdown.clone();
     let limits = config.server.limits.clone();

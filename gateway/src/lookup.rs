@@ -819,12 +819,7 @@ impl LookupPipeline {
     ) -> Result<LookupPlan, GatewayError> {
         let started = Instant::now();
         let Principal { caller, system } = self.authenticate(credentials, draft)?;
-        if request.encoded_len() > self.limits.max_request_bytes {
-            return Err(GatewayError::InvalidRequest(format!(
-                "request is larger than {} bytes",
-                self.limits.max_request_bytes
-            )));
-        }
+        self.request_size(request)?;
         let cpr = Cpr::parse(&request.cpr)?;
         draft.citizen(&cpr);
         let purpose = match Purpose::try_from(request.purpose) {
@@ -868,6 +863,18 @@ impl LookupPipeline {
             dry_run: false,
             prefetched: Default::default(),
         })
+    }
+
+    /// Refuses a request larger than `server.max_request_bytes`, as validation does before it
+    /// reads anything of it.
+    pub fn request_size(&self, request: &LookupRequest) -> Result<(), GatewayError> {
+        if request.encoded_len() > self.limits.max_request_bytes {
+            return Err(GatewayError::InvalidRequest(format!(
+                "request is larger than {} bytes",
+                self.limits.max_request_bytes
+            )));
+        }
+        Ok(())
     }
 
     /// A lookup's break-the-glass reason, trimmed, as validation reads it: `None` for an

@@ -222,11 +222,12 @@ pub fn open_registry(config: &AuditConfig) -> Result<Registry, ServerError> {
 }
 
 /// Builds the lookup pipeline from a validated config: loads and validates the policy, reads
-/// the keys, sets up the sources, opens the audit log and the registry.
+/// the keys, sets up the sources, and only then opens the audit log and the registry — a
+/// config refused for a bad key or policy writes nothing to the store.
 pub fn pipeline_from_config(config: &Config) -> Result<LookupPipeline, ServerError> {
-    let policy = Arc::new(DisclosurePolicy::from_config(config)?);
-    let audit = open_audit_log(&config.audit, policy.version())?;
-    build_pipeline(config, Arc::new(audit), policy)
+    let parts = pipeline_parts(config)?;
+    let audit = open_audit_log(&config.audit, parts.policy.version())?;
+    build_pipeline(config, Arc::new(audit), parts)
 }
 
 /// As [`pipeline_from_config`], writing to an audit log that is already open.
@@ -234,16 +235,22 @@ pub fn pipeline_with_audit(
     config: &Config,
     audit: Arc<AuditLog>,
 ) -> Result<LookupPipeline, ServerError> {
-    let policy = Arc::new(DisclosurePolicy::from_config(config)?);
-    build_pipeline(config, audit, policy)
+    build_pipeline(config, audit, pipeline_parts(config)?)
 }
 
-fn build_pipeline(
-    config: &Config,
-    audit: Arc<AuditLog>,
+/// Everything a pipeline is built from but its store: all a config can be refused for.
+#[derive(Debug)]
+struct PipelineParts {
     policy: Arc<DisclosurePolicy>,
-) -> Result<LookupPipeline, ServerError> {
-    let registry = open_registry(&config.audit)?;
+    auth: Authenticator,
+    sources: Vec<GatewaySource>,
+    systems: Systems,
+    access: crate::audit_api::AuditAccess,
+}
+
+/// Loads the policy, the token keys and the sources' TLS files; opens no store.
+fn pipeline_parts(config: &Config) -> Result<PipelineParts, ServerError> {
+    let policy = Arc::new(DisclosurePolicy::from_config(config)?);
     let auth = Authenticator::from_config(&config.auth)?;
     let mut sources = Vec::with_capacity(config.sources.len());
     for s in &config.sources {
@@ -271,16 +278,31 @@ fn build_pipeline(
         citizen_sees_names: config.audit.citizen_sees_names,
         verifier: Some(audit_verifier(&config.audit)),
     };
-    Ok(LookupPipeline::new(
+    Ok(PipelineParts {
+        policy,
         auth,
         sources,
+        systems: Systems::from_config(config.server.tls.as_ref())?,
+        access,
+    })
+}
+
+fn build_pipeline(
+    config: &Config,
+    audit: Arc<AuditLog>,
+    parts: PipelineParts,
+) -> Result<LookupPipeline, ServerError> {
+    let registry = open_registry(&config.audit)?;
+    Ok(LookupPipeline::new(
+        parts.auth,
+        parts.sources,
         LookupLimits::from_config(&config.server),
         audit,
-        policy,
+        parts.policy,
         registry,
     )
-    .with_systems(Systems::from_config(config.server.tls.as_ref())?)
-    .with_audit_access(access))
+    .with_systems(parts.systems)
+    .with_audit_access(parts.access))
 }
 
 /// Runs the gateway from `config` on `listener` until `shutdown` completes.
@@ -289,8 +311,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let pipeline = Arc::new(pipeline_from_config(config)?);
     let tls = crate::tls::listener_tls(config)?;
+    let pipeline = Arc::new(pipeline_from_config(config)?);
     serve_configured(pipeline, listener, tls, &config.server.limits, shutdown).await
 }
 
@@ -419,12 +441,10 @@ pub struct PanelServer {
     pub tls: Option<Arc<ReloadingServerConfig>>,
 }
 
-/// Builds the configured panel (signing in through the configured identity provider) and
-/// binds its port; `None` without `[panel]`.
-pub async fn configured_panel(
-    config: &Config,
-    pipeline: &Arc<LookupPipeline>,
-) -> Result<Option<PanelServer>, ServerError> {
+/// The configured panel's sign-in and TLS, loaded without a pipeline so that a bad CA file,
+/// client secret or key refuses start-up before the audit store is opened; `None` without
+/// `[panel]`.
+pub fn configured_panel(config: &Config) -> Result<Option<PanelSetup>, ServerError> {
     let Some(panel_config) = &config.panel else {
         return Ok(None);
     };
@@ -435,16 +455,35 @@ pub async fn configured_panel(
     })?;
     let sign_in =
         crate::panel::SignIn::Oidc(Box::new(crate::panel::OidcClient::from_config(oidc)?));
-    let panel = crate::panel::Panel::new(Arc::clone(pipeline), panel_config.clone(), sign_in)?;
-    let tls = crate::panel::panel_tls(config)?;
-    let listener = TcpListener::bind(panel_config.listen)
-        .await
-        .map_err(crate::panel::PanelError::Io)?;
-    Ok(Some(PanelServer {
-        panel: Arc::new(panel),
-        listener,
-        tls,
+    Ok(Some(PanelSetup {
+        config: panel_config.clone(),
+        sign_in,
+        tls: crate::panel::panel_tls(config)?,
     }))
+}
+
+/// A configured panel that has everything but its pipeline and its port.
+#[derive(Debug)]
+pub struct PanelSetup {
+    config: crate::config::PanelConfig,
+    sign_in: crate::panel::SignIn,
+    tls: Option<Arc<ReloadingServerConfig>>,
+}
+
+impl PanelSetup {
+    /// The panel acting through `pipeline`, on its bound port.
+    pub async fn bind(self, pipeline: &Arc<LookupPipeline>) -> Result<PanelServer, ServerError> {
+        let listen = self.config.listen;
+        let panel = crate::panel::Panel::new(Arc::clone(pipeline), self.config, self.sign_in)?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(crate::panel::PanelError::Io)?;
+        Ok(PanelServer {
+            panel: Arc::new(panel),
+            listener,
+            tls: self.tls,
+        })
+    }
 }
 
 /// Serves the gRPC API and, when given, the panel, until `shutdown` is cancelled; then closes

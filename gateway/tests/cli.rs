@@ -725,6 +725,112 @@ fn serve_refuses_a_bad_config_before_binding() {
 }
 
 #[test]
+fn serve_refused_for_a_bad_key_or_secret_leaves_the_audit_store_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = samblik_gateway::tokens::DemoIssuer::load_or_create(dir.path()).unwrap();
+    let pki = samblik_gateway::tls::DemoPki::create(dir.path(), &[]).unwrap();
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    // Every file the base config names is there; each case breaks one of them.
+    let base = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[auth]
+issuer = "{issuer_url}"
+audience = "{audience}"
+[[auth.keys]]
+kid = "{kid}"
+algorithm = "ES256"
+public_key_file = "{key}"
+[[sources]]
+id = "jobcenter"
+department = "Jobcenter"
+endpoint = "http://127.0.0.1:1"
+[audit]
+path = "audit.db"
+signing_key_file = "audit.key"
+"#,
+        issuer_url = samblik_gateway::tokens::DEMO_ISSUER,
+        audience = samblik_gateway::tokens::DEMO_AUDIENCE,
+        kid = samblik_gateway::tokens::DEMO_KID,
+        key = path(issuer.public_key_path()),
+    );
+    let listen = "listen = \"127.0.0.1:0\"\n";
+    let server_tls = format!(
+        "{listen}[server.tls]\ncert_file = \"{}\"\nkey_file = \"missing-gateway.key\"\n",
+        path(&pki.gateway.cert)
+    );
+    let source_tls = format!(
+        "endpoint = \"https://127.0.0.1:1\"\n[sources.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"missing-client.key\"\n",
+        path(&pki.ca),
+        path(&pki.gateway_client.cert)
+    );
+    let panel = "\n[panel]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1:1\"\n\
+        [panel.oidc]\nauthorization_endpoint = \"https://idp.example/authorize\"\n\
+        token_endpoint = \"https://idp.example/token\"\nclient_id = \"samblik-panel\"\n\
+        client_secret_env = \"SAMBLIK_TEST_UNSET_OIDC_SECRET\"\n";
+    let cases = [
+        (
+            "token-key",
+            base.replace(&path(issuer.public_key_path()), "missing.pem"),
+            "cannot read public key file",
+        ),
+        (
+            "listener-tls-key",
+            base.replace(listen, &server_tls),
+            "missing-gateway.key",
+        ),
+        (
+            "source-tls-key",
+            base.replace("endpoint = \"http://127.0.0.1:1\"\n", &source_tls),
+            "missing-client.key",
+        ),
+        (
+            "panel-secret",
+            format!("{base}{panel}"),
+            "SAMBLIK_TEST_UNSET_OIDC_SECRET, which is not set",
+        ),
+        (
+            "signing-key",
+            base.clone(),
+            "audit.key is not 64 hex digits",
+        ),
+        (
+            "policy",
+            format!("{base}[policy]\nfile = \"missing.cedar\"\n"),
+            "missing.cedar",
+        ),
+    ];
+    for (name, text, needle) in cases {
+        let data = dir.path().join(name);
+        std::fs::create_dir(&data).unwrap();
+        let config = data.join("samblik.toml");
+        std::fs::write(&config, text).unwrap();
+        let mut written = vec!["samblik.toml".to_owned()];
+        if name == "signing-key" {
+            std::fs::write(data.join("audit.key"), "not a key").unwrap();
+            written.push("audit.key".to_owned());
+        }
+        let out = Command::new(SAMBLIK)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env_remove("SAMBLIK_TEST_UNSET_OIDC_SECRET")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: accepted");
+        assert!(stderr.contains(needle), "{name}: {needle} not in: {stderr}");
+        // No audit store (no start-up record), and no signing key made for one.
+        let mut left: Vec<String> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        written.sort();
+        assert_eq!(left, written, "{name}: a refused start-up wrote files");
+    }
+}
+
+#[test]
 fn audit_verify_refuses_a_missing_or_empty_store() {
     let dir = tempfile::tempdir().unwrap();
     // The key exists (verification reads its public half first): only the store is wrong.

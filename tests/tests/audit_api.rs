@@ -746,10 +746,9 @@ async fn a_streamed_lookup_is_one_access_in_the_citizens_view_whatever_comes_bet
         .audit_records()
         .into_iter()
         .filter(|r| r.cpr.as_deref() == Some(cpr) && r.outcome == Outcome::Answered)
-        .map(|r| r.action)
         .collect();
     assert_eq!(
-        lookups,
+        lookups.iter().map(|r| r.action).collect::<Vec<_>>(),
         [
             Action::LookupStream,
             Action::LookupStream,
@@ -758,20 +757,37 @@ async fn a_streamed_lookup_is_one_access_in_the_citizens_view_whatever_comes_bet
         ],
         "the other lookup is recorded between the streamed lookup's records"
     );
+    let at = |i: usize| chrono::DateTime::parse_from_rfc3339(&lookups[i].at).unwrap();
+    assert!(at(0) < at(2) && at(2) < at(3), "{lookups:?}");
+    let wire = |i: usize| prost_types::Timestamp {
+        seconds: at(i).timestamp(),
+        nanos: i32::try_from(at(i).timestamp_subsec_nanos()).unwrap(),
+    };
+    let (streamed_at, other_at) = (wire(0), wire(2));
 
-    // Newest first: the streamed lookup (its last record is the newest), then the other; each
-    // once, on every page size — one that splits the streamed lookup's records too.
+    // Each access once, at the time its request began, newest first: the other lookup, then
+    // the streamed one, which began before it; on every page size — one that splits the
+    // streamed lookup's records too.
     for page_size in [0, 1, 2, 3] {
-        let seen: Vec<(String, String)> = my_access_log_all(&m, cpr, page_size)
-            .await
-            .into_iter()
-            .map(|e| (e.department, e.purpose))
-            .collect();
+        let seen: Vec<(String, String, Option<prost_types::Timestamp>)> =
+            my_access_log_all(&m, cpr, page_size)
+                .await
+                .into_iter()
+                .map(|e| (e.department, e.purpose, e.at))
+                .collect();
         assert_eq!(
             seen,
             [
-                ("jobcenter".to_owned(), "prepare-meeting".to_owned()),
-                ("jobcenter".to_owned(), "follow-up".to_owned()),
+                (
+                    "jobcenter".to_owned(),
+                    "follow-up".to_owned(),
+                    Some(other_at)
+                ),
+                (
+                    "jobcenter".to_owned(),
+                    "prepare-meeting".to_owned(),
+                    Some(streamed_at)
+                ),
             ],
             "page size {page_size}"
         );

@@ -713,6 +713,84 @@ async fn an_invalid_purpose_or_reason_in_a_form_is_refused_and_recorded_as_over_
 }
 
 #[tokio::test]
+async fn a_break_the_glass_reason_too_long_for_a_request_is_refused_at_the_form_and_recorded() {
+    let panel = start_panel().await;
+    let mut agent = Agent::new(&panel);
+    agent.sign_in(&caseworker_id(Department::Jobcenter)).await;
+    let cpr = municipality().citizens[0].cpr.as_str();
+    let from = agent.open_by_link(cpr).await;
+    let csrf = agent.get("/panel").await.csrf();
+    let sentence = "Borgeren er meldt savnet, og politiet beder om kontaktpersoner nu. ";
+    // More than the 4 KiB a lookup request may be.
+    let long = sentence.repeat(80);
+    let lookups = |panel: &RunningPanel| -> Vec<AuditRecord> {
+        panel
+            .audit_records()
+            .into_iter()
+            .filter(|r| r.action == Action::LookupStream)
+            .collect()
+    };
+    for (done, citizen) in [("cpr", cpr), ("opslag", from.as_str())].iter().enumerate() {
+        let page = agent
+            .post(
+                "/panel/noedadgang",
+                &[
+                    ("_csrf", &csrf),
+                    *citizen,
+                    ("purpose", "coordinate"),
+                    ("begrundelse", &long),
+                ],
+            )
+            .await;
+        // The form again, with what to fix, not an answer page that will be refused.
+        assert_eq!(
+            page.status,
+            StatusCode::OK,
+            "{citizen:?}: {}",
+            page.location()
+        );
+        assert!(
+            page.body.contains("Begrundelsen er for lang."),
+            "{citizen:?}: {}",
+            page.body
+        );
+        // Recorded as the gRPC API records a request too large: invalid, before validation
+        // read the citizen, and without the reason.
+        let records = lookups(&panel);
+        assert_eq!(records.len(), done + 1, "{citizen:?}: {records:?}");
+        let record = records.last().unwrap();
+        assert_eq!(record.outcome, samblik_audit::Outcome::Invalid);
+        assert_eq!(record.actor.caller_id, caseworker_id(Department::Jobcenter));
+        assert_eq!(record.actor.system.as_deref(), Some(PANEL_SYSTEM));
+        assert_eq!(
+            (record.cpr.as_deref(), record.purpose.as_deref()),
+            (None, None)
+        );
+        assert!(record.sources.is_empty() && record.break_glass_reason.is_none());
+        let recorded = record.detail.as_deref().unwrap_or_default();
+        assert!(
+            recorded.contains("request is larger than 4096 bytes"),
+            "{recorded}"
+        );
+        assert!(!recorded.contains("savnet") && !recorded.contains(cpr));
+    }
+    // A long reason that fits goes on to the answer page.
+    let page = agent
+        .post(
+            "/panel/noedadgang",
+            &[
+                ("_csrf", &csrf),
+                ("cpr", cpr),
+                ("purpose", "coordinate"),
+                ("begrundelse", &sentence.repeat(10)),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    assert!(page.location().starts_with("/panel/opslag/"));
+}
+
+#[tokio::test]
 async fn the_auditor_exports_csv_and_a_caseworker_cannot_search_the_log() {
     let panel = start_panel().await;
     let cpr = three_department_citizen();

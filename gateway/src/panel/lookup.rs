@@ -234,12 +234,13 @@ fn wire_purpose(code: &str) -> i32 {
 }
 
 /// Refuses a lookup whose input a form could not accept (a CPR number it could not read, a
-/// purpose it does not know, a break-the-glass reason too short or not plain text), recording
-/// it exactly as the gRPC API records the same input: the input goes to the pipeline's lookup,
-/// as the panel's lookups do, and its validation refuses it — outcome invalid, the caller named,
-/// and the citizen and purpose if it got as far as reading them — before any source is asked.
-/// Answers with the form's `message`, or the refusal's when something else stood in the way
-/// first (a sign-in that expired, an audit log that cannot be written).
+/// purpose it does not know, a break-the-glass reason too short, too long or not plain text),
+/// recording it exactly as the gRPC API records the same input: the input goes to the
+/// pipeline's lookup, as the panel's lookups do, and its validation refuses it — outcome
+/// invalid, the caller named, and the citizen and purpose if it got as far as reading them —
+/// before any source is asked. Answers with the form's `message`, or the refusal's when
+/// something else stood in the way first (a sign-in that expired, an audit log that cannot be
+/// written).
 async fn refuse_invalid_input(
     panel: &super::Panel,
     user: &SignedIn,
@@ -407,12 +408,7 @@ async fn answers(
         );
         return sse(futures::stream::iter([refused])).into_response();
     };
-    let request = LookupRequest {
-        cpr: lookup.cpr.as_str().to_owned(),
-        purpose: lookup.purpose as i32,
-        sources: Vec::new(),
-        break_glass_reason: lookup.break_glass.clone().unwrap_or_default(),
-    };
+    let request = lookup.request();
     let break_glass = if lookup.break_glass.is_some() {
         BreakGlass::Asked
     } else {
@@ -837,18 +833,19 @@ async fn break_glass(
     let purpose = Purpose::from_code(form.get("purpose"));
     let reason = form.get("begrundelse");
     let checked = panel.pipeline.break_glass_reason(reason, BreakGlass::Asked);
-    let (Ok(cpr), Some(purpose), Ok(Some(reason))) = (&cpr, purpose, checked) else {
-        // In the pipeline's order, so that the message names what it refuses.
-        let min = panel.pipeline.policy().break_glass_min_reason();
-        let message = if cpr.is_err() {
-            NOT_A_CPR.to_owned()
-        } else if purpose.is_none() {
-            NO_PURPOSE.to_owned()
-        } else if reason.trim().chars().count() < min {
-            format!("Begrundelsen skal være mindst {min} tegn.")
-        } else {
-            "Begrundelsen skal være almindelig tekst på én linje, uden linjeskift.".to_owned()
-        };
+    let lookup = match (&cpr, purpose, checked) {
+        (Ok(cpr), Some(purpose), Ok(Some(reason))) => Some(Lookup {
+            cpr: cpr.clone(),
+            purpose,
+            break_glass: Some(reason),
+            started: false,
+            needs_confirmation: false,
+        }),
+        _ => None,
+    };
+    // The answer page asks for it whole: a reason too long for the request is refused here.
+    let lookup = lookup.filter(|l| panel.pipeline.request_size(&l.request()).is_ok());
+    let Some(lookup) = lookup else {
         let request = LookupRequest {
             cpr: match &cpr {
                 Ok(cpr) => cpr.as_str().to_owned(),
@@ -858,16 +855,25 @@ async fn break_glass(
             sources: Vec::new(),
             break_glass_reason: reason.to_owned(),
         };
+        // In the pipeline's order, so that the message names what it refuses; but for the
+        // size, which it checks first: once the CPR number and purpose are valid, only the
+        // reason can make the request too large.
+        let min = panel.pipeline.policy().break_glass_min_reason();
+        let message = if cpr.is_err() {
+            NOT_A_CPR.to_owned()
+        } else if purpose.is_none() {
+            NO_PURPOSE.to_owned()
+        } else if reason.trim().chars().count() < min {
+            format!("Begrundelsen skal være mindst {min} tegn.")
+        } else if panel.pipeline.request_size(&request).is_err() {
+            "Begrundelsen er for lang. Skriv den kortere.".to_owned()
+        } else {
+            "Begrundelsen skal være almindelig tekst på én linje, uden linjeskift.".to_owned()
+        };
         return again(
             &refuse_invalid_input(&panel, &user, &request, BreakGlass::Asked, &message).await,
         );
     };
-    let id = current.lock().add_lookup(Lookup {
-        cpr: cpr.clone(),
-        purpose,
-        break_glass: Some(reason),
-        started: false,
-        needs_confirmation: false,
-    });
+    let id = current.lock().add_lookup(lookup);
     Redirect::to(&format!("/panel/opslag/{id}")).into_response()
 }

@@ -8,7 +8,7 @@ use crate::auth::Caller;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use samblik_proto::Cpr;
-use samblik_proto::v1::Purpose;
+use samblik_proto::v1::{LookupRequest, Purpose};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -67,6 +67,18 @@ pub(crate) struct Lookup {
     pub started: bool,
     /// A deep link from a site that is not a configured fagsystem waits for a click.
     pub needs_confirmation: bool,
+}
+
+impl Lookup {
+    /// What the answer page asks the pipeline for.
+    pub fn request(&self) -> LookupRequest {
+        LookupRequest {
+            cpr: self.cpr.as_str().to_owned(),
+            purpose: self.purpose as i32,
+            sources: Vec::new(),
+            break_glass_reason: self.break_glass.clone().unwrap_or_default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Lookup {
