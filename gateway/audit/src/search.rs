@@ -175,6 +175,13 @@ impl Where {
         bounds
     }
 
+    /// `lo < rowid <= hi`: one window of an SQLite table's rows.
+    fn rows(&mut self, (lo, hi): (i64, i64)) {
+        let lo = self.bind(Param::Int(lo));
+        let hi = self.bind(Param::Int(hi));
+        self.clauses.push(format!("rowid > {lo} AND rowid <= {hi}"));
+    }
+
     fn render(&self) -> String {
         if self.clauses.is_empty() {
             "TRUE".to_owned()
@@ -197,7 +204,7 @@ pub(crate) fn search_sql(
     query: &AuditQuery,
     limit: usize,
 ) -> Result<Sql, AuditError> {
-    search_sql_among(dialect, query, limit, None)
+    search_sql_among(dialect, query, limit, None, None)
 }
 
 /// [`search_sql`]; on SQLite, by citizen or caller, with `newest` only the records of the key's
@@ -205,14 +212,18 @@ pub(crate) fn search_sql(
 /// is never cut), not all of them: a caller with a hundred thousand records is answered by
 /// reading a page's worth of records, not all of theirs. A page shorter than `limit` may then
 /// be short only because the other filters dropped candidates; [`sqlite_search`] asks again
-/// without the bound.
+/// without the bound. With `rows`, only the records in that window of rowids (SQLite).
 fn search_sql_among(
     dialect: Dialect,
     query: &AuditQuery,
     limit: usize,
     newest: Option<usize>,
+    rows: Option<(i64, i64)>,
 ) -> Result<Sql, AuditError> {
     let mut w = Where::new(dialect);
+    if let Some(rows) = rows {
+        w.rows(rows);
+    }
     let cpr = w.equals("cpr", &query.cpr);
     let caller = w.equals("caller_id", &query.caller_id);
     w.equals("department", &query.department);
@@ -307,8 +318,12 @@ pub(crate) fn activity_sql(
     from: DateTime<Utc>,
     until: DateTime<Utc>,
     callers: &[String],
+    rows: Option<(i64, i64)>,
 ) -> Sql {
     let mut w = Where::new(dialect);
+    if let Some(rows) = rows {
+        w.rows(rows);
+    }
     w.period(Some(from), Some(until));
     w.one_of(
         "action",
@@ -371,16 +386,54 @@ pub(crate) fn sqlite_search(
     if query.break_glass {
         crate::bodies::lock(dictionaries)?.refresh(&tx)?;
     }
-    // By citizen or caller, the newest candidates first; a short page may be short only
-    // because other filters dropped candidates, so it is asked again without the bound.
     let newest = newest_candidates(query, limit);
-    let mut rows = sqlite_rows(&tx, query, limit, newest)?;
-    if newest.is_some() && rows.len() < limit {
-        rows = sqlite_rows(&tx, query, limit, None)?;
-    }
-    let rows = crate::sqlite::with_bodies(dictionaries, &tx, rows)?;
+    let records = if newest.is_none() && crate::sqlite::summarised(&tx)? {
+        by_chunks(&tx, dictionaries, query, limit)?
+    } else {
+        // By citizen or caller, the newest candidates first; a short page may be short only
+        // because other filters dropped candidates, so it is asked again without the bound.
+        let mut rows = sqlite_rows(&tx, query, limit, newest, None)?;
+        if newest.is_some() && rows.len() < limit {
+            rows = sqlite_rows(&tx, query, limit, None, None)?;
+        }
+        records_of(crate::sqlite::with_bodies(dictionaries, &tx, rows)?)?
+    };
     tx.commit()?;
-    records_of(rows)
+    Ok(records)
+}
+
+/// A search by neither citizen nor caller, on a store with no index on time: the records not
+/// yet in a chunk, then chunk after chunk, those reaching latest first, each a page at most,
+/// merged, until no chunk left can reach into the page. Records are written roughly in time
+/// order, so a page of the newest reads a chunk or two; a chunk's summary says how late its
+/// records reach, so an out-of-order record is never missed, only read later.
+fn by_chunks(
+    tx: &rusqlite::Connection,
+    dictionaries: &SharedDictionaries,
+    query: &AuditQuery,
+    limit: usize,
+) -> Result<Vec<AuditRecord>, AuditError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let read = |rows: (i64, i64)| -> Result<Vec<AuditRecord>, AuditError> {
+        let rows = sqlite_rows(tx, query, limit, None, Some(rows))?;
+        records_of(crate::sqlite::with_bodies(dictionaries, tx, rows)?)
+    };
+    let mut page = read((crate::sqlite::indexed_through(tx)?, i64::MAX))?;
+    let newest_first =
+        |a: &AuditRecord, b: &AuditRecord| (&b.at, &b.chain, b.seq).cmp(&(&a.at, &a.chain, a.seq));
+    page.sort_by(newest_first);
+    let until = query.after.as_ref().map(|after| after.at.clone());
+    for (rows, latest) in crate::sqlite::chunks_between(tx, query.from, query.until, until)? {
+        if page.len() >= limit && page.last().is_some_and(|last| latest < last.at) {
+            break;
+        }
+        page.extend(read(rows)?);
+        page.sort_by(newest_first);
+        page.truncate(limit);
+    }
+    Ok(page)
 }
 
 /// How many of a key's newest postings a first try of a search by citizen or caller reads:
@@ -394,8 +447,9 @@ fn sqlite_rows(
     query: &AuditQuery,
     limit: usize,
     newest: Option<usize>,
+    rows: Option<(i64, i64)>,
 ) -> Result<Vec<(StoredRecord, StoredBody)>, AuditError> {
-    let sql = search_sql_among(Dialect::Sqlite, query, limit, newest)?;
+    let sql = search_sql_among(Dialect::Sqlite, query, limit, newest, rows)?;
     let mut stmt = conn.prepare(&sql.text)?;
     let rows = stmt
         .query_map(
@@ -414,7 +468,7 @@ pub fn sqlite_search_plan(
     limit: usize,
 ) -> Result<Vec<String>, AuditError> {
     let newest = newest_candidates(query, limit);
-    let sql = search_sql_among(Dialect::Sqlite, query, limit, newest)?;
+    let sql = search_sql_among(Dialect::Sqlite, query, limit, newest, None)?;
     let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", sql.text))?;
     let steps = stmt
         .query_map(
@@ -433,13 +487,24 @@ pub(crate) fn sqlite_activity(
     until: DateTime<Utc>,
     callers: &[String],
 ) -> Result<Vec<Activity>, AuditError> {
-    let sql = activity_sql(Dialect::Sqlite, from, until, callers);
     // One read transaction: `samblik_body` knows every dictionary a refusal's body needs.
     let tx = conn.unchecked_transaction()?;
     crate::bodies::lock(dictionaries)?.refresh(&tx)?;
-    let mut stmt = tx.prepare(&sql.text)?;
-    let rows = stmt
-        .query_map(
+    // With no index on time: the records not yet in a chunk and the chunks the period touches.
+    let windows = if crate::sqlite::summarised(&tx)? {
+        let mut windows = vec![Some((crate::sqlite::indexed_through(&tx)?, i64::MAX))];
+        for (rows, _) in crate::sqlite::chunks_between(&tx, Some(from), Some(until), None)? {
+            windows.push(Some(rows));
+        }
+        windows
+    } else {
+        vec![None]
+    };
+    let mut activity = Vec::new();
+    for rows in windows {
+        let sql = activity_sql(Dialect::Sqlite, from, until, callers, rows);
+        let mut stmt = tx.prepare_cached(&sql.text)?;
+        let found = stmt.query_map(
             rusqlite::params_from_iter(sqlite_params(&sql.params)),
             |r| {
                 Ok(Activity {
@@ -452,11 +517,14 @@ pub(crate) fn sqlite_activity(
                     detail: r.get(6)?,
                 })
             },
-        )?
-        .collect::<Result<Vec<_>, _>>()?;
-    drop(stmt);
+        )?;
+        for a in found {
+            activity.push(a?);
+        }
+    }
     tx.commit()?;
-    Ok(rows)
+    activity.sort_by(|a, b| a.at.cmp(&b.at));
+    Ok(activity)
 }
 
 fn sqlite_params(params: &[Param]) -> Vec<rusqlite::types::Value> {
@@ -491,7 +559,7 @@ pub(crate) fn postgres_activity(
     until: DateTime<Utc>,
     callers: &[String],
 ) -> Result<Vec<Activity>, AuditError> {
-    let sql = activity_sql(Dialect::Postgres, from, until, callers);
+    let sql = activity_sql(Dialect::Postgres, from, until, callers, None);
     Ok(client
         .query(&sql.text, &postgres_params(&sql.params))?
         .iter()

@@ -27,6 +27,23 @@
 //! too, so a stale posting can hide nothing and show nothing. Postings live in the same file
 //! and the same transactions as the records, so a crash leaves them as consistent as the
 //! records themselves.
+//!
+//! **No other per-record index either.** An index on `at` and the `UNIQUE (chain, seq)` index
+//! each took a key per record and had a leaf page rewritten in every commit: ~10 % of what the
+//! writer can do at capacity (see BENCHMARKS.md). The commit that completes a chunk also writes
+//! its summary (`audit_chunks`: per chain in the chunk, its first and last seq and its earliest
+//! and latest time), and
+//! - a chain is walked by rowid (its records are appended in order), from the first chunk whose
+//!   summary reaches past the seq wanted; its head is its last row;
+//! - a search by neither citizen nor caller, and the review queue's scan of a period, read the
+//!   records not yet in a chunk and then the chunks whose times can match, those reaching
+//!   latest first, stopping once no chunk left can reach into the page;
+//! - a writer refuses to write a record that does not come after its chain's last row, which
+//!   the `UNIQUE` index used to do: two writers on one chain cannot fork it.
+//!
+//! A file written before the summaries existed is summarised, and its index on `at` dropped,
+//! when a writable store opens it (`PRAGMA user_version` says it is done); until then, reads
+//! take the old ways. Its `UNIQUE` constraint stays: dropping it means rewriting the table.
 
 use crate::bodies::{Encoder, Schedule, SharedDictionaries, StoredBody};
 use crate::checkpoint::Checkpoint;
@@ -57,10 +74,8 @@ CREATE TABLE IF NOT EXISTS audit_records (
     action     TEXT    NOT NULL,
     outcome    TEXT    NOT NULL,
     body       TEXT    NOT NULL,
-    hash       TEXT    NOT NULL,
-    UNIQUE (chain, seq)
+    hash       TEXT    NOT NULL
 );
-CREATE INDEX IF NOT EXISTS audit_records_at ON audit_records (at);
 CREATE TABLE IF NOT EXISTS audit_postings (
     chunk INTEGER NOT NULL,
     kind  INTEGER NOT NULL,
@@ -74,6 +89,15 @@ CREATE TABLE IF NOT EXISTS audit_dictionaries (
     trained_through INTEGER NOT NULL,
     dict            BLOB    NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit_chunks (
+    chunk     INTEGER NOT NULL,
+    chain     TEXT    NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq  INTEGER NOT NULL,
+    min_at    TEXT    NOT NULL,
+    max_at    TEXT    NOT NULL,
+    PRIMARY KEY (chunk, chain)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit_postings_state (
     id               INTEGER PRIMARY KEY CHECK (id = 1),
     indexed_through  INTEGER NOT NULL
@@ -231,13 +255,26 @@ impl SqliteStore {
             dictionaries: SharedDictionaries::default(),
         };
         // Brings the postings up to date (all of them, for a file written before they
-        // existed: every commit indexes what is due), then drops the per-record indexes they
-        // replace.
+        // existed: every commit indexes what is due), summarises the chunks a file written
+        // before the summaries existed had indexed, and drops the per-record indexes both
+        // replace. (A file's `UNIQUE (chain, seq)` constraint cannot be dropped without
+        // rewriting the table; an older file keeps it, and nothing relies on it.)
         store.write(true, |tx, _| {
             tx.execute_batch(
                 "DROP INDEX IF EXISTS audit_records_cpr;
-                 DROP INDEX IF EXISTS audit_records_caller;",
+                 DROP INDEX IF EXISTS audit_records_caller;
+                 DROP INDEX IF EXISTS audit_records_at;",
             )?;
+            if !summarised(tx)? {
+                let through: i64 = tx.query_row(
+                    "SELECT indexed_through FROM audit_postings_state",
+                    [],
+                    |r| r.get(0),
+                )?;
+                tx.execute("DELETE FROM audit_chunks", [])?;
+                summarise_chunks(tx, 0, through)?;
+                tx.pragma_update(None, "user_version", SUMMARISED)?;
+            }
             Ok(())
         })?;
         Ok(store)
@@ -406,6 +443,9 @@ fn insert(
     records: &[SealedRecord],
     checkpoint: Option<&Checkpoint>,
 ) -> Result<(), AuditError> {
+    if let Some(first) = records.first() {
+        follows_head(conn, &first.chain, first.seq)?;
+    }
     let mut insert = conn.prepare_cached(
         "INSERT INTO audit_records
          (chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash)
@@ -445,6 +485,37 @@ fn insert(
         ])?;
     }
     Ok(())
+}
+
+/// Refuses to write record `seq` of `chain` unless it comes after the chain's last row: a
+/// second writer on the chain (another process given the same chain, or an operator's prune of
+/// a live gateway's chain) read a head that has since moved, and its records would fork the
+/// chain. (It may come more than one after: a writer that found signed records missing goes
+/// on after them.) Inside the writer's immediate transaction, so no other writer can slip in
+/// between.
+fn follows_head(conn: &Connection, chain: &str, seq: u64) -> Result<(), AuditError> {
+    // From the table's last row back to the chain's: almost always the first. (No bound
+    // parameter: SQLite re-prepared the statement with one, `WHERE chain = ?1`, at every
+    // execution, ~8 % of a lone record's commit.)
+    let mut newest_first =
+        conn.prepare_cached("SELECT chain, seq FROM audit_records ORDER BY rowid DESC")?;
+    let mut rows = newest_first.query([])?;
+    let mut last = None;
+    while let Some(row) = rows.next()? {
+        if row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)? == chain {
+            last = Some(row.get::<_, i64>(1)?);
+            break;
+        }
+    }
+    match last {
+        // A chain pruned to nothing has no row to follow; its prune record comes next.
+        None => Ok(()),
+        Some(last) if u64::try_from(last).is_ok_and(|last| last < seq) => Ok(()),
+        Some(last) => Err(AuditError::Store(format!(
+            "chain {chain} was written by another writer (its last record is {last}, this \
+             writer's next is {seq}): nothing was written; run one gateway per chain"
+        ))),
+    }
 }
 
 /// Records per chunk of postings. A search probes each chunk once (a million records: ~250
@@ -508,6 +579,7 @@ fn index_postings(conn: &Connection, last: i64) -> Result<i64, AuditError> {
     if last < through {
         // Rowids started again (a prune emptied the table): every posting is stale.
         conn.execute("DELETE FROM audit_postings", [])?;
+        conn.execute("DELETE FROM audit_chunks", [])?;
         through = 0;
     }
     let mut chunk = conn.prepare_cached(
@@ -527,6 +599,7 @@ fn index_postings(conn: &Connection, last: i64) -> Result<i64, AuditError> {
             POSTING_CITIZEN,
             POSTING_CALLER
         ])?;
+        summarise_chunks(conn, through, through + POSTINGS_CHUNK)?;
         through += POSTINGS_CHUNK;
     }
     if through != indexed {
@@ -536,6 +609,101 @@ fn index_postings(conn: &Connection, last: i64) -> Result<i64, AuditError> {
         )?;
     }
     Ok(through + POSTINGS_CHUNK)
+}
+
+/// The postings' mark: the records above it are in no chunk yet (neither posted nor
+/// summarised).
+pub(crate) fn indexed_through(conn: &Connection) -> Result<i64, AuditError> {
+    Ok(conn
+        .prepare_cached("SELECT indexed_through FROM audit_postings_state")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// The summarised chunks that can hold records at or after `from`, before `until` and at or
+/// before `at_most`: each as its window of rowids and the latest time in it, those reaching
+/// latest first.
+pub(crate) fn chunks_between(
+    conn: &Connection,
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    at_most: Option<String>,
+) -> Result<Vec<((i64, i64), String)>, AuditError> {
+    let bound = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(crate::search::time_bound);
+    let mut stmt = conn.prepare_cached(
+        "SELECT chunk, max(max_at) FROM audit_chunks GROUP BY chunk
+         HAVING (?1 IS NULL OR max(max_at) >= ?1)
+            AND (?2 IS NULL OR min(min_at) < ?2)
+            AND (?3 IS NULL OR min(min_at) <= ?3)
+         ORDER BY 2 DESC, 1 DESC",
+    )?;
+    let chunks = stmt
+        .query_map(params![bound(from), bound(until), at_most], |r| {
+            let chunk: i64 = r.get(0)?;
+            Ok((
+                (chunk * POSTINGS_CHUNK, (chunk + 1) * POSTINGS_CHUNK),
+                r.get::<_, String>(1)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(chunks)
+}
+
+/// The rowid after which `chain`'s first record with a seq above `after_seq` lies: the start of
+/// the first summarised chunk holding one, else of the records not yet summarised.
+fn walk_start(conn: &Connection, chain: &str, after_seq: i64) -> Result<i64, AuditError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COALESCE(
+                 (SELECT min(chunk) FROM audit_chunks WHERE chain = ?1 AND last_seq > ?2) * ?3,
+                 (SELECT indexed_through FROM audit_postings_state))",
+        )?
+        .query_row(params![chain, after_seq, POSTINGS_CHUNK], |r| r.get(0))?)
+}
+
+/// The rowids `(lo, hi]` that hold `chain`'s record `seq`, if it is anywhere: its summarised
+/// chunk, or the records not yet summarised.
+fn seq_window(conn: &Connection, chain: &str, seq: i64) -> Result<(i64, i64), AuditError> {
+    let chunk: Option<i64> = conn
+        .prepare_cached(
+            "SELECT chunk FROM audit_chunks
+              WHERE chain = ?1 AND first_seq <= ?2 AND last_seq >= ?2
+              ORDER BY chunk LIMIT 1",
+        )?
+        .query_row(params![chain, seq], |r| r.get(0))
+        .optional()?;
+    match chunk {
+        Some(chunk) => Ok((chunk * POSTINGS_CHUNK, (chunk + 1) * POSTINGS_CHUNK)),
+        None => Ok((walk_start(conn, chain, i64::MAX)?, i64::MAX)),
+    }
+}
+
+/// `PRAGMA user_version` of a file whose indexed chunks are all summarised in `audit_chunks`
+/// (and which has no index on `at`).
+const SUMMARISED: i64 = 1;
+
+/// Whether every indexed chunk of the file is summarised in `audit_chunks`: true once a
+/// writable store has opened it. A file only ever read by older versions, or opened read-only,
+/// may not be; its reads then take the old ways (by `(chain, seq)` and `at`, whose indexes
+/// such a file still has).
+pub(crate) fn summarised(conn: &Connection) -> Result<bool, AuditError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    Ok(version >= SUMMARISED)
+}
+
+/// Writes the summary of each whole chunk of records in rowids `(from, to]`: per chain in the
+/// chunk, its first and last seq and its earliest and latest time. They say where a chain's
+/// records are (walking a chain by rowid starts at the chunk that holds the seq wanted) and
+/// which chunks a time range can touch; they are hints, and every read still checks the
+/// records' own columns.
+fn summarise_chunks(conn: &Connection, from: i64, to: i64) -> Result<(), AuditError> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO audit_chunks (chunk, chain, first_seq, last_seq, min_at, max_at)
+         SELECT (rowid - 1) / ?3, chain, min(seq), max(seq), min(at), max(at)
+           FROM audit_records WHERE rowid > ?1 AND rowid <= ?2
+          GROUP BY 1, 2",
+    )?
+    .execute(params![from, to, POSTINGS_CHUNK])?;
+    Ok(())
 }
 
 /// Drops the postings of records a prune deleted (rowids `first..=last`): a chunk left without
@@ -558,6 +726,14 @@ fn drop_pruned_postings(conn: &Connection, first: i64, last: i64) -> Result<(), 
             drop_gone.execute(params![chunk])?;
         } else {
             drop_chunk.execute(params![chunk])?;
+        }
+        // Summarised afresh from what is left, if it was summarised at all (a chunk above
+        // the postings' mark is not yet).
+        let summarised = conn
+            .prepare_cached("DELETE FROM audit_chunks WHERE chunk = ?1")?
+            .execute(params![chunk])?;
+        if summarised > 0 {
+            summarise_chunks(conn, lo, hi)?;
         }
     }
     Ok(())
@@ -705,13 +881,19 @@ fn apply(conn: &Connection, change: &RegistryChange) -> Result<ChangeOutcome, Au
 
 impl AuditStore for SqliteStore {
     fn head(&mut self, chain: &str) -> Result<Option<(u64, String)>, AuditError> {
+        // A chain's records are appended in order, so its head is its last row.
+        let sql = if summarised(&self.conn)? {
+            "SELECT seq, hash FROM audit_records NOT INDEXED WHERE chain = ?1
+              ORDER BY rowid DESC LIMIT 1"
+        } else {
+            "SELECT seq, hash FROM audit_records WHERE chain = ?1 ORDER BY seq DESC LIMIT 1"
+        };
         let row = self
             .conn
-            .query_row(
-                "SELECT seq, hash FROM audit_records WHERE chain = ?1 ORDER BY seq DESC LIMIT 1",
-                params![chain],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
-            )
+            .prepare_cached(sql)?
+            .query_row(params![chain], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
             .optional()?;
         Ok(row.map(|(seq, hash)| (seq.unsigned_abs(), hash)))
     }
@@ -806,30 +988,44 @@ impl AuditStore for SqliteStore {
         max_seq: u64,
     ) -> Result<Option<Checkpoint>, AuditError> {
         let max_seq = i64::try_from(max_seq).unwrap_or(i64::MAX);
-        let row = self
-            .conn
-            .query_row(
-                "SELECT c.seq, c.head_hash, c.at, c.signature FROM audit_checkpoints c
-                 WHERE c.chain = ?1 AND c.seq <= ?3
-                   AND c.seq < COALESCE((SELECT r.seq FROM audit_records r
-                                         WHERE r.chain = ?1 AND r.at >= ?2
-                                         ORDER BY r.seq LIMIT 1), 9223372036854775807)
-                   AND EXISTS (SELECT 1 FROM audit_records r
-                               WHERE r.chain = ?1 AND r.seq = c.seq)
-                 ORDER BY c.seq DESC LIMIT 1",
-                params![chain, cutoff, max_seq],
-                |r| {
-                    Ok(Checkpoint {
-                        chain: chain.to_owned(),
-                        seq: r.get::<_, i64>(0)?.unsigned_abs(),
-                        head_hash: r.get(1)?,
-                        at: r.get(2)?,
-                        signature: r.get(3)?,
-                    })
-                },
-            )
-            .optional()?;
-        Ok(row)
+        let conn = &self.conn;
+        // The chain's first record at or after the cutoff, walking it from the first chunk
+        // that reaches the cutoff: a prune must stop before it.
+        let start: i64 = conn
+            .prepare_cached(
+                "SELECT COALESCE(
+                     (SELECT min(chunk) FROM audit_chunks WHERE chain = ?1 AND max_at >= ?2) * ?3,
+                     (SELECT indexed_through FROM audit_postings_state))",
+            )?
+            .query_row(params![chain, cutoff, POSTINGS_CHUNK], |r| r.get(0))?;
+        let kept: i64 = conn
+            .prepare_cached(
+                "SELECT COALESCE((SELECT seq FROM audit_records NOT INDEXED
+                                   WHERE rowid > ?3 AND chain = ?1 AND at >= ?2
+                                   ORDER BY rowid LIMIT 1), 9223372036854775807)",
+            )?
+            .query_row(params![chain, cutoff, start], |r| r.get(0))?;
+        // The latest checkpoint before it whose record is still there.
+        let candidates: Vec<Checkpoint> = self
+            .checkpoints(chain)?
+            .into_iter()
+            .filter(|c| i64::try_from(c.seq).is_ok_and(|seq| seq <= max_seq && seq < kept))
+            .collect();
+        for checkpoint in candidates.into_iter().rev() {
+            let seq = i64::try_from(checkpoint.seq).unwrap_or(i64::MAX);
+            let (lo, hi) = seq_window(&self.conn, chain, seq)?;
+            let present: bool = self
+                .conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM audit_records NOT INDEXED
+                                     WHERE rowid > ?3 AND rowid <= ?4 AND chain = ?1 AND seq = ?2)",
+                )?
+                .query_row(params![chain, seq, lo, hi], |r| r.get(0))?;
+            if present {
+                return Ok(Some(checkpoint));
+            }
+        }
+        Ok(None)
     }
 
     fn prune(
@@ -845,14 +1041,18 @@ impl AuditStore for SqliteStore {
         // The commit indexes afresh: rowids start again if the prune empties the table.
         self.postings_due = 0;
         self.write(true, |tx, encoder| {
+            // The chain's front, up to the chunk that holds its record `through`: a prune
+            // reads what it deletes and the chunks it shares with other chains, no more.
+            let (_, bound) = seq_window(tx, chain, through)?;
             let (first, last): (Option<i64>, Option<i64>) = tx.query_row(
-                "SELECT min(rowid), max(rowid) FROM audit_records WHERE chain = ?1 AND seq <= ?2",
-                params![chain, through],
+                "SELECT min(rowid), max(rowid) FROM audit_records NOT INDEXED
+                  WHERE rowid <= ?3 AND chain = ?1 AND seq <= ?2",
+                params![chain, through, bound],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             let deleted = tx.execute(
-                "DELETE FROM audit_records WHERE chain = ?1 AND seq <= ?2",
-                params![chain, through],
+                "DELETE FROM audit_records NOT INDEXED WHERE rowid <= ?3 AND chain = ?1 AND seq <= ?2",
+                params![chain, through, bound],
             )?;
             let deleted = u64::try_from(deleted).unwrap_or(u64::MAX);
             if deleted != expected {
@@ -890,7 +1090,17 @@ impl AuditStore for SqliteStore {
     }
 
     fn chains(&mut self) -> Result<Vec<String>, AuditError> {
-        let mut stmt = self.conn.prepare(CHAINS)?;
+        // Read at every start-up (the signing key must match every chain's checkpoints): from
+        // the chunks' summaries and the unindexed tail, not from every record.
+        let sql = if summarised(&self.conn)? {
+            "SELECT chain FROM audit_chunks
+             UNION SELECT chain FROM audit_records
+                    WHERE rowid > (SELECT indexed_through FROM audit_postings_state)
+             UNION SELECT chain FROM audit_checkpoints ORDER BY chain"
+        } else {
+            CHAINS
+        };
+        let mut stmt = self.conn.prepare_cached(sql)?;
         let chains = stmt
             .query_map([], |r| r.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()?;
@@ -903,18 +1113,30 @@ impl AuditStore for SqliteStore {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<StoredRecord>, AuditError> {
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        if !summarised(&self.conn)? {
+            return read_records(
+                &self.conn,
+                &self.dictionaries,
+                &format!(
+                    "SELECT {STORED_COLUMNS} FROM audit_records
+                     WHERE chain = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+                ),
+                params![chain, after, limit],
+            );
+        }
+        // In the order the rows were written, which for a chain is its order: a record moved
+        // or renumbered is then met where it lies, and verification names it.
+        let start = walk_start(&self.conn, chain, after)?;
         read_records(
             &self.conn,
             &self.dictionaries,
             &format!(
-                "SELECT {STORED_COLUMNS} FROM audit_records
-                 WHERE chain = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+                "SELECT {STORED_COLUMNS} FROM audit_records NOT INDEXED
+                 WHERE rowid > ?4 AND chain = ?1 AND seq > ?2 ORDER BY rowid LIMIT ?3"
             ),
-            params![
-                chain,
-                i64::try_from(after_seq).unwrap_or(i64::MAX),
-                i64::try_from(limit).unwrap_or(i64::MAX)
-            ],
+            params![chain, after, limit, start],
         )
     }
 

@@ -291,6 +291,25 @@ fn sqlite_a_failed_fsync_refuses_its_records_turns_unhealthy_and_recovers() {
 }
 
 #[test]
+fn sqlite_a_second_writer_on_a_chain_cannot_fork_it() {
+    // Two processes given one chain (or an operator's prune of a live gateway's chain): the
+    // embedded store has no claim, but a writer whose head has moved is refused, so the chain
+    // stays one line.
+    let s = common::sqlite_store("audit");
+    let a = open(&s, s.store());
+    block_on(a.append(event(1))).unwrap();
+    let b = open(&s, s.store());
+    let error = block_on(a.append(event(2))).unwrap_err();
+    assert!(error.to_string().contains("another writer"), "{error}");
+    // Each goes on from the head it reads again, after the other's records.
+    block_on(b.append(event(3))).unwrap();
+    block_on(a.append(event(4))).unwrap();
+    b.close();
+    a.close();
+    verify(&s).unwrap();
+}
+
+#[test]
 fn a_store_that_cannot_be_opened_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("audit.db");

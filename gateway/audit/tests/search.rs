@@ -368,6 +368,25 @@ fn one_citizen_among_a_million_records_is_found_completely_by_index() {
         seen.sort();
         assert_eq!(seen, full_scan(&s, cpr));
         assert_eq!(seen.len(), 120);
+        // By department, neither citizen nor caller: the newest page, the few matching records
+        // spread over the whole million, whose times do not follow the order they were written
+        // in (SQLite then reads every chunk).
+        let started = Instant::now();
+        let query = AuditQuery {
+            department: Some("child-welfare".into()),
+            ..AuditQuery::default()
+        };
+        let page = rt.block_on(registry.search(query, 50)).unwrap();
+        eprintln!("a department's newest page: {:?}", started.elapsed());
+        let key = |r: &AuditRecord| (r.chain.clone(), r.seq);
+        let expected: Vec<_> = found
+            .iter()
+            .filter(|r| r.actor.department == "child-welfare")
+            .take(50)
+            .map(key)
+            .collect();
+        assert_eq!(expected.len(), 50);
+        assert_eq!(page.iter().map(key).collect::<Vec<_>>(), expected);
         // Interactive because the citizen's postings answer it (a seek per chunk, records
         // fetched by rowid), not because this machine is fast.
         if let common::Backend::Sqlite(db) = &s.backend {
@@ -523,6 +542,128 @@ fn assert_searches_complete(s: &TestStore) {
         ),
         "a citizen in a period",
     );
+
+    // Neither citizen nor caller: with no index on time, chunk after chunk, those reaching
+    // latest first (the other chain was written after but dated before, so chunks overlap in
+    // time and out of order).
+    let query = AuditQuery {
+        department: Some("child-welfare".into()),
+        ..AuditQuery::default()
+    };
+    same(
+        paged(query),
+        scan("department", "child-welfare", ""),
+        "a department",
+    );
+    let query = AuditQuery {
+        department: Some("jobcenter".into()),
+        outcomes: vec![Outcome::Denied],
+        ..AuditQuery::default()
+    };
+    same(
+        paged(query),
+        scan("department", "jobcenter", "AND outcome = 'denied'"),
+        "a department's denied lookups",
+    );
+    for (from, until) in [
+        ("2026-02-01T00:30:00Z", "2026-02-01T00:40:00Z"),
+        ("2026-03-01T00:05:00Z", "2026-03-01T02:00:00Z"),
+        ("2026-01-01T00:00:00Z", "2026-12-01T00:00:00Z"),
+    ] {
+        let (from, until): (DateTime<Utc>, DateTime<Utc>) =
+            (from.parse().unwrap(), until.parse().unwrap());
+        let bounds = format!(
+            "AND at >= '{}' AND at < '{}'",
+            search::time_bound(from),
+            search::time_bound(until)
+        );
+        let query = AuditQuery {
+            from: Some(from),
+            until: Some(until),
+            ..AuditQuery::default()
+        };
+        // `'all' = 'all'`: a scan of every record in the period.
+        same(
+            paged(query),
+            scan("'all'", "all", &bounds),
+            "a period alone",
+        );
+        // The review queue's scan of a period's lookups.
+        let mut lookups: Vec<String> = conn
+            .prepare(&format!(
+                "SELECT request_id FROM audit_records NOT INDEXED
+                  WHERE action IN ('lookup', 'lookup-stream') {bounds}"
+            ))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let activity = rt
+            .block_on(registry.activity(from, until, Vec::new()))
+            .unwrap();
+        assert!(
+            activity.windows(2).all(|w| w[0].at <= w[1].at),
+            "activity oldest first"
+        );
+        let mut found: Vec<String> = activity.into_iter().map(|a| a.request_id).collect();
+        lookups.sort();
+        found.sort();
+        assert_eq!(found, lookups, "a period's lookups");
+    }
+}
+
+/// Every chain, walked as verification walks it (pages from any seq), and its head, must be
+/// what a full scan in seq order finds: with no `(chain, seq)` index, SQLite walks a chain by
+/// rowid from the chunk its summaries say holds the seq.
+fn assert_chains_walk(s: &TestStore) {
+    let conn = rusqlite::Connection::open(s.sqlite_path()).unwrap();
+    // Read-only, as `samblik audit verify` opens it: a file no writable store has opened since
+    // it was written by an older version is walked the old way, by its `(chain, seq)` index.
+    let mut store = sqlite::SqliteStore::open_read_only(s.sqlite_path()).unwrap();
+    let chains: Vec<String> = conn
+        .prepare(
+            "SELECT chain FROM audit_records NOT INDEXED
+             UNION SELECT chain FROM audit_checkpoints ORDER BY chain",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(store.chains().unwrap(), chains);
+    for chain in chains {
+        let seqs: Vec<u64> = conn
+            .prepare("SELECT seq FROM audit_records NOT INDEXED WHERE chain = ?1 ORDER BY seq")
+            .unwrap()
+            .query_map([&chain], |r| r.get::<_, i64>(0))
+            .unwrap()
+            .map(|seq| seq.unwrap().unsigned_abs())
+            .collect();
+        let head = store.head(&chain).unwrap().map(|(seq, _)| seq);
+        assert_eq!(head, seqs.last().copied(), "{chain}'s head");
+        let mut walked = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store.records(&chain, after, 1_000).unwrap();
+            walked.extend(page.iter().map(|r| r.seq));
+            match page.last() {
+                Some(last) => after = last.seq,
+                None => break,
+            }
+        }
+        assert_eq!(walked, seqs, "{chain} walked");
+        for from in seqs.iter().step_by(997) {
+            let page: Vec<u64> = store
+                .records(&chain, *from, 5)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect();
+            let expected: Vec<u64> = seqs.iter().copied().filter(|s| s > from).take(5).collect();
+            assert_eq!(page, expected, "{chain} after {from}");
+        }
+    }
 }
 
 /// Prunes `replica-a` through `through` (`expected` records) with a prune record at `seq`, as
@@ -584,6 +725,7 @@ fn sqlite_postings_find_what_a_full_scan_finds_across_chunks_prunes_and_old_file
     // Two whole chunks indexed, the rest read directly.
     assert_eq!(indexed_through(&s), 2 * chunk);
     assert_searches_complete(&s);
+    assert_chains_walk(&s);
 
     // A prune of the first chunk and part of the second: their postings go with the records.
     let next = n + 1;
@@ -595,23 +737,38 @@ fn sqlite_postings_find_what_a_full_scan_finds_across_chunks_prunes_and_old_file
         0
     );
     assert_searches_complete(&s);
+    assert_chains_walk(&s);
 
-    // A file written before postings existed: its per-record indexes are replaced and every
-    // whole chunk is indexed when a store opens it.
+    // A file written before postings and chunk summaries existed: its per-record indexes are
+    // replaced and every whole chunk is indexed and summarised when a store opens it. Until
+    // then, a reader searches it the old way.
     conn.execute_batch(
         "DELETE FROM audit_postings;
+         DELETE FROM audit_chunks;
+         PRAGMA user_version = 0;
          UPDATE audit_postings_state SET indexed_through = 0;
          CREATE INDEX audit_records_cpr ON audit_records (cpr, at);
-         CREATE INDEX audit_records_caller ON audit_records (caller_id, at);",
+         CREATE INDEX audit_records_caller ON audit_records (caller_id, at);
+         CREATE INDEX audit_records_at ON audit_records (at);",
     )
     .unwrap();
     drop(store);
+    assert_searches_complete(&s);
+    assert_chains_walk(&s);
     let mut store = s.store();
     assert_eq!(indexed_through(&s), 2 * chunk);
     let old = "SELECT count(*) FROM sqlite_master
-               WHERE name IN ('audit_records_cpr', 'audit_records_caller')";
+               WHERE name IN ('audit_records_cpr', 'audit_records_caller', 'audit_records_at')";
     assert_eq!(count(old), 0);
+    assert_eq!(
+        count("SELECT count(DISTINCT chunk) FROM audit_chunks"),
+        count(
+            "SELECT count(DISTINCT (rowid - 1) / 4096) FROM audit_records
+                WHERE rowid <= (SELECT indexed_through FROM audit_postings_state)"
+        )
+    );
     assert_searches_complete(&s);
+    assert_chains_walk(&s);
 
     // A prune of every record but its own (the other chain gone first, as if pruned by its
     // own writer): rowids start again from 1, and the postings with them.
@@ -630,4 +787,5 @@ fn sqlite_postings_find_what_a_full_scan_finds_across_chunks_prunes_and_old_file
     );
     assert_eq!(indexed_through(&s), chunk);
     assert_searches_complete(&s);
+    assert_chains_walk(&s);
 }
