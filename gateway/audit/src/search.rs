@@ -176,7 +176,7 @@ impl Where {
     }
 
     /// `lo < rowid <= hi`: one window of an SQLite table's rows.
-    fn rows(&mut self, (lo, hi): (i64, i64)) {
+    fn rows(&mut self, (lo, hi): crate::sqlite::RowWindow) {
         let lo = self.bind(Param::Int(lo));
         let hi = self.bind(Param::Int(hi));
         self.clauses.push(format!("rowid > {lo} AND rowid <= {hi}"));
@@ -218,7 +218,7 @@ fn search_sql_among(
     query: &AuditQuery,
     limit: usize,
     newest: Option<usize>,
-    rows: Option<(i64, i64)>,
+    rows: Option<crate::sqlite::RowWindow>,
 ) -> Result<Sql, AuditError> {
     let mut w = Where::new(dialect);
     if let Some(rows) = rows {
@@ -318,7 +318,7 @@ pub(crate) fn activity_sql(
     from: DateTime<Utc>,
     until: DateTime<Utc>,
     callers: &[String],
-    rows: Option<(i64, i64)>,
+    rows: Option<crate::sqlite::RowWindow>,
 ) -> Sql {
     let mut w = Where::new(dialect);
     if let Some(rows) = rows {
@@ -416,7 +416,7 @@ fn by_chunks(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let read = |rows: (i64, i64)| -> Result<Vec<AuditRecord>, AuditError> {
+    let read = |rows: crate::sqlite::RowWindow| -> Result<Vec<AuditRecord>, AuditError> {
         let rows = sqlite_rows(tx, query, limit, None, Some(rows))?;
         records_of(crate::sqlite::with_bodies(dictionaries, tx, rows)?)
     };
@@ -447,7 +447,7 @@ fn sqlite_rows(
     query: &AuditQuery,
     limit: usize,
     newest: Option<usize>,
-    rows: Option<(i64, i64)>,
+    rows: Option<crate::sqlite::RowWindow>,
 ) -> Result<Vec<(StoredRecord, StoredBody)>, AuditError> {
     let sql = search_sql_among(Dialect::Sqlite, query, limit, newest, rows)?;
     let mut stmt = conn.prepare(&sql.text)?;

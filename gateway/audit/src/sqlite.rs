@@ -619,6 +619,9 @@ pub(crate) fn indexed_through(conn: &Connection) -> Result<i64, AuditError> {
         .query_row([], |r| r.get(0))?)
 }
 
+/// Rowids `(lo, hi]`: the records of a chunk, or those not yet in one.
+pub(crate) type RowWindow = (i64, i64);
+
 /// The summarised chunks that can hold records at or after `from`, before `until` and at or
 /// before `at_most`: each as its window of rowids and the latest time in it, those reaching
 /// latest first.
@@ -627,7 +630,7 @@ pub(crate) fn chunks_between(
     from: Option<chrono::DateTime<chrono::Utc>>,
     until: Option<chrono::DateTime<chrono::Utc>>,
     at_most: Option<String>,
-) -> Result<Vec<((i64, i64), String)>, AuditError> {
+) -> Result<Vec<(RowWindow, String)>, AuditError> {
     let bound = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(crate::search::time_bound);
     let mut stmt = conn.prepare_cached(
         "SELECT chunk, max(max_at) FROM audit_chunks GROUP BY chunk
@@ -662,7 +665,7 @@ fn walk_start(conn: &Connection, chain: &str, after_seq: i64) -> Result<i64, Aud
 
 /// The rowids `(lo, hi]` that hold `chain`'s record `seq`, if it is anywhere: its summarised
 /// chunk, or the records not yet summarised.
-fn seq_window(conn: &Connection, chain: &str, seq: i64) -> Result<(i64, i64), AuditError> {
+fn seq_window(conn: &Connection, chain: &str, seq: i64) -> Result<RowWindow, AuditError> {
     let chunk: Option<i64> = conn
         .prepare_cached(
             "SELECT chunk FROM audit_chunks
