@@ -724,14 +724,10 @@ fn serve_refuses_a_bad_config_before_binding() {
     }
 }
 
-#[test]
-fn serve_refused_for_a_bad_key_or_secret_leaves_the_audit_store_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = samblik_gateway::tokens::DemoIssuer::load_or_create(dir.path()).unwrap();
-    let pki = samblik_gateway::tls::DemoPki::create(dir.path(), &[]).unwrap();
-    let path = |p: &Path| p.to_str().unwrap().to_owned();
-    // Every file the base config names is there; each case breaks one of them.
-    let base = format!(
+/// A gateway config up to its `[audit]` section: listening on a free loopback port, taking the
+/// demo issuer's tokens, with the jobcenter source at `source_addr`.
+fn config_head(issuer: &samblik_gateway::tokens::DemoIssuer, source_addr: &str) -> String {
+    format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
@@ -745,15 +741,25 @@ public_key_file = "{key}"
 [[sources]]
 id = "jobcenter"
 department = "Jobcenter"
-endpoint = "http://127.0.0.1:1"
-[audit]
-path = "audit.db"
-signing_key_file = "audit.key"
+endpoint = "http://{source_addr}"
 "#,
         issuer_url = samblik_gateway::tokens::DEMO_ISSUER,
         audience = samblik_gateway::tokens::DEMO_AUDIENCE,
         kid = samblik_gateway::tokens::DEMO_KID,
-        key = path(issuer.public_key_path()),
+        key = issuer.public_key_path().display(),
+    )
+}
+
+#[test]
+fn serve_refused_for_a_bad_key_or_secret_leaves_the_audit_store_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = samblik_gateway::tokens::DemoIssuer::load_or_create(dir.path()).unwrap();
+    let pki = samblik_gateway::tls::DemoPki::create(dir.path(), &[]).unwrap();
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    // Every file the base config names is there; each case breaks one of them.
+    let base = format!(
+        "{}[audit]\npath = \"audit.db\"\nsigning_key_file = \"audit.key\"\n",
+        config_head(&issuer, "127.0.0.1:1")
     );
     let listen = "listen = \"127.0.0.1:0\"\n";
     let server_tls = format!(
@@ -925,29 +931,12 @@ fn serve_from_a_config_file_audits_into_postgresql_and_verifies() {
     std::fs::write(
         &config,
         format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-[auth]
-issuer = "{issuer_url}"
-audience = "{audience}"
-[[auth.keys]]
-kid = "{kid}"
-algorithm = "ES256"
-public_key_file = "{key}"
-[[sources]]
-id = "jobcenter"
-department = "Jobcenter"
-endpoint = "http://{source_addr}"
-[audit]
+            r#"{}[audit]
 postgres_url_env = "SAMBLIK_AUDIT_DATABASE_URL"
 signing_key_file = "keys/audit-signing.key"
 chain = "replica-a"
 "#,
-            issuer_url = samblik_gateway::tokens::DEMO_ISSUER,
-            audience = samblik_gateway::tokens::DEMO_AUDIENCE,
-            kid = samblik_gateway::tokens::DEMO_KID,
-            key = issuer.public_key_path().display(),
+            config_head(&issuer, &source_addr)
         ),
     )
     .unwrap();
