@@ -89,8 +89,13 @@ pub fn open_audit_log_with(
 fn audit_signer(config: &AuditConfig) -> Result<CheckpointSigner, ServerError> {
     let path = config.signing_key_file.clone();
     if path.exists() {
-        return Ok(CheckpointSigner::load_or_create(&path)?);
+        // A key that is there must read before the store is opened: a bad one refuses
+        // start-up with nothing written.
+        CheckpointSigner::load_or_create(&path)?;
     }
+    // Then, whether it was there or not, it must be the key the store's checkpoints are signed
+    // with (a replica given another replica's key is refused here, not found out at the next
+    // verification), and it is created only for a store that has none.
     // On a thread of its own: PostgreSQL's blocking client must not run on the async runtime.
     let open = audit_store_opener(config)?;
     let signer = std::thread::spawn(move || {

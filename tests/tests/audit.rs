@@ -116,6 +116,26 @@ async fn an_answered_lookup_records_who_looked_at_whom_and_exactly_what_was_disc
     assert!(addresses > 0, "no address was disclosed to check");
 }
 
+#[test]
+fn a_gateway_given_another_key_than_its_stores_is_refused_at_start_up() {
+    let (config, _dir) = with_own_audit(gateway_config(&[], 1_000));
+    // A first start signs the store's checkpoints (its clean stop, at least) with a new key.
+    samblik_gateway::server::open_audit_log(&config.audit, "v1")
+        .unwrap()
+        .close();
+    // Another replica's key put in its place.
+    let other = tempfile::tempdir().unwrap();
+    let other_key = other.path().join("other.key");
+    samblik_audit::CheckpointSigner::load_or_create(&other_key).unwrap();
+    std::fs::copy(&other_key, &config.audit.signing_key_file).unwrap();
+    let err = samblik_gateway::server::open_audit_log(&config.audit, "v1").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("does not sign the audit store's checkpoints"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn refusals_are_recorded_too() {
     let m = start_municipal().await;
