@@ -266,11 +266,7 @@ impl SqliteStore {
                  DROP INDEX IF EXISTS audit_records_at;",
             )?;
             if !summarised(tx)? {
-                let through: i64 = tx.query_row(
-                    "SELECT indexed_through FROM audit_postings_state",
-                    [],
-                    |r| r.get(0),
-                )?;
+                let through = indexed_through(tx)?;
                 tx.execute("DELETE FROM audit_chunks", [])?;
                 summarise_chunks(tx, 0, through)?;
                 tx.pragma_update(None, "user_version", SUMMARISED)?;
@@ -571,11 +567,7 @@ impl Drop for Immediate<'_> {
 /// not yet indexed, inside the caller's transaction; returns the rowid at which the next chunk
 /// will be whole.
 fn index_postings(conn: &Connection, last: i64) -> Result<i64, AuditError> {
-    let mut through: i64 = conn.query_row(
-        "SELECT indexed_through FROM audit_postings_state",
-        [],
-        |r| r.get(0),
-    )?;
+    let mut through = indexed_through(conn)?;
     let indexed = through;
     if last < through {
         // Rowids started again (a prune emptied the table): every posting is stale.
