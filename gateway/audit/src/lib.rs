@@ -29,6 +29,7 @@
 pub mod bodies;
 pub mod checkpoint;
 pub mod maintenance;
+mod open_chunk;
 pub mod postgres;
 pub mod record;
 pub mod registry;

@@ -21,7 +21,9 @@
 //! with them before the answer leaves): most of what a durable commit wrote. Instead, the
 //! records are indexed a whole chunk at a time ([`POSTINGS_CHUNK`] records, by rowid): the
 //! commit that completes a chunk also writes the chunk's postings `(chunk, kind, key, at,
-//! rowid)` in key order, so they fill a few fresh pages once. A search probes each chunk's
+//! rowid)` in key order, so they fill a few fresh pages once (from what the store noted of the
+//! records as it inserted them, see [`crate::open_chunk`]; from the table when it has not
+//! noted them all, as after a restart in the middle of a chunk). A search probes each chunk's
 //! postings (one B-tree seek per chunk) and reads the records not yet in a chunk (those above
 //! `audit_postings_state.indexed_through`) directly; it always checks the record's own column
 //! too, so a stale posting can hide nothing and show nothing. Postings live in the same file
@@ -47,6 +49,7 @@
 
 use crate::bodies::{Encoder, Schedule, SharedDictionaries, StoredBody};
 use crate::checkpoint::Checkpoint;
+use crate::open_chunk::OpenChunk;
 use crate::registry::{
     AccessRequest, CONSENT_COLUMNS, ChangeOutcome, Consent, ConsentRow, REQUEST_COLUMNS,
     RegistryChange, RegistryReader, RequestFilter, RequestRow, RequestState, decide_refusal,
@@ -175,6 +178,12 @@ pub struct SqliteStore {
     encoder: Option<Encoder>,
     /// The dictionaries met reading bodies back.
     dictionaries: SharedDictionaries,
+    /// What the next chunk's postings and summary need of the records this store wrote since
+    /// the last whole chunk.
+    open_chunk: OpenChunk,
+    /// `PRAGMA data_version` after this store's last commit: another connection's commit
+    /// changes it.
+    data_version: Option<i64>,
 }
 
 /// The store's own descriptor of the write-ahead log, and whether an fsync of it failed (on any
@@ -253,13 +262,15 @@ impl SqliteStore {
             postings_due: 0,
             encoder: Some(encoder),
             dictionaries: SharedDictionaries::default(),
+            open_chunk: OpenChunk::default(),
+            data_version: None,
         };
         // Brings the postings up to date (all of them, for a file written before they
         // existed: every commit indexes what is due), summarises the chunks a file written
         // before the summaries existed had indexed, and drops the per-record indexes both
         // replace. (A file's `UNIQUE (chain, seq)` constraint cannot be dropped without
         // rewriting the table; an older file keeps it, and nothing relies on it.)
-        store.write(true, |tx, _| {
+        store.write(true, |tx, _, _| {
             tx.execute_batch(
                 "DROP INDEX IF EXISTS audit_records_cpr;
                  DROP INDEX IF EXISTS audit_records_caller;
@@ -277,11 +288,24 @@ impl SqliteStore {
     }
 
     /// Commits `write` in one immediate transaction; with `durable`, returns once the commit is
-    /// fsync'ed. First recovers from an earlier failed fsync, if there was one.
+    /// fsync'ed. First recovers from an earlier failed fsync, if there was one. `write` notes
+    /// the records it inserts in the open chunk; a write that fails forgets the open chunk.
     fn write<T>(
         &mut self,
         durable: bool,
-        write: impl FnOnce(&Connection, Option<&mut Encoder>) -> Result<T, AuditError>,
+        write: impl FnOnce(&Connection, Option<&mut Encoder>, &mut OpenChunk) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        let written = self.write_once(durable, write);
+        if written.is_err() {
+            self.open_chunk.forget();
+        }
+        written
+    }
+
+    fn write_once<T>(
+        &mut self,
+        durable: bool,
+        write: impl FnOnce(&Connection, Option<&mut Encoder>, &mut OpenChunk) -> Result<T, AuditError>,
     ) -> Result<T, AuditError> {
         if self
             .wal
@@ -291,10 +315,15 @@ impl SqliteStore {
             self.recover_sync()?;
         }
         let tx = Immediate::begin(&self.conn)?;
-        let done = write(&self.conn, self.encoder.as_mut())?;
+        // Under the write lock: has another connection committed since this store last did?
+        let data_version = data_version(&self.conn)?;
+        if self.data_version != Some(data_version) {
+            self.open_chunk.forget();
+        }
+        let done = write(&self.conn, self.encoder.as_mut(), &mut self.open_chunk)?;
         let last = last_rowid(&self.conn)?;
         let due = if last >= self.postings_due {
-            index_postings(&self.conn, last)?
+            index_postings(&self.conn, last, &mut self.open_chunk)?
         } else {
             self.postings_due
         };
@@ -303,6 +332,7 @@ impl SqliteStore {
             None => None,
         };
         tx.commit()?;
+        self.data_version = Some(data_version);
         self.postings_due = due;
         if let (Some(encoder), Some(dictionary)) = (&mut self.encoder, dictionary) {
             encoder.adopt(dictionary);
@@ -319,8 +349,8 @@ impl SqliteStore {
         checkpoint: Option<&Checkpoint>,
         durable: bool,
     ) -> Result<(), AuditError> {
-        self.write(durable, |tx, encoder| {
-            insert(tx, encoder, records, checkpoint)
+        self.write(durable, |tx, encoder, open_chunk| {
+            insert(tx, encoder, open_chunk, records, checkpoint)
         })?;
         if let Some(checkpointer) = &mut self.checkpointer {
             checkpointer.appended(records.iter().map(|r| r.body.len()).sum());
@@ -348,6 +378,9 @@ fn open_writable(path: &Path, durability: Durability) -> Result<Connection, Audi
     // records table is only ever appended to otherwise, so this costs the writer nothing.
     conn.pragma_update(None, "secure_delete", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // The writer alone keeps more statements than rusqlite's default of 16: a statement
+    // evicted is parsed again at its next use.
+    conn.set_prepared_statement_cache_capacity(64);
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }
@@ -408,6 +441,13 @@ impl Drop for Checkpointer {
 }
 
 impl SqliteStore {
+    /// Chunks whose postings and summary this store wrote from its open chunk rather than from
+    /// the table, since it opened.
+    #[doc(hidden)]
+    pub fn chunks_indexed_from_memory(&self) -> u64 {
+        self.open_chunk.indexed()
+    }
+
     /// Opens an existing store for reading only (verification, search): nothing is created or
     /// changed.
     pub fn open_read_only(path: &Path) -> Result<Self, AuditError> {
@@ -423,6 +463,8 @@ impl SqliteStore {
             postings_due: i64::MAX,
             encoder: None,
             dictionaries: SharedDictionaries::default(),
+            open_chunk: OpenChunk::default(),
+            data_version: None,
         })
     }
 }
@@ -436,6 +478,7 @@ impl From<rusqlite::Error> for AuditError {
 fn insert(
     conn: &Connection,
     mut encoder: Option<&mut Encoder>,
+    open_chunk: &mut OpenChunk,
     records: &[SealedRecord],
     checkpoint: Option<&Checkpoint>,
 ) -> Result<(), AuditError> {
@@ -447,6 +490,7 @@ fn insert(
          (chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
+    let mut first = None;
     for r in records {
         let compressed = encoder.as_deref_mut().and_then(|e| e.compress(&r.body));
         let body: &dyn rusqlite::ToSql = match &compressed {
@@ -466,6 +510,10 @@ fn insert(
             body,
             r.hash,
         ])?;
+        first.get_or_insert_with(|| conn.last_insert_rowid());
+    }
+    if let Some(first) = first {
+        open_chunk.note(first, conn.last_insert_rowid(), records);
     }
     if let Some(c) = checkpoint {
         conn.prepare_cached(
@@ -523,6 +571,13 @@ pub(crate) const POSTING_CITIZEN: i64 = 0;
 /// `audit_postings.kind` of a caller's posting (key: the caller's id).
 pub(crate) const POSTING_CALLER: i64 = 1;
 
+/// Changes when another connection commits to the file (never for this connection's commits).
+fn data_version(conn: &Connection) -> Result<i64, AuditError> {
+    Ok(conn
+        .prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))?)
+}
+
 fn last_rowid(conn: &Connection) -> Result<i64, AuditError> {
     Ok(conn
         .prepare_cached("SELECT COALESCE(max(rowid), 0) FROM audit_records")?
@@ -566,13 +621,18 @@ impl Drop for Immediate<'_> {
 /// Writes the postings of every whole chunk of records (up to rowid `last`, the table's last)
 /// not yet indexed, inside the caller's transaction; returns the rowid at which the next chunk
 /// will be whole.
-fn index_postings(conn: &Connection, last: i64) -> Result<i64, AuditError> {
+fn index_postings(
+    conn: &Connection,
+    last: i64,
+    open_chunk: &mut OpenChunk,
+) -> Result<i64, AuditError> {
     let mut through = indexed_through(conn)?;
     let indexed = through;
     if last < through {
         // Rowids started again (a prune emptied the table): every posting is stale.
         conn.execute("DELETE FROM audit_postings", [])?;
         conn.execute("DELETE FROM audit_chunks", [])?;
+        open_chunk.forget();
         through = 0;
     }
     let mut chunk = conn.prepare_cached(
@@ -585,6 +645,10 @@ fn index_postings(conn: &Connection, last: i64) -> Result<i64, AuditError> {
          ORDER BY 2, 3, 4, 5",
     )?;
     while last - through >= POSTINGS_CHUNK {
+        if open_chunk.index(conn, through)? {
+            through += POSTINGS_CHUNK;
+            continue;
+        }
         chunk.execute(params![
             through / POSTINGS_CHUNK,
             through,
@@ -952,12 +1016,13 @@ impl AuditStore for SqliteStore {
     ) -> Result<ChangeOutcome, AuditError> {
         // In one immediate transaction, so writers on the same file (other processes) are
         // serialised and a request is decided once.
-        self.write(true, |tx, encoder| {
+        self.write(true, |tx, encoder, open_chunk| {
             let outcome = apply(tx, change)?;
             let (record, checkpoint) = seal(outcome)?;
             insert(
                 tx,
                 encoder,
+                open_chunk,
                 std::slice::from_ref(&record),
                 checkpoint.as_ref(),
             )?;
@@ -1034,9 +1099,11 @@ impl AuditStore for SqliteStore {
     ) -> Result<u64, AuditError> {
         let through =
             i64::try_from(through_seq).map_err(|_| AuditError::Store("seq overflow".into()))?;
-        // The commit indexes afresh: rowids start again if the prune empties the table.
+        // The commit indexes afresh: rowids start again if the prune empties the table. What
+        // the open chunk noted may be deleted.
         self.postings_due = 0;
-        self.write(true, |tx, encoder| {
+        self.open_chunk.forget();
+        self.write(true, |tx, encoder, open_chunk| {
             // The chain's front, up to the chunk that holds its record `through`: a prune
             // reads what it deletes and the chunks it shares with other chains, no more.
             let (_, bound) = seq_window(tx, chain, through)?;
@@ -1062,7 +1129,16 @@ impl AuditStore for SqliteStore {
                 "DELETE FROM audit_checkpoints WHERE chain = ?1 AND seq < ?2",
                 params![chain, through],
             )?;
-            insert(tx, encoder, std::slice::from_ref(record), Some(checkpoint))?;
+            insert(
+                tx,
+                encoder,
+                open_chunk,
+                std::slice::from_ref(record),
+                Some(checkpoint),
+            )?;
+            // What the prune deleted may be in the open chunk: the next chunk is indexed from
+            // the table.
+            open_chunk.forget();
             if let (Some(first), Some(last)) = (first, last) {
                 drop_pruned_postings(tx, first, last)?;
             }

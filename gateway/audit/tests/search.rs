@@ -789,3 +789,124 @@ fn sqlite_postings_find_what_a_full_scan_finds_across_chunks_prunes_and_old_file
     assert_searches_complete(&s);
     assert_chains_walk(&s);
 }
+
+/// The store writes a chunk's postings and summary from what it noted of the records as it
+/// inserted them, instead of reading the chunk back. They are the very rows that indexing from
+/// the table gives, also when another connection changed a record of the open chunk in between.
+#[test]
+fn sqlite_chunks_indexed_as_written_are_those_indexed_from_the_table() {
+    let s = common::sqlite_store("open-chunk");
+    let chunk = sqlite::POSTINGS_CHUNK as usize;
+    let mut store = sqlite::SqliteStore::open(s.sqlite_path(), Durability::Off).unwrap();
+    let prev = append_sealed(
+        &mut store,
+        "replica-a",
+        "2026-03-01",
+        1,
+        chunk + 100,
+        GENESIS_HASH,
+    );
+    append_sealed(
+        &mut store,
+        "replica-b",
+        "2026-02-01",
+        1,
+        chunk - 200,
+        GENESIS_HASH,
+    );
+    assert_eq!(store.chunks_indexed_from_memory(), 1);
+
+    // Another connection changes a record the open chunk holds: that chunk is indexed from the
+    // table, as the file now has it; noting starts again at the next chunk.
+    let conn = rusqlite::Connection::open(s.sqlite_path()).unwrap();
+    let altered = (chunk + 50) as i64;
+    conn.execute(
+        "UPDATE audit_records SET caller_id = 'altered-elsewhere' WHERE rowid = ?1",
+        [altered],
+    )
+    .unwrap();
+    let next = chunk + 101;
+    let prev = append_sealed(&mut store, "replica-a", "2026-03-02", next, 1000, &prev);
+    // A chain whose clock stepped back: its chunk's earliest time is its last record's.
+    let mut prev_c = GENESIS_HASH.to_owned();
+    let stepped_back: Vec<_> = (1..=3)
+        .map(|seq| {
+            let at = format!("2026-03-0{}T12:00:00.000000Z", 6 - seq);
+            let r = AuditRecord::seal(event(seq), "replica-c", seq as u64, at, &prev_c);
+            prev_c.clone_from(&r.hash);
+            r.to_sealed()
+        })
+        .collect();
+    store.append(&stepped_back, None).unwrap();
+    append_sealed(
+        &mut store,
+        "replica-a",
+        "2026-03-02",
+        next + 1000,
+        2 * chunk - 700,
+        &prev,
+    );
+    assert_eq!(indexed_through(&s), 4 * sqlite::POSTINGS_CHUNK);
+    assert_eq!(store.chunks_indexed_from_memory(), 3);
+    let rows = |conn: &rusqlite::Connection| {
+        let postings: Vec<(i64, i64, String, String, i64)> = conn
+            .prepare("SELECT chunk, kind, key, at, rid FROM audit_postings ORDER BY 1, 2, 3, 4, 5")
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let chunks: Vec<(i64, String, i64, i64, String, String)> = conn
+            .prepare(
+                "SELECT chunk, chain, first_seq, last_seq, min_at, max_at FROM audit_chunks
+                  ORDER BY 1, 2",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        (postings, chunks)
+    };
+    let as_written = rows(&conn);
+    assert!(
+        as_written
+            .0
+            .iter()
+            .any(|p| p.2 == "altered-elsewhere" && p.4 == altered),
+        "the altered record is posted as the file holds it"
+    );
+    assert_eq!(
+        as_written.1.len(),
+        6,
+        "chunk 1 holds two chains, chunk 2 three"
+    );
+
+    // The same file indexed afresh from the table, as when a store opens a file whose
+    // postings are missing.
+    drop(store);
+    conn.execute_batch(
+        "DELETE FROM audit_postings;
+         DELETE FROM audit_chunks;
+         UPDATE audit_postings_state SET indexed_through = 0;",
+    )
+    .unwrap();
+    let store = sqlite::SqliteStore::open(s.sqlite_path(), Durability::Off).unwrap();
+    assert_eq!(indexed_through(&s), 4 * sqlite::POSTINGS_CHUNK);
+    assert_eq!(store.chunks_indexed_from_memory(), 0);
+    let from_table = rows(&conn);
+    assert_eq!(as_written.0.len(), from_table.0.len());
+    assert!(as_written.0 == from_table.0, "postings differ");
+    assert_eq!(as_written.1, from_table.1);
+}
