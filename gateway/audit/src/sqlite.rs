@@ -22,7 +22,7 @@
 //! records are indexed a whole chunk at a time ([`POSTINGS_CHUNK`] records, by rowid): the
 //! commit that completes a chunk also writes the chunk's postings `(chunk, kind, key, at,
 //! rowid)` in key order, so they fill a few fresh pages once (from what the store noted of the
-//! records as it inserted them, see [`crate::open_chunk`]; from the table when it has not
+//! records as it inserted them, see the `open_chunk` module; from the table when it has not
 //! noted them all, as after a restart in the middle of a chunk). A search probes each chunk's
 //! postings (one B-tree seek per chunk) and reads the records not yet in a chunk (those above
 //! `audit_postings_state.indexed_through`) directly; it always checks the record's own column
