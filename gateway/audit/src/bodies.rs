@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// Records the first dictionary is trained from (the store's newest), and how many the store
-/// has before it trains one: ~2.5 MB of samples for a dictionary of [`DICTIONARY_BYTES`].
+/// has before it trains one: ~2.5 MB of samples for a dictionary of 16 KB.
 pub const TRAINING_RECORDS: i64 = 2048;
 /// Records written with a dictionary after which a new one is trained from the newest records.
 pub const RETRAIN_AFTER_RECORDS: i64 = 1 << 20;
