@@ -175,13 +175,18 @@ pub struct Indexed {
 }
 
 /// The part of a record's canonical encoding that does not depend on its place in the chain:
-/// the fields from `request_id` to `change`, exactly as they appear in the encoding (without
-/// the braces), with the columns a store indexes beside them.
+/// the fields from `request_id` to `change`, exactly as they appear in the encoding, with the
+/// columns a store indexes beside them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedEvent {
     pub indexed: Indexed,
+    /// Those fields as a JSON object: the encoding's fields are between its braces.
     content: String,
 }
+
+/// Bytes reserved for an event's encoding before serialising it: a lookup's record is mostly
+/// 1–3 KB, and a buffer that grows as it is written is copied at each step.
+const ENCODING_CAPACITY: usize = 4096;
 
 /// The fields of [`AuditRecord`] between `at` and `prev_hash`, borrowed, in the same order.
 #[derive(Serialize)]
@@ -216,14 +221,12 @@ impl AuditEvent {
             policy_version: &self.policy_version,
             change,
         };
-        // Serialising a plain struct of strings, numbers and enums cannot fail.
-        let json = serde_json::to_string(&content).unwrap_or_default();
-        // `{…}` without its braces; never empty, as `request_id` is always encoded.
-        let content = json
-            .strip_prefix('{')
-            .and_then(|j| j.strip_suffix('}'))
-            .unwrap_or_default()
-            .to_owned();
+        // Serialising a plain struct of strings, numbers and enums cannot fail, and gives UTF-8.
+        let mut json = Vec::with_capacity(ENCODING_CAPACITY);
+        let content = match serde_json::to_writer(&mut json, &content) {
+            Ok(()) => String::from_utf8(json).unwrap_or_default(),
+            Err(_) => String::new(),
+        };
         EncodedEvent {
             indexed: Indexed {
                 request_id: self.request_id,
@@ -251,7 +254,13 @@ impl EncodedEvent {
         body.push_str(",\"at\":");
         push_json_str(&mut body, &at);
         body.push(',');
-        body.push_str(&self.content);
+        // `{…}` without its braces; never empty, as `request_id` is always encoded.
+        let fields = self
+            .content
+            .strip_prefix('{')
+            .and_then(|j| j.strip_suffix('}'))
+            .unwrap_or_default();
+        body.push_str(fields);
         body.push_str(",\"prev_hash\":");
         push_json_str(&mut body, prev_hash);
         body.push('}');
