@@ -875,6 +875,8 @@ mod defaults {
 
 /// The most leeway accepted: more would make expiry meaningless.
 const MAX_LEEWAY_SECS: u64 = 300;
+/// The longest `policy.break_glass_min_reason` accepted: a reason is a sentence or two.
+const MAX_BREAK_GLASS_MIN_REASON: usize = 500;
 
 impl Config {
     /// Reads, parses and validates a TOML config file. Relative key paths are resolved against
@@ -1079,6 +1081,17 @@ impl Config {
                 "policy.break_glass_min_reason must be at least 1: a break-the-glass lookup always gives a reason (the default is 20 characters)"
                     .into(),
             );
+        }
+        // A minimum no request can carry would refuse every break-the-glass lookup, in an
+        // emergency, with an error that blames the caseworker's reason.
+        let longest = MAX_BREAK_GLASS_MIN_REASON.min(s.max_request_bytes / 2);
+        if self.policy.break_glass_min_reason > longest {
+            return invalid(format!(
+                "policy.break_glass_min_reason must be at most {longest} characters (at most \
+                 {MAX_BREAK_GLASS_MIN_REASON}, and half of server.max_request_bytes, {}): a \
+                 longer minimum leaves no room for the reason in a lookup",
+                s.max_request_bytes
+            ));
         }
         let audit = &self.audit;
         if audit.path.is_some() == audit.postgres_url_env.is_some() {
@@ -1362,6 +1375,32 @@ mod tests {
             one.is_ok_and(|c| c.policy.break_glass_min_reason == 1),
             "a one-character minimum is refused"
         );
+    }
+
+    #[test]
+    fn refuses_a_break_glass_minimum_no_lookup_can_carry() {
+        let with = |min: usize, max_request: usize| {
+            GOOD.replace(
+                "[server]",
+                &format!("[server]\nmax_request_bytes = {max_request}"),
+            ) + &format!("\n[policy]\nbreak_glass_min_reason = {min}\n")
+        };
+        let err = parse(&with(501, 65536));
+        assert!(
+            err.as_ref().is_err_and(
+                |e| e.contains("policy.break_glass_min_reason must be at most 500 characters")
+            ),
+            "{err:?}"
+        );
+        assert!(parse(&with(500, 65536)).is_ok());
+        let err = parse(&with(100, 128));
+        assert!(
+            err.as_ref().is_err_and(
+                |e| e.contains("policy.break_glass_min_reason must be at most 64 characters")
+            ),
+            "{err:?}"
+        );
+        assert!(parse(&with(64, 128)).is_ok());
     }
 
     #[test]
