@@ -833,22 +833,26 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Audit { command } => audit_command(command).await,
         Command::Serve { config } => {
             let config = Config::load(&config)?;
-            // Keys, certificates, endpoints and the policy are checked before the audit store
-            // is opened (a refused start-up writes nothing to it) and before a port is bound.
+            // Keys, certificates, endpoints and the policy are checked, and the ports bound,
+            // before the audit store is opened: a refused start-up writes nothing to it.
             let tls = crate::tls::listener_tls(&config)?;
             let panel = crate::server::configured_panel(&config)?;
-            let pipeline = Arc::new(crate::server::pipeline_from_config(&config)?);
             let listener = TcpListener::bind(config.server.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-            println!("samblik gateway listening on {}", listener.local_addr()?);
             let panel = match panel {
-                Some(setup) => Some(setup.bind(&pipeline).await?),
+                Some(setup) => Some(setup.bind().await?),
                 None => None,
             };
-            if let Some(p) = &panel {
-                println!("samblik panel listening on {}", p.listener.local_addr()?);
-            }
+            let pipeline = Arc::new(crate::server::pipeline_from_config(&config)?);
+            println!("samblik gateway listening on {}", listener.local_addr()?);
+            let panel = match panel {
+                Some(bound) => {
+                    println!("samblik panel listening on {}", bound.local_addr()?);
+                    Some(bound.through(&pipeline)?)
+                }
+                None => None,
+            };
             let shutdown = shutdown_on_signal();
             let server = crate::server::serve_with_panel(
                 pipeline,

@@ -476,17 +476,44 @@ pub struct PanelSetup {
 }
 
 impl PanelSetup {
-    /// The panel acting through `pipeline`, on its bound port.
-    pub async fn bind(self, pipeline: &Arc<LookupPipeline>) -> Result<PanelServer, ServerError> {
+    /// Binds the panel's port, before the pipeline (and its audit store) exists: a port in use
+    /// refuses start-up with nothing written to the store.
+    pub async fn bind(self) -> Result<BoundPanel, ServerError> {
         let listen = self.config.listen;
-        let panel = crate::panel::Panel::new(Arc::clone(pipeline), self.config, self.sign_in)?;
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(crate::panel::PanelError::Io)?;
+        let listener = TcpListener::bind(listen).await.map_err(|e| {
+            crate::panel::PanelError::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {listen}: {e}"),
+            ))
+        })?;
+        Ok(BoundPanel {
+            setup: self,
+            listener,
+        })
+    }
+}
+
+/// A configured panel on its bound port, waiting for its pipeline.
+#[derive(Debug)]
+pub struct BoundPanel {
+    setup: PanelSetup,
+    listener: TcpListener,
+}
+
+impl BoundPanel {
+    /// The port it listens on.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The panel acting through `pipeline`.
+    pub fn through(self, pipeline: &Arc<LookupPipeline>) -> Result<PanelServer, ServerError> {
+        let BoundPanel { setup, listener } = self;
+        let panel = crate::panel::Panel::new(Arc::clone(pipeline), setup.config, setup.sign_in)?;
         Ok(PanelServer {
             panel: Arc::new(panel),
             listener,
-            tls: self.tls,
+            tls: setup.tls,
         })
     }
 }

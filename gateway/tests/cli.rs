@@ -751,7 +751,7 @@ endpoint = "http://{source_addr}"
 }
 
 #[test]
-fn serve_refused_for_a_bad_key_or_secret_leaves_the_audit_store_untouched() {
+fn serve_refused_for_a_bad_key_secret_or_port_leaves_the_audit_store_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = samblik_gateway::tokens::DemoIssuer::load_or_create(dir.path()).unwrap();
     let pki = samblik_gateway::tls::DemoPki::create(dir.path(), &[]).unwrap();
@@ -775,7 +775,30 @@ fn serve_refused_for_a_bad_key_or_secret_leaves_the_audit_store_untouched() {
         [panel.oidc]\nauthorization_endpoint = \"https://idp.example/authorize\"\n\
         token_endpoint = \"https://idp.example/token\"\nclient_id = \"samblik-panel\"\n\
         client_secret_env = \"SAMBLIK_TEST_UNSET_OIDC_SECRET\"\n";
+    // Ports another process holds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().map(|a| (taken, a)).unwrap();
+    let taken_listen = format!("listen = \"{}\"\n", taken.1);
+    let panel_on_taken_port = panel
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{}\"", taken.1),
+        )
+        .replace(
+            "SAMBLIK_TEST_UNSET_OIDC_SECRET",
+            "SAMBLIK_TEST_PANEL_SECRET",
+        );
     let cases = [
+        (
+            "gateway-port",
+            base.replace(listen, &taken_listen),
+            "cannot listen on",
+        ),
+        (
+            "panel-port",
+            format!("{base}{panel_on_taken_port}"),
+            "cannot listen on",
+        ),
         (
             "token-key",
             base.replace(&path(issuer.public_key_path()), "missing.pem"),
@@ -820,6 +843,7 @@ fn serve_refused_for_a_bad_key_or_secret_leaves_the_audit_store_untouched() {
         let out = Command::new(SAMBLIK)
             .args(["serve", "--config", config.to_str().unwrap()])
             .env_remove("SAMBLIK_TEST_UNSET_OIDC_SECRET")
+            .env("SAMBLIK_TEST_PANEL_SECRET", "a-panel-client-secret")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
