@@ -6,10 +6,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const SAMBLIK: &str = env!("CARGO_BIN_EXE_samblik");
+mod common;
+use common::{Running, SAMBLIK, config_head};
 
 fn samblik(args: &[&str]) -> Output {
     Command::new(SAMBLIK).args(args).output().unwrap()
@@ -23,32 +24,6 @@ fn stdout(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-/// Stops a child process on drop, so a failing test leaves nothing running.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Running {
-    /// Asks the process to stop (SIGTERM) and waits for a clean exit.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.0.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 /// Polls for `path` to exist (the demo writes demo.json once everything listens).
@@ -726,30 +701,6 @@ fn serve_refuses_a_bad_config_before_binding() {
 
 /// A gateway config up to its `[audit]` section: listening on a free loopback port, taking the
 /// demo issuer's tokens, with the jobcenter source at `source_addr`.
-fn config_head(issuer: &samblik_gateway::tokens::DemoIssuer, source_addr: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[auth]
-issuer = "{issuer_url}"
-audience = "{audience}"
-[[auth.keys]]
-kid = "{kid}"
-algorithm = "ES256"
-public_key_file = "{key}"
-[[sources]]
-id = "jobcenter"
-department = "Jobcenter"
-endpoint = "http://{source_addr}"
-"#,
-        issuer_url = samblik_gateway::tokens::DEMO_ISSUER,
-        audience = samblik_gateway::tokens::DEMO_AUDIENCE,
-        kid = samblik_gateway::tokens::DEMO_KID,
-        key = issuer.public_key_path().display(),
-    )
-}
-
 #[test]
 fn serve_refused_for_a_bad_key_secret_or_port_leaves_the_audit_store_untouched() {
     let dir = tempfile::tempdir().unwrap();
@@ -891,83 +842,23 @@ fn audit_verify_refuses_a_missing_or_empty_store() {
     assert!(stderr.contains("holds no chain"), "{stderr}");
 }
 
-/// An admin URL of the test PostgreSQL server, or `None` off CI when there is none.
-fn postgres_admin_url() -> Option<String> {
-    match std::env::var("SAMBLIK_TEST_POSTGRES_URL") {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("CI must test the PostgreSQL audit store: run the tests through ./scripts/test")
-        }
-        Err(_) => {
-            eprintln!("SAMBLIK_TEST_POSTGRES_URL not set: PostgreSQL audit store not tested");
-            None
-        }
-    }
-}
-
 #[test]
 fn serve_from_a_config_file_audits_into_postgresql_and_verifies() {
-    let Some(admin) = postgres_admin_url() else {
+    let Some(setup) = common::postgres_setup("serve", "replica-a") else {
         return;
     };
-    let database = format!("samblik_serve_{}", std::process::id());
-    let mut pg = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
-    pg.batch_execute(&format!("DROP DATABASE IF EXISTS {database}"))
-        .unwrap();
-    pg.batch_execute(&format!("CREATE DATABASE {database}"))
-        .unwrap();
-    let url = format!("{}/{database}", admin.rsplit_once('/').unwrap().0);
-
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    stdout(&samblik(&[
-        "synth",
-        "--seed",
-        "3",
-        "--citizens",
-        "3000",
-        "--out",
-        data.to_str().unwrap(),
-    ]));
-    let mut source = Running(
-        Command::new(SAMBLIK)
-            .args([
-                "source",
-                "--kind",
-                "jobcenter",
-                "--data",
-                data.to_str().unwrap(),
-                "--insecure",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(source.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let source_addr = line.trim().rsplit(' ').next().unwrap().to_owned();
-
-    let issuer = samblik_gateway::tokens::DemoIssuer::load_or_create(dir.path()).unwrap();
-    let config = dir.path().join("samblik.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"{}[audit]
-postgres_url_env = "SAMBLIK_AUDIT_DATABASE_URL"
-signing_key_file = "keys/audit-signing.key"
-chain = "replica-a"
-"#,
-            config_head(&issuer, &source_addr)
-        ),
-    )
-    .unwrap();
+    let common::PostgresSetup {
+        dir: _dir,
+        source,
+        config,
+        url,
+        signing_key,
+        token,
+        jobcenter_cprs,
+    } = setup;
     // Verifying a database the gateway has not written yet: an error, and nothing created in
     // it (verification only reads).
-    samblik_audit::CheckpointSigner::load_or_create(&dir.path().join("keys/audit-signing.key"))
-        .unwrap();
+    samblik_audit::CheckpointSigner::load_or_create(&signing_key).unwrap();
     let refused = Command::new(SAMBLIK)
         .args(["audit", "verify", "--config", config.to_str().unwrap()])
         .env("SAMBLIK_AUDIT_DATABASE_URL", &url)
@@ -989,42 +880,9 @@ chain = "replica-a"
         .get(0);
     assert_eq!(tables, 0, "verification created tables");
 
-    let mut gateway = Running(
-        Command::new(SAMBLIK)
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .env("SAMBLIK_AUDIT_DATABASE_URL", &url)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(gateway.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("samblik gateway listening on ")
-        .unwrap()
-        .to_owned();
+    let (gateway, addr) = common::start_serve(&config, &url);
 
-    let caseworkers = samblik_synth::store::read_caseworkers(&data).unwrap();
-    let worker = caseworkers
-        .iter()
-        .find(|w| w.id.starts_with("cw-jobcenter"))
-        .unwrap();
-    let token = issuer
-        .mint(
-            &samblik_gateway::demo::caseworker_claims(worker, "999"),
-            Duration::from_secs(600),
-        )
-        .unwrap();
-    let cases = samblik_synth::store::read(&data).unwrap().cases;
-    let cpr = &cases
-        .iter()
-        .find(|c| c.plan_type.department() == samblik_synth::Department::Jobcenter)
-        .unwrap()
-        .cpr;
+    let cpr = &jobcenter_cprs[0];
     let overview = stdout(&samblik(&[
         "lookup",
         "--addr",
@@ -1089,7 +947,6 @@ chain = "replica-a"
             .any(|c| c.as_deref() == Some(cpr.as_str())),
         "the lookup was not pruned"
     );
-    drop(pg);
 }
 
 fn pg_records(url: &str) -> Vec<Option<String>> {

@@ -1,5 +1,7 @@
 //! `kill -9` of the whole gateway at random moments under load, again and again: every lookup
-//! a client saw answered is in the audit log after restart, and the chain verifies.
+//! a client saw answered is in the audit log after restart, and the chain verifies. Once for
+//! the demo, its log in SQLite, and once for `samblik serve` from a config, its log in
+//! PostgreSQL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,7 +13,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const SAMBLIK: &str = env!("CARGO_BIN_EXE_samblik");
+mod common;
+use common::SAMBLIK;
+use samblik_audit::AuditStore;
 
 /// Crash cycles: at least 20 (CI); `SAMBLIK_CRASH_CYCLES` asks for more.
 fn cycles() -> u64 {
@@ -73,11 +77,18 @@ fn start_demo(dir: &Path) -> (std::process::Child, serde_json::Value) {
     (child, facts)
 }
 
-#[test]
-fn every_answered_lookup_survives_kill_9_and_the_chain_verifies() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
-    run(&["synth", "--seed", "9", "--citizens", "2000", "--out", d]);
+/// A gateway just started, with what its callers need.
+struct Started {
+    gateway: common::Running,
+    url: String,
+    token: String,
+    cprs: Vec<String>,
+}
+
+/// Starts a gateway with `start`, hammers it with four callers and kills it (`kill -9`) at a
+/// random moment, `cycles()` times; returns the request id of every lookup a caller saw
+/// answered.
+fn answered_across_kills(mut start: impl FnMut() -> Started) -> BTreeSet<String> {
     let answered: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -85,26 +96,16 @@ fn every_answered_lookup_survives_kill_9_and_the_chain_verifies() {
         .build()
         .unwrap();
     let mut rng = Lcg(2017);
-    let mut token = String::new();
     for _ in 0..cycles() {
-        let (mut child, facts) = start_demo(dir.path());
-        let user = facts["users"][0]["id"].as_str().unwrap();
-        if token.is_empty() {
-            token = run(&["token", "--dir", d, "--user", user])
-                .trim()
-                .to_owned();
-        }
-        let url = facts["gateway_url"].as_str().unwrap().to_owned();
-        let cprs: Vec<String> = facts["users"][0]["citizens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_str().unwrap().to_owned())
-            .collect();
+        let Started {
+            mut gateway,
+            url,
+            token,
+            cprs,
+        } = start();
         // Four callers hammer the gateway until it dies under them.
         let load = {
             let answered = Arc::clone(&answered);
-            let token = token.clone();
             runtime.spawn(async move {
                 let mut callers = Vec::new();
                 for caller in 0..4 {
@@ -144,8 +145,8 @@ fn every_answered_lookup_survives_kill_9_and_the_chain_verifies() {
             })
         };
         std::thread::sleep(Duration::from_millis(20 + rng.next(300)));
-        child.kill().unwrap(); // SIGKILL: no shutdown, no final checkpoint.
-        child.wait().unwrap();
+        gateway.0.kill().unwrap(); // SIGKILL: no shutdown, no final checkpoint.
+        gateway.0.wait().unwrap();
         runtime
             .block_on(async { tokio::time::timeout(Duration::from_secs(10), load).await })
             .expect("the load stopped after the kill")
@@ -157,18 +158,24 @@ fn every_answered_lookup_survives_kill_9_and_the_chain_verifies() {
         "too little load to prove anything: {}",
         answered.len()
     );
+    answered
+}
 
-    // After the last crash the chain verifies, and every answered lookup is in it.
-    let verified = run(&["audit", "verify", "--dir", d]);
-    assert!(verified.contains("verified"), "{verified}");
-    let records = audit_records(dir.path());
+/// Every answered lookup is in the log, each start is itself recorded, and every start after
+/// a kill -9 says it was unclean.
+fn assert_every_answer_logged(store: &mut dyn AuditStore, answered: &BTreeSet<String>) {
+    let mut records: Vec<samblik_audit::AuditRecord> = Vec::new();
+    for chain in store.chains().unwrap() {
+        for r in store.records(&chain, 0, usize::MAX).unwrap() {
+            records.push(serde_json::from_str(&r.body).unwrap());
+        }
+    }
     let logged: BTreeSet<&str> = records.iter().map(|r| r.request_id.as_str()).collect();
     let missing = answered
         .iter()
         .filter(|id| !logged.contains(id.as_str()))
         .count();
     assert_eq!(missing, 0, "answered lookups missing from the audit log");
-    // Each start is itself recorded, and every start after a kill -9 says it was unclean.
     use samblik_audit::{Maintenance, PreviousStop};
     let starts: Vec<PreviousStop> = records
         .iter()
@@ -185,16 +192,78 @@ fn every_answered_lookup_survives_kill_9_and_the_chain_verifies() {
     );
 }
 
-/// Every record in the demo's audit log, read through the store code `audit verify` uses.
-fn audit_records(dir: &Path) -> Vec<samblik_audit::AuditRecord> {
-    use samblik_audit::AuditStore;
-    let mut store =
-        samblik_audit::sqlite::SqliteStore::open_read_only(&dir.join("audit.db")).unwrap();
-    let mut records = Vec::new();
-    for chain in store.chains().unwrap() {
-        for r in store.records(&chain, 0, usize::MAX).unwrap() {
-            records.push(serde_json::from_str(&r.body).unwrap());
+/// The demo, its audit log in SQLite in its data directory.
+#[test]
+fn every_answered_lookup_survives_kill_9_and_the_chain_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    run(&["synth", "--seed", "9", "--citizens", "2000", "--out", d]);
+    let mut token = String::new();
+    let answered = answered_across_kills(|| {
+        let (gateway, facts) = start_demo(dir.path());
+        let gateway = common::Running(gateway);
+        let user = facts["users"][0]["id"].as_str().unwrap();
+        if token.is_empty() {
+            token = run(&["token", "--dir", d, "--user", user])
+                .trim()
+                .to_owned();
         }
-    }
-    records
+        Started {
+            gateway,
+            url: facts["gateway_url"].as_str().unwrap().to_owned(),
+            token: token.clone(),
+            cprs: facts["users"][0]["citizens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().to_owned())
+                .collect(),
+        }
+    });
+
+    // After the last crash the chain verifies, and every answered lookup is in it.
+    let verified = run(&["audit", "verify", "--dir", d]);
+    assert!(verified.contains("verified"), "{verified}");
+    let mut store =
+        samblik_audit::sqlite::SqliteStore::open_read_only(&dir.path().join("audit.db")).unwrap();
+    assert_every_answer_logged(&mut store, &answered);
+}
+
+/// `samblik serve` from a config file, its audit log in PostgreSQL, a source in a process of
+/// its own that outlives every kill.
+#[test]
+fn every_answered_lookup_survives_kill_9_on_postgresql_and_the_chain_verifies() {
+    let Some(setup) = common::postgres_setup("crash", "replica-crash") else {
+        return;
+    };
+    let common::PostgresSetup {
+        config,
+        url,
+        token,
+        jobcenter_cprs: cprs,
+        ..
+    } = &setup;
+    let answered = answered_across_kills(|| {
+        let (gateway, addr) = common::start_serve(config, url);
+        Started {
+            gateway,
+            url: format!("http://{addr}"),
+            token: token.clone(),
+            cprs: cprs.clone(),
+        }
+    });
+
+    let verified = Command::new(SAMBLIK)
+        .args(["audit", "verify", "--config", config.to_str().unwrap()])
+        .env("SAMBLIK_AUDIT_DATABASE_URL", url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        verified.status.success() && text.contains("verified"),
+        "{text}{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let mut store = samblik_audit::postgres::PostgresStore::open_read_only(url).unwrap();
+    assert_every_answer_logged(&mut store, &answered);
 }
