@@ -45,6 +45,9 @@ pub struct WriterOptions {
     /// by itself, with no lookup to carry it (a load balancer sends none to an unhealthy
     /// gateway).
     pub retry_every: Duration,
+    /// How many fsyncs of the store's log may be in flight at once (at least one), for stores
+    /// whose commits are fsync'ed apart from the writer. See [`SYNC_THREADS`].
+    pub sync_threads: usize,
 }
 
 impl WriterOptions {
@@ -58,6 +61,7 @@ impl WriterOptions {
             retention: None,
             max_prune_records: 50_000,
             retry_every: Duration::from_secs(1),
+            sync_threads: SYNC_THREADS,
         }
     }
 }
@@ -136,7 +140,9 @@ impl AuditLog {
                     let state = begin(&mut *store, &signer, &options)?;
                     let syncer = store
                         .deferred_sync()?
-                        .map(|sync| Syncer::start(sync, Arc::clone(&health_tx)))
+                        .map(|sync| {
+                            Syncer::start(sync, Arc::clone(&health_tx), options.sync_threads)
+                        })
                         .transpose()?;
                     Ok((store, state, syncer))
                 });
@@ -549,10 +555,13 @@ struct Committed {
     replies: Vec<(AppendReply, Receipt)>,
 }
 
-/// How many fsyncs may be in flight at once: a batch's fsync starts as soon as it is committed,
-/// even while the previous batch's is still running, so a record waits for about one fsync
-/// rather than the rest of the one in progress and then its own.
-const SYNC_THREADS: usize = 2;
+/// How many fsyncs may be in flight at once, by default: one. A second sync thread starts a
+/// batch's fsync as soon as it is committed, even while the previous batch's is still running,
+/// so a record waits for about one fsync rather than the rest of the one in progress and then
+/// its own. But at saturation it doubles the fsyncs for the same records, and on a virtual disk
+/// each costs CPU the lookups need: with one, the gateway keeps a larger share of its fsync-off
+/// throughput at 512 callers, and the same at 32 and 128 (see BENCHMARKS.md, session 20).
+pub const SYNC_THREADS: usize = 1;
 
 /// The fsync half of a pipelined commit, for stores with a [`LogSync`]: the writer commits a
 /// batch without waiting for the disk and hands its receipts here; a sync thread fsyncs the log,
@@ -594,7 +603,11 @@ struct Release {
 }
 
 impl Syncer {
-    fn start(sync: Box<dyn LogSync>, health: Arc<Health>) -> Result<Self, AuditError> {
+    fn start(
+        sync: Box<dyn LogSync>,
+        health: Arc<Health>,
+        threads: usize,
+    ) -> Result<Self, AuditError> {
         let (batches, rx) = mpsc::channel::<Committed>();
         let shared = Arc::new(SyncShared {
             sync,
@@ -614,7 +627,7 @@ impl Syncer {
             committed: 0,
             epoch: 1,
         };
-        for i in 0..SYNC_THREADS {
+        for i in 0..threads.max(1) {
             let shared = Arc::clone(&syncer.shared);
             let thread = std::thread::Builder::new()
                 .name(format!("samblik-audit-sync-{i}"))

@@ -223,6 +223,7 @@ fn sqlite_commits_the_next_batch_while_the_last_one_is_fsynced_and_answers_only_
     assert_eq!(verify(&s).unwrap()[0].records, 4);
 }
 
+/// Only with two fsyncs in flight at once (the writer's default is one).
 #[test]
 fn sqlite_a_later_fsync_that_succeeds_does_not_answer_records_after_an_earlier_one_that_failed() {
     let s = common::sqlite_store("audit");
@@ -232,7 +233,12 @@ fn sqlite_a_later_fsync_that_succeeds_does_not_answer_records_after_an_earlier_o
         Arc::clone(&store.failing_syncs),
         Arc::clone(&store.failing_sync_hold),
     );
-    let log = Arc::new(open(&s, Box::new(store)));
+    let signer = CheckpointSigner::load_or_create(&s.key).unwrap();
+    let two_syncs = WriterOptions {
+        sync_threads: 2,
+        ..options(10)
+    };
+    let log = Arc::new(AuditLog::start(Box::new(store), signer, two_syncs).unwrap());
     let runtime = common::runtime();
     // The first record's fsync will fail, but only after the second record's has succeeded.
     let late = late_error.lock().unwrap();
