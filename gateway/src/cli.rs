@@ -847,12 +847,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let pipeline = Arc::new(crate::server::pipeline_from_config(&config)?);
             println!("samblik gateway listening on {}", listener.local_addr()?);
             let panel = match panel {
-                Some(bound) => {
-                    println!("samblik panel listening on {}", bound.local_addr()?);
-                    Some(bound.through(&pipeline)?)
-                }
+                Some(bound) => Some(bound.through(&pipeline)?),
                 None => None,
             };
+            if let Some(p) = &panel {
+                println!("samblik panel listening on {}", p.listener.local_addr()?);
+            }
             let shutdown = shutdown_on_signal();
             let server = crate::server::serve_with_panel(
                 pipeline,

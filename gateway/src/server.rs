@@ -501,11 +501,6 @@ pub struct BoundPanel {
 }
 
 impl BoundPanel {
-    /// The port it listens on.
-    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.listener.local_addr()
-    }
-
     /// The panel acting through `pipeline`.
     pub fn through(self, pipeline: &Arc<LookupPipeline>) -> Result<PanelServer, ServerError> {
         let BoundPanel { setup, listener } = self;
