@@ -30,6 +30,7 @@ pub mod bodies;
 pub mod checkpoint;
 pub mod maintenance;
 mod open_chunk;
+pub mod pg_pipeline;
 pub mod postgres;
 pub mod record;
 pub mod registry;
@@ -50,7 +51,7 @@ pub use registry::{
     AccessRequest, ChangeOutcome, Consent, ConsentKind, Recipients, Registry, RegistryChange,
     RegistryReader, RequestFilter, RequestState,
 };
-pub use writer::{AuditLog, Receipt, WriterOptions, maintenance_event};
+pub use writer::{AuditLog, Receipt, SYNC_THREADS, WriterOptions, maintenance_event};
 
 /// Whether a commit waits for the disk, in either store. `Off` exists only to measure what
 /// durability costs; never run a municipality on it.
@@ -118,6 +119,15 @@ pub(crate) const STORED_COLUMNS: &str =
 pub(crate) const CHAINS: &str = "SELECT chain FROM audit_records
      UNION SELECT chain FROM audit_checkpoints ORDER BY chain";
 
+/// What [`AuditStore::append_unsynced`] did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Committed and durable already, as [`AuditStore::append`] would.
+    Durable,
+    /// Kept once a [`LogSync::sync`] that began after the call has succeeded.
+    Deferred,
+}
+
 /// Makes durable, on a thread of its own, what a store committed with
 /// [`AuditStore::append_unsynced`]: see [`AuditStore::deferred_sync`].
 pub trait LogSync: Send + Sync + 'static {
@@ -137,25 +147,29 @@ pub trait AuditStore: Send + 'static {
         records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError>;
-    /// Commits like [`AuditStore::append`], atomically, but may return before the commit is
-    /// durable: it is once a [`LogSync::sync`] that began after this returned has succeeded.
+    /// Writes like [`AuditStore::append`], atomically, but may return before the batch is
+    /// durable, or even committed ([`Commit::Deferred`]): it is kept once a [`LogSync::sync`]
+    /// that began after this returned has succeeded. If that sync fails, the batch may not have
+    /// been kept: the writer reads the chain's head again after [`AuditStore::recover_sync`].
     /// The default is `append`, durable at once.
     fn append_unsynced(
         &mut self,
         records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
-    ) -> Result<(), AuditError> {
-        self.append(records, checkpoint)
+    ) -> Result<Commit, AuditError> {
+        self.append(records, checkpoint).map(|()| Commit::Durable)
     }
-    /// For a store that can overlap one commit's fsync with the next commit's work (SQLite): the
-    /// handle that makes its [`AuditStore::append_unsynced`] commits durable. `None`, the
-    /// default: every commit waits for the disk itself.
+    /// For a store that can overlap one batch's commit or fsync with the next batch's work: the
+    /// handle that makes its [`AuditStore::append_unsynced`] batches durable. SQLite commits at
+    /// once and fsyncs on the sync threads; PostgreSQL commits on connections of its own
+    /// ([`postgres`]). `None`, the default: every commit waits for the disk itself.
     fn deferred_sync(&mut self) -> Result<Option<Box<dyn LogSync>>, AuditError> {
         Ok(None)
     }
     /// After a [`LogSync::sync`] failed: makes everything committed so far durable by a path
     /// that does not rely on the failed writes (after a failed fsync the kernel may have
-    /// dropped them), or fails. The writer refuses records until this succeeds.
+    /// dropped them), or fails. The writer refuses records until this succeeds, then reads the
+    /// chain's head again.
     fn recover_sync(&mut self) -> Result<(), AuditError> {
         Ok(())
     }
@@ -267,7 +281,7 @@ impl<S: AuditStore + ?Sized> AuditStore for Box<S> {
         &mut self,
         records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
-    ) -> Result<(), AuditError> {
+    ) -> Result<Commit, AuditError> {
         (**self).append_unsynced(records, checkpoint)
     }
     fn deferred_sync(&mut self) -> Result<Option<Box<dyn LogSync>>, AuditError> {

@@ -3,19 +3,26 @@
 //! stays verifiable on its own. A commit returns after PostgreSQL has flushed its WAL
 //! (`synchronous_commit` is forced on for the session), unless the store was opened with
 //! [`Durability::Off`] to measure what that costs.
+//!
+//! A writer's batches are written on connections of their own, several at once and committed in
+//! order ([`crate::pg_pipeline`]); the store's own connection holds the chain's claim and does
+//! everything else.
 
 use crate::checkpoint::Checkpoint;
+use crate::pg_pipeline::{CONNECTIONS, Pipeline};
 use crate::registry::{
     AccessRequest, CONSENT_COLUMNS, ChangeOutcome, Consent, ConsentRow, REQUEST_COLUMNS,
     RegistryChange, RegistryReader, RequestFilter, RequestRow, RequestState, decide_refusal,
     time_text,
 };
 use crate::{
-    AuditError, AuditRecord, AuditStore, CHAINS, Durability, STORED_COLUMNS, SealChange,
-    SealedRecord, StoredRecord,
+    AuditError, AuditRecord, AuditStore, CHAINS, Commit, Durability, LogSync, STORED_COLUMNS,
+    SealChange, SealedRecord, StoredRecord,
 };
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Statement};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit_records (
@@ -120,6 +127,14 @@ pub struct PostgresStore {
     /// The chain this session holds the lock of ([`AuditStore::claim`]), taken again on a new
     /// connection.
     claimed: Option<String>,
+    /// The server process of the session holding the claim, for the pipeline's connections to
+    /// check (0 before a claim).
+    claim_pid: Arc<AtomicI32>,
+    /// The connections the writer's batches are spread over, once it asked for them
+    /// ([`AuditStore::deferred_sync`]).
+    pipeline: Option<Pipeline>,
+    /// How many connections that is.
+    connections: usize,
 }
 
 /// A registry reader's statements, each prepared once on its connection: a query given as text
@@ -142,13 +157,27 @@ impl Statements {
 
 /// The two statements a batch is written with.
 #[derive(Clone)]
-struct Inserts {
+pub(crate) struct Inserts {
     records: Statement,
     checkpoint: Statement,
 }
 
+impl Inserts {
+    /// Prepared on `client`'s connection (outside any transaction, so that a rollback cannot
+    /// take them away).
+    pub(crate) fn prepare(client: &mut Client) -> Result<Self, AuditError> {
+        Ok(Inserts {
+            records: client.prepare(INSERT_RECORDS)?,
+            checkpoint: client.prepare(INSERT_CHECKPOINT)?,
+        })
+    }
+}
+
 /// One statement (one round trip) per batch rather than one per record: each column goes as an
-/// array and the rows are inserted in the batch's order.
+/// array and the rows are inserted in the batch's order. `$12`, unless 0, is the server process
+/// that must still hold the chain's claim (an advisory lock, [`lock_chain`]): a pipeline's
+/// connection ([`crate::pg_pipeline`]) writes for a claim held by another session, and inserts
+/// nothing once that session has ended.
 const INSERT_RECORDS: &str = "INSERT INTO audit_records
      (chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash)
      SELECT chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash
@@ -157,6 +186,9 @@ const INSERT_RECORDS: &str = "INSERT INTO audit_records
           WITH ORDINALITY
           AS r(chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body,
                hash, n)
+     WHERE $12::int4 = 0
+        OR EXISTS (SELECT 1 FROM pg_locks
+                    WHERE locktype = 'advisory' AND pid = $12::int4 AND granted)
      ORDER BY n";
 
 const INSERT_CHECKPOINT: &str =
@@ -191,7 +223,7 @@ impl PostgresStore {
     /// flushed (`synchronous_commit = off` for this session only): for measuring what
     /// durability costs, never for a municipality.
     pub fn connect_with(url: &str, durability: Durability) -> Result<Self, AuditError> {
-        let mut client = session(url, durability, false)?;
+        let mut client = session(url, durability, false, own_name(false))?;
         create_schema(&mut client)?;
         Ok(PostgresStore {
             client,
@@ -200,13 +232,16 @@ impl PostgresStore {
             durability,
             read_only: false,
             claimed: None,
+            claim_pid: Arc::default(),
+            pipeline: None,
+            connections: CONNECTIONS,
         })
     }
 
     /// Opens an existing store to read it only (verification): a read-only session, and nothing
     /// created — a database without the audit log's tables is an error, not an empty store.
     pub fn open_read_only(url: &str) -> Result<Self, AuditError> {
-        let mut client = session(url, Durability::Full, true)?;
+        let mut client = session(url, Durability::Full, true, own_name(true))?;
         let exists: bool = client
             .query_one("SELECT to_regclass('audit_records') IS NOT NULL", &[])?
             .get(0);
@@ -222,6 +257,9 @@ impl PostgresStore {
             durability: Durability::Full,
             read_only: true,
             claimed: None,
+            claim_pid: Arc::default(),
+            pipeline: None,
+            connections: CONNECTIONS,
         })
     }
 
@@ -230,28 +268,48 @@ impl PostgresStore {
     fn connected(&mut self) -> Result<&mut Client, AuditError> {
         if self.client.is_closed() {
             tracing::warn!("the audit database connection is gone; connecting again");
-            self.client = session(&self.url, self.durability, self.read_only)?;
+            self.client = session(
+                &self.url,
+                self.durability,
+                self.read_only,
+                own_name(self.read_only),
+            )?;
             self.inserts = None;
             // The lock went with the old session: a writer that took the chain meanwhile keeps
             // it, and this one writes nothing more.
             if let Some(chain) = &self.claimed {
-                lock_chain(&mut self.client, chain)?;
+                let pid = lock_chain(&mut self.client, chain)?;
+                self.claim_pid.store(pid, Ordering::SeqCst);
             }
         }
         Ok(&mut self.client)
     }
 
+    /// Spreads the writer's batches over `connections` connections (1: one beside the store's
+    /// own). For measuring; [`CONNECTIONS`] otherwise.
+    pub fn with_connections(mut self, connections: usize) -> Self {
+        self.connections = connections.max(1);
+        self
+    }
+
+    /// Before anything on the store's own connection: every pipelined batch has finished, so
+    /// writes stay in order and reads see them; `Err` if one failed and the writer has not
+    /// recovered yet.
+    fn settled(&mut self) -> Result<&mut Client, AuditError> {
+        if let Some(pipeline) = &self.pipeline {
+            pipeline.settle()?;
+        }
+        self.connected()
+    }
+
     /// The statements a batch is written with, prepared once per connection (outside any
     /// transaction, so that a rollback cannot take them away).
     fn inserts(&mut self) -> Result<Inserts, AuditError> {
-        self.connected()?;
+        self.settled()?;
         if let Some(inserts) = &self.inserts {
             return Ok(inserts.clone());
         }
-        let inserts = Inserts {
-            records: self.client.prepare(INSERT_RECORDS)?,
-            checkpoint: self.client.prepare(INSERT_CHECKPOINT)?,
-        };
+        let inserts = Inserts::prepare(&mut self.client)?;
         self.inserts = Some(inserts.clone());
         Ok(inserts)
     }
@@ -271,16 +329,17 @@ impl PostgresStore {
 const CHAIN_LOCK_WAIT: &str = "10s";
 
 /// Takes `chain`'s session-level advisory lock (waiting up to [`CHAIN_LOCK_WAIT`]), or says
-/// that someone else holds it.
-fn lock_chain(client: &mut Client, chain: &str) -> Result<(), AuditError> {
+/// that someone else holds it. Returns the session's server process, which holds it.
+fn lock_chain(client: &mut Client, chain: &str) -> Result<i32, AuditError> {
     client.batch_execute(&format!("SET lock_timeout = '{CHAIN_LOCK_WAIT}'"))?;
-    let locked = client.execute(
-        "SELECT pg_advisory_lock(hashtextextended('samblik-audit-chain:' || $1, 0))",
+    let locked = client.query_one(
+        "SELECT pg_backend_pid()
+           FROM pg_advisory_lock(hashtextextended('samblik-audit-chain:' || $1, 0))",
         &[&chain],
     );
     client.batch_execute("RESET lock_timeout")?;
     match locked {
-        Ok(_) => Ok(()),
+        Ok(row) => Ok(row.get(0)),
         Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
             Err(AuditError::Store(format!(
                 "the audit chain {chain:?} is being written by another gateway (or an \
@@ -292,16 +351,33 @@ fn lock_chain(client: &mut Client, chain: &str) -> Result<(), AuditError> {
 }
 
 /// A session that commits as `durability` says; with `read_only`, one that cannot write.
-fn session(url: &str, durability: Durability, read_only: bool) -> Result<Client, AuditError> {
+/// Named `name` on the server (`application_name`, for operators and `pg_stat_activity`).
+pub(crate) fn session(
+    url: &str,
+    durability: Durability,
+    read_only: bool,
+    name: &str,
+) -> Result<Client, AuditError> {
     let mut client = Client::connect(url, NoTls)?;
-    client.batch_execute(match durability {
-        Durability::Full => "SET synchronous_commit = on",
-        Durability::Off => "SET synchronous_commit = off",
-    })?;
-    if read_only {
-        client.batch_execute("SET default_transaction_read_only = on")?;
-    }
+    let commit = match durability {
+        Durability::Full => "on",
+        Durability::Off => "off",
+    };
+    let read_only = if read_only { "on" } else { "off" };
+    client.batch_execute(&format!(
+        "SET synchronous_commit = {commit}; SET default_transaction_read_only = {read_only};
+         SET application_name = '{name}'"
+    ))?;
     Ok(client)
+}
+
+/// What the store's own session is called on the server.
+fn own_name(read_only: bool) -> &'static str {
+    if read_only {
+        "samblik-audit-reader"
+    } else {
+        "samblik-audit-writer"
+    }
 }
 
 fn create_schema(client: &mut Client) -> Result<(), AuditError> {
@@ -311,11 +387,14 @@ fn create_schema(client: &mut Client) -> Result<(), AuditError> {
     Ok(created?)
 }
 
-fn insert(
+/// Inserts a batch in `tx`. With `claim_pid` (not 0), only while that server process still
+/// holds the chain's claim.
+pub(crate) fn insert(
     tx: &mut postgres::Transaction<'_>,
     statements: &Inserts,
     records: &[SealedRecord],
     checkpoint: Option<&Checkpoint>,
+    claim_pid: i32,
 ) -> Result<(), AuditError> {
     if !records.is_empty() {
         let column = |f: fn(&SealedRecord) -> &str| records.iter().map(f).collect::<Vec<_>>();
@@ -324,7 +403,7 @@ fn insert(
             .map(|r| to_i64(r.seq))
             .collect::<Result<Vec<_>, _>>()?;
         let cprs: Vec<Option<&str>> = records.iter().map(|r| r.indexed.cpr.as_deref()).collect();
-        tx.execute(
+        let inserted = tx.execute(
             &statements.records,
             &[
                 &column(|r| &r.chain),
@@ -338,8 +417,15 @@ fn insert(
                 &column(|r| r.indexed.outcome.as_str()),
                 &column(|r| &r.body),
                 &column(|r| &r.hash),
+                &claim_pid,
             ],
         )?;
+        if inserted != records.len() as u64 {
+            return Err(AuditError::Store(
+                "the session holding the audit chain's claim has ended; the batch is not written"
+                    .into(),
+            ));
+        }
     }
     if let Some(c) = checkpoint {
         tx.execute(
@@ -494,13 +580,14 @@ fn apply(
 
 impl AuditStore for PostgresStore {
     fn claim(&mut self, chain: &str) -> Result<(), AuditError> {
-        lock_chain(self.connected()?, chain)?;
+        let pid = lock_chain(self.settled()?, chain)?;
+        self.claim_pid.store(pid, Ordering::SeqCst);
         self.claimed = Some(chain.to_owned());
         Ok(())
     }
 
     fn head(&mut self, chain: &str) -> Result<Option<(u64, String)>, AuditError> {
-        let row = self.connected()?.query_opt(
+        let row = self.settled()?.query_opt(
             "SELECT seq, hash FROM audit_records WHERE chain = $1 ORDER BY seq DESC LIMIT 1",
             &[&chain],
         )?;
@@ -508,7 +595,7 @@ impl AuditStore for PostgresStore {
     }
 
     fn last_checkpoint(&mut self, chain: &str) -> Result<Option<Checkpoint>, AuditError> {
-        let row = self.connected()?.query_opt(
+        let row = self.settled()?.query_opt(
             "SELECT seq, head_hash, at, signature FROM audit_checkpoints
              WHERE chain = $1 ORDER BY seq DESC LIMIT 1",
             &[&chain],
@@ -522,9 +609,56 @@ impl AuditStore for PostgresStore {
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError> {
         let inserts = self.inserts()?;
-        let mut tx = self.connected()?.transaction()?;
-        insert(&mut tx, &inserts, records, checkpoint)?;
+        let mut tx = self.settled()?.transaction()?;
+        insert(&mut tx, &inserts, records, checkpoint, 0)?;
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Hands the batch to the pipeline's next connection ([`crate::pg_pipeline`]): it is
+    /// durable once the pipeline's sync says so. A lone record that finds the pipeline idle is
+    /// committed here at once, on the store's own connection: there is nothing for it to overlap
+    /// with, and it waits for one thread less. (Not any batch that finds it idle: a batch
+    /// committed here holds up the writer, so the next would find it idle too.)
+    fn append_unsynced(
+        &mut self,
+        records: &[SealedRecord],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<Commit, AuditError> {
+        match &self.pipeline {
+            Some(pipeline) if records.len() > 1 || !pipeline.idle() => {
+                pipeline.submit(records, checkpoint)?;
+                Ok(Commit::Deferred)
+            }
+            _ => self.append(records, checkpoint).map(|()| Commit::Durable),
+        }
+    }
+
+    fn deferred_sync(&mut self) -> Result<Option<Box<dyn LogSync>>, AuditError> {
+        if self.read_only {
+            return Ok(None);
+        }
+        if self.pipeline.is_none() {
+            self.pipeline = Some(Pipeline::start(
+                &self.url,
+                self.durability,
+                self.connections,
+                Arc::clone(&self.claim_pid),
+            )?);
+        }
+        Ok(self
+            .pipeline
+            .as_ref()
+            .map(|p| Box::new(p.sync()) as Box<dyn LogSync>))
+    }
+
+    /// Accepts batches again once those in flight have finished: every batch that committed is
+    /// durable (its commit waited for the WAL flush), and those after a failed one were rolled
+    /// back, so the writer re-reads the chain's head.
+    fn recover_sync(&mut self) -> Result<(), AuditError> {
+        if let Some(pipeline) = &self.pipeline {
+            pipeline.recover();
+        }
         Ok(())
     }
 
@@ -535,7 +669,7 @@ impl AuditStore for PostgresStore {
     ) -> Result<ChangeOutcome, AuditError> {
         // Dropping the transaction on any error below rolls the change back.
         let inserts = self.inserts()?;
-        let mut tx = self.connected()?.transaction()?;
+        let mut tx = self.settled()?.transaction()?;
         let outcome = apply(&mut tx, change)?;
         let (record, checkpoint) = seal(outcome)?;
         insert(
@@ -543,6 +677,7 @@ impl AuditStore for PostgresStore {
             &inserts,
             std::slice::from_ref(&record),
             checkpoint.as_ref(),
+            0,
         )?;
         tx.commit()?;
         Ok(outcome)
@@ -550,7 +685,7 @@ impl AuditStore for PostgresStore {
 
     fn maintenance_records(&mut self, chain: &str) -> Result<Vec<StoredRecord>, AuditError> {
         Ok(self
-            .connected()?
+            .settled()?
             .query(
                 &format!(
                     "SELECT {STORED_COLUMNS} FROM audit_records
@@ -570,7 +705,7 @@ impl AuditStore for PostgresStore {
         max_seq: u64,
     ) -> Result<Option<Checkpoint>, AuditError> {
         let max_seq = i64::try_from(max_seq).unwrap_or(i64::MAX);
-        let row = self.connected()?.query_opt(
+        let row = self.settled()?.query_opt(
             "SELECT c.seq, c.head_hash, c.at, c.signature FROM audit_checkpoints c
              WHERE c.chain = $1 AND c.seq <= $3
                AND c.seq < COALESCE((SELECT r.seq FROM audit_records r
@@ -594,7 +729,7 @@ impl AuditStore for PostgresStore {
         let through = to_i64(through_seq)?;
         let inserts = self.inserts()?;
         // Dropping the transaction on any error below rolls the delete back.
-        let mut tx = self.connected()?.transaction()?;
+        let mut tx = self.settled()?.transaction()?;
         let deleted = tx.execute(
             "DELETE FROM audit_records WHERE chain = $1 AND seq <= $2",
             &[&chain, &through],
@@ -614,6 +749,7 @@ impl AuditStore for PostgresStore {
             &inserts,
             std::slice::from_ref(record),
             Some(checkpoint),
+            0,
         )?;
         tx.commit()?;
         Ok(deleted)
@@ -621,7 +757,7 @@ impl AuditStore for PostgresStore {
 
     fn chains(&mut self) -> Result<Vec<String>, AuditError> {
         Ok(self
-            .connected()?
+            .settled()?
             .query(CHAINS, &[])?
             .iter()
             .map(|r| r.get(0))
@@ -636,7 +772,7 @@ impl AuditStore for PostgresStore {
     ) -> Result<Vec<StoredRecord>, AuditError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         Ok(self
-            .connected()?
+            .settled()?
             .query(
                 &format!(
                     "SELECT {STORED_COLUMNS} FROM audit_records
@@ -651,7 +787,7 @@ impl AuditStore for PostgresStore {
 
     fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError> {
         Ok(self
-            .connected()?
+            .settled()?
             .query(
                 "SELECT seq, head_hash, at, signature FROM audit_checkpoints
                  WHERE chain = $1 ORDER BY seq",

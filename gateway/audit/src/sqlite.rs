@@ -56,8 +56,8 @@ use crate::registry::{
     time_text,
 };
 use crate::{
-    AuditError, AuditRecord, AuditStore, CHAINS, LogSync, STORED_COLUMNS, SealChange, SealedRecord,
-    StoredRecord,
+    AuditError, AuditRecord, AuditStore, CHAINS, Commit, LogSync, STORED_COLUMNS, SealChange,
+    SealedRecord, StoredRecord,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::fs::File;
@@ -974,8 +974,9 @@ impl AuditStore for SqliteStore {
         &mut self,
         records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
-    ) -> Result<(), AuditError> {
-        self.append_records(records, checkpoint, false)
+    ) -> Result<Commit, AuditError> {
+        self.append_records(records, checkpoint, false)?;
+        Ok(Commit::Deferred)
     }
 
     fn deferred_sync(&mut self) -> Result<Option<Box<dyn LogSync>>, AuditError> {

@@ -4,7 +4,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::registry::{ChangeOutcome, RegistryChange};
-use crate::{AuditError, AuditStore, LogSync, SealChange, SealedRecord, StoredRecord};
+use crate::{AuditError, AuditStore, Commit, LogSync, SealChange, SealedRecord, StoredRecord};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -124,7 +124,7 @@ impl<S: AuditStore> AuditStore for FaultInjecting<S> {
         &mut self,
         records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
-    ) -> Result<(), AuditError> {
+    ) -> Result<Commit, AuditError> {
         self.commit()?;
         self.inner.append_unsynced(records, checkpoint)
     }

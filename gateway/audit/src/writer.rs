@@ -15,7 +15,7 @@ use crate::record::{
     Action, Actor, AuditEvent, AuditRecord, EncodedEvent, GENESIS_HASH, Outcome, SealedRecord,
 };
 use crate::registry::{ChangeOutcome, RegistryChange};
-use crate::{AuditError, AuditStore, LogSync};
+use crate::{AuditError, AuditStore, Commit, LogSync};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, PoisonError};
@@ -455,7 +455,11 @@ fn run(
                 .checkpoint_interval
                 .min(due.saturating_duration_since(Instant::now()))
         });
-        if !writer.health.healthy() {
+        // Unhealthy: retry soon. Batches still waiting for their fsync (or, on PostgreSQL, their
+        // commit) may yet fail, and the sync thread that finds out cannot wake this one: look
+        // again soon, or a store that failed while the writer was idle would be retried only
+        // when the next record or the checkpoint interval came.
+        if !writer.health.healthy() || writer.syncer.as_ref().is_some_and(|s| !s.idle()) {
             wait = wait.min(writer.options.retry_every);
         }
         let first = match rx.recv_timeout(wait) {
@@ -647,6 +651,16 @@ impl Syncer {
 
     fn recovered(&mut self) {
         self.epoch = self.shared.failed_epoch.load(Ordering::SeqCst) + 1;
+    }
+
+    /// Whether every batch handed over so far is answered.
+    fn idle(&self) -> bool {
+        let release = self
+            .shared
+            .release
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        release.next == self.committed
     }
 
     /// Waits until every batch handed over so far is answered, so that a write made durable
@@ -1028,15 +1042,22 @@ impl Writer {
         });
         let committed = match &self.syncer {
             Some(_) => self.store.append_unsynced(&records, checkpoint.as_ref()),
-            None => self.store.append(&records, checkpoint.as_ref()),
+            None => self
+                .store
+                .append(&records, checkpoint.as_ref())
+                .map(|()| Commit::Durable),
         };
         match committed {
-            Ok(()) => {
+            Ok(commit) => {
                 self.succeeded(checkpoint.is_some());
                 match &mut self.syncer {
-                    // Receipts leave once the syncer has fsync'ed the commit.
-                    Some(syncer) => syncer.send(replies),
-                    None => {
+                    // Receipts leave once the syncer has made the batch durable, and after
+                    // every batch before it; a batch durable already, with none waiting before
+                    // it, is answered here.
+                    Some(syncer) if commit == Commit::Deferred || !syncer.idle() => {
+                        syncer.send(replies)
+                    }
+                    _ => {
                         for (reply, receipt) in replies {
                             if let Some(reply) = reply {
                                 let _ = reply.send(Ok(receipt));
@@ -1065,6 +1086,9 @@ impl Writer {
         }
         self.store.recover_sync()?;
         syncer.recovered();
+        // What the failed commits held may not be in the store (PostgreSQL rolls back the
+        // batches after a failed one): the head is read again before anything is sealed on it.
+        self.state.stale = true;
         self.health.sync(true);
         tracing::info!(chain = %self.options.chain, "audit store recovered after a failed fsync");
         Ok(())

@@ -108,7 +108,7 @@ fn test_store(prefix: &str, postgres_admin: Option<&str>) -> TestStore {
 }
 
 /// Waits (bounded) until `done` holds: for what another thread does, with no fixed sleep.
-pub fn wait_until(what: &str, done: impl Fn() -> bool) {
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !done() {
         assert!(
