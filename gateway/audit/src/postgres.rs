@@ -24,15 +24,21 @@ use postgres::{Client, NoTls, Statement};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
+/// The columns the indexes hold compare byte by byte (`COLLATE "C"`), as SQLite's do: an RFC
+/// 3339 time, a CPR number, a caller id or a chain id has no linguistic order, and the database's
+/// own collation (`da_DK.UTF-8`, say) would make every index comparison of every insert a
+/// locale-aware one. Tables created before keep the database's collation; `ALTER TABLE
+/// audit_records ALTER COLUMN … TYPE TEXT COLLATE "C"` (which rebuilds the indexes, under a
+/// lock) moves one over.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit_records (
     id         BIGSERIAL PRIMARY KEY,
-    chain      TEXT   NOT NULL,
+    chain      TEXT COLLATE \"C\" NOT NULL,
     seq        BIGINT NOT NULL,
-    at         TEXT   NOT NULL,
+    at         TEXT COLLATE \"C\" NOT NULL,
     request_id TEXT   NOT NULL,
-    cpr        TEXT,
-    caller_id  TEXT   NOT NULL,
+    cpr        TEXT COLLATE \"C\",
+    caller_id  TEXT COLLATE \"C\" NOT NULL,
     department TEXT   NOT NULL,
     action     TEXT   NOT NULL,
     outcome    TEXT   NOT NULL,

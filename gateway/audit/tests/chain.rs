@@ -156,6 +156,40 @@ fn postgres_bodies_are_compressed_with_lz4() {
     }
 }
 
+/// The text columns the indexes hold compare byte by byte, whatever the database's collation:
+/// as on SQLite, and without a locale-aware comparison at every step of every index insert.
+#[test]
+fn postgres_indexed_text_columns_compare_byte_by_byte() {
+    for s in setups() {
+        if !s.is_postgres() {
+            continue;
+        }
+        write(&s, 3);
+        let Backend::Postgres(url) = &s.backend else {
+            continue;
+        };
+        let mut client = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+        let collations: Vec<(String, String)> = client
+            .query(
+                "SELECT a.attname::text, c.collname::text
+                   FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+                  WHERE a.attrelid = 'audit_records'::regclass
+                    AND a.attname IN ('chain', 'at', 'cpr', 'caller_id')
+                  ORDER BY a.attname",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let expected: Vec<(String, String)> = ["at", "caller_id", "chain", "cpr"]
+            .iter()
+            .map(|c| ((*c).to_owned(), "C".to_owned()))
+            .collect();
+        assert_eq!(collations, expected);
+    }
+}
+
 #[test]
 fn records_chain_and_verify_across_restarts() {
     for s in setups() {
