@@ -24,6 +24,9 @@ use postgres::{Client, NoTls, Statement};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
+/// A record's key is its place in its chain, `(chain, seq)`: a table created before has a
+/// serial `id` as well, which nothing reads (and which every insert had to draw and index).
+///
 /// The columns the indexes hold compare byte by byte (`COLLATE "C"`), as SQLite's do: an RFC
 /// 3339 time, a CPR number, a caller id or a chain id has no linguistic order, and the database's
 /// own collation (`da_DK.UTF-8`, say) would make every index comparison of every insert a
@@ -32,7 +35,6 @@ use std::sync::atomic::{AtomicI32, Ordering};
 /// lock) moves one over.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit_records (
-    id         BIGSERIAL PRIMARY KEY,
     chain      TEXT COLLATE \"C\" NOT NULL,
     seq        BIGINT NOT NULL,
     at         TEXT COLLATE \"C\" NOT NULL,
@@ -44,7 +46,7 @@ CREATE TABLE IF NOT EXISTS audit_records (
     outcome    TEXT   NOT NULL,
     body       TEXT   NOT NULL,
     hash       TEXT   NOT NULL,
-    UNIQUE (chain, seq)
+    PRIMARY KEY (chain, seq)
 );
 -- A body (~1–3 KB of JSON) is compressed by the server before it is stored: with lz4 (the
 -- server's default is pglz, several times slower) a batch of records is written ~40 % faster
@@ -180,22 +182,19 @@ impl Inserts {
 }
 
 /// One statement (one round trip) per batch rather than one per record: each column goes as an
-/// array and the rows are inserted in the batch's order. `$12`, unless 0, is the server process
-/// that must still hold the chain's claim (an advisory lock, [`lock_chain`]): a pipeline's
-/// connection ([`crate::pg_pipeline`]) writes for a claim held by another session, and inserts
-/// nothing once that session has ended.
+/// array, unnested side by side in the select list (no sort, no materialised function scan: the
+/// rows' order in the table means nothing, every read orders by seq or time). `$12`, unless 0,
+/// is the server process that must still hold the chain's claim (an advisory lock,
+/// [`lock_chain`]): a pipeline's connection ([`crate::pg_pipeline`]) writes for a claim held by
+/// another session, and inserts nothing once that session has ended.
 const INSERT_RECORDS: &str = "INSERT INTO audit_records
      (chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash)
-     SELECT chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash
-     FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
-          WITH ORDINALITY
-          AS r(chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body,
-               hash, n)
+     SELECT UNNEST($1::text[]), UNNEST($2::bigint[]), UNNEST($3::text[]), UNNEST($4::text[]),
+            UNNEST($5::text[]), UNNEST($6::text[]), UNNEST($7::text[]), UNNEST($8::text[]),
+            UNNEST($9::text[]), UNNEST($10::text[]), UNNEST($11::text[])
      WHERE $12::int4 = 0
         OR EXISTS (SELECT 1 FROM pg_locks
-                    WHERE locktype = 'advisory' AND pid = $12::int4 AND granted)
-     ORDER BY n";
+                    WHERE locktype = 'advisory' AND pid = $12::int4 AND granted)";
 
 const INSERT_CHECKPOINT: &str =
     "INSERT INTO audit_checkpoints (chain, seq, head_hash, at, signature)

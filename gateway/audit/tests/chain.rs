@@ -190,6 +190,58 @@ fn postgres_indexed_text_columns_compare_byte_by_byte() {
     }
 }
 
+/// A new table is keyed by a record's place in its chain; one created before, with a serial id
+/// and the database's collation, is written and verified as ever.
+#[test]
+fn postgres_a_new_table_is_keyed_by_chain_and_seq_and_an_older_one_still_works() {
+    for s in setups() {
+        let Backend::Postgres(url) = &s.backend else {
+            continue;
+        };
+        write(&s, 3);
+        let mut client = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+        let key = |client: &mut ::postgres::Client| -> Vec<String> {
+            client
+                .query(
+                    "SELECT a.attname::text
+                       FROM pg_index i
+                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                      WHERE i.indrelid = 'audit_records'::regclass AND i.indisprimary
+                      ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        };
+        assert_eq!(key(&mut client), ["chain", "seq"]);
+
+        // The table as it was created before this change.
+        s.sql(
+            "DROP TABLE audit_records, audit_checkpoints;
+             CREATE TABLE audit_records (
+                 id BIGSERIAL PRIMARY KEY, chain TEXT NOT NULL, seq BIGINT NOT NULL,
+                 at TEXT NOT NULL, request_id TEXT NOT NULL, cpr TEXT, caller_id TEXT NOT NULL,
+                 department TEXT NOT NULL, action TEXT NOT NULL, outcome TEXT NOT NULL,
+                 body TEXT NOT NULL, hash TEXT NOT NULL, UNIQUE (chain, seq));",
+        );
+        write(&s, 3);
+        assert_eq!(key(&mut client), ["id"]);
+        let ids: Vec<i64> = client
+            .query("SELECT id FROM audit_records ORDER BY seq", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            ids.len() >= 3 && ids.windows(2).all(|w| w[0] < w[1]),
+            "{ids:?}"
+        );
+        verify(&s).unwrap();
+    }
+}
+
 #[test]
 fn records_chain_and_verify_across_restarts() {
     for s in setups() {
