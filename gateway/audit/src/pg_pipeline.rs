@@ -31,6 +31,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 /// commits the one before, and use two of its cores (BENCHMARKS.md, session 21).
 pub const CONNECTIONS: usize = 2;
 
+/// A batch of fewer records that finds the pipeline idle is committed on the store's own
+/// connection instead, and answered at once: handing it over costs two thread hand-offs (to a
+/// connection's thread, then to the writer's sync thread), which at moderate load lengthened a
+/// lookup more than the overlap gained (BENCHMARKS.md, session 21). Larger batches are what a
+/// writer falling behind makes, and what the pipeline is for.
+pub const INLINE_BELOW: usize = 64;
+
 /// What the pipeline's sessions are called on the server (`application_name`), with their
 /// number after it.
 pub const BATCHES_NAME: &str = "samblik-audit-batches";

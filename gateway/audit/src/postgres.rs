@@ -9,7 +9,7 @@
 //! everything else.
 
 use crate::checkpoint::Checkpoint;
-use crate::pg_pipeline::{CONNECTIONS, Pipeline};
+use crate::pg_pipeline::{CONNECTIONS, INLINE_BELOW, Pipeline};
 use crate::registry::{
     AccessRequest, CONSENT_COLUMNS, ChangeOutcome, Consent, ConsentRow, REQUEST_COLUMNS,
     RegistryChange, RegistryReader, RequestFilter, RequestRow, RequestState, decide_refusal,
@@ -621,17 +621,17 @@ impl AuditStore for PostgresStore {
     }
 
     /// Hands the batch to the pipeline's next connection ([`crate::pg_pipeline`]): it is
-    /// durable once the pipeline's sync says so. A lone record that finds the pipeline idle is
-    /// committed here at once, on the store's own connection: there is nothing for it to overlap
-    /// with, and it waits for one thread less. (Not any batch that finds it idle: a batch
-    /// committed here holds up the writer, so the next would find it idle too.)
+    /// durable once the pipeline's sync says so. A small batch that finds the pipeline idle is
+    /// committed here at once, on the store's own connection ([`INLINE_BELOW`]). (Not any batch
+    /// that finds it idle: a batch committed here holds up the writer, so the next would find it
+    /// idle too, and a writer falling behind would never use the pipeline.)
     fn append_unsynced(
         &mut self,
         records: &[SealedRecord],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<Commit, AuditError> {
         match &self.pipeline {
-            Some(pipeline) if records.len() > 1 || !pipeline.idle() => {
+            Some(pipeline) if records.len() >= INLINE_BELOW || !pipeline.idle() => {
                 pipeline.submit(records, checkpoint)?;
                 Ok(Commit::Deferred)
             }

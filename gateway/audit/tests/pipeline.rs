@@ -12,6 +12,9 @@ use samblik_audit::*;
 
 const CHAIN: &str = "replica-a";
 
+/// Records in a batch the store hands to its pipeline even when it is idle.
+const BATCH: usize = pg_pipeline::INLINE_BELOW;
+
 /// `n` lookups sealed after `head`, which moves to the last of them.
 fn sealed(head: &mut (u64, String), n: usize) -> Vec<SealedRecord> {
     (0..n)
@@ -104,11 +107,11 @@ fn postgres_batches_commit_in_order_and_none_after_a_failed_one() {
     let (mut store, sync) = claimed(&s);
     let mut head = (0, GENESIS_HASH.to_owned());
 
-    // A lone record with nothing in flight is committed on the store's own connection.
-    let lone = sealed(&mut head, 1);
+    // A small batch with nothing in flight is committed on the store's own connection.
+    let lone = sealed(&mut head, BATCH - 1);
     assert_eq!(store.append_unsynced(&lone, None).unwrap(), Commit::Durable);
     // A batch goes to the pipeline's first connection.
-    let first = sealed(&mut head, 3);
+    let first = sealed(&mut head, BATCH);
     assert_eq!(
         store.append_unsynced(&first, None).unwrap(),
         Commit::Deferred
@@ -116,13 +119,13 @@ fn postgres_batches_commit_in_order_and_none_after_a_failed_one() {
     sync.sync().unwrap();
     assert_eq!(stored(&mut *store), expected(&[&lone, &first]));
 
-    // The next two batches go to the two connections, and both wait for a lock an operator
-    // holds on the table.
+    // The next two batches go to the two connections (the second, small, because the first is
+    // in flight), and both wait for a lock an operator holds on the table.
     let mut operator = session(&s);
     let mut lock = operator.transaction().unwrap();
     lock.batch_execute("LOCK TABLE audit_records IN EXCLUSIVE MODE")
         .unwrap();
-    let second = sealed(&mut head, 2);
+    let second = sealed(&mut head, BATCH);
     let third = sealed(&mut head, 2);
     assert_eq!(
         store.append_unsynced(&second, None).unwrap(),
@@ -146,7 +149,7 @@ fn postgres_batches_commit_in_order_and_none_after_a_failed_one() {
         .expect_err("a batch that was not written is not durable");
     assert!(failed.to_string().contains("not written"), "{failed}");
     let refused = store
-        .append_unsynced(&sealed(&mut head.clone(), 2), None)
+        .append_unsynced(&sealed(&mut head.clone(), BATCH), None)
         .expect_err("nothing is handed over before the writer recovers");
     assert!(
         refused.to_string().contains("until the writer recovers"),
@@ -163,12 +166,12 @@ fn postgres_batches_commit_in_order_and_none_after_a_failed_one() {
     let (seq, hash) = store.head(CHAIN).unwrap().unwrap();
     assert_eq!(
         (seq, hash.as_str()),
-        (4, first.last().unwrap().hash.as_str())
+        (2 * BATCH as u64 - 1, first.last().unwrap().hash.as_str())
     );
     assert_eq!(stored(&mut *store), expected(&[&lone, &first]));
     let mut head = (seq, hash);
-    let after = sealed(&mut head, 2);
-    let last = sealed(&mut head, 2);
+    let after = sealed(&mut head, BATCH);
+    let last = sealed(&mut head, BATCH);
     assert_eq!(
         store.append_unsynced(&after, None).unwrap(),
         Commit::Deferred
@@ -191,7 +194,7 @@ fn postgres_batches_are_not_written_once_the_session_holding_the_claim_has_ended
     };
     let (mut store, sync) = claimed(&s);
     let mut head = (0, GENESIS_HASH.to_owned());
-    let first = sealed(&mut head, 2);
+    let first = sealed(&mut head, BATCH);
     store.append_unsynced(&first, None).unwrap();
     sync.sync().unwrap();
 
@@ -199,7 +202,7 @@ fn postgres_batches_are_not_written_once_the_session_holding_the_claim_has_ended
     // fault): the chain is free for another writer, and the pipeline's connections, whose
     // sessions live on, must not write for a claim nobody holds.
     end_sessions(&mut session(&s), "samblik-audit-writer");
-    let orphaned = sealed(&mut head.clone(), 2);
+    let orphaned = sealed(&mut head.clone(), BATCH);
     assert_eq!(
         store.append_unsynced(&orphaned, None).unwrap(),
         Commit::Deferred
@@ -218,7 +221,7 @@ fn postgres_batches_are_not_written_once_the_session_holding_the_claim_has_ended
         .unwrap()
         .unwrap();
     assert_eq!(stored(&mut *store), expected(&[&first]));
-    let next = sealed(&mut head, 2);
+    let next = sealed(&mut head, BATCH);
     store.append_unsynced(&next, None).unwrap();
     sync.sync().unwrap();
     assert_eq!(stored(&mut *store), expected(&[&first, &next]));
@@ -245,7 +248,7 @@ fn postgres_a_batch_connection_lost_under_load_fails_only_unwritten_records_and_
     // Bursts of lookups, and during each the pipeline's sessions are ended; until some records
     // were refused (a session ended mid-batch) in at least three bursts' time.
     for round in 0..100 {
-        let burst: Vec<_> = (0..200)
+        let burst: Vec<_> = (0..500)
             .map(|i| spawn_append(&rt, &log, lookup_event(i)))
             .collect();
         end_sessions(&mut watcher, "samblik-audit-batches-%");
