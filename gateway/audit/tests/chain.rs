@@ -394,6 +394,43 @@ fn sqlite_a_later_fsync_that_succeeds_does_not_answer_records_after_an_earlier_o
     verify(&s).unwrap();
 }
 
+/// The failure reaches the sync thread, which cannot wake the writer: the writer must look
+/// again within `retry_every` while a batch of its is unanswered, not at the checkpoint interval.
+#[test]
+fn sqlite_an_fsync_failing_after_the_writer_went_idle_is_recovered_without_another_write() {
+    let s = common::sqlite_store("audit");
+    let store = FaultInjecting::new(s.store());
+    let commits = Arc::clone(&store.commits);
+    let (failing_syncs, late_error) = (
+        Arc::clone(&store.failing_syncs),
+        Arc::clone(&store.failing_sync_hold),
+    );
+    let signer = CheckpointSigner::load_or_create(&s.key).unwrap();
+    let idle_long = WriterOptions {
+        retry_every: Duration::from_millis(20),
+        checkpoint_interval: Duration::from_secs(600),
+        ..options(10)
+    };
+    let log = Arc::new(AuditLog::start(Box::new(store), signer, idle_long).unwrap());
+    let health = log.health();
+    let runtime = common::runtime();
+    let late = late_error.lock().unwrap();
+    failing_syncs.store(1, Ordering::SeqCst);
+    let before = commits.load(Ordering::SeqCst);
+    let first = spawn_append(&runtime, &log, event(1));
+    wait_until("the record is committed and its fsync began", || {
+        commits.load(Ordering::SeqCst) > before && failing_syncs.load(Ordering::SeqCst) == 0
+    });
+    // Nothing more is written: the writer is waiting for work when the disk reports the error.
+    drop(late);
+    assert!(runtime.block_on(first).unwrap().is_err());
+    wait_until("healthy again without another write", || *health.borrow());
+    drop(runtime);
+    Arc::try_unwrap(log).unwrap().close();
+    assert_eq!(maintenance_at(&s, 3), Maintenance::StoreRecovered);
+    verify(&s).unwrap();
+}
+
 #[test]
 fn sqlite_a_failed_fsync_refuses_its_records_turns_unhealthy_and_recovers() {
     let s = common::sqlite_store("audit");
