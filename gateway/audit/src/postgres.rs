@@ -181,20 +181,38 @@ impl Inserts {
     }
 }
 
+/// The key of the advisory lock that claims the chain named by the SQL expression `$chain`
+/// ([`lock_chain`]).
+macro_rules! chain_lock_key {
+    ($chain:literal) => {
+        concat!(
+            "hashtextextended('samblik-audit-chain:' || ",
+            $chain,
+            ", 0)"
+        )
+    };
+}
+
 /// One statement (one round trip) per batch rather than one per record: each column goes as an
 /// array, unnested side by side in the select list (no sort, no materialised function scan: the
 /// rows' order in the table means nothing, every read orders by seq or time). `$12`, unless 0,
-/// is the server process that must still hold the chain's claim (an advisory lock,
-/// [`lock_chain`]): a pipeline's connection ([`crate::pg_pipeline`]) writes for a claim held by
-/// another session, and inserts nothing once that session has ended.
-const INSERT_RECORDS: &str = "INSERT INTO audit_records
+/// is the server process that must still hold the claim of the batch's chain (an advisory lock,
+/// [`lock_chain`], whose 64-bit key `pg_locks` shows in halves): a pipeline's connection
+/// ([`crate::pg_pipeline`]) writes for a claim held by another session, and inserts nothing once
+/// that session has ended.
+const INSERT_RECORDS: &str = concat!(
+    "INSERT INTO audit_records
      (chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash)
      SELECT UNNEST($1::text[]), UNNEST($2::bigint[]), UNNEST($3::text[]), UNNEST($4::text[]),
             UNNEST($5::text[]), UNNEST($6::text[]), UNNEST($7::text[]), UNNEST($8::text[]),
             UNNEST($9::text[]), UNNEST($10::text[]), UNNEST($11::text[])
      WHERE $12::int4 = 0
         OR EXISTS (SELECT 1 FROM pg_locks
-                    WHERE locktype = 'advisory' AND pid = $12::int4 AND granted)";
+                    WHERE locktype = 'advisory' AND pid = $12::int4 AND granted
+                      AND ((classid::int8 << 32) | objid::int8) = ",
+    chain_lock_key!("($1::text[])[1]"),
+    ")"
+);
 
 const INSERT_CHECKPOINT: &str =
     "INSERT INTO audit_checkpoints (chain, seq, head_hash, at, signature)
@@ -338,8 +356,11 @@ const CHAIN_LOCK_WAIT: &str = "10s";
 fn lock_chain(client: &mut Client, chain: &str) -> Result<i32, AuditError> {
     client.batch_execute(&format!("SET lock_timeout = '{CHAIN_LOCK_WAIT}'"))?;
     let locked = client.query_one(
-        "SELECT pg_backend_pid()
-           FROM pg_advisory_lock(hashtextextended('samblik-audit-chain:' || $1, 0))",
+        concat!(
+            "SELECT pg_backend_pid() FROM pg_advisory_lock(",
+            chain_lock_key!("$1"),
+            ")"
+        ),
         &[&chain],
     );
     client.batch_execute("RESET lock_timeout")?;

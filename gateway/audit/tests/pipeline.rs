@@ -188,6 +188,35 @@ fn postgres_batches_commit_in_order_and_none_after_a_failed_one() {
 }
 
 #[test]
+fn postgres_a_batch_is_written_only_while_its_own_chain_is_claimed() {
+    let Some(s) = postgres_store("pipeline_own_claim") else {
+        return;
+    };
+    // The store's session claims another chain (its pid holds an advisory lock, just not this
+    // chain's): a batch of this chain must not pass for claimed.
+    let mut store = s.store();
+    store.claim("replica-b").unwrap();
+    let sync = store.deferred_sync().unwrap().unwrap();
+    let mut head = (0, GENESIS_HASH.to_owned());
+    let unclaimed = sealed(&mut head.clone(), BATCH);
+    assert_eq!(
+        store.append_unsynced(&unclaimed, None).unwrap(),
+        Commit::Deferred
+    );
+    let refused = sync.sync().expect_err("written without its chain's claim");
+    assert!(refused.to_string().contains("claim"), "{refused}");
+    store.recover_sync().unwrap();
+    assert_eq!(stored(&mut *store), []);
+
+    // Claimed, it is written.
+    store.claim(CHAIN).unwrap();
+    let claimed = sealed(&mut head, BATCH);
+    store.append_unsynced(&claimed, None).unwrap();
+    sync.sync().unwrap();
+    assert_eq!(stored(&mut *store), expected(&[&claimed]));
+}
+
+#[test]
 fn postgres_batches_are_not_written_once_the_session_holding_the_claim_has_ended() {
     let Some(s) = postgres_store("pipeline_claim") else {
         return;
