@@ -79,13 +79,28 @@ fn waiting_for_a_lock(watcher: &mut ::postgres::Client) -> Vec<String> {
 
 /// `s`'s store, holding the chain's claim, and the sync side of its pipeline.
 fn claimed(s: &TestStore) -> (Box<dyn AuditStore>, Box<dyn LogSync>) {
+    claiming(s, CHAIN)
+}
+
+/// `s`'s store, holding `chain`'s claim, and the sync side of its pipeline.
+fn claiming(s: &TestStore, chain: &str) -> (Box<dyn AuditStore>, Box<dyn LogSync>) {
     let mut store = s.store();
-    store.claim(CHAIN).unwrap();
+    store.claim(chain).unwrap();
     let sync = store
         .deferred_sync()
         .unwrap()
         .expect("PostgreSQL pipelines its batches");
     (store, sync)
+}
+
+/// Hands `batch` to the pipeline and sees its sync refuse it for want of the chain's claim.
+fn refused_without_a_claim(store: &mut dyn AuditStore, sync: &dyn LogSync, batch: &[SealedRecord]) {
+    assert_eq!(
+        store.append_unsynced(batch, None).unwrap(),
+        Commit::Deferred
+    );
+    let refused = sync.sync().expect_err("written without the chain's claim");
+    assert!(refused.to_string().contains("claim"), "{refused}");
 }
 
 /// Ends the sessions of `watcher`'s database whose `application_name` is like `name`.
@@ -194,17 +209,9 @@ fn postgres_a_batch_is_written_only_while_its_own_chain_is_claimed() {
     };
     // The store's session claims another chain (its pid holds an advisory lock, just not this
     // chain's): a batch of this chain must not pass for claimed.
-    let mut store = s.store();
-    store.claim("replica-b").unwrap();
-    let sync = store.deferred_sync().unwrap().unwrap();
+    let (mut store, sync) = claiming(&s, "replica-b");
     let mut head = (0, GENESIS_HASH.to_owned());
-    let unclaimed = sealed(&mut head.clone(), BATCH);
-    assert_eq!(
-        store.append_unsynced(&unclaimed, None).unwrap(),
-        Commit::Deferred
-    );
-    let refused = sync.sync().expect_err("written without its chain's claim");
-    assert!(refused.to_string().contains("claim"), "{refused}");
+    refused_without_a_claim(&mut *store, &*sync, &sealed(&mut head.clone(), BATCH));
     store.recover_sync().unwrap();
     assert_eq!(stored(&mut *store), []);
 
@@ -231,13 +238,7 @@ fn postgres_batches_are_not_written_once_the_session_holding_the_claim_has_ended
     // fault): the chain is free for another writer, and the pipeline's connections, whose
     // sessions live on, must not write for a claim nobody holds.
     end_sessions(&mut session(&s), "samblik-audit-writer");
-    let orphaned = sealed(&mut head.clone(), BATCH);
-    assert_eq!(
-        store.append_unsynced(&orphaned, None).unwrap(),
-        Commit::Deferred
-    );
-    let refused = sync.sync().expect_err("written without the chain's claim");
-    assert!(refused.to_string().contains("claim"), "{refused}");
+    refused_without_a_claim(&mut *store, &*sync, &sealed(&mut head.clone(), BATCH));
 
     // Once recovered, the store's connection is made again and takes the claim again; batches
     // are written again.
