@@ -855,6 +855,7 @@ fn serve_from_a_config_file_audits_into_postgresql_and_verifies() {
         signing_key,
         token,
         jobcenter_cprs,
+        .. // the database, dropped when `setup` goes
     } = setup;
     // Verifying a database the gateway has not written yet: an error, and nothing created in
     // it (verification only reads).

@@ -59,15 +59,38 @@ pub fn postgres_admin_url() -> Option<String> {
     }
 }
 
-/// A new, empty database on the server at `admin` for test `name`; returns its URL.
-pub fn fresh_database(admin: &str, name: &str) -> String {
+/// A test's own database on the test server, dropped with it.
+pub struct FreshDatabase {
+    admin: String,
+    name: String,
+    pub url: String,
+}
+
+/// A new, empty database on the server at `admin` for test `name`.
+pub fn fresh_database(admin: &str, name: &str) -> FreshDatabase {
     let database = format!("samblik_{name}_{}", std::process::id());
     let mut pg = postgres::Client::connect(admin, postgres::NoTls).unwrap();
     pg.batch_execute(&format!("DROP DATABASE IF EXISTS {database}"))
         .unwrap();
     pg.batch_execute(&format!("CREATE DATABASE {database}"))
         .unwrap();
-    format!("{}/{database}", admin.rsplit_once('/').unwrap().0)
+    FreshDatabase {
+        url: format!("{}/{database}", admin.rsplit_once('/').unwrap().0),
+        admin: admin.to_owned(),
+        name: database,
+    }
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        // FORCE ends the sessions of a gateway the test left running.
+        if let Ok(mut pg) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+            let _ = pg.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
 }
 
 /// The start of a gateway config: a plaintext listener on a free port, the demo issuer's key,
@@ -148,6 +171,7 @@ pub struct PostgresSetup {
     pub config: std::path::PathBuf,
     /// The audit store's database.
     pub url: String,
+    _database: FreshDatabase,
     /// The checkpoint signing key the config names.
     pub signing_key: std::path::PathBuf,
     /// A jobcenter caseworker's token.
@@ -158,7 +182,8 @@ pub struct PostgresSetup {
 
 /// A [`PostgresSetup`] for test `name`, writing chain `chain`; `None` off CI without a server.
 pub fn postgres_setup(name: &str, chain: &str) -> Option<PostgresSetup> {
-    let url = fresh_database(&postgres_admin_url()?, name);
+    let database = fresh_database(&postgres_admin_url()?, name);
+    let url = database.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let synth = Command::new(SAMBLIK)
@@ -204,6 +229,7 @@ pub fn postgres_setup(name: &str, chain: &str) -> Option<PostgresSetup> {
         source,
         config,
         url,
+        _database: database,
         token,
         jobcenter_cprs,
     })

@@ -19,6 +19,25 @@ pub struct TestStore {
     _dir: tempfile::TempDir,
     pub backend: Backend,
     pub key: PathBuf,
+    /// The PostgreSQL server's admin URL and this store's database there, dropped with it.
+    database: Option<(String, String)>,
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        let Some((admin, name)) = &self.database else {
+            return;
+        };
+        // A test's sessions may still be ending: FORCE ends them. A failure leaves the database
+        // for the next server start to lose (the test server is a throw-away one).
+        match ::postgres::Client::connect(admin, ::postgres::NoTls) {
+            Ok(mut client) => {
+                let _ =
+                    client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+            Err(e) => eprintln!("could not drop the test database {name}: {e}"),
+        }
+    }
 }
 
 impl TestStore {
@@ -84,6 +103,7 @@ pub fn sqlite_store(prefix: &str) -> TestStore {
 fn test_store(prefix: &str, postgres_admin: Option<&str>) -> TestStore {
     static DATABASES: AtomicUsize = AtomicUsize::new(0);
     let dir = tempfile::tempdir().unwrap();
+    let mut database = None;
     let backend = match postgres_admin {
         None => Backend::Sqlite(dir.path().join("audit.db")),
         Some(admin) => {
@@ -97,13 +117,16 @@ fn test_store(prefix: &str, postgres_admin: Option<&str>) -> TestStore {
                 .batch_execute(&format!("CREATE DATABASE {name}"))
                 .unwrap();
             let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
-            Backend::Postgres(format!("{base}/{name}"))
+            let url = format!("{base}/{name}");
+            database = Some((admin.to_owned(), name));
+            Backend::Postgres(url)
         }
     };
     TestStore {
         key: dir.path().join("audit-signing.key"),
         backend,
         _dir: dir,
+        database,
     }
 }
 
