@@ -471,12 +471,18 @@ impl LookupPipeline {
                                     ..Default::default()
                                 });
                             }
+                            // What the admin saw of the case: that it exists (tier 0: none of
+                            // the tiers a caseworker is given) and its type.
                             audited.push(CaseEntry {
                                 case_id: case.case_id.clone(),
                                 tier: 0,
                                 basis: None,
                                 rule_ids: decision.rule_ids.to_vec(),
-                                fields: Vec::new(),
+                                fields: case_type
+                                    .is_some()
+                                    .then(|| "existence.case_type".to_owned())
+                                    .into_iter()
+                                    .collect(),
                             });
                             response.cases.push(ExplainedCase {
                                 source_id: id.to_owned(),

@@ -238,27 +238,53 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
         "{found}"
     );
     assert!(found.contains("policy-explained"), "{found}");
-    let export = dir.path().join("export.csv");
-    let exported = audit(
-        &[
-            "export",
-            "--cpr",
-            everywhere,
-            "--format",
-            "csv",
-            "--out",
-            export.to_str().unwrap(),
-        ],
-        &auditor,
-    );
-    assert!(exported.status.success(), "{exported:?}");
-    let csv = std::fs::read_to_string(&export).unwrap();
+    // The citizen's records exported as `format`, read back.
+    let export = |format: &str| {
+        let out = dir.path().join(format!("export.{format}"));
+        let exported = audit(
+            &[
+                "export",
+                "--cpr",
+                everywhere,
+                "--format",
+                format,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &auditor,
+        );
+        assert!(exported.status.success(), "{exported:?}");
+        std::fs::read_to_string(&out).unwrap()
+    };
+    let csv = export("csv");
     assert!(csv.starts_with("at,chain,seq,request_id,action"), "{csv}");
     assert_eq!(
         csv.lines().filter(|l| l.contains(",lookup,")).count(),
         2,
         "{csv}"
     );
+    // The dry run's record names each case the officer learnt of, and its type as what was seen.
+    let explained: Vec<serde_json::Value> = export("jsonl")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["action"] == "policy-explained")
+        .collect();
+    assert_eq!(explained.len(), 1, "{explained:?}");
+    let cases: Vec<&serde_json::Value> = explained[0]["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["cases"].as_array().unwrap())
+        .collect();
+    assert!(!cases.is_empty(), "{explained:?}");
+    for case in cases {
+        assert_eq!(case["tier"], 0, "{case}");
+        assert_eq!(
+            case["fields"],
+            serde_json::json!(["existence.case_type"]),
+            "{case}"
+        );
+    }
     let refused = audit(&["search"], &token);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("PermissionDenied"));
     let citizen = as_user(&format!("citizen:{everywhere}"));
