@@ -805,7 +805,7 @@ pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) ->
 pub struct ScratchDatabases {
     admin: String,
     tool: &'static str,
-    created: Vec<String>,
+    created: Vec<samblik_audit::testing::ScratchDatabase>,
 }
 
 impl std::fmt::Debug for ScratchDatabases {
@@ -828,33 +828,18 @@ impl ScratchDatabases {
 
     /// Creates an empty database for `name` and returns its URL.
     pub fn create(&mut self, name: &str) -> anyhow::Result<String> {
-        let database = format!("samblik_{}_{}_{name}", self.tool, std::process::id());
-        let mut admin = postgres::Client::connect(&self.admin, postgres::NoTls).map_err(|e| {
-            anyhow::anyhow!("cannot connect to the PostgreSQL server given by --postgres: {e}")
+        let database = samblik_audit::testing::ScratchDatabase::create(
+            &self.admin,
+            &format!("{}_{name}", self.tool),
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create a database on the PostgreSQL server given by --postgres: {e}"
+            )
         })?;
-        admin.batch_execute(&format!("CREATE DATABASE {database}"))?;
-        self.created.push(database.clone());
-        let base = self
-            .admin
-            .rsplit_once('/')
-            .map_or(self.admin.as_str(), |(base, _)| base);
-        Ok(format!("{base}/{database}"))
-    }
-}
-
-impl Drop for ScratchDatabases {
-    fn drop(&mut self) {
-        if self.created.is_empty() {
-            return;
-        }
-        let Ok(mut admin) = postgres::Client::connect(&self.admin, postgres::NoTls) else {
-            eprintln!("could not drop the databases {:?}", self.created);
-            return;
-        };
-        for database in &self.created {
-            let _ =
-                admin.batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"));
-        }
+        let url = database.url().to_owned();
+        self.created.push(database);
+        Ok(url)
     }
 }
 

@@ -1,6 +1,7 @@
 //! A fault-injecting store for tests of what happens when the audit log cannot be written
 //! (disk full, I/O error, database down): it fails every write while switched on, and every
-//! fsync of a pipelined commit while that is switched on.
+//! fsync of a pipelined commit while that is switched on. And [`ScratchDatabase`], a test's or a
+//! benchmark's own database on a PostgreSQL server.
 
 use crate::checkpoint::Checkpoint;
 use crate::registry::{ChangeOutcome, RegistryChange};
@@ -209,5 +210,99 @@ impl<S: AuditStore> AuditStore for FaultInjecting<S> {
             }
         }
         result
+    }
+}
+
+/// A database of its own on a PostgreSQL server (given by an administrator's URL), for a test or
+/// a benchmark: created empty, and dropped when this goes, ending any session still in it.
+pub struct ScratchDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl std::fmt::Debug for ScratchDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URLs may hold a password: never print them.
+        f.debug_struct("ScratchDatabase")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScratchDatabase {
+    /// Creates `samblik_{label}_{process}_{n}` on the server at `admin` (`label`: lower-case
+    /// letters, digits and `_`).
+    pub fn create(admin: &str, label: &str) -> Result<Self, AuditError> {
+        static CREATED: AtomicUsize = AtomicUsize::new(0);
+        if label.is_empty()
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(AuditError::Store(format!(
+                "{label:?} cannot name a scratch database"
+            )));
+        }
+        let name = format!(
+            "samblik_{label}_{}_{}",
+            std::process::id(),
+            CREATED.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut client = postgres::Client::connect(admin, postgres::NoTls)?;
+        // One left by an earlier process of the same id that did not end cleanly.
+        client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
+        client.batch_execute(&format!("CREATE DATABASE {name}"))?;
+        let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
+        Ok(ScratchDatabase {
+            url: format!("{base}/{name}"),
+            admin: admin.to_owned(),
+            name,
+        })
+    }
+
+    /// The database's URL: the administrator's, naming this database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        let dropped = postgres::Client::connect(&self.admin, postgres::NoTls).and_then(|mut c| {
+            c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+        });
+        if let Err(e) = dropped {
+            tracing::warn!(database = %self.name, error = %e, "a scratch database was not dropped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ScratchDatabase;
+
+    #[test]
+    fn a_scratch_database_is_named_only_by_a_plain_label() {
+        // Refused before any connection: nothing listens at this address.
+        for label in [
+            "",
+            "x; DROP DATABASE postgres",
+            "Upper",
+            "with-dash",
+            "q\"uote",
+        ] {
+            let refused =
+                ScratchDatabase::create("postgres://postgres@127.0.0.1:1/postgres", label);
+            assert!(
+                refused
+                    .as_ref()
+                    .is_err_and(|e| e.to_string().contains("cannot name a scratch database")),
+                "{label:?}: {refused:?}"
+            );
+        }
     }
 }

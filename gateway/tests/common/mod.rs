@@ -59,40 +59,6 @@ pub fn postgres_admin_url() -> Option<String> {
     }
 }
 
-/// A test's own database on the test server, dropped with it.
-pub struct FreshDatabase {
-    admin: String,
-    name: String,
-    pub url: String,
-}
-
-/// A new, empty database on the server at `admin` for test `name`.
-pub fn fresh_database(admin: &str, name: &str) -> FreshDatabase {
-    let database = format!("samblik_{name}_{}", std::process::id());
-    let mut pg = postgres::Client::connect(admin, postgres::NoTls).unwrap();
-    pg.batch_execute(&format!("DROP DATABASE IF EXISTS {database}"))
-        .unwrap();
-    pg.batch_execute(&format!("CREATE DATABASE {database}"))
-        .unwrap();
-    FreshDatabase {
-        url: format!("{}/{database}", admin.rsplit_once('/').unwrap().0),
-        admin: admin.to_owned(),
-        name: database,
-    }
-}
-
-impl Drop for FreshDatabase {
-    fn drop(&mut self) {
-        // FORCE ends the sessions of a gateway the test left running.
-        if let Ok(mut pg) = postgres::Client::connect(&self.admin, postgres::NoTls) {
-            let _ = pg.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
-    }
-}
-
 /// The start of a gateway config: a plaintext listener on a free port, the demo issuer's key,
 /// and one jobcenter source at `source_addr`.
 pub fn config_head(issuer: &samblik_gateway::tokens::DemoIssuer, source_addr: &str) -> String {
@@ -171,7 +137,7 @@ pub struct PostgresSetup {
     pub config: std::path::PathBuf,
     /// The audit store's database.
     pub url: String,
-    _database: FreshDatabase,
+    _database: samblik_audit::testing::ScratchDatabase,
     /// The checkpoint signing key the config names.
     pub signing_key: std::path::PathBuf,
     /// A jobcenter caseworker's token.
@@ -182,8 +148,9 @@ pub struct PostgresSetup {
 
 /// A [`PostgresSetup`] for test `name`, writing chain `chain`; `None` off CI without a server.
 pub fn postgres_setup(name: &str, chain: &str) -> Option<PostgresSetup> {
-    let database = fresh_database(&postgres_admin_url()?, name);
-    let url = database.url.clone();
+    let database =
+        samblik_audit::testing::ScratchDatabase::create(&postgres_admin_url()?, name).unwrap();
+    let url = database.url().to_owned();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let synth = Command::new(SAMBLIK)

@@ -5,9 +5,9 @@
 
 use samblik_audit::postgres::PostgresStore;
 use samblik_audit::sqlite::{Durability, SqliteStore};
+use samblik_audit::testing::ScratchDatabase;
 use samblik_audit::{AuditStore, Registry};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub enum Backend {
     Sqlite(PathBuf),
@@ -19,25 +19,8 @@ pub struct TestStore {
     _dir: tempfile::TempDir,
     pub backend: Backend,
     pub key: PathBuf,
-    /// The PostgreSQL server's admin URL and this store's database there, dropped with it.
-    database: Option<(String, String)>,
-}
-
-impl Drop for TestStore {
-    fn drop(&mut self) {
-        let Some((admin, name)) = &self.database else {
-            return;
-        };
-        // A test's sessions may still be ending: FORCE ends them. A failure leaves the database
-        // for the next server start to lose (the test server is a throw-away one).
-        match ::postgres::Client::connect(admin, ::postgres::NoTls) {
-            Ok(mut client) => {
-                let _ =
-                    client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-            }
-            Err(e) => eprintln!("could not drop the test database {name}: {e}"),
-        }
-    }
+    /// The PostgreSQL store's database, dropped with it.
+    _database: Option<ScratchDatabase>,
 }
 
 impl TestStore {
@@ -101,32 +84,17 @@ pub fn sqlite_store(prefix: &str) -> TestStore {
 }
 
 fn test_store(prefix: &str, postgres_admin: Option<&str>) -> TestStore {
-    static DATABASES: AtomicUsize = AtomicUsize::new(0);
     let dir = tempfile::tempdir().unwrap();
-    let mut database = None;
-    let backend = match postgres_admin {
+    let database = postgres_admin.map(|admin| ScratchDatabase::create(admin, prefix).unwrap());
+    let backend = match &database {
         None => Backend::Sqlite(dir.path().join("audit.db")),
-        Some(admin) => {
-            let name = format!(
-                "samblik_{prefix}_{}_{}",
-                std::process::id(),
-                DATABASES.fetch_add(1, Ordering::SeqCst)
-            );
-            let mut client = ::postgres::Client::connect(admin, ::postgres::NoTls).unwrap();
-            client
-                .batch_execute(&format!("CREATE DATABASE {name}"))
-                .unwrap();
-            let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
-            let url = format!("{base}/{name}");
-            database = Some((admin.to_owned(), name));
-            Backend::Postgres(url)
-        }
+        Some(database) => Backend::Postgres(database.url().to_owned()),
     };
     TestStore {
         key: dir.path().join("audit-signing.key"),
         backend,
         _dir: dir,
-        database,
+        _database: database,
     }
 }
 
