@@ -6,14 +6,12 @@
 //! - [`GrpcSource`]: a [`Source`] that calls a remote adapter over `samblik.source.v1`.
 //! - [`server`]: exposes any [`Source`] as a `samblik.source.v1` gRPC server (with health and
 //!   reflection), so an adapter only has to implement the trait.
-//! - [`reference`]: the reference sources for child welfare, jobcenter and integration, serving
-//!   their department's slice of the synthetic municipality. They stand in for the adapters that
-//!   run next to real fagsystemer.
+//! - The reference sources for child welfare, jobcenter and integration, which stand in for the
+//!   adapters that run next to real fagsystemer, are the `samblik-reference` crate.
 //! - [`tls`]: rustls for every listener and for the gateway's mutual-TLS connections to
 //!   sources, with certificates reloaded from their files on change.
 
 mod grpc;
-pub mod reference;
 pub mod server;
 pub mod tls;
 

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use samblik_adapters::reference::ReferenceSource;
 use samblik_adapters::{CaseQuery, Source};
 use samblik_audit::registry::{Consent, ConsentKind, Recipients};
 use samblik_gateway::config::{PolicyConfig, SourceConfig};
@@ -17,13 +16,14 @@ use samblik_policy::Role;
 use samblik_proto::Cpr;
 use samblik_proto::source::v1::CallerContext;
 use samblik_proto::v1::{Case, Tier};
+use samblik_reference::ReferenceSource;
 use samblik_synth::store::DepartmentData;
 use samblik_synth::{Department, SynthConfig};
 use std::collections::BTreeMap;
 use std::hint::black_box;
 
 // The allocator the `samblik` program runs (`--no-default-features`: the system's).
-samblik_gateway::global_allocator!();
+samblik::global_allocator!();
 
 /// One lookup's worth of input: a citizen's cases per source, and a consent.
 struct Lookup {
@@ -188,7 +188,7 @@ fn bench(c: &mut Criterion) {
         "{} lookups, {:.1} cases each, {} allocator",
         lookups.len(),
         cases as f64 / lookups.len() as f64,
-        samblik_gateway::ALLOCATOR_NAME
+        samblik::ALLOCATOR_NAME
     );
     let mut i = 0;
     c.bench_function(

@@ -13,7 +13,7 @@ use std::hint::black_box;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 // The allocator the `samblik` program runs (`--no-default-features`: the system's).
-samblik_gateway::global_allocator!();
+samblik::global_allocator!();
 
 const RSA_PRIVATE: &str = include_str!("../../tests/fixtures/test-rsa.key.pem");
 const RSA_PUBLIC: &str = include_str!("../../tests/fixtures/test-rsa.pub.pem");

@@ -591,7 +591,7 @@ fn decoding_key(
 mod tests {
     use super::*;
     use crate::config::KeyConfig;
-    use crate::tokens::{DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, DemoIssuer};
+    use samblik::tokens::{DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, DemoIssuer};
 
     fn setup(cache: u64) -> (tempfile::TempDir, DemoIssuer, Authenticator) {
         let dir = tempfile::tempdir().unwrap();

@@ -294,11 +294,11 @@ fn jwk_algorithm(jwk: &Jwk) -> Option<Algorithm> {
 
 /// An HTTPS-only client (HTTP/1.1, ring, TLS 1.2+) trusting `ca_file`'s CAs, or the system's
 /// roots without one: for the identity provider's key set and its token endpoint.
-pub(crate) fn https_client<B>(
+pub fn https_client<B>(
     ca_file: Option<&PathBuf>,
 ) -> Result<Client<HttpsConnector<HttpConnector>, B>, JwksSetupError>
 where
-    B: axum::body::HttpBody + Send + 'static,
+    B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

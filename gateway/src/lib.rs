@@ -25,53 +25,22 @@
 //! Consents and access requests are [`registry_api`]; every change is written with its audit
 //! record in one transaction. Errors become gRPC statuses in one place, [`error`]. A request
 //! tonic refuses before any handler reads it (too large, not decodable) is audited by
-//! [`unread`]. The configuration is [`config`]; the demo, with its synthetic municipality and
-//! token issuer, is [`demo`] and [`tokens`].
+//! [`unread`]. The configuration is [`config`]. The panel is the `samblik-panel` crate; the
+//! command line, the demo and the wiring of a whole server are the `samblik` crate.
 
 pub mod audit;
 pub mod audit_api;
-pub mod audit_cli;
 pub mod auth;
-pub mod cli;
-pub mod client;
 pub mod config;
-pub mod demo;
 pub mod disclosure;
 pub mod error;
 pub mod jwks;
 pub mod jwt_crypto;
 pub mod lookup;
-pub mod panel;
 pub mod registry_api;
 pub mod server;
 pub mod tls;
-pub mod tokens;
 pub mod unread;
 
 pub use config::Config;
 pub use lookup::{GatewaySource, LookupLimits, LookupPipeline};
-
-/// The allocator a Samblik program installs: jemalloc (feature `jemalloc`, on by default), else
-/// the system's. Both are unit structs, so the name is the type and its one value. Install it
-/// with [`global_allocator!`].
-#[cfg(not(feature = "jemalloc"))]
-pub use std::alloc::System as Allocator;
-#[cfg(feature = "jemalloc")]
-pub use tikv_jemallocator::Jemalloc as Allocator;
-
-/// The name of [`Allocator`], for benchmark reports.
-pub const ALLOCATOR_NAME: &str = if cfg!(feature = "jemalloc") {
-    "jemalloc"
-} else {
-    "system"
-};
-
-/// Installs [`Allocator`] as the program's global allocator: one line at the top of every
-/// binary and benchmark, so the load tools measure the allocator the `samblik` program runs.
-#[macro_export]
-macro_rules! global_allocator {
-    () => {
-        #[global_allocator]
-        static GLOBAL: $crate::Allocator = $crate::Allocator;
-    };
-}

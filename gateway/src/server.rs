@@ -52,8 +52,6 @@ pub enum ServerError {
     Tls(#[from] samblik_adapters::tls::TlsError),
     #[error(transparent)]
     Policy(#[from] crate::config::ConfigError),
-    #[error(transparent)]
-    Panel(#[from] crate::panel::PanelError),
 }
 
 /// Opens the audit log of a validated config: the store, the signing key, the writer. Fails
@@ -310,17 +308,6 @@ fn build_pipeline(
     .with_audit_access(parts.access))
 }
 
-/// Runs the gateway from `config` on `listener` until `shutdown` completes.
-pub async fn run(
-    config: &Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServerError> {
-    let tls = crate::tls::listener_tls(config)?;
-    let pipeline = Arc::new(pipeline_from_config(config)?);
-    serve_configured(pipeline, listener, tls, &config.server.limits, shutdown).await
-}
-
 /// Serves `pipeline` on `listener` until `shutdown` completes, in plaintext, with the default
 /// limits.
 pub async fn serve(
@@ -435,119 +422,6 @@ pub async fn serve_configured(
     if let Ok(log) = Arc::try_unwrap(audit) {
         log.close();
     }
-    Ok(())
-}
-
-/// The panel's half of a gateway: the panel and where it serves.
-#[derive(Debug)]
-pub struct PanelServer {
-    pub panel: Arc<crate::panel::Panel>,
-    pub listener: TcpListener,
-    pub tls: Option<Arc<ReloadingServerConfig>>,
-}
-
-/// The configured panel's sign-in and TLS, loaded without a pipeline so that a bad CA file,
-/// client secret or key refuses start-up before the audit store is opened; `None` without
-/// `[panel]`.
-pub fn configured_panel(config: &Config) -> Result<Option<PanelSetup>, ServerError> {
-    let Some(panel_config) = &config.panel else {
-        return Ok(None);
-    };
-    let oidc = panel_config.oidc.as_ref().ok_or_else(|| {
-        ServerError::Panel(crate::panel::PanelError::Config(
-            "[panel] needs [panel.oidc]".into(),
-        ))
-    })?;
-    let sign_in =
-        crate::panel::SignIn::Oidc(Box::new(crate::panel::OidcClient::from_config(oidc)?));
-    Ok(Some(PanelSetup {
-        config: panel_config.clone(),
-        sign_in,
-        tls: crate::panel::panel_tls(config)?,
-    }))
-}
-
-/// A configured panel that has everything but its pipeline and its port.
-#[derive(Debug)]
-pub struct PanelSetup {
-    config: crate::config::PanelConfig,
-    sign_in: crate::panel::SignIn,
-    tls: Option<Arc<ReloadingServerConfig>>,
-}
-
-impl PanelSetup {
-    /// Binds the panel's port, before the pipeline (and its audit store) exists: a port in use
-    /// refuses start-up with nothing written to the store.
-    pub async fn bind(self) -> Result<BoundPanel, ServerError> {
-        let listen = self.config.listen;
-        let listener = TcpListener::bind(listen).await.map_err(|e| {
-            crate::panel::PanelError::Io(std::io::Error::new(
-                e.kind(),
-                format!("cannot listen on {listen}: {e}"),
-            ))
-        })?;
-        Ok(BoundPanel {
-            setup: self,
-            listener,
-        })
-    }
-}
-
-/// A configured panel on its bound port, waiting for its pipeline.
-#[derive(Debug)]
-pub struct BoundPanel {
-    setup: PanelSetup,
-    listener: TcpListener,
-}
-
-impl BoundPanel {
-    /// The panel acting through `pipeline`.
-    pub fn through(self, pipeline: &Arc<LookupPipeline>) -> Result<PanelServer, ServerError> {
-        let BoundPanel { setup, listener } = self;
-        let panel = crate::panel::Panel::new(Arc::clone(pipeline), setup.config, setup.sign_in)?;
-        Ok(PanelServer {
-            panel: Arc::new(panel),
-            listener,
-            tls: setup.tls,
-        })
-    }
-}
-
-/// Serves the gRPC API and, when given, the panel, until `shutdown` is cancelled; then closes
-/// the audit log (its signed clean-stop record) once neither holds the pipeline any more.
-pub async fn serve_with_panel(
-    pipeline: Arc<LookupPipeline>,
-    listener: TcpListener,
-    tls: Option<Arc<ReloadingServerConfig>>,
-    limits: &LimitsConfig,
-    panel: Option<PanelServer>,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> Result<(), ServerError> {
-    let audit = Arc::clone(pipeline.audit_log());
-    let max_connections = limits.max_connections;
-    let stop = shutdown.clone();
-    let panel = async move {
-        match panel {
-            Some(p) => {
-                crate::panel::serve(
-                    p.panel,
-                    p.listener,
-                    p.tls,
-                    max_connections,
-                    stop.cancelled_owned(),
-                )
-                .await
-            }
-            None => Ok(()),
-        }
-    };
-    let grpc = serve_configured(pipeline, listener, tls, limits, shutdown.cancelled_owned());
-    let (grpc, panel) = tokio::join!(grpc, panel);
-    if let Ok(log) = Arc::try_unwrap(audit) {
-        log.close();
-    }
-    grpc?;
-    panel?;
     Ok(())
 }
 
@@ -666,7 +540,7 @@ impl PolicyService for LookupApi {
     }
 }
 
-pub(crate) fn request_span(request_id: &str, rpc: &'static str) -> tracing::Span {
+pub fn request_span(request_id: &str, rpc: &'static str) -> tracing::Span {
     tracing::info_span!(
         "lookup",
         request_id = %request_id,

@@ -9,16 +9,16 @@ pub mod idp;
 pub mod panel;
 
 use async_trait::async_trait;
-use samblik_adapters::reference::ReferenceSource;
+use samblik::demo::{caseworker_claims, demo_config};
+use samblik::tokens::DemoIssuer;
 use samblik_adapters::{CaseQuery, Health, Source, SourceAnswer, SourceError};
 use samblik_gateway::auth::Authenticator;
 use samblik_gateway::config::{AuthConfig, Config, SourceConfig};
-use samblik_gateway::demo::{caseworker_claims, demo_config};
-use samblik_gateway::tokens::DemoIssuer;
 use samblik_gateway::{GatewaySource, LookupLimits, LookupPipeline};
 use samblik_proto::source::v1::CallerContext;
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;
 use samblik_proto::v1::{Case, LookupRequest, Purpose};
+use samblik_reference::ReferenceSource;
 use samblik_synth::store::DepartmentData;
 use samblik_synth::{Caseworker, Dataset, Department, SynthConfig};
 use std::collections::BTreeSet;
@@ -64,7 +64,7 @@ pub fn token(department: Department) -> String {
 
 /// A valid token for a demo staff member with `role` (auditor, admin), of no case department.
 pub fn staff_token(id: &str, role: &str) -> String {
-    let claims = samblik_gateway::tokens::TokenClaims {
+    let claims = samblik::tokens::TokenClaims {
         sub: id.to_owned(),
         name: format!("Test {role}"),
         department: "administration".to_owned(),
@@ -77,7 +77,7 @@ pub fn staff_token(id: &str, role: &str) -> String {
 
 /// A valid token for the citizen `cpr` (role citizen, their CPR in the token).
 pub fn citizen_token(cpr: &str) -> String {
-    let claims = samblik_gateway::demo::citizen_claims(&samblik_proto::Cpr::parse(cpr).unwrap());
+    let claims = samblik::demo::citizen_claims(&samblik_proto::Cpr::parse(cpr).unwrap());
     issuer().1.mint(&claims, Duration::from_secs(600)).unwrap()
 }
 
@@ -272,9 +272,9 @@ pub fn gateway_config(sources: &[SourceSpec], default_deadline_ms: u64) -> Confi
 /// Points `config`'s audit log into a fresh directory, which the caller keeps alive.
 pub fn with_own_audit(mut config: Config) -> (Config, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    config.audit.path = Some(dir.path().join(samblik_gateway::demo::AUDIT_DB_FILE));
+    config.audit.path = Some(dir.path().join(samblik::demo::AUDIT_DB_FILE));
     config.audit.postgres_url_env = None;
-    config.audit.signing_key_file = dir.path().join(samblik_gateway::demo::AUDIT_KEY_FILE);
+    config.audit.signing_key_file = dir.path().join(samblik::demo::AUDIT_KEY_FILE);
     (config, dir)
 }
 
@@ -298,10 +298,7 @@ async fn serve_pipeline(pipeline: LookupPipeline, audit_dir: tempfile::TempDir) 
 
 /// Starts the gateway over `sources`, with `default_deadline_ms` for callers that send none.
 pub async fn start_gateway(sources: &[SourceSpec], default_deadline_ms: u64) -> RunningGateway {
-    let (config, audit_dir) = with_own_audit(gateway_config(sources, default_deadline_ms));
-    config.validate().unwrap();
-    let pipeline = samblik_gateway::server::pipeline_from_config(&config).unwrap();
-    serve_pipeline(pipeline, audit_dir).await
+    start_gateway_from_config(gateway_config(sources, default_deadline_ms)).await
 }
 
 /// The request id a reply (an answer's or a refusal's metadata) carries; panics if it has none.
@@ -458,9 +455,7 @@ pub async fn start_gateway_audited_by(
 impl RunningGateway {
     /// The audit store's file.
     pub fn audit_db(&self) -> std::path::PathBuf {
-        self.audit_dir
-            .path()
-            .join(samblik_gateway::demo::AUDIT_DB_FILE)
+        self.audit_dir.path().join(samblik::demo::AUDIT_DB_FILE)
     }
 
     /// Every record in the gateway's audit log, in chain order.
@@ -494,20 +489,22 @@ pub async fn start_source_tls(
     RunningSource { addr, stop }
 }
 
-/// Runs the gateway exactly as `samblik serve` would with `config` (TLS included), on a
-/// loopback port.
+/// Runs the gateway exactly as `samblik serve` would with `config` (TLS included), through the
+/// same wiring ([`samblik::server`]), on a loopback port.
 pub async fn start_gateway_from_config(config: Config) -> RunningGateway {
-    let (config, audit_dir) = with_own_audit(config);
+    let (mut config, audit_dir) = with_own_audit(config);
+    config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.validate().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let listeners = samblik::server::Listeners::bind(&config).await.unwrap();
+    let gateway = samblik::server::Gateway::open(
+        &config,
+        listeners,
+        samblik::server::PanelSignIn::Configured,
+    )
+    .unwrap();
+    let addr = gateway.grpc_addr().unwrap();
     let stop = CancellationToken::new();
-    let shutdown = stop.clone().cancelled_owned();
-    tokio::spawn(async move {
-        samblik_gateway::server::run(&config, listener, shutdown)
-            .await
-            .unwrap();
-    });
+    tokio::spawn(gateway.serve(stop.clone()));
     RunningGateway {
         addr,
         audit_dir,

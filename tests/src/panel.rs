@@ -3,9 +3,9 @@
 //! Chromium driven over WebDriver (Debian's `chromium` and `chromium-driver`).
 
 use crate::{RunningSource, SourceSpec, municipality, reference, start_source, with_own_audit};
+use samblik::demo::{caseworker_claims, demo_panel_config};
 use samblik_gateway::LookupPipeline;
-use samblik_gateway::demo::{caseworker_claims, demo_panel_config};
-use samblik_gateway::panel::{DemoSignIn, DemoSignInUser, Panel, SignIn};
+use samblik_panel::{DemoSignIn, DemoSignInUser, Panel, SignIn};
 use samblik_synth::Department;
 use std::io::BufRead;
 use std::os::unix::process::CommandExt;
@@ -47,12 +47,7 @@ impl RunningPanel {
 
     /// Everything the panel's audit log holds.
     pub fn audit_records(&self) -> Vec<samblik_audit::AuditRecord> {
-        crate::audit_records_in(
-            &self
-                .audit_dir
-                .path()
-                .join(samblik_gateway::demo::AUDIT_DB_FILE),
-        )
+        crate::audit_records_in(&self.audit_dir.path().join(samblik::demo::AUDIT_DB_FILE))
     }
 
     /// A second panel over the same pipeline, for in-process requests (no socket).
@@ -124,19 +119,19 @@ pub async fn start_panel() -> RunningPanel {
     let (mut config, audit_dir) = with_own_audit(crate::gateway_config(&specs, 3_000));
     let pki_dir = tempfile::tempdir().unwrap();
     let ids: Vec<&str> = Department::ALL.iter().map(|d| d.id()).collect();
-    let pki = samblik_gateway::tls::DemoPki::create(pki_dir.path(), &ids).unwrap();
-    config.server.tls = Some(samblik_gateway::tls::demo_server_tls(&pki));
+    let pki = samblik::pki::DemoPki::create(pki_dir.path(), &ids).unwrap();
+    config.server.tls = Some(samblik::pki::demo_server_tls(&pki));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     config.panel = Some(demo_panel_config(listener.local_addr().unwrap(), &url));
     config.validate().unwrap();
     let pipeline = Arc::new(samblik_gateway::server::pipeline_from_config(&config).unwrap());
     let panel = Arc::new(new_panel(&pipeline, &config));
-    let tls = samblik_gateway::panel::panel_tls(&config).unwrap();
+    let tls = samblik_panel::panel_tls(&config).unwrap();
     let stop = CancellationToken::new();
     let shutdown = stop.clone().cancelled_owned();
     tokio::spawn(async move {
-        samblik_gateway::panel::serve(panel, listener, tls, 100, shutdown)
+        samblik_panel::serve(panel, listener, tls, 100, shutdown)
             .await
             .unwrap();
     });

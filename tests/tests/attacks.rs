@@ -8,8 +8,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use samblik::tokens::{DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, DemoIssuer};
 use samblik_gateway::config::{AuthConfig, ClaimMatch, JwksConfig, KeyAlgorithm, KeyConfig};
-use samblik_gateway::tokens::{DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, DemoIssuer};
 use samblik_proto::source::v1::CallerContext;
 use samblik_proto::v1::Purpose;
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use samblik_gateway::tokens::{DEMO_AUDIENCE, DEMO_ISSUER, DemoIssuer};
+use samblik::tokens::{DEMO_AUDIENCE, DEMO_ISSUER, DemoIssuer};
 use samblik_proto::v1::Purpose;
 use samblik_synth::Department;
 use samblik_tests::*;

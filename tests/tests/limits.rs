@@ -126,7 +126,7 @@ async fn an_oversized_lookup_is_recorded_unread_with_the_caller_and_nothing_of_t
         .unwrap();
 
     let detail = the_unread_lookup(
-        audit_records_in(&audit.path().join(samblik_gateway::demo::AUDIT_DB_FILE)),
+        audit_records_in(&audit.path().join(samblik::demo::AUDIT_DB_FILE)),
         id,
     );
     assert!(detail.contains("larger than the size limit"), "{detail}");
@@ -225,7 +225,7 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
 
 /// The gateway's audit records of `Lookup`s, from its audit directory.
 fn lookups_in(audit: &tempfile::TempDir) -> Vec<samblik_audit::AuditRecord> {
-    audit_records_in(&audit.path().join(samblik_gateway::demo::AUDIT_DB_FILE))
+    audit_records_in(&audit.path().join(samblik::demo::AUDIT_DB_FILE))
         .into_iter()
         .filter(|r| r.action == samblik_audit::Action::Lookup)
         .collect()

@@ -894,12 +894,11 @@ async fn sign_in_through_the_identity_provider_checks_state_and_pkce_and_uses_a_
         ca_file: Some(pki.ca_file.clone()),
         timeout_ms: 5_000,
     });
-    let client =
-        samblik_gateway::panel::OidcClient::from_config(config.oidc.as_ref().unwrap()).unwrap();
-    let oidc_panel = samblik_gateway::panel::Panel::new(
+    let client = samblik_panel::OidcClient::from_config(config.oidc.as_ref().unwrap()).unwrap();
+    let oidc_panel = samblik_panel::Panel::new(
         Arc::clone(&panel.pipeline),
         config,
-        samblik_gateway::panel::SignIn::Oidc(Box::new(client)),
+        samblik_panel::SignIn::Oidc(Box::new(client)),
     )
     .unwrap();
     let mut agent = Agent {

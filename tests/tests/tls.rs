@@ -7,10 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use samblik::pki::{CertPair, DEMO_FAGSYSTEM, DemoPki, demo_server_tls, demo_source_tls};
 use samblik_adapters::tls::{ClientAuth, ReloadingServerConfig, TlsFiles, sha256_fingerprint};
 use samblik_gateway::auth::PANEL_SYSTEM;
 use samblik_gateway::config::{Config, SystemConfig, TlsConfig};
-use samblik_gateway::tls::{CertPair, DEMO_FAGSYSTEM, DemoPki, demo_server_tls, demo_source_tls};
 use samblik_proto::source::v1::CallerContext;
 use samblik_proto::v1::audit_service_client::AuditServiceClient;
 use samblik_proto::v1::consent_service_client::ConsentServiceClient;

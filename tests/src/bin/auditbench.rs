@@ -216,7 +216,7 @@ fn open(dir: &std::path::Path, name: &str, postgres: Option<&str>) -> anyhow::Re
     Ok(AuditLog::start(store, signer, WriterOptions::new(name))?)
 }
 
-samblik_gateway::global_allocator!();
+samblik::global_allocator!();
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -312,7 +312,7 @@ async fn main() -> anyhow::Result<()> {
     };
     println!(
         "audit writer ({} allocator), {}s each, {store}",
-        samblik_gateway::ALLOCATOR_NAME,
+        samblik::ALLOCATOR_NAME,
         seconds,
     );
     println!("single record per fsync : {single_rate:>9.0} records/s");

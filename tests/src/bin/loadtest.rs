@@ -23,14 +23,14 @@
 //! [--connections 4] [--audit-pairs N] [--postgres ADMIN_URL]`
 
 use anyhow::Context;
+use samblik::demo::caseworker_claims;
+use samblik::pki::DemoPki;
 use samblik_adapters::Source;
-use samblik_adapters::reference::ReferenceSource;
 use samblik_audit::Durability;
-use samblik_gateway::demo::caseworker_claims;
-use samblik_gateway::tls::DemoPki;
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;
 use samblik_proto::v1::lookup_service_server::{LookupService, LookupServiceServer};
 use samblik_proto::v1::{LookupRequest, LookupResponse, Purpose, SourceResult, SourceStatus};
+use samblik_reference::ReferenceSource;
 use samblik_synth::store::DepartmentData;
 use samblik_synth::{Department, SynthConfig};
 use samblik_tests::{
@@ -241,7 +241,7 @@ async fn start_tls_gateway(
     let pki = DemoPki::create(dir, &[])?;
     let (config, audit_dir) = with_own_audit(gateway_config(&[], 3_000));
     let pipeline = in_process_pipeline(&config, sources);
-    let tls = samblik_gateway::tls::server_tls(&samblik_gateway::tls::demo_server_tls(&pki))?;
+    let tls = samblik_gateway::tls::server_tls(&samblik::pki::demo_server_tls(&pki))?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let stop = tokio_util::sync::CancellationToken::new();
@@ -281,7 +281,7 @@ fn args_stride() -> usize {
     97
 }
 
-samblik_gateway::global_allocator!();
+samblik::global_allocator!();
 
 /// The environment variables that hold the audited gateways' PostgreSQL URLs (a gateway's
 /// config names the variable, never the URL). Set, they take the place of `--postgres`.
@@ -395,7 +395,7 @@ async fn run(args: Args, on_postgres: bool) -> anyhow::Result<()> {
     if let Some(pairs) = args.audit_pairs {
         println!(
             "loadtest ({} allocator): audit phases only, {pairs} pairs of {} s each, {} concurrent callers over {} connections, audit store {}",
-            samblik_gateway::ALLOCATOR_NAME,
+            samblik::ALLOCATOR_NAME,
             args.seconds,
             args.concurrency,
             args.connections,
@@ -435,7 +435,7 @@ async fn run(args: Args, on_postgres: bool) -> anyhow::Result<()> {
 
     println!(
         "loadtest ({} allocator): {} s per phase, {} concurrent callers over {} connections, {} citizens with cases",
-        samblik_gateway::ALLOCATOR_NAME,
+        samblik::ALLOCATOR_NAME,
         args.seconds,
         args.concurrency,
         args.connections,

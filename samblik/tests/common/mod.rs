@@ -61,7 +61,7 @@ pub fn postgres_admin_url() -> Option<String> {
 
 /// The start of a gateway config: a plaintext listener on a free port, the demo issuer's key,
 /// and one jobcenter source at `source_addr`.
-pub fn config_head(issuer: &samblik_gateway::tokens::DemoIssuer, source_addr: &str) -> String {
+pub fn config_head(issuer: &samblik::tokens::DemoIssuer, source_addr: &str) -> String {
     format!(
         r#"
 [server]
@@ -78,9 +78,9 @@ id = "jobcenter"
 department = "Jobcenter"
 endpoint = "http://{source_addr}"
 "#,
-        issuer_url = samblik_gateway::tokens::DEMO_ISSUER,
-        audience = samblik_gateway::tokens::DEMO_AUDIENCE,
-        kid = samblik_gateway::tokens::DEMO_KID,
+        issuer_url = samblik::tokens::DEMO_ISSUER,
+        audience = samblik::tokens::DEMO_AUDIENCE,
+        kid = samblik::tokens::DEMO_KID,
         key = issuer.public_key_path().display(),
     )
 }
@@ -160,7 +160,7 @@ pub fn postgres_setup(name: &str, chain: &str) -> Option<PostgresSetup> {
         .unwrap();
     assert!(synth.status.success(), "{synth:?}");
     let (source, source_addr) = start_jobcenter_source(&data);
-    let issuer = samblik_gateway::tokens::DemoIssuer::load_or_create(dir.path()).unwrap();
+    let issuer = samblik::tokens::DemoIssuer::load_or_create(dir.path()).unwrap();
     let config = dir.path().join("samblik.toml");
     std::fs::write(
         &config,
@@ -178,7 +178,7 @@ pub fn postgres_setup(name: &str, chain: &str) -> Option<PostgresSetup> {
         .unwrap();
     let token = issuer
         .mint(
-            &samblik_gateway::demo::caseworker_claims(worker, "999"),
+            &samblik::demo::caseworker_claims(worker, "999"),
             Duration::from_secs(600),
         )
         .unwrap();

@@ -1,6 +1,6 @@
 //! Signing in and out. In production through the municipality's identity provider
 //! ([`super::oidc`]); in `samblik demo` on a page that lists the demo users. Either way the
-//! result is an access token that the gateway's [`crate::auth::Authenticator`] verifies
+//! result is an access token that the gateway's [`samblik_gateway::auth::Authenticator`] verifies
 //! exactly as it verifies a gRPC caller's — the panel has no identity of its own making.
 
 use super::pages::Signed;

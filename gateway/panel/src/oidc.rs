@@ -5,7 +5,6 @@
 
 use super::PanelError;
 use super::session::{OidcPending, random_token};
-use crate::config::{OidcConfig, PanelConfig};
 use axum::body::Bytes;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -13,6 +12,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use samblik_gateway::config::{OidcConfig, PanelConfig};
 use std::time::Duration;
 
 /// The largest token response read.
@@ -77,7 +77,7 @@ impl OidcClient {
             })?),
             None => None,
         };
-        let client = crate::jwks::https_client(config.ca_file.as_ref())
+        let client = samblik_gateway::jwks::https_client(config.ca_file.as_ref())
             .map_err(|e| PanelError::Config(format!("panel.oidc: {e}")))?;
         Ok(OidcClient {
             config: config.clone(),

@@ -28,14 +28,14 @@ mod signin;
 pub use oidc::OidcClient;
 pub use signin::{DemoSignIn, DemoSignInUser};
 
-use crate::config::PanelConfig;
-use crate::lookup::LookupPipeline;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use samblik_adapters::tls::{ReloadingServerConfig, plain_incoming, tls_incoming};
+use samblik_gateway::config::PanelConfig;
+use samblik_gateway::lookup::LookupPipeline;
 use session::Sessions;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -325,15 +325,15 @@ pub async fn serve(
 /// The panel's TLS: the gRPC port's certificate and key, no client certificates (browsers
 /// sign in with the identity provider instead).
 pub fn panel_tls(
-    config: &crate::config::Config,
+    config: &samblik_gateway::config::Config,
 ) -> Result<Option<Arc<ReloadingServerConfig>>, samblik_adapters::tls::TlsError> {
     config
         .server
         .tls
         .as_ref()
         .map(|tls| {
-            crate::tls::server_tls(&crate::config::TlsConfig {
-                client_certs: crate::config::ClientAuth::Off,
+            samblik_gateway::tls::server_tls(&samblik_gateway::config::TlsConfig {
+                client_certs: samblik_gateway::config::ClientAuth::Off,
                 client_ca_file: None,
                 ..tls.clone()
             })

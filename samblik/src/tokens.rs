@@ -87,7 +87,7 @@ impl DemoIssuer {
 
     /// Loads an existing key pair from `dir/keys/`.
     pub fn load(dir: &Path) -> Result<Self, TokenError> {
-        crate::jwt_crypto::install();
+        samblik_gateway::jwt_crypto::install();
         let private_path = dir.join(PRIVATE_KEY_FILE);
         let pem = fs::read(&private_path).map_err(|source| TokenError::Io {
             path: private_path,

@@ -1,11 +1,11 @@
 //! The `samblik` command line: `demo`, `synth`, `source`, `token`, `lookup`, `serve`.
 
-use crate::config::{ClientAuth, Config, TlsConfig};
 use crate::demo::{self, DemoOptions};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use samblik_adapters::reference::ReferenceSource;
+use samblik_gateway::config::{ClientAuth, Config, TlsConfig};
 use samblik_proto::v1::Purpose;
+use samblik_reference::ReferenceSource;
 use samblik_synth::{Department, SynthConfig, store};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -519,7 +519,7 @@ fn print_verified(s: &samblik_audit::verify::ChainSummary) {
 /// Prunes the configured chain of an audit store through a writer of its own, so the prune is
 /// chained and signed like every other record.
 async fn prune_audit(
-    audit: crate::config::AuditConfig,
+    audit: samblik_gateway::config::AuditConfig,
     older_than_days: Option<u32>,
 ) -> anyhow::Result<()> {
     use samblik_audit::{AuditLog, CheckpointSigner};
@@ -528,8 +528,8 @@ async fn prune_audit(
     let key = audit.signing_key_file.clone();
     // A new key could not sign on for the old checkpoints: never create one here.
     anyhow::ensure!(key.is_file(), "no audit signing key at {}", key.display());
-    let open = crate::server::audit_store_opener(&audit)?;
-    let mut options = crate::server::audit_writer_options(&audit, "");
+    let open = samblik_gateway::server::audit_store_opener(&audit)?;
+    let mut options = samblik_gateway::server::audit_writer_options(&audit, "");
     // Prune once, now, with the cutoff given here.
     options.retention = None;
     let chain = options.chain.clone();
@@ -650,7 +650,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             // The TLS files are loaded before the port is bound: a bad one fails first.
             let tls = match (tls_cert, tls_key, client_ca) {
                 (Some(cert), Some(key), Some(ca)) => Some(
-                    crate::tls::server_tls(&TlsConfig {
+                    samblik_gateway::tls::server_tls(&TlsConfig {
                         client_certs: ClientAuth::Required,
                         client_ca_file: Some(ca),
                         ..TlsConfig::new(cert, key)
@@ -731,14 +731,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     std::path::Path::new("demo.pub.pem"),
                     Department::ALL
                         .iter()
-                        .map(|d| crate::config::SourceConfig::new(d.id(), d.display_name(), ""))
+                        .map(|d| {
+                            samblik_gateway::config::SourceConfig::new(d.id(), d.display_name(), "")
+                        })
                         .collect(),
                 ),
             };
             if file.is_some() {
                 config.policy.file = file;
             }
-            let policy = crate::disclosure::DisclosurePolicy::from_config(&config)?;
+            let policy = samblik_gateway::disclosure::DisclosurePolicy::from_config(&config)?;
             println!("policy {} is valid", policy.version());
             for id in policy.rule_ids() {
                 println!("  rule {id}");
@@ -795,7 +797,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             (None, Some(config)) => {
                 let config = Config::load(&config)?;
-                let open = crate::server::audit_store_reader(&config.audit)?;
+                let open = samblik_gateway::server::audit_store_reader(&config.audit)?;
                 verify_audit(open, &config.audit.signing_key_file)
             }
             (None, None) => anyhow::bail!("give --dir or --config"),
@@ -820,7 +822,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             if let Some(chain) = chain {
                 // A writer on a misspelt chain would start a new one: prune only what exists.
-                let open = crate::server::audit_store_opener(&audit)?;
+                let open = samblik_gateway::server::audit_store_opener(&audit)?;
                 let known = tokio::task::spawn_blocking(move || open()?.chains()).await??;
                 anyhow::ensure!(
                     known.contains(&chain),
@@ -833,35 +835,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Audit { command } => audit_command(command).await,
         Command::Serve { config } => {
             let config = Config::load(&config)?;
-            // Keys, certificates, endpoints and the policy are checked, and the ports bound,
+            // The ports are bound and keys, certificates, endpoints and the policy checked
             // before the audit store is opened: a refused start-up writes nothing to it.
-            let tls = crate::tls::listener_tls(&config)?;
-            let panel = crate::server::configured_panel(&config)?;
-            let listener = TcpListener::bind(config.server.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-            let panel = match panel {
-                Some(setup) => Some(setup.bind().await?),
-                None => None,
-            };
-            let pipeline = Arc::new(crate::server::pipeline_from_config(&config)?);
-            println!("samblik gateway listening on {}", listener.local_addr()?);
-            let panel = match panel {
-                Some(bound) => Some(bound.through(&pipeline)?),
-                None => None,
-            };
-            if let Some(p) = &panel {
-                println!("samblik panel listening on {}", p.listener.local_addr()?);
+            let listeners = crate::server::Listeners::bind(&config).await?;
+            let gateway = crate::server::Gateway::open(
+                &config,
+                listeners,
+                crate::server::PanelSignIn::Configured,
+            )?;
+            println!("samblik gateway listening on {}", gateway.grpc_addr()?);
+            if let Some(addr) = gateway.panel_addr() {
+                println!("samblik panel listening on {}", addr?);
             }
             let shutdown = shutdown_on_signal();
-            let server = crate::server::serve_with_panel(
-                pipeline,
-                listener,
-                tls,
-                &config.server.limits,
-                panel,
-                shutdown.clone(),
-            );
+            let server = gateway.serve(shutdown.clone());
             with_grace(server, &shutdown).await?;
             Ok(())
         }

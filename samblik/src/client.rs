@@ -19,7 +19,7 @@ pub struct ClientTls {
 pub async fn connect(addr: &str, tls: &ClientTls) -> anyhow::Result<tonic::transport::Channel> {
     let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())?;
     if addr.starts_with("https://") {
-        crate::tls::install_crypto_provider();
+        samblik_gateway::tls::install_crypto_provider();
         let mut config = tonic::transport::ClientTlsConfig::new();
         if let Some(ca) = &tls.ca_file {
             config = config.ca_certificate(tonic::transport::Certificate::from_pem(

@@ -3,9 +3,9 @@
 //! as the panel's pages are).
 
 use crate::client::authorized;
-use crate::registry_api::timestamp;
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
+use samblik_gateway::registry_api::timestamp;
 use samblik_proto::v1::audit_service_client::AuditServiceClient;
 use samblik_proto::v1::{
     AccessLogEntry, AuditEntry, AuditFilter, ExportAuditRequest, ExportFormat, MarkReviewedRequest,

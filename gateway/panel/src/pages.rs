@@ -3,13 +3,13 @@
 
 use super::Panel;
 use super::session::{Current, SignedIn, same_secret};
-use crate::auth::Caller;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
+use samblik_gateway::auth::Caller;
 use samblik_proto::v1::{self as pb, Purpose};
 use std::sync::Arc;
 
@@ -358,11 +358,13 @@ fn session_of(parts: &Parts) -> Result<Current, Response> {
 }
 
 /// A call to the gateway's own services on `user`'s behalf: their access token in the metadata,
-/// as a gRPC client would send it, and the panel's mark ([`crate::auth::ViaPanel`]), so the
+/// as a gRPC client would send it, and the panel's mark ([`samblik_gateway::auth::ViaPanel`]), so the
 /// audit log names the panel as the calling system.
 pub(crate) fn authorised<T>(message: T, user: &SignedIn) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request.extensions_mut().insert(crate::auth::ViaPanel);
+    request
+        .extensions_mut()
+        .insert(samblik_gateway::auth::ViaPanel);
     if let Ok(value) = format!("Bearer {}", user.token).parse() {
         request.metadata_mut().insert("authorization", value);
     }

@@ -4,8 +4,8 @@
 //! They behave as a real adapter must: they answer only for the CPR asked about, fill in nothing
 //! above the asked tier, and tell "no case" (an empty answer) apart from failure.
 
-use crate::{CaseQuery, Health, Source, SourceAnswer, SourceError};
 use async_trait::async_trait;
+use samblik_adapters::{CaseQuery, Health, Source, SourceAnswer, SourceError};
 use samblik_proto::source::v1::CallerContext;
 use samblik_proto::v1::{self as pb, Tier};
 use samblik_synth::store::{self, DepartmentData, StoreError};

@@ -519,10 +519,7 @@ fn start_source(data: &str, args: &[&str]) -> (Running, String) {
 
 /// The source's health status for `samblik.source.v1.SourceService` at `url`, over TLS trusting
 /// `ca` with the client certificate `identity` when given; `None` if there is no answer.
-fn source_health(
-    url: &str,
-    tls: Option<(&Path, Option<&samblik_gateway::tls::CertPair>)>,
-) -> Option<i32> {
+fn source_health(url: &str, tls: Option<(&Path, Option<&samblik::pki::CertPair>)>) -> Option<i32> {
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
@@ -571,7 +568,7 @@ fn a_lone_source_serves_mutual_tls_and_plaintext_only_when_told_to() {
         "--out",
         data,
     ]));
-    let pki = samblik_gateway::tls::DemoPki::create(dir.path(), &["integration"]).unwrap();
+    let pki = samblik::pki::DemoPki::create(dir.path(), &["integration"]).unwrap();
     let pair = pki.source("integration");
     let serving = Some(tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
 
@@ -730,8 +727,8 @@ fn serve_refuses_a_bad_config_before_binding() {
 #[test]
 fn serve_refused_for_a_bad_key_secret_or_port_leaves_the_audit_store_untouched() {
     let dir = tempfile::tempdir().unwrap();
-    let issuer = samblik_gateway::tokens::DemoIssuer::load_or_create(dir.path()).unwrap();
-    let pki = samblik_gateway::tls::DemoPki::create(dir.path(), &[]).unwrap();
+    let issuer = samblik::tokens::DemoIssuer::load_or_create(dir.path()).unwrap();
+    let pki = samblik::pki::DemoPki::create(dir.path(), &[]).unwrap();
     let path = |p: &Path| p.to_str().unwrap().to_owned();
     // Every file the base config names is there; each case breaks one of them.
     let base = format!(

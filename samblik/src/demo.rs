@@ -2,15 +2,14 @@
 //! sources and the gateway, real gRPC between them — and a `demo.json` that tells scripts (and
 //! people) where everything is, who the demo users are and which citizens are worth a look.
 
-use crate::config::{
+use crate::pki::DemoPki;
+use crate::tokens::{DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, DemoIssuer, TokenClaims};
+use anyhow::Context;
+use samblik_gateway::config::{
     AuditConfig, AuditDurability, AuthConfig, ClaimsConfig, Config, KeyAlgorithm, KeyConfig,
     ServerConfig, SourceConfig,
 };
-use crate::server;
-use crate::tls::DemoPki;
-use crate::tokens::{DEMO_AUDIENCE, DEMO_ISSUER, DEMO_KID, DemoIssuer, TokenClaims};
-use anyhow::Context;
-use samblik_adapters::reference::ReferenceSource;
+use samblik_reference::ReferenceSource;
 use samblik_synth::store::{self, DepartmentData};
 use samblik_synth::{CaseState, Caseworker, Dataset, Department, SynthConfig};
 use serde::Serialize;
@@ -130,7 +129,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         let stop = shutdown.clone().cancelled_owned();
         let tls = pki
             .as_ref()
-            .map(|pki| crate::tls::demo_source_server_tls(pki, department.id()))
+            .map(|pki| crate::pki::demo_source_server_tls(pki, department.id()))
             .transpose()?;
         tasks.spawn(async move {
             let source = Arc::new(source);
@@ -147,10 +146,23 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         });
     }
 
-    let listener = TcpListener::bind(options.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", options.addr))?;
-    let gateway_addr = listener.local_addr()?;
+    // The demo's ports are bound first: its config names the addresses they got.
+    let listeners = crate::server::Listeners {
+        grpc: TcpListener::bind(options.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", options.addr))?,
+        panel: Some(
+            TcpListener::bind(options.panel_addr)
+                .await
+                .with_context(|| format!("cannot listen on {}", options.panel_addr))?,
+        ),
+    };
+    let gateway_addr = listeners.grpc.local_addr()?;
+    let panel_addr = listeners
+        .panel
+        .as_ref()
+        .context("the demo has a panel")?
+        .local_addr()?;
     let source_configs = sources
         .iter()
         .map(|s| {
@@ -158,27 +170,19 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             SourceConfig {
                 timeout_ms: 2_000,
                 connect_timeout_ms: 1_000,
-                tls: pki.as_ref().map(crate::tls::demo_source_tls),
+                tls: pki.as_ref().map(crate::pki::demo_source_tls),
                 ..SourceConfig::new(&s.id, &s.department, &format!("{scheme}://{}", s.addr))
             }
         })
         .collect();
-    let panel_listener = TcpListener::bind(options.panel_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", options.panel_addr))?;
-    let panel_addr = panel_listener.local_addr()?;
     let panel_url = match pki {
         Some(_) => format!("https://{panel_addr}"),
         None => format!("http://{panel_addr}"),
     };
     let mut config = demo_config(dir, gateway_addr, issuer.public_key_path(), source_configs);
-    config.server.tls = pki.as_ref().map(crate::tls::demo_server_tls);
+    config.server.tls = pki.as_ref().map(crate::pki::demo_server_tls);
     config.panel = Some(demo_panel_config(panel_addr, &panel_url));
     config.validate()?;
-    // Keys, certificates and endpoints are all checked before anything is announced.
-    let tls = crate::tls::listener_tls(&config)?;
-    let panel_tls = crate::panel::panel_tls(&config)?;
-    let pipeline = Arc::new(server::pipeline_from_config(&config)?);
 
     let facts = demo_facts(
         &options,
@@ -188,26 +192,14 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         sources,
         pki.as_ref(),
     );
-    let panel = crate::panel::Panel::new(
-        Arc::clone(&pipeline),
-        config
-            .panel
-            .clone()
-            .context("the demo config has a panel")?,
-        crate::panel::SignIn::Demo(demo_sign_in(dir, &facts)),
+    // Keys, certificates and endpoints are all checked before anything is announced.
+    let gateway = crate::server::Gateway::open(
+        &config,
+        listeners,
+        crate::server::PanelSignIn::Given(samblik_panel::SignIn::Demo(demo_sign_in(dir, &facts))),
     )?;
-    let panel = server::PanelServer {
-        panel: Arc::new(panel),
-        listener: panel_listener,
-        tls: panel_tls,
-    };
     let stop = shutdown.clone();
-    let limits = config.server.limits.clone();
-    tasks.spawn(async move {
-        server::serve_with_panel(pipeline, listener, tls, &limits, Some(panel), stop)
-            .await
-            .map_err(anyhow::Error::from)
-    });
+    tasks.spawn(async move { gateway.serve(stop).await.map_err(anyhow::Error::from) });
 
     write_facts(&facts_path, &facts)?;
     print_welcome(&facts);
@@ -288,8 +280,11 @@ pub fn demo_config(
 }
 
 /// The demo panel on `addr`: no fagsystem may frame it (the demo has none).
-pub fn demo_panel_config(addr: SocketAddr, public_url: &str) -> crate::config::PanelConfig {
-    crate::config::PanelConfig {
+pub fn demo_panel_config(
+    addr: SocketAddr,
+    public_url: &str,
+) -> samblik_gateway::config::PanelConfig {
+    samblik_gateway::config::PanelConfig {
         listen: addr,
         public_url: public_url.to_owned(),
         frame_ancestors: Vec::new(),
@@ -304,11 +299,11 @@ pub fn demo_panel_config(addr: SocketAddr, public_url: &str) -> crate::config::P
 const DEMO_SESSION: std::time::Duration = std::time::Duration::from_secs(8 * 3600);
 
 /// The demo's sign-in page: every demo user of `facts`, with tokens the demo issuer signs.
-pub fn demo_sign_in(dir: &Path, facts: &DemoFacts) -> crate::panel::DemoSignIn {
+pub fn demo_sign_in(dir: &Path, facts: &DemoFacts) -> samblik_panel::DemoSignIn {
     let users = facts
         .users
         .iter()
-        .map(|u| crate::panel::DemoSignInUser {
+        .map(|u| samblik_panel::DemoSignInUser {
             id: u.id.clone(),
             name: u.name.clone(),
             role: u.role.clone(),
@@ -316,7 +311,7 @@ pub fn demo_sign_in(dir: &Path, facts: &DemoFacts) -> crate::panel::DemoSignIn {
         })
         .collect();
     let dir = dir.to_owned();
-    crate::panel::DemoSignIn::new(users, DEMO_SESSION, move |user| {
+    samblik_panel::DemoSignIn::new(users, DEMO_SESSION, move |user| {
         token_for(&dir, user, DEMO_SESSION)
     })
 }

@@ -8,8 +8,6 @@ use super::pages::{
 };
 use super::pages::{Signed, SignedForm};
 use super::session::{Current, Lookup, SignedIn};
-use crate::error::GatewayError;
-use crate::lookup::BreakGlass;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
@@ -19,6 +17,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
 use maud::{Markup, html};
+use samblik_gateway::error::GatewayError;
+use samblik_gateway::lookup::BreakGlass;
 use samblik_proto::Cpr;
 use samblik_proto::v1::{self as pb, LookupRequest, Purpose, SourceResult, SourceStatus};
 use std::collections::HashMap;
@@ -134,7 +134,7 @@ fn trusted_link(headers: &HeaderMap, fagsystemer: &[String]) -> bool {
 
 fn form_page(
     panel: &super::Panel,
-    caller: &crate::auth::Caller,
+    caller: &samblik_gateway::auth::Caller,
     csrf: &str,
     message: Option<&str>,
 ) -> Response {
@@ -249,12 +249,12 @@ async fn refuse_invalid_input(
     message: &str,
 ) -> String {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let span = crate::server::request_span(&request_id, "Panel");
+    let span = samblik_gateway::server::request_span(&request_id, "Panel");
     let call = authorised((), user);
     let refused = std::sync::Arc::clone(&panel.pipeline)
         .lookup_stream(
             request_id.clone(),
-            &crate::auth::Credentials::of(&call),
+            &samblik_gateway::auth::Credentials::of(&call),
             request,
             break_glass,
             None,
@@ -415,13 +415,13 @@ async fn answers(
         BreakGlass::IfReasonGiven
     };
     let request_id = uuid::Uuid::new_v4().to_string();
-    let span = crate::server::request_span(&request_id, "Panel");
+    let span = samblik_gateway::server::request_span(&request_id, "Panel");
     let call = authorised((), &user);
     let started = std::time::Instant::now();
     let results = std::sync::Arc::clone(&panel.pipeline)
         .lookup_stream(
             request_id.clone(),
-            &crate::auth::Credentials::of(&call),
+            &samblik_gateway::auth::Credentials::of(&call),
             &request,
             break_glass,
             None,
@@ -623,7 +623,7 @@ fn case_article(source_id: &str, case: &pb::Case, context: &CardContext) -> Mark
                                     "Hvorfor har du brug for " (tier_label(w.tier).to_lowercase()) "?"
                                 }
                                 textarea id=(format!("begrundelse-{}", case.case_id)) name="begrundelse"
-                                    required minlength=(crate::registry_api::MIN_JUSTIFICATION) rows="3" {}
+                                    required minlength=(samblik_gateway::registry_api::MIN_JUSTIFICATION) rows="3" {}
                                 button type="submit" { "Send anmodning til " (source_id) }
                             }
                         }
@@ -759,7 +759,7 @@ async fn break_glass_form(
 
 fn break_glass_page(
     panel: &super::Panel,
-    caller: &crate::auth::Caller,
+    caller: &samblik_gateway::auth::Caller,
     csrf: &str,
     from_lookup: Option<&str>,
     message: Option<&str>,

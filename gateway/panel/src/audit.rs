@@ -10,7 +10,6 @@ use super::pages::{
     self, Form, Frame, PanelRef, authorised, csrf_field, notice, purpose_code_label, tier_label,
 };
 use super::pages::{Signed, SignedForm};
-use crate::audit_api::AuditApi;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -20,6 +19,7 @@ use axum::routing::{get, post};
 use chrono::{NaiveDate, TimeZone};
 use futures::StreamExt;
 use maud::{Markup, html};
+use samblik_gateway::audit_api::AuditApi;
 use samblik_proto::v1::audit_service_server::AuditService;
 use samblik_proto::v1::{
     AuditEntry, AuditFilter, ExportAuditRequest, ExportFormat, MarkReviewedRequest,
@@ -77,7 +77,7 @@ impl Fields {
             let t = chrono_tz::Europe::Copenhagen
                 .from_local_datetime(&d.and_hms_opt(0, 0, 0)?)
                 .earliest()?;
-            Some(crate::registry_api::timestamp(
+            Some(samblik_gateway::registry_api::timestamp(
                 t.with_timezone(&chrono::Utc),
             ))
         };

@@ -4,9 +4,9 @@
 //! A session ends when unused for `session_idle_secs`, at `session_max_secs`, when its access
 //! token expires, or at sign-out. Signing in gives the session a new id (no fixation).
 
-use crate::auth::Caller;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use samblik_gateway::auth::Caller;
 use samblik_proto::Cpr;
 use samblik_proto::v1::{LookupRequest, Purpose};
 use std::collections::VecDeque;

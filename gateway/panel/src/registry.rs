@@ -6,13 +6,13 @@ use super::pages::{
     self, Frame, PanelRef, authorised, csrf_field, notice, purpose_label, tier_label,
 };
 use super::pages::{Signed, SignedForm};
-use crate::registry_api::RegistryApi;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::{NaiveDate, TimeZone};
 use maud::html;
+use samblik_gateway::registry_api::RegistryApi;
 use samblik_proto::v1::access_request_service_server::AccessRequestService;
 use samblik_proto::v1::consent_service_server::ConsentService;
 use samblik_proto::v1::{
@@ -46,7 +46,7 @@ fn end_of_day(text: &str) -> Option<prost_types::Timestamp> {
     let local = chrono_tz::Europe::Copenhagen
         .from_local_datetime(&day.and_hms_opt(23, 59, 59)?)
         .earliest()?;
-    Some(crate::registry_api::timestamp(
+    Some(samblik_gateway::registry_api::timestamp(
         local.with_timezone(&chrono::Utc),
     ))
 }
@@ -56,7 +56,7 @@ fn start_of_day(text: &str) -> Option<prost_types::Timestamp> {
     let local = chrono_tz::Europe::Copenhagen
         .from_local_datetime(&day.and_hms_opt(0, 0, 0)?)
         .earliest()?;
-    Some(crate::registry_api::timestamp(
+    Some(samblik_gateway::registry_api::timestamp(
         local.with_timezone(&chrono::Utc),
     ))
 }
