@@ -39,6 +39,7 @@ pub mod jwt_crypto;
 pub mod lookup;
 pub mod registry_api;
 pub mod server;
+pub mod source_stack;
 pub mod tls;
 pub mod unread;
 

@@ -1,8 +1,8 @@
 //! The lookup pipeline: authenticate → validate → plan → fan out → decide → filter → audit →
 //! respond.
 //!
-//! Every source is asked concurrently under one overall deadline, each also under its own
-//! timeout. A source that is slow, down or answers nonsense yields an explicit status for that
+//! Every source is asked concurrently under one overall deadline, each through its source stack
+//! ([`crate::source_stack`]: its own timeout, its trace span). A source that is slow, down or answers nonsense yields an explicit status for that
 //! source while the others are served; nothing is ever silently missing. Every path — answered,
 //! refused, abandoned — leaves an audit record, and an answer leaves only after its record is
 //! durable.
@@ -11,6 +11,7 @@ use crate::audit::{AuditDraft, disclosed_fields, source_entry};
 use crate::auth::{Authenticator, Caller, CallingSystem, Credentials, PANEL_SYSTEM, Systems};
 use crate::disclosure::{DisclosurePolicy, LookupFacts, RegistryFacts, wire_tier};
 use crate::error::GatewayError;
+use crate::source_stack::{self, SourceCall, SourceService, failure_status};
 use futures::stream::{FuturesUnordered, StreamExt};
 use prost::Message;
 use samblik_adapters::SourceAnswer;
@@ -26,26 +27,63 @@ use samblik_proto::v1::{
     Purpose, SourceResult, SourceStatus, Tier,
 };
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
+use tower::ServiceExt;
 use tracing::Instrument;
 
 /// Most sources one request may name in its filter.
 const MAX_SOURCE_FILTER: usize = 64;
 
-/// One configured source with what the gateway applies around it.
+/// One configured source, wrapped once in the gateway's source stack
+/// ([`crate::source_stack`]): every call of it goes through that stack.
 pub struct GatewaySource {
-    pub source: Arc<dyn Source>,
+    source: Arc<dyn Source>,
     /// The department's name as shown to caseworkers.
-    pub department: String,
+    department: String,
     /// The longest this source may take.
-    pub timeout: Duration,
+    timeout: Duration,
+    stack: SourceService,
+}
+
+impl GatewaySource {
+    /// `source` behind the stack, with `timeout` as its own time limit.
+    pub fn new(source: Arc<dyn Source>, department: impl Into<String>, timeout: Duration) -> Self {
+        Self {
+            stack: source_stack::stack(Arc::clone(&source), timeout),
+            source,
+            department: department.into(),
+            timeout,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        self.source.id()
+    }
+
+    /// The source itself, without the stack: for its health, never for a lookup.
+    pub fn source(&self) -> &Arc<dyn Source> {
+        &self.source
+    }
+
+    pub fn department(&self) -> &str {
+        &self.department
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// One call through the stack.
+    pub async fn call(&self, call: SourceCall) -> Result<SourceAnswer, SourceError> {
+        self.stack.clone().oneshot(call).await
+    }
 }
 
 impl std::fmt::Debug for GatewaySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewaySource")
-            .field("id", &self.source.id())
+            .field("id", &self.id())
             .field("department", &self.department)
             .field("timeout", &self.timeout)
             .finish()
@@ -122,7 +160,8 @@ pub struct LookupPlan {
     cpr: Cpr,
     /// Indexes into the pipeline's sources, in configuration order.
     targets: Vec<usize>,
-    deadline: Instant,
+    /// When the answer is due, on tokio's clock (tests may pause it).
+    deadline: tokio::time::Instant,
     roles: Vec<Role>,
     /// The written reason, when the caller breaks the glass.
     break_glass_reason: Option<String>,
@@ -450,7 +489,7 @@ impl LookupPipeline {
             let facts = plan.facts();
             for (i, f) in fetched {
                 let gs = &self.sources[i];
-                let id = gs.source.id();
+                let id = gs.id();
                 let mut audited = Vec::new();
                 match f {
                     Fetched::Answer { answer, .. } => {
@@ -498,7 +537,7 @@ impl LookupPipeline {
                         entries.push(source_entry(id, status, Vec::new()));
                         response.unavailable.push(SourceResult {
                             source_id: id.to_owned(),
-                            department: gs.department.clone(),
+                            department: gs.department().to_owned(),
                             status: status as i32,
                             detail: detail.into(),
                             ..SourceResult::default()
@@ -565,7 +604,7 @@ impl LookupPipeline {
             purpose,
             cpr,
             targets: (0..self.sources.len()).collect(),
-            deadline: Instant::now() + self.limits.default_deadline,
+            deadline: tokio::time::Instant::now() + self.limits.default_deadline,
             break_glass_reason: request
                 .break_glass
                 .then(|| "explain: break-the-glass".to_owned()),
@@ -579,14 +618,12 @@ impl LookupPipeline {
 
     /// The ids of the configured sources.
     pub fn source_ids(&self) -> impl Iterator<Item = &str> {
-        self.sources.iter().map(|s| s.source.id())
+        self.sources.iter().map(|s| s.id())
     }
 
     /// The configured sources as (id, department name), in configuration order.
     pub fn sources(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.sources
-            .iter()
-            .map(|s| (s.source.id(), s.department.as_str()))
+        self.sources.iter().map(|s| (s.id(), s.department()))
     }
 
     /// Opens the request's audit draft and prepares the lookup; a refusal is recorded (durably)
@@ -687,7 +724,7 @@ impl LookupPipeline {
         };
         let own: Vec<usize> = (0..self.sources.len())
             .filter(|&i| {
-                self.policy.owner_of(self.sources[i].source.id()) == Some(&plan.caller.department)
+                self.policy.owner_of(self.sources[i].id()) == Some(&plan.caller.department)
             })
             .collect();
         // The own department's sources are asked as if the relation held: what they return is
@@ -743,7 +780,7 @@ impl LookupPipeline {
             purpose,
             cpr: cpr.clone(),
             targets: (0..self.sources.len()).collect(),
-            deadline: Instant::now() + self.limits.default_deadline,
+            deadline: tokio::time::Instant::now() + self.limits.default_deadline,
             break_glass_reason: None,
             relation: false,
             break_glass: false,
@@ -823,7 +860,7 @@ impl LookupPipeline {
         break_glass: BreakGlass,
         client_timeout: Option<Duration>,
     ) -> Result<LookupPlan, GatewayError> {
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         let Principal { caller, system } = self.authenticate(credentials, draft)?;
         self.request_size(request)?;
         let cpr = Cpr::parse(&request.cpr)?;
@@ -921,7 +958,7 @@ impl LookupPipeline {
             let index = self
                 .sources
                 .iter()
-                .position(|s| s.source.id() == id)
+                .position(|s| s.id() == id)
                 .ok_or_else(|| {
                     // Source ids are configuration, not personal data: safe to echo (bounded).
                     let shown: String = id.chars().take(64).collect();
@@ -940,10 +977,10 @@ impl LookupPipeline {
     async fn ask(&self, plan: &LookupPlan, index: usize) -> Answer {
         let fetched = self.fetch_target(plan, index).await;
         let gs = &self.sources[index];
-        let id = gs.source.id();
+        let id = gs.id();
         let mut result = SourceResult {
             source_id: id.to_owned(),
-            department: gs.department.clone(),
+            department: gs.department().to_owned(),
             ..SourceResult::default()
         };
         let mut audited = Vec::new();
@@ -978,7 +1015,7 @@ impl LookupPipeline {
     /// What a target of the lookup brought back: nothing, without a call, when the calling system
     /// may not ask it; else the answer fetched to establish the relation, or a call of its own.
     async fn fetch_target(&self, plan: &LookupPlan, index: usize) -> Fetched {
-        let id = self.sources[index].source.id();
+        let id = self.sources[index].id();
         if plan.system.as_ref().is_some_and(|s| !s.may_ask(id)) {
             return Fetched::Failed {
                 status: SourceStatus::Denied,
@@ -991,95 +1028,41 @@ impl LookupPipeline {
         }
     }
 
-    /// One source call, at the highest tier the policy could grant from it, under the
-    /// source's timeout and the lookup's deadline.
+    /// One source call through its stack, at the highest tier the policy could grant from it,
+    /// under the lookup's deadline.
     async fn fetch(&self, plan: &LookupPlan, index: usize) -> Fetched {
-        let gs = &self.sources[index];
-        let id = gs.source.id();
-        let span = tracing::info_span!(
-            "source_call",
-            source = %id,
-            request_id = %plan.request_id,
-            max_tier = tracing::field::Empty,
-            status = tracing::field::Empty,
-            cases = tracing::field::Empty,
-            elapsed_ms = tracing::field::Empty,
-        );
-        async {
-            let started = Instant::now();
-            // A source whose every case would be hidden is still asked (for existence only), so
-            // neither the answer's timing nor its as-of time tells the policy's outcome.
-            let max_tier = if plan.dry_run {
-                Tier::Existence
-            } else {
-                wire_tier(self.policy.ceiling(&plan.facts(), id)).max(Tier::Existence)
-            };
-            let query = CaseQuery {
+        // A source whose every case would be hidden is still asked (for existence only), so
+        // neither the answer's timing nor its as-of time tells the policy's outcome.
+        let max_tier = if plan.dry_run {
+            Tier::Existence
+        } else {
+            wire_tier(self.policy.ceiling(&plan.facts(), self.sources[index].id()))
+                .max(Tier::Existence)
+        };
+        let call = SourceCall {
+            query: CaseQuery {
                 cpr: plan.cpr.clone(),
                 max_tier,
-            };
-            let caller = CallerContext {
+            },
+            caller: CallerContext {
                 request_id: plan.request_id.clone(),
                 caller_id: plan.caller.id.clone(),
                 caller_department: plan.caller.department.clone(),
                 municipality: plan.caller.municipality.clone(),
                 purpose: plan.purpose as i32,
-            };
-            let deadline = plan.deadline.min(started + gs.timeout);
-            let outcome =
-                tokio::time::timeout_at(deadline.into(), gs.source.find_cases(query, caller)).await;
-            let fetched = match outcome {
-                Ok(Ok(answer)) => Fetched::Answer {
-                    answer,
-                    asked: max_tier,
-                },
-                Ok(Err(error)) => {
-                    // The kind and the gRPC status code only: `SourceError` carries nothing of
-                    // the department system's own message.
-                    tracing::warn!(source = %id, error = %error, "source lookup failed");
-                    let (status, detail) = match error {
-                        SourceError::Timeout => (
-                            SourceStatus::Timeout,
-                            "the department's system did not answer in time",
-                        ),
-                        SourceError::Unavailable(_) => (
-                            SourceStatus::Unavailable,
-                            "the department's system is unavailable",
-                        ),
-                        SourceError::Denied(_) => (
-                            SourceStatus::Denied,
-                            "the department's system refused the lookup",
-                        ),
-                        SourceError::InvalidQuery(_) | SourceError::Failed(_) => {
-                            (SourceStatus::Error, "the department's system failed")
-                        }
-                    };
-                    Fetched::Failed { status, detail }
-                }
-                Err(_elapsed) => {
-                    tracing::warn!(source = %id, "source lookup timed out");
-                    Fetched::Failed {
-                        status: SourceStatus::Timeout,
-                        detail: "the department's system did not answer in time",
-                    }
-                }
-            };
-            let span = tracing::Span::current();
-            span.record("max_tier", max_tier as i32);
-            match &fetched {
-                Fetched::Answer { answer, .. } => {
-                    span.record("status", "SOURCE_STATUS_OK");
-                    span.record("cases", answer.cases.len());
-                }
-                Fetched::Failed { status, .. } => {
-                    span.record("status", status.as_str_name());
-                }
+            },
+            deadline: plan.deadline,
+        };
+        match self.sources[index].call(call).await {
+            Ok(answer) => Fetched::Answer {
+                answer,
+                asked: max_tier,
+            },
+            Err(error) => {
+                let (status, detail) = failure_status(&error);
+                Fetched::Failed { status, detail }
             }
-            span.record("elapsed_ms", started.elapsed().as_millis() as u64);
-            fetched
         }
-        .instrument(span)
-        .await
     }
 
     /// Decides and filters one source's cases. Cases about another citizen are dropped; a

@@ -270,11 +270,11 @@ fn pipeline_parts(config: &Config) -> Result<PipelineParts, ServerError> {
             id: s.id.clone(),
             source,
         })?;
-        sources.push(GatewaySource {
-            source: Arc::new(source),
-            department: s.department.clone(),
-            timeout: s.timeout(),
-        });
+        sources.push(GatewaySource::new(
+            Arc::new(source),
+            s.department.clone(),
+            s.timeout(),
+        ));
     }
     let access = crate::audit_api::AuditAccess {
         rules: config.audit.review.rules()?,

@@ -396,10 +396,8 @@ pub fn in_process_pipeline_with(
         Authenticator::from_config(&config.auth).unwrap(),
         sources
             .into_iter()
-            .map(|(source, department)| GatewaySource {
-                source,
-                department: department.to_owned(),
-                timeout: Duration::from_secs(2),
+            .map(|(source, department)| {
+                GatewaySource::new(source, department, Duration::from_secs(2))
             })
             .collect(),
         LookupLimits::from_config(&config.server),
