@@ -8,25 +8,27 @@
 pub mod idp;
 pub mod panel;
 
-use async_trait::async_trait;
+pub use samblik_testkit::{
+    BLABBING_MESSAGE, Blabbing, Failing, Hanging, Recording, RunningSource, Scripted, dead_address,
+    start_blabbing, start_garbage_server, start_source, start_source_tls,
+};
+
 use samblik::demo::{caseworker_claims, demo_config};
 use samblik::tokens::DemoIssuer;
-use samblik_adapters::{CaseQuery, Health, Source, SourceAnswer, SourceError};
+use samblik_adapters::Source;
 use samblik_gateway::auth::Authenticator;
 use samblik_gateway::config::{AuthConfig, Config, SourceConfig};
 use samblik_gateway::{GatewaySource, LookupLimits, LookupPipeline};
 use samblik_proto::source::v1::CallerContext;
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;
-use samblik_proto::v1::{Case, LookupRequest, Purpose};
+use samblik_proto::v1::{LookupRequest, Purpose};
 use samblik_reference::ReferenceSource;
 use samblik_synth::store::DepartmentData;
 use samblik_synth::{Caseworker, Dataset, Department, SynthConfig};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
-use tokio::io::AsyncWriteExt;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -155,33 +157,6 @@ pub fn request(
         request.set_timeout(timeout);
     }
     request
-}
-
-/// A source server started for a test; stopped on drop.
-#[derive(Debug)]
-pub struct RunningSource {
-    pub addr: SocketAddr,
-    stop: CancellationToken,
-}
-
-impl Drop for RunningSource {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-/// Serves `source` over real gRPC on a loopback port.
-pub async fn start_source(source: Arc<dyn Source>) -> RunningSource {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let shutdown = stop.clone().cancelled_owned();
-    tokio::spawn(async move {
-        samblik_adapters::server::serve(source, listener, shutdown)
-            .await
-            .unwrap();
-    });
-    RunningSource { addr, stop }
 }
 
 /// The reference source of `department` over the shared municipality.
@@ -470,23 +445,6 @@ impl RunningGateway {
     }
 }
 
-/// Serves `source` over TLS with `tls` on a loopback port.
-pub async fn start_source_tls(
-    source: Arc<dyn Source>,
-    tls: Arc<samblik_adapters::tls::ReloadingServerConfig>,
-) -> RunningSource {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let shutdown = stop.clone().cancelled_owned();
-    tokio::spawn(async move {
-        samblik_adapters::server::serve_tls(source, listener, tls, shutdown)
-            .await
-            .unwrap();
-    });
-    RunningSource { addr, stop }
-}
-
 /// Runs the gateway exactly as `samblik serve` would with `config` (TLS included), through the
 /// same wiring ([`samblik::server`]), on a loopback port.
 pub async fn start_gateway_from_config(config: Config) -> RunningGateway {
@@ -524,38 +482,6 @@ pub async fn start_gateway_with_auth(
     });
     let pipeline = in_process_pipeline(&config, vec![(source, "Jobcenter")]);
     (serve_pipeline(pipeline, audit_dir).await, seen)
-}
-
-/// Records the caller context of every call that reaches a source.
-pub struct Recording {
-    pub inner: Arc<dyn Source>,
-    pub seen: Arc<Mutex<Vec<CallerContext>>>,
-}
-
-impl std::fmt::Debug for Recording {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recording")
-            .field("source", &self.inner.id())
-            .finish()
-    }
-}
-
-#[async_trait]
-impl Source for Recording {
-    fn id(&self) -> &str {
-        self.inner.id()
-    }
-    async fn find_cases(
-        &self,
-        query: CaseQuery,
-        caller: CallerContext,
-    ) -> Result<SourceAnswer, SourceError> {
-        self.seen.lock().unwrap().push(caller.clone());
-        self.inner.find_cases(query, caller).await
-    }
-    async fn health(&self) -> Health {
-        self.inner.health().await
-    }
 }
 
 /// The three reference sources and a gateway over them.
@@ -611,115 +537,6 @@ pub async fn start_municipal_with(adjust: impl FnOnce(&mut Config)) -> Municipal
     }
 }
 
-/// A source that never answers. Counts the calls that were started and those whose work was
-/// cancelled (the future dropped), so a test can see that nothing is left running.
-#[derive(Debug, Default)]
-pub struct Hanging {
-    pub started: AtomicUsize,
-    pub cancelled: Arc<AtomicUsize>,
-}
-
-struct OnDrop(Arc<AtomicUsize>);
-impl Drop for OnDrop {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl Source for Hanging {
-    fn id(&self) -> &str {
-        "hanging"
-    }
-    async fn find_cases(
-        &self,
-        _query: CaseQuery,
-        _caller: CallerContext,
-    ) -> Result<SourceAnswer, SourceError> {
-        self.started.fetch_add(1, Ordering::SeqCst);
-        let _guard = OnDrop(Arc::clone(&self.cancelled));
-        futures::future::pending::<()>().await;
-        unreachable!()
-    }
-    async fn health(&self) -> Health {
-        Health::Serving
-    }
-}
-
-/// A source that answers with fixed cases, whatever it is asked.
-#[derive(Debug)]
-pub struct Scripted {
-    pub cases: Vec<Case>,
-}
-
-#[async_trait]
-impl Source for Scripted {
-    fn id(&self) -> &str {
-        "scripted"
-    }
-    async fn find_cases(
-        &self,
-        _query: CaseQuery,
-        _caller: CallerContext,
-    ) -> Result<SourceAnswer, SourceError> {
-        Ok(SourceAnswer {
-            cases: self.cases.clone(),
-            as_of: SystemTime::now(),
-        })
-    }
-    async fn health(&self) -> Health {
-        Health::Serving
-    }
-}
-
-/// A third-party adapter that refuses every lookup with `code` and a status message naming the
-/// citizen it was asked about (it starts with [`BLABBING_MESSAGE`]): words from a department's
-/// system that must never reach the gateway's log.
-#[derive(Debug)]
-pub struct Blabbing {
-    pub code: tonic::Code,
-}
-
-/// How [`Blabbing`]'s status messages begin.
-pub const BLABBING_MESSAGE: &str = "no record of citizen";
-
-#[tonic::async_trait]
-impl samblik_proto::source::v1::source_service_server::SourceService for Blabbing {
-    async fn find_cases(
-        &self,
-        request: tonic::Request<samblik_proto::source::v1::FindCasesRequest>,
-    ) -> Result<tonic::Response<samblik_proto::source::v1::FindCasesResponse>, tonic::Status> {
-        Err(tonic::Status::new(
-            self.code,
-            format!("{BLABBING_MESSAGE} {}", request.get_ref().cpr),
-        ))
-    }
-}
-
-/// Serves [`Blabbing`] with `code` over real gRPC on a loopback port (its own tonic server,
-/// not Samblik's source server: a third party's adapter).
-pub async fn start_blabbing(code: tonic::Code) -> RunningSource {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let shutdown = stop.clone().cancelled_owned();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(
-                samblik_proto::source::v1::source_service_server::SourceServiceServer::new(
-                    Blabbing { code },
-                ),
-            )
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                shutdown,
-            )
-            .await
-            .unwrap();
-    });
-    RunningSource { addr, stop }
-}
-
 /// What is logged on this thread, at the level `samblik serve` logs by default (`info`), while
 /// the guard [`CapturedLog::start`] returns is held. A `#[tokio::test]` runs every task it
 /// spawns — the gateway's and its sources' — on its own thread, so this is their log.
@@ -753,34 +570,6 @@ impl std::io::Write for CapturedLog {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-/// A TCP server that answers every connection with bytes that are not HTTP/2.
-pub async fn start_garbage_server() -> RunningSource {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let stopped = stop.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = stopped.cancelled() => break,
-                accepted = listener.accept() => {
-                    if let Ok((mut socket, _)) = accepted {
-                        let _ = socket.write_all(b"HTTP/1.1 500 Oops\r\n\r\n\x00\xff\xfe garbage").await;
-                        let _ = socket.shutdown().await;
-                    }
-                }
-            }
-        }
-    });
-    RunningSource { addr, stop }
-}
-
-/// An address on which nothing listens.
-pub async fn dead_address() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
 }
 
 /// Polls `condition` every 10 ms for up to `limit`.
