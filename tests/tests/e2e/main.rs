@@ -1,0 +1,17 @@
+//! The end-to-end tests: the real sources and the real gateway (and panel) on loopback ports,
+//! called over gRPC, HTTPS and a real browser. One test binary, so the whole stack is linked
+//! once; each module is one part of the story.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod attacks;
+mod audit;
+mod audit_api;
+mod bad_input;
+mod faults;
+mod limits;
+mod lookup;
+mod panel;
+mod panel_browser;
+mod policy;
+mod tls;
