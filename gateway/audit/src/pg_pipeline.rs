@@ -11,14 +11,16 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 
 /// Connections a writer's batches are spread over: two let the server insert one batch while it
-/// commits the one before, and use two of its cores (BENCHMARKS.md, session 21).
+/// commits the one before, and use two of its cores (`docs/benchmark-history.md`, "PostgreSQL:
+/// batches on two connections, committed in order").
 pub const CONNECTIONS: usize = 2;
 
 /// A batch of fewer records that finds the pipeline idle is committed on the store's own
 /// connection instead, and answered at once: handing it over costs two thread hand-offs (to a
 /// connection's thread, then to the writer's sync thread), which at moderate load lengthened a
-/// lookup more than the overlap gained (BENCHMARKS.md, session 21). Larger batches are what a
-/// writer falling behind makes, and what the pipeline is for.
+/// lookup more than the overlap gained (`docs/benchmark-history.md`, "The gateway on
+/// PostgreSQL"). Larger batches are what a writer falling behind makes, and what the pipeline is
+/// for.
 pub const INLINE_BELOW: usize = 64;
 
 /// What the pipeline's sessions are called on the server (`application_name`), with their
