@@ -1,60 +1,8 @@
 //! The gateway's configuration: one serde tree, loaded and validated once, before any port is
 //! bound. A bad file is refused with a message that says how to fix it.
 //!
-//! ```toml
-//! [server]
-//! listen = "127.0.0.1:50051"
-//! default_deadline_ms = 3000
-//! max_deadline_ms = 10000
-//!
-//! [auth]
-//! issuer = "https://idp.sonderaa.kommune.example"
-//! audience = "samblik"
-//! [[auth.keys]]
-//! kid = "idp-2026-1"
-//! algorithm = "ES256"
-//! public_key_file = "keys/idp-2026-1.pub.pem"
-//!
-//! [[sources]]
-//! id = "jobcenter"
-//! department = "Jobcenter"
-//! endpoint = "http://jobcenter-adapter:50061"
-//! timeout_ms = 2000
-//! ```
-//!
-//! TLS on the gRPC port, with the calling systems (fagsystemer) known by their client
-//! certificates:
-//!
-//! ```toml
-//! [server.tls]
-//! cert_file = "tls/gateway.pem"
-//! key_file = "tls/gateway.key.pem"
-//! client_certs = "optional"            # off | optional | required
-//! client_ca_file = "tls/fagsystem-ca.pem"
-//! revoked = ["serial:5a:11:0c", "sha256:9f86d081…"]
-//! revoked_file = "tls/revoked.txt"     # one entry per line, re-read on change
-//! require_listed_systems = false
-//!
-//! [[server.tls.systems]]
-//! name = "DUBU"                        # the certificate's subject common name
-//! sources = ["jobcenter", "integration"]
-//! purposes = ["prepare-meeting", "follow-up"]
-//! ```
-//!
-//! A calling system is the subject common name of its connection's verified client certificate;
-//! no header names one. Every audit record carries it (`actor.system`). A listed system's lookups
-//! (and policy explanations) ask only its `sources` — the others are in the answer as `DENIED`,
-//! unasked — and are refused (PERMISSION_DENIED, audited) for a purpose not in its `purposes`;
-//! leaving either out allows all. The caller's own department's source is still consulted to
-//! establish the caller's relation to the citizen (nothing of it is shown unless the system may
-//! ask it). A certificate of the CA whose name is not listed is a system without limits,
-//! unless `require_listed_systems`, which refuses it (PERMISSION_DENIED, audited). A client
-//! without a certificate (`optional`) is no system: the caseworker's token alone decides.
-//! Lookups through Samblik's own panel are recorded with the system `samblik-panel`; a client
-//! certificate that names itself so is refused (PERMISSION_DENIED, audited), and a configuration
-//! that lists `samblik-panel` among its systems does not load.
-//! Certificates that are expired, from another CA, named by no common name, or `revoked` (by
-//! serial number or SHA-256 fingerprint) are refused at the TLS handshake.
+//! The reference, with how calling systems are known and limited: `docs/configuration.md`; every
+//! option, with a comment on each: `deploy/samblik.example.toml`.
 
 pub use samblik_adapters::tls::ClientAuth;
 use serde::Deserialize;

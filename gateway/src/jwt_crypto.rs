@@ -1,8 +1,8 @@
 //! Signature verification for access tokens with `ring` — the crypto library the TLS stack
 //! already uses — plugged into `jsonwebtoken` as its process-wide provider.
 //!
-//! Why: `jsonwebtoken`'s pure-Rust backend re-parses the public key on every verification and
-//! took ~0.5 ms per ES256 token here (see BENCHMARKS.md); `ring` verifies in a fraction of that.
+//! Why: `jsonwebtoken`'s pure-Rust backend re-parses the public key on every verification, about
+//! four times `ring`'s cost per ES256 token (`docs/benchmark-history.md`, "Token verification").
 //! Signing (the demo issuer only) and JWK helpers stay with the pure-Rust backend. Symmetric
 //! algorithms have no verifier at all: the gateway never checks an HMAC.
 

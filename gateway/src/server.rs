@@ -64,7 +64,8 @@ pub fn open_audit_log(config: &AuditConfig, policy_version: &str) -> Result<Audi
 /// As [`open_audit_log`], with the store's `durability`. `Durability::Off` (no fsync) is for
 /// measuring what durability costs — the load benchmark's baseline — and for nothing else. No
 /// config file reaches it: `audit.durability` refuses `off` ([`crate::config::AuditDurability`]),
-/// and [`run`] opens the log with [`open_audit_log`].
+/// and [`pipeline_from_config`], through which every configured gateway starts, opens the log
+/// with [`open_audit_log`].
 pub fn open_audit_log_with(
     config: &AuditConfig,
     policy_version: &str,

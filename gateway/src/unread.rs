@@ -1,23 +1,9 @@
 //! Requests that tonic refuses before any handler runs — a message over
 //! `limits.max_message_bytes`, or one that is not a protobuf of the method's type — are audited
-//! here, so that every request to an audited service leaves its record.
+//! here ([`UnreadAuditLayer`]), and so are requests dropped before any handler claimed their
+//! record ([`RecordClaim`]): every request to an audited service leaves its record.
 //!
-//! Every handler answers through [`crate::error`] or its `call` wrapper, which put the request id
-//! on the response (headers, or a trailers-only error's headers). A non-OK trailers-only response
-//! without one was written by tonic alone: no handler saw the request, so nothing recorded it.
-//! [`UnreadAuditLayer`] then records it — outcome `invalid`, the caller if the token verifies, no
-//! CPR and nothing else of the message — and gives the response that record's request id,
-//! before the response leaves. If the record cannot be written the answer is UNAVAILABLE.
-//!
-//! A request can also end with no response at all from the routes: tonic's `GrpcTimeout`, which
-//! sits outside every layer of ours, drops the whole call when the server's request timeout
-//! (`limits.request_timeout_ms`) or the caller's `grpc-timeout` passes, and hyper drops it when
-//! the caller resets the stream. Once a handler has opened its audit draft, that draft records
-//! the drop (outcome `cancelled`); it claims the request's [`RecordClaim`] as it opens. A request
-//! dropped before any handler claimed it — its message still arriving — is recorded here,
-//! `cancelled`, with the caller if the token verifies and nothing of the message. Either way,
-//! one record; the caller's answer (tonic's CANCELLED, "Timeout expired") carries no request id,
-//! since nothing of ours writes it.
+//! How a response no handler wrote is told apart: `docs/architecture.md`.
 
 use crate::audit::AuditDraft;
 use crate::auth::Credentials;
@@ -72,7 +58,8 @@ impl RecordClaim {
     }
 }
 
-/// Audits the requests of audited services that no handler read (see the module docs).
+/// Audits the requests of audited services that no handler read (see `docs/architecture.md`,
+/// "Requests no handler read").
 #[derive(Debug, Clone)]
 pub struct UnreadAuditLayer {
     pipeline: Arc<LookupPipeline>,
@@ -145,7 +132,8 @@ where
 }
 
 /// An audited request the routes have not answered yet. Dropped so, with no handler's draft
-/// claiming its record, it records the request as abandoned (see the module docs).
+/// claiming its record, it records the request as abandoned (see `docs/architecture.md`,
+/// "Requests no handler read").
 struct Unanswered {
     pipeline: Arc<LookupPipeline>,
     action: Action,

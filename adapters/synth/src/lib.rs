@@ -1,6 +1,6 @@
 //! A deterministic synthetic Danish municipality for Samblik's demo, tests and benchmarks.
 //!
-//! [`generate`] turns a seed and a citizen count into a [`Dataset`]: citizens with synthetic CPR
+//! [`generate()`] turns a seed and a citizen count into a [`Dataset`]: citizens with synthetic CPR
 //! numbers, caseworkers per department, and cases of the plan types of the three departments
 //! (child welfare: SL §§ 54, 57 c, 140; jobcenter: LAB §§ 27, 30 a; integration: IL § 19) in
 //! proportions shaped like the 2017 Deloitte analysis: Min Plan dominant, about one plan in ten

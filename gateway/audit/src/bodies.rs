@@ -1,29 +1,8 @@
 //! How the embedded store keeps a record's body: compressed with a zstd dictionary trained on the
-//! store's own records.
+//! store's own records, redacted first ([`redacted`]) so that no dictionary holds personal data.
+//! What is hashed stays the canonical JSON.
 //!
-//! A body is the canonical JSON of its record, ~1.2 KB for a lookup, and most of it repeats from
-//! record to record (the keys, the field paths disclosed, the policy version). Stored as it is, a
-//! SQLite page holds two of them, and each durable commit writes its pages whole to the log. Zstd
-//! with a dictionary trained on earlier bodies stores the same body in ~130 bytes.
-//!
-//! - **The stored form.** `audit_records.body` is TEXT (the canonical JSON itself: every record
-//!   written before the store had a dictionary, and every file written before this change) or a
-//!   BLOB: one zstd frame, whose header names the dictionary it needs by id.
-//! - **The dictionaries** live in `audit_dictionaries`, in the same file and the same transactions
-//!   as the records they compress, and are never changed or deleted: a file carries everything
-//!   needed to read it back, whatever binary reads it.
-//! - **What is hashed** is the canonical JSON, as before: verification decompresses, then hashes,
-//!   so a changed byte in a compressed body is a record that does not match its hash.
-//! - **Training** starts when the store has enough records and no dictionary, and again after
-//!   many records (so that a dictionary follows what the records look like). It reads the newest
-//!   records and trains on a thread of its own; the writer stores the dictionary in its next
-//!   transaction and compresses with it once that has committed. A training that fails leaves
-//!   the records as they are; it never fails or delays a write.
-//! - **No personal data in a dictionary.** A dictionary is kept as long as any record needs it,
-//!   which can be long after the records it was trained on were pruned. So it is trained on the
-//!   records' shape only ([`redacted`]): every value that could name or single out a person — the
-//!   citizen, the caller, a case or document id, a free text — is blanked or zeroed in the
-//!   samples first.
+//! The stored form, the training and why: `docs/audit-store.md`.
 
 use crate::AuditError;
 use rusqlite::Connection;

@@ -1,30 +1,10 @@
-//! Samblik's audit log: every request leaves one record, written durably before the answer does.
+//! Samblik's audit log: every request leaves one record, written durably before the answer does —
+//! hash-chained ([`record`]), with signed checkpoints ([`checkpoint`]), by one group-commit writer
+//! ([`AuditLog`]) into SQLite ([`sqlite`]) or PostgreSQL ([`postgres`]). Consents and access
+//! requests ([`registry`]) live in the same store. If the store cannot write, nothing is
+//! disclosed.
 //!
-//! ```text
-//! request handler ──AuditEvent──► AuditLog::append ──► writer thread ──► AuditStore (SQLite)
-//!        ▲                                                │ group commit: every event waiting
-//!        │                                                │ goes into one transaction
-//!        └──── receipt (seq, hash) ◄── sync thread ◄──────┘ the log fsync'ed, then receipts,
-//!                                                           in commit order
-//! ```
-//!
-//! - [`record`]: the record and its canonical encoding; each record carries the SHA-256 of the
-//!   one before it (a hash chain per gateway replica). `append` encodes the record on the
-//!   caller's thread; the writer only frames it with its place in the chain and hashes it.
-//! - [`checkpoint`]: Ed25519-signed checkpoints of the chain's head every N records or T seconds,
-//!   so cutting or rewriting the tail is detectable.
-//! - [`verify`]: walks a whole store and names the first bad record.
-//! - [`maintenance`]: the log's own records: start-up (after a clean or an unclean stop), clean
-//!   stop, and retention pruning, which cuts a chain's front only at a signed checkpoint and
-//!   records the cut ([`AuditLog::prune`], or on a schedule with [`WriterOptions::retention`]).
-//! - [`sqlite`]: the embedded store (WAL; each commit's log fsync'ed on a thread of its own
-//!   while the writer commits the next batch); [`postgres`]: the production one.
-//! - [`registry`]: citizens' consents and access requests (grants), kept in the same store.
-//!   Every change goes through the writer ([`AuditLog::change`]) and is committed in the same
-//!   transaction as the audit record describing it; [`Registry`] reads them back, uncached.
-//!
-//! If the store cannot write, `append` fails, the gateway answers UNAVAILABLE and discloses
-//! nothing, and [`AuditLog::health`] reports unhealthy until a write succeeds again.
+//! The design, with the writer's diagram: `docs/audit-store.md`.
 
 pub mod bodies;
 pub mod checkpoint;

@@ -1,16 +1,8 @@
 //! The audit log's own records (`Action::AuditMaintenance`): each writer's start-up and clean
-//! stop, and retention pruning. Their structured part is the record's `change`, tagged by
-//! `type`, so verification and the next start-up can read what happened without parsing text.
+//! stop, and retention pruning, which cuts a chain's front only at a signed checkpoint and
+//! records the cut in a signed `prune` record.
 //!
-//! Retention: a chain's front is cut only at a signed checkpoint. The records through that
-//! checkpoint (and the checkpoints before it) are deleted in the same transaction that appends a
-//! `prune` record naming the cut (`through_seq`, the checkpoint's `anchor_hash`) and a new signed
-//! checkpoint over it. The checkpoint at the cut stays as the anchor: verification starts the
-//! chain there, and accepts a missing front only if a prune record in the remaining chain names
-//! exactly that cut. Every maintenance record is committed with a checkpoint at its own seq, and
-//! verification requires it: a prune record (or a chain's start-up record) cannot be forged
-//! without the key. Before deleting, the writer verifies the records it is about to delete, so
-//! a prune never erases the evidence of tampering.
+//! How verification accepts a pruned front: `docs/audit-store.md`.
 
 use crate::record::{Action, AuditRecord};
 use serde::{Deserialize, Serialize};

@@ -1,18 +1,8 @@
 //! The embedded store's open chunk: what its postings and summary need of each record this
-//! store wrote since the last whole chunk, kept by the writer as it inserts them.
+//! store wrote since the last whole chunk, kept by the writer as it inserts them, so a completed
+//! chunk is indexed without reading it back from the table (see [`crate::sqlite`]).
 //!
-//! The commit that completes a chunk writes its postings and its summary (see [`crate::sqlite`]).
-//! Selecting them back from the table meant reading the chunk's 4,096 records again (their
-//! pages had mostly left SQLite's cache by then) and sorting the postings in SQLite's sorter:
-//! about a quarter of the writer's thread at capacity. The store now keeps the few columns it
-//! needs as it inserts, sorts in memory and writes the rows in key order.
-//!
-//! The open chunk is only a faster way to the same rows. It is used only while it holds
-//! exactly the records the file holds in the chunk: every record this store inserted since a
-//! chunk boundary, with consecutive rowids, and no other connection's commit since (`PRAGMA
-//! data_version`). Anything else — a write that failed or rolled back, a prune, another
-//! process on the file, a store just opened in the middle of a chunk — forgets it, and the
-//! chunk is indexed from the table as before.
+//! When it is used and when it is forgotten: `docs/audit-store.md`.
 
 use crate::AuditError;
 use crate::SealedRecord;

@@ -1,25 +1,8 @@
-//! The PostgreSQL store's batches written on several connections at once, committed in order.
+//! The PostgreSQL store's batches written on several connections at once ([`CONNECTIONS`]),
+//! committed in order: the server inserts several batches at once, and a chain in the database
+//! never has a gap.
 //!
-//! A PostgreSQL session runs on one server process, so one connection's inserts use at most one
-//! of the server's cores: the writer alone on PostgreSQL was bound by that one process (its
-//! index maintenance above all), with the server's other cores idle. Here each batch goes to the
-//! next of [`CONNECTIONS`] connections, on a thread of its own, while the writer seals the next
-//! one; the server inserts several batches at once.
-//!
-//! - **Commits in order.** A connection inserts its batch at once but commits only after every
-//!   batch handed over before it has committed; a batch after a failed one is rolled back. So a
-//!   chain in the database never has a gap: its records are always a prefix of what the writer
-//!   sealed.
-//! - **Durable when committed.** Every commit waits for the server's WAL flush (the sessions'
-//!   `synchronous_commit`, as for the store's own connection), so a batch is durable once it
-//!   has committed; the pipeline's sync waits for that, and the writer's receipts leave only
-//!   after it.
-//! - **After a failure** nothing more is committed (and new batches are refused) until the
-//!   writer recovers (`AuditStore::recover_sync`) and re-reads the chain's head: batches handed over
-//!   after the failed one were rolled back, so the head in the database is behind the writer's.
-//! - **The chain's claim** stays with the store's own connection ([`crate::AuditStore::claim`]);
-//!   every batch checks in the same statement that the session holding it still does, so a
-//!   writer whose claim went with its connection writes nothing more.
+//! The design: `docs/audit-store.md`.
 
 use crate::checkpoint::Checkpoint;
 use crate::postgres::{Inserts, insert, session};
@@ -28,14 +11,16 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 
 /// Connections a writer's batches are spread over: two let the server insert one batch while it
-/// commits the one before, and use two of its cores (BENCHMARKS.md, session 21).
+/// commits the one before, and use two of its cores (`docs/benchmark-history.md`, "PostgreSQL:
+/// batches on two connections, committed in order").
 pub const CONNECTIONS: usize = 2;
 
 /// A batch of fewer records that finds the pipeline idle is committed on the store's own
 /// connection instead, and answered at once: handing it over costs two thread hand-offs (to a
 /// connection's thread, then to the writer's sync thread), which at moderate load lengthened a
-/// lookup more than the overlap gained (BENCHMARKS.md, session 21). Larger batches are what a
-/// writer falling behind makes, and what the pipeline is for.
+/// lookup more than the overlap gained (`docs/benchmark-history.md`, "The gateway on
+/// PostgreSQL"). Larger batches are what a writer falling behind makes, and what the pipeline is
+/// for.
 pub const INLINE_BELOW: usize = 64;
 
 /// What the pipeline's sessions are called on the server (`application_name`), with their

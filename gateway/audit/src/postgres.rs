@@ -50,8 +50,9 @@ CREATE TABLE IF NOT EXISTS audit_records (
 );
 -- A body (~1–3 KB of JSON) is compressed by the server before it is stored: with lz4 (the
 -- server's default is pglz, several times slower) a batch of records is written ~40 % faster
--- (BENCHMARKS.md, session 20). Older rows keep what they were stored with; a server built
--- without lz4 keeps pglz. Altered only when it is not yet so: the change locks the table.
+-- (docs/benchmark-history.md: the body compressed with lz4 by the server). Older rows keep
+-- what they were stored with; a server built without lz4 keeps pglz. Altered only when it is
+-- not yet so: the change locks the table.
 DO $$
 BEGIN
     IF (SELECT attcompression FROM pg_attribute

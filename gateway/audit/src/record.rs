@@ -1,16 +1,8 @@
-//! The audit record and its canonical encoding.
+//! The audit record and its canonical encoding: a record's hash is SHA-256 over its canonical
+//! JSON, which includes `prev_hash`. The event is encoded by whoever reports it
+//! ([`AuditEvent::encode`]); the writer only frames and hashes it ([`EncodedEvent::seal`]).
 //!
-//! A record's hash is SHA-256 over its canonical encoding: the record as JSON with its fields in
-//! declaration order, without the hash itself. The encoding includes `prev_hash`, so each record
-//! commits to the whole chain before it. The store keeps exactly these bytes as the record's
-//! body, so verification hashes what is stored, byte for byte.
-//!
-//! Only the chain fields (`chain`, `seq`, `at` at the front, `prev_hash` at the end) depend on
-//! the record's place in the chain. Everything between them is encoded by whoever reports the
-//! event, before it reaches the writer ([`AuditEvent::encode`]); the writer only frames that
-//! encoding with the chain fields and hashes it ([`EncodedEvent::seal`]), so the serial part of
-//! writing a record is a few string copies and one SHA-256. The result is byte for byte what
-//! serialising the whole [`AuditRecord`] gives; a test holds the two together.
+//! Why: `docs/audit-store.md`.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -1,51 +1,9 @@
 //! The embedded store: one SQLite file in WAL mode; a commit is durable once its frames are in
-//! the write-ahead log and the log is fsync'ed.
+//! the write-ahead log and the log is fsync'ed — by the store itself, not inside SQLite's commit.
+//! Records are indexed by citizen and caller a chunk at a time ([`POSTINGS_CHUNK`] records), not
+//! one by one.
 //!
-//! SQLite's `synchronous=FULL` would fsync the log inside every commit, so the writer could not
-//! insert the next batch while the disk works. The store instead commits with
-//! `synchronous=NORMAL` (SQLite's own fsyncs at checkpoints and when the log is reused stay) and
-//! fsyncs the log itself, through a descriptor of its own: inside [`AuditStore::append`] and the
-//! other durable writes, or — for the writer's ordinary batches — on the writer's sync thread
-//! ([`AuditStore::deferred_sync`]), which sends the batch's receipts only after that fsync. An
-//! fsync covers the whole file, whoever's descriptor it goes through; SQLite keeps the log file
-//! (the same inode, truncated or reused) for as long as a connection is open, and the store's
-//! own connection is open for the store's lifetime.
-//!
-//! Copying the log back into the database file (a checkpoint, with an fsync of its own) is not
-//! needed for durability, so the store does it on a thread of its own instead of in the
-//! writer's commit, as SQLite would by default.
-//!
-//! **The citizen and caller postings.** Auditors search by citizen and by caller, so those two
-//! columns need an index — but an ordinary index on either takes a random key per record, so
-//! every commit rewrites one whole 4 KB page of it per record (and the log must be fsync'ed
-//! with them before the answer leaves): most of what a durable commit wrote. Instead, the
-//! records are indexed a whole chunk at a time ([`POSTINGS_CHUNK`] records, by rowid): the
-//! commit that completes a chunk also writes the chunk's postings `(chunk, kind, key, at,
-//! rowid)` in key order, so they fill a few fresh pages once (from what the store noted of the
-//! records as it inserted them, see the `open_chunk` module; from the table when it has not
-//! noted them all, as after a restart in the middle of a chunk). A search probes each chunk's
-//! postings (one B-tree seek per chunk) and reads the records not yet in a chunk (those above
-//! `audit_postings_state.indexed_through`) directly; it always checks the record's own column
-//! too, so a stale posting can hide nothing and show nothing. Postings live in the same file
-//! and the same transactions as the records, so a crash leaves them as consistent as the
-//! records themselves.
-//!
-//! **No other per-record index either.** An index on `at` and the `UNIQUE (chain, seq)` index
-//! each took a key per record and had a leaf page rewritten in every commit: ~10 % of what the
-//! writer can do at capacity (see BENCHMARKS.md). The commit that completes a chunk also writes
-//! its summary (`audit_chunks`: per chain in the chunk, its first and last seq and its earliest
-//! and latest time), and
-//! - a chain is walked by rowid (its records are appended in order), from the first chunk whose
-//!   summary reaches past the seq wanted; its head is its last row;
-//! - a search by neither citizen nor caller, and the review queue's scan of a period, read the
-//!   records not yet in a chunk and then the chunks whose times can match, those reaching
-//!   latest first, stopping once no chunk left can reach into the page;
-//! - a writer refuses to write a record that does not come after its chain's last row, which
-//!   the `UNIQUE` index used to do: two writers on one chain cannot fork it.
-//!
-//! A file written before the summaries existed is summarised, and its index on `at` dropped,
-//! when a writable store opens it (`PRAGMA user_version` says it is done); until then, reads
-//! take the old ways. Its `UNIQUE` constraint stays: dropping it means rewriting the table.
+//! Why, and how searches and chains read it: `docs/audit-store.md`.
 
 use crate::bodies::{Encoder, Schedule, SharedDictionaries, StoredBody};
 use crate::checkpoint::Checkpoint;
@@ -366,7 +324,7 @@ fn open_writable(path: &Path, durability: Durability) -> Result<Connection, Audi
     }
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    // NORMAL: a commit does not fsync the log; the store does (see the module's docs). SQLite
+    // NORMAL: a commit does not fsync the log; the store does (see `docs/audit-store.md`). SQLite
     // still fsyncs around its checkpoints and when it starts reusing the log.
     let sync = match durability {
         Durability::Full => "NORMAL",

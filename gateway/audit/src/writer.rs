@@ -564,7 +564,8 @@ struct Committed {
 /// so a record waits for about one fsync rather than the rest of the one in progress and then
 /// its own. But at saturation it doubles the fsyncs for the same records, and on a virtual disk
 /// each costs CPU the lookups need: with one, the gateway keeps a larger share of its fsync-off
-/// throughput at 512 callers, and the same at 32 and 128 (see BENCHMARKS.md, session 20).
+/// throughput at 512 callers, and the same at 32 and 128 (`docs/benchmark-history.md`, "One
+/// fsync in flight instead of two").
 pub const SYNC_THREADS: usize = 1;
 
 /// The fsync half of a pipelined commit, for stores with a [`LogSync`]: the writer commits a

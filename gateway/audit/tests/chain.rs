@@ -217,7 +217,7 @@ fn postgres_a_new_table_is_keyed_by_chain_and_seq_and_an_older_one_still_works()
         };
         assert_eq!(key(&mut client), ["chain", "seq"]);
 
-        // The table as it was created before this change.
+        // The table as earlier versions created it: a serial id, the database's collation.
         s.sql(
             "DROP TABLE audit_records, audit_checkpoints;
              CREATE TABLE audit_records (

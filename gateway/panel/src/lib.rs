@@ -7,7 +7,7 @@
 //! authentication, relation, policy, filtering and audit are the gRPC API's, record for record.
 //!
 //! What the browser holds is a session cookie; the token, the CSRF token and the CPR numbers
-//! being looked up stay on the server ([`session`]). Every state-changing form carries the
+//! being looked up stay on the server (the `session` module). Every state-changing form carries the
 //! session's CSRF token and must come from the panel's own origin. Every answer carries a CSP
 //! without inline script, `frame-ancestors` limited to the configured fagsystemer, and
 //! `no-store`. No URL, query or form content is ever logged: a deep link carries a CPR.

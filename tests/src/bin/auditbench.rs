@@ -1,20 +1,11 @@
-//! The audit writer alone: how many records per second it makes durable when every caller waits
-//! for its own fsync one after another (the disk's single-record fsync rate) and when many
-//! callers write at once (group commit), on the same disk in the same run.
+//! The audit writer alone: records made durable per second one at a time (each waiting for its
+//! own fsync) and by many writers at once (group commit), on the same disk in the same run. How
+//! to read what it prints: `docs/load-tools.md`.
 //!
 //! `cargo run --release -p samblik-tests --bin auditbench -- [--dir /var/tmp] [--seconds 5] [--writers 256] [--no-fsync] [--postgres ADMIN_URL]`
 //!
-//! Each writer waits for its record's receipt before it writes the next, so the group phase
-//! measures the writer's capacity only when the writers are enough to keep it busy: it prints
-//! how busy the writer's thread was. On a two-core machine 256 writers keep it ~80 % busy and
-//! 2,048 ~88 % (the rest of the two cores go to the callers, the checkpointer and the fsyncs).
-//! The callers run on the Tokio runtime's worker threads (one per core by default); with
-//! `TOKIO_WORKER_THREADS=1` they share one core, and the writer's thread has the other to itself
-//! on a two-core machine, as it would on a server with cores to spare.
-//!
-//! With `--postgres` the store is PostgreSQL instead of SQLite: a database of its own per run on
-//! the server `ADMIN_URL` names (created here, dropped at the end); `--no-fsync` then means
-//! `synchronous_commit = off`.
+//! `--postgres ADMIN_URL`: PostgreSQL instead of SQLite, a database of its own per run on that
+//! server (`--no-fsync` then means `synchronous_commit = off`).
 
 use samblik_audit::AuditStore;
 use samblik_audit::Durability;

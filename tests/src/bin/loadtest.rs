@@ -1,26 +1,12 @@
-//! Load test: lookups per second through the whole gateway (three reference sources over real
-//! gRPC on loopback, JWT verification, fan-out, policy, filtering) against a bare tonic server
-//! that implements the same `LookupService` by echoing the request — the same client, the same
-//! wire, none of the work. Both run in this process, in the same run, so the ratio is what
-//! counts on a noisy machine.
-//!
-//! Further phases: the same gateway over TLS, right after its plaintext phase (the cost of TLS
-//! on long-lived connections); with the audit log's fsync off (what durability costs: opened
-//! through `server::open_audit_log_with`, since no config file may turn the fsync off); with
-//! sources over gRPC; and with the verified-token cache off. Each phase also reports the
-//! process's CPU time per lookup (client and servers together), which other work on a shared
-//! machine disturbs less than the throughput (though it still moves it).
-//!
-//! `--audit-pairs N` runs only the audit log's two phases (durable, fsync off), alternately, N
-//! times each, and prints every pair's ratio and their median: the ratio of two phases measured
-//! seconds apart, many times over, is what a shared machine disturbs least.
-//!
-//! With `--postgres ADMIN_URL` (only with `--audit-pairs`), the two audited gateways write to
-//! PostgreSQL, as a production gateway does: a database each on the server `ADMIN_URL` names
-//! (created here, dropped at the end); "fsync off" is then `synchronous_commit = off`.
+//! Load test: lookups per second through the whole gateway against a bare tonic echo of the same
+//! `LookupService`, in one process and one run, and further phases (TLS, audit fsync off, gRPC
+//! sources, no token cache). What each phase measures: `docs/load-tools.md`.
 //!
 //! `cargo run --release -p samblik-tests --bin loadtest -- [--seconds 10] [--concurrency 32]
 //! [--connections 4] [--audit-pairs N] [--postgres ADMIN_URL]`
+//!
+//! `--audit-pairs N` runs only the audit log's two phases (durable, fsync off), alternately, N
+//! times each; with `--postgres ADMIN_URL` their gateways write to PostgreSQL.
 
 use anyhow::Context;
 use samblik::demo::caseworker_claims;
