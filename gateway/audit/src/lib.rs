@@ -17,6 +17,7 @@ pub mod registry;
 pub mod review;
 pub mod search;
 pub mod sqlite;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod verify;
 mod writer;

@@ -1,7 +1,7 @@
-//! A fault-injecting store for tests of what happens when the audit log cannot be written
-//! (disk full, I/O error, database down): it fails every write while switched on, and every
-//! fsync of a pipelined commit while that is switched on. And [`ScratchDatabase`], a test's or a
-//! benchmark's own database on a PostgreSQL server.
+//! What only tests and benchmarks use (feature `testing`, never in the production build): a
+//! fault-injecting store for what happens when the audit log cannot be written (disk full, I/O
+//! error, database down), and [`ScratchDatabase`], a test's own database on the test PostgreSQL
+//! server ([`test_postgres_url`]).
 
 use crate::checkpoint::Checkpoint;
 use crate::registry::{ChangeOutcome, RegistryChange};
@@ -210,6 +210,23 @@ impl<S: AuditStore> AuditStore for FaultInjecting<S> {
             }
         }
         result
+    }
+}
+
+/// The environment variable that names the test PostgreSQL server's administrative URL;
+/// `./scripts/test` starts the server and sets it.
+pub const TEST_POSTGRES_URL_ENV: &str = "SAMBLIK_TEST_POSTGRES_URL";
+
+/// The test PostgreSQL server's administrative URL. A test of the PostgreSQL store fails without
+/// one, never passes by skipping what it was written to check.
+#[allow(clippy::panic)]
+pub fn test_postgres_url() -> String {
+    match std::env::var(TEST_POSTGRES_URL_ENV) {
+        Ok(url) => url,
+        Err(_) => panic!(
+            "{TEST_POSTGRES_URL_ENV} is not set: the PostgreSQL store's tests need a server. Run \
+             ./scripts/test, or start one with `. scripts/postgres.sh && start_test_postgres`"
+        ),
     }
 }
 

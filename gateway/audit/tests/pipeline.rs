@@ -116,9 +116,7 @@ fn end_sessions(watcher: &mut ::postgres::Client, name: &str) {
 
 #[test]
 fn postgres_batches_commit_in_order_and_none_after_a_failed_one() {
-    let Some(s) = postgres_store("pipeline") else {
-        return;
-    };
+    let s = postgres_store("pipeline");
     let (mut store, sync) = claimed(&s);
     let mut head = (0, GENESIS_HASH.to_owned());
 
@@ -204,9 +202,7 @@ fn postgres_batches_commit_in_order_and_none_after_a_failed_one() {
 
 #[test]
 fn postgres_a_batch_is_written_only_while_its_own_chain_is_claimed() {
-    let Some(s) = postgres_store("pipeline_own_claim") else {
-        return;
-    };
+    let s = postgres_store("pipeline_own_claim");
     // The store's session claims another chain (its pid holds an advisory lock, just not this
     // chain's): a batch of this chain must not pass for claimed.
     let (mut store, sync) = claiming(&s, "replica-b");
@@ -225,9 +221,7 @@ fn postgres_a_batch_is_written_only_while_its_own_chain_is_claimed() {
 
 #[test]
 fn postgres_batches_are_not_written_once_the_session_holding_the_claim_has_ended() {
-    let Some(s) = postgres_store("pipeline_claim") else {
-        return;
-    };
+    let s = postgres_store("pipeline_claim");
     let (mut store, sync) = claimed(&s);
     let mut head = (0, GENESIS_HASH.to_owned());
     let first = sealed(&mut head, BATCH);
@@ -260,9 +254,7 @@ fn postgres_batches_are_not_written_once_the_session_holding_the_claim_has_ended
 #[test]
 fn postgres_a_batch_connection_lost_under_load_fails_only_unwritten_records_and_the_chain_goes_on()
 {
-    let Some(s) = postgres_store("pipeline_writer") else {
-        return;
-    };
+    let s = postgres_store("pipeline_writer");
     let signer = CheckpointSigner::load_or_create(&s.key).unwrap();
     // An idle writer signs its head and looks at its store only this often, unless it knows to
     // retry sooner: it must find a failure reported after it went idle within `retry_every`.

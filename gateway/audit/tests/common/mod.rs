@@ -5,7 +5,7 @@
 
 use samblik_audit::postgres::PostgresStore;
 use samblik_audit::sqlite::{Durability, SqliteStore};
-use samblik_audit::testing::ScratchDatabase;
+use samblik_audit::testing::{ScratchDatabase, test_postgres_url};
 use samblik_audit::{AuditStore, Registry};
 use std::path::PathBuf;
 
@@ -65,17 +65,12 @@ impl TestStore {
     }
 }
 
-/// One empty store per backend. CI must test PostgreSQL: without a server there, this fails.
+/// One empty store per backend. Without the test PostgreSQL server, this fails.
 pub fn test_stores(prefix: &str) -> Vec<TestStore> {
-    let mut stores = vec![test_store(prefix, None)];
-    match std::env::var("SAMBLIK_TEST_POSTGRES_URL") {
-        Ok(admin) => stores.push(test_store(prefix, Some(&admin))),
-        Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("CI must test the PostgreSQL store: run the tests through ./scripts/test")
-        }
-        Err(_) => eprintln!("SAMBLIK_TEST_POSTGRES_URL not set: PostgreSQL store not tested"),
-    }
-    stores
+    vec![
+        test_store(prefix, None),
+        test_store(prefix, Some(&test_postgres_url())),
+    ]
 }
 
 /// An empty SQLite store, for what only SQLite has (its file, its WAL).
@@ -154,6 +149,6 @@ pub fn lookup_event(i: usize) -> samblik_audit::AuditEvent {
 
 /// An empty PostgreSQL store, for what only PostgreSQL has (sessions, locks); `None` off CI
 /// without a server (CI fails in [`test_stores`] instead).
-pub fn postgres_store(prefix: &str) -> Option<TestStore> {
-    test_stores(prefix).into_iter().find(TestStore::is_postgres)
+pub fn postgres_store(prefix: &str) -> TestStore {
+    test_store(prefix, Some(&test_postgres_url()))
 }

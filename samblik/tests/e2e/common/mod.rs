@@ -1,7 +1,7 @@
 //! What the `samblik` command's tests share: child processes stopped on drop, a scratch
 //! PostgreSQL database, a lone source and a configured gateway.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -42,20 +42,6 @@ impl Running {
             .read_line(&mut line)
             .unwrap();
         line.trim().to_owned()
-    }
-}
-
-/// An admin URL of the test PostgreSQL server, or `None` off CI when there is none.
-pub fn postgres_admin_url() -> Option<String> {
-    match std::env::var("SAMBLIK_TEST_POSTGRES_URL") {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("CI must test the PostgreSQL audit store: run the tests through ./scripts/test")
-        }
-        Err(_) => {
-            eprintln!("SAMBLIK_TEST_POSTGRES_URL not set: PostgreSQL audit store not tested");
-            None
-        }
     }
 }
 
@@ -146,10 +132,10 @@ pub struct PostgresSetup {
     pub jobcenter_cprs: Vec<String>,
 }
 
-/// A [`PostgresSetup`] for test `name`, writing chain `chain`; `None` off CI without a server.
-pub fn postgres_setup(name: &str, chain: &str) -> Option<PostgresSetup> {
-    let database =
-        samblik_audit::testing::ScratchDatabase::create(&postgres_admin_url()?, name).unwrap();
+/// A [`PostgresSetup`] for test `name`, writing chain `chain`; fails without the test server.
+pub fn postgres_setup(name: &str, chain: &str) -> PostgresSetup {
+    let admin = samblik_audit::testing::test_postgres_url();
+    let database = samblik_audit::testing::ScratchDatabase::create(&admin, name).unwrap();
     let url = database.url().to_owned();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -190,7 +176,7 @@ pub fn postgres_setup(name: &str, chain: &str) -> Option<PostgresSetup> {
         .map(|c| c.cpr.clone())
         .take(50)
         .collect();
-    Some(PostgresSetup {
+    PostgresSetup {
         signing_key: dir.path().join("keys/audit-signing.key"),
         dir,
         source,
@@ -199,5 +185,5 @@ pub fn postgres_setup(name: &str, chain: &str) -> Option<PostgresSetup> {
         _database: database,
         token,
         jobcenter_cprs,
-    })
+    }
 }

@@ -9,8 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{Running, SAMBLIK, config_head};
+use crate::common::{Running, SAMBLIK, config_head};
 
 fn samblik(args: &[&str]) -> Output {
     Command::new(SAMBLIK).args(args).output().unwrap()
@@ -867,10 +866,8 @@ fn audit_verify_refuses_a_missing_or_empty_store() {
 
 #[test]
 fn serve_from_a_config_file_audits_into_postgresql_and_verifies() {
-    let Some(setup) = common::postgres_setup("serve", "replica-a") else {
-        return;
-    };
-    let common::PostgresSetup {
+    let setup = crate::common::postgres_setup("serve", "replica-a");
+    let crate::common::PostgresSetup {
         dir: _dir,
         source,
         config,
@@ -904,7 +901,7 @@ fn serve_from_a_config_file_audits_into_postgresql_and_verifies() {
         .get(0);
     assert_eq!(tables, 0, "verification created tables");
 
-    let (gateway, addr) = common::start_serve(&config, &url);
+    let (gateway, addr) = crate::common::start_serve(&config, &url);
 
     let cpr = &jobcenter_cprs[0];
     let overview = stdout(&samblik(&[

@@ -13,8 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod common;
-use common::SAMBLIK;
+use crate::common::SAMBLIK;
 use samblik_audit::AuditStore;
 
 /// Crash cycles: at least 20 (CI); `SAMBLIK_CRASH_CYCLES` asks for more.
@@ -79,7 +78,7 @@ fn start_demo(dir: &Path) -> (std::process::Child, serde_json::Value) {
 
 /// A gateway just started, with what its callers need.
 struct Started {
-    gateway: common::Running,
+    gateway: crate::common::Running,
     url: String,
     token: String,
     cprs: Vec<String>,
@@ -201,7 +200,7 @@ fn every_answered_lookup_survives_kill_9_and_the_chain_verifies() {
     let mut token = String::new();
     let answered = answered_across_kills(|| {
         let (gateway, facts) = start_demo(dir.path());
-        let gateway = common::Running(gateway);
+        let gateway = crate::common::Running(gateway);
         let user = facts["users"][0]["id"].as_str().unwrap();
         if token.is_empty() {
             token = run(&["token", "--dir", d, "--user", user])
@@ -233,10 +232,8 @@ fn every_answered_lookup_survives_kill_9_and_the_chain_verifies() {
 /// its own that outlives every kill.
 #[test]
 fn every_answered_lookup_survives_kill_9_on_postgresql_and_the_chain_verifies() {
-    let Some(setup) = common::postgres_setup("crash", "replica-crash") else {
-        return;
-    };
-    let common::PostgresSetup {
+    let setup = crate::common::postgres_setup("crash", "replica-crash");
+    let crate::common::PostgresSetup {
         config,
         url,
         token,
@@ -244,7 +241,7 @@ fn every_answered_lookup_survives_kill_9_on_postgresql_and_the_chain_verifies() 
         ..
     } = &setup;
     let answered = answered_across_kills(|| {
-        let (gateway, addr) = common::start_serve(config, url);
+        let (gateway, addr) = crate::common::start_serve(config, url);
         Started {
             gateway,
             url: format!("http://{addr}"),
