@@ -57,6 +57,12 @@ impl DisclosurePolicy {
     /// Loads the policy file (or the shipped default) and checks the `[policy]` section against
     /// the catalog. Any unknown source, case type, purpose, field or flag refuses the start.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        Self::from_config_for(config, &config.sources)
+    }
+
+    /// As [`Self::from_config`], for `sources` instead of the config's `[[sources]]` (sources
+    /// held in the process).
+    pub fn from_config_for(config: &Config, sources: &[SourceConfig]) -> Result<Self, ConfigError> {
         let text = match &config.policy.file {
             Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
@@ -64,7 +70,7 @@ impl DisclosurePolicy {
             })?,
             None => Policy::default_source().to_owned(),
         };
-        Self::new(&text, &config.sources, config.policy.clone())
+        Self::new(&text, sources, config.policy.clone())
     }
 
     /// The text of the shipped default rules.

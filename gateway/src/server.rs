@@ -2,7 +2,7 @@
 //! server reflection, on one listener.
 
 use crate::auth::{AuthSetupError, Authenticator, Credentials, Systems};
-use crate::config::{AuditConfig, Config, LimitsConfig};
+use crate::config::{AuditConfig, Config, LimitsConfig, SourceConfig};
 use crate::disclosure::DisclosurePolicy;
 use crate::error::REQUEST_ID_HEADER;
 use crate::lookup::{BreakGlass, GatewaySource, LookupLimits, LookupPipeline, parse_grpc_timeout};
@@ -225,21 +225,40 @@ pub fn open_registry(config: &AuditConfig) -> Result<Registry, ServerError> {
     })
 }
 
+/// What a pipeline is built from besides its config. By default everything comes from the
+/// config; an embedding program (or a test) may bring sources held in its own process, or an
+/// audit log it opened itself.
+#[derive(Debug, Default)]
+pub struct Parts {
+    /// Sources held in the process instead of the config's `[[sources]]`; the policy is checked
+    /// against these.
+    pub sources: Option<Vec<GatewaySource>>,
+    /// An audit log already open, instead of the config's store.
+    pub audit: Option<Arc<AuditLog>>,
+    /// The configured store's durability; `Off` only to measure what durability costs
+    /// ([`open_audit_log_with`]).
+    pub durability: Option<Durability>,
+}
+
 /// Builds the lookup pipeline from a validated config: loads and validates the policy, reads
 /// the keys, sets up the sources, and only then opens the audit log and the registry — a
 /// config refused for a bad key or policy writes nothing to the store.
 pub fn pipeline_from_config(config: &Config) -> Result<LookupPipeline, ServerError> {
-    let parts = pipeline_parts(config)?;
-    let audit = open_audit_log(&config.audit, parts.policy.version())?;
-    build_pipeline(config, Arc::new(audit), parts)
+    pipeline_with(config, Parts::default())
 }
 
-/// As [`pipeline_from_config`], writing to an audit log that is already open.
-pub fn pipeline_with_audit(
-    config: &Config,
-    audit: Arc<AuditLog>,
-) -> Result<LookupPipeline, ServerError> {
-    build_pipeline(config, audit, pipeline_parts(config)?)
+/// As [`pipeline_from_config`], with `parts` instead of what the config says.
+pub fn pipeline_with(config: &Config, parts: Parts) -> Result<LookupPipeline, ServerError> {
+    let built = pipeline_parts(config, parts.sources)?;
+    let audit = match parts.audit {
+        Some(audit) => audit,
+        None => Arc::new(open_audit_log_with(
+            &config.audit,
+            built.policy.version(),
+            parts.durability.unwrap_or(Durability::Full),
+        )?),
+    };
+    build_pipeline(config, audit, built)
 }
 
 /// Everything a pipeline is built from but its store: all a config can be refused for.
@@ -252,10 +271,43 @@ struct PipelineParts {
     access: crate::audit_api::AuditAccess,
 }
 
-/// Loads the policy, the token keys and the sources' TLS files; opens no store.
-fn pipeline_parts(config: &Config) -> Result<PipelineParts, ServerError> {
-    let policy = Arc::new(DisclosurePolicy::from_config(config)?);
+/// Loads the policy, the token keys and the sources' TLS files (or takes the sources held in
+/// the process); opens no store.
+fn pipeline_parts(
+    config: &Config,
+    in_process: Option<Vec<GatewaySource>>,
+) -> Result<PipelineParts, ServerError> {
     let auth = Authenticator::from_config(&config.auth)?;
+    let (policy, sources) = match in_process {
+        Some(sources) => {
+            let listed: Vec<SourceConfig> = sources
+                .iter()
+                .map(|s| SourceConfig::new(s.id(), s.department(), ""))
+                .collect();
+            let policy = DisclosurePolicy::from_config_for(config, &listed)?;
+            (policy, sources)
+        }
+        None => (
+            DisclosurePolicy::from_config(config)?,
+            grpc_sources(config)?,
+        ),
+    };
+    let access = crate::audit_api::AuditAccess {
+        rules: config.audit.review.rules()?,
+        citizen_sees_names: config.audit.citizen_sees_names,
+        verifier: Some(audit_verifier(&config.audit)),
+    };
+    Ok(PipelineParts {
+        policy: Arc::new(policy),
+        auth,
+        sources,
+        systems: Systems::from_config(config.server.tls.as_ref())?,
+        access,
+    })
+}
+
+/// The config's `[[sources]]`, each a gRPC client (mutual TLS where configured).
+fn grpc_sources(config: &Config) -> Result<Vec<GatewaySource>, ServerError> {
     let mut sources = Vec::with_capacity(config.sources.len());
     for s in &config.sources {
         let source = match &s.tls {
@@ -277,18 +329,7 @@ fn pipeline_parts(config: &Config) -> Result<PipelineParts, ServerError> {
             s.timeout(),
         ));
     }
-    let access = crate::audit_api::AuditAccess {
-        rules: config.audit.review.rules()?,
-        citizen_sees_names: config.audit.citizen_sees_names,
-        verifier: Some(audit_verifier(&config.audit)),
-    };
-    Ok(PipelineParts {
-        policy,
-        auth,
-        sources,
-        systems: Systems::from_config(config.server.tls.as_ref())?,
-        access,
-    })
+    Ok(sources)
 }
 
 fn build_pipeline(
@@ -307,33 +348,6 @@ fn build_pipeline(
     )
     .with_systems(parts.systems)
     .with_audit_access(parts.access))
-}
-
-/// Serves `pipeline` on `listener` until `shutdown` completes, in plaintext, with the default
-/// limits.
-pub async fn serve(
-    pipeline: Arc<LookupPipeline>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServerError> {
-    serve_configured(pipeline, listener, None, &LimitsConfig::default(), shutdown).await
-}
-
-/// Serves `pipeline` on `listener` over TLS, with the default limits.
-pub async fn serve_tls(
-    pipeline: Arc<LookupPipeline>,
-    listener: TcpListener,
-    tls: Arc<ReloadingServerConfig>,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServerError> {
-    serve_configured(
-        pipeline,
-        listener,
-        Some(tls),
-        &LimitsConfig::default(),
-        shutdown,
-    )
-    .await
 }
 
 /// Serves `pipeline` on `listener` until `shutdown` completes: over TLS when `tls` is set,

@@ -8,7 +8,7 @@
 use samblik_adapters::tls::ReloadingServerConfig;
 use samblik_gateway::config::{Config, LimitsConfig};
 use samblik_gateway::lookup::LookupPipeline;
-use samblik_gateway::server::{ServerError, pipeline_from_config, serve_configured};
+use samblik_gateway::server::{Parts, ServerError, pipeline_with, serve_configured};
 use samblik_panel::{OidcClient, Panel, PanelError, SignIn};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -89,6 +89,17 @@ impl Gateway {
         listeners: Listeners,
         sign_in: PanelSignIn,
     ) -> Result<Self, StartError> {
+        Self::open_with(config, listeners, sign_in, Parts::default())
+    }
+
+    /// As [`Self::open`], with `parts` (sources held in the process, an audit log already open)
+    /// instead of what the config says.
+    pub fn open_with(
+        config: &Config,
+        listeners: Listeners,
+        sign_in: PanelSignIn,
+        parts: Parts,
+    ) -> Result<Self, StartError> {
         let tls = samblik_gateway::tls::listener_tls(config).map_err(ServerError::from)?;
         let panel = match (&config.panel, listeners.panel) {
             (Some(panel_config), Some(listener)) => {
@@ -112,7 +123,7 @@ impl Gateway {
                 .into());
             }
         };
-        let pipeline = Arc::new(pipeline_from_config(config)?);
+        let pipeline = Arc::new(pipeline_with(config, parts)?);
         let panel = match panel {
             Some((panel_config, sign_in, listener, tls)) => Some(PanelServer {
                 panel: Arc::new(Panel::new(Arc::clone(&pipeline), panel_config, sign_in)?),

@@ -16,9 +16,9 @@ pub use samblik_testkit::{
 use samblik::demo::{caseworker_claims, demo_config};
 use samblik::tokens::DemoIssuer;
 use samblik_adapters::Source;
-use samblik_gateway::auth::Authenticator;
+use samblik_gateway::GatewaySource;
 use samblik_gateway::config::{AuthConfig, Config, SourceConfig};
-use samblik_gateway::{GatewaySource, LookupLimits, LookupPipeline};
+use samblik_gateway::server::Parts;
 use samblik_proto::source::v1::CallerContext;
 use samblik_proto::v1::lookup_service_client::LookupServiceClient;
 use samblik_proto::v1::{LookupRequest, Purpose};
@@ -29,7 +29,6 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -253,29 +252,6 @@ pub fn with_own_audit(mut config: Config) -> (Config, tempfile::TempDir) {
     (config, dir)
 }
 
-/// Serves `pipeline` on a loopback port.
-async fn serve_pipeline(pipeline: LookupPipeline, audit_dir: tempfile::TempDir) -> RunningGateway {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let shutdown = stop.clone().cancelled_owned();
-    tokio::spawn(async move {
-        samblik_gateway::server::serve(Arc::new(pipeline), listener, shutdown)
-            .await
-            .unwrap();
-    });
-    RunningGateway {
-        addr,
-        audit_dir,
-        stop,
-    }
-}
-
-/// Starts the gateway over `sources`, with `default_deadline_ms` for callers that send none.
-pub async fn start_gateway(sources: &[SourceSpec], default_deadline_ms: u64) -> RunningGateway {
-    start_gateway_from_config(gateway_config(sources, default_deadline_ms)).await
-}
-
 /// The request id a reply (an answer's or a refusal's metadata) carries; panics if it has none.
 pub fn request_id_of(metadata: &tonic::metadata::MetadataMap) -> String {
     metadata
@@ -299,89 +275,6 @@ pub fn audit_records_in(db: &std::path::Path) -> Vec<samblik_audit::AuditRecord>
     records
 }
 
-/// Starts the gateway over sources held in this process (trait objects, no network hop to them).
-pub async fn start_gateway_in_process(
-    sources: Vec<(Arc<dyn Source>, &str)>,
-    default_deadline_ms: u64,
-    verified_token_cache: u64,
-    audit_durability: samblik_audit::Durability,
-) -> RunningGateway {
-    start_gateway_in_process_on(
-        sources,
-        default_deadline_ms,
-        verified_token_cache,
-        audit_durability,
-        None,
-    )
-    .await
-}
-
-/// As [`start_gateway_in_process`]; with `postgres_url_env`, the audit log and the registry are
-/// in the PostgreSQL database whose URL that environment variable holds, as a production
-/// gateway's are.
-pub async fn start_gateway_in_process_on(
-    sources: Vec<(Arc<dyn Source>, &str)>,
-    default_deadline_ms: u64,
-    verified_token_cache: u64,
-    audit_durability: samblik_audit::Durability,
-    postgres_url_env: Option<&str>,
-) -> RunningGateway {
-    let (mut config, audit_dir) = with_own_audit(gateway_config(&[], default_deadline_ms));
-    config.auth.verified_token_cache = verified_token_cache;
-    if let Some(var) = postgres_url_env {
-        config.audit.path = None;
-        config.audit.postgres_url_env = Some(var.to_owned());
-    }
-    let pipeline = in_process_pipeline_with(&config, sources, audit_durability);
-    serve_pipeline(pipeline, audit_dir).await
-}
-
-/// The pipeline of `config`'s auth, limits and audit log over sources held in this process
-/// (each with a 2 s timeout).
-pub fn in_process_pipeline(
-    config: &Config,
-    sources: Vec<(Arc<dyn Source>, &str)>,
-) -> LookupPipeline {
-    in_process_pipeline_with(config, sources, samblik_audit::Durability::Full)
-}
-
-/// As [`in_process_pipeline`], with the audit store's `durability`: `Off` only to measure what
-/// the fsync costs (a config file cannot ask for it).
-pub fn in_process_pipeline_with(
-    config: &Config,
-    sources: Vec<(Arc<dyn Source>, &str)>,
-    durability: samblik_audit::Durability,
-) -> LookupPipeline {
-    let source_configs: Vec<_> = sources
-        .iter()
-        .map(|(source, department)| SourceConfig::new(source.id(), department, ""))
-        .collect();
-    let policy = Arc::new(
-        samblik_gateway::disclosure::DisclosurePolicy::with_default_rules(
-            &source_configs,
-            config.policy.clone(),
-        )
-        .unwrap(),
-    );
-    let audit =
-        samblik_gateway::server::open_audit_log_with(&config.audit, policy.version(), durability)
-            .unwrap();
-    let registry = samblik_gateway::server::open_registry(&config.audit).unwrap();
-    LookupPipeline::new(
-        Authenticator::from_config(&config.auth).unwrap(),
-        sources
-            .into_iter()
-            .map(|(source, department)| {
-                GatewaySource::new(source, department, Duration::from_secs(2))
-            })
-            .collect(),
-        LookupLimits::from_config(&config.server),
-        Arc::new(audit),
-        policy,
-        registry,
-    )
-}
-
 /// The one `Lookup` record among `records`, checked as a request no handler read must be
 /// recorded: under `request_id`, outcome invalid, the jobcenter caseworker as the caller,
 /// nothing of the message (no citizen, purpose or sources); returns its detail.
@@ -397,32 +290,6 @@ pub fn the_unread_lookup(records: Vec<samblik_audit::AuditRecord>, request_id: &
     assert_eq!(r.actor.caller_id, caseworker(Department::Jobcenter).id);
     assert!(r.cpr.is_none() && r.purpose.is_none() && r.sources.is_empty());
     r.detail.clone().unwrap_or_default()
-}
-
-/// Starts the gateway over `sources`, auditing into the store `open` makes of the gateway's
-/// audit file (e.g. a fault-injecting one around it; the registry reads that file too).
-pub async fn start_gateway_audited_by(
-    sources: &[SourceSpec],
-    open: impl FnOnce(&std::path::Path) -> Box<dyn samblik_audit::AuditStore>,
-) -> RunningGateway {
-    let (config, audit_dir) = with_own_audit(gateway_config(sources, 3_000));
-    let store = open(
-        config
-            .audit
-            .path
-            .as_deref()
-            .expect("with_own_audit sets the path"),
-    );
-    let signer =
-        samblik_audit::CheckpointSigner::load_or_create(&config.audit.signing_key_file).unwrap();
-    let log = samblik_audit::AuditLog::start(
-        store,
-        signer,
-        samblik_audit::WriterOptions::new(config.audit.chain.clone()),
-    )
-    .unwrap();
-    let pipeline = samblik_gateway::server::pipeline_with_audit(&config, Arc::new(log)).unwrap();
-    serve_pipeline(pipeline, audit_dir).await
 }
 
 impl RunningGateway {
@@ -445,43 +312,135 @@ impl RunningGateway {
     }
 }
 
-/// Runs the gateway exactly as `samblik serve` would with `config` (TLS included), through the
-/// same wiring ([`samblik::server`]), on a loopback port.
-pub async fn start_gateway_from_config(config: Config) -> RunningGateway {
-    let (mut config, audit_dir) = with_own_audit(config);
-    config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.validate().unwrap();
-    let listeners = samblik::server::Listeners::bind(&config).await.unwrap();
-    let gateway = samblik::server::Gateway::open(
-        &config,
-        listeners,
-        samblik::server::PanelSignIn::Configured,
-    )
-    .unwrap();
-    let addr = gateway.grpc_addr().unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(gateway.serve(stop.clone()));
-    RunningGateway {
-        addr,
-        audit_dir,
-        stop,
+/// The one way a test starts a gateway: [`gateway_config`] (or a config of the test's own),
+/// adjusted, with sources over gRPC or held in the process, wired by [`samblik::server`] exactly
+/// as `samblik serve` wires it, on a loopback port, auditing into a directory of its own.
+pub struct TestGateway {
+    config: Config,
+    audit_dir: tempfile::TempDir,
+    parts: Parts,
+}
+
+impl std::fmt::Debug for TestGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestGateway").finish_non_exhaustive()
     }
 }
 
-/// Starts the gateway with `auth` instead of the demo's, over the in-process jobcenter source;
+impl TestGateway {
+    /// Over `sources` (gRPC, each at its endpoint), with a 3 s default deadline.
+    pub fn over(sources: &[SourceSpec]) -> Self {
+        Self::from_config(gateway_config(sources, 3_000))
+    }
+
+    /// With `config`, its audit log moved into a directory of its own.
+    pub fn from_config(config: Config) -> Self {
+        let (config, audit_dir) = with_own_audit(config);
+        Self {
+            config,
+            audit_dir,
+            parts: Parts::default(),
+        }
+    }
+
+    /// Over sources held in this process (trait objects, no network hop to them), each with a
+    /// 2 s timeout, named by their department.
+    pub fn in_process(sources: Vec<(Arc<dyn Source>, &str)>) -> Self {
+        let mut gateway = Self::over(&[]);
+        gateway.parts.sources = Some(
+            sources
+                .into_iter()
+                .map(|(source, department)| {
+                    GatewaySource::new(source, department, Duration::from_secs(2))
+                })
+                .collect(),
+        );
+        gateway
+    }
+
+    /// The deadline of callers that send none.
+    pub fn deadline_ms(mut self, default_deadline_ms: u64) -> Self {
+        self.config.server.default_deadline_ms = default_deadline_ms;
+        self
+    }
+
+    /// Changes the config (after its audit log got its own directory).
+    pub fn adjust(mut self, adjust: impl FnOnce(&mut Config)) -> Self {
+        adjust(&mut self.config);
+        self
+    }
+
+    /// The audit store's durability: `Off` only to measure what the fsync costs.
+    pub fn durability(mut self, durability: samblik_audit::Durability) -> Self {
+        self.parts.durability = Some(durability);
+        self
+    }
+
+    /// Audits into the store `open` makes of the gateway's audit file (e.g. a fault-injecting
+    /// one around it; the registry reads that file too).
+    pub fn audited_by(
+        mut self,
+        open: impl FnOnce(&std::path::Path) -> Box<dyn samblik_audit::AuditStore>,
+    ) -> Self {
+        let audit = &self.config.audit;
+        let store = open(audit.path.as_deref().expect("the test's own audit file"));
+        let signer =
+            samblik_audit::CheckpointSigner::load_or_create(&audit.signing_key_file).unwrap();
+        let log = samblik_audit::AuditLog::start(
+            store,
+            signer,
+            samblik_audit::WriterOptions::new(audit.chain.clone()),
+        )
+        .unwrap();
+        self.parts.audit = Some(Arc::new(log));
+        self
+    }
+
+    /// Binds a loopback port, opens the gateway and serves it until the handle is dropped.
+    pub async fn start(self) -> RunningGateway {
+        let TestGateway {
+            mut config,
+            audit_dir,
+            parts,
+        } = self;
+        config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        if parts.sources.is_none() {
+            config.validate().unwrap();
+        }
+        let listeners = samblik::server::Listeners::bind(&config).await.unwrap();
+        let gateway = samblik::server::Gateway::open_with(
+            &config,
+            listeners,
+            samblik::server::PanelSignIn::Configured,
+            parts,
+        )
+        .unwrap();
+        let addr = gateway.grpc_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(gateway.serve(stop.clone()));
+        RunningGateway {
+            addr,
+            audit_dir,
+            stop,
+        }
+    }
+}
+
+/// The gateway with `auth` instead of the demo's, over the in-process jobcenter source;
 /// returns the caller contexts every call to that source carried.
 pub async fn start_gateway_with_auth(
     auth: AuthConfig,
 ) -> (RunningGateway, Arc<Mutex<Vec<CallerContext>>>) {
-    let (mut config, audit_dir) = with_own_audit(gateway_config(&[], 3_000));
-    config.auth = auth;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let source: Arc<dyn Source> = Arc::new(Recording {
         inner: reference(Department::Jobcenter),
         seen: Arc::clone(&seen),
     });
-    let pipeline = in_process_pipeline(&config, vec![(source, "Jobcenter")]);
-    (serve_pipeline(pipeline, audit_dir).await, seen)
+    let gateway = TestGateway::in_process(vec![(source, "Jobcenter")])
+        .adjust(|c| c.auth = auth)
+        .start()
+        .await;
+    (gateway, seen)
 }
 
 /// The three reference sources and a gateway over them.
@@ -531,7 +490,7 @@ pub async fn start_municipal_with(adjust: impl FnOnce(&mut Config)) -> Municipal
     let mut config = gateway_config(&specs, 3_000);
     adjust(&mut config);
     Municipal {
-        gateway: start_gateway_from_config(config).await,
+        gateway: TestGateway::from_config(config).start().await,
         sources,
         seen,
     }

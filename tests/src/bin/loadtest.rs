@@ -20,10 +20,8 @@ use samblik_reference::ReferenceSource;
 use samblik_synth::store::DepartmentData;
 use samblik_synth::{Department, SynthConfig};
 use samblik_tests::{
-    ScratchDatabases, SourceSpec, issuer, start_gateway, start_gateway_in_process,
-    start_gateway_in_process_on, start_source,
+    RunningGateway, ScratchDatabases, SourceSpec, TestGateway, issuer, start_source,
 };
-use samblik_tests::{gateway_config, in_process_pipeline, with_own_audit};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -218,35 +216,41 @@ fn process_cpu_time() -> Duration {
 }
 
 /// The gateway over `sources` in this process, served over TLS with the demo's certificates
-/// (generated into `dir`); returns its address, a client TLS config trusting it, and the guard
-/// that stops it.
+/// (generated into `dir`); returns it and a client TLS config trusting it.
 async fn start_tls_gateway(
     sources: Vec<(Arc<dyn Source>, &str)>,
     dir: &std::path::Path,
-) -> anyhow::Result<(SocketAddr, ClientTlsConfig, tokio_util::sync::DropGuard)> {
+) -> anyhow::Result<(RunningGateway, ClientTlsConfig)> {
     let pki = DemoPki::create(dir, &[])?;
-    let (config, audit_dir) = with_own_audit(gateway_config(&[], 3_000));
-    let pipeline = in_process_pipeline(&config, sources);
-    let tls = samblik_gateway::tls::server_tls(&samblik::pki::demo_server_tls(&pki))?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let shutdown = stop.clone().cancelled_owned();
-    tokio::spawn(async move {
-        let served = samblik_gateway::server::serve_configured(
-            Arc::new(pipeline),
-            listener,
-            Some(tls),
-            &config.server.limits,
-            shutdown,
-        )
+    let gateway = TestGateway::in_process(sources)
+        .adjust(|c| c.server.tls = Some(samblik::pki::demo_server_tls(&pki)))
+        .start()
         .await;
-        drop(audit_dir);
-        served
-    });
     let client =
         ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(&pki.ca)?));
-    Ok((addr, client, stop.drop_guard()))
+    Ok((gateway, client))
+}
+
+/// The gateway over `sources` in this process, with a token cache of `verified_token_cache`,
+/// its audit store at `durability`; with `postgres_url_env`, the audit log and the registry are
+/// in the PostgreSQL database whose URL that environment variable holds.
+async fn in_process_gateway(
+    sources: Vec<(Arc<dyn Source>, &str)>,
+    verified_token_cache: u64,
+    durability: Durability,
+    postgres_url_env: Option<&str>,
+) -> RunningGateway {
+    TestGateway::in_process(sources)
+        .adjust(|c| {
+            c.auth.verified_token_cache = verified_token_cache;
+            if let Some(var) = postgres_url_env {
+                c.audit.path = None;
+                c.audit.postgres_url_env = Some(var.to_owned());
+            }
+        })
+        .durability(durability)
+        .start()
+        .await
 }
 
 /// One phase's line of the report.
@@ -348,22 +352,10 @@ async fn run(args: Args, on_postgres: bool) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
-    let gateway = start_gateway_in_process_on(
-        in_process.clone(),
-        3_000,
-        10_000,
-        Durability::Full,
-        durable_env,
-    )
-    .await;
-    let gateway_no_fsync = start_gateway_in_process_on(
-        in_process.clone(),
-        3_000,
-        10_000,
-        Durability::Off,
-        no_fsync_env,
-    )
-    .await;
+    let gateway =
+        in_process_gateway(in_process.clone(), 10_000, Durability::Full, durable_env).await;
+    let gateway_no_fsync =
+        in_process_gateway(in_process.clone(), 10_000, Durability::Off, no_fsync_env).await;
     let all_ok = |r: &LookupResponse| {
         r.sources.len() == 3 && r.sources.iter().all(|s| s.status() == SourceStatus::Ok)
     };
@@ -406,10 +398,9 @@ async fn run(args: Args, on_postgres: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let pki_dir = tempfile::tempdir()?;
-    let (gateway_tls, client_tls, _stop_tls) =
-        start_tls_gateway(in_process.clone(), pki_dir.path()).await?;
-    let gateway_uncached = start_gateway_in_process(in_process, 3_000, 0, Durability::Full).await;
-    let gateway_remote = start_gateway(&specs, 3_000).await;
+    let (gateway_tls, client_tls) = start_tls_gateway(in_process.clone(), pki_dir.path()).await?;
+    let gateway_uncached = in_process_gateway(in_process, 0, Durability::Full, None).await;
+    let gateway_remote = TestGateway::over(&specs).deadline_ms(3_000).start().await;
 
     let echo_listener = TcpListener::bind("127.0.0.1:0").await?;
     let echo_addr = echo_listener.local_addr()?;
@@ -430,7 +421,7 @@ async fn run(args: Args, on_postgres: bool) -> anyhow::Result<()> {
     let echo = phase(echo_addr, |_| true).await?;
     let full = phase(gateway.addr, all_ok).await?;
     let tls = drive_over(
-        gateway_tls,
+        gateway_tls.addr,
         Some(client_tls),
         &args,
         Arc::clone(&cprs),

@@ -186,7 +186,10 @@ async fn refusals_are_recorded_too() {
 async fn a_lookup_abandoned_by_its_caller_is_recorded_as_cancelled() {
     let hanging = Arc::new(Hanging::default());
     let server = start_source(hanging.clone()).await;
-    let gateway = start_gateway(&[SourceSpec::at("hanging", server.addr)], 5_000).await;
+    let gateway = TestGateway::over(&[SourceSpec::at("hanging", server.addr)])
+        .deadline_ms(5_000)
+        .start()
+        .await;
     let mut client = gateway.client().await;
     let token = token(Department::Jobcenter);
     let cpr = three_department_citizen().to_owned();
@@ -266,7 +269,10 @@ const NOT_PROTOBUF: [u8; 16] = [0xff; 16];
 async fn a_lookup_that_is_not_protobuf_is_refused_and_recorded_unread() {
     // The source is never asked: the request is refused before any handler reads it.
     let jobcenter = SourceSpec::at("jobcenter", dead_address().await);
-    let gateway = start_gateway(&[jobcenter], 3_000).await;
+    let gateway = TestGateway::over(&[jobcenter])
+        .deadline_ms(3_000)
+        .start()
+        .await;
     let token = token(Department::Jobcenter);
     let status = raw_unary(
         gateway.channel().await,
@@ -303,12 +309,14 @@ async fn a_lookup_that_is_not_protobuf_is_refused_and_recorded_unread() {
 async fn an_unread_request_that_cannot_be_recorded_is_unavailable() {
     let mut failing = None;
     let jobcenter = SourceSpec::at("jobcenter", dead_address().await);
-    let gateway = start_gateway_audited_by(&[jobcenter], |path| {
-        let store = FaultInjecting::new(SqliteStore::open(path, Durability::Full).unwrap());
-        failing = Some(Arc::clone(&store.failing));
-        Box::new(store)
-    })
-    .await;
+    let gateway = TestGateway::over(&[jobcenter])
+        .audited_by(|path| {
+            let store = FaultInjecting::new(SqliteStore::open(path, Durability::Full).unwrap());
+            failing = Some(Arc::clone(&store.failing));
+            Box::new(store)
+        })
+        .start()
+        .await;
     failing.unwrap().store(true, Ordering::SeqCst);
     let status = raw_unary(
         gateway.channel().await,
@@ -326,12 +334,13 @@ async fn an_unread_request_that_cannot_be_recorded_is_unavailable() {
 async fn when_the_audit_store_fails_nothing_is_disclosed_health_says_so_and_it_recovers() {
     let jobcenter = start_source(reference(Department::Jobcenter)).await;
     let mut failing = None;
-    let gateway =
-        start_gateway_audited_by(&[SourceSpec::at("jobcenter", jobcenter.addr)], |path| {
+    let gateway = TestGateway::over(&[SourceSpec::at("jobcenter", jobcenter.addr)])
+        .audited_by(|path| {
             let store = FaultInjecting::new(SqliteStore::open(path, Durability::Full).unwrap());
             failing = Some(Arc::clone(&store.failing));
             Box::new(store)
         })
+        .start()
         .await;
     let failing = failing.unwrap();
     let mut client = gateway.client().await;
@@ -432,12 +441,14 @@ async fn a_withdrawal_that_failed_to_confirm_still_ends_the_consent_for_the_next
         running.push(source);
     }
     let mut unconfirmed = None;
-    let gateway = start_gateway_audited_by(&specs, |path| {
-        let store = FaultInjecting::new(SqliteStore::open(path, Durability::Full).unwrap());
-        unconfirmed = Some(Arc::clone(&store.changes_unconfirmed));
-        Box::new(store)
-    })
-    .await;
+    let gateway = TestGateway::over(&specs)
+        .audited_by(|path| {
+            let store = FaultInjecting::new(SqliteStore::open(path, Durability::Full).unwrap());
+            unconfirmed = Some(Arc::clone(&store.changes_unconfirmed));
+            Box::new(store)
+        })
+        .start()
+        .await;
     let unconfirmed = unconfirmed.unwrap();
     let token = token(Department::Jobcenter);
     let cpr = three_department_citizen();

@@ -703,7 +703,9 @@ async fn a_streamed_lookup_is_one_access_in_the_citizens_view_whatever_comes_bet
         specs.push(spec);
         sources.push(running);
     }
-    let gateway = start_gateway_from_config(gateway_config(&specs, 10_000)).await;
+    let gateway = TestGateway::from_config(gateway_config(&specs, 10_000))
+        .start()
+        .await;
     let m = Municipal {
         gateway,
         sources,

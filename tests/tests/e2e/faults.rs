@@ -27,11 +27,10 @@ fn status_of(response: &LookupResponse, id: &str) -> SourceStatus {
 /// The jobcenter reference source plus `faulty` behind the gateway; one lookup.
 async fn lookup_with(faulty: SourceSpec, deadline: Option<Duration>) -> (LookupResponse, Duration) {
     let jobcenter = start_source(reference(Department::Jobcenter)).await;
-    let gateway = start_gateway(
-        &[SourceSpec::at("jobcenter", jobcenter.addr), faulty],
-        1_000,
-    )
-    .await;
+    let gateway = TestGateway::over(&[SourceSpec::at("jobcenter", jobcenter.addr), faulty])
+        .deadline_ms(1_000)
+        .start()
+        .await;
     // A jobcenter caseworker: the jobcenter source establishes the relation.
     let token = token(Department::Jobcenter);
     let mut client = gateway.client().await;
@@ -250,7 +249,7 @@ async fn a_sources_error_message_never_reaches_the_log_and_its_status_is_still_r
         specs.push(SourceSpec::at(id, source.addr));
         running.push(source);
     }
-    let gateway = start_gateway(&specs, 3_000).await;
+    let gateway = TestGateway::over(&specs).deadline_ms(3_000).start().await;
     let cpr = three_department_citizen();
     let answer = gateway
         .client()

@@ -14,41 +14,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
-use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Code;
 use tower::ServiceExt;
 
 /// The gateway over a hanging source and a prompt one (2 s source timeouts), with `limits`.
-async fn start(
-    limits: LimitsConfig,
-    hanging: Arc<Hanging>,
-) -> (SocketAddr, DropGuard, tempfile::TempDir) {
-    let (config, audit_dir) = with_own_audit(gateway_config(&[], 3_000));
+async fn start(limits: LimitsConfig, hanging: Arc<Hanging>) -> RunningGateway {
     let hanging: Arc<dyn Source> = hanging;
-    let pipeline = in_process_pipeline(
-        &config,
-        vec![
-            (hanging, "Hanging"),
-            (reference(Department::Jobcenter), "Jobcenter"),
-        ],
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let shutdown = stop.clone().cancelled_owned();
-    tokio::spawn(async move {
-        samblik_gateway::server::serve_configured(
-            Arc::new(pipeline),
-            listener,
-            None,
-            &limits,
-            shutdown,
-        )
-        .await
-        .unwrap();
-    });
-    (addr, stop.drop_guard(), audit_dir)
+    TestGateway::in_process(vec![
+        (hanging, "Hanging"),
+        (reference(Department::Jobcenter), "Jobcenter"),
+    ])
+    .adjust(|c| c.server.limits = limits)
+    .start()
+    .await
 }
 
 fn lookup_of(source: &str, cpr: &str, timeout: Duration) -> tonic::Request<LookupRequest> {
@@ -74,8 +52,8 @@ async fn an_oversized_message_is_refused_unread_and_the_gateway_keeps_serving() 
         max_message_bytes: 16 * 1024,
         ..LimitsConfig::default()
     };
-    let (addr, _stop, _audit) = start(limits, Arc::new(Hanging::default())).await;
-    let mut c = client(addr).await;
+    let gateway = start(limits, Arc::new(Hanging::default())).await;
+    let mut c = client(gateway.addr).await;
     let cpr = three_department_citizen();
     let huge = "1".repeat(64 * 1024);
     let status = c
@@ -97,7 +75,7 @@ async fn an_oversized_message_is_refused_unread_and_the_gateway_keeps_serving() 
     c.lookup(lookup_of("jobcenter", cpr, Duration::from_secs(2)))
         .await
         .unwrap();
-    client(addr)
+    client(gateway.addr)
         .await
         .lookup(lookup_of("jobcenter", cpr, Duration::from_secs(2)))
         .await
@@ -110,9 +88,9 @@ async fn an_oversized_lookup_is_recorded_unread_with_the_caller_and_nothing_of_t
         max_message_bytes: 16 * 1024,
         ..LimitsConfig::default()
     };
-    let (addr, _stop, audit) = start(limits, Arc::new(Hanging::default())).await;
+    let gateway = start(limits, Arc::new(Hanging::default())).await;
     let huge = "7".repeat(64 * 1024);
-    let status = client(addr)
+    let status = client(gateway.addr)
         .await
         .lookup(lookup_of("jobcenter", &huge, Duration::from_secs(2)))
         .await
@@ -125,10 +103,7 @@ async fn an_oversized_lookup_is_recorded_unread_with_the_caller_and_nothing_of_t
         .to_str()
         .unwrap();
 
-    let detail = the_unread_lookup(
-        audit_records_in(&audit.path().join(samblik::demo::AUDIT_DB_FILE)),
-        id,
-    );
+    let detail = the_unread_lookup(gateway.audit_records(), id);
     assert!(detail.contains("larger than the size limit"), "{detail}");
     assert!(!detail.contains("7777"), "{detail}");
 }
@@ -140,9 +115,9 @@ async fn too_many_streams_on_one_connection_wait_while_other_connections_are_ser
         ..LimitsConfig::default()
     };
     let hanging = Arc::new(Hanging::default());
-    let (addr, _stop, _audit) = start(limits, Arc::clone(&hanging)).await;
+    let gateway = start(limits, Arc::clone(&hanging)).await;
     let cpr = three_department_citizen();
-    let greedy = client(addr).await;
+    let greedy = client(gateway.addr).await;
     // Two calls that hang fill the connection's allowance...
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -173,7 +148,7 @@ async fn too_many_streams_on_one_connection_wait_while_other_connections_are_ser
     assert_eq!(hanging.started.load(Ordering::SeqCst), 2);
     // Another connection is served at once.
     let started = Instant::now();
-    client(addr)
+    client(gateway.addr)
         .await
         .lookup(lookup_of("jobcenter", cpr, Duration::from_secs(2)))
         .await
@@ -190,16 +165,16 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
         max_connections: 1,
         ..LimitsConfig::default()
     };
-    let (addr, _stop, _audit) = start(limits, Arc::new(Hanging::default())).await;
+    let gateway = start(limits, Arc::new(Hanging::default())).await;
     let cpr = three_department_citizen();
-    let mut first = client(addr).await;
+    let mut first = client(gateway.addr).await;
     first
         .lookup(lookup_of("jobcenter", cpr, Duration::from_secs(2)))
         .await
         .unwrap();
     // The second connection is not served while the first is open.
     let second = tokio::time::timeout(Duration::from_millis(500), async {
-        client(addr)
+        client(gateway.addr)
             .await
             .lookup(lookup_of("jobcenter", cpr, Duration::from_secs(2)))
             .await
@@ -211,7 +186,7 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
     );
     drop(first);
     let served = tokio::time::timeout(Duration::from_secs(3), async {
-        client(addr)
+        client(gateway.addr)
             .await
             .lookup(lookup_of("jobcenter", cpr, Duration::from_secs(2)))
             .await
@@ -224,8 +199,9 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
 }
 
 /// The gateway's audit records of `Lookup`s, from its audit directory.
-fn lookups_in(audit: &tempfile::TempDir) -> Vec<samblik_audit::AuditRecord> {
-    audit_records_in(&audit.path().join(samblik::demo::AUDIT_DB_FILE))
+fn lookups_in(gateway: &RunningGateway) -> Vec<samblik_audit::AuditRecord> {
+    gateway
+        .audit_records()
         .into_iter()
         .filter(|r| r.action == samblik_audit::Action::Lookup)
         .collect()
@@ -242,7 +218,8 @@ fn cut_off_after_a_second() -> LimitsConfig {
 
 #[tokio::test]
 async fn a_lookup_cut_off_by_the_request_timeout_before_it_was_read_is_recorded_once() {
-    let (addr, _stop, audit) = start(cut_off_after_a_second(), Arc::new(Hanging::default())).await;
+    let gateway = start(cut_off_after_a_second(), Arc::new(Hanging::default())).await;
+    let addr = gateway.addr;
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -284,17 +261,17 @@ async fn a_lookup_cut_off_by_the_request_timeout_before_it_was_read_is_recorded_
 
     // Recorded without waiting (the call was being dropped): poll until it is in the store.
     assert!(
-        eventually(Duration::from_secs(10), || !lookups_in(&audit).is_empty()).await,
+        eventually(Duration::from_secs(10), || !lookups_in(&gateway).is_empty()).await,
         "the cut-off lookup left no record"
     );
     // A lookup answered after it is recorded after it: then nothing more of the first is due.
     let cpr = three_department_citizen();
-    client(addr)
+    client(gateway.addr)
         .await
         .lookup(lookup_of("jobcenter", cpr, Duration::from_secs(2)))
         .await
         .unwrap();
-    let lookups = lookups_in(&audit);
+    let lookups = lookups_in(&gateway);
     let cut_off: Vec<_> = lookups.iter().filter(|r| r.cpr.is_none()).collect();
     assert_eq!(cut_off.len(), 1, "{lookups:?}");
     assert_eq!(lookups.len(), 2, "{lookups:?}");
@@ -309,11 +286,11 @@ async fn a_lookup_cut_off_by_the_request_timeout_before_it_was_read_is_recorded_
 #[tokio::test]
 async fn a_lookup_cut_off_by_the_request_timeout_in_its_handler_is_recorded_once() {
     let hanging = Arc::new(Hanging::default());
-    let (addr, _stop, audit) = start(cut_off_after_a_second(), Arc::clone(&hanging)).await;
+    let gateway = start(cut_off_after_a_second(), Arc::clone(&hanging)).await;
     let cpr = three_department_citizen();
     // The caller would wait 10 s, the hanging source 2 s: the server's timeout comes first, while
     // the handler waits for the source.
-    let status = client(addr)
+    let status = client(gateway.addr)
         .await
         .lookup(lookup_of("hanging", cpr, Duration::from_secs(10)))
         .await
@@ -329,13 +306,13 @@ async fn a_lookup_cut_off_by_the_request_timeout_in_its_handler_is_recorded_once
         "the source call outlived the request"
     );
     // A lookup answered after the cut-off one is recorded after its record.
-    let answered = client(addr)
+    let answered = client(gateway.addr)
         .await
         .lookup(lookup_of("jobcenter", cpr, Duration::from_secs(2)))
         .await
         .unwrap();
     let answered_id = request_id_of(answered.metadata());
-    let lookups = lookups_in(&audit);
+    let lookups = lookups_in(&gateway);
     assert_eq!(lookups.len(), 2, "{lookups:?}");
     let cut_off: Vec<_> = lookups
         .iter()

@@ -222,13 +222,12 @@ async fn the_stream_yields_one_message_per_source() {
 async fn the_stream_delivers_fast_sources_before_a_slow_one_times_out() {
     let jobcenter = start_source(reference(Department::Jobcenter)).await;
     let hanging = start_source(std::sync::Arc::new(Hanging::default())).await;
-    let gateway = start_gateway(
-        &[
-            SourceSpec::at("jobcenter", jobcenter.addr),
-            SourceSpec::at("hanging", hanging.addr),
-        ],
-        1_500,
-    )
+    let gateway = TestGateway::over(&[
+        SourceSpec::at("jobcenter", jobcenter.addr),
+        SourceSpec::at("hanging", hanging.addr),
+    ])
+    .deadline_ms(1_500)
+    .start()
     .await;
     let token = token(Department::Jobcenter);
     let started = Instant::now();

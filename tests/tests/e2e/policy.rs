@@ -614,7 +614,7 @@ async fn sensitive_cases_vanish_addresses_stay_protected_and_field_sets_apply() 
         case_types: Vec::new(),
         selected: vec!["goals".into(), "residence".into()],
     }];
-    let gateway = start_gateway_from_config(config).await;
+    let gateway = TestGateway::from_config(config).start().await;
     let jobcenter = token(Department::Jobcenter);
     record(
         &gateway.channel().await,
@@ -906,7 +906,7 @@ async fn an_access_request_for_a_hidden_case_is_refused_exactly_as_for_a_missing
         ],
         3_000,
     );
-    let gateway = start_gateway_from_config(config).await;
+    let gateway = TestGateway::from_config(config).start().await;
     let channel = gateway.channel().await;
     let jobcenter = token(Department::Jobcenter);
     // BF-2026-000002 is an SL § 12 a case: hidden from the jobcenter, so it must not be

@@ -119,7 +119,7 @@ async fn start_secure(
     config.server.tls = Some(tls);
     configure(&mut config, &pki);
     Secure {
-        gateway: start_gateway_from_config(config).await,
+        gateway: TestGateway::from_config(config).start().await,
         pki,
         _dir: dir,
         _sources: sources,
