@@ -80,6 +80,16 @@ pub fn panel_users() -> Vec<DemoSignInUser> {
 }
 
 fn new_panel(pipeline: &Arc<LookupPipeline>, config: &samblik_gateway::config::Config) -> Panel {
+    Panel::new(
+        Arc::clone(pipeline),
+        config.panel.clone().unwrap(),
+        demo_sign_in(),
+    )
+    .unwrap()
+}
+
+/// The demo's sign-in page over [`panel_users`], minting the test issuer's tokens.
+fn demo_sign_in() -> SignIn {
     let mint = |user: &str| -> anyhow::Result<String> {
         if user == AUDITOR {
             return Ok(crate::staff_token(AUDITOR, "auditor"));
@@ -92,16 +102,11 @@ fn new_panel(pipeline: &Arc<LookupPipeline>, config: &samblik_gateway::config::C
         let claims = caseworker_claims(worker, &municipality().municipality.code);
         Ok(crate::issuer().1.mint(&claims, Duration::from_secs(600))?)
     };
-    Panel::new(
-        Arc::clone(pipeline),
-        config.panel.clone().unwrap(),
-        SignIn::Demo(DemoSignIn::new(
-            panel_users(),
-            Duration::from_secs(600),
-            mint,
-        )),
-    )
-    .unwrap()
+    SignIn::Demo(DemoSignIn::new(
+        panel_users(),
+        Duration::from_secs(600),
+        mint,
+    ))
 }
 
 /// Starts the three reference sources, the pipeline and the panel over HTTPS (the demo PKI's
@@ -121,20 +126,25 @@ pub async fn start_panel() -> RunningPanel {
     let ids: Vec<&str> = Department::ALL.iter().map(|d| d.id()).collect();
     let pki = samblik::pki::DemoPki::create(pki_dir.path(), &ids).unwrap();
     config.server.tls = Some(samblik::pki::demo_server_tls(&pki));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}", listener.local_addr().unwrap());
-    config.panel = Some(demo_panel_config(listener.local_addr().unwrap(), &url));
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    let listeners = samblik::server::Listeners {
+        grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        panel: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+    };
+    let panel_addr = listeners.panel.as_ref().unwrap().local_addr().unwrap();
+    let url = format!("https://{panel_addr}");
+    config.panel = Some(demo_panel_config(panel_addr, &url));
     config.validate().unwrap();
-    let pipeline = Arc::new(samblik_gateway::server::pipeline_from_config(&config).unwrap());
-    let panel = Arc::new(new_panel(&pipeline, &config));
-    let tls = samblik_panel::panel_tls(&config).unwrap();
+    // Wired as `samblik demo` wires it: the gRPC API and the panel on one pipeline.
+    let gateway = samblik::server::Gateway::open(
+        &config,
+        listeners,
+        samblik::server::PanelSignIn::Given(demo_sign_in()),
+    )
+    .unwrap();
+    let pipeline = Arc::clone(gateway.pipeline());
     let stop = CancellationToken::new();
-    let shutdown = stop.clone().cancelled_owned();
-    tokio::spawn(async move {
-        samblik_panel::serve(panel, listener, tls, 100, shutdown)
-            .await
-            .unwrap();
-    });
+    tokio::spawn(gateway.serve(stop.clone()));
     RunningPanel {
         url,
         sources,
