@@ -23,7 +23,8 @@
 //! ```
 //!
 //! Consents and access requests are [`registry_api`]; every change is written with its audit
-//! record in one transaction. Errors become gRPC statuses in one place, [`error`]. A request
+//! record in one transaction. Errors become gRPC statuses in one place, [`error`], each refusal
+//! with a stable reason ([`error::Reason`]) on the wire and in its audit record. A request
 //! tonic refuses before any handler reads it (too large, not decodable) is audited by
 //! [`unread`]. The configuration is [`config`]. The panel is the `samblik-panel` crate; the
 //! command line, the demo and the wiring of a whole server are the `samblik` crate.
