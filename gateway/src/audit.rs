@@ -8,6 +8,7 @@ use samblik_audit::{Action, Actor, AuditEvent, AuditLog, CaseEntry, Outcome, Sou
 use samblik_proto::Cpr;
 use samblik_proto::v1::{Case, Purpose, SourceStatus};
 use std::sync::Arc;
+use tonic::Code;
 
 /// A request's audit record while the request runs. It must be finished with
 /// [`AuditDraft::answered`] or [`AuditDraft::refused`]; if it is dropped instead (the caller
@@ -31,6 +32,7 @@ impl AuditDraft {
                 break_glass_reason: None,
                 outcome: Outcome::Cancelled,
                 detail: None,
+                reason: None,
                 sources: Vec::new(),
                 policy_version: policy_version.to_owned(),
             }),
@@ -121,15 +123,29 @@ impl AuditDraft {
         let Some(mut event) = self.event.take() else {
             return Ok(());
         };
-        event.outcome = match error {
-            GatewayError::Unauthenticated(_) => Outcome::Unauthenticated,
-            GatewayError::InvalidCpr(_) | GatewayError::InvalidRequest(_) => Outcome::Invalid,
-            GatewayError::PermissionDenied(_) => Outcome::Denied,
-            GatewayError::FailedPrecondition(_) | GatewayError::NotFound(_) => Outcome::Invalid,
-            GatewayError::AuditUnavailable | GatewayError::Unavailable(_) => Outcome::Failed,
+        event.outcome = match error.code() {
+            Code::Unauthenticated => Outcome::Unauthenticated,
+            Code::PermissionDenied => Outcome::Denied,
+            Code::Unavailable => Outcome::Failed,
+            // Requests that could not be read or asked for what cannot be: no source was asked.
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::NotFound
+            | Code::OutOfRange
+            | Code::Internal
+            | Code::Unimplemented => Outcome::Invalid,
+            Code::Ok
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::AlreadyExists
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::DataLoss => Outcome::Failed,
         };
-        // The variant's text is safe: it never contains the token or the CPR.
+        // The error's text is safe: it never contains the token or the CPR.
         event.detail = Some(error.to_string());
+        event.reason = Some(error.reason().as_str().to_owned());
         write(&self.log, event).await
     }
 

@@ -4,9 +4,9 @@
 //! citizen's log too.
 
 use crate::audit::AuditDraft;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Reason};
 use crate::lookup::LookupPipeline;
-use crate::registry_api::{begin, call, from_timestamp, refuse, status, timestamp};
+use crate::registry_api::{begin, call, from_timestamp, refuse, timestamp};
 use chrono::{DateTime, Duration, Utc};
 use samblik_audit::review::{self, ReviewMark, ReviewRules};
 use samblik_audit::search::{Activity, AuditQuery, Cursor};
@@ -95,15 +95,16 @@ struct Search {
 
 fn unavailable(e: impl std::fmt::Display) -> GatewayError {
     tracing::error!(error = %e, "audit store unreadable");
-    GatewayError::Unavailable("the audit log cannot be read".into())
+    GatewayError::refused(Reason::AuditLogUnreadable, "the audit log cannot be read")
 }
 
 fn text_filter(value: &str, field: &str) -> Result<Option<String>, GatewayError> {
     match value.trim() {
         "" => Ok(None),
-        v if v.len() > 128 => Err(GatewayError::InvalidRequest(format!(
-            "{field} is longer than 128 characters"
-        ))),
+        v if v.len() > 128 => Err(GatewayError::refused(
+            Reason::FieldInvalid,
+            format!("{field} is longer than 128 characters"),
+        )),
         v => Ok(Some(v.to_owned())),
     }
 }
@@ -112,9 +113,10 @@ fn page_size(asked: u32) -> Result<usize, GatewayError> {
     match usize::try_from(asked).unwrap_or(usize::MAX) {
         0 => Ok(DEFAULT_PAGE),
         n if n <= MAX_PAGE => Ok(n),
-        _ => Err(GatewayError::InvalidRequest(format!(
-            "page_size must be at most {MAX_PAGE}"
-        ))),
+        _ => Err(GatewayError::refused(
+            Reason::FieldInvalid,
+            format!("page_size must be at most {MAX_PAGE}"),
+        )),
     }
 }
 
@@ -124,7 +126,7 @@ fn cursor(token: &str) -> Result<Option<Cursor>, GatewayError> {
     }
     Cursor::decode(token)
         .map(Some)
-        .ok_or_else(|| GatewayError::InvalidRequest("page_token is not valid".into()))
+        .ok_or_else(|| GatewayError::refused(Reason::FieldInvalid, "page_token is not valid"))
 }
 
 /// A period's bounds; either may be open.
@@ -139,8 +141,9 @@ fn period(
     if let (Some(f), Some(u)) = (from, until)
         && f >= u
     {
-        return Err(GatewayError::InvalidRequest(
-            "from must be before until".into(),
+        return Err(GatewayError::refused(
+            Reason::FieldInvalid,
+            "from must be before until",
         ));
     }
     Ok((from, until))
@@ -149,9 +152,10 @@ fn period(
 /// Refuses a period longer than the review queue looks at.
 fn bounded(from: DateTime<Utc>, until: DateTime<Utc>) -> Result<(), GatewayError> {
     if until - from > Duration::days(MAX_REVIEW_DAYS) {
-        return Err(GatewayError::InvalidRequest(format!(
-            "the period must be at most {MAX_REVIEW_DAYS} days"
-        )));
+        return Err(GatewayError::refused(
+            Reason::FieldInvalid,
+            format!("the period must be at most {MAX_REVIEW_DAYS} days"),
+        ));
     }
     Ok(())
 }
@@ -192,8 +196,9 @@ impl Search {
             match (from, until) {
                 (Some(f), Some(u)) => bounded(f, u)?,
                 _ => {
-                    return Err(GatewayError::InvalidRequest(
-                        "flagged needs a period (from and until)".into(),
+                    return Err(GatewayError::refused(
+                        Reason::FieldInvalid,
+                        "flagged needs a period (from and until)",
                     ));
                 }
             }
@@ -461,8 +466,9 @@ impl AuditApi {
         let format = match ExportFormat::try_from(message.format) {
             Ok(f @ (ExportFormat::Csv | ExportFormat::JsonLines)) => f,
             _ => {
-                let e = GatewayError::InvalidRequest(
-                    "format must be EXPORT_FORMAT_CSV or EXPORT_FORMAT_JSON_LINES".into(),
+                let e = GatewayError::refused(
+                    Reason::FieldInvalid,
+                    "format must be EXPORT_FORMAT_CSV or EXPORT_FORMAT_JSON_LINES",
                 );
                 return refuse(draft, e).await;
             }
@@ -489,7 +495,7 @@ impl AuditApi {
                     let (data, next) = match chunk {
                         Ok(c) => c,
                         Err(e) => {
-                            let _ = tx.send(Err(status(&e, &request_id))).await;
+                            let _ = tx.send(Err(e.into_status(&request_id))).await;
                             return;
                         }
                     };
@@ -521,7 +527,10 @@ impl AuditApi {
         )
         .await?;
         let Some(verifier) = self.pipeline.audit_access().verifier.clone() else {
-            let e = GatewayError::Unavailable("verification is not configured".into());
+            let e = GatewayError::refused(
+                Reason::VerificationNotConfigured,
+                "verification is not configured",
+            );
             return refuse(draft, e).await;
         };
         let result = tokio::task::spawn_blocking(move || verifier()).await;
@@ -591,8 +600,9 @@ impl AuditApi {
             let until = p.1.unwrap_or_else(Utc::now);
             let from = p.0.unwrap_or(until - Duration::days(7));
             if from >= until {
-                return Err(GatewayError::InvalidRequest(
-                    "from must be before until".into(),
+                return Err(GatewayError::refused(
+                    Reason::FieldInvalid,
+                    "from must be before until",
                 ));
             }
             bounded(from, until)?;
@@ -653,15 +663,16 @@ impl AuditApi {
             None
         };
         if let Some(p) = problem {
-            return refuse(draft, GatewayError::InvalidRequest(p)).await;
+            return refuse(draft, GatewayError::refused(Reason::FieldInvalid, p)).await;
         }
         // A mark covers an item as it is (see `ReviewMark::covers`), so there must be one: a
         // key that names nothing yet, such as a coming hour's, cannot be marked in advance.
         let item = match self.current_item(key).await {
             Ok(Some(item)) => item,
             Ok(None) => {
-                let e = GatewayError::NotFound(
-                    "no review item has this key: mark an item the review queue lists".into(),
+                let e = GatewayError::refused(
+                    Reason::ItemNotFound,
+                    "no review item has this key: mark an item the review queue lists",
                 );
                 return refuse(draft, e).await;
             }
@@ -792,7 +803,7 @@ impl AuditApi {
         )
         .await?;
         let Some(cpr) = caller.citizen.clone() else {
-            let e = GatewayError::PermissionDenied("the token names no citizen".into());
+            let e = GatewayError::refused(Reason::CitizenNotNamed, "the token names no citizen");
             return refuse(draft, e).await;
         };
         draft.citizen(&cpr);
@@ -850,6 +861,7 @@ fn entry(r: &AuditRecord, flags: &[&str]) -> pb::AuditEntry {
         purpose: r.purpose.clone().unwrap_or_default(),
         break_glass_reason: r.break_glass_reason.clone().unwrap_or_default(),
         detail: r.detail.clone().unwrap_or_default(),
+        reason: r.reason.clone().unwrap_or_default(),
         sources: r
             .sources
             .iter()
@@ -941,6 +953,7 @@ const CSV_HEADER: &[&str] = &[
     "purpose",
     "break_glass_reason",
     "detail",
+    "reason",
     "disclosed",
     "flags",
     "policy_version",
@@ -978,7 +991,10 @@ fn encode(
 ) -> Result<Vec<u8>, GatewayError> {
     let failed = |e: &dyn std::fmt::Display| {
         tracing::error!(error = %e, "export encoding failed");
-        GatewayError::Unavailable("the export could not be encoded".into())
+        GatewayError::refused(
+            Reason::AuditLogUnreadable,
+            "the export could not be encoded",
+        )
     };
     match format {
         ExportFormat::JsonLines => {
@@ -1016,6 +1032,7 @@ fn encode(
                     r.purpose.clone().unwrap_or_default(),
                     r.break_glass_reason.clone().unwrap_or_default(),
                     r.detail.clone().unwrap_or_default(),
+                    r.reason.clone().unwrap_or_default(),
                     disclosed(r),
                     flags.join(" "),
                     r.policy_version.clone(),

@@ -4,6 +4,7 @@
 //! ([`server`]). Consents and access requests are [`registry_api`]; errors become gRPC statuses
 //! in one place, [`error`]; the configuration is [`config`].
 //!
+//! Each refusal carries a stable reason ([`error::Reason`]) on the wire and in its audit record.
 //! The request flow drawn out, and the map of the crates around this one: `docs/architecture.md`.
 
 pub mod audit;

@@ -10,14 +10,13 @@
 use crate::audit::{AuditDraft, disclosed_fields, source_entry};
 use crate::auth::{Authenticator, Caller, CallingSystem, Credentials, PANEL_SYSTEM, Systems};
 use crate::disclosure::{DisclosurePolicy, LookupFacts, RegistryFacts, wire_tier};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Reason};
 use crate::source_stack::{self, SourceCall, SourceService, failure_status};
 use futures::stream::{FuturesUnordered, StreamExt};
 use prost::Message;
 use samblik_adapters::SourceAnswer;
 use samblik_adapters::{CaseQuery, Source, SourceError};
 use samblik_audit::registry::Registry;
-use samblik_audit::review::NO_RELATION;
 use samblik_audit::{Action, AuditLog, CaseEntry, SourceEntry};
 use samblik_policy::{Decision, Role};
 use samblik_proto::Cpr;
@@ -320,8 +319,9 @@ impl LookupPipeline {
         span.record("caller", caller.id.as_str());
         span.record("department", caller.department.as_str());
         let not_admitted = || {
-            GatewayError::PermissionDenied(
-                "this system's client certificate is not admitted to Samblik".into(),
+            GatewayError::refused(
+                Reason::SystemNotAdmitted,
+                "this system's client certificate is not admitted to Samblik",
             )
         };
         let system = match system_name {
@@ -462,17 +462,23 @@ impl LookupPipeline {
         let mut plan = plan;
         // The subject's refusal is the explanation's finding, not the admin's.
         let refusal = match self.establish(&mut plan).await {
-            Ok(()) => String::new(),
-            Err(e @ GatewayError::Unavailable(_)) => {
+            Ok(()) => None,
+            Err(e) if e.code() == tonic::Code::Unavailable => {
                 draft.refused(&e).await?;
                 return Err(e);
             }
-            Err(e) => e.to_string(),
+            Err(e) => Some(e),
         };
         let mut response = ExplainResponse {
             policy_version: self.policy.version().to_owned(),
             relation: plan.relation,
-            refusal,
+            refusal: refusal
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            refusal_reason: refusal
+                .map(|e| e.reason().as_str().to_owned())
+                .unwrap_or_default(),
             ..ExplainResponse::default()
         };
         let mut entries = Vec::new();
@@ -562,16 +568,18 @@ impl LookupPipeline {
             system,
         } = self.authenticate(credentials, draft)?;
         if !admin.roles.iter().any(|r| r == "admin") {
-            return Err(GatewayError::PermissionDenied(
-                "explaining the policy needs the role admin".into(),
+            return Err(GatewayError::refused(
+                Reason::RoleRequired,
+                "explaining the policy needs the role admin",
             ));
         }
         let cpr = Cpr::parse(&request.cpr)?;
         draft.citizen(&cpr);
         let purpose = match Purpose::try_from(request.purpose) {
             Ok(Purpose::Unspecified) | Err(_) => {
-                return Err(GatewayError::InvalidRequest(
-                    "purpose is missing or not a known purpose".into(),
+                return Err(GatewayError::refused(
+                    Reason::PurposeMissing,
+                    "purpose is missing or not a known purpose",
                 ));
             }
             Ok(p) => p,
@@ -580,8 +588,9 @@ impl LookupPipeline {
         check_purpose(system.as_deref(), purpose)?;
         let valid = |s: &str| !s.is_empty() && s.len() <= 128;
         if !valid(&request.caller_id) || !valid(&request.caller_department) {
-            return Err(GatewayError::InvalidRequest(
-                "caller_id and caller_department must name the caller to explain for".into(),
+            return Err(GatewayError::refused(
+                Reason::FieldInvalid,
+                "caller_id and caller_department must name the caller to explain for",
             ));
         }
         let subject = Caller {
@@ -681,16 +690,15 @@ impl LookupPipeline {
         if !plan.relation {
             if plan.break_glass_reason.is_none() {
                 return Err(if relation.unknown {
-                    GatewayError::Unavailable(
-                        "your department's system did not answer, so your relation to the citizen cannot be established; nothing is disclosed"
-                            .into(),
+                    GatewayError::refused(
+                        Reason::RelationUnknown,
+                        "your department's system did not answer, so your relation to the citizen cannot be established; nothing is disclosed",
                     )
                 } else {
-                    // Begins with `NO_RELATION`: the review queue tells this refusal from
-                    // others by it.
-                    GatewayError::PermissionDenied(format!(
-                        "{NO_RELATION}; if you must look anyway, break the glass with a written reason"
-                    ))
+                    GatewayError::refused(
+                        Reason::NoRelation,
+                        "you have no open case for this citizen in your department; if you must look anyway, break the glass with a written reason",
+                    )
                 });
             }
             plan.break_glass = true;
@@ -712,9 +720,9 @@ impl LookupPipeline {
         );
         let unreadable = |e: samblik_audit::AuditError| {
             tracing::error!(error = %e, "consent registry unreadable; refusing the call");
-            GatewayError::Unavailable(
-                "consents and access grants cannot be read right now, so nothing is disclosed; try again shortly"
-                    .into(),
+            GatewayError::refused(
+                Reason::RegistryUnavailable,
+                "consents and access grants cannot be read right now, so nothing is disclosed; try again shortly",
             )
         };
         plan.registry = RegistryFacts {
@@ -790,14 +798,20 @@ impl LookupPipeline {
         };
         let relation = self.relate(&mut plan).await?;
         if relation.unknown {
-            return Err(GatewayError::Unavailable(format!(
-                "your department's system did not answer, so your relation to the citizen cannot be established; you may not {doing} now, and nothing was changed"
-            )));
+            return Err(GatewayError::refused(
+                Reason::RelationUnknown,
+                format!(
+                    "your department's system did not answer, so your relation to the citizen cannot be established; you may not {doing} now, and nothing was changed"
+                ),
+            ));
         }
         if !plan.relation {
-            return Err(GatewayError::PermissionDenied(format!(
-                "{NO_RELATION}, so you may not {doing}"
-            )));
+            return Err(GatewayError::refused(
+                Reason::NoRelation,
+                format!(
+                    "you have no open case for this citizen in your department, so you may not {doing}"
+                ),
+            ));
         }
         plan.keep_prefetched(relation.fetched);
         Ok(plan)
@@ -828,8 +842,9 @@ impl LookupPipeline {
                         self.policy.decide(&facts, source_id, c).tier
                     });
                 if tier == samblik_policy::Tier::Hidden {
-                    Err(GatewayError::NotFound(
-                        "the department holds no such case for this citizen".into(),
+                    Err(GatewayError::refused(
+                        Reason::CaseNotFound,
+                        "the department holds no such case for this citizen",
                     ))
                 } else {
                     Ok(tier)
@@ -838,12 +853,14 @@ impl LookupPipeline {
             Fetched::Failed {
                 status: SourceStatus::Denied,
                 detail,
-            } => Err(GatewayError::PermissionDenied(format!(
-                "{detail}, so the case cannot be checked"
-            ))),
-            Fetched::Failed { detail, .. } => Err(GatewayError::Unavailable(format!(
-                "{detail}, so the case cannot be checked; nothing was changed"
-            ))),
+            } => Err(GatewayError::refused(
+                Reason::SourceDenied,
+                format!("{detail}, so the case cannot be checked"),
+            )),
+            Fetched::Failed { detail, .. } => Err(GatewayError::refused(
+                Reason::SourceUnavailable,
+                format!("{detail}, so the case cannot be checked; nothing was changed"),
+            )),
         }
     }
 
@@ -867,15 +884,16 @@ impl LookupPipeline {
         draft.citizen(&cpr);
         let purpose = match Purpose::try_from(request.purpose) {
             Ok(Purpose::Unspecified) => {
-                return Err(GatewayError::InvalidRequest(
-                    "purpose is missing: say why you are looking (e.g. PURPOSE_PREPARE_MEETING)"
-                        .into(),
+                return Err(GatewayError::refused(
+                    Reason::PurposeMissing,
+                    "purpose is missing: say why you are looking (e.g. PURPOSE_PREPARE_MEETING)",
                 ));
             }
             Ok(p) => p,
             Err(_) => {
-                return Err(GatewayError::InvalidRequest(
-                    "purpose is not a known purpose".into(),
+                return Err(GatewayError::refused(
+                    Reason::PurposeMissing,
+                    "purpose is not a known purpose",
                 ));
             }
         };
@@ -912,10 +930,13 @@ impl LookupPipeline {
     /// reads anything of it.
     pub fn request_size(&self, request: &LookupRequest) -> Result<(), GatewayError> {
         if request.encoded_len() > self.limits.max_request_bytes {
-            return Err(GatewayError::InvalidRequest(format!(
-                "request is larger than {} bytes",
-                self.limits.max_request_bytes
-            )));
+            return Err(GatewayError::refused(
+                Reason::RequestTooLarge,
+                format!(
+                    "request is larger than {} bytes",
+                    self.limits.max_request_bytes
+                ),
+            ));
         }
         Ok(())
     }
@@ -930,15 +951,16 @@ impl LookupPipeline {
         let min = self.policy.break_glass_min_reason();
         match reason.trim() {
             "" if break_glass == BreakGlass::IfReasonGiven => Ok(None),
-            r if r.chars().count() < min => Err(GatewayError::InvalidRequest(format!(
-                "a break-the-glass reason must say why in at least {min} characters"
-            ))),
+            r if r.chars().count() < min => Err(GatewayError::refused(
+                Reason::BreakGlassReasonMissing,
+                format!("a break-the-glass reason must say why in at least {min} characters"),
+            )),
             // Auditors read the reason on their terminals: an escape sequence or a line break
             // in it could rewrite what they see.
-            r if r.chars().any(char::is_control) => Err(GatewayError::InvalidRequest(
+            r if r.chars().any(char::is_control) => Err(GatewayError::refused(
+                Reason::BreakGlassReasonInvalid,
                 "a break-the-glass reason must be plain text on one line, without control \
-                 characters"
-                    .into(),
+                 characters",
             )),
             r => Ok(Some(r.to_owned())),
         }
@@ -949,9 +971,10 @@ impl LookupPipeline {
             return Ok((0..self.sources.len()).collect());
         }
         if filter.len() > MAX_SOURCE_FILTER {
-            return Err(GatewayError::InvalidRequest(format!(
-                "at most {MAX_SOURCE_FILTER} sources may be named"
-            )));
+            return Err(GatewayError::refused(
+                Reason::FieldInvalid,
+                format!("at most {MAX_SOURCE_FILTER} sources may be named"),
+            ));
         }
         let mut targets = Vec::with_capacity(filter.len());
         for id in filter {
@@ -962,7 +985,10 @@ impl LookupPipeline {
                 .ok_or_else(|| {
                     // Source ids are configuration, not personal data: safe to echo (bounded).
                     let shown: String = id.chars().take(64).collect();
-                    GatewayError::InvalidRequest(format!("unknown source {shown:?}"))
+                    GatewayError::refused(
+                        Reason::UnknownSource,
+                        format!("unknown source {shown:?}"),
+                    )
                 })?;
             if !targets.contains(&index) {
                 targets.push(index);
@@ -1115,10 +1141,13 @@ fn case_entry(case: &samblik_proto::v1::Case, decision: &Decision) -> CaseEntry 
 /// Refuses a purpose the calling system may not look up for.
 fn check_purpose(system: Option<&CallingSystem>, purpose: Purpose) -> Result<(), GatewayError> {
     match system {
-        Some(s) if !s.may_look_up_for(purpose) => Err(GatewayError::PermissionDenied(format!(
-            "the calling system may not look up for the purpose {}",
-            purpose.code()
-        ))),
+        Some(s) if !s.may_look_up_for(purpose) => Err(GatewayError::refused(
+            Reason::PurposeNotAllowed,
+            format!(
+                "the calling system may not look up for the purpose {}",
+                purpose.code()
+            ),
+        )),
         _ => Ok(()),
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::audit::AuditDraft;
 use crate::auth::{Caller, Credentials};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Reason};
 use crate::lookup::{LookupPipeline, Principal};
 use chrono::{DateTime, Utc};
 use samblik_audit::Action;
@@ -99,10 +99,10 @@ pub(crate) async fn begin_as<T>(
         .iter()
         .any(|r| roles.contains(&r.as_str()))
     {
-        let e = GatewayError::PermissionDenied(format!(
-            "this needs one of the roles {}",
-            roles.join(", ")
-        ));
+        let e = GatewayError::refused(
+            Reason::RoleRequired,
+            format!("this needs one of the roles {}", roles.join(", ")),
+        );
         draft.refused(&e).await?;
         return Err(e);
     }
@@ -146,11 +146,6 @@ pub(crate) async fn refuse<T>(draft: AuditDraft, error: GatewayError) -> Result<
     Err(error)
 }
 
-pub(crate) fn status(error: &GatewayError, request_id: &str) -> Status {
-    tracing::info!(error = %error, "call refused");
-    error.to_status(request_id)
-}
-
 fn span(request_id: &str, rpc: &'static str) -> tracing::Span {
     tracing::info_span!(
         "api",
@@ -180,13 +175,16 @@ pub(crate) fn from_timestamp(
     u32::try_from(t.nanos)
         .ok()
         .and_then(|n| DateTime::from_timestamp(t.seconds, n))
-        .ok_or_else(|| GatewayError::InvalidRequest(format!("{field} is not a valid time")))
+        .ok_or_else(|| {
+            GatewayError::refused(Reason::FieldInvalid, format!("{field} is not a valid time"))
+        })
 }
 
 fn purpose_code(value: i32) -> Result<&'static str, GatewayError> {
     match Purpose::try_from(value) {
-        Ok(Purpose::Unspecified) | Err(_) => Err(GatewayError::InvalidRequest(
-            "purpose is missing or not a known purpose".into(),
+        Ok(Purpose::Unspecified) | Err(_) => Err(GatewayError::refused(
+            Reason::PurposeMissing,
+            "purpose is missing or not a known purpose",
         )),
         Ok(p) => Ok(p.code()),
     }
@@ -195,9 +193,10 @@ fn purpose_code(value: i32) -> Result<&'static str, GatewayError> {
 fn tier_of(value: i32, field: &str) -> Result<u8, GatewayError> {
     match pb::Tier::try_from(value) {
         Ok(t @ (pb::Tier::Existence | pb::Tier::Selected | pb::Tier::Full)) => Ok(t as u8),
-        _ => Err(GatewayError::InvalidRequest(format!(
-            "{field} must be TIER_EXISTENCE, TIER_SELECTED or TIER_FULL"
-        ))),
+        _ => Err(GatewayError::refused(
+            Reason::FieldInvalid,
+            format!("{field} must be TIER_EXISTENCE, TIER_SELECTED or TIER_FULL"),
+        )),
     }
 }
 
@@ -285,19 +284,20 @@ fn shown_detail(ids: &[&str]) -> String {
 
 /// A change's outcome as the caller's answer.
 fn outcome(outcome: ChangeOutcome, what: &str) -> Result<(), GatewayError> {
-    match outcome {
-        ChangeOutcome::Applied => Ok(()),
-        ChangeOutcome::NotFound => Err(GatewayError::NotFound(format!("no such {what}"))),
-        ChangeOutcome::AlreadyDone => Err(GatewayError::FailedPrecondition(format!(
-            "the {what} is already withdrawn or decided"
-        ))),
-        ChangeOutcome::WrongDepartment => Err(GatewayError::PermissionDenied(format!(
-            "only the department that owns the case may decide this {what}"
-        ))),
-        ChangeOutcome::Invalid => Err(GatewayError::InvalidRequest(format!(
-            "the {what} is not valid"
-        ))),
-    }
+    let (reason, message) = match outcome {
+        ChangeOutcome::Applied => return Ok(()),
+        ChangeOutcome::NotFound => (Reason::ItemNotFound, format!("no such {what}")),
+        ChangeOutcome::AlreadyDone => (
+            Reason::AlreadyDone,
+            format!("the {what} is already withdrawn or decided"),
+        ),
+        ChangeOutcome::WrongDepartment => (
+            Reason::WrongDepartment,
+            format!("only the department that owns the case may decide this {what}"),
+        ),
+        ChangeOutcome::Invalid => (Reason::FieldInvalid, format!("the {what} is not valid")),
+    };
+    Err(GatewayError::refused(reason, message))
 }
 
 impl RegistryApi {
@@ -345,13 +345,14 @@ impl RegistryApi {
         let c = message
             .consent
             .as_ref()
-            .ok_or_else(|| GatewayError::InvalidRequest("consent is missing".into()))?;
+            .ok_or_else(|| GatewayError::refused(Reason::FieldInvalid, "consent is missing"))?;
         let kind = match pb::ConsentKind::try_from(c.kind) {
             Ok(pb::ConsentKind::Permit) => ConsentKind::Permit,
             Ok(pb::ConsentKind::Refuse) => ConsentKind::Refuse,
             _ => {
-                return Err(GatewayError::InvalidRequest(
-                    "kind must be CONSENT_KIND_PERMIT or CONSENT_KIND_REFUSE".into(),
+                return Err(GatewayError::refused(
+                    Reason::FieldInvalid,
+                    "kind must be CONSENT_KIND_PERMIT or CONSENT_KIND_REFUSE",
                 ));
             }
         };
@@ -368,13 +369,15 @@ impl RegistryApi {
             (true, true) => Recipients::AnyWithCase,
             (false, false) => Recipients::Departments(c.to_departments.clone()),
             (true, false) => {
-                return Err(GatewayError::InvalidRequest(
-                    "name receiving departments or any department with a case, not both".into(),
+                return Err(GatewayError::refused(
+                    Reason::FieldInvalid,
+                    "name receiving departments or any department with a case, not both",
                 ));
             }
             (false, true) => {
-                return Err(GatewayError::InvalidRequest(
-                    "name the receiving departments, or any department with a case".into(),
+                return Err(GatewayError::refused(
+                    Reason::FieldInvalid,
+                    "name the receiving departments, or any department with a case",
                 ));
             }
         };
@@ -389,8 +392,9 @@ impl RegistryApi {
             .map(|t| from_timestamp(t, "valid_until"))
             .transpose()?;
         if valid_until.is_some_and(|u| u <= valid_from) {
-            return Err(GatewayError::InvalidRequest(
-                "valid_until must be after valid_from".into(),
+            return Err(GatewayError::refused(
+                Reason::FieldInvalid,
+                "valid_until must be after valid_from",
             ));
         }
         let consent = reg::Consent {
@@ -409,7 +413,9 @@ impl RegistryApi {
             withdrawn_at: None,
             withdrawn_by: None,
         };
-        consent.validate().map_err(GatewayError::InvalidRequest)?;
+        consent
+            .validate()
+            .map_err(|m| GatewayError::refused(Reason::FieldInvalid, m))?;
         Ok((cpr, consent))
     }
 
@@ -435,7 +441,7 @@ impl RegistryApi {
         if message.consent_id.is_empty() || message.consent_id.len() > 64 {
             return refuse(
                 draft,
-                GatewayError::InvalidRequest("consent_id is missing or malformed".into()),
+                GatewayError::refused(Reason::FieldInvalid, "consent_id is missing or malformed"),
             )
             .await;
         }
@@ -467,7 +473,12 @@ impl RegistryApi {
             .await
             .ok()
             .flatten()
-            .ok_or_else(|| GatewayError::Unavailable("the consent cannot be read back".into()))?;
+            .ok_or_else(|| {
+                GatewayError::refused(
+                    Reason::RegistryUnavailable,
+                    "the consent cannot be read back",
+                )
+            })?;
         Ok(consent_record(&consent, now))
     }
 
@@ -503,7 +514,8 @@ impl RegistryApi {
             // A citizen reads their own consents, named by their token; the request may name
             // them too, and no one else.
             let Some(own) = caller.citizen.clone() else {
-                let e = GatewayError::PermissionDenied("the token names no citizen".into());
+                let e =
+                    GatewayError::refused(Reason::CitizenNotNamed, "the token names no citizen");
                 return refuse(draft, e).await;
             };
             match asked {
@@ -511,8 +523,9 @@ impl RegistryApi {
                 Ok(c) if c == own => own,
                 Ok(other) => {
                     draft.citizen(&other);
-                    let e = GatewayError::PermissionDenied(
-                        "a citizen may list only their own consents".into(),
+                    let e = GatewayError::refused(
+                        Reason::OwnDataOnly,
+                        "a citizen may list only their own consents",
                     );
                     return refuse(draft, e).await;
                 }
@@ -534,7 +547,10 @@ impl RegistryApi {
                 tracing::error!(error = %e, "consent registry unreadable");
                 return refuse(
                     draft,
-                    GatewayError::Unavailable("the consent registry cannot be read".into()),
+                    GatewayError::refused(
+                        Reason::RegistryUnavailable,
+                        "the consent registry cannot be read",
+                    ),
                 )
                 .await;
             }
@@ -596,20 +612,24 @@ impl RegistryApi {
             .owner_of(&message.source_id)
             .ok_or_else(|| {
                 let shown: String = message.source_id.chars().take(64).collect();
-                GatewayError::InvalidRequest(format!("unknown source {shown:?}"))
+                GatewayError::refused(Reason::UnknownSource, format!("unknown source {shown:?}"))
             })?
             .to_owned();
         let tier_wanted = tier_of(message.tier_wanted, "tier_wanted")?;
         if message.case_id.trim().is_empty() || message.case_id.len() > 64 {
-            return Err(GatewayError::InvalidRequest(
-                "case_id is missing or malformed".into(),
+            return Err(GatewayError::refused(
+                Reason::FieldInvalid,
+                "case_id is missing or malformed",
             ));
         }
         let justification = message.justification.trim();
         if justification.chars().count() < MIN_JUSTIFICATION || justification.len() > 4_000 {
-            return Err(GatewayError::InvalidRequest(format!(
-                "the justification must say why, in {MIN_JUSTIFICATION} to 4000 characters"
-            )));
+            return Err(GatewayError::refused(
+                Reason::FieldInvalid,
+                format!(
+                    "the justification must say why, in {MIN_JUSTIFICATION} to 4000 characters"
+                ),
+            ));
         }
         let filed = reg::AccessRequest {
             id: new_id("ar"),
@@ -631,7 +651,9 @@ impl RegistryApi {
             granted_tier: None,
             granted_until: None,
         };
-        filed.validate().map_err(GatewayError::InvalidRequest)?;
+        filed
+            .validate()
+            .map_err(|m| GatewayError::refused(Reason::FieldInvalid, m))?;
         Ok((cpr, wire_purpose, filed))
     }
 
@@ -661,10 +683,13 @@ impl RegistryApi {
             .shown_tier(&plan, &filed.source_id, &filed.case_id)
             .await?;
         if shown.as_u8() >= filed.tier_wanted {
-            return Err(GatewayError::FailedPrecondition(format!(
-                "you are already shown this case at tier {}; ask only for more",
-                shown.as_u8()
-            )));
+            return Err(GatewayError::refused(
+                Reason::AlreadyShown,
+                format!(
+                    "you are already shown this case at tier {}; ask only for more",
+                    shown.as_u8()
+                ),
+            ));
         }
         Ok(())
     }
@@ -685,8 +710,9 @@ impl RegistryApi {
             _ => {
                 return refuse(
                     draft,
-                    GatewayError::InvalidRequest(
-                        "view must be REQUEST_VIEW_INBOX or REQUEST_VIEW_MINE".into(),
+                    GatewayError::refused(
+                        Reason::FieldInvalid,
+                        "view must be REQUEST_VIEW_INBOX or REQUEST_VIEW_MINE",
                     ),
                 )
                 .await;
@@ -700,7 +726,7 @@ impl RegistryApi {
             Err(_) => {
                 return refuse(
                     draft,
-                    GatewayError::InvalidRequest("state is not a known state".into()),
+                    GatewayError::refused(Reason::FieldInvalid, "state is not a known state"),
                 )
                 .await;
             }
@@ -711,7 +737,10 @@ impl RegistryApi {
                 tracing::error!(error = %e, "registry unreadable");
                 return refuse(
                     draft,
-                    GatewayError::Unavailable("access requests cannot be read".into()),
+                    GatewayError::refused(
+                        Reason::RegistryUnavailable,
+                        "access requests cannot be read",
+                    ),
                 )
                 .await;
             }
@@ -729,7 +758,10 @@ impl RegistryApi {
                 tracing::error!("an access request in the store names no valid CPR; refusing");
                 return refuse(
                     draft,
-                    GatewayError::Unavailable("access requests cannot be read".into()),
+                    GatewayError::refused(
+                        Reason::RegistryUnavailable,
+                        "access requests cannot be read",
+                    ),
                 )
                 .await;
             };
@@ -764,7 +796,12 @@ impl RegistryApi {
             .await
             .ok()
             .flatten()
-            .ok_or_else(|| GatewayError::Unavailable("the request cannot be read back".into()))?;
+            .ok_or_else(|| {
+                GatewayError::refused(
+                    Reason::RegistryUnavailable,
+                    "the request cannot be read back",
+                )
+            })?;
         tracing::info!(request = %decided.id, approved = message.approve, "access request decided");
         Ok(access_request(&decided))
     }
@@ -777,8 +814,9 @@ impl RegistryApi {
         draft: &mut AuditDraft,
     ) -> Result<RegistryChange, GatewayError> {
         if message.request_id.is_empty() || message.request_id.len() > 64 {
-            return Err(GatewayError::InvalidRequest(
-                "request_id is missing or malformed".into(),
+            return Err(GatewayError::refused(
+                Reason::FieldInvalid,
+                "request_id is missing or malformed",
             ));
         }
         let reason = message.reason.trim().to_owned();
@@ -788,21 +826,25 @@ impl RegistryApi {
                 .until
                 .as_ref()
                 .ok_or_else(|| {
-                    GatewayError::InvalidRequest("an approval needs an end (until)".into())
+                    GatewayError::refused(Reason::FieldInvalid, "an approval needs an end (until)")
                 })
                 .and_then(|t| from_timestamp(t, "until"))?;
             let max = self.pipeline.policy().max_grant();
             if until <= now || until > now + max {
-                return Err(GatewayError::InvalidRequest(format!(
-                    "an approval must end in the future and within {} days",
-                    max.num_days()
-                )));
+                return Err(GatewayError::refused(
+                    Reason::FieldInvalid,
+                    format!(
+                        "an approval must end in the future and within {} days",
+                        max.num_days()
+                    ),
+                ));
             }
             (Some(tier), Some(until))
         } else {
             if reason.is_empty() {
-                return Err(GatewayError::InvalidRequest(
-                    "a denial needs a reason".into(),
+                return Err(GatewayError::refused(
+                    Reason::FieldInvalid,
+                    "a denial needs a reason",
                 ));
             }
             (None, None)
@@ -816,7 +858,10 @@ impl RegistryApi {
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "registry unreadable");
-                GatewayError::Unavailable("access requests cannot be read".into())
+                GatewayError::refused(
+                    Reason::RegistryUnavailable,
+                    "access requests cannot be read",
+                )
             })?;
         if let Some(filed) = &filed {
             if filed.owner_department == caller.department
@@ -825,8 +870,9 @@ impl RegistryApi {
                 draft.citizen(&cpr);
             }
             if tier.is_some_and(|t| t > filed.tier_wanted) {
-                return Err(GatewayError::InvalidRequest(
-                    "the tier granted cannot exceed the tier asked for".into(),
+                return Err(GatewayError::refused(
+                    Reason::FieldInvalid,
+                    "the tier granted cannot exceed the tier asked for",
                 ));
             }
         }
@@ -855,7 +901,9 @@ pub(crate) async fn call<T>(
     let request_id = uuid::Uuid::new_v4().to_string();
     let span = span(&request_id, rpc);
     async {
-        let answer = f(&request_id).await.map_err(|e| status(&e, &request_id))?;
+        let answer = f(&request_id)
+            .await
+            .map_err(|e| e.into_status(&request_id))?;
         let mut response = Response::new(answer);
         if let Ok(value) = request_id.parse() {
             response
@@ -931,5 +979,27 @@ impl AccessRequestService for RegistryApi {
             RegistryApi::decide_request(self, request, id).await
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A change the store refused is recorded with the reason its caller is refused for.
+    #[test]
+    fn a_refused_change_is_recorded_with_the_reason_it_is_refused_for() {
+        for change in [
+            ChangeOutcome::Applied,
+            ChangeOutcome::NotFound,
+            ChangeOutcome::AlreadyDone,
+            ChangeOutcome::WrongDepartment,
+            ChangeOutcome::Invalid,
+        ] {
+            let refused = outcome(change, "request")
+                .err()
+                .map(|e| e.reason().as_str());
+            assert_eq!(refused, change.reason(), "{change:?}");
+        }
     }
 }

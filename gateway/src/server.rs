@@ -487,7 +487,7 @@ impl LookupService for LookupApi {
                     timeout,
                 )
                 .await
-                .map_err(|e| refuse(&e, &request_id))?;
+                .map_err(|e| e.into_status(&request_id))?;
             tracing::info!(
                 sources = response.sources.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -518,10 +518,11 @@ impl LookupService for LookupApi {
                     timeout,
                 )
                 .await
-                .map_err(|e| refuse(&e, &request_id))?;
+                .map_err(|e| e.into_status(&request_id))?;
             let id = request_id.clone();
-            let stream: SourceResultStream =
-                Box::pin(ReceiverStream::new(results).map(move |r| r.map_err(|e| refuse(&e, &id))));
+            let stream: SourceResultStream = Box::pin(
+                ReceiverStream::new(results).map(move |r| r.map_err(|e| e.into_status(&id))),
+            );
             Ok(with_request_id(Response::new(stream), &request_id))
         }
         .instrument(span)
@@ -546,7 +547,7 @@ impl PolicyService for LookupApi {
                     request.get_ref(),
                 )
                 .await
-                .map_err(|e| refuse(&e, &request_id))?;
+                .map_err(|e| e.into_status(&request_id))?;
             tracing::info!(cases = response.cases.len(), "policy explained");
             Ok(with_request_id(Response::new(response), &request_id))
         }
@@ -566,11 +567,6 @@ pub fn request_span(request_id: &str, rpc: &'static str) -> tracing::Span {
         purpose = tracing::field::Empty,
         relation = tracing::field::Empty,
     )
-}
-
-fn refuse(error: &crate::error::GatewayError, request_id: &str) -> Status {
-    tracing::info!(error = %error, "lookup refused");
-    error.to_status(request_id)
 }
 
 #[cfg(test)]

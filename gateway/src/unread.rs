@@ -7,7 +7,7 @@
 
 use crate::audit::AuditDraft;
 use crate::auth::Credentials;
-use crate::error::{GatewayError, REQUEST_ID_HEADER};
+use crate::error::{GatewayError, REQUEST_ID_HEADER, Reason, refusal_status};
 use crate::lookup::LookupPipeline;
 use futures::future::BoxFuture;
 use samblik_audit::Action;
@@ -124,7 +124,7 @@ where
             let response = answer.await?;
             let caller = unanswered.answered();
             match refused_unread(&response) {
-                Some(code) => Ok(record(&pipeline, action, code, caller, response).await),
+                Some(refused) => Ok(record(&pipeline, action, refused, caller).await),
                 None => Ok(response),
             }
         })
@@ -182,24 +182,24 @@ fn record_abandoned(pipeline: &LookupPipeline, action: Action, caller: http::Req
     );
 }
 
-/// The code of an error that no handler answered: non-OK, trailers-only, no request id.
-fn refused_unread(response: &http::Response<Body>) -> Option<Code> {
+/// The status of an error that no handler answered: non-OK, trailers-only, no request id.
+fn refused_unread(response: &http::Response<Body>) -> Option<tonic::Status> {
     let headers = response.headers();
     if headers.contains_key(REQUEST_ID_HEADER) {
         return None;
     }
-    let code = Code::from_bytes(headers.get("grpc-status")?.as_bytes());
-    (code != Code::Ok).then_some(code)
+    let status = tonic::Status::from_header_map(headers)?;
+    (status.code() != Code::Ok).then_some(status)
 }
 
-/// Records the unread request and returns `response` with the record's request id, or
-/// UNAVAILABLE if the record could not be written.
+/// Records the unread request and answers with tonic's `refused`, under its reason's code with
+/// the record's request id (a trailers-only answer has no body to keep), or UNAVAILABLE if the
+/// record could not be written.
 async fn record(
     pipeline: &LookupPipeline,
     action: Action,
-    code: Code,
+    refused: tonic::Status,
     caller: http::Request<()>,
-    response: http::Response<Body>,
 ) -> http::Response<Body> {
     let request_id = uuid::Uuid::new_v4().to_string();
     let span = tracing::info_span!("unread", request_id = %request_id, action = ?action);
@@ -218,24 +218,42 @@ async fn record(
         if let Err(e) = pipeline.authenticate(&credentials, &mut draft) {
             tracing::info!(error = %e, "unread request's caller not identified");
         }
-        let why = match code {
-            Code::OutOfRange | Code::ResourceExhausted => "it is larger than the size limit",
-            Code::Internal => "it is not a valid protobuf message",
-            _ => "the transport refused it",
-        };
-        let error = GatewayError::InvalidRequest(format!("the request could not be read: {why}"));
-        tracing::info!(code = ?code, "request refused unread");
-        let mut response = match draft.refused(&error).await {
-            Ok(()) => response,
+        let (reason, why) = unread_reason(refused.code());
+        let error = GatewayError::refused(reason, format!("the request could not be read: {why}"));
+        tracing::info!(code = ?refused.code(), reason = %reason, "request refused unread");
+        match draft.refused(&error).await {
+            // Tonic's words and metadata (such as the encodings it accepts).
+            Ok(()) => refusal_status(
+                reason,
+                refused.message().to_owned(),
+                &request_id,
+                refused.metadata().clone(),
+            )
+            .into_http(),
             Err(e) => e.to_status(&request_id).into_http(),
-        };
-        if let Ok(value) = request_id.parse() {
-            response.headers_mut().insert(REQUEST_ID_HEADER, value);
         }
-        response
     }
     .instrument(span)
     .await
+}
+
+/// Why tonic refused a request unread, by the code it answered with: the reason, and what the
+/// record says of it.
+fn unread_reason(code: Code) -> (Reason, &'static str) {
+    match code {
+        Code::OutOfRange | Code::ResourceExhausted => {
+            (Reason::MessageTooLarge, "it is larger than the size limit")
+        }
+        Code::Unimplemented => (
+            Reason::CompressionUnsupported,
+            "it is compressed, and no compression is accepted",
+        ),
+        Code::Internal => (
+            Reason::MessageUndecodable,
+            "it is not a valid protobuf message",
+        ),
+        _ => (Reason::MessageUndecodable, "the transport refused it"),
+    }
 }
 
 #[cfg(test)]
@@ -260,19 +278,26 @@ mod tests {
         assert_eq!(action_of("/samblik.v1.LookupService/Nothing"), None);
     }
 
+    /// The refusals tonic makes keep their code: only their reason is added.
+    #[test]
+    fn an_unread_refusal_keeps_tonics_code() {
+        for code in [Code::OutOfRange, Code::Internal, Code::Unimplemented] {
+            assert_eq!(unread_reason(code).0.code(), code);
+        }
+        assert_eq!(unread_reason(Code::OutOfRange).0, Reason::MessageTooLarge);
+    }
+
     #[test]
     fn only_a_non_ok_response_without_a_request_id_is_unread() {
         let status = |code: Code| tonic::Status::new(code, "x").into_http::<Body>();
-        assert_eq!(
-            refused_unread(&status(Code::OutOfRange)),
-            Some(Code::OutOfRange)
-        );
+        let code = |response| refused_unread(&response).map(|s| s.code());
+        assert_eq!(code(status(Code::OutOfRange)), Some(Code::OutOfRange));
         let mut answered = status(Code::InvalidArgument);
         answered
             .headers_mut()
             .insert(REQUEST_ID_HEADER, http::HeaderValue::from_static("r-1"));
-        assert_eq!(refused_unread(&answered), None);
+        assert_eq!(code(answered), None);
         // An answer's headers carry no status (it comes in the trailers).
-        assert_eq!(refused_unread(&http::Response::new(Body::empty())), None);
+        assert_eq!(code(http::Response::new(Body::empty())), None);
     }
 }

@@ -375,10 +375,15 @@ fn parse_purpose(code: &str) -> Result<Purpose, String> {
         .ok_or_else(|| "expected prepare-meeting, draft-plan, follow-up or coordinate".to_owned())
 }
 
-/// A gRPC status as a one-line error; anything else as it is.
+/// A gRPC status as a one-line error, with a refusal's reason; anything else as it is.
 fn status_error(e: anyhow::Error) -> anyhow::Error {
     match e.downcast::<tonic::Status>() {
-        Ok(status) => anyhow::anyhow!("{:?}: {}", status.code(), status.message()),
+        Ok(status) => match samblik_gateway::error::Reason::of_status(&status) {
+            Some(reason) => {
+                anyhow::anyhow!("{:?} ({reason}): {}", status.code(), status.message())
+            }
+            None => anyhow::anyhow!("{:?}: {}", status.code(), status.message()),
+        },
         Err(e) => e,
     }
 }

@@ -107,7 +107,11 @@ pub fn render_explanation(response: &samblik_proto::v1::ExplainResponse) -> Stri
         }
     );
     if !response.refusal.is_empty() {
-        let _ = writeln!(out, "The lookup would be refused: {}", response.refusal);
+        let _ = writeln!(
+            out,
+            "The lookup would be refused ({}): {}",
+            response.refusal_reason, response.refusal
+        );
     }
     for case in &response.cases {
         let case_type = case.case_type.as_ref().map_or("", |t| t.code.as_str());

@@ -262,6 +262,22 @@ pub fn request_id_of(metadata: &tonic::metadata::MetadataMap) -> String {
         .to_owned()
 }
 
+/// A refusal's stable reason: its `google.rpc.ErrorInfo`'s, checked to be Samblik's and to name
+/// the request id its `x-request-id` header names; panics if it has none.
+pub fn reason_of(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "samblik", "{info:?}");
+    assert_eq!(
+        info.metadata.get("request_id"),
+        Some(&request_id_of(status.metadata())),
+        "{info:?}"
+    );
+    info.reason
+}
+
 /// Every record of every chain in the SQLite audit store `db`.
 pub fn audit_records_in(db: &std::path::Path) -> Vec<samblik_audit::AuditRecord> {
     use samblik_audit::AuditStore;

@@ -117,6 +117,9 @@ pub struct AuditEvent {
     pub outcome: Outcome,
     /// A short, safe reason for outcomes other than `answered`.
     pub detail: Option<String>,
+    /// A refusal's stable machine-readable reason (the gateway's `ErrorInfo` reason, e.g.
+    /// `NO_RELATION`); `None` on every other record.
+    pub reason: Option<String>,
     pub sources: Vec<SourceEntry>,
     pub policy_version: String,
 }
@@ -139,6 +142,10 @@ pub struct AuditRecord {
     pub break_glass_reason: Option<String>,
     pub outcome: Outcome,
     pub detail: Option<String>,
+    /// A refusal's stable reason. Absent on every other record, and on refusals written before
+    /// refusals had reasons, and then not encoded at all, so those records hash as they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub sources: Vec<SourceEntry>,
     pub policy_version: String,
     /// A registry change this record describes (the consent or request, never a token), as
@@ -191,6 +198,8 @@ struct Content<'a> {
     break_glass_reason: &'a Option<String>,
     outcome: Outcome,
     detail: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
     sources: &'a [SourceEntry],
     policy_version: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -209,6 +218,7 @@ impl AuditEvent {
             break_glass_reason: &self.break_glass_reason,
             outcome: self.outcome,
             detail: &self.detail,
+            reason: self.reason.as_deref(),
             sources: &self.sources,
             policy_version: &self.policy_version,
             change,
@@ -320,6 +330,7 @@ impl AuditRecord {
             break_glass_reason: event.break_glass_reason,
             outcome: event.outcome,
             detail: event.detail,
+            reason: event.reason,
             sources: event.sources,
             policy_version: event.policy_version,
             change,
@@ -436,6 +447,7 @@ mod tests {
             break_glass_reason: None,
             outcome: Outcome::Answered,
             detail: None,
+            reason: None,
             sources: vec![],
             policy_version: "v1".into(),
         }
@@ -518,6 +530,37 @@ mod tests {
         assert_eq!(back.compute_hash(), a.hash);
     }
 
+    /// A refusal's reason is encoded right after its detail and hashed; a record without one
+    /// encodes as records always have (the pinned encoding above).
+    #[test]
+    fn a_reason_is_hashed_and_round_trips() {
+        let mut refused = event();
+        refused.outcome = Outcome::Denied;
+        refused.detail = Some("permission denied: no open case".into());
+        refused.reason = Some("NO_RELATION".into());
+        let at = "2026-01-01T00:00:00Z";
+        let a = AuditRecord::seal(refused.clone(), "c", 1, at.into(), GENESIS_HASH);
+        let json = a.canonical_json();
+        assert!(
+            json.contains(
+                r#""detail":"permission denied: no open case","reason":"NO_RELATION","sources":[]"#
+            ),
+            "{json}"
+        );
+        let sealed = refused.encode(None).seal("c", 1, at.into(), GENESIS_HASH);
+        assert_eq!(sealed.body, json);
+        assert_eq!(sealed.hash, a.hash);
+        let back = AuditRecord::from_stored(&json, &a.hash).unwrap();
+        assert_eq!(back, a);
+        assert_eq!(back.reason.as_deref(), Some("NO_RELATION"));
+        assert_eq!(back.compute_hash(), a.hash);
+        let mut reworded = back.clone();
+        reworded.reason = Some("ROLE_REQUIRED".into());
+        assert_ne!(reworded.compute_hash(), a.hash);
+        reworded.reason = None;
+        assert_ne!(reworded.compute_hash(), a.hash);
+    }
+
     /// The writer frames the caller's encoding instead of serialising the record: the two must
     /// give the same bytes, or the hashes it writes would not verify.
     #[test]
@@ -528,6 +571,7 @@ mod tests {
         odd.actor.system = Some("fagsystem\n2".into());
         odd.cpr = None;
         odd.detail = Some("</script>&amp;".into());
+        odd.reason = Some("NO_\"RELATION\u{1}".into());
         odd.break_glass_reason = Some("akut".into());
         odd.sources = vec![SourceEntry {
             source_id: "child-welfare".into(),

@@ -138,6 +138,18 @@ impl ChangeOutcome {
             ChangeOutcome::Invalid => "invalid",
         }
     }
+
+    /// The refusal's reason in the change's record, as the gateway's refusal of the call names
+    /// it (its `ErrorInfo` reason); `None` for a change that was made.
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            ChangeOutcome::Applied => None,
+            ChangeOutcome::NotFound => Some("ITEM_NOT_FOUND"),
+            ChangeOutcome::AlreadyDone => Some("ALREADY_DONE"),
+            ChangeOutcome::WrongDepartment => Some("WRONG_DEPARTMENT"),
+            ChangeOutcome::Invalid => Some("FIELD_INVALID"),
+        }
+    }
 }
 
 impl RequestState {

@@ -5,10 +5,11 @@
 //! - `break-glass`: every lookup made with break-the-glass.
 //! - `outside-hours`: a lookup outside working hours (local time) or on a weekend.
 //! - `many-lookups`: a caller's lookups in one clock hour above a threshold.
-//! - `many-denied`: the distinct citizens a caller was refused for lack of relation (no open
-//!   case in their department) in one local day, above a threshold — someone trying citizens
-//!   they have no case for. Refusals for any other reason (a calling system not admitted, a
-//!   purpose it may not use) do not count, nor does trying the same citizen again.
+//! - `many-denied`: the distinct citizens a caller was refused for lack of relation (reason
+//!   [`NO_RELATION`]: no open case in their department) in one local day, above a threshold —
+//!   someone trying citizens they have no case for. Refusals for any other reason (a calling
+//!   system not admitted, a purpose it may not use) do not count, nor does trying the same
+//!   citizen again.
 
 use crate::record::AuditRecord;
 use crate::search::Activity;
@@ -23,21 +24,30 @@ pub const OUTSIDE_HOURS: &str = "outside-hours";
 pub const MANY_LOOKUPS: &str = "many-lookups";
 pub const MANY_DENIED: &str = "many-denied";
 
-/// How the gateway's refusal of a caller with no relation to the citizen begins (the caller
-/// has no open case for the citizen in their own department). The gateway builds that refusal
-/// from this text, and the review queue recognises it in a record's `detail` by it: the record
-/// format has no field for why a lookup was refused, and gains none.
-pub const NO_RELATION: &str = "you have no open case for this citizen in your department";
+/// The reason the gateway records on a refusal for lack of relation (the caller has no open
+/// case for the citizen in their own department). The review queue counts refusals by it, never
+/// by their message, which is for people and may be reworded.
+pub const NO_RELATION: &str = "NO_RELATION";
 
-/// What the gateway puts before a refusal's message in a record's `detail` (its
-/// `PermissionDenied` error as text).
-const DENIED_PREFIX: &str = "permission denied: ";
+/// Whether a refused record (its `reason` and `detail`) is a refusal for lack of relation.
+pub fn is_no_relation(reason: Option<&str>, detail: Option<&str>) -> bool {
+    match reason {
+        Some(reason) => reason == NO_RELATION,
+        None => detail.is_some_and(is_legacy_no_relation_detail),
+    }
+}
 
-/// Whether a refused record's `detail` says the caller had no relation to the citizen.
-pub fn is_no_relation_detail(detail: &str) -> bool {
-    detail
-        .strip_prefix(DENIED_PREFIX)
-        .is_some_and(|message| message.starts_with(NO_RELATION))
+/// How a refusal for lack of relation's `detail` began in records written before refusals had
+/// a reason. Frozen: stores hold years of those records, and the review queue must go on
+/// counting them, whatever the gateway's message says today.
+const LEGACY_NO_RELATION_DETAIL: &str =
+    "permission denied: you have no open case for this citizen in your department";
+
+/// Whether a refusal recorded without a reason was one for lack of relation, by its `detail`:
+/// for records written before refusals had reasons only. A record with a reason is judged by
+/// its reason ([`is_no_relation`]).
+fn is_legacy_no_relation_detail(detail: &str) -> bool {
+    detail.starts_with(LEGACY_NO_RELATION_DETAIL)
 }
 
 /// How a group item's key names its window's start (UTC), and that text's length.
@@ -409,7 +419,7 @@ impl ReviewRules {
             flags.push(MANY_LOOKUPS);
         }
         let no_relation = record.outcome == crate::Outcome::Denied
-            && record.detail.as_deref().is_some_and(is_no_relation_detail);
+            && is_no_relation(record.reason.as_deref(), record.detail.as_deref());
         if no_relation && distinct_citizens(&denied_in_day) > self.max_denied_per_day {
             flags.push(MANY_DENIED);
         }
@@ -436,6 +446,7 @@ fn lookups<'a>(records: impl Iterator<Item = &'a Activity>) -> Vec<Activity> {
             Some(&i) => {
                 if r.outcome == crate::Outcome::Denied.as_str() {
                     lookups[i].outcome.clone_from(&r.outcome);
+                    lookups[i].reason.clone_from(&r.reason);
                     lookups[i].detail.clone_from(&r.detail);
                 }
             }
@@ -492,22 +503,46 @@ mod tests {
 
     /// A lookup of a citizen of its own (by `id`); a `denied` one refused for lack of relation.
     fn lookup(id: usize, at: &str, caller: &str, outcome: &str) -> Activity {
-        let detail = (outcome == "denied").then(no_relation_detail);
+        let why = if outcome == "denied" {
+            no_relation()
+        } else {
+            Why::default()
+        };
         Activity {
             outcome: outcome.into(),
-            ..refusal(id, at, caller, &format!("01019{id:05}"), detail)
+            ..refusal(id, at, caller, &format!("01019{id:05}"), why)
         }
     }
 
-    /// The detail the gateway records for a lookup refused for lack of relation.
-    fn no_relation_detail() -> String {
-        format!(
-            "{DENIED_PREFIX}{NO_RELATION}; if you must look anyway, break the glass with a written reason"
-        )
+    /// Why a lookup was refused, as its record says.
+    #[derive(Debug, Clone, Default)]
+    struct Why {
+        reason: Option<&'static str>,
+        detail: Option<String>,
     }
 
-    /// A refused lookup of `cpr`, with `detail`.
-    fn refusal(id: usize, at: &str, caller: &str, cpr: &str, detail: Option<String>) -> Activity {
+    /// How the gateway records a refusal for lack of relation.
+    fn no_relation() -> Why {
+        Why {
+            reason: Some(NO_RELATION),
+            detail: Some(
+                "permission denied: you have no open case for this citizen in your department; \
+                 if you must look anyway, break the glass with a written reason"
+                    .into(),
+            ),
+        }
+    }
+
+    /// How a refusal for lack of relation was recorded before refusals had reasons.
+    fn legacy_no_relation() -> Why {
+        Why {
+            reason: None,
+            ..no_relation()
+        }
+    }
+
+    /// A refused lookup of `cpr`, refused for `why`.
+    fn refusal(id: usize, at: &str, caller: &str, cpr: &str, why: Why) -> Activity {
         Activity {
             at: at.into(),
             request_id: format!("r-{id}"),
@@ -515,7 +550,8 @@ mod tests {
             department: "jobcenter".into(),
             cpr: Some(cpr.into()),
             outcome: "denied".into(),
-            detail,
+            reason: why.reason.map(str::to_owned),
+            detail: why.detail,
         }
     }
 
@@ -532,6 +568,7 @@ mod tests {
             break_glass_reason: None,
             outcome: crate::Outcome::Answered,
             detail: None,
+            reason: None,
             sources: Vec::new(),
             policy_version: String::new(),
         };
@@ -607,6 +644,7 @@ mod tests {
         record.request_id.clone_from(&a.request_id);
         record.cpr.clone_from(&a.cpr);
         record.outcome = crate::Outcome::Denied;
+        record.reason.clone_from(&a.reason);
         record.detail.clone_from(&a.detail);
         record
     }
@@ -627,7 +665,7 @@ mod tests {
         let activity: Vec<Activity> = (0..6)
             .map(|i| {
                 let at = format!("2026-11-23T09:0{i}:00.000000Z");
-                refusal(i, &at, "cw-a", "0101901235", Some(no_relation_detail()))
+                refusal(i, &at, "cw-a", "0101901235", no_relation())
             })
             .collect();
         assert!(many_denied(&rules, &activity).is_empty());
@@ -668,7 +706,7 @@ mod tests {
             .map(|i| {
                 let at = format!("2026-11-23T10:{i:02}:00.000000Z");
                 let cpr = format!("01019{:05}", i % 5);
-                refusal(i, &at, "cw-a", &cpr, Some(no_relation_detail()))
+                refusal(i, &at, "cw-a", &cpr, no_relation())
             })
             .collect();
         assert!(many_denied(&rules, &twice).is_empty());
@@ -680,27 +718,49 @@ mod tests {
             max_denied_per_day: 1,
             ..ReviewRules::default()
         };
+        let why = |reason: Option<&'static str>, detail: Option<&str>| Why {
+            reason,
+            detail: detail.map(str::to_owned),
+        };
         let others = [
-            "permission denied: the calling system may not look up for the purpose follow-up",
-            "permission denied: the calling system is not admitted",
-            // The text alone, not as the gateway records a refusal, is not one.
-            NO_RELATION,
+            why(
+                Some("PURPOSE_NOT_ALLOWED"),
+                Some(
+                    "permission denied: the calling system may not look up for the purpose follow-up",
+                ),
+            ),
+            why(
+                Some("SYSTEM_NOT_ADMITTED"),
+                Some("permission denied: the calling system is not admitted"),
+            ),
+            // The reason decides, whatever the text says.
+            Why {
+                reason: Some("PURPOSE_NOT_ALLOWED"),
+                ..legacy_no_relation()
+            },
+            // Recorded before reasons: by the text, which is another refusal's...
+            why(
+                None,
+                Some(
+                    "permission denied: the calling system may not look up for the purpose follow-up",
+                ),
+            ),
+            // ...or the no-relation text alone, not as the gateway recorded a refusal...
+            why(
+                None,
+                Some("you have no open case for this citizen in your department"),
+            ),
+            // ...or nothing at all.
+            why(None, None),
         ];
         let activity: Vec<Activity> = others
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(i, detail)| {
+            .map(|(i, why)| {
                 let at = format!("2026-11-23T09:0{i}:00.000000Z");
                 let cpr = format!("01019{i:05}");
-                refusal(i, &at, "cw-a", &cpr, Some((*detail).to_owned()))
+                refusal(i, &at, "cw-a", &cpr, why)
             })
-            .chain([refusal(
-                7,
-                "2026-11-23T09:07:00.000000Z",
-                "cw-a",
-                "0101900007",
-                None,
-            )])
             .collect();
         assert!(many_denied(&rules, &activity).is_empty());
         for a in &activity {
@@ -720,6 +780,69 @@ mod tests {
             many_denied(&rules, &with_one)[0].request_ids,
             ["r-8", "r-9"]
         );
+    }
+
+    /// The message is for people and may be reworded: the reason is what counts.
+    #[test]
+    fn a_reworded_refusal_for_lack_of_relation_is_counted_by_its_reason() {
+        let rules = ReviewRules {
+            max_denied_per_day: 1,
+            ..ReviewRules::default()
+        };
+        let reworded = || Why {
+            reason: Some(NO_RELATION),
+            detail: Some("permission denied: ingen åben sag for borgeren i din forvaltning".into()),
+        };
+        let activity: Vec<Activity> = (0..2)
+            .map(|i| {
+                let at = format!("2026-11-23T09:0{i}:00.000000Z");
+                refusal(i, &at, "cw-a", &format!("01019{i:05}"), reworded())
+            })
+            .collect();
+        assert_eq!(many_denied(&rules, &activity)[0].count, 2);
+        assert!(
+            rules
+                .flags(&refused_record(&activity[1]), &activity)
+                .contains(&MANY_DENIED)
+        );
+    }
+
+    /// Stores hold years of refusals recorded before refusals had reasons: those are still
+    /// counted, by their detail, and together with the ones that have a reason.
+    #[test]
+    fn refusals_recorded_before_reasons_are_counted_by_their_detail() {
+        let rules = ReviewRules {
+            max_denied_per_day: 1,
+            ..ReviewRules::default()
+        };
+        let old = refusal(
+            1,
+            "2026-11-23T09:01:00.000000Z",
+            "cw-a",
+            "0101900001",
+            legacy_no_relation(),
+        );
+        let new = lookup(2, "2026-11-23T09:02:00.000000Z", "cw-a", "denied");
+        assert!(new.reason.is_some() && old.reason.is_none());
+        let activity = vec![old.clone(), new];
+        assert_eq!(
+            many_denied(&rules, &activity)[0].request_ids,
+            ["r-1", "r-2"]
+        );
+        assert!(
+            rules
+                .flags(&refused_record(&old), &activity)
+                .contains(&MANY_DENIED)
+        );
+        let two_old = vec![
+            old.clone(),
+            Activity {
+                request_id: "r-3".into(),
+                cpr: Some("0101900003".into()),
+                ..old
+            },
+        ];
+        assert_eq!(many_denied(&rules, &two_old)[0].count, 2);
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl Cursor {
 }
 
 /// A lookup as the review queue needs it: who, when, about whom, how it ended — and, for a
-/// refused lookup only, why (its `detail`, the one part of the body read).
+/// refused lookup only, why (its `reason` and `detail`, the one part of the body read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Activity {
     pub at: String,
@@ -73,6 +73,9 @@ pub struct Activity {
     /// The citizen looked up (`None` when the request named no valid CPR).
     pub cpr: Option<String>,
     pub outcome: String,
+    /// The refusal's reason; `None` for a lookup that was not refused, and for a refusal
+    /// recorded before refusals had reasons.
+    pub reason: Option<String>,
     /// The refusal's detail; `None` for a lookup that was not refused.
     pub detail: Option<String>,
 }
@@ -82,10 +85,7 @@ impl Activity {
     /// open case in their department), rather than for any other reason.
     pub fn refused_for_lack_of_relation(&self) -> bool {
         self.outcome == Outcome::Denied.as_str()
-            && self
-                .detail
-                .as_deref()
-                .is_some_and(crate::review::is_no_relation_detail)
+            && crate::review::is_no_relation(self.reason.as_deref(), self.detail.as_deref())
     }
 }
 
@@ -331,22 +331,33 @@ pub(crate) fn activity_sql(
     );
     let callers: Vec<&str> = callers.iter().map(String::as_str).collect();
     w.one_of("caller_id", &callers);
-    // Only a refusal's body is read, and only its detail: few lookups are refused.
-    let detail = match dialect {
-        Dialect::Sqlite => "json_extract(samblik_body(body), '$.detail')",
-        Dialect::Postgres => "(body::jsonb ->> 'detail')",
+    // Only a refusal's body is read, once, and only its reason and detail, as the JSON array
+    // `[reason, detail]` ([`refusal_of`]): few lookups are refused.
+    let why = match dialect {
+        Dialect::Sqlite => "json_extract(samblik_body(body), '$.reason', '$.detail')",
+        Dialect::Postgres => {
+            "(SELECT jsonb_build_array(j -> 'reason', j -> 'detail')::text \
+              FROM (SELECT body::jsonb) AS b(j))"
+        }
     };
     let denied = w.bind(Param::Text(Outcome::Denied.as_str().to_owned()));
     Sql {
         text: format!(
             "SELECT at, request_id, caller_id, department, cpr, outcome,
-                    CASE WHEN outcome = {denied} THEN {detail} END
+                    CASE WHEN outcome = {denied} THEN {why} END
              FROM audit_records
              WHERE {} ORDER BY at",
             w.render()
         ),
         params: w.params,
     }
+}
+
+/// A refusal's reason and detail from [`activity_sql`]'s `[reason, detail]`; nothing for a
+/// lookup that was not refused, or a value that is not that array.
+fn refusal_of(why: Option<String>) -> (Option<String>, Option<String>) {
+    why.and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
 }
 
 /// Parses a page of stored rows back into records, checking each body against its hash: a
@@ -507,6 +518,7 @@ pub(crate) fn sqlite_activity(
         let found = stmt.query_map(
             rusqlite::params_from_iter(sqlite_params(&sql.params)),
             |r| {
+                let (reason, detail) = refusal_of(r.get(6)?);
                 Ok(Activity {
                     at: r.get(0)?,
                     request_id: r.get(1)?,
@@ -514,7 +526,8 @@ pub(crate) fn sqlite_activity(
                     department: r.get(3)?,
                     cpr: r.get(4)?,
                     outcome: r.get(5)?,
-                    detail: r.get(6)?,
+                    reason,
+                    detail,
                 })
             },
         )?;
@@ -564,6 +577,7 @@ pub(crate) fn postgres_activity(
         .query(&sql.text, &postgres_params(&sql.params))?
         .iter()
         .map(|r| {
+            let (reason, detail) = refusal_of(r.try_get(6)?);
             Ok(Activity {
                 at: r.try_get(0)?,
                 request_id: r.try_get(1)?,
@@ -571,7 +585,8 @@ pub(crate) fn postgres_activity(
                 department: r.try_get(3)?,
                 cpr: r.try_get(4)?,
                 outcome: r.try_get(5)?,
-                detail: r.try_get(6)?,
+                reason,
+                detail,
             })
         })
         .collect::<Result<Vec<_>, postgres::Error>>()?)

@@ -388,6 +388,7 @@ pub fn maintenance_event(detail: String, options: &WriterOptions) -> AuditEvent 
         break_glass_reason: None,
         outcome: Outcome::Answered,
         detail: Some(detail),
+        reason: None,
         sources: Vec::new(),
         policy_version: options.policy_version.clone(),
     }
@@ -1137,6 +1138,7 @@ impl Writer {
                     // still takes the same place in the chain.
                     (state.seq, state.hash) = before.clone();
                     let mut event = event.clone();
+                    event.reason = outcome.reason().map(str::to_owned);
                     (event.outcome, event.detail) = match outcome {
                         ChangeOutcome::Applied => (Outcome::Answered, None),
                         ChangeOutcome::NotFound | ChangeOutcome::AlreadyDone => {

@@ -60,7 +60,8 @@ fn event(i: usize) -> AuditEvent {
         } else {
             Outcome::Answered
         },
-        detail: (i % 11 == 10).then(|| format!("permission denied: {}", review::NO_RELATION)),
+        detail: (i % 11 == 10).then(|| "permission denied: no open case for this citizen".into()),
+        reason: (i % 11 == 10).then(|| review::NO_RELATION.into()),
         sources: vec![
             case("child-welfare", 1, &existence),
             case("jobcenter", 3, &existence),
@@ -292,7 +293,7 @@ fn sqlite_bodies_are_compressed_once_trained_and_read_back_whole_everywhere() {
         .cloned()
         .collect();
     assert_eq!(citizen, expected);
-    // The review queue reads a refusal's detail out of its body, compressed or not.
+    // The review queue reads a refusal's reason out of its body, compressed or not.
     let activity = rt
         .block_on(registry.activity(chrono::DateTime::UNIX_EPOCH, chrono::Utc::now(), Vec::new()))
         .unwrap();

@@ -40,6 +40,7 @@ fn event(i: usize) -> AuditEvent {
         break_glass_reason: None,
         outcome: Outcome::Answered,
         detail: None,
+        reason: None,
         sources: vec![SourceEntry {
             source_id: "child-welfare".into(),
             status: "ok".into(),

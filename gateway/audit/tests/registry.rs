@@ -92,6 +92,7 @@ fn event(caller: &str, department: &str) -> AuditEvent {
         break_glass_reason: None,
         outcome: Outcome::Answered,
         detail: None,
+        reason: None,
         sources: vec![],
         policy_version: "test".into(),
     }
@@ -495,9 +496,19 @@ fn every_change_and_every_refusal_leaves_one_record_in_a_chain_that_verifies() {
                 assert_eq!(record.cpr.as_deref(), Some(CPR), "step {i}");
             }
             match expected {
-                ChangeOutcome::Applied => assert_eq!(record.detail, None),
+                ChangeOutcome::Applied => {
+                    assert_eq!((&record.detail, &record.reason), (&None, &None))
+                }
                 _ => assert!(record.detail.is_some(), "a refusal says why (step {i})"),
             }
+            let reason = match expected {
+                ChangeOutcome::Applied => None,
+                ChangeOutcome::NotFound => Some("ITEM_NOT_FOUND"),
+                ChangeOutcome::AlreadyDone => Some("ALREADY_DONE"),
+                ChangeOutcome::WrongDepartment => Some("WRONG_DEPARTMENT"),
+                ChangeOutcome::Invalid => Some("FIELD_INVALID"),
+            };
+            assert_eq!(record.reason.as_deref(), reason, "step {i}");
             if i == 1 {
                 rt.block_on(log.append(lookup())).unwrap();
                 last_seq += 1;

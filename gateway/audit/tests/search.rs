@@ -45,6 +45,7 @@ fn event(i: usize) -> AuditEvent {
             Outcome::Answered
         },
         detail: refusal_detail(i),
+        reason: refusal_reason(i),
         sources: Vec::new(),
         policy_version: "test".into(),
     }
@@ -53,15 +54,28 @@ fn event(i: usize) -> AuditEvent {
 /// Refusals are for lack of relation (every third) or for a purpose; others have no detail.
 fn refusal_detail(i: usize) -> Option<String> {
     i.is_multiple_of(5).then(|| {
-        if i.is_multiple_of(3) {
-            format!(
-                "permission denied: {}; break the glass",
-                review::NO_RELATION
-            )
-        } else {
-            "permission denied: the calling system may not look up for the purpose follow-up".into()
+        match (i.is_multiple_of(3), refusal_reason(i).is_some()) {
+            // The message is for people, and has been reworded since.
+            (true, true) => "permission denied: no case of yours for this citizen".into(),
+            (true, false) => "permission denied: you have no open case for this citizen in your \
+                              department; break the glass"
+                .into(),
+            (false, _) => {
+                "permission denied: the calling system may not look up for the purpose follow-up"
+                    .into()
+            }
         }
     })
+}
+
+/// Every odd refusal was recorded before refusals had reasons, and has none.
+fn refusal_reason(i: usize) -> Option<String> {
+    let reason = if i.is_multiple_of(3) {
+        review::NO_RELATION
+    } else {
+        "PURPOSE_NOT_ALLOWED"
+    };
+    (i.is_multiple_of(5) && i.is_multiple_of(2)).then(|| reason.into())
 }
 
 /// Writes `n` events through the writer (after its start-up record); returns every record of
@@ -187,19 +201,27 @@ fn every_filter_matches_a_full_scan_and_pages_join_up() {
         expected.reverse();
         let got: Vec<String> = activity.iter().map(|a| a.request_id.clone()).collect();
         assert_eq!(got, expected);
-        // With the citizen, and why a refused lookup was refused (read from its body).
-        for a in &activity {
+        // With the citizen, and why a refused lookup was refused (read from its body): by its
+        // reason, or by its detail if it was recorded before refusals had reasons.
+        let everyone = rt
+            .block_on(registry.activity(time(all.last().unwrap()), Utc::now(), Vec::new()))
+            .unwrap();
+        for a in &everyone {
             let i: usize = a.request_id["req-".len()..].parse().unwrap();
             assert_eq!(a.cpr.as_deref(), Some(CITIZENS[i % 3]));
             assert_eq!(a.detail, refusal_detail(i), "{a:?}");
+            assert_eq!(a.reason, refusal_reason(i), "{a:?}");
             assert_eq!(a.refused_for_lack_of_relation(), i.is_multiple_of(15));
         }
+        let kinds: Vec<(bool, bool)> = everyone
+            .iter()
+            .filter(|a| a.detail.is_some())
+            .map(|a| (a.refused_for_lack_of_relation(), a.reason.is_some()))
+            .collect();
+        for kind in [(true, true), (true, false), (false, true), (false, false)] {
+            assert!(kinds.contains(&kind), "{kind:?} in {kinds:?}");
+        }
         assert!(activity.iter().any(|a| a.refused_for_lack_of_relation()));
-        assert!(
-            activity
-                .iter()
-                .any(|a| a.detail.is_some() && !a.refused_for_lack_of_relation())
-        );
     }
 }
 

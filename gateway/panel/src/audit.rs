@@ -284,6 +284,7 @@ fn entry_detail(e: &AuditEntry) -> Markup {
                 @if !e.purpose.is_empty() { dt { "Formål" } dd { (purpose_code_label(&e.purpose)) } }
                 @if !e.break_glass_reason.is_empty() { dt { "Begrundelse for nødadgang" } dd { (e.break_glass_reason) } }
                 @if !e.detail.is_empty() { dt { "Detalje" } dd { (e.detail) } }
+                @if !e.reason.is_empty() { dt { "Afvisningsårsag" } dd { code { (e.reason) } } }
                 dt { "Politikversion" } dd { code { (e.policy_version) } }
                 dt { "Post" } dd { (e.chain) " #" (e.seq) ", hash " code { (e.hash.get(..16).unwrap_or(&e.hash)) "…" } }
             }

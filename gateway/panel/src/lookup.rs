@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
 use maud::{Markup, html};
-use samblik_gateway::error::GatewayError;
+use samblik_gateway::error::Reason;
 use samblik_gateway::lookup::BreakGlass;
 use samblik_proto::Cpr;
 use samblik_proto::v1::{self as pb, LookupRequest, Purpose, SourceResult, SourceStatus};
@@ -264,9 +264,10 @@ async fn refuse_invalid_input(
     match refused {
         Err(e) => {
             span.in_scope(|| tracing::info!(error = %e, "panel lookup refused"));
-            match e {
-                GatewayError::InvalidCpr(_) | GatewayError::InvalidRequest(_) => message.into(),
-                e => pages::refusal(&e.to_status(&request_id)),
+            if e.code() == tonic::Code::InvalidArgument {
+                message.into()
+            } else {
+                pages::refusal(&e.to_status(&request_id))
             }
         }
         // The forms read their input as the pipeline does (the purpose through
@@ -447,6 +448,7 @@ async fn answers(
                 &MessageEvent {
                     html: pages::fragment(refusal(
                         &status,
+                        e.reason(),
                         &render.lookup_id,
                         lookup.break_glass.is_some(),
                     )),
@@ -499,10 +501,16 @@ fn sse(
 }
 
 /// A refused lookup in words, with the way on where there is one.
-fn refusal(status: &tonic::Status, lookup_id: &str, was_break_glass: bool) -> Markup {
+fn refusal(
+    status: &tonic::Status,
+    reason: Reason,
+    lookup_id: &str,
+    was_break_glass: bool,
+) -> Markup {
     html! {
         (notice("fejl", &pages::refusal(status)))
-        @if status.code() == tonic::Code::PermissionDenied && !was_break_glass {
+        // Only a refusal for lack of relation is lifted by breaking the glass.
+        @if reason == Reason::NoRelation && !was_break_glass {
             p {
                 "Du har ingen åben sag for borgeren i din forvaltning. Er borgeren i akut fare, kan du "
                 a href=(format!("/panel/noedadgang?opslag={lookup_id}")) { "bryde glasset" }

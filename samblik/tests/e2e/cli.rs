@@ -217,6 +217,8 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
     let refused = explain(&token);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("PermissionDenied"));
+    // With the refusal's reason, for scripts to branch on.
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("PermissionDenied (ROLE_REQUIRED)"));
 
     // The auditor finds those lookups and exports them; the citizen sees who looked.
     let as_user = |user: &str| {

@@ -140,6 +140,7 @@ fn event(i: usize) -> AuditEvent {
         break_glass_reason: None,
         outcome: Outcome::Answered,
         detail: None,
+        reason: None,
         sources,
         policy_version: "sha256:ff1c58e0ab48dde9e407f480133d70e86feb1fb8e211f9fbfe0f5b168f71a99a"
             .into(),

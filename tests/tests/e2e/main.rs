@@ -14,4 +14,5 @@ mod lookup;
 mod panel;
 mod panel_browser;
 mod policy;
+mod refusals;
 mod tls;

@@ -142,6 +142,7 @@ pub fn lookup_event(i: usize) -> samblik_audit::AuditEvent {
         break_glass_reason: None,
         outcome: Outcome::Answered,
         detail: None,
+        reason: None,
         sources: Vec::new(),
         policy_version: "test".into(),
     }
