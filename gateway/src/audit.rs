@@ -1,14 +1,40 @@
 //! The gateway's side of the audit log: what each request becomes as an audit record, on every
 //! path — answered, refused, or abandoned by its caller.
 
-use crate::auth::{Caller, Credentials};
+use crate::auth::Caller;
+use crate::context::Credentials;
 use crate::error::GatewayError;
 use samblik_audit::registry::{ChangeOutcome, RegistryChange};
+use samblik_audit::review::ReviewRules;
+use samblik_audit::verify::{ChainSummary, VerifyError};
 use samblik_audit::{Action, Actor, AuditEvent, AuditLog, CaseEntry, Outcome, SourceEntry};
 use samblik_proto::Cpr;
 use samblik_proto::v1::{Case, Purpose, SourceStatus};
 use std::sync::Arc;
 use tonic::Code;
+
+/// Checks every chain of the store; runs on a blocking thread.
+pub type Verifier = dyn Fn() -> Result<Vec<ChainSummary>, VerifyError> + Send + Sync;
+
+/// How the log is read back, from config.
+#[derive(Clone, Default)]
+pub struct AuditAccess {
+    pub rules: ReviewRules,
+    /// Whether the citizen's view names the caseworker, or only their department.
+    pub citizen_sees_names: bool,
+    /// `None`: `Verify` answers UNAVAILABLE.
+    pub verifier: Option<Arc<Verifier>>,
+}
+
+impl std::fmt::Debug for AuditAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditAccess")
+            .field("rules", &self.rules)
+            .field("citizen_sees_names", &self.citizen_sees_names)
+            .field("verifier", &self.verifier.is_some())
+            .finish()
+    }
+}
 
 /// A request's audit record while the request runs. It must be finished with
 /// [`AuditDraft::answered`] or [`AuditDraft::refused`]; if it is dropped instead (the caller

@@ -4,9 +4,11 @@
 //! citizen's log too.
 
 use crate::audit::AuditDraft;
+pub use crate::audit::Verifier;
 use crate::error::{GatewayError, Reason};
 use crate::lookup::LookupPipeline;
-use crate::registry_api::{begin, call, from_timestamp, refuse, timestamp};
+use crate::registry_api::{begin, from_timestamp, refuse, timestamp};
+use crate::rpc::{SpanKind, call};
 use chrono::{DateTime, Duration, Utc};
 use samblik_audit::review::{self, ReviewMark, ReviewRules};
 use samblik_audit::search::{Activity, AuditQuery, Cursor};
@@ -48,35 +50,12 @@ const CITIZEN_VISIBLE: &[Action] = &[
     Action::AuditExported,
 ];
 
-/// Checks every chain of the store; runs on a blocking thread.
-pub type Verifier = dyn Fn() -> Result<Vec<ChainSummary>, VerifyError> + Send + Sync;
-
 fn chain_status(c: ChainSummary) -> pb::ChainStatus {
     pb::ChainStatus {
         chain: c.chain,
         records: c.records,
         checkpoints: u64::try_from(c.checkpoints).unwrap_or(u64::MAX),
         head_hash: c.head_hash,
-    }
-}
-
-/// How the log is read back, from config.
-#[derive(Clone, Default)]
-pub struct AuditAccess {
-    pub rules: ReviewRules,
-    /// Whether the citizen's view names the caseworker, or only their department.
-    pub citizen_sees_names: bool,
-    /// `None`: `Verify` answers UNAVAILABLE.
-    pub verifier: Option<Arc<Verifier>>,
-}
-
-impl std::fmt::Debug for AuditAccess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditAccess")
-            .field("rules", &self.rules)
-            .field("citizen_sees_names", &self.citizen_sees_names)
-            .field("verifier", &self.verifier.is_some())
-            .finish()
     }
 }
 
@@ -1052,7 +1031,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<SearchAuditRequest>,
     ) -> Result<Response<SearchAuditResponse>, Status> {
-        call("AuditSearch", async |id| {
+        call(SpanKind::Api, "AuditSearch", async |id| {
             AuditApi::search(self, request, id).await
         })
         .await
@@ -1064,7 +1043,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ExportAuditRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
-        call("AuditExport", async |id| {
+        call(SpanKind::Api, "AuditExport", async |id| {
             AuditApi::export(self, request, id).await
         })
         .await
@@ -1074,7 +1053,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<VerifyAuditRequest>,
     ) -> Result<Response<VerifyAuditResponse>, Status> {
-        call("AuditVerify", async |id| {
+        call(SpanKind::Api, "AuditVerify", async |id| {
             AuditApi::verify(self, request, id).await
         })
         .await
@@ -1084,7 +1063,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ReviewQueueRequest>,
     ) -> Result<Response<ReviewQueueResponse>, Status> {
-        call("ReviewQueue", async |id| {
+        call(SpanKind::Api, "ReviewQueue", async |id| {
             AuditApi::review_queue(self, request, id).await
         })
         .await
@@ -1094,7 +1073,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<MarkReviewedRequest>,
     ) -> Result<Response<pb::ReviewItem>, Status> {
-        call("MarkReviewed", async |id| {
+        call(SpanKind::Api, "MarkReviewed", async |id| {
             AuditApi::mark_reviewed(self, request, id).await
         })
         .await
@@ -1104,7 +1083,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<MyAccessLogRequest>,
     ) -> Result<Response<MyAccessLogResponse>, Status> {
-        call("MyAccessLog", async |id| {
+        call(SpanKind::Api, "MyAccessLog", async |id| {
             AuditApi::my_access_log(self, request, id).await
         })
         .await

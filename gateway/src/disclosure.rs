@@ -534,6 +534,19 @@ mod tests {
     use proptest::prelude::*;
     use samblik_audit::registry::{Recipients, RequestState};
 
+    /// The example in `deploy/`: its policy section loads over its sources as the gateway would.
+    #[test]
+    fn the_deploy_examples_policy_loads_over_its_sources() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/samblik.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let config: Config =
+            toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let policy = DisclosurePolicy::from_config(&config)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(policy.version().starts_with("sha256:"));
+    }
+
     const CPR: &str = "0101904321";
     const DEPARTMENTS: [&str; 3] = ["child-welfare", "jobcenter", "integration"];
     const CASE_TYPES: [&str; 4] = ["SL-140", "SL-12a", "LAB-27", "IL-19"];

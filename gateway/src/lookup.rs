@@ -8,7 +8,8 @@
 //! durable.
 
 use crate::audit::{AuditDraft, disclosed_fields, source_entry};
-use crate::auth::{Authenticator, Caller, CallingSystem, Credentials, PANEL_SYSTEM, Systems};
+use crate::auth::{Authenticator, Caller, CallingSystem, PANEL_SYSTEM, Systems};
+use crate::context::Credentials;
 use crate::disclosure::{DisclosurePolicy, LookupFacts, RegistryFacts, wire_tier};
 use crate::error::{GatewayError, Reason};
 use crate::source_stack::{self, SourceCall, SourceService, failure_status};
@@ -121,7 +122,7 @@ pub struct LookupPipeline {
     sources: Vec<GatewaySource>,
     limits: LookupLimits,
     audit: Arc<AuditLog>,
-    audit_access: Arc<crate::audit_api::AuditAccess>,
+    audit_access: Arc<crate::audit::AuditAccess>,
 }
 
 /// Whether a lookup breaks the glass.
@@ -253,7 +254,7 @@ impl LookupPipeline {
 
     /// How auditors and citizens read the log: review thresholds, the citizen's view and chain
     /// verification (none by default: `Verify` is then refused).
-    pub fn with_audit_access(mut self, access: crate::audit_api::AuditAccess) -> Self {
+    pub fn with_audit_access(mut self, access: crate::audit::AuditAccess) -> Self {
         self.audit_access = Arc::new(access);
         self
     }
@@ -265,7 +266,7 @@ impl LookupPipeline {
         self
     }
 
-    pub fn audit_access(&self) -> &crate::audit_api::AuditAccess {
+    pub fn audit_access(&self) -> &crate::audit::AuditAccess {
         &self.audit_access
     }
 
@@ -1149,51 +1150,5 @@ fn check_purpose(system: Option<&CallingSystem>, purpose: Purpose) -> Result<(),
             ),
         )),
         _ => Ok(()),
-    }
-}
-
-/// Parses a `grpc-timeout` header value (e.g. `1500m`, `2S`): up to 8 digits and a unit.
-pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_grpc_timeout;
-    use std::time::Duration;
-
-    #[test]
-    fn grpc_timeout_units() {
-        assert_eq!(
-            parse_grpc_timeout("1500m"),
-            Some(Duration::from_millis(1500))
-        );
-        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("1M"), Some(Duration::from_secs(60)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(
-            parse_grpc_timeout("250000u"),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(parse_grpc_timeout("5n"), Some(Duration::from_nanos(5)));
-        for bad in ["", "m", "10", "10x", "-1S", "123456789S", "1.5S"] {
-            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
-        }
     }
 }

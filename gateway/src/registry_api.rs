@@ -3,9 +3,11 @@
 //! transaction as its record, a refusal and a read as records of their own.
 
 use crate::audit::AuditDraft;
-use crate::auth::{Caller, Credentials};
+use crate::auth::Caller;
+use crate::context::Credentials;
 use crate::error::{GatewayError, Reason};
 use crate::lookup::{LookupPipeline, Principal};
+use crate::rpc::{SpanKind, call};
 use chrono::{DateTime, Utc};
 use samblik_audit::Action;
 use samblik_audit::registry::{
@@ -22,7 +24,6 @@ use samblik_proto::v1::{
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 /// The shortest justification an access request is accepted with.
 pub const MIN_JUSTIFICATION: usize = 20;
@@ -144,17 +145,6 @@ impl RegistryApi {
 pub(crate) async fn refuse<T>(draft: AuditDraft, error: GatewayError) -> Result<T, GatewayError> {
     draft.refused(&error).await?;
     Err(error)
-}
-
-fn span(request_id: &str, rpc: &'static str) -> tracing::Span {
-    tracing::info_span!(
-        "api",
-        request_id = %request_id,
-        rpc,
-        system = tracing::field::Empty,
-        caller = tracing::field::Empty,
-        department = tracing::field::Empty,
-    )
 }
 
 fn new_id(prefix: &str) -> String {
@@ -893,36 +883,13 @@ impl RegistryApi {
     }
 }
 
-/// Runs one registry call inside its span and turns its error into a status.
-pub(crate) async fn call<T>(
-    rpc: &'static str,
-    f: impl AsyncFnOnce(&str) -> Result<T, GatewayError>,
-) -> Result<Response<T>, Status> {
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let span = span(&request_id, rpc);
-    async {
-        let answer = f(&request_id)
-            .await
-            .map_err(|e| e.into_status(&request_id))?;
-        let mut response = Response::new(answer);
-        if let Ok(value) = request_id.parse() {
-            response
-                .metadata_mut()
-                .insert(crate::error::REQUEST_ID_HEADER, value);
-        }
-        Ok(response)
-    }
-    .instrument(span)
-    .await
-}
-
 #[tonic::async_trait]
 impl ConsentService for RegistryApi {
     async fn record_consent(
         &self,
         request: Request<RecordConsentRequest>,
     ) -> Result<Response<pb::ConsentRecord>, Status> {
-        call("RecordConsent", async |id| {
+        call(SpanKind::Api, "RecordConsent", async |id| {
             RegistryApi::record_consent(self, request, id).await
         })
         .await
@@ -932,7 +899,7 @@ impl ConsentService for RegistryApi {
         &self,
         request: Request<WithdrawConsentRequest>,
     ) -> Result<Response<pb::ConsentRecord>, Status> {
-        call("WithdrawConsent", async |id| {
+        call(SpanKind::Api, "WithdrawConsent", async |id| {
             RegistryApi::withdraw_consent(self, request, id).await
         })
         .await
@@ -942,7 +909,7 @@ impl ConsentService for RegistryApi {
         &self,
         request: Request<ListConsentsRequest>,
     ) -> Result<Response<ListConsentsResponse>, Status> {
-        call("ListConsents", async |id| {
+        call(SpanKind::Api, "ListConsents", async |id| {
             RegistryApi::list_consents(self, request, id).await
         })
         .await
@@ -955,7 +922,7 @@ impl AccessRequestService for RegistryApi {
         &self,
         request: Request<FileAccessRequest>,
     ) -> Result<Response<pb::AccessRequest>, Status> {
-        call("FileRequest", async |id| {
+        call(SpanKind::Api, "FileRequest", async |id| {
             RegistryApi::file_request(self, request, id).await
         })
         .await
@@ -965,7 +932,7 @@ impl AccessRequestService for RegistryApi {
         &self,
         request: Request<ListAccessRequests>,
     ) -> Result<Response<ListAccessRequestsResponse>, Status> {
-        call("ListRequests", async |id| {
+        call(SpanKind::Api, "ListRequests", async |id| {
             RegistryApi::list_requests(self, request, id).await
         })
         .await
@@ -975,7 +942,7 @@ impl AccessRequestService for RegistryApi {
         &self,
         request: Request<DecideAccessRequest>,
     ) -> Result<Response<pb::AccessRequest>, Status> {
-        call("DecideRequest", async |id| {
+        call(SpanKind::Api, "DecideRequest", async |id| {
             RegistryApi::decide_request(self, request, id).await
         })
         .await

@@ -1,11 +1,12 @@
 //! The gateway's gRPC server: `samblik.v1.LookupService`, the standard health service and
 //! server reflection, on one listener.
 
-use crate::auth::{AuthSetupError, Authenticator, Credentials, Systems};
+use crate::auth::{AuthSetupError, Authenticator, Systems};
 use crate::config::{AuditConfig, Config, LimitsConfig, SourceConfig};
+use crate::context::Credentials;
 use crate::disclosure::DisclosurePolicy;
-use crate::error::REQUEST_ID_HEADER;
-use crate::lookup::{BreakGlass, GatewaySource, LookupLimits, LookupPipeline, parse_grpc_timeout};
+use crate::lookup::{BreakGlass, GatewaySource, LookupLimits, LookupPipeline};
+use crate::rpc::{SpanKind, call, client_timeout};
 use samblik_adapters::GrpcSource;
 use samblik_adapters::tls::ReloadingServerConfig;
 use samblik_audit::postgres::PostgresStore;
@@ -28,7 +29,6 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 /// The gRPC service name the health service reports for.
 pub const LOOKUP_SERVICE_NAME: &str = "samblik.v1.LookupService";
@@ -203,7 +203,7 @@ pub fn audit_store_reader(
 
 /// Verification of the configured store for the `AuditService.Verify` call: each run opens the
 /// store afresh (read-only for SQLite) and reads the checkpoint key's public half.
-pub fn audit_verifier(config: &AuditConfig) -> Arc<crate::audit_api::Verifier> {
+pub fn audit_verifier(config: &AuditConfig) -> Arc<crate::audit::Verifier> {
     use samblik_audit::checkpoint::{load_verifying_key, public_key_path};
     use samblik_audit::verify::{VerifyError, verify_store};
     let config = config.clone();
@@ -268,7 +268,7 @@ struct PipelineParts {
     auth: Authenticator,
     sources: Vec<GatewaySource>,
     systems: Systems,
-    access: crate::audit_api::AuditAccess,
+    access: crate::audit::AuditAccess,
 }
 
 /// Loads the policy, the token keys and the sources' TLS files (or takes the sources held in
@@ -292,7 +292,7 @@ fn pipeline_parts(
             grpc_sources(config)?,
         ),
     };
-    let access = crate::audit_api::AuditAccess {
+    let access = crate::audit::AuditAccess {
         rules: config.audit.review.rules()?,
         citizen_sees_names: config.audit.citizen_sees_names,
         verifier: Some(audit_verifier(&config.audit)),
@@ -446,25 +446,6 @@ struct LookupApi {
     pipeline: Arc<LookupPipeline>,
 }
 
-fn new_request_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-fn client_timeout<T>(request: &Request<T>) -> Option<Duration> {
-    request
-        .metadata()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
-}
-
-fn with_request_id<T>(mut response: Response<T>, request_id: &str) -> Response<T> {
-    if let Ok(value) = request_id.parse() {
-        response.metadata_mut().insert(REQUEST_ID_HEADER, value);
-    }
-    response
-}
-
 type SourceResultStream = Pin<Box<dyn Stream<Item = Result<SourceResult, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -473,29 +454,24 @@ impl LookupService for LookupApi {
         &self,
         request: Request<LookupRequest>,
     ) -> Result<Response<LookupResponse>, Status> {
-        let request_id = new_request_id();
-        let span = request_span(&request_id, "Lookup");
-        async {
+        call(SpanKind::Lookup, "Lookup", async |request_id| {
             let started = Instant::now();
-            let timeout = client_timeout(&request);
             let response = self
                 .pipeline
                 .lookup(
-                    request_id.clone(),
+                    request_id.to_owned(),
                     &Credentials::of(&request),
                     request.get_ref(),
-                    timeout,
+                    client_timeout(&request),
                 )
-                .await
-                .map_err(|e| e.into_status(&request_id))?;
+                .await?;
             tracing::info!(
                 sources = response.sources.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "lookup answered"
             );
-            Ok(with_request_id(Response::new(response), &request_id))
-        }
-        .instrument(span)
+            Ok(response)
+        })
         .await
     }
 
@@ -505,27 +481,22 @@ impl LookupService for LookupApi {
         &self,
         request: Request<LookupRequest>,
     ) -> Result<Response<Self::LookupStreamStream>, Status> {
-        let request_id = new_request_id();
-        let span = request_span(&request_id, "LookupStream");
-        async {
-            let timeout = client_timeout(&request);
+        call(SpanKind::Lookup, "LookupStream", async |request_id| {
             let results = Arc::clone(&self.pipeline)
                 .lookup_stream(
-                    request_id.clone(),
+                    request_id.to_owned(),
                     &Credentials::of(&request),
                     request.get_ref(),
                     BreakGlass::IfReasonGiven,
-                    timeout,
+                    client_timeout(&request),
                 )
-                .await
-                .map_err(|e| e.into_status(&request_id))?;
-            let id = request_id.clone();
+                .await?;
+            let id = request_id.to_owned();
             let stream: SourceResultStream = Box::pin(
                 ReceiverStream::new(results).map(move |r| r.map_err(|e| e.into_status(&id))),
             );
-            Ok(with_request_id(Response::new(stream), &request_id))
-        }
-        .instrument(span)
+            Ok(stream)
+        })
         .await
     }
 }
@@ -536,37 +507,20 @@ impl PolicyService for LookupApi {
         &self,
         request: Request<ExplainRequest>,
     ) -> Result<Response<ExplainResponse>, Status> {
-        let request_id = new_request_id();
-        let span = request_span(&request_id, "Explain");
-        async {
+        call(SpanKind::Lookup, "Explain", async |request_id| {
             let response = self
                 .pipeline
                 .explain(
-                    request_id.clone(),
+                    request_id.to_owned(),
                     &Credentials::of(&request),
                     request.get_ref(),
                 )
-                .await
-                .map_err(|e| e.into_status(&request_id))?;
+                .await?;
             tracing::info!(cases = response.cases.len(), "policy explained");
-            Ok(with_request_id(Response::new(response), &request_id))
-        }
-        .instrument(span)
+            Ok(response)
+        })
         .await
     }
-}
-
-pub fn request_span(request_id: &str, rpc: &'static str) -> tracing::Span {
-    tracing::info_span!(
-        "lookup",
-        request_id = %request_id,
-        rpc,
-        system = tracing::field::Empty,
-        caller = tracing::field::Empty,
-        department = tracing::field::Empty,
-        purpose = tracing::field::Empty,
-        relation = tracing::field::Empty,
-    )
 }
 
 #[cfg(test)]

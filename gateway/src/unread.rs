@@ -6,13 +6,12 @@
 //! How a response no handler wrote is told apart: `docs/architecture.md`.
 
 use crate::audit::AuditDraft;
-use crate::auth::Credentials;
+use crate::context::{Credentials, RecordClaim};
 use crate::error::{GatewayError, REQUEST_ID_HEADER, Reason, refusal_status};
 use crate::lookup::LookupPipeline;
 use futures::future::BoxFuture;
 use samblik_audit::Action;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use tonic::Code;
 use tonic::body::Body;
@@ -39,23 +38,6 @@ pub fn action_of(path: &str) -> Option<Action> {
         "AuditService/MyAccessLog" => Action::CitizenViewed,
         _ => return None,
     })
-}
-
-/// Whether a handler has taken on an audited request's record: set when it opens the request's
-/// audit draft ([`AuditDraft::for_request`]), which from then on records the request on every
-/// path, its drop included. [`UnreadAudit`] puts one in each audited request's extensions, which
-/// nothing on the wire can set.
-#[derive(Debug, Clone, Default)]
-pub struct RecordClaim(Arc<AtomicBool>);
-
-impl RecordClaim {
-    pub fn claim(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    fn is_claimed(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
 }
 
 /// Audits the requests of audited services that no handler read (see `docs/architecture.md`,

@@ -670,3 +670,110 @@ impl tonic::codec::Decoder for RawCodec {
         Ok(Some(item))
     }
 }
+
+/// The first import cycle among the modules of the crate whose sources are in `src`, as the
+/// modules along it (the first again at the end), or `None`. A module is a file; it depends on
+/// another when it names it through `crate::` or `super::` outside a comment. The crate root
+/// only declares and re-exports, and is left out.
+pub fn module_cycle(src: &std::path::Path) -> Option<Vec<String>> {
+    use std::collections::{BTreeMap, BTreeSet};
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    files(src, &mut paths);
+    let module_of = |path: &std::path::Path| -> String {
+        let relative = path.strip_prefix(src).unwrap().with_extension("");
+        let mut parts: Vec<String> = relative
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        if parts
+            .last()
+            .is_some_and(|p| p == "mod" || p == "lib" || p == "main")
+        {
+            parts.pop();
+        }
+        parts.join("::")
+    };
+    let modules: BTreeSet<String> = paths.iter().map(|p| module_of(p)).collect();
+    // The longest module that `path` (segments after `crate::`) lies in.
+    let resolve = |segments: &[&str]| -> Option<String> {
+        (1..=segments.len())
+            .rev()
+            .map(|n| segments[..n].join("::"))
+            .find(|m| modules.contains(m))
+    };
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for path in &paths {
+        let from = module_of(path);
+        if from.is_empty() {
+            continue;
+        }
+        let parent: Vec<&str> = {
+            let mut p: Vec<&str> = from.split("::").collect();
+            p.pop();
+            p
+        };
+        let text = std::fs::read_to_string(path).unwrap();
+        for line in text.lines() {
+            let code = line.split("//").next().unwrap_or_default();
+            for (prefix, base) in [("crate::", Vec::new()), ("super::", parent.clone())] {
+                for (at, _) in code.match_indices(prefix) {
+                    if code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':') {
+                        continue;
+                    }
+                    let rest = &code[at + prefix.len()..];
+                    let mut segments = base.clone();
+                    segments.extend(
+                        rest.split("::")
+                            .map(|s| s.split(|c: char| !(c.is_alphanumeric() || c == '_')))
+                            .map(|mut s| s.next().unwrap_or_default())
+                            .take_while(|s| !s.is_empty()),
+                    );
+                    if let Some(to) = resolve(&segments)
+                        && to != from
+                        && !to.is_empty()
+                    {
+                        edges.entry(from.clone()).or_default().insert(to);
+                    }
+                }
+            }
+        }
+    }
+    fn visit(
+        module: &str,
+        edges: &BTreeMap<String, BTreeSet<String>>,
+        stack: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = stack.iter().position(|m| m == module) {
+            let mut cycle = stack[at..].to_vec();
+            cycle.push(module.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(module) {
+            return None;
+        }
+        stack.push(module.to_owned());
+        for next in edges.get(module).into_iter().flatten() {
+            if let Some(cycle) = visit(next, edges, stack, done) {
+                return Some(cycle);
+            }
+        }
+        stack.pop();
+        done.insert(module.to_owned());
+        None
+    }
+    let mut done = BTreeSet::new();
+    modules
+        .iter()
+        .find_map(|m| visit(m, &edges, &mut Vec::new(), &mut done))
+}

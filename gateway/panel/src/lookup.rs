@@ -249,12 +249,13 @@ async fn refuse_invalid_input(
     message: &str,
 ) -> String {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let span = samblik_gateway::server::request_span(&request_id, "Panel");
+    let span =
+        samblik_gateway::rpc::span(samblik_gateway::rpc::SpanKind::Lookup, &request_id, "Panel");
     let call = authorised((), user);
     let refused = std::sync::Arc::clone(&panel.pipeline)
         .lookup_stream(
             request_id.clone(),
-            &samblik_gateway::auth::Credentials::of(&call),
+            &samblik_gateway::context::Credentials::of(&call),
             request,
             break_glass,
             None,
@@ -416,13 +417,14 @@ async fn answers(
         BreakGlass::IfReasonGiven
     };
     let request_id = uuid::Uuid::new_v4().to_string();
-    let span = samblik_gateway::server::request_span(&request_id, "Panel");
+    let span =
+        samblik_gateway::rpc::span(samblik_gateway::rpc::SpanKind::Lookup, &request_id, "Panel");
     let call = authorised((), &user);
     let started = std::time::Instant::now();
     let results = std::sync::Arc::clone(&panel.pipeline)
         .lookup_stream(
             request_id.clone(),
-            &samblik_gateway::auth::Credentials::of(&call),
+            &samblik_gateway::context::Credentials::of(&call),
             &request,
             break_glass,
             None,

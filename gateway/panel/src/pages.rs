@@ -358,13 +358,13 @@ fn session_of(parts: &Parts) -> Result<Current, Response> {
 }
 
 /// A call to the gateway's own services on `user`'s behalf: their access token in the metadata,
-/// as a gRPC client would send it, and the panel's mark ([`samblik_gateway::auth::ViaPanel`]), so the
+/// as a gRPC client would send it, and the panel's mark ([`samblik_gateway::context::ViaPanel`]), so the
 /// audit log names the panel as the calling system.
 pub(crate) fn authorised<T>(message: T, user: &SignedIn) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
         .extensions_mut()
-        .insert(samblik_gateway::auth::ViaPanel);
+        .insert(samblik_gateway::context::ViaPanel);
     if let Ok(value) = format!("Bearer {}", user.token).parse() {
         request.metadata_mut().insert("authorization", value);
     }

@@ -1,0 +1,117 @@
+//! How every RPC of the gateway runs: a fresh request id, the request's span, the answer with
+//! the request id header, and a refusal turned into its status ([`crate::error`]).
+
+use crate::error::{GatewayError, REQUEST_ID_HEADER};
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+/// A request's span: which lookup-side fields it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanKind {
+    /// `lookup`: a lookup or a policy explanation, with its purpose and relation.
+    Lookup,
+    /// `api`: a registry or audit call.
+    Api,
+}
+
+/// The span of request `request_id` to `rpc`; the caller and system are recorded once known.
+pub fn span(kind: SpanKind, request_id: &str, rpc: &'static str) -> tracing::Span {
+    match kind {
+        SpanKind::Lookup => tracing::info_span!(
+            "lookup",
+            request_id = %request_id,
+            rpc,
+            system = tracing::field::Empty,
+            caller = tracing::field::Empty,
+            department = tracing::field::Empty,
+            purpose = tracing::field::Empty,
+            relation = tracing::field::Empty,
+        ),
+        SpanKind::Api => tracing::info_span!(
+            "api",
+            request_id = %request_id,
+            rpc,
+            system = tracing::field::Empty,
+            caller = tracing::field::Empty,
+            department = tracing::field::Empty,
+        ),
+    }
+}
+
+/// Runs one RPC: `handle` gets the request id, inside the request's span; its answer leaves
+/// with the request id header, its refusal as a status that carries the id too.
+pub async fn call<T>(
+    kind: SpanKind,
+    rpc: &'static str,
+    handle: impl AsyncFnOnce(&str) -> Result<T, GatewayError>,
+) -> Result<Response<T>, Status> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    async {
+        let answer = handle(&request_id)
+            .await
+            .map_err(|e| e.into_status(&request_id))?;
+        let mut response = Response::new(answer);
+        if let Ok(value) = request_id.parse() {
+            response.metadata_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        Ok(response)
+    }
+    .instrument(span(kind, &request_id, rpc))
+    .await
+}
+
+/// The caller's deadline, from its `grpc-timeout` header.
+pub fn client_timeout<T>(request: &Request<T>) -> Option<Duration> {
+    request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+}
+
+/// Parses a `grpc-timeout` header value (e.g. `1500m`, `2S`): up to 8 digits and a unit.
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_grpc_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(
+            parse_grpc_timeout("1500m"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1M"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_grpc_timeout("250000u"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_grpc_timeout("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "m", "10", "10x", "-1S", "123456789S", "1.5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+}
