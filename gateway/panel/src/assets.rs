@@ -1,7 +1,7 @@
 //! The panel's style sheet and script, compiled into the binary: nothing is fetched from a
 //! CDN, so the panel works on a municipality's closed network.
 
-use super::pages::PanelRef;
+use crate::PanelRef;
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

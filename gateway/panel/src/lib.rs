@@ -53,6 +53,9 @@ pub enum SignIn {
     Demo(DemoSignIn),
 }
 
+/// The panel as every handler holds it.
+pub(crate) type PanelRef = Arc<Panel>;
+
 /// The panel: its configuration, sessions and the pipeline it acts through.
 #[derive(Debug)]
 pub struct Panel {

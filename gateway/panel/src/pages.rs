@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
 use samblik_gateway::auth::Caller;
 use samblik_proto::v1::{self as pb, Purpose};
-use std::sync::Arc;
 
 /// The purposes a caseworker may look up for, in the order the form offers them.
 pub(crate) const PURPOSES: [Purpose; 4] = [
@@ -409,4 +408,4 @@ pub(crate) fn fragment(markup: Markup) -> String {
     markup.into_string()
 }
 
-pub(crate) type PanelRef = Arc<Panel>;
+pub(crate) use crate::PanelRef;
