@@ -43,8 +43,8 @@ fn api(panel: &PanelRef) -> AuditApi {
     AuditApi::new(Arc::clone(&panel.pipeline))
 }
 
-/// The filter fields, as typed (kept to fill the form again).
-#[derive(Debug, Default, Clone)]
+/// The filter fields, as typed (kept to fill the form again). Its `Debug` leaves out the CPR.
+#[derive(Default, Clone)]
 struct Fields {
     cpr: String,
     caller: String,
@@ -54,6 +54,17 @@ struct Fields {
     break_glass: bool,
     denied: bool,
     flagged: bool,
+}
+
+impl std::fmt::Debug for Fields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fields")
+            .field("caller", &self.caller)
+            .field("department", &self.department)
+            .field("from", &self.from)
+            .field("until", &self.until)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Fields {
@@ -498,5 +509,22 @@ async fn mark_reviewed(
             "Markeringen blev ikke gemt",
             &status,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fields;
+
+    #[test]
+    fn the_search_fields_print_without_the_cpr() {
+        let fields = Fields {
+            cpr: "010190-1234".into(),
+            caller: "cw-1".into(),
+            ..Fields::default()
+        };
+        let printed = format!("{fields:?}");
+        assert!(!printed.contains("010190-1234"), "{printed}");
+        assert!(printed.contains("cw-1"), "{printed}");
     }
 }

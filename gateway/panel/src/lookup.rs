@@ -38,10 +38,19 @@ pub(super) fn routes() -> Router<PanelRef> {
 
 const CASEWORK_ROLES: &[&str] = &["caseworker", "department-leader"];
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 struct DeepLink {
     cpr: Option<String>,
     purpose: Option<String>,
+}
+
+/// Never prints the CPR as typed: it is not checked yet, and may not even be one.
+impl std::fmt::Debug for DeepLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeepLink")
+            .field("purpose", &self.purpose)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `/panel`: the lookup form; with `?cpr=…&purpose=…` (a fagsystem's link) the lookup itself,
@@ -886,4 +895,20 @@ async fn break_glass(
     };
     let id = current.lock().add_lookup(lookup);
     Redirect::to(&format!("/panel/opslag/{id}")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeepLink;
+
+    #[test]
+    fn a_deep_link_prints_without_its_cpr() {
+        let link = DeepLink {
+            cpr: Some("0101901234".into()),
+            purpose: Some("prepare-meeting".into()),
+        };
+        let printed = format!("{link:?}");
+        assert!(!printed.contains("0101901234"), "{printed}");
+        assert!(printed.contains("prepare-meeting"), "{printed}");
+    }
 }
