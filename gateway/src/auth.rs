@@ -3,7 +3,8 @@
 //!
 //! Every check fails closed: the algorithm must be on the configured allow-list (never a
 //! symmetric one) and equal the key's own; `exp`, `iss`, `aud` and `sub` are required and `nbf`
-//! is checked, with a small leeway; the token must be an access token (`typ` `at+jwt` and/or a
+//! is checked, with a small leeway, and every time claim must be a number the clock can hold
+//! (a fraction is fine); the token must be an access token (`typ` `at+jwt` and/or a
 //! configured claim), so an ID token is refused. Header fields that point elsewhere (`jku`,
 //! `x5u`, `jwk`, `x5c`) are never read. Claims become a [`Caller`] through the configured claim
 //! names.
@@ -236,6 +237,8 @@ pub struct Authenticator {
     /// One validation per allowed algorithm, each accepting only that algorithm.
     validations: HashMap<Algorithm, Validation>,
     claims: ClaimsConfig,
+    /// How far `exp` and `nbf` may be off the clock.
+    leeway: Duration,
     verified: Option<moka::sync::Cache<String, Verified>>,
 }
 
@@ -289,10 +292,11 @@ impl Authenticator {
                 let mut validation = Validation::new(a.to_jwt());
                 validation.set_issuer(&[&config.issuer]);
                 validation.set_audience(&[&config.audience]);
-                validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-                validation.leeway = config.leeway_secs;
-                validation.validate_exp = true;
-                validation.validate_nbf = true;
+                // `exp`, `nbf` and `iat` are checked by `TimeClaims`: any JSON number is a valid
+                // NumericDate, and one the clock cannot hold must be refused, not overflow.
+                validation.set_required_spec_claims(&["iss", "aud", "sub"]);
+                validation.validate_exp = false;
+                validation.validate_nbf = false;
                 (a.to_jwt(), validation)
             })
             .collect();
@@ -307,6 +311,7 @@ impl Authenticator {
             jwks,
             validations,
             claims: config.claims.clone(),
+            leeway: Duration::from_secs(config.leeway_secs),
             verified,
         })
     }
@@ -397,10 +402,12 @@ impl Authenticator {
         }
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let (caller, exp) = caller_from_claims(&data.claims, &self.claims)?;
+        let times = TimeClaims::of(&data.claims)?;
+        times.check(SystemTime::now(), self.leeway)?;
+        let caller = caller_from_claims(&data.claims, &self.claims)?;
         Ok(Verified {
             caller: Arc::new(caller),
-            expires_at: UNIX_EPOCH + Duration::from_secs(exp),
+            expires_at: times.exp,
             kid,
         })
     }
@@ -455,15 +462,66 @@ fn claim_words<'a>(claims: &'a Map<String, Value>, path: &str) -> Vec<&'a str> {
     }
 }
 
+/// A token's time claims (RFC 7519 NumericDates: any JSON number of seconds since the epoch,
+/// a fraction included), each one the clock can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TimeClaims {
+    exp: SystemTime,
+    nbf: Option<SystemTime>,
+    iat: Option<SystemTime>,
+}
+
+impl TimeClaims {
+    fn of(claims: &Map<String, Value>) -> Result<Self, AuthError> {
+        Ok(TimeClaims {
+            exp: numeric_date(claims, "exp")?
+                .ok_or_else(|| AuthError::MissingClaim("exp".into()))?,
+            nbf: numeric_date(claims, "nbf")?,
+            iat: numeric_date(claims, "iat")?,
+        })
+    }
+
+    /// Expired, or not yet valid, at `now` give or take `leeway`.
+    fn check(&self, now: SystemTime, leeway: Duration) -> Result<(), AuthError> {
+        if self.exp.checked_add(leeway).is_some_and(|exp| exp < now) {
+            return Err(AuthError::Invalid("the token has expired".into()));
+        }
+        if let Some(nbf) = self.nbf
+            && now.checked_add(leeway).is_some_and(|now| now < nbf)
+        {
+            return Err(AuthError::Invalid("the token is not valid yet".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The time claim `name`: absent, or a JSON number of seconds since the epoch that the clock
+/// can hold. A string, a negative number or one past the clock's range is refused.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<SystemTime>, AuthError> {
+    let Some(value) = claims.get(name) else {
+        return Ok(None);
+    };
+    let invalid = || AuthError::Invalid(format!("the {name} claim is not a time"));
+    let Value::Number(number) = value else {
+        return Err(invalid());
+    };
+    let since_epoch = match number.as_u64() {
+        Some(secs) => Duration::from_secs(secs),
+        None => number
+            .as_f64()
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .ok_or_else(invalid)?,
+    };
+    UNIX_EPOCH
+        .checked_add(since_epoch)
+        .map(Some)
+        .ok_or_else(invalid)
+}
+
 fn caller_from_claims(
     claims: &Map<String, Value>,
     config: &ClaimsConfig,
-) -> Result<(Caller, u64), AuthError> {
-    // `decode` has checked `exp` is a number in the future; a float or a string never gets here.
-    let exp = claims
-        .get("exp")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
+) -> Result<Caller, AuthError> {
     let sub = claim_str(claims, "sub").ok_or_else(|| AuthError::MissingClaim("sub".into()))?;
     if let Some(required) = &config.token_use
         && !claim_words(claims, &required.claim).contains(&required.value.as_str())
@@ -508,7 +566,7 @@ fn caller_from_claims(
         roles,
         citizen,
     };
-    Ok((caller, exp))
+    Ok(caller)
 }
 
 fn decoding_key(
@@ -643,21 +701,92 @@ mod tests {
             "sub": "u1", "exp": 10, "org": {"dept": "jobcenter"},
             "realm_access": {"roles": ["Leder", "auditor", "superuser", "auditor"]},
         });
-        let (caller, exp) = caller_from_claims(claims.as_object().unwrap(), &config).unwrap();
-        assert_eq!(exp, 10);
+        let caller = caller_from_claims(claims.as_object().unwrap(), &config).unwrap();
+        let times = TimeClaims::of(claims.as_object().unwrap()).unwrap();
+        assert_eq!(times.exp, UNIX_EPOCH + Duration::from_secs(10));
         assert_eq!(caller.department, "jobcenter");
         assert_eq!(caller.name, "u1");
         assert_eq!(caller.roles, ["department_leader", "auditor"]);
 
         let scope = serde_json::json!({"sub": "u1", "exp": 10, "org": {"dept": "x"},
             "realm_access": {"roles": "caseworker admin"}});
-        let (caller, _) = caller_from_claims(scope.as_object().unwrap(), &config).unwrap();
+        let caller = caller_from_claims(scope.as_object().unwrap(), &config).unwrap();
         assert_eq!(caller.roles, ["caseworker", "admin"]);
 
         let flat = serde_json::json!({"sub": "u1", "exp": 10, "department": "jobcenter"});
         assert_eq!(
             caller_from_claims(flat.as_object().unwrap(), &config).unwrap_err(),
             AuthError::MissingClaim("org.dept".into())
+        );
+    }
+
+    /// A token signed by the trusted issuer with these claims besides `sub`, `iss` and `aud`.
+    fn token_with(issuer: &DemoIssuer, times: Value) -> String {
+        let mut claims = serde_json::json!({
+            "sub": "cw-1", "department": "jobcenter", "iss": DEMO_ISSUER, "aud": DEMO_AUDIENCE,
+        });
+        for (name, value) in times.as_object().unwrap() {
+            claims[name] = value.clone();
+        }
+        issuer.sign(&claims).unwrap()
+    }
+
+    /// Every time claim the clock cannot hold, or that is no JSON number, is refused as an
+    /// invalid token: never a panic, never accepted.
+    #[test]
+    fn time_claims_out_of_range_or_not_numbers_are_refused() {
+        let (_dir, issuer, auth) = setup(100);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let later = serde_json::json!(now + 600);
+        for times in [
+            serde_json::json!({"exp": 1u64 << 63}),
+            serde_json::json!({"exp": u64::MAX}),
+            serde_json::json!({"exp": 1e300}),
+            serde_json::json!({"exp": -1}),
+            serde_json::json!({"exp": "9999999999"}),
+            serde_json::json!({"exp": null}),
+            serde_json::json!({"exp": later, "iat": "1700000000"}),
+            serde_json::json!({"exp": later, "iat": 1u64 << 63}),
+            serde_json::json!({"exp": later, "nbf": u64::MAX}),
+            serde_json::json!({"exp": later, "nbf": [1]}),
+        ] {
+            let token = token_with(&issuer, times.clone());
+            match auth.verify(&token) {
+                Err(AuthError::Invalid(_) | AuthError::MissingClaim(_)) => {}
+                other => panic!("{times}: {other:?}"),
+            }
+        }
+    }
+
+    /// A NumericDate may have a fraction (RFC 7519); `nbf` in the future holds a token back, and
+    /// the `exp` of an accepted token is the cache's limit.
+    #[test]
+    fn fractional_time_claims_are_times() {
+        let (_dir, issuer, auth) = setup(100);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let token = token_with(
+            &issuer,
+            serde_json::json!({"exp": now + 600.5, "iat": now - 0.25, "nbf": now - 1.5}),
+        );
+        assert_eq!(auth.verify(&token).unwrap().id, "cw-1");
+        let early = token_with(
+            &issuer,
+            serde_json::json!({"exp": now + 600.0, "nbf": now + 300.0}),
+        );
+        assert_eq!(
+            auth.verify(&early).unwrap_err(),
+            AuthError::Invalid("the token is not valid yet".into())
+        );
+        let expired = token_with(&issuer, serde_json::json!({"exp": now - 0.5}));
+        assert_eq!(
+            auth.verify(&expired).unwrap_err(),
+            AuthError::Invalid("the token has expired".into())
         );
     }
 }

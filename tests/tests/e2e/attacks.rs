@@ -324,22 +324,41 @@ async fn expiry_and_not_before_are_enforced_with_the_configured_leeway() {
     g.refuses("no exp", &sign(without(claims(), "exp"))).await;
 }
 
+/// Time claims that are no JSON number, or that the clock cannot hold, are refused as any bad
+/// token is (UNAUTHENTICATED, nothing asked), and the gateway goes on serving: a validly signed
+/// `exp` of 2^63 once panicked the handler. A fraction is a valid NumericDate (RFC 7519).
 #[tokio::test]
-async fn exp_and_nbf_of_the_wrong_type_are_refused() {
+async fn time_claims_of_the_wrong_type_or_out_of_range_are_refused() {
     let g = Gateway::start(static_auth).await;
     let sign = |c: Value| demo().sign(&c).unwrap();
     let exp = now() + 600;
     for (what, value) in [
         ("exp as a string", json!(exp.to_string())),
-        ("exp as a float", json!(exp as f64 + 0.5)),
         ("exp negative", json!(-1)),
         ("exp as an object", json!({"value": exp})),
         ("exp null", Value::Null),
+        ("exp 2^63", json!(1u64 << 63)),
+        ("exp 2^64 - 1", json!(u64::MAX)),
+        ("exp 1e300", json!(1e300)),
     ] {
         g.refuses(what, &sign(with(claims(), "exp", value))).await;
     }
     g.refuses("nbf as a string", &sign(with(claims(), "nbf", json!("0"))))
         .await;
+    g.refuses(
+        "nbf 2^64 - 1",
+        &sign(with(claims(), "nbf", json!(u64::MAX))),
+    )
+    .await;
+    g.refuses("iat as a string", &sign(with(claims(), "iat", json!("0"))))
+        .await;
+    g.refuses("iat 2^63", &sign(with(claims(), "iat", json!(1u64 << 63))))
+        .await;
+    g.accepts(
+        "exp with a fraction",
+        &sign(with(claims(), "exp", json!(exp as f64 + 0.5))),
+    )
+    .await;
 }
 
 #[tokio::test]
