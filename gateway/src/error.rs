@@ -90,9 +90,9 @@ reasons! {
     /// The message is larger than the transport's limit (`limits.max_message_bytes`) and was
     /// refused unread, with the code tonic gives it.
     MessageTooLarge = "MESSAGE_TOO_LARGE" => OutOfRange,
-    /// The message is not a protobuf of the method's type and was refused unread; INTERNAL, as
-    /// gRPC's status code guide has a library answer a request it cannot parse.
-    MessageUndecodable = "MESSAGE_UNDECODABLE" => Internal,
+    /// The message is not a protobuf of the method's type and was refused unread: the caller's
+    /// error, so INVALID_ARGUMENT, not the INTERNAL tonic answers it with.
+    MessageUndecodable = "MESSAGE_UNDECODABLE" => InvalidArgument,
     /// The message is compressed, and the gateway accepts no compression.
     CompressionUnsupported = "COMPRESSION_UNSUPPORTED" => Unimplemented,
     /// The consent is already withdrawn, or the access request already decided.
@@ -263,7 +263,7 @@ mod tests {
             Reason::RequestTooLarge => ("REQUEST_TOO_LARGE", Code::InvalidArgument),
             Reason::FieldInvalid => ("FIELD_INVALID", Code::InvalidArgument),
             Reason::MessageTooLarge => ("MESSAGE_TOO_LARGE", Code::OutOfRange),
-            Reason::MessageUndecodable => ("MESSAGE_UNDECODABLE", Code::Internal),
+            Reason::MessageUndecodable => ("MESSAGE_UNDECODABLE", Code::InvalidArgument),
             Reason::CompressionUnsupported => ("COMPRESSION_UNSUPPORTED", Code::Unimplemented),
             Reason::AlreadyDone => ("ALREADY_DONE", Code::FailedPrecondition),
             Reason::AlreadyShown => ("ALREADY_SHOWN", Code::FailedPrecondition),

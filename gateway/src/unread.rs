@@ -260,13 +260,17 @@ mod tests {
         assert_eq!(action_of("/samblik.v1.LookupService/Nothing"), None);
     }
 
-    /// The refusals tonic makes keep their code: only their reason is added.
+    /// The refusals tonic makes keep their code, but a message that is not protobuf: tonic
+    /// calls that INTERNAL, and it is the caller's error, INVALID_ARGUMENT.
     #[test]
-    fn an_unread_refusal_keeps_tonics_code() {
-        for code in [Code::OutOfRange, Code::Internal, Code::Unimplemented] {
+    fn an_unread_refusal_keeps_tonics_code_but_for_a_message_that_is_not_protobuf() {
+        for code in [Code::OutOfRange, Code::Unimplemented] {
             assert_eq!(unread_reason(code).0.code(), code);
         }
         assert_eq!(unread_reason(Code::OutOfRange).0, Reason::MessageTooLarge);
+        let undecodable = unread_reason(Code::Internal).0;
+        assert_eq!(undecodable, Reason::MessageUndecodable);
+        assert_eq!(undecodable.code(), Code::InvalidArgument);
     }
 
     #[test]

@@ -26,7 +26,11 @@ const ROLE_REQUIRED: Refusal = (Code::PermissionDenied, "ROLE_REQUIRED", Outcome
 const INVALID_CPR: Refusal = (Code::InvalidArgument, "INVALID_CPR", Outcome::Invalid);
 const REQUEST_TOO_LARGE: Refusal = (Code::InvalidArgument, "REQUEST_TOO_LARGE", Outcome::Invalid);
 const MESSAGE_TOO_LARGE: Refusal = (Code::OutOfRange, "MESSAGE_TOO_LARGE", Outcome::Invalid);
-const MESSAGE_UNDECODABLE: Refusal = (Code::Internal, "MESSAGE_UNDECODABLE", Outcome::Invalid);
+const MESSAGE_UNDECODABLE: Refusal = (
+    Code::InvalidArgument,
+    "MESSAGE_UNDECODABLE",
+    Outcome::Invalid,
+);
 
 /// Checks that `refused` is `expected`, on the wire and in its one audit record, which stores
 /// the same reason.
