@@ -3,7 +3,7 @@
 
 use crate::auth::Caller;
 use crate::context::Credentials;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Reason};
 use samblik_audit::registry::{ChangeOutcome, RegistryChange};
 use samblik_audit::review::ReviewRules;
 use samblik_audit::verify::{ChainSummary, VerifyError};
@@ -150,6 +150,10 @@ impl AuditDraft {
             return Ok(());
         };
         event.outcome = match error.code() {
+            // The caller may not break the glass again today: denied, not a failure of ours.
+            Code::ResourceExhausted if error.reason() == Reason::BreakGlassLimitReached => {
+                Outcome::Denied
+            }
             Code::Unauthenticated => Outcome::Unauthenticated,
             Code::PermissionDenied => Outcome::Denied,
             Code::Unavailable => Outcome::Failed,

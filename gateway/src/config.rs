@@ -200,6 +200,11 @@ pub struct PolicyConfig {
     /// (at least 1: there is always a reason).
     #[serde(default = "defaults::break_glass_min_reason")]
     pub break_glass_min_reason: usize,
+    /// The most break-the-glass lookups one caller may make in a day (the review time zone's
+    /// day), counted from the audit log; beyond it a lookup is refused (RESOURCE_EXHAUSTED),
+    /// recorded and flagged. 0: no limit.
+    #[serde(default = "defaults::break_glass_per_day")]
+    pub break_glass_per_day: usize,
     /// The longest an approved access request may run.
     #[serde(default = "defaults::max_grant_days")]
     pub max_grant_days: u32,
@@ -213,6 +218,7 @@ impl Default for PolicyConfig {
             field_sets: Vec::new(),
             sensitivity: defaults::sensitivity(),
             break_glass_min_reason: defaults::break_glass_min_reason(),
+            break_glass_per_day: defaults::break_glass_per_day(),
             max_grant_days: defaults::max_grant_days(),
         }
     }
@@ -761,6 +767,10 @@ mod defaults {
     }
     pub fn break_glass_min_reason() -> usize {
         20
+    }
+    /// Break-the-glass is for the emergency: a few a day is already much for one caseworker.
+    pub fn break_glass_per_day() -> usize {
+        5
     }
     pub fn max_grant_days() -> u32 {
         90

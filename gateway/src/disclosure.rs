@@ -201,6 +201,11 @@ impl DisclosurePolicy {
         self.policy.rule_ids()
     }
 
+    /// `policy.break_glass_per_day` (0: no limit).
+    pub fn break_glass_per_day(&self) -> usize {
+        self.config.break_glass_per_day
+    }
+
     pub fn break_glass_min_reason(&self) -> usize {
         self.config.break_glass_min_reason
     }

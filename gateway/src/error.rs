@@ -81,6 +81,8 @@ reasons! {
     BreakGlassReasonMissing = "BREAK_GLASS_REASON_MISSING" => InvalidArgument,
     /// A break-the-glass reason that is not plain text on one line.
     BreakGlassReasonInvalid = "BREAK_GLASS_REASON_INVALID" => InvalidArgument,
+    /// The caller has broken the glass as often today as `policy.break_glass_per_day` allows.
+    BreakGlassLimitReached = "BREAK_GLASS_LIMIT_REACHED" => ResourceExhausted,
     /// A source id the gateway does not have.
     UnknownSource = "UNKNOWN_SOURCE" => InvalidArgument,
     /// The request is larger than the lookup's size limit (`server.max_request_bytes`).
@@ -258,6 +260,9 @@ mod tests {
             }
             Reason::BreakGlassReasonInvalid => {
                 ("BREAK_GLASS_REASON_INVALID", Code::InvalidArgument)
+            }
+            Reason::BreakGlassLimitReached => {
+                ("BREAK_GLASS_LIMIT_REACHED", Code::ResourceExhausted)
             }
             Reason::UnknownSource => ("UNKNOWN_SOURCE", Code::InvalidArgument),
             Reason::RequestTooLarge => ("REQUEST_TOO_LARGE", Code::InvalidArgument),

@@ -18,7 +18,8 @@ use prost::Message;
 use samblik_adapters::SourceAnswer;
 use samblik_adapters::{CaseQuery, Source, SourceError};
 use samblik_audit::registry::Registry;
-use samblik_audit::{Action, AuditLog, CaseEntry, SourceEntry};
+use samblik_audit::search::AuditQuery;
+use samblik_audit::{Action, AuditLog, CaseEntry, Outcome, SourceEntry};
 use samblik_policy::{Decision, Role};
 use samblik_proto::Cpr;
 use samblik_proto::source::v1::CallerContext;
@@ -666,15 +667,18 @@ impl LookupPipeline {
             client_timeout,
         );
         let established = match prepared {
-            Ok(mut plan) => self.establish(&mut plan).await.map(|()| plan),
+            Ok(mut plan) => {
+                let established = self.establish(&mut plan).await;
+                // A break-the-glass lookup is flagged even when refused for the daily limit.
+                if plan.break_glass
+                    && let Some(reason) = &plan.break_glass_reason
+                {
+                    draft.break_glass(reason);
+                }
+                established.map(|()| plan)
+            }
             Err(e) => Err(e),
         };
-        if let Ok(plan) = &established
-            && plan.break_glass
-            && let Some(reason) = &plan.break_glass_reason
-        {
-            draft.break_glass(reason);
-        }
         match established {
             Ok(plan) => Ok((draft, plan)),
             Err(e) => {
@@ -704,8 +708,50 @@ impl LookupPipeline {
             }
             plan.break_glass = true;
             tracing::warn!(request_id = %plan.request_id, "break-the-glass lookup");
+            self.within_break_glass_limit(plan).await?;
         }
         plan.keep_prefetched(relation.fetched);
+        Ok(())
+    }
+
+    /// At most `policy.break_glass_per_day` answered break-the-glass lookups per caller per day
+    /// (the review time zone's), counted in the audit log, so that every replica and every
+    /// restart counts the same.
+    async fn within_break_glass_limit(&self, plan: &LookupPlan) -> Result<(), GatewayError> {
+        let limit = self.policy.break_glass_per_day();
+        if limit == 0 {
+            return Ok(());
+        }
+        let zone = self.audit_access.rules.timezone;
+        let today = chrono::Utc::now().with_timezone(&zone).date_naive();
+        let since = today
+            .and_hms_opt(0, 0, 0)
+            .and_then(|midnight| midnight.and_local_timezone(zone).earliest())
+            .map(|midnight| midnight.with_timezone(&chrono::Utc));
+        let query = AuditQuery {
+            caller_id: Some(plan.caller.id.clone()),
+            from: since,
+            actions: vec![Action::Lookup, Action::LookupStream],
+            outcomes: vec![Outcome::Answered],
+            break_glass: true,
+            ..AuditQuery::default()
+        };
+        let used = self.registry.search(query, limit).await.map_err(|e| {
+            tracing::error!(error = %e, "audit log unreadable; refusing the break-the-glass lookup");
+            GatewayError::refused(
+                Reason::AuditLogUnreadable,
+                "today's break-the-glass lookups cannot be counted right now, so nothing is disclosed; try again shortly",
+            )
+        })?;
+        if used.len() >= limit {
+            tracing::warn!(request_id = %plan.request_id, limit, "break-the-glass limit reached");
+            return Err(GatewayError::refused(
+                Reason::BreakGlassLimitReached,
+                format!(
+                    "you have broken the glass {limit} times today, as many as this municipality allows; ask your leader or the data protection officer"
+                ),
+            ));
+        }
         Ok(())
     }
 

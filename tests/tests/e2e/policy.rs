@@ -1387,3 +1387,67 @@ async fn the_log_names_every_citizen_whose_access_request_was_listed() {
         "{mine:?}"
     );
 }
+
+/// Break-the-glass is for the emergency: beyond `policy.break_glass_per_day` answered ones in a
+/// day, a caller's next is refused (RESOURCE_EXHAUSTED, BREAK_GLASS_LIMIT_REACHED), recorded
+/// with its reason (so the review queue flags it) and discloses nothing; other callers are not
+/// held back by it.
+#[tokio::test]
+async fn break_the_glass_beyond_the_daily_limit_is_refused_recorded_and_flagged() {
+    let m = start_municipal_with(|c| c.policy.break_glass_per_day = 2).await;
+    let citizens: Vec<&str> = municipality()
+        .citizens
+        .iter()
+        .map(|c| c.cpr.as_str())
+        .filter(|cpr| {
+            let d = departments_of(cpr);
+            d.contains(&Department::Jobcenter) && !d.contains(&Department::ChildWelfare)
+        })
+        .take(3)
+        .collect();
+    let child_welfare = token(Department::ChildWelfare);
+    let mut client = m.gateway.client().await;
+    let glass = |cpr: &str, token: &str| {
+        let mut r = request(cpr, Purpose::PrepareMeeting, Some(token), None);
+        r.get_mut().break_glass_reason = BREAK_GLASS_REASON.into();
+        r
+    };
+    for cpr in &citizens[..2] {
+        client.lookup(glass(cpr, &child_welfare)).await.unwrap();
+    }
+    let calls = m.calls();
+    let refused = client
+        .lookup(glass(citizens[2], &child_welfare))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(reason_of(&refused), "BREAK_GLASS_LIMIT_REACHED");
+    // Only the caller's own department was asked (for the relation); nothing else.
+    assert!(m.calls() - calls <= 1, "{} calls", m.calls() - calls);
+    let record = &m
+        .gateway
+        .audit_records_of(&request_id_of(refused.metadata()))[0];
+    assert_eq!(record.outcome, Outcome::Denied);
+    assert_eq!(record.reason.as_deref(), Some("BREAK_GLASS_LIMIT_REACHED"));
+    assert_eq!(
+        record.break_glass_reason.as_deref(),
+        Some(BREAK_GLASS_REASON)
+    );
+    assert!(record.sources.iter().all(|s| s.cases.is_empty()));
+
+    // Another caseworker's emergency is not held back by this one's.
+    let jobcenter_worker = token(Department::Integration);
+    let other = municipality()
+        .citizens
+        .iter()
+        .map(|c| c.cpr.as_str())
+        .find(|cpr| {
+            let d = departments_of(cpr);
+            d.contains(&Department::Jobcenter) && !d.contains(&Department::Integration)
+        })
+        .unwrap();
+    client
+        .lookup(glass(other, &jobcenter_worker))
+        .await
+        .unwrap();
+}
