@@ -263,6 +263,17 @@ impl AuditDraft {
 
 impl Drop for AuditDraft {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The handler panicked: the gateway failed, not the caller.
+            if let Some(mut event) = self.event.take() {
+                let error = GatewayError::internal();
+                event.outcome = Outcome::Failed;
+                event.detail = Some(error.to_string());
+                event.reason = Some(error.reason().as_str().to_owned());
+                self.log.append_detached(event);
+            }
+            return;
+        }
         // The handler was dropped: the caller went away, or a deadline (the caller's, or the
         // server's request timeout) passed.
         self.abandon("the caller went away or its time ran out before the answer");

@@ -118,6 +118,9 @@ reasons! {
     SourceUnavailable = "SOURCE_UNAVAILABLE" => Unavailable,
     /// Chain verification is not configured on this gateway.
     VerificationNotConfigured = "VERIFICATION_NOT_CONFIGURED" => Unavailable,
+    /// The gateway failed while handling the request (a panic, caught at the request's
+    /// boundary); the request id finds its record.
+    InternalError = "INTERNAL_ERROR" => Internal,
 }
 
 impl Reason {
@@ -173,6 +176,14 @@ fn kind(code: Code) -> &'static str {
 
 impl GatewayError {
     /// A refusal for `reason`, with a safe message for the caller.
+    /// The gateway failed on the request (a panic was caught); nothing of the panic is said.
+    pub fn internal() -> Self {
+        Self::refused(
+            Reason::InternalError,
+            "the gateway failed while handling this request; nothing was disclosed, and the failure is recorded",
+        )
+    }
+
     pub fn refused(reason: Reason, message: impl Into<String>) -> Self {
         GatewayError::Refused {
             reason,
@@ -280,6 +291,7 @@ mod tests {
             Reason::RelationUnknown => ("RELATION_UNKNOWN", Code::Unavailable),
             Reason::SourceUnavailable => ("SOURCE_UNAVAILABLE", Code::Unavailable),
             Reason::VerificationNotConfigured => ("VERIFICATION_NOT_CONFIGURED", Code::Unavailable),
+            Reason::InternalError => ("INTERNAL_ERROR", Code::Internal),
         }
     }
 

@@ -21,6 +21,8 @@ pub mod registry_api;
 pub mod rpc;
 pub mod server;
 pub mod source_stack;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tls;
 pub mod unread;
 

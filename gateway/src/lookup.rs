@@ -401,34 +401,42 @@ impl LookupPipeline {
             .await?;
         let (tx, rx) = mpsc::channel(plan.targets.len().max(1));
         let span = tracing::Span::current();
-        tokio::spawn(
-            async move {
-                let mut pending: FuturesUnordered<_> =
-                    plan.targets.iter().map(|&i| self.ask(&plan, i)).collect();
-                loop {
-                    tokio::select! {
-                        next = pending.next() => match next {
-                            Some(answer) => {
-                                if let Err(e) = draft.answered_part(answer.audit).await {
-                                    let _ = tx.send(Err(e)).await;
-                                    draft.complete();
-                                    return;
-                                }
-                                if tx.send(Ok(answer.result)).await.is_err() {
-                                    // Recorded but not delivered: the draft's drop records
-                                    // that the caller left.
-                                    return;
-                                }
+        // A panic in the fan-out ends the stream with INTERNAL, not silently.
+        let on_panic = tx.clone();
+        let fan_out = async move {
+            let mut pending: FuturesUnordered<_> =
+                plan.targets.iter().map(|&i| self.ask(&plan, i)).collect();
+            loop {
+                tokio::select! {
+                    next = pending.next() => match next {
+                        Some(answer) => {
+                            if let Err(e) = draft.answered_part(answer.audit).await {
+                                let _ = tx.send(Err(e)).await;
+                                draft.complete();
+                                return Ok(());
                             }
-                            None => break,
-                        },
-                        () = tx.closed() => {
-                            tracing::debug!("caller went away; cancelling source calls");
-                            return;
+                            if tx.send(Ok(answer.result)).await.is_err() {
+                                // Recorded but not delivered: the draft's drop records
+                                // that the caller left.
+                                return Ok(());
+                            }
                         }
+                        None => break,
+                    },
+                    () = tx.closed() => {
+                        tracing::debug!("caller went away; cancelling source calls");
+                        return Ok(());
                     }
                 }
-                draft.complete();
+            }
+            draft.complete();
+            Ok::<(), GatewayError>(())
+        };
+        tokio::spawn(
+            async move {
+                if let Err(e) = crate::rpc::contained(fan_out).await {
+                    let _ = on_panic.send(Err(e)).await;
+                }
             }
             .instrument(span),
         );
@@ -1048,6 +1056,8 @@ impl LookupPipeline {
     /// One source's part of the answer: its call (or the answer fetched to establish the
     /// relation), the policy's decisions and the filtering.
     async fn ask(&self, plan: &LookupPlan, index: usize) -> Answer {
+        #[cfg(feature = "testing")]
+        crate::testing::panic_if_asked(&plan.caller.id);
         let fetched = self.fetch_target(plan, index).await;
         let gs = &self.sources[index];
         let id = gs.id();

@@ -2,6 +2,7 @@
 //! the request id header, and a refusal turned into its status ([`crate::error`]).
 
 use crate::error::{GatewayError, REQUEST_ID_HEADER};
+use futures::FutureExt;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -48,7 +49,7 @@ pub async fn call<T>(
 ) -> Result<Response<T>, Status> {
     let request_id = uuid::Uuid::new_v4().to_string();
     async {
-        let answer = handle(&request_id)
+        let answer = contained(handle(&request_id))
             .await
             .map_err(|e| e.into_status(&request_id))?;
         let mut response = Response::new(answer);
@@ -59,6 +60,22 @@ pub async fn call<T>(
     }
     .instrument(span(kind, &request_id, rpc))
     .await
+}
+
+/// Runs `work`, turning a panic in it into [`GatewayError::internal`]: the caller gets INTERNAL
+/// with the request id, the request's audit draft records the failure as it unwinds, and the
+/// process goes on serving. Nothing of the panic's message is logged or answered: it could hold
+/// anything.
+pub async fn contained<T>(
+    work: impl Future<Output = Result<T, GatewayError>>,
+) -> Result<T, GatewayError> {
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::error!("request handler panicked; answered INTERNAL");
+            Err(GatewayError::internal())
+        }
+    }
 }
 
 /// The caller's deadline, from its `grpc-timeout` header.

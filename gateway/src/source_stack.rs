@@ -4,8 +4,9 @@
 //!
 //! Deadlines are on tokio's clock, so tests can run them on paused time.
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use samblik_adapters::{CaseQuery, Source, SourceAnswer, SourceError};
+use samblik_adapters::{CaseQuery, Cause, Source, SourceAnswer, SourceError};
 use samblik_proto::source::v1::CallerContext;
 use samblik_proto::v1::SourceStatus;
 use std::sync::Arc;
@@ -61,7 +62,9 @@ pub fn stack(source: Arc<dyn Source>, timeout: Duration) -> SourceService {
     BoxCloneSyncService::new(service)
 }
 
-/// The innermost service: the source itself.
+/// The innermost service: the source itself, contained: a source that panics (an in-process
+/// adapter's bug) fails as [`SourceError::Failed`] and its department shows ERROR, while the
+/// others are served.
 #[derive(Clone)]
 pub struct SourceFn(pub Arc<dyn Source>);
 
@@ -82,7 +85,16 @@ impl Service<SourceCall> for SourceFn {
 
     fn call(&mut self, call: SourceCall) -> Self::Future {
         let source = Arc::clone(&self.0);
-        Box::pin(async move { source.find_cases(call.query, call.caller).await })
+        Box::pin(async move {
+            let id = source.id().to_owned();
+            std::panic::AssertUnwindSafe(source.find_cases(call.query, call.caller))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!(source = %id, "source panicked");
+                    Err(SourceError::Failed(Cause::Fixed("the adapter panicked")))
+                })
+        })
     }
 }
 
@@ -296,9 +308,41 @@ mod tests {
         assert!(answer.cases.is_empty());
     }
 
+    struct Panicking;
+
+    #[async_trait]
+    impl Source for Panicking {
+        fn id(&self) -> &str {
+            "panicking"
+        }
+
+        async fn find_cases(
+            &self,
+            _: CaseQuery,
+            _: CallerContext,
+        ) -> Result<SourceAnswer, SourceError> {
+            panic!("an adapter's bug")
+        }
+
+        async fn health(&self) -> Health {
+            Health::Serving
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_source_fails_as_an_error_and_the_stack_goes_on() {
+        let stack = stack(Arc::new(Panicking), Duration::from_secs(2));
+        for _ in 0..2 {
+            let outcome = stack.clone().oneshot(call(Duration::from_secs(10))).await;
+            assert_eq!(
+                outcome.unwrap_err(),
+                SourceError::Failed(Cause::Fixed("the adapter panicked"))
+            );
+        }
+    }
+
     #[test]
     fn every_failure_has_a_status_and_a_fixed_sentence() {
-        use samblik_adapters::Cause;
         let cause = Cause::Fixed("test");
         for (error, status) in [
             (SourceError::Timeout, SourceStatus::Timeout),

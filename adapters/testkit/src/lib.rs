@@ -123,6 +123,30 @@ impl Source for Scripted {
     }
 }
 
+/// A source whose every lookup panics, as an in-process adapter with a bug would.
+#[derive(Debug)]
+pub struct Panicking;
+
+#[async_trait]
+impl Source for Panicking {
+    fn id(&self) -> &str {
+        "panicking"
+    }
+
+    #[allow(clippy::panic)]
+    async fn find_cases(
+        &self,
+        _query: CaseQuery,
+        _caller: CallerContext,
+    ) -> Result<SourceAnswer, SourceError> {
+        panic!("an adapter's bug")
+    }
+
+    async fn health(&self) -> Health {
+        Health::Serving
+    }
+}
+
 /// A source that fails every lookup with `error`.
 #[derive(Debug)]
 pub struct Failing {

@@ -14,6 +14,7 @@ mod limits;
 mod lookup;
 mod panel;
 mod panel_browser;
+mod panics;
 mod policy;
 mod refusals;
 mod tls;
