@@ -710,6 +710,17 @@ pub struct SourceConfig {
     /// The longest a connection attempt may take.
     #[serde(default = "defaults::connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Calls of this source in flight at once; one more is answered at once as busy
+    /// (UNAVAILABLE), so a slow department cannot hold every task. 0: no limit.
+    #[serde(default = "defaults::max_concurrent_calls")]
+    pub max_concurrent_calls: usize,
+    /// Consecutive failures (time-outs, unavailable, failed) after which the source is answered
+    /// at once as UNAVAILABLE, without a call, for `breaker_cool_down_ms`; then one probe call
+    /// closes the circuit again on success. 0: no circuit breaker.
+    #[serde(default = "defaults::breaker_failures")]
+    pub breaker_failures: u32,
+    #[serde(default = "defaults::breaker_cool_down_ms")]
+    pub breaker_cool_down_ms: u64,
     /// Mutual TLS to the source; required for an `https://` endpoint.
     #[serde(default)]
     pub tls: Option<SourceTlsConfig>,
@@ -813,6 +824,17 @@ mod defaults {
     }
     pub fn connect_timeout_ms() -> u64 {
         1_000
+    }
+    /// A department's system is one server or a few: more lookups at once than this are
+    /// queued there anyway.
+    pub fn max_concurrent_calls() -> usize {
+        64
+    }
+    pub fn breaker_failures() -> u32 {
+        5
+    }
+    pub fn breaker_cool_down_ms() -> u64 {
+        10_000
     }
     pub fn audit_chain() -> String {
         "gateway-1".to_owned()
@@ -1218,6 +1240,9 @@ impl SourceConfig {
             endpoint: endpoint.to_owned(),
             timeout_ms: defaults::source_timeout_ms(),
             connect_timeout_ms: defaults::connect_timeout_ms(),
+            max_concurrent_calls: defaults::max_concurrent_calls(),
+            breaker_failures: defaults::breaker_failures(),
+            breaker_cool_down_ms: defaults::breaker_cool_down_ms(),
             tls: None,
             owner_department: None,
             case_types: Vec::new(),
@@ -1233,6 +1258,14 @@ impl SourceConfig {
     }
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+    /// The source's bulkhead and circuit breaker.
+    pub fn resilience(&self) -> crate::source_stack::Resilience {
+        crate::source_stack::Resilience {
+            max_concurrent: self.max_concurrent_calls,
+            breaker_failures: self.breaker_failures,
+            breaker_cool_down: Duration::from_millis(self.breaker_cool_down_ms),
+        }
     }
 }
 

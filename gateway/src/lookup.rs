@@ -12,7 +12,7 @@ use crate::auth::{Authenticator, Caller, CallingSystem, PANEL_SYSTEM, Systems};
 use crate::context::Credentials;
 use crate::disclosure::{DisclosurePolicy, LookupFacts, RegistryFacts, wire_tier};
 use crate::error::{GatewayError, Reason};
-use crate::source_stack::{self, SourceCall, SourceService, failure_status};
+use crate::source_stack::{self, Resilience, SourceCall, SourceService, failure_status};
 use futures::stream::{FuturesUnordered, StreamExt};
 use prost::Message;
 use samblik_adapters::SourceAnswer;
@@ -48,10 +48,21 @@ pub struct GatewaySource {
 }
 
 impl GatewaySource {
-    /// `source` behind the stack, with `timeout` as its own time limit.
+    /// `source` behind the stack, with `timeout` as its own time limit and no bulkhead or
+    /// circuit breaker.
     pub fn new(source: Arc<dyn Source>, department: impl Into<String>, timeout: Duration) -> Self {
+        Self::with_resilience(source, department, timeout, Resilience::NONE)
+    }
+
+    /// `source` behind the stack, held back as `resilience` says.
+    pub fn with_resilience(
+        source: Arc<dyn Source>,
+        department: impl Into<String>,
+        timeout: Duration,
+        resilience: Resilience,
+    ) -> Self {
         Self {
-            stack: source_stack::stack(Arc::clone(&source), timeout),
+            stack: source_stack::stack(Arc::clone(&source), timeout, resilience),
             source,
             department: department.into(),
             timeout,

@@ -323,10 +323,11 @@ fn grpc_sources(config: &Config) -> Result<Vec<GatewaySource>, ServerError> {
             id: s.id.clone(),
             source,
         })?;
-        sources.push(GatewaySource::new(
+        sources.push(GatewaySource::with_resilience(
             Arc::new(source),
             s.department.clone(),
             s.timeout(),
+            s.resilience(),
         ));
     }
     Ok(sources)

@@ -37,6 +37,14 @@ pub fn failure_status(error: &SourceError) -> (SourceStatus, &'static str) {
             SourceStatus::Timeout,
             "the department's system did not answer in time",
         ),
+        SourceError::Unavailable(Cause::Fixed(CIRCUIT_OPEN)) => (
+            SourceStatus::Unavailable,
+            "the department's system failed repeatedly; it is not asked again for a moment",
+        ),
+        SourceError::Unavailable(Cause::Fixed(BUSY)) => (
+            SourceStatus::Unavailable,
+            "the department's system is busy with other lookups",
+        ),
         SourceError::Unavailable(_) => (
             SourceStatus::Unavailable,
             "the department's system is unavailable",
@@ -51,15 +59,227 @@ pub fn failure_status(error: &SourceError) -> (SourceStatus, &'static str) {
     }
 }
 
+/// Why a call was answered without asking the source: its circuit is open.
+pub const CIRCUIT_OPEN: &str = "circuit open";
+/// Why a call was answered without asking the source: as many calls as it may have are in flight.
+pub const BUSY: &str = "busy";
+
+/// How a source is held back when it fails or is slow (per source, from config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resilience {
+    /// Calls in flight at once; beyond it a call is answered at once as busy. 0: no limit.
+    pub max_concurrent: usize,
+    /// Consecutive failures (time-outs, unavailable, failed) that open the circuit. 0: never.
+    pub breaker_failures: u32,
+    /// How long an open circuit answers at once before it lets one probe call through.
+    pub breaker_cool_down: Duration,
+}
+
+impl Resilience {
+    /// Neither limit: every call reaches the source.
+    pub const NONE: Resilience = Resilience {
+        max_concurrent: 0,
+        breaker_failures: 0,
+        breaker_cool_down: Duration::ZERO,
+    };
+}
+
 /// Wraps `source` in the gateway's stack: the trace span outermost (so it sees every layer's
-/// outcome, a time-out included), then the deadline.
-pub fn stack(source: Arc<dyn Source>, timeout: Duration) -> SourceService {
+/// outcome, a time-out or an open circuit included), then the bulkhead (a busy answer never
+/// counts against the circuit), the circuit breaker, the deadline, and the source.
+pub fn stack(source: Arc<dyn Source>, timeout: Duration, resilience: Resilience) -> SourceService {
     let id: Arc<str> = Arc::from(source.id());
     let service = ServiceBuilder::new()
-        .layer(TraceLayer { source: id })
+        .layer(TraceLayer {
+            source: Arc::clone(&id),
+        })
+        .option_layer(
+            (resilience.max_concurrent > 0).then(|| BulkheadLayer::new(resilience.max_concurrent)),
+        )
+        .option_layer((resilience.breaker_failures > 0).then_some(BreakerLayer {
+            source: id,
+            failures: resilience.breaker_failures,
+            cool_down: resilience.breaker_cool_down,
+        }))
         .layer(DeadlineLayer { timeout })
         .service(SourceFn(source));
     BoxCloneSyncService::new(service)
+}
+
+/// At most `limit` calls of the source in flight; one more is answered at once as busy, so a
+/// slow department cannot hold every task of the gateway.
+#[derive(Debug, Clone)]
+pub struct BulkheadLayer {
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl BulkheadLayer {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(limit)),
+        }
+    }
+}
+
+impl<S> Layer<S> for BulkheadLayer {
+    type Service = Bulkhead<S>;
+
+    fn layer(&self, inner: S) -> Bulkhead<S> {
+        Bulkhead {
+            inner,
+            permits: Arc::clone(&self.permits),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Bulkhead<S> {
+    inner: S,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl<S> Service<SourceCall> for Bulkhead<S>
+where
+    S: Service<SourceCall, Response = SourceAnswer, Error = SourceError>,
+    S::Future: Send + 'static,
+{
+    type Response = SourceAnswer;
+    type Error = SourceError;
+    type Future = BoxFuture<'static, Result<SourceAnswer, SourceError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SourceError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, call: SourceCall) -> Self::Future {
+        match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => {
+                let answer = self.inner.call(call);
+                Box::pin(async move {
+                    let answer = answer.await;
+                    drop(permit);
+                    answer
+                })
+            }
+            Err(_) => Box::pin(std::future::ready(Err(SourceError::Unavailable(
+                Cause::Fixed(BUSY),
+            )))),
+        }
+    }
+}
+
+/// The circuit breaker: after `failures` consecutive failures the source is answered at once as
+/// unavailable, without a call, for `cool_down`; then one probe call is let through, which
+/// closes the circuit on success and opens it again on failure. A refusal (denied, invalid
+/// query) is an answer: the source is alive.
+#[derive(Debug, Clone)]
+pub struct BreakerLayer {
+    pub source: Arc<str>,
+    pub failures: u32,
+    pub cool_down: Duration,
+}
+
+impl<S> Layer<S> for BreakerLayer {
+    type Service = Breaker<S>;
+
+    fn layer(&self, inner: S) -> Breaker<S> {
+        Breaker {
+            inner,
+            config: self.clone(),
+            state: Arc::new(std::sync::Mutex::new(Circuit::Closed { failures: 0 })),
+        }
+    }
+}
+
+/// The circuit's state, shared by every clone of the source's stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Circuit {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        since: Instant,
+    },
+    /// One probe call is in flight.
+    Probing,
+}
+
+#[derive(Debug, Clone)]
+pub struct Breaker<S> {
+    inner: S,
+    config: BreakerLayer,
+    state: Arc<std::sync::Mutex<Circuit>>,
+}
+
+impl<S> Breaker<S> {
+    /// Whether a call may go through now (and, from an open circuit past its cool-down, makes
+    /// it the probe).
+    fn admit(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match *state {
+            Circuit::Closed { .. } => true,
+            Circuit::Open { since } if since.elapsed() >= self.config.cool_down => {
+                *state = Circuit::Probing;
+                true
+            }
+            Circuit::Open { .. } | Circuit::Probing => false,
+        }
+    }
+}
+
+/// Records a call's outcome in the circuit.
+fn settle(state: &std::sync::Mutex<Circuit>, config: &BreakerLayer, failed: bool) {
+    let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+    let next = match (*state, failed) {
+        (_, false) => Circuit::Closed { failures: 0 },
+        (Circuit::Closed { failures }, true) if failures + 1 < config.failures => Circuit::Closed {
+            failures: failures + 1,
+        },
+        (_, true) => Circuit::Open {
+            since: Instant::now(),
+        },
+    };
+    if matches!(next, Circuit::Open { .. }) && !matches!(*state, Circuit::Open { .. }) {
+        tracing::warn!(source = %config.source, "circuit opened after repeated failures");
+    }
+    if matches!(next, Circuit::Closed { .. }) && !matches!(*state, Circuit::Closed { .. }) {
+        tracing::info!(source = %config.source, "circuit closed: the source answered again");
+    }
+    *state = next;
+}
+
+impl<S> Service<SourceCall> for Breaker<S>
+where
+    S: Service<SourceCall, Response = SourceAnswer, Error = SourceError>,
+    S::Future: Send + 'static,
+{
+    type Response = SourceAnswer;
+    type Error = SourceError;
+    type Future = BoxFuture<'static, Result<SourceAnswer, SourceError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SourceError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, call: SourceCall) -> Self::Future {
+        if !self.admit() {
+            return Box::pin(std::future::ready(Err(SourceError::Unavailable(
+                Cause::Fixed(CIRCUIT_OPEN),
+            ))));
+        }
+        let answer = self.inner.call(call);
+        let state = Arc::clone(&self.state);
+        let config = self.config.clone();
+        Box::pin(async move {
+            let answer = answer.await;
+            let failed = matches!(
+                answer,
+                Err(SourceError::Timeout | SourceError::Unavailable(_) | SourceError::Failed(_))
+            );
+            settle(&state, &config, failed);
+            answer
+        })
+    }
 }
 
 /// The innermost service: the source itself, contained: a source that panics (an in-process
@@ -280,7 +500,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_hanging_source_times_out_at_its_own_timeout() {
-        let stack = stack(Arc::new(Slow { delay: None }), Duration::from_secs(2));
+        let stack = stack(
+            Arc::new(Slow { delay: None }),
+            Duration::from_secs(2),
+            Resilience::NONE,
+        );
         let started = Instant::now();
         let outcome = stack.oneshot(call(Duration::from_secs(10))).await;
         assert_eq!(outcome.unwrap_err(), SourceError::Timeout);
@@ -289,7 +513,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_lookups_deadline_wins_when_it_comes_first() {
-        let stack = stack(Arc::new(Slow { delay: None }), Duration::from_secs(2));
+        let stack = stack(
+            Arc::new(Slow { delay: None }),
+            Duration::from_secs(2),
+            Resilience::NONE,
+        );
         let started = Instant::now();
         let outcome = stack.oneshot(call(Duration::from_millis(700))).await;
         assert_eq!(outcome.unwrap_err(), SourceError::Timeout);
@@ -303,6 +531,7 @@ mod tests {
                 delay: Some(Duration::from_millis(1_999)),
             }),
             Duration::from_secs(2),
+            Resilience::NONE,
         );
         let answer = stack.oneshot(call(Duration::from_secs(10))).await.unwrap();
         assert!(answer.cases.is_empty());
@@ -331,7 +560,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_source_fails_as_an_error_and_the_stack_goes_on() {
-        let stack = stack(Arc::new(Panicking), Duration::from_secs(2));
+        let stack = stack(
+            Arc::new(Panicking),
+            Duration::from_secs(2),
+            Resilience::NONE,
+        );
         for _ in 0..2 {
             let outcome = stack.clone().oneshot(call(Duration::from_secs(10))).await;
             assert_eq!(
@@ -339,6 +572,143 @@ mod tests {
                 SourceError::Failed(Cause::Fixed("the adapter panicked"))
             );
         }
+    }
+
+    /// Answers with `outcome` (on/off), counting the calls that reached it.
+    struct Flaky {
+        failing: std::sync::atomic::AtomicBool,
+        denying: std::sync::atomic::AtomicBool,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Flaky {
+        fn new() -> Arc<Self> {
+            Arc::new(Flaky {
+                failing: true.into(),
+                denying: false.into(),
+                calls: 0.into(),
+            })
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl Source for Flaky {
+        fn id(&self) -> &str {
+            "flaky"
+        }
+
+        async fn find_cases(
+            &self,
+            _: CaseQuery,
+            _: CallerContext,
+        ) -> Result<SourceAnswer, SourceError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.calls.fetch_add(1, SeqCst);
+            if self.denying.load(SeqCst) {
+                return Err(SourceError::Denied(Cause::Fixed("no")));
+            }
+            if self.failing.load(SeqCst) {
+                return Err(SourceError::Unavailable(Cause::Fixed("down")));
+            }
+            Ok(SourceAnswer {
+                cases: Vec::new(),
+                as_of: SystemTime::UNIX_EPOCH,
+            })
+        }
+
+        async fn health(&self) -> Health {
+            Health::Serving
+        }
+    }
+
+    const BREAKER: Resilience = Resilience {
+        max_concurrent: 0,
+        breaker_failures: 3,
+        breaker_cool_down: Duration::from_secs(10),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn the_circuit_opens_after_consecutive_failures_and_a_probe_closes_it() {
+        let flaky = Flaky::new();
+        let stack = stack(flaky.clone(), Duration::from_secs(2), BREAKER);
+        let ask = || stack.clone().oneshot(call(Duration::from_secs(5)));
+        let down = SourceError::Unavailable(Cause::Fixed("down"));
+        let open = SourceError::Unavailable(Cause::Fixed(CIRCUIT_OPEN));
+        for _ in 0..3 {
+            assert_eq!(ask().await.unwrap_err(), down);
+        }
+        assert_eq!(flaky.calls(), 3);
+        // Open: answered at once, the source not asked.
+        assert_eq!(ask().await.unwrap_err(), open);
+        assert_eq!(flaky.calls(), 3);
+        assert_eq!(failure_status(&open).0, SourceStatus::Unavailable);
+        // After the cool-down one probe goes through; it fails, and the circuit opens again.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(ask().await.unwrap_err(), down);
+        assert_eq!(ask().await.unwrap_err(), open);
+        assert_eq!(flaky.calls(), 4);
+        // The next probe succeeds and closes it.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        flaky
+            .failing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        ask().await.unwrap();
+        ask().await.unwrap();
+        assert_eq!(flaky.calls(), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusing_source_is_alive_and_keeps_its_circuit_closed() {
+        let flaky = Flaky::new();
+        flaky
+            .denying
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let stack = stack(flaky.clone(), Duration::from_secs(2), BREAKER);
+        for _ in 0..5 {
+            let outcome = stack.clone().oneshot(call(Duration::from_secs(5))).await;
+            assert!(
+                matches!(outcome, Err(SourceError::Denied(_))),
+                "{outcome:?}"
+            );
+        }
+        assert_eq!(flaky.calls(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn beyond_its_bulkhead_a_call_is_busy_at_once_and_time_outs_open_the_circuit() {
+        let resilience = Resilience {
+            max_concurrent: 1,
+            ..BREAKER
+        };
+        let stack = stack(
+            Arc::new(Slow { delay: None }),
+            Duration::from_secs(2),
+            resilience,
+        );
+        let first = tokio::spawn(stack.clone().oneshot(call(Duration::from_secs(5))));
+        tokio::task::yield_now().await;
+        let started = Instant::now();
+        let busy = stack.clone().oneshot(call(Duration::from_secs(5))).await;
+        assert_eq!(
+            busy.unwrap_err(),
+            SourceError::Unavailable(Cause::Fixed(BUSY))
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(first.await.unwrap().unwrap_err(), SourceError::Timeout);
+        // The permit is back; two more time-outs open the circuit (a busy answer never counted).
+        for _ in 0..2 {
+            let outcome = stack.clone().oneshot(call(Duration::from_secs(5))).await;
+            assert_eq!(outcome.unwrap_err(), SourceError::Timeout);
+        }
+        let open = stack.clone().oneshot(call(Duration::from_secs(5))).await;
+        assert_eq!(
+            open.unwrap_err(),
+            SourceError::Unavailable(Cause::Fixed(CIRCUIT_OPEN))
+        );
     }
 
     #[test]
