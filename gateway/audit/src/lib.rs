@@ -6,21 +6,23 @@
 //!
 //! The design, with the writer's diagram: `docs/audit-store.md`.
 
-pub mod bodies;
 pub mod checkpoint;
 pub mod maintenance;
-mod open_chunk;
-pub mod pg_pipeline;
-pub mod postgres;
 pub mod record;
 pub mod registry;
 pub mod review;
 pub mod search;
-pub mod sqlite;
+mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod verify;
 mod writer;
+
+// The stores live in `store/`, a folder each; their callers find them at the crate's top.
+pub use store::postgres;
+pub use store::postgres::pipeline as pg_pipeline;
+pub use store::sqlite;
+pub use store::sqlite::bodies;
 
 pub use checkpoint::{Checkpoint, CheckpointSigner};
 pub use maintenance::{Maintenance, PreviousStop, PruneReport, Retention};

@@ -37,6 +37,15 @@ pub fn is_no_relation(reason: Option<&str>, detail: Option<&str>) -> bool {
     }
 }
 
+impl Activity {
+    /// Whether the lookup was refused because the caller has no relation to the citizen (no
+    /// open case in their department), rather than for any other reason.
+    pub fn refused_for_lack_of_relation(&self) -> bool {
+        self.outcome == crate::Outcome::Denied.as_str()
+            && is_no_relation(self.reason.as_deref(), self.detail.as_deref())
+    }
+}
+
 /// How a refusal for lack of relation's `detail` began in records written before refusals had
 /// a reason. Frozen: stores hold years of those records, and the review queue must go on
 /// counting them, whatever the gateway's message says today.

@@ -3,8 +3,8 @@
 //! SQL (only the placeholders and the JSON operator differ), newest first, a page at a time by
 //! keyset (never OFFSET, so page 1000 costs what page 1 does), over the indexed columns.
 
-use crate::bodies::{SharedDictionaries, StoredBody};
 use crate::record::{Action, AuditRecord, Outcome};
+use crate::store::sqlite::chunks::{POSTING_CALLER, POSTING_CITIZEN, RowWindow};
 use crate::{AuditError, STORED_COLUMNS, StoredRecord};
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -78,15 +78,6 @@ pub struct Activity {
     pub reason: Option<String>,
     /// The refusal's detail; `None` for a lookup that was not refused.
     pub detail: Option<String>,
-}
-
-impl Activity {
-    /// Whether the lookup was refused because the caller has no relation to the citizen (no
-    /// open case in their department), rather than for any other reason.
-    pub fn refused_for_lack_of_relation(&self) -> bool {
-        self.outcome == Outcome::Denied.as_str()
-            && crate::review::is_no_relation(self.reason.as_deref(), self.detail.as_deref())
-    }
 }
 
 /// How a record's time is written, so text comparison orders as time does.
@@ -176,7 +167,7 @@ impl Where {
     }
 
     /// `lo < rowid <= hi`: one window of an SQLite table's rows.
-    fn rows(&mut self, (lo, hi): crate::sqlite::RowWindow) {
+    fn rows(&mut self, (lo, hi): RowWindow) {
         let lo = self.bind(Param::Int(lo));
         let hi = self.bind(Param::Int(hi));
         self.clauses.push(format!("rowid > {lo} AND rowid <= {hi}"));
@@ -211,14 +202,15 @@ pub(crate) fn search_sql(
 /// `newest` postings are candidates (with every posting as new as the last of them, so a tie
 /// is never cut), not all of them: a caller with a hundred thousand records is answered by
 /// reading a page's worth of records, not all of theirs. A page shorter than `limit` may then
-/// be short only because the other filters dropped candidates; [`sqlite_search`] asks again
-/// without the bound. With `rows`, only the records in that window of rowids (SQLite).
-fn search_sql_among(
+/// be short only because the other filters dropped candidates; the SQLite search
+/// (`sqlite_search`) asks again without the bound. With `rows`, only the records in that window
+/// of rowids (SQLite).
+pub(crate) fn search_sql_among(
     dialect: Dialect,
     query: &AuditQuery,
     limit: usize,
     newest: Option<usize>,
-    rows: Option<crate::sqlite::RowWindow>,
+    rows: Option<RowWindow>,
 ) -> Result<Sql, AuditError> {
     let mut w = Where::new(dialect);
     if let Some(rows) = rows {
@@ -256,8 +248,8 @@ fn search_sql_among(
     // the `sqlite` module): the candidates are the chunks' postings for the key plus the
     // records not yet in a chunk; the clauses above still decide.
     let postings = match (cpr, caller) {
-        (Some(cpr), _) => Some((crate::sqlite::POSTING_CITIZEN, cpr)),
-        (None, Some(caller)) => Some((crate::sqlite::POSTING_CALLER, caller)),
+        (Some(cpr), _) => Some((POSTING_CITIZEN, cpr)),
+        (None, Some(caller)) => Some((POSTING_CALLER, caller)),
         (None, None) => None,
     };
     let (with, table) = match (dialect, postings) {
@@ -318,7 +310,7 @@ pub(crate) fn activity_sql(
     from: DateTime<Utc>,
     until: DateTime<Utc>,
     callers: &[String],
-    rows: Option<crate::sqlite::RowWindow>,
+    rows: Option<RowWindow>,
 ) -> Sql {
     let mut w = Where::new(dialect);
     if let Some(rows) = rows {
@@ -355,7 +347,7 @@ pub(crate) fn activity_sql(
 
 /// A refusal's reason and detail from [`activity_sql`]'s `[reason, detail]`; nothing for a
 /// lookup that was not refused, or a value that is not that array.
-fn refusal_of(why: Option<String>) -> (Option<String>, Option<String>) {
+pub(crate) fn refusal_of(why: Option<String>) -> (Option<String>, Option<String>) {
     why.and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_default()
 }
@@ -381,223 +373,6 @@ pub(crate) fn records_of(rows: Vec<StoredRecord>) -> Result<Vec<AuditRecord>, Au
                 )));
             }
             Ok(record)
-        })
-        .collect()
-}
-
-/// Runs [`search_sql`] on an SQLite connection.
-pub(crate) fn sqlite_search(
-    conn: &rusqlite::Connection,
-    dictionaries: &SharedDictionaries,
-    query: &AuditQuery,
-    limit: usize,
-) -> Result<Vec<AuditRecord>, AuditError> {
-    // One read transaction: `samblik_body` knows every dictionary the rows it reads need.
-    let tx = conn.unchecked_transaction()?;
-    if query.break_glass {
-        crate::bodies::lock(dictionaries)?.refresh(&tx)?;
-    }
-    let newest = newest_candidates(query, limit);
-    let records = if newest.is_none() && crate::sqlite::summarised(&tx)? {
-        by_chunks(&tx, dictionaries, query, limit)?
-    } else {
-        // By citizen or caller, the newest candidates first; a short page may be short only
-        // because other filters dropped candidates, so it is asked again without the bound.
-        let mut rows = sqlite_rows(&tx, query, limit, newest, None)?;
-        if newest.is_some() && rows.len() < limit {
-            rows = sqlite_rows(&tx, query, limit, None, None)?;
-        }
-        records_of(crate::sqlite::with_bodies(dictionaries, &tx, rows)?)?
-    };
-    tx.commit()?;
-    Ok(records)
-}
-
-/// A search by neither citizen nor caller, on a store with no index on time: the records not
-/// yet in a chunk, then chunk after chunk, those reaching latest first, each a page at most,
-/// merged, until no chunk left can reach into the page. Records are written roughly in time
-/// order, so a page of the newest reads a chunk or two; a chunk's summary says how late its
-/// records reach, so an out-of-order record is never missed, only read later.
-fn by_chunks(
-    tx: &rusqlite::Connection,
-    dictionaries: &SharedDictionaries,
-    query: &AuditQuery,
-    limit: usize,
-) -> Result<Vec<AuditRecord>, AuditError> {
-    if limit == 0 {
-        return Ok(Vec::new());
-    }
-    let read = |rows: crate::sqlite::RowWindow| -> Result<Vec<AuditRecord>, AuditError> {
-        let rows = sqlite_rows(tx, query, limit, None, Some(rows))?;
-        records_of(crate::sqlite::with_bodies(dictionaries, tx, rows)?)
-    };
-    let mut page = read((crate::sqlite::indexed_through(tx)?, i64::MAX))?;
-    let newest_first =
-        |a: &AuditRecord, b: &AuditRecord| (&b.at, &b.chain, b.seq).cmp(&(&a.at, &a.chain, a.seq));
-    page.sort_by(newest_first);
-    let until = query.after.as_ref().map(|after| after.at.clone());
-    for (rows, latest) in crate::sqlite::chunks_between(tx, query.from, query.until, until)? {
-        if page.len() >= limit && page.last().is_some_and(|last| latest < last.at) {
-            break;
-        }
-        page.extend(read(rows)?);
-        page.sort_by(newest_first);
-        page.truncate(limit);
-    }
-    Ok(page)
-}
-
-/// How many of a key's newest postings a first try of a search by citizen or caller reads:
-/// a few pages' worth.
-fn newest_candidates(query: &AuditQuery, limit: usize) -> Option<usize> {
-    (query.cpr.is_some() || query.caller_id.is_some()).then(|| limit.saturating_mul(4).max(256))
-}
-
-fn sqlite_rows(
-    conn: &rusqlite::Connection,
-    query: &AuditQuery,
-    limit: usize,
-    newest: Option<usize>,
-    rows: Option<crate::sqlite::RowWindow>,
-) -> Result<Vec<(StoredRecord, StoredBody)>, AuditError> {
-    let sql = search_sql_among(Dialect::Sqlite, query, limit, newest, rows)?;
-    let mut stmt = conn.prepare(&sql.text)?;
-    let rows = stmt
-        .query_map(
-            rusqlite::params_from_iter(sqlite_params(&sql.params)),
-            crate::sqlite::stored_record,
-        )?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
-}
-
-/// The plan SQLite chooses for a search (`EXPLAIN QUERY PLAN`, one line per step): what a test,
-/// or an operator looking into a slow search, checks to see which indexes answer it.
-pub fn sqlite_search_plan(
-    conn: &rusqlite::Connection,
-    query: &AuditQuery,
-    limit: usize,
-) -> Result<Vec<String>, AuditError> {
-    let newest = newest_candidates(query, limit);
-    let sql = search_sql_among(Dialect::Sqlite, query, limit, newest, None)?;
-    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", sql.text))?;
-    let steps = stmt
-        .query_map(
-            rusqlite::params_from_iter(sqlite_params(&sql.params)),
-            |r| r.get::<_, String>(3),
-        )?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(steps)
-}
-
-/// Runs [`activity_sql`] on an SQLite connection.
-pub(crate) fn sqlite_activity(
-    conn: &rusqlite::Connection,
-    dictionaries: &SharedDictionaries,
-    from: DateTime<Utc>,
-    until: DateTime<Utc>,
-    callers: &[String],
-) -> Result<Vec<Activity>, AuditError> {
-    // One read transaction: `samblik_body` knows every dictionary a refusal's body needs.
-    let tx = conn.unchecked_transaction()?;
-    crate::bodies::lock(dictionaries)?.refresh(&tx)?;
-    // With no index on time: the records not yet in a chunk and the chunks the period touches.
-    let windows = if crate::sqlite::summarised(&tx)? {
-        let mut windows = vec![Some((crate::sqlite::indexed_through(&tx)?, i64::MAX))];
-        for (rows, _) in crate::sqlite::chunks_between(&tx, Some(from), Some(until), None)? {
-            windows.push(Some(rows));
-        }
-        windows
-    } else {
-        vec![None]
-    };
-    let mut activity = Vec::new();
-    for rows in windows {
-        let sql = activity_sql(Dialect::Sqlite, from, until, callers, rows);
-        let mut stmt = tx.prepare_cached(&sql.text)?;
-        let found = stmt.query_map(
-            rusqlite::params_from_iter(sqlite_params(&sql.params)),
-            |r| {
-                let (reason, detail) = refusal_of(r.get(6)?);
-                Ok(Activity {
-                    at: r.get(0)?,
-                    request_id: r.get(1)?,
-                    caller_id: r.get(2)?,
-                    department: r.get(3)?,
-                    cpr: r.get(4)?,
-                    outcome: r.get(5)?,
-                    reason,
-                    detail,
-                })
-            },
-        )?;
-        for a in found {
-            activity.push(a?);
-        }
-    }
-    tx.commit()?;
-    activity.sort_by(|a, b| a.at.cmp(&b.at));
-    Ok(activity)
-}
-
-fn sqlite_params(params: &[Param]) -> Vec<rusqlite::types::Value> {
-    params
-        .iter()
-        .map(|p| match p {
-            Param::Text(t) => rusqlite::types::Value::Text(t.clone()),
-            Param::Int(i) => rusqlite::types::Value::Integer(*i),
-        })
-        .collect()
-}
-
-/// Runs [`search_sql`] on a PostgreSQL connection.
-pub(crate) fn postgres_search(
-    client: &mut postgres::Client,
-    query: &AuditQuery,
-    limit: usize,
-) -> Result<Vec<AuditRecord>, AuditError> {
-    let sql = search_sql(Dialect::Postgres, query, limit)?;
-    let rows = client
-        .query(&sql.text, &postgres_params(&sql.params))?
-        .iter()
-        .map(crate::postgres::stored_record)
-        .collect::<Result<Vec<_>, postgres::Error>>()?;
-    records_of(rows)
-}
-
-/// Runs [`activity_sql`] on a PostgreSQL connection.
-pub(crate) fn postgres_activity(
-    client: &mut postgres::Client,
-    from: DateTime<Utc>,
-    until: DateTime<Utc>,
-    callers: &[String],
-) -> Result<Vec<Activity>, AuditError> {
-    let sql = activity_sql(Dialect::Postgres, from, until, callers, None);
-    Ok(client
-        .query(&sql.text, &postgres_params(&sql.params))?
-        .iter()
-        .map(|r| {
-            let (reason, detail) = refusal_of(r.try_get(6)?);
-            Ok(Activity {
-                at: r.try_get(0)?,
-                request_id: r.try_get(1)?,
-                caller_id: r.try_get(2)?,
-                department: r.try_get(3)?,
-                cpr: r.try_get(4)?,
-                outcome: r.try_get(5)?,
-                reason,
-                detail,
-            })
-        })
-        .collect::<Result<Vec<_>, postgres::Error>>()?)
-}
-
-fn postgres_params(params: &[Param]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
-    params
-        .iter()
-        .map(|p| match p {
-            Param::Text(t) => t as &(dyn postgres::types::ToSql + Sync),
-            Param::Int(i) => i as &(dyn postgres::types::ToSql + Sync),
         })
         .collect()
 }

@@ -4,7 +4,7 @@
 //! server ([`test_postgres_url`]).
 
 use crate::checkpoint::Checkpoint;
-use crate::registry::{ChangeOutcome, RegistryChange};
+use crate::registry::model::{ChangeOutcome, RegistryChange};
 use crate::{AuditError, AuditStore, Commit, LogSync, SealChange, SealedRecord, StoredRecord};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

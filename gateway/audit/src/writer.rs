@@ -14,7 +14,7 @@ use crate::maintenance::{Maintenance, PreviousStop, PruneReport, Retention};
 use crate::record::{
     Action, Actor, AuditEvent, AuditRecord, EncodedEvent, GENESIS_HASH, Outcome, SealedRecord,
 };
-use crate::registry::{ChangeOutcome, RegistryChange};
+use crate::registry::model::{ChangeOutcome, RegistryChange};
 use crate::{AuditError, AuditStore, Commit, LogSync};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};

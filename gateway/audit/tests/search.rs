@@ -417,7 +417,7 @@ fn one_citizen_among_a_million_records_is_found_completely_by_index() {
                 cpr: Some(cpr.into()),
                 ..AuditQuery::default()
             };
-            let plan = search::sqlite_search_plan(&conn, &query, 51).unwrap();
+            let plan = sqlite::sqlite_search_plan(&conn, &query, 51).unwrap();
             let uses = |step: &str| plan.iter().any(|p| p.contains(step));
             assert!(
                 uses("SEARCH audit_postings USING PRIMARY KEY (chunk=? AND kind=? AND key=?)"),

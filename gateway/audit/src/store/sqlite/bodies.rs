@@ -4,7 +4,7 @@
 //!
 //! The stored form, the training and why: `docs/audit-store.md`.
 
-use crate::AuditError;
+use crate::{AuditError, StoredRecord};
 use rusqlite::Connection;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ValueRef};
 use std::collections::HashMap;
@@ -178,6 +178,41 @@ pub(crate) fn decode_all(
                 .unwrap_or_else(|why| format!("unreadable: {why}")),
         })
         .collect())
+}
+
+/// A row of [`STORED_COLUMNS`](crate::STORED_COLUMNS), its body as stored.
+pub(crate) fn stored_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredRecord, StoredBody)> {
+    Ok((
+        StoredRecord {
+            seq: r.get::<_, i64>(0)?.unsigned_abs(),
+            request_id: r.get(1)?,
+            cpr: r.get(2)?,
+            caller_id: r.get(3)?,
+            body: String::new(),
+            hash: r.get(5)?,
+            at: r.get(6)?,
+            department: r.get(7)?,
+            action: r.get(8)?,
+            outcome: r.get(9)?,
+        },
+        r.get(4)?,
+    ))
+}
+
+/// Puts the canonical JSON of each row's stored body into its record.
+pub(crate) fn with_bodies(
+    dictionaries: &SharedDictionaries,
+    conn: &Connection,
+    rows: Vec<(StoredRecord, StoredBody)>,
+) -> Result<Vec<StoredRecord>, AuditError> {
+    let (mut records, bodies): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
+    for (record, body) in records
+        .iter_mut()
+        .zip(decode_all(dictionaries, conn, bodies)?)
+    {
+        record.body = body;
+    }
+    Ok(records)
 }
 
 /// Registers `samblik_body(body)` on `conn`: the canonical JSON of a stored body, so that SQL

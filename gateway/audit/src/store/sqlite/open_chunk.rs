@@ -1,12 +1,12 @@
 //! The embedded store's open chunk: what its postings and summary need of each record this
 //! store wrote since the last whole chunk, kept by the writer as it inserts them, so a completed
-//! chunk is indexed without reading it back from the table (see [`crate::sqlite`]).
+//! chunk is indexed without reading it back from the table (see [`crate::store::sqlite`]).
 //!
 //! When it is used and when it is forgotten: `docs/audit-store.md`.
 
 use crate::AuditError;
 use crate::SealedRecord;
-use crate::sqlite::{POSTING_CALLER, POSTING_CITIZEN, POSTINGS_CHUNK};
+use crate::store::sqlite::chunks::{POSTING_CALLER, POSTING_CITIZEN, POSTINGS_CHUNK};
 use rusqlite::{Connection, params};
 use std::fmt::Write as _;
 use std::sync::LazyLock;

@@ -5,7 +5,7 @@
 //! The design: `docs/audit-store.md`.
 
 use crate::checkpoint::Checkpoint;
-use crate::postgres::{Inserts, insert, session};
+use crate::store::postgres::batch::{Inserts, insert, session};
 use crate::{AuditError, Durability, LogSync, SealedRecord};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};

@@ -5,14 +5,25 @@
 //!
 //! Why, and how searches and chains read it: `docs/audit-store.md`.
 
-use crate::bodies::{Encoder, Schedule, SharedDictionaries, StoredBody};
+pub mod bodies;
+pub(crate) mod chunks;
+mod open_chunk;
+mod search;
+
 use crate::checkpoint::Checkpoint;
-use crate::open_chunk::OpenChunk;
-use crate::registry::{
-    AccessRequest, CONSENT_COLUMNS, ChangeOutcome, Consent, ConsentRow, REQUEST_COLUMNS,
-    RegistryChange, RegistryReader, RequestFilter, RequestRow, RequestState, decide_refusal,
-    time_text,
+use crate::registry::model::{AccessRequest, ChangeOutcome, Consent, RegistryChange, RequestState};
+use crate::registry::reader::{RegistryReader, RequestFilter};
+use crate::registry::rows::{
+    CONSENT_COLUMNS, ConsentRow, REQUEST_COLUMNS, RequestRow, decide_refusal, time_text,
 };
+use crate::store::sqlite::bodies::{
+    Encoder, Schedule, SharedDictionaries, register_function, stored_record, with_bodies,
+};
+use crate::store::sqlite::chunks::{
+    POSTING_CALLER, POSTING_CITIZEN, RowWindow, SUMMARISED, indexed_through, summarised,
+};
+use crate::store::sqlite::open_chunk::OpenChunk;
+use crate::store::sqlite::search::{sqlite_activity, sqlite_search};
 use crate::{
     AuditError, AuditRecord, AuditStore, CHAINS, Commit, LogSync, STORED_COLUMNS, SealChange,
     SealedRecord, StoredRecord,
@@ -120,6 +131,8 @@ CREATE INDEX IF NOT EXISTS access_requests_owner
 
 /// Both stores take it; it is here too, where the embedded store's callers have long found it.
 pub use crate::Durability;
+pub use crate::store::sqlite::chunks::POSTINGS_CHUNK;
+pub use crate::store::sqlite::search::sqlite_search_plan;
 
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -521,14 +534,6 @@ fn follows_head(conn: &Connection, chain: &str, seq: u64) -> Result<(), AuditErr
     }
 }
 
-/// Records per chunk of postings. A search probes each chunk once (a million records: ~250
-/// seeks) and reads fewer than this many unindexed records directly.
-pub const POSTINGS_CHUNK: i64 = 4096;
-/// `audit_postings.kind` of a citizen's posting (key: the CPR number).
-pub(crate) const POSTING_CITIZEN: i64 = 0;
-/// `audit_postings.kind` of a caller's posting (key: the caller's id).
-pub(crate) const POSTING_CALLER: i64 = 1;
-
 /// Changes when another connection commits to the file (never for this connection's commits).
 fn data_version(conn: &Connection) -> Result<i64, AuditError> {
     Ok(conn
@@ -626,46 +631,6 @@ fn index_postings(
     Ok(through + POSTINGS_CHUNK)
 }
 
-/// The postings' mark: the records above it are in no chunk yet (neither posted nor
-/// summarised).
-pub(crate) fn indexed_through(conn: &Connection) -> Result<i64, AuditError> {
-    Ok(conn
-        .prepare_cached("SELECT indexed_through FROM audit_postings_state")?
-        .query_row([], |r| r.get(0))?)
-}
-
-/// Rowids `(lo, hi]`: the records of a chunk, or those not yet in one.
-pub(crate) type RowWindow = (i64, i64);
-
-/// The summarised chunks that can hold records at or after `from`, before `until` and at or
-/// before `at_most`: each as its window of rowids and the latest time in it, those reaching
-/// latest first.
-pub(crate) fn chunks_between(
-    conn: &Connection,
-    from: Option<chrono::DateTime<chrono::Utc>>,
-    until: Option<chrono::DateTime<chrono::Utc>>,
-    at_most: Option<String>,
-) -> Result<Vec<(RowWindow, String)>, AuditError> {
-    let bound = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(crate::search::time_bound);
-    let mut stmt = conn.prepare_cached(
-        "SELECT chunk, max(max_at) FROM audit_chunks GROUP BY chunk
-         HAVING (?1 IS NULL OR max(max_at) >= ?1)
-            AND (?2 IS NULL OR min(min_at) < ?2)
-            AND (?3 IS NULL OR min(min_at) <= ?3)
-         ORDER BY 2 DESC, 1 DESC",
-    )?;
-    let chunks = stmt
-        .query_map(params![bound(from), bound(until), at_most], |r| {
-            let chunk: i64 = r.get(0)?;
-            Ok((
-                (chunk * POSTINGS_CHUNK, (chunk + 1) * POSTINGS_CHUNK),
-                r.get::<_, String>(1)?,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(chunks)
-}
-
 /// The rowid after which `chain`'s first record with a seq above `after_seq` lies: the start of
 /// the first summarised chunk holding one, else of the records not yet summarised.
 fn walk_start(conn: &Connection, chain: &str, after_seq: i64) -> Result<i64, AuditError> {
@@ -693,19 +658,6 @@ fn seq_window(conn: &Connection, chain: &str, seq: i64) -> Result<RowWindow, Aud
         Some(chunk) => Ok((chunk * POSTINGS_CHUNK, (chunk + 1) * POSTINGS_CHUNK)),
         None => Ok((walk_start(conn, chain, i64::MAX)?, i64::MAX)),
     }
-}
-
-/// `PRAGMA user_version` of a file whose indexed chunks are all summarised in `audit_chunks`
-/// (and which has no index on `at`).
-const SUMMARISED: i64 = 1;
-
-/// Whether every indexed chunk of the file is summarised in `audit_chunks`: true once a
-/// writable store has opened it. A file only ever read by older versions, or opened read-only,
-/// may not be; its reads then take the old ways (by `(chain, seq)` and `at`, whose indexes
-/// such a file still has).
-pub(crate) fn summarised(conn: &Connection) -> Result<bool, AuditError> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    Ok(version >= SUMMARISED)
 }
 
 /// Writes the summary of each whole chunk of records in rowids `(from, to]`: per chain in the
@@ -1204,42 +1156,6 @@ fn read_records(
     with_bodies(dictionaries, conn, rows)
 }
 
-/// A row of [`STORED_COLUMNS`], its body as stored.
-pub(crate) fn stored_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredRecord, StoredBody)> {
-    Ok((
-        StoredRecord {
-            seq: r.get::<_, i64>(0)?.unsigned_abs(),
-            request_id: r.get(1)?,
-            cpr: r.get(2)?,
-            caller_id: r.get(3)?,
-            body: String::new(),
-            hash: r.get(5)?,
-            at: r.get(6)?,
-            department: r.get(7)?,
-            action: r.get(8)?,
-            outcome: r.get(9)?,
-        },
-        r.get(4)?,
-    ))
-}
-
-/// Puts the canonical JSON of each row's stored body into its record.
-pub(crate) fn with_bodies(
-    dictionaries: &SharedDictionaries,
-    conn: &Connection,
-    rows: Vec<(StoredRecord, StoredBody)>,
-) -> Result<Vec<StoredRecord>, AuditError> {
-    let (mut records, bodies): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
-    for (record, body) in
-        records
-            .iter_mut()
-            .zip(crate::bodies::decode_all(dictionaries, conn, bodies)?)
-    {
-        record.body = body;
-    }
-    Ok(records)
-}
-
 /// Reads the registry on a connection of its own (WAL lets it read while the writer writes).
 #[derive(Debug)]
 pub struct SqliteReader {
@@ -1265,7 +1181,7 @@ impl SqliteReader {
         };
         conn.pragma_update(None, "query_only", true)?;
         let dictionaries = SharedDictionaries::default();
-        crate::bodies::register_function(&conn, &dictionaries)?;
+        register_function(&conn, &dictionaries)?;
         Ok(SqliteReader { conn, dictionaries })
     }
 
@@ -1408,7 +1324,7 @@ impl RegistryReader for SqliteReader {
         query: &crate::search::AuditQuery,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, AuditError> {
-        crate::search::sqlite_search(&self.conn, &self.dictionaries, query, limit)
+        sqlite_search(&self.conn, &self.dictionaries, query, limit)
     }
 
     fn activity(
@@ -1417,6 +1333,6 @@ impl RegistryReader for SqliteReader {
         until: chrono::DateTime<chrono::Utc>,
         callers: &[String],
     ) -> Result<Vec<crate::search::Activity>, AuditError> {
-        crate::search::sqlite_activity(&self.conn, &self.dictionaries, from, until, callers)
+        sqlite_activity(&self.conn, &self.dictionaries, from, until, callers)
     }
 }

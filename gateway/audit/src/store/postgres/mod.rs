@@ -5,16 +5,22 @@
 //! [`Durability::Off`] to measure what that costs.
 //!
 //! A writer's batches are written on connections of their own, several at once and committed in
-//! order ([`crate::pg_pipeline`]); the store's own connection holds the chain's claim and does
+//! order ([`pipeline`]); the store's own connection holds the chain's claim and does
 //! everything else.
 
+mod batch;
+pub mod pipeline;
+mod search;
+
 use crate::checkpoint::Checkpoint;
-use crate::pg_pipeline::{CONNECTIONS, INLINE_BELOW, Pipeline};
-use crate::registry::{
-    AccessRequest, CONSENT_COLUMNS, ChangeOutcome, Consent, ConsentRow, REQUEST_COLUMNS,
-    RegistryChange, RegistryReader, RequestFilter, RequestRow, RequestState, decide_refusal,
-    time_text,
+use crate::registry::model::{AccessRequest, ChangeOutcome, Consent, RegistryChange, RequestState};
+use crate::registry::reader::{RegistryReader, RequestFilter};
+use crate::registry::rows::{
+    CONSENT_COLUMNS, ConsentRow, REQUEST_COLUMNS, RequestRow, decide_refusal, time_text,
 };
+use crate::store::postgres::batch::{Inserts, chain_lock_key, insert, session, to_i64};
+use crate::store::postgres::pipeline::{CONNECTIONS, INLINE_BELOW, Pipeline};
+use crate::store::postgres::search::{postgres_activity, postgres_search, stored_record};
 use crate::{
     AuditError, AuditRecord, AuditStore, CHAINS, Commit, Durability, LogSync, STORED_COLUMNS,
     SealChange, SealedRecord, StoredRecord,
@@ -164,61 +170,6 @@ impl Statements {
     }
 }
 
-/// The two statements a batch is written with.
-#[derive(Clone)]
-pub(crate) struct Inserts {
-    records: Statement,
-    checkpoint: Statement,
-}
-
-impl Inserts {
-    /// Prepared on `client`'s connection (outside any transaction, so that a rollback cannot
-    /// take them away).
-    pub(crate) fn prepare(client: &mut Client) -> Result<Self, AuditError> {
-        Ok(Inserts {
-            records: client.prepare(INSERT_RECORDS)?,
-            checkpoint: client.prepare(INSERT_CHECKPOINT)?,
-        })
-    }
-}
-
-/// The key of the advisory lock that claims the chain named by the SQL expression `$chain`
-/// ([`lock_chain`]).
-macro_rules! chain_lock_key {
-    ($chain:literal) => {
-        concat!(
-            "hashtextextended('samblik-audit-chain:' || ",
-            $chain,
-            ", 0)"
-        )
-    };
-}
-
-/// One statement (one round trip) per batch rather than one per record: each column goes as an
-/// array, unnested side by side in the select list (no sort, no materialised function scan: the
-/// rows' order in the table means nothing, every read orders by seq or time). `$12`, unless 0,
-/// is the server process that must still hold the claim of the batch's chain (an advisory lock,
-/// [`lock_chain`], whose 64-bit key `pg_locks` shows in halves): a pipeline's connection
-/// ([`crate::pg_pipeline`]) writes for a claim held by another session, and inserts nothing once
-/// that session has ended.
-const INSERT_RECORDS: &str = concat!(
-    "INSERT INTO audit_records
-     (chain, seq, at, request_id, cpr, caller_id, department, action, outcome, body, hash)
-     SELECT UNNEST($1::text[]), UNNEST($2::bigint[]), UNNEST($3::text[]), UNNEST($4::text[]),
-            UNNEST($5::text[]), UNNEST($6::text[]), UNNEST($7::text[]), UNNEST($8::text[]),
-            UNNEST($9::text[]), UNNEST($10::text[]), UNNEST($11::text[])
-     WHERE $12::int4 = 0
-        OR EXISTS (SELECT 1 FROM pg_locks
-                    WHERE locktype = 'advisory' AND pid = $12::int4 AND granted
-                      AND ((classid::int8 << 32) | objid::int8) = ",
-    chain_lock_key!("($1::text[])[1]"),
-    ")"
-);
-
-const INSERT_CHECKPOINT: &str =
-    "INSERT INTO audit_checkpoints (chain, seq, head_hash, at, signature)
-     VALUES ($1, $2, $3, $4, $5)";
-
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The connection string may hold a password: never print it.
@@ -230,10 +181,6 @@ impl From<postgres::Error> for AuditError {
     fn from(e: postgres::Error) -> Self {
         AuditError::Store(e.to_string())
     }
-}
-
-fn to_i64(n: u64) -> Result<i64, AuditError> {
-    i64::try_from(n).map_err(|_| AuditError::Store("seq overflow".into()))
 }
 
 impl PostgresStore {
@@ -377,27 +324,6 @@ fn lock_chain(client: &mut Client, chain: &str) -> Result<i32, AuditError> {
     }
 }
 
-/// A session that commits as `durability` says; with `read_only`, one that cannot write.
-/// Named `name` on the server (`application_name`, for operators and `pg_stat_activity`).
-pub(crate) fn session(
-    url: &str,
-    durability: Durability,
-    read_only: bool,
-    name: &str,
-) -> Result<Client, AuditError> {
-    let mut client = Client::connect(url, NoTls)?;
-    let commit = match durability {
-        Durability::Full => "on",
-        Durability::Off => "off",
-    };
-    let read_only = if read_only { "on" } else { "off" };
-    client.batch_execute(&format!(
-        "SET synchronous_commit = {commit}; SET default_transaction_read_only = {read_only};
-         SET application_name = '{name}'"
-    ))?;
-    Ok(client)
-}
-
 /// What the store's own session is called on the server.
 fn own_name(read_only: bool) -> &'static str {
     if read_only {
@@ -412,55 +338,6 @@ fn create_schema(client: &mut Client) -> Result<(), AuditError> {
     let created = client.batch_execute(SCHEMA);
     client.execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])?;
     Ok(created?)
-}
-
-/// Inserts a batch in `tx`. With `claim_pid` (not 0), only while that server process still
-/// holds the chain's claim.
-pub(crate) fn insert(
-    tx: &mut postgres::Transaction<'_>,
-    statements: &Inserts,
-    records: &[SealedRecord],
-    checkpoint: Option<&Checkpoint>,
-    claim_pid: i32,
-) -> Result<(), AuditError> {
-    if !records.is_empty() {
-        let column = |f: fn(&SealedRecord) -> &str| records.iter().map(f).collect::<Vec<_>>();
-        let seqs = records
-            .iter()
-            .map(|r| to_i64(r.seq))
-            .collect::<Result<Vec<_>, _>>()?;
-        let cprs: Vec<Option<&str>> = records.iter().map(|r| r.indexed.cpr.as_deref()).collect();
-        let inserted = tx.execute(
-            &statements.records,
-            &[
-                &column(|r| &r.chain),
-                &seqs,
-                &column(|r| &r.at),
-                &column(|r| &r.indexed.request_id),
-                &cprs,
-                &column(|r| &r.indexed.caller_id),
-                &column(|r| &r.indexed.department),
-                &column(|r| r.indexed.action.as_str()),
-                &column(|r| r.indexed.outcome.as_str()),
-                &column(|r| &r.body),
-                &column(|r| &r.hash),
-                &claim_pid,
-            ],
-        )?;
-        if inserted != records.len() as u64 {
-            return Err(AuditError::Store(
-                "the session holding the audit chain's claim has ended; the batch is not written"
-                    .into(),
-            ));
-        }
-    }
-    if let Some(c) = checkpoint {
-        tx.execute(
-            &statements.checkpoint,
-            &[&c.chain, &to_i64(c.seq)?, &c.head_hash, &c.at, &c.signature],
-        )?;
-    }
-    Ok(())
 }
 
 /// Applies a registry change inside the caller's transaction. Each change is one conditional
@@ -642,7 +519,7 @@ impl AuditStore for PostgresStore {
         Ok(())
     }
 
-    /// Hands the batch to the pipeline's next connection ([`crate::pg_pipeline`]): it is
+    /// Hands the batch to the pipeline's next connection ([`pipeline`]): it is
     /// durable once the pipeline's sync says so. A small batch that finds the pipeline idle is
     /// committed here at once, on the store's own connection ([`INLINE_BELOW`]). (Not any batch
     /// that finds it idle: a batch committed here holds up the writer, so the next would find it
@@ -826,22 +703,6 @@ impl AuditStore for PostgresStore {
     }
 }
 
-/// A row of [`STORED_COLUMNS`].
-pub(crate) fn stored_record(r: &postgres::Row) -> Result<StoredRecord, postgres::Error> {
-    Ok(StoredRecord {
-        seq: r.try_get::<_, i64>(0)?.unsigned_abs(),
-        request_id: r.try_get(1)?,
-        cpr: r.try_get(2)?,
-        caller_id: r.try_get(3)?,
-        body: r.try_get(4)?,
-        hash: r.try_get(5)?,
-        at: r.try_get(6)?,
-        department: r.try_get(7)?,
-        action: r.try_get(8)?,
-        outcome: r.try_get(9)?,
-    })
-}
-
 fn checkpoint(chain: &str, r: &postgres::Row) -> Checkpoint {
     Checkpoint {
         chain: chain.to_owned(),
@@ -1009,7 +870,7 @@ impl RegistryReader for PostgresReader {
         query: &crate::search::AuditQuery,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, AuditError> {
-        crate::search::postgres_search(&mut self.client, query, limit)
+        postgres_search(&mut self.client, query, limit)
     }
 
     fn activity(
@@ -1018,6 +879,6 @@ impl RegistryReader for PostgresReader {
         until: chrono::DateTime<chrono::Utc>,
         callers: &[String],
     ) -> Result<Vec<crate::search::Activity>, AuditError> {
-        crate::search::postgres_activity(&mut self.client, from, until, callers)
+        postgres_activity(&mut self.client, from, until, callers)
     }
 }

@@ -1,0 +1,8 @@
+//! The two stores, each in a folder of its own: the embedded one ([`sqlite`]) and the production
+//! one ([`postgres`]). Nothing above the stores depends on one but the registry's handle, which
+//! opens the store's readers.
+//!
+//! Their design: `docs/audit-store.md`.
+
+pub mod postgres;
+pub mod sqlite;
