@@ -18,3 +18,4 @@ mod panics;
 mod policy;
 mod refusals;
 mod tls;
+mod tokens;

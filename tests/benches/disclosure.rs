@@ -3,7 +3,7 @@
 //! filtering of each case down to it, with the citizen's consents and the caller's grants as
 //! facts. No network and no audit: exactly the work `decide` and `filter` add.
 //!
-//! `cargo bench -p samblik-gateway --bench disclosure`
+//! `cargo bench -p samblik-tests --bench disclosure`
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -1,7 +1,7 @@
 //! Token verification with the key in memory: the per-request cost of authentication when the
 //! verified-token cache misses (a new token) — ES256 and RS256 — and when it hits.
 //!
-//! `cargo bench -p samblik-gateway --bench verify`
+//! `cargo bench -p samblik-tests --bench verify`
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
