@@ -306,14 +306,13 @@ impl Service<SourceCall> for SourceFn {
     fn call(&mut self, call: SourceCall) -> Self::Future {
         let source = Arc::clone(&self.0);
         Box::pin(async move {
-            let id = source.id().to_owned();
-            std::panic::AssertUnwindSafe(source.find_cases(call.query, call.caller))
+            let outcome = std::panic::AssertUnwindSafe(source.find_cases(call.query, call.caller))
                 .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    tracing::error!(source = %id, "source panicked");
-                    Err(SourceError::Failed(Cause::Fixed("the adapter panicked")))
-                })
+                .await;
+            outcome.unwrap_or_else(|_| {
+                tracing::error!(source = %source.id(), "source panicked");
+                Err(SourceError::Failed(Cause::Fixed("the adapter panicked")))
+            })
         })
     }
 }
