@@ -106,7 +106,7 @@ impl AuditDraft {
 
     pub fn citizen(&mut self, cpr: &Cpr) {
         if let Some(e) = self.event_mut() {
-            e.cpr = Some(cpr.as_str().to_owned());
+            e.cpr = Some(cpr.clone());
         }
     }
 
@@ -207,7 +207,7 @@ impl AuditDraft {
         let log = &self.log;
         let writes = citizens.into_iter().map(|(cpr, detail)| {
             let mut e = event.clone();
-            e.cpr = Some(cpr.as_str().to_owned());
+            e.cpr = Some(cpr.clone());
             e.detail = Some(detail);
             write(log, e)
         });
@@ -302,6 +302,7 @@ pub fn source_entry(source_id: &str, status: SourceStatus, cases: Vec<CaseEntry>
         }
         .to_owned(),
         cases,
+        flag: None,
     }
 }
 

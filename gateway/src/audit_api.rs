@@ -151,7 +151,7 @@ impl Search {
             text => {
                 let cpr = Cpr::parse(text)?;
                 draft.citizen(&cpr);
-                Some(cpr.as_str().to_owned())
+                Some(cpr)
             }
         };
         let (from, until) = period(filter.from.as_ref(), filter.until.as_ref())?;
@@ -168,6 +168,7 @@ impl Search {
                 Vec::new()
             },
             break_glass: filter.break_glass,
+            flagged_sources: false,
             request_ids: Vec::new(),
             after,
         };
@@ -344,19 +345,24 @@ impl AuditApi {
             .activity(read_from, read_until, Vec::new())
             .await
             .map_err(unavailable)?;
-        let break_glass = registry
-            .search(
-                AuditQuery {
-                    from: Some(from),
-                    until: Some(until),
-                    break_glass: true,
-                    ..AuditQuery::default()
-                },
-                100_000,
-            )
+        let singled_out = |break_glass, flagged_sources| AuditQuery {
+            from: Some(from),
+            until: Some(until),
+            break_glass,
+            flagged_sources,
+            ..AuditQuery::default()
+        };
+        let mut records = registry
+            .search(singled_out(true, false), 100_000)
             .await
             .map_err(unavailable)?;
-        let mut items = self.rules().analyse(&activity, &break_glass);
+        records.extend(
+            registry
+                .search(singled_out(false, true), 100_000)
+                .await
+                .map_err(unavailable)?,
+        );
+        let mut items = self.rules().analyse(&activity, &records);
         items.retain(|i| i.overlaps(from, until));
         Ok(items)
     }
@@ -794,7 +800,7 @@ impl AuditApi {
             Err(e) => return refuse(draft, e).await,
         };
         let query = AuditQuery {
-            cpr: Some(cpr.as_str().to_owned()),
+            cpr: Some(cpr.clone()),
             actions: CITIZEN_VISIBLE.to_vec(),
             outcomes: vec![Outcome::Answered],
             after,
@@ -836,7 +842,11 @@ fn entry(r: &AuditRecord, flags: &[&str]) -> pb::AuditEntry {
         department: r.actor.department.clone(),
         municipality: r.actor.municipality.clone(),
         system: r.actor.system.clone().unwrap_or_default(),
-        cpr: r.cpr.clone().unwrap_or_default(),
+        cpr: r
+            .cpr
+            .as_ref()
+            .map(|c| c.as_str().to_owned())
+            .unwrap_or_default(),
         purpose: r.purpose.clone().unwrap_or_default(),
         break_glass_reason: r.break_glass_reason.clone().unwrap_or_default(),
         detail: r.detail.clone().unwrap_or_default(),
@@ -1007,7 +1017,10 @@ fn encode(
                     r.actor.department.clone(),
                     r.actor.municipality.clone(),
                     r.actor.system.clone().unwrap_or_default(),
-                    r.cpr.clone().unwrap_or_default(),
+                    r.cpr
+                        .as_ref()
+                        .map(|c| c.as_str().to_owned())
+                        .unwrap_or_default(),
                     r.purpose.clone().unwrap_or_default(),
                     r.break_glass_reason.clone().unwrap_or_default(),
                     r.detail.clone().unwrap_or_default(),
@@ -1104,7 +1117,7 @@ mod tests {
     #[test]
     fn the_filter_description_never_holds_the_cpr() {
         let q = AuditQuery {
-            cpr: Some("0101901235".into()),
+            cpr: Cpr::parse("0101901235").ok(),
             caller_id: Some("cw-1".into()),
             ..AuditQuery::default()
         };

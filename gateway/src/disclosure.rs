@@ -607,7 +607,7 @@ mod tests {
     fn consent(i: usize, from: &str, tier: u8, refuse: bool) -> Consent {
         Consent {
             id: format!("c-{i}"),
-            cpr: CPR.into(),
+            cpr: samblik_proto::Cpr::parse(CPR).unwrap(),
             kind: if refuse {
                 ConsentKind::Refuse
             } else {
@@ -638,7 +638,7 @@ mod tests {
     fn grant(i: usize, source: &str, case: usize, tier: u8) -> AccessRequest {
         AccessRequest {
             id: format!("ar-{i}"),
-            cpr: CPR.into(),
+            cpr: samblik_proto::Cpr::parse(CPR).unwrap(),
             requester_id: "cw-jobcenter-001".into(),
             requester_name: String::new(),
             requester_department: "jobcenter".into(),

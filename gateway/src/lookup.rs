@@ -19,7 +19,7 @@ use samblik_adapters::SourceAnswer;
 use samblik_adapters::{CaseQuery, Source, SourceError};
 use samblik_audit::registry::Registry;
 use samblik_audit::search::AuditQuery;
-use samblik_audit::{Action, AuditLog, CaseEntry, Outcome, SourceEntry};
+use samblik_audit::{Action, AuditLog, CaseEntry, FOREIGN_CITIZEN, Outcome, SourceEntry};
 use samblik_policy::{Decision, Role};
 use samblik_proto::Cpr;
 use samblik_proto::source::v1::CallerContext;
@@ -781,8 +781,8 @@ impl LookupPipeline {
     /// shown only through [`Self::fetch_target`]. Fails only when the registry is unreadable.
     async fn relate(&self, plan: &mut LookupPlan) -> Result<Relation, GatewayError> {
         let (consents, grants) = futures::join!(
-            self.registry.consents_for(plan.cpr.as_str()),
-            self.registry.grants_for(plan.cpr.as_str(), &plan.caller.id),
+            self.registry.consents_for(&plan.cpr),
+            self.registry.grants_for(&plan.cpr, &plan.caller.id),
         );
         let unreadable = |e: samblik_audit::AuditError| {
             tracing::error!(error = %e, "consent registry unreadable; refusing the call");
@@ -812,13 +812,17 @@ impl LookupPipeline {
             .collect()
             .await;
         let cpr = plan.cpr.as_str();
+        // An answer with a case about anyone else is not used at all (see `disclose`), so it
+        // establishes nothing either.
         plan.relation = fetched.iter().any(|(_, f)| match f {
-            Fetched::Answer { answer, .. } => answer.cases.iter().any(|c| {
-                c.subject_cpr == cpr
-                    && c.existence
-                        .as_ref()
-                        .is_some_and(|e| e.state() == CaseState::Open)
-            }),
+            Fetched::Answer { answer, .. } => {
+                answer.cases.iter().all(|c| c.subject_cpr == cpr)
+                    && answer.cases.iter().any(|c| {
+                        c.existence
+                            .as_ref()
+                            .is_some_and(|e| e.state() == CaseState::Open)
+                    })
+            }
             Fetched::Failed { .. } => false,
         });
         let own_answered = fetched
@@ -1078,6 +1082,7 @@ impl LookupPipeline {
             ..SourceResult::default()
         };
         let mut audited = Vec::new();
+        let mut flag = None;
         match fetched {
             Fetched::Answer { answer, asked } => match self.disclose(plan, id, asked, answer.cases)
             {
@@ -1089,10 +1094,20 @@ impl LookupPipeline {
                         result.cases.push(case);
                     }
                 }
-                Err(reason) => {
+                Err(Rejected::Malformed(reason)) => {
                     tracing::warn!(source = %id, reason, "source answer rejected");
                     result.status = SourceStatus::Error as i32;
                     result.detail = "the department's system answered with invalid data".into();
+                }
+                Err(Rejected::ForeignCitizen) => {
+                    // A security event: a wrong mapping or a broken adapter in the department's
+                    // system. Nothing of the answer is used; the auditors see the flag.
+                    tracing::error!(source = %id, "source answered about another citizen; its whole answer was dropped");
+                    result.status = SourceStatus::Error as i32;
+                    result.detail =
+                        "the department's system answered about another citizen; its answer was not used"
+                            .into();
+                    flag = Some(FOREIGN_CITIZEN);
                 }
             },
             Fetched::Failed { status, detail } => {
@@ -1100,10 +1115,9 @@ impl LookupPipeline {
                 result.detail = detail.into();
             }
         }
-        Answer {
-            audit: source_entry(id, result.status(), audited),
-            result,
-        }
+        let mut audit = source_entry(id, result.status(), audited);
+        audit.flag = flag.map(str::to_owned);
+        Answer { audit, result }
     }
 
     /// What a target of the lookup brought back: nothing, without a call, when the calling system
@@ -1159,25 +1173,25 @@ impl LookupPipeline {
         }
     }
 
-    /// Decides and filters one source's cases. Cases about another citizen are dropped; a
-    /// malformed case makes the whole answer unusable (it could hide that a case exists).
+    /// Decides and filters one source's cases. A case about another citizen makes the whole
+    /// answer untrustworthy (the source has mixed up whom it is answering about), and a
+    /// malformed case makes it unusable (it could hide that a case exists): either way none of
+    /// it is shown.
     fn disclose(
         &self,
         plan: &LookupPlan,
         source_id: &str,
         asked: Tier,
         cases: Vec<samblik_proto::v1::Case>,
-    ) -> Result<Vec<(samblik_proto::v1::Case, Decision)>, &'static str> {
+    ) -> Result<Vec<(samblik_proto::v1::Case, Decision)>, Rejected> {
+        if cases.iter().any(|c| c.subject_cpr != plan.cpr.as_str()) {
+            return Err(Rejected::ForeignCitizen);
+        }
         let facts = plan.facts();
         let mut disclosed = Vec::with_capacity(cases.len());
-        let mut foreign = 0usize;
         for mut case in cases {
-            if case.subject_cpr != plan.cpr.as_str() {
-                foreign += 1;
-                continue;
-            }
             if case.case_id.is_empty() || case.existence.is_none() {
-                return Err("case without id or existence part");
+                return Err(Rejected::Malformed("case without id or existence part"));
             }
             if case.carried_tier() > asked {
                 // Not the case id: it is the department's data, and could be anything.
@@ -1189,11 +1203,17 @@ impl LookupPipeline {
                 disclosed.push((case, decision));
             }
         }
-        if foreign > 0 {
-            tracing::warn!(source = %source_id, dropped = foreign, "source returned cases of another citizen; dropped");
-        }
         Ok(disclosed)
     }
+}
+
+/// Why a source's answer was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rejected {
+    /// A case about someone other than the citizen asked about.
+    ForeignCitizen,
+    /// A case the gateway cannot judge; what is wrong with it.
+    Malformed(&'static str),
 }
 
 fn case_entry(case: &samblik_proto::v1::Case, decision: &Decision) -> CaseEntry {

@@ -251,7 +251,7 @@ fn access_request(r: &reg::AccessRequest) -> pb::AccessRequest {
         decision_reason: r.decision_reason.clone().unwrap_or_default(),
         granted_tier: r.granted_tier.map_or(0, wire_tier),
         granted_until: r.granted_until.map(timestamp),
-        cpr: r.cpr.clone(),
+        cpr: r.cpr.as_str().to_owned(),
     }
 }
 
@@ -389,7 +389,7 @@ impl RegistryApi {
         }
         let consent = reg::Consent {
             id: new_id("c"),
-            cpr: cpr.as_str().to_owned(),
+            cpr: cpr.clone(),
             kind,
             from_departments: c.from_departments.clone(),
             to,
@@ -449,7 +449,7 @@ impl RegistryApi {
                 draft,
                 RegistryChange::WithdrawConsent {
                     id: message.consent_id.clone(),
-                    cpr: cpr.as_str().to_owned(),
+                    cpr: cpr.clone(),
                     by: principal.caller.id.clone(),
                     at: now,
                 },
@@ -531,7 +531,7 @@ impl RegistryApi {
         {
             return refuse(draft, e).await;
         }
-        let consents = match self.pipeline.registry().consents_for(cpr.as_str()).await {
+        let consents = match self.pipeline.registry().consents_for(&cpr).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "consent registry unreadable");
@@ -623,7 +623,7 @@ impl RegistryApi {
         }
         let filed = reg::AccessRequest {
             id: new_id("ar"),
-            cpr: cpr.as_str().to_owned(),
+            cpr: cpr.clone(),
             requester_id: caller.id.clone(),
             requester_name: caller.name.clone(),
             requester_department: caller.department.clone(),
@@ -854,10 +854,8 @@ impl RegistryApi {
                 )
             })?;
         if let Some(filed) = &filed {
-            if filed.owner_department == caller.department
-                && let Ok(cpr) = Cpr::parse(&filed.cpr)
-            {
-                draft.citizen(&cpr);
+            if filed.owner_department == caller.department {
+                draft.citizen(&filed.cpr);
             }
             if tier.is_some_and(|t| t > filed.tier_wanted) {
                 return Err(GatewayError::refused(

@@ -7,7 +7,8 @@
 //!   synthetic data generator.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 
-pub mod cpr;
+/// CPR numbers: [`samblik_cpr`], re-exported so the wire contract names the type it carries.
+pub use samblik_cpr as cpr;
 
 /// `samblik.v1`: the lookup API and the case model.
 pub mod v1 {

@@ -356,7 +356,7 @@ pub fn citizen_claims(cpr: &samblik_proto::Cpr) -> TokenClaims {
         department: String::new(),
         municipality: String::new(),
         roles: vec!["citizen".to_owned()],
-        cpr: Some(cpr.as_str().to_owned()),
+        cpr: Some(cpr.clone()),
     }
 }
 

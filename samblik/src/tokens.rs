@@ -58,7 +58,7 @@ pub struct TokenClaims {
     pub roles: Vec<String>,
     /// A citizen's own CPR number (role citizen only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpr: Option<String>,
+    pub cpr: Option<samblik_proto::Cpr>,
 }
 
 #[derive(Serialize)]

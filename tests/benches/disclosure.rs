@@ -91,7 +91,7 @@ fn lookups() -> Vec<Lookup> {
             let now = chrono::Utc::now();
             let consent = Consent {
                 id: format!("c-{i}"),
-                cpr: (*cpr).to_owned(),
+                cpr: Cpr::parse(cpr).unwrap(),
                 kind: ConsentKind::Permit,
                 from_departments: vec!["child-welfare".into()],
                 to: Recipients::AnyWithCase,

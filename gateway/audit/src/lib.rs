@@ -24,11 +24,13 @@ pub use store::postgres::pipeline as pg_pipeline;
 pub use store::sqlite;
 pub use store::sqlite::bodies;
 
+pub use samblik_cpr::Cpr;
+
 pub use checkpoint::{Checkpoint, CheckpointSigner};
 pub use maintenance::{Maintenance, PreviousStop, PruneReport, Retention};
 pub use record::{
-    Action, Actor, AuditEvent, AuditRecord, CaseEntry, EncodedEvent, GENESIS_HASH, Indexed,
-    Outcome, SealedRecord, SourceEntry,
+    Action, Actor, AuditEvent, AuditRecord, CaseEntry, EncodedEvent, FOREIGN_CITIZEN, GENESIS_HASH,
+    Indexed, Outcome, SealedRecord, SourceEntry,
 };
 pub use registry::{
     AccessRequest, ChangeOutcome, Consent, ConsentKind, Recipients, Registry, RegistryChange,
@@ -61,9 +63,11 @@ pub enum AuditError {
     Stopped,
 }
 
-/// A record as read back for verification: the indexed columns and the stored body.
-/// Verification holds every column a search filters on to the hashed body.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A record as read back for verification: the indexed columns and the stored body, as the
+/// store holds them. Verification holds every column a search filters on to the hashed body, so
+/// the CPR column stays the raw text here (a column edited to something that is not a CPR number
+/// is a finding, not a read error); `Debug` prints neither it nor the body.
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoredRecord {
     pub seq: u64,
     pub request_id: String,
@@ -77,6 +81,23 @@ pub struct StoredRecord {
     pub outcome: String,
 }
 
+impl std::fmt::Debug for StoredRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredRecord")
+            .field("seq", &self.seq)
+            .field("request_id", &self.request_id)
+            .field("cpr", &self.cpr.as_ref().map(|_| "<cpr redacted>"))
+            .field("caller_id", &self.caller_id)
+            .field("body", &format_args!("<{} bytes>", self.body.len()))
+            .field("hash", &self.hash)
+            .field("at", &self.at)
+            .field("department", &self.department)
+            .field("action", &self.action)
+            .field("outcome", &self.outcome)
+            .finish()
+    }
+}
+
 impl StoredRecord {
     /// Whether the columns a search filters on say what the record's hashed content says (the
     /// chain and seq aside): one edited in place would show a record to the wrong search — a
@@ -84,7 +105,7 @@ impl StoredRecord {
     pub(crate) fn columns_agree(&self, record: &AuditRecord) -> bool {
         record.seq == self.seq
             && record.request_id == self.request_id
-            && record.cpr == self.cpr
+            && record.cpr.as_ref().map(Cpr::as_str) == self.cpr.as_deref()
             && record.actor.caller_id == self.caller_id
             && record.at == self.at
             && record.actor.department == self.department

@@ -4,6 +4,7 @@
 //!
 //! Why: `docs/audit-store.md`.
 
+use samblik_cpr::Cpr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt::Write;
@@ -102,7 +103,16 @@ pub struct SourceEntry {
     /// `ok`, `timeout`, `unavailable`, `denied`, `error`.
     pub status: String,
     pub cases: Vec<CaseEntry>,
+    /// A security event in the source's answer, for the auditors: [`FOREIGN_CITIZEN`] when it
+    /// held a case about someone other than the citizen asked about (the answer was dropped).
+    /// Absent otherwise, and then not encoded at all, so records without one hash as they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag: Option<String>,
 }
+
+/// [`SourceEntry::flag`] of a source that answered about another citizen. Also the review
+/// queue's kind for such a lookup.
+pub const FOREIGN_CITIZEN: &str = "foreign-citizen";
 
 /// What the gateway reports; the writer adds the chain fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +121,7 @@ pub struct AuditEvent {
     pub action: Action,
     pub actor: Actor,
     /// The citizen looked up, normalised to 10 digits; `None` when the request held no valid CPR.
-    pub cpr: Option<String>,
+    pub cpr: Option<Cpr>,
     pub purpose: Option<String>,
     pub break_glass_reason: Option<String>,
     pub outcome: Outcome,
@@ -124,8 +134,10 @@ pub struct AuditEvent {
     pub policy_version: String,
 }
 
-/// A record as stored: the event, its place in the chain and its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A record as stored: the event, its place in the chain and its hash. Its `Debug` shows a
+/// registry change only by its type: the change holds the consent or request as JSON, CPR and
+/// all.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditRecord {
     /// The chain (one per gateway replica).
@@ -137,7 +149,7 @@ pub struct AuditRecord {
     pub request_id: String,
     pub action: Action,
     pub actor: Actor,
-    pub cpr: Option<String>,
+    pub cpr: Option<Cpr>,
     pub purpose: Option<String>,
     pub break_glass_reason: Option<String>,
     pub outcome: Outcome,
@@ -162,13 +174,42 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
+impl std::fmt::Debug for AuditRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let change = self.change.as_ref().map(|c| {
+            c.get("type")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("?")
+        });
+        f.debug_struct("AuditRecord")
+            .field("chain", &self.chain)
+            .field("seq", &self.seq)
+            .field("at", &self.at)
+            .field("request_id", &self.request_id)
+            .field("action", &self.action)
+            .field("actor", &self.actor)
+            .field("cpr", &self.cpr)
+            .field("purpose", &self.purpose)
+            .field("break_glass_reason", &self.break_glass_reason)
+            .field("outcome", &self.outcome)
+            .field("detail", &self.detail)
+            .field("reason", &self.reason)
+            .field("sources", &self.sources)
+            .field("policy_version", &self.policy_version)
+            .field("change", &change)
+            .field("prev_hash", &self.prev_hash)
+            .field("hash", &self.hash)
+            .finish()
+    }
+}
+
 /// The columns a store keeps beside a record's body, to index and filter on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Indexed {
     pub request_id: String,
     pub action: Action,
     pub outcome: Outcome,
-    pub cpr: Option<String>,
+    pub cpr: Option<Cpr>,
     pub caller_id: String,
     pub department: String,
 }
@@ -193,7 +234,7 @@ struct Content<'a> {
     request_id: &'a str,
     action: Action,
     actor: &'a Actor,
-    cpr: &'a Option<String>,
+    cpr: &'a Option<Cpr>,
     purpose: &'a Option<String>,
     break_glass_reason: &'a Option<String>,
     outcome: Outcome,
@@ -432,6 +473,10 @@ impl Outcome {
 mod tests {
     use super::*;
 
+    fn cpr(digits: &str) -> Cpr {
+        Cpr::parse(digits).unwrap()
+    }
+
     const PINNED_JSON: &str = r#"{"chain":"c","seq":1,"at":"2026-01-01T00:00:00Z","request_id":"r-1","action":"lookup","actor":{"caller_id":"cw-1","name":"","department":"","municipality":"","system":null},"cpr":"0101901235","purpose":"prepare-meeting","break_glass_reason":null,"outcome":"answered","detail":null,"sources":[],"policy_version":"v1","prev_hash":"0000000000000000000000000000000000000000000000000000000000000000"}"#;
 
     fn event() -> AuditEvent {
@@ -442,7 +487,7 @@ mod tests {
                 caller_id: "cw-1".into(),
                 ..Actor::default()
             },
-            cpr: Some("0101901235".into()),
+            cpr: Some(cpr("0101901235")),
             purpose: Some("prepare-meeting".into()),
             break_glass_reason: None,
             outcome: Outcome::Answered,
@@ -494,7 +539,7 @@ mod tests {
         assert_eq!(a.hash, a.compute_hash());
         assert_eq!(a.hash.len(), 64);
         let mut changed = a.clone();
-        changed.cpr = Some("0101901236".into());
+        changed.cpr = Some(cpr("0101901236"));
         assert_ne!(changed.compute_hash(), a.hash);
         let b = AuditRecord::seal(event(), "c", 1, "2026-01-01T00:00:00Z".into(), &a.hash);
         assert_ne!(b.hash, a.hash);
@@ -583,6 +628,7 @@ mod tests {
                 rule_ids: vec!["a/b".into()],
                 fields: vec!["existence.state".into(), "full.documents[d-1]".into()],
             }],
+            flag: None,
         }];
         let change = serde_json::json!({"type": "mark", "ids": [1, 2], "note": "x\"y"});
         for (e, change, chain, at, prev) in [

@@ -10,8 +10,14 @@
 //!   someone trying citizens they have no case for. Refusals for any other reason (a calling
 //!   system not admitted, a purpose it may not use) do not count, nor does trying the same
 //!   citizen again.
+//! - `foreign-citizen`: a lookup in which a department's system answered with a case about
+//!   someone other than the citizen asked about. The gateway dropped that source's whole answer
+//!   (nothing of it was shown) and flagged the source in the record
+//!   ([`crate::SourceEntry::flag`]): a wrong mapping or a broken adapter in a department's system
+//!   is a security event, even when no one saw the other citizen's data.
 
 use crate::record::AuditRecord;
+pub use crate::record::FOREIGN_CITIZEN;
 use crate::search::Activity;
 use chrono::{
     DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Timelike, Utc, Weekday,
@@ -224,21 +230,19 @@ impl ReviewRules {
         (day, start_of(day), start_of(next))
     }
 
-    /// The review items in `activity` (lookup records, oldest first) and `break_glass`
-    /// (records). A lookup is one request however many records it wrote (a streamed lookup
-    /// writes one per department as it answers), so it is one item and counts once.
-    pub fn analyse(&self, activity: &[Activity], break_glass: &[AuditRecord]) -> Vec<ReviewItem> {
+    /// The review items in `activity` (lookup records, oldest first) and `records` (the
+    /// period's records made with break-the-glass or with a flagged source; one record may be
+    /// both). A lookup is one request however many records it wrote (a streamed lookup writes
+    /// one per department as it answers), so it is one item of a kind and counts once.
+    pub fn analyse(&self, activity: &[Activity], records: &[AuditRecord]) -> Vec<ReviewItem> {
         let mut items = Vec::new();
         let activity = lookups(activity.iter());
         let mut seen = HashSet::new();
-        for r in break_glass
-            .iter()
-            .filter(|r| seen.insert(r.request_id.as_str()))
-        {
+        for r in records {
             let Some(at) = parse(&r.at) else { continue };
-            items.push(ReviewItem {
-                key: format!("{BREAK_GLASS}:{}", r.request_id),
-                kind: BREAK_GLASS,
+            let single = |kind: &'static str, summary: String| ReviewItem {
+                key: format!("{kind}:{}", r.request_id),
+                kind,
                 caller_id: r.actor.caller_id.clone(),
                 department: r.actor.department.clone(),
                 at,
@@ -246,9 +250,30 @@ impl ReviewRules {
                 last: at,
                 count: 1,
                 request_ids: vec![r.request_id.clone()],
-                summary: format!("break-the-glass lookup ({})", r.outcome.as_str()),
+                summary,
                 review: None,
-            });
+            };
+            if r.break_glass_reason.is_some() && seen.insert((BREAK_GLASS, r.request_id.as_str())) {
+                items.push(single(
+                    BREAK_GLASS,
+                    format!("break-the-glass lookup ({})", r.outcome.as_str()),
+                ));
+            }
+            let foreign: Vec<&str> = r
+                .sources
+                .iter()
+                .filter(|s| s.flag.as_deref() == Some(FOREIGN_CITIZEN))
+                .map(|s| s.source_id.as_str())
+                .collect();
+            if !foreign.is_empty() && seen.insert((FOREIGN_CITIZEN, r.request_id.as_str())) {
+                items.push(single(
+                    FOREIGN_CITIZEN,
+                    format!(
+                        "{} answered with a case about another citizen; the answer was dropped",
+                        foreign.join(", ")
+                    ),
+                ));
+            }
         }
         let mut hours: BTreeMap<(String, DateTime<Utc>), Vec<&Activity>> = BTreeMap::new();
         let mut days: BTreeMap<(String, NaiveDate), Vec<&Activity>> = BTreeMap::new();
@@ -394,6 +419,13 @@ impl ReviewRules {
         if record.break_glass_reason.is_some() {
             flags.push(BREAK_GLASS);
         }
+        if record
+            .sources
+            .iter()
+            .any(|s| s.flag.as_deref() == Some(FOREIGN_CITIZEN))
+        {
+            flags.push(FOREIGN_CITIZEN);
+        }
         let is_lookup = matches!(
             record.action,
             crate::Action::Lookup | crate::Action::LookupStream
@@ -440,7 +472,7 @@ impl ReviewRules {
 fn distinct_citizens(lookups: &[&Activity]) -> usize {
     lookups
         .iter()
-        .filter_map(|a| a.cpr.as_deref())
+        .filter_map(|a| a.cpr.as_ref())
         .collect::<HashSet<_>>()
         .len()
 }
@@ -557,7 +589,7 @@ mod tests {
             request_id: format!("r-{id}"),
             caller_id: caller.into(),
             department: "jobcenter".into(),
-            cpr: Some(cpr.into()),
+            cpr: Some(samblik_cpr::Cpr::parse(cpr).unwrap()),
             outcome: "denied".into(),
             reason: why.reason.map(str::to_owned),
             detail: why.detail,
@@ -847,7 +879,7 @@ mod tests {
             old.clone(),
             Activity {
                 request_id: "r-3".into(),
-                cpr: Some("0101900003".into()),
+                cpr: samblik_cpr::Cpr::parse("0101900003").ok(),
                 ..old
             },
         ];
@@ -888,6 +920,43 @@ mod tests {
         );
         let record = record_at("2026-11-23T01:05:00.000000Z", "cw-a");
         assert_eq!(rules.flags(&record, &activity), vec![OUTSIDE_HOURS]);
+    }
+
+    #[test]
+    fn a_source_that_answered_about_another_citizen_is_one_item_per_lookup() {
+        let rules = ReviewRules::default();
+        let source = |id: &str, flag: Option<&str>| crate::SourceEntry {
+            source_id: id.into(),
+            status: if flag.is_some() { "error" } else { "ok" }.into(),
+            cases: Vec::new(),
+            flag: flag.map(str::to_owned),
+        };
+        // A streamed lookup with break-the-glass: one record per department, two of them from
+        // sources that answered about someone else.
+        let mut records = Vec::new();
+        for (id, flag) in [
+            ("jobcenter", None),
+            ("child-welfare", Some(FOREIGN_CITIZEN)),
+            ("housing", Some(FOREIGN_CITIZEN)),
+        ] {
+            let mut record = record_at("2026-11-23T10:00:00.000000Z", "cw-a");
+            record.request_id = "r-1".into();
+            record.break_glass_reason = Some("akut".into());
+            record.sources = vec![source(id, flag)];
+            records.push(record);
+        }
+        let items = rules.analyse(&[], &records);
+        let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, vec!["break-glass:r-1", "foreign-citizen:r-1"]);
+        let foreign = &items[1];
+        assert_eq!(foreign.kind, FOREIGN_CITIZEN);
+        assert!(
+            foreign.summary.starts_with("child-welfare answered"),
+            "{}",
+            foreign.summary
+        );
+        assert!(rules.flags(&records[1], &[]).contains(&FOREIGN_CITIZEN));
+        assert!(!rules.flags(&records[0], &[]).contains(&FOREIGN_CITIZEN));
     }
 
     #[test]

@@ -7,11 +7,12 @@ use crate::record::{Action, AuditRecord, Outcome};
 use crate::store::sqlite::chunks::{POSTING_CALLER, POSTING_CITIZEN, RowWindow};
 use crate::{AuditError, STORED_COLUMNS, StoredRecord};
 use chrono::{DateTime, SecondsFormat, Utc};
+use samblik_cpr::Cpr;
 
 /// Which records; `None` and empty lists match everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditQuery {
-    pub cpr: Option<String>,
+    pub cpr: Option<Cpr>,
     pub caller_id: Option<String>,
     pub department: Option<String>,
     /// Inclusive.
@@ -22,6 +23,8 @@ pub struct AuditQuery {
     pub outcomes: Vec<Outcome>,
     /// Only records that carry a break-the-glass reason.
     pub break_glass: bool,
+    /// Only records with a flagged source ([`crate::SourceEntry::flag`]).
+    pub flagged_sources: bool,
     /// Only the records of these requests (by `request_id`).
     pub request_ids: Vec<String>,
     /// Only records older than this one (the last of the previous page).
@@ -71,7 +74,7 @@ pub struct Activity {
     pub caller_id: String,
     pub department: String,
     /// The citizen looked up (`None` when the request named no valid CPR).
-    pub cpr: Option<String>,
+    pub cpr: Option<Cpr>,
     pub outcome: String,
     /// The refusal's reason; `None` for a lookup that was not refused, and for a refusal
     /// recorded before refusals had reasons.
@@ -131,8 +134,8 @@ impl Where {
     }
 
     /// `column = value`, if a value is given; returns its placeholder.
-    fn equals(&mut self, column: &str, value: &Option<String>) -> Option<String> {
-        let p = self.bind(Param::Text(value.clone()?));
+    fn equals(&mut self, column: &str, value: Option<&str>) -> Option<String> {
+        let p = self.bind(Param::Text(value?.to_owned()));
         self.clauses.push(format!("{column} = {p}"));
         Some(p)
     }
@@ -216,9 +219,9 @@ pub(crate) fn search_sql_among(
     if let Some(rows) = rows {
         w.rows(rows);
     }
-    let cpr = w.equals("cpr", &query.cpr);
-    let caller = w.equals("caller_id", &query.caller_id);
-    w.equals("department", &query.department);
+    let cpr = w.equals("cpr", query.cpr.as_ref().map(Cpr::as_str));
+    let caller = w.equals("caller_id", query.caller_id.as_deref());
+    w.equals("department", query.department.as_deref());
     // The clauses on `at` the postings apply too (a posting carries its record's `at`).
     let mut bounds = w.period(query.from, query.until);
     let actions: Vec<&str> = query.actions.iter().map(|a| a.as_str()).collect();
@@ -233,6 +236,14 @@ pub(crate) fn search_sql_among(
                 "json_extract(samblik_body(body), '$.break_glass_reason') IS NOT NULL".to_owned()
             }
             Dialect::Postgres => "(body::jsonb ->> 'break_glass_reason') IS NOT NULL".to_owned(),
+        });
+    }
+    if query.flagged_sources {
+        w.clauses.push(match dialect {
+            Dialect::Sqlite => "EXISTS (SELECT 1 FROM json_each(samblik_body(body), '$.sources') \
+                                WHERE json_extract(value, '$.flag') IS NOT NULL)"
+                .to_owned(),
+            Dialect::Postgres => "jsonb_path_exists(body::jsonb, '$.sources[*].flag')".to_owned(),
         });
     }
     if let Some(after) = &query.after {
@@ -400,8 +411,8 @@ mod tests {
     #[test]
     fn the_filter_binds_every_value_and_never_splices_it() {
         let query = AuditQuery {
-            cpr: Some("0101901235' OR 1=1 --".into()),
-            caller_id: Some("cw".into()),
+            cpr: Cpr::parse("0101901235").ok(),
+            caller_id: Some("cw' OR 1=1 --".into()),
             actions: vec![Action::Lookup],
             break_glass: true,
             after: Some(Cursor {

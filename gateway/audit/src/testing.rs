@@ -298,6 +298,13 @@ impl Drop for ScratchDatabase {
     }
 }
 
+/// A synthetic CPR number for a test, from its 10 digits (or `DDMMYY-SSSS`); panics on one that
+/// is not a CPR number, which is a mistake in the test.
+#[allow(clippy::panic)]
+pub fn cpr(digits: &str) -> samblik_cpr::Cpr {
+    samblik_cpr::Cpr::parse(digits).unwrap_or_else(|e| panic!("not a test CPR number: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::ScratchDatabase;

@@ -1110,7 +1110,7 @@ impl Writer {
             RegistryChange::DecideRequest { .. } => Action::AccessDecided,
         };
         if let Some(cpr) = change.cpr() {
-            event.cpr = Some(cpr.to_owned());
+            event.cpr = Some(cpr.clone());
         }
         let body = match serde_json::to_value(change) {
             Ok(body) => body,

@@ -8,10 +8,12 @@
 mod common;
 
 use common::{TestStore, runtime, spawn_append};
+use samblik_audit::Cpr;
 use samblik_audit::bodies::{Schedule, TRAINING_RECORDS, dictionary_of};
 use samblik_audit::checkpoint::{load_verifying_key, public_key_path};
 use samblik_audit::search::AuditQuery;
 use samblik_audit::sqlite::{Durability, SqliteStore};
+use samblik_audit::testing::cpr;
 use samblik_audit::verify::{VerifyError, verify_store};
 use samblik_audit::*;
 use std::sync::Arc;
@@ -31,6 +33,7 @@ fn event(i: usize) -> AuditEvent {
             rule_ids: vec!["statute".into()],
             fields: fields.iter().map(|f| (*f).to_owned()).collect(),
         }],
+        flag: None,
     };
     let existence = [
         "existence.case_type",
@@ -50,7 +53,7 @@ fn event(i: usize) -> AuditEvent {
             municipality: "999".into(),
             system: None,
         },
-        cpr: Some(CITIZENS[i % 3].into()),
+        cpr: Some(cpr(CITIZENS[i % 3])),
         purpose: Some("prepare-meeting".into()),
         break_glass_reason: i
             .is_multiple_of(7)
@@ -69,6 +72,7 @@ fn event(i: usize) -> AuditEvent {
                 source_id: "integration".into(),
                 status: "ok".into(),
                 cases: Vec::new(),
+                flag: None,
             },
         ],
         policy_version: "sha256:ff1c58e0ab48dde9e407f480133d70e86feb1fb8e211f9fbfe0f5b168f71a99a"
@@ -284,12 +288,12 @@ fn sqlite_bodies_are_compressed_once_trained_and_read_back_whole_everywhere() {
     assert_eq!(seqs(&glass), seqs(&expected));
     assert!(glass.len() > n / 7 - 2);
     let citizen = search(AuditQuery {
-        cpr: Some(CITIZENS[2].into()),
+        cpr: Some(cpr(CITIZENS[2])),
         ..AuditQuery::default()
     });
     let expected: Vec<AuditRecord> = records
         .iter()
-        .filter(|r| r.cpr.as_deref() == Some(CITIZENS[2]))
+        .filter(|r| r.cpr.as_ref().map(Cpr::as_str) == Some(CITIZENS[2]))
         .cloned()
         .collect();
     assert_eq!(citizen, expected);

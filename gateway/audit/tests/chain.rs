@@ -7,6 +7,7 @@ use samblik_audit::checkpoint::{load_verifying_key, public_key_path};
 use samblik_audit::postgres::PostgresStore;
 use samblik_audit::sqlite::{Durability, SqliteStore};
 use samblik_audit::testing::FaultInjecting;
+use samblik_audit::testing::cpr;
 use samblik_audit::verify::{VerifyError, verify_store};
 use samblik_audit::*;
 use std::future::Future;
@@ -35,7 +36,7 @@ fn event(i: usize) -> AuditEvent {
             municipality: "999".into(),
             system: None,
         },
-        cpr: Some(format!("01019{:05}", i % 100_000)),
+        cpr: Some(cpr(&format!("01019{:05}", i % 100_000))),
         purpose: Some("prepare-meeting".into()),
         break_glass_reason: None,
         outcome: Outcome::Answered,
@@ -51,6 +52,7 @@ fn event(i: usize) -> AuditEvent {
                 rule_ids: vec!["r1".into()],
                 fields: vec!["existence.case_type".into()],
             }],
+            flag: None,
         }],
         policy_version: "test".into(),
     }
@@ -724,7 +726,7 @@ fn a_pruned_record_leaves_no_trace_in_the_file() {
     let log = open(&s, s.store());
     for i in 0..30 {
         let mut lookup = event(i);
-        lookup.cpr = Some(CPR.into());
+        lookup.cpr = Some(cpr(CPR));
         block_on(log.append(lookup)).unwrap();
     }
     log.close();

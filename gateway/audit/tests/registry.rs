@@ -5,8 +5,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use samblik_audit::Cpr;
 use samblik_audit::checkpoint::{load_verifying_key, public_key_path};
 use samblik_audit::testing::FaultInjecting;
+use samblik_audit::testing::cpr as cpr_of;
 use samblik_audit::verify::verify_store;
 use samblik_audit::*;
 use std::sync::Arc;
@@ -101,7 +103,7 @@ fn event(caller: &str, department: &str) -> AuditEvent {
 fn consent(id: &str, cpr: &str, recorded_at: DateTime<Utc>) -> Consent {
     Consent {
         id: id.into(),
-        cpr: cpr.into(),
+        cpr: cpr_of(cpr),
         kind: ConsentKind::Permit,
         from_departments: vec!["child-welfare".into()],
         to: Recipients::Departments(vec!["jobcenter".into()]),
@@ -121,7 +123,7 @@ fn consent(id: &str, cpr: &str, recorded_at: DateTime<Utc>) -> Consent {
 fn request(id: &str, cpr: &str, requester: &str) -> AccessRequest {
     AccessRequest {
         id: id.into(),
-        cpr: cpr.into(),
+        cpr: cpr_of(cpr),
         requester_id: requester.into(),
         requester_name: "Test Caseworker".into(),
         requester_department: "jobcenter".into(),
@@ -157,7 +159,7 @@ fn decide(id: &str, department: &str, approve: bool) -> RegistryChange {
 fn withdraw(id: &str, cpr: &str) -> RegistryChange {
     RegistryChange::WithdrawConsent {
         id: id.into(),
-        cpr: cpr.into(),
+        cpr: cpr_of(cpr),
         by: "cw-jobcenter-1".into(),
         at: t(5),
     }
@@ -203,7 +205,7 @@ fn consents_are_recorded_listed_and_withdrawn_and_the_next_read_sees_it() {
         clash.max_tier = 3;
         assert_eq!(change(&rt, &s, &log, c(&clash)), ChangeOutcome::AlreadyDone);
 
-        let listed = rt.block_on(registry.consents_for(CPR)).unwrap();
+        let listed = rt.block_on(registry.consents_for(&cpr_of(CPR))).unwrap();
         assert_eq!(listed, vec![second.clone(), first.clone()], "newest first");
         assert_eq!(
             rt.block_on(registry.consent("c-1")).unwrap(),
@@ -211,7 +213,7 @@ fn consents_are_recorded_listed_and_withdrawn_and_the_next_read_sees_it() {
         );
         assert_eq!(rt.block_on(registry.consent("c-404")).unwrap(), None);
         assert!(
-            rt.block_on(registry.consents_for("1111111118"))
+            rt.block_on(registry.consents_for(&cpr_of("1111111118")))
                 .unwrap()
                 .is_empty()
         );
@@ -237,7 +239,7 @@ fn consents_are_recorded_listed_and_withdrawn_and_the_next_read_sees_it() {
             assert_eq!(now.withdrawn_at, Some(t(5)));
             assert_eq!(now.withdrawn_by.as_deref(), Some("cw-jobcenter-1"));
             assert!(!now.is_active(t(6)));
-            let listed = rt.block_on(r.consents_for(CPR)).unwrap();
+            let listed = rt.block_on(r.consents_for(&cpr_of(CPR))).unwrap();
             assert_eq!(listed.len(), 2, "withdrawn consents are still listed");
             assert!(
                 listed
@@ -328,16 +330,20 @@ fn requests_are_filed_and_decided_once_by_their_owner() {
         );
 
         // Grants: approved only, for exactly that requester and citizen.
-        let grants = rt.block_on(registry.grants_for(CPR, "cw-1")).unwrap();
+        let grants = rt
+            .block_on(registry.grants_for(&cpr_of(CPR), "cw-1"))
+            .unwrap();
         assert_eq!(grants, vec![approved]);
         assert!(
-            rt.block_on(registry.grants_for(CPR, "cw-2"))
+            rt.block_on(registry.grants_for(&cpr_of(CPR), "cw-2"))
                 .unwrap()
                 .is_empty()
         );
         let ids = |v: Vec<AccessRequest>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
         assert_eq!(
-            ids(rt.block_on(registry.grants_for(OTHER_CPR, "cw-1")).unwrap()),
+            ids(rt
+                .block_on(registry.grants_for(&cpr_of(OTHER_CPR), "cw-1"))
+                .unwrap()),
             ["ar-4"]
         );
 
@@ -353,7 +359,7 @@ fn requests_are_filed_and_decided_once_by_their_owner() {
         );
         let mine = RequestFilter {
             requester_id: Some("cw-1".into()),
-            cpr: Some(CPR.into()),
+            cpr: Some(cpr_of(CPR)),
             ..RequestFilter::default()
         };
         let mut mine = ids(rt.block_on(registry.requests(mine, 10)).unwrap());
@@ -389,14 +395,14 @@ fn every_change_and_every_refusal_leaves_one_record_in_a_chain_that_verifies() {
         // chain.
         let lookup = || {
             let mut e = event("cw-jobcenter-1", "jobcenter");
-            e.cpr = Some(CPR.into());
+            e.cpr = Some(cpr_of(CPR));
             e
         };
         rt.block_on(log.append(lookup())).unwrap();
         let mut invalid = consent("c-bad", CPR, t(1));
         invalid.purposes.clear();
         let mut decision = event("leader-child-welfare", "child-welfare");
-        decision.cpr = Some(CPR.into());
+        decision.cpr = Some(cpr_of(CPR));
         let steps: Vec<(AuditEvent, RegistryChange, ChangeOutcome, Action, Outcome)> = vec![
             (
                 event("cw-jobcenter-1", "jobcenter"),
@@ -487,14 +493,22 @@ fn every_change_and_every_refusal_leaves_one_record_in_a_chain_that_verifies() {
                 "the change is in the record's body (step {i})"
             );
             // A change's own CPR is indexed; a decision carries the one the gateway set.
-            let cpr = registry_change
-                .cpr()
-                .map(str::to_owned)
-                .or(event.cpr.clone());
+            let cpr = registry_change.cpr().cloned().or(event.cpr.clone());
             assert_eq!(record.cpr, cpr, "step {i}");
             if !matches!(registry_change, RegistryChange::DecideRequest { .. }) {
-                assert_eq!(record.cpr.as_deref(), Some(CPR), "step {i}");
+                assert_eq!(record.cpr.as_ref().map(Cpr::as_str), Some(CPR), "step {i}");
             }
+            // The change, its record and what the registry reads back never print the CPR.
+            let printed = format!(
+                "{registry_change:?} {record:?} {:?} {:?}",
+                rt.block_on(registry.consents_for(&cpr_of(CPR))).unwrap(),
+                rt.block_on(registry.requests(RequestFilter::default(), 10))
+                    .unwrap()
+            );
+            assert!(
+                !printed.contains(CPR),
+                "a CPR number was printed (step {i})"
+            );
             match expected {
                 ChangeOutcome::Applied => {
                     assert_eq!((&record.detail, &record.reason), (&None, &None))
@@ -672,7 +686,11 @@ fn a_registry_can_be_opened_before_the_audit_log() {
     for s in setups() {
         let rt = runtime();
         let registry = s.registry();
-        assert!(rt.block_on(registry.consents_for(CPR)).unwrap().is_empty());
+        assert!(
+            rt.block_on(registry.consents_for(&cpr_of(CPR)))
+                .unwrap()
+                .is_empty()
+        );
         let log = s.log("replica-a", s.store());
         assert_eq!(
             change(
@@ -683,7 +701,12 @@ fn a_registry_can_be_opened_before_the_audit_log() {
             ),
             ChangeOutcome::Applied
         );
-        assert_eq!(rt.block_on(registry.consents_for(CPR)).unwrap().len(), 1);
+        assert_eq!(
+            rt.block_on(registry.consents_for(&cpr_of(CPR)))
+                .unwrap()
+                .len(),
+            1
+        );
         // Dropping a registry on a runtime thread must not panic (a blocking PostgreSQL client
         // may not be closed there).
         rt.block_on(async move { drop(registry) });
@@ -710,18 +733,23 @@ fn a_registry_opened_after_changes_sees_them_all() {
         change(&rt, &s, &log, decide("ar-1", "child-welfare", true));
         // A gateway restarting reads the whole registry (SQLite: into its mirror).
         let later = s.registry();
-        let consents = rt.block_on(later.consents_for(CPR)).unwrap();
+        let consents = rt.block_on(later.consents_for(&cpr_of(CPR))).unwrap();
         assert_eq!(consents.len(), 2);
         assert!(
             consents
                 .iter()
                 .any(|c| c.id == "c-2" && c.withdrawn_at.is_some())
         );
-        assert_eq!(rt.block_on(later.consents_for(OTHER_CPR)).unwrap().len(), 1);
-        let grants = rt.block_on(later.grants_for(CPR, "cw-1")).unwrap();
+        assert_eq!(
+            rt.block_on(later.consents_for(&cpr_of(OTHER_CPR)))
+                .unwrap()
+                .len(),
+            1
+        );
+        let grants = rt.block_on(later.grants_for(&cpr_of(CPR), "cw-1")).unwrap();
         assert_eq!(grants.len(), 1);
         assert!(
-            rt.block_on(later.grants_for(CPR, "cw-2"))
+            rt.block_on(later.grants_for(&cpr_of(CPR), "cw-2"))
                 .unwrap()
                 .is_empty()
         );
@@ -755,8 +783,16 @@ fn pruning_the_audit_log_keeps_every_consent_and_access_request() {
         log.close();
         assert_eq!(s.verify()[0].first_seq, 7, "the change records were pruned");
         let later = s.registry();
-        assert_eq!(rt.block_on(later.consents_for(CPR)).unwrap().len(), 1);
-        assert_eq!(rt.block_on(later.grants_for(CPR, "cw-1")).unwrap().len(), 1);
+        assert_eq!(
+            rt.block_on(later.consents_for(&cpr_of(CPR))).unwrap().len(),
+            1
+        );
+        assert_eq!(
+            rt.block_on(later.grants_for(&cpr_of(CPR), "cw-1"))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }
 

@@ -8,7 +8,9 @@ mod common;
 
 use chrono::{DateTime, Utc};
 use common::{TestStore, runtime, test_stores};
+use samblik_audit::Cpr;
 use samblik_audit::search::{self, AuditQuery, Cursor};
+use samblik_audit::testing::cpr as cpr_of;
 use samblik_audit::*;
 use std::time::Instant;
 
@@ -34,7 +36,7 @@ fn event(i: usize) -> AuditEvent {
             municipality: "999".into(),
             system: None,
         },
-        cpr: Some(CITIZENS[i % 3].into()),
+        cpr: Some(cpr_of(CITIZENS[i % 3])),
         purpose: Some("prepare-meeting".into()),
         break_glass_reason: i
             .is_multiple_of(7)
@@ -119,13 +121,13 @@ fn every_filter_matches_a_full_scan_and_pages_join_up() {
         };
 
         let by_citizen = AuditQuery {
-            cpr: Some(CITIZENS[1].into()),
+            cpr: Some(cpr_of(CITIZENS[1])),
             ..AuditQuery::default()
         };
         let found = search(by_citizen.clone(), 1000);
         assert_eq!(
             ids(&found),
-            expect(&|r| r.cpr.as_deref() == Some(CITIZENS[1]))
+            expect(&|r| r.cpr.as_ref().map(Cpr::as_str) == Some(CITIZENS[1]))
         );
         assert_eq!(found.len(), 20);
 
@@ -175,7 +177,7 @@ fn every_filter_matches_a_full_scan_and_pages_join_up() {
         let wanted = ["req-4", "req-7", "req-9"];
         assert_eq!(
             ids(&search(q, 1000)),
-            expect(&|r| r.cpr.as_deref() == Some(CITIZENS[1])
+            expect(&|r| r.cpr.as_ref().map(Cpr::as_str) == Some(CITIZENS[1])
                 && wanted.contains(&r.request_id.as_str()))
         );
         let (from, until) = (time(&all[40]), time(&all[10]));
@@ -208,7 +210,7 @@ fn every_filter_matches_a_full_scan_and_pages_join_up() {
             .unwrap();
         for a in &everyone {
             let i: usize = a.request_id["req-".len()..].parse().unwrap();
-            assert_eq!(a.cpr.as_deref(), Some(CITIZENS[i % 3]));
+            assert_eq!(a.cpr.as_ref().map(Cpr::as_str), Some(CITIZENS[i % 3]));
             assert_eq!(a.detail, refusal_detail(i), "{a:?}");
             assert_eq!(a.reason, refusal_reason(i), "{a:?}");
             assert_eq!(a.refused_for_lack_of_relation(), i.is_multiple_of(15));
@@ -222,6 +224,20 @@ fn every_filter_matches_a_full_scan_and_pages_join_up() {
             assert!(kinds.contains(&kind), "{kind:?} in {kinds:?}");
         }
         assert!(activity.iter().any(|a| a.refused_for_lack_of_relation()));
+
+        // What was read back holds each CPR as a `Cpr`: printed for a log line or a panic
+        // message, none of it shows a citizen.
+        let query = AuditQuery {
+            cpr: Some(cpr_of(CITIZENS[1])),
+            ..AuditQuery::default()
+        };
+        let found = search(query.clone(), 1000);
+        let stored = s.store().records("replica-a", 0, 100).unwrap();
+        let printed = format!("{query:?} {found:?} {everyone:?} {stored:?}");
+        assert!(!found.is_empty() && !stored.is_empty());
+        for citizen in CITIZENS {
+            assert!(!printed.contains(citizen), "a CPR number was printed");
+        }
     }
 }
 
@@ -248,14 +264,14 @@ fn a_record_whose_columns_were_edited_is_never_shown() {
         // Record 3 is citizen 1's lookup; its citizen column now names citizen 0, whose own
         // "who looked at my data" must not show it.
         let moved = records.iter().find(|r| r.seq == 3).unwrap();
-        assert_eq!(moved.cpr.as_deref(), Some(CITIZENS[1]));
+        assert_eq!(moved.cpr.as_ref().map(Cpr::as_str), Some(CITIZENS[1]));
         s.sql(&format!(
             "UPDATE audit_records SET cpr = '{}' WHERE seq = 3",
             CITIZENS[0]
         ));
         let registry = s.registry();
         let query = AuditQuery {
-            cpr: Some(CITIZENS[0].into()),
+            cpr: Some(cpr_of(CITIZENS[0])),
             ..AuditQuery::default()
         };
         let err = runtime().block_on(registry.search(query, 100)).unwrap_err();
@@ -360,7 +376,7 @@ fn one_citizen_among_a_million_records_is_found_completely_by_index() {
         let rt = runtime();
         let started = Instant::now();
         let mut query = AuditQuery {
-            cpr: Some(cpr.into()),
+            cpr: Some(cpr_of(cpr)),
             ..AuditQuery::default()
         };
         let mut found = Vec::new();
@@ -414,7 +430,7 @@ fn one_citizen_among_a_million_records_is_found_completely_by_index() {
         if let common::Backend::Sqlite(db) = &s.backend {
             let conn = rusqlite::Connection::open(db).unwrap();
             let query = AuditQuery {
-                cpr: Some(cpr.into()),
+                cpr: Some(cpr_of(cpr)),
                 ..AuditQuery::default()
             };
             let plan = sqlite::sqlite_search_plan(&conn, &query, 51).unwrap();
@@ -516,7 +532,7 @@ fn assert_searches_complete(s: &TestStore) {
     };
     for cpr in CITIZENS {
         let query = AuditQuery {
-            cpr: Some(cpr.into()),
+            cpr: Some(cpr_of(cpr)),
             ..AuditQuery::default()
         };
         let expected = scan("cpr", cpr, "");
@@ -550,7 +566,7 @@ fn assert_searches_complete(s: &TestStore) {
     let from: DateTime<Utc> = "2026-03-01T01:00:00Z".parse().unwrap();
     let until: DateTime<Utc> = "2026-03-01T02:00:00Z".parse().unwrap();
     let query = AuditQuery {
-        cpr: Some(CITIZENS[2].into()),
+        cpr: Some(cpr_of(CITIZENS[2])),
         from: Some(from),
         until: Some(until),
         ..AuditQuery::default()

@@ -116,6 +116,7 @@ fn event(i: usize) -> AuditEvent {
                 }
             })
             .collect(),
+        flag: None,
     })
     .collect();
     AuditEvent {
@@ -135,7 +136,7 @@ fn event(i: usize) -> AuditEvent {
             municipality: "999".into(),
             system: None,
         },
-        cpr: Some(format!("0101{:06}", rng.below(1_000_000))),
+        cpr: samblik_proto::Cpr::parse(&format!("0101{:06}", rng.below(1_000_000))).ok(),
         purpose: Some(PURPOSES[rng.below(4)].into()),
         break_glass_reason: None,
         outcome: Outcome::Answered,

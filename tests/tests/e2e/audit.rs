@@ -37,7 +37,11 @@ async fn an_answered_lookup_records_who_looked_at_whom_and_exactly_what_was_disc
     let r = &records[0];
     assert_eq!(r.action, Action::Lookup);
     assert_eq!(r.outcome, Outcome::Answered);
-    assert_eq!(r.cpr.as_deref(), Some(cpr), "the CPR is stored normalised");
+    assert_eq!(
+        r.cpr.as_ref().map(samblik_proto::Cpr::as_str),
+        Some(cpr),
+        "the CPR is stored normalised"
+    );
     assert_eq!(r.purpose.as_deref(), Some("follow-up"));
     let worker = caseworker(Department::Jobcenter);
     assert_eq!(
@@ -178,7 +182,7 @@ async fn refusals_are_recorded_too() {
         .gateway
         .audit_records_of(&request_id_of(no_purpose.metadata()))[0];
     assert_eq!(r.outcome, Outcome::Invalid);
-    assert_eq!(r.cpr.as_deref(), Some(cpr));
+    assert_eq!(r.cpr.as_ref().map(samblik_proto::Cpr::as_str), Some(cpr));
     assert!(r.sources.is_empty());
 }
 
@@ -209,7 +213,9 @@ async fn a_lookup_abandoned_by_its_caller_is_recorded_as_cancelled() {
     call.abort();
     let cancelled = || {
         gateway.audit_records().iter().any(|r| {
-            r.outcome == Outcome::Cancelled && r.cpr.as_deref() == Some(three_department_citizen())
+            r.outcome == Outcome::Cancelled
+                && r.cpr.as_ref().map(samblik_proto::Cpr::as_str)
+                    == Some(three_department_citizen())
         })
     };
     assert!(

@@ -186,13 +186,11 @@ fn case(id: &str, cpr: &str, tier: Tier) -> Case {
 }
 
 #[tokio::test]
-async fn cases_about_another_citizen_are_dropped_and_fields_above_the_tier_are_removed() {
+async fn fields_above_the_tier_asked_are_removed() {
     let cpr = three_department_citizen();
-    let other = citizen_without_cases();
     let scripted = start_source(Arc::new(Scripted {
         cases: vec![
             case("MINE-1", cpr, Tier::Full),
-            case("OTHER-1", other, Tier::Existence),
             case("MINE-2", cpr, Tier::Existence),
         ],
     }))
@@ -205,6 +203,90 @@ async fn cases_about_another_citizen_are_dropped_and_fields_above_the_tier_are_r
         assert_eq!(case.tier(), Tier::Existence);
         assert!(case.selected.is_none() && case.full.is_none(), "{case:?}");
     }
+}
+
+/// A department's system that answers with a case about someone else has mixed up whom it is
+/// answering about: none of its answer is used, the audit record flags the source, and the
+/// lookup reaches the auditors' review queue.
+#[tokio::test]
+async fn a_source_that_answers_about_another_citizen_is_dropped_whole_and_flagged() {
+    let cpr = three_department_citizen();
+    let other = citizen_without_cases();
+    let jobcenter = start_source(reference(Department::Jobcenter)).await;
+    let scripted = start_source(Arc::new(Scripted {
+        cases: vec![
+            case("MINE-1", cpr, Tier::Existence),
+            case("OTHER-1", other, Tier::Existence),
+        ],
+    }))
+    .await;
+    let gateway = TestGateway::over(&[
+        SourceSpec::at("jobcenter", jobcenter.addr),
+        SourceSpec::at("scripted", scripted.addr),
+    ])
+    .start()
+    .await;
+    let mut client = gateway.client().await;
+    let token = token(Department::Jobcenter);
+    let response = client
+        .lookup(request(cpr, Purpose::PrepareMeeting, Some(&token), None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status_of(&response, "jobcenter"), SourceStatus::Ok);
+    let scripted_result = response
+        .sources
+        .iter()
+        .find(|s| s.source_id == "scripted")
+        .unwrap();
+    assert_eq!(scripted_result.status(), SourceStatus::Error);
+    assert!(
+        scripted_result.cases.is_empty(),
+        "not even the case about {cpr}"
+    );
+    assert!(
+        scripted_result.detail.contains("another citizen"),
+        "{scripted_result:?}"
+    );
+
+    let records = gateway.audit_records();
+    let lookup = records
+        .iter()
+        .find(|r| r.action == samblik_audit::Action::Lookup)
+        .unwrap();
+    let flagged: Vec<(&str, &str, Option<&str>)> = lookup
+        .sources
+        .iter()
+        .map(|s| (s.source_id.as_str(), s.status.as_str(), s.flag.as_deref()))
+        .collect();
+    assert!(flagged.contains(&("scripted", "error", Some(samblik_audit::FOREIGN_CITIZEN))));
+    assert!(flagged.contains(&("jobcenter", "ok", None)));
+
+    let auditor = staff_token("aud-test", "auditor");
+    let items =
+        samblik_proto::v1::audit_service_client::AuditServiceClient::new(gateway.channel().await)
+            .review_queue(authed(
+                samblik_proto::v1::ReviewQueueRequest::default(),
+                &auditor,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+    let foreign: Vec<_> = items
+        .iter()
+        .filter(|i| i.kind == "foreign-citizen")
+        .collect();
+    assert_eq!(foreign.len(), 1, "{items:#?}");
+    assert_eq!(
+        foreign[0].request_ids,
+        std::slice::from_ref(&lookup.request_id)
+    );
+    assert!(
+        foreign[0].summary.starts_with("scripted answered"),
+        "{:?}",
+        foreign[0]
+    );
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ pub use crate::registry::reader::{RegistryReader, RequestFilter};
 
 use crate::AuditError;
 use chrono::{DateTime, Utc};
+use samblik_cpr::Cpr;
 use std::sync::{Arc, Mutex};
 
 type Opener = dyn Fn() -> Result<Box<dyn RegistryReader>, AuditError> + Send + Sync;
@@ -73,9 +74,9 @@ pub const DEFAULT_READERS: usize = 4;
 #[derive(Debug, Default)]
 struct Mirror {
     /// Per CPR, newest first (as [`RegistryReader::consents_for`]).
-    consents: std::collections::HashMap<String, Vec<Consent>>,
+    consents: std::collections::HashMap<Cpr, Vec<Consent>>,
     /// Per (CPR, requester), approved requests (as [`RegistryReader::grants_for`]).
-    grants: std::collections::HashMap<(String, String), Vec<AccessRequest>>,
+    grants: std::collections::HashMap<(Cpr, String), Vec<AccessRequest>>,
 }
 
 impl Registry {
@@ -237,11 +238,11 @@ impl Registry {
     }
 
     /// See [`RegistryReader::consents_for`].
-    pub async fn consents_for(&self, cpr: &str) -> Result<Vec<Consent>, AuditError> {
+    pub async fn consents_for(&self, cpr: &Cpr) -> Result<Vec<Consent>, AuditError> {
         if let Some(c) = self.mirrored(|m| m.consents.get(cpr).cloned().unwrap_or_default()) {
             return Ok(c);
         }
-        let cpr = cpr.to_owned();
+        let cpr = cpr.clone();
         self.read(move |r| r.consents_for(&cpr)).await
     }
 
@@ -253,10 +254,10 @@ impl Registry {
     /// See [`RegistryReader::grants_for`].
     pub async fn grants_for(
         &self,
-        cpr: &str,
+        cpr: &Cpr,
         caller_id: &str,
     ) -> Result<Vec<AccessRequest>, AuditError> {
-        let key = (cpr.to_owned(), caller_id.to_owned());
+        let key = (cpr.clone(), caller_id.to_owned());
         if let Some(g) = self.mirrored(|m| m.grants.get(&key).cloned().unwrap_or_default()) {
             return Ok(g);
         }

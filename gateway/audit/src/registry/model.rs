@@ -5,6 +5,7 @@
 //! Where the registry is kept: `docs/audit-store.md`.
 
 use chrono::{DateTime, Utc};
+use samblik_cpr::Cpr;
 use serde::{Deserialize, Serialize};
 
 /// A permit, or a negative consent ("never share X with Y") that overrides every permit.
@@ -29,7 +30,7 @@ pub enum Recipients {
 pub struct Consent {
     /// `c-` + a UUID, assigned by the gateway before recording.
     pub id: String,
-    pub cpr: String,
+    pub cpr: Cpr,
     pub kind: ConsentKind,
     /// Whose data may (not) be shared; never empty.
     pub from_departments: Vec<String>,
@@ -63,7 +64,7 @@ pub enum RequestState {
 pub struct AccessRequest {
     /// `ar-` + a UUID.
     pub id: String,
-    pub cpr: String,
+    pub cpr: Cpr,
     pub requester_id: String,
     pub requester_name: String,
     pub requester_department: String,
@@ -91,7 +92,7 @@ pub enum RegistryChange {
     /// Matches on both `id` and `cpr`.
     WithdrawConsent {
         id: String,
-        cpr: String,
+        cpr: Cpr,
         by: String,
         at: DateTime<Utc>,
     },
@@ -185,10 +186,6 @@ impl ConsentKind {
     }
 }
 
-fn is_cpr(cpr: &str) -> bool {
-    cpr.len() == 10 && cpr.bytes().all(|b| b.is_ascii_digit())
-}
-
 impl Consent {
     /// Not withdrawn, and `at` within `[valid_from, valid_until)`.
     pub fn is_active(&self, at: DateTime<Utc>) -> bool {
@@ -224,9 +221,6 @@ impl Consent {
     pub fn validate(&self) -> Result<(), String> {
         if self.id.is_empty() {
             return Err("consent id is empty".into());
-        }
-        if !is_cpr(&self.cpr) {
-            return Err("cpr must be 10 digits".into());
         }
         if self.from_departments.is_empty() || self.from_departments.iter().any(String::is_empty) {
             return Err("from_departments must name at least one department".into());
@@ -284,9 +278,6 @@ impl AccessRequest {
     pub fn validate(&self) -> Result<(), String> {
         if self.id.is_empty() {
             return Err("request id is empty".into());
-        }
-        if !is_cpr(&self.cpr) {
-            return Err("cpr must be 10 digits".into());
         }
         for (name, value) in [
             ("requester_id", &self.requester_id),
@@ -361,7 +352,7 @@ impl RegistryChange {
     }
 
     /// The CPR the change concerns, for the audit record's indexed column.
-    pub fn cpr(&self) -> Option<&str> {
+    pub fn cpr(&self) -> Option<&Cpr> {
         match self {
             RegistryChange::RecordConsent(c) => Some(&c.cpr),
             RegistryChange::WithdrawConsent { cpr, .. } => Some(cpr),
@@ -385,7 +376,7 @@ mod tests {
     fn permit() -> Consent {
         Consent {
             id: "c-1".into(),
-            cpr: "0101901235".into(),
+            cpr: Cpr::parse("0101901235").unwrap(),
             kind: ConsentKind::Permit,
             from_departments: vec!["child-welfare".into()],
             to: Recipients::Departments(vec!["jobcenter".into()]),
@@ -404,7 +395,7 @@ mod tests {
     fn request() -> AccessRequest {
         AccessRequest {
             id: "ar-1".into(),
-            cpr: "0101901235".into(),
+            cpr: Cpr::parse("0101901235").unwrap(),
             requester_id: "cw-1".into(),
             requester_name: "Test".into(),
             requester_department: "jobcenter".into(),
@@ -502,14 +493,6 @@ mod tests {
         assert_eq!(permit().validate(), Ok(()));
         let bad = [
             Consent {
-                cpr: "010190123".into(),
-                ..permit()
-            },
-            Consent {
-                cpr: "01019O1235".into(),
-                ..permit()
-            },
-            Consent {
                 from_departments: vec![],
                 ..permit()
             },
@@ -559,10 +542,6 @@ mod tests {
             },
             AccessRequest {
                 justification: "".into(),
-                ..request()
-            },
-            AccessRequest {
-                cpr: "12".into(),
                 ..request()
             },
             AccessRequest {

@@ -4,6 +4,7 @@
 use crate::AuditError;
 use crate::registry::model::{AccessRequest, Consent, RequestState};
 use chrono::{DateTime, Utc};
+use samblik_cpr::Cpr;
 
 /// Filters for [`RegistryReader::requests`]; `None` matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -11,18 +12,18 @@ pub struct RequestFilter {
     pub owner_department: Option<String>,
     pub requester_id: Option<String>,
     pub state: Option<RequestState>,
-    pub cpr: Option<String>,
+    pub cpr: Option<Cpr>,
 }
 
 /// Blocking reads of the registry, on a connection of their own. Never call these on an async
 /// runtime's thread; [`Registry`](crate::registry::Registry) runs them on blocking threads.
 pub trait RegistryReader: Send + 'static {
     /// Every consent of `cpr`, withdrawn and expired ones too, newest first.
-    fn consents_for(&mut self, cpr: &str) -> Result<Vec<Consent>, AuditError>;
+    fn consents_for(&mut self, cpr: &Cpr) -> Result<Vec<Consent>, AuditError>;
     fn consent(&mut self, id: &str) -> Result<Option<Consent>, AuditError>;
     /// The approved requests `caller_id` filed about `cpr` (whether or not still active), newest
     /// decision first.
-    fn grants_for(&mut self, cpr: &str, caller_id: &str) -> Result<Vec<AccessRequest>, AuditError>;
+    fn grants_for(&mut self, cpr: &Cpr, caller_id: &str) -> Result<Vec<AccessRequest>, AuditError>;
     /// Up to `limit` requests matching `filter`, newest first.
     fn requests(
         &mut self,

@@ -7,6 +7,7 @@
 use crate::AuditError;
 use crate::registry::model::{AccessRequest, ChangeOutcome, Consent, ConsentKind, RequestState};
 use chrono::{DateTime, SecondsFormat, Utc};
+use samblik_cpr::Cpr;
 use serde::Serialize;
 
 /// Times as stored: RFC 3339 UTC with nanoseconds, fixed width, so text order is time order and
@@ -19,6 +20,11 @@ pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, AuditError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| AuditError::Store(format!("bad time in the registry: {e}")))
+}
+
+/// A stored CPR column read back; the error does not repeat it.
+pub(crate) fn parse_cpr(text: &str) -> Result<Cpr, AuditError> {
+    Cpr::parse(text).map_err(|e| AuditError::Store(format!("bad CPR in the registry: {e}")))
 }
 
 pub(crate) fn to_json<T: Serialize>(value: &T) -> String {
@@ -37,8 +43,8 @@ pub(crate) const CONSENT_COLUMNS: &str = "id, cpr, kind, from_departments, recip
      purposes, valid_from, valid_until, recorded_by, recorded_at, document_ref, withdrawn_at, \
      withdrawn_by";
 
-/// A consent as stored: the same fields in storable types, shared by both backends.
-#[derive(Debug)]
+/// A consent as stored: the same fields in storable types, shared by both backends. No `Debug`:
+/// it holds the CPR as text.
 pub(crate) struct ConsentRow {
     pub id: String,
     pub cpr: String,
@@ -60,7 +66,7 @@ impl ConsentRow {
     pub fn from_consent(c: &Consent) -> Self {
         ConsentRow {
             id: c.id.clone(),
-            cpr: c.cpr.clone(),
+            cpr: c.cpr.as_str().to_owned(),
             kind: c.kind.as_str().to_owned(),
             from_departments: to_json(&c.from_departments),
             recipients: to_json(&c.to),
@@ -79,7 +85,7 @@ impl ConsentRow {
     pub fn into_consent(self) -> Result<Consent, AuditError> {
         Ok(Consent {
             id: self.id,
-            cpr: self.cpr,
+            cpr: parse_cpr(&self.cpr)?,
             kind: ConsentKind::parse(&self.kind)
                 .ok_or_else(|| AuditError::Store("bad consent kind in the registry".into()))?,
             from_departments: from_json(&self.from_departments)?,
@@ -103,7 +109,7 @@ pub(crate) const REQUEST_COLUMNS: &str = "id, cpr, requester_id, requester_name,
      justification, filed_at, state, decided_by, decided_at, decision_reason, granted_tier, \
      granted_until";
 
-#[derive(Debug)]
+/// An access request as stored; no `Debug`, like [`ConsentRow`].
 pub(crate) struct RequestRow {
     pub id: String,
     pub cpr: String,
@@ -129,7 +135,7 @@ impl RequestRow {
     pub fn from_request(r: &AccessRequest) -> Self {
         RequestRow {
             id: r.id.clone(),
-            cpr: r.cpr.clone(),
+            cpr: r.cpr.as_str().to_owned(),
             requester_id: r.requester_id.clone(),
             requester_name: r.requester_name.clone(),
             requester_department: r.requester_department.clone(),
@@ -152,7 +158,7 @@ impl RequestRow {
     pub fn into_request(self) -> Result<AccessRequest, AuditError> {
         Ok(AccessRequest {
             id: self.id,
-            cpr: self.cpr,
+            cpr: parse_cpr(&self.cpr)?,
             requester_id: self.requester_id,
             requester_name: self.requester_name,
             requester_department: self.requester_department,

@@ -137,7 +137,7 @@ pub fn lookup_event(i: usize) -> samblik_audit::AuditEvent {
             municipality: "999".into(),
             system: None,
         },
-        cpr: Some("0101901235".into()),
+        cpr: Some(samblik_audit::testing::cpr("0101901235")),
         purpose: Some("prepare-meeting".into()),
         break_glass_reason: None,
         outcome: Outcome::Answered,

@@ -104,7 +104,10 @@ pub(crate) fn insert(
             .iter()
             .map(|r| to_i64(r.seq))
             .collect::<Result<Vec<_>, _>>()?;
-        let cprs: Vec<Option<&str>> = records.iter().map(|r| r.indexed.cpr.as_deref()).collect();
+        let cprs: Vec<Option<&str>> = records
+            .iter()
+            .map(|r| r.indexed.cpr.as_ref().map(samblik_cpr::Cpr::as_str))
+            .collect();
         let inserted = tx.execute(
             &statements.records,
             &[

@@ -27,6 +27,7 @@ use crate::{
 };
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Statement};
+use samblik_cpr::Cpr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -385,14 +386,14 @@ fn apply(
             let rows = tx.execute(
                 "UPDATE consents SET withdrawn_at = $3, withdrawn_by = $4
                  WHERE id = $1 AND cpr = $2 AND withdrawn_at IS NULL",
-                &[id, cpr, &time_text(*at), by],
+                &[id, &cpr.as_str(), &time_text(*at), by],
             )?;
             if rows == 1 {
                 ChangeOutcome::Applied
             } else if tx
                 .query_opt(
                     "SELECT 1 FROM consents WHERE id = $1 AND cpr = $2",
-                    &[id, cpr],
+                    &[id, &cpr.as_str()],
                 )?
                 .is_some()
             {
@@ -814,19 +815,22 @@ impl PostgresReader {
 }
 
 impl RegistryReader for PostgresReader {
-    fn consents_for(&mut self, cpr: &str) -> Result<Vec<Consent>, AuditError> {
-        self.consents("cpr = $1 ORDER BY recorded_at DESC, id DESC", &[&cpr])
+    fn consents_for(&mut self, cpr: &Cpr) -> Result<Vec<Consent>, AuditError> {
+        self.consents(
+            "cpr = $1 ORDER BY recorded_at DESC, id DESC",
+            &[&cpr.as_str()],
+        )
     }
 
     fn consent(&mut self, id: &str) -> Result<Option<Consent>, AuditError> {
         Ok(self.consents("id = $1", &[&id])?.pop())
     }
 
-    fn grants_for(&mut self, cpr: &str, caller_id: &str) -> Result<Vec<AccessRequest>, AuditError> {
+    fn grants_for(&mut self, cpr: &Cpr, caller_id: &str) -> Result<Vec<AccessRequest>, AuditError> {
         self.access_requests(
             "cpr = $1 AND requester_id = $2 AND state = 'approved'
              ORDER BY decided_at DESC, id DESC",
-            &[&cpr, &caller_id],
+            &[&cpr.as_str(), &caller_id],
         )
     }
 
@@ -844,7 +848,7 @@ impl RegistryReader for PostgresReader {
             ("owner_department", filter.owner_department.as_deref()),
             ("requester_id", filter.requester_id.as_deref()),
             ("state", state),
-            ("cpr", filter.cpr.as_deref()),
+            ("cpr", filter.cpr.as_ref().map(Cpr::as_str)),
         ];
         for (column, value) in &filters {
             if let Some(value) = value {

@@ -7,6 +7,7 @@ use crate::record::AuditRecord;
 use crate::search::{
     Activity, AuditQuery, Dialect, Param, activity_sql, records_of, refusal_of, search_sql,
 };
+use crate::store::StoredCpr;
 use crate::{AuditError, StoredRecord};
 use chrono::{DateTime, Utc};
 
@@ -59,7 +60,7 @@ pub(crate) fn postgres_activity(
                 request_id: r.try_get(1)?,
                 caller_id: r.try_get(2)?,
                 department: r.try_get(3)?,
-                cpr: r.try_get(4)?,
+                cpr: r.try_get::<_, Option<StoredCpr>>(4)?.map(|c| c.0),
                 outcome: r.try_get(5)?,
                 reason,
                 detail,

@@ -487,8 +487,9 @@ pub fn redacted(body: &str) -> Option<Vec<u8>> {
     zeroed(&mut record.request_id, |c| c.is_ascii_hexdigit());
     record.actor.caller_id.clear();
     record.actor.name.clear();
-    if let Some(cpr) = &mut record.cpr {
-        zeroed(cpr, decimal);
+    // Every citizen the same placeholder: a CPR's shape with no one's digits.
+    if record.cpr.is_some() {
+        record.cpr = samblik_cpr::Cpr::parse("0101000000").ok();
     }
     for text in [&mut record.break_glass_reason, &mut record.detail]
         .into_iter()

@@ -29,6 +29,7 @@ use crate::{
     SealedRecord, StoredRecord,
 };
 use rusqlite::{Connection, OptionalExtension, params};
+use samblik_cpr::Cpr;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
@@ -473,7 +474,7 @@ fn insert(
             i64::try_from(r.seq).map_err(|_| AuditError::Store("seq overflow".into()))?,
             r.at,
             r.indexed.request_id,
-            r.indexed.cpr,
+            r.indexed.cpr.as_ref().map(Cpr::as_str),
             r.indexed.caller_id,
             r.indexed.department,
             r.indexed.action.as_str(),
@@ -749,7 +750,7 @@ fn apply(conn: &Connection, change: &RegistryChange) -> Result<ChangeOutcome, Au
             let rows = conn.execute(
                 "UPDATE consents SET withdrawn_at = ?3, withdrawn_by = ?4
                  WHERE id = ?1 AND cpr = ?2 AND withdrawn_at IS NULL",
-                params![id, cpr, time_text(*at), by],
+                params![id, cpr.as_str(), time_text(*at), by],
             )?;
             if rows == 1 {
                 ChangeOutcome::Applied
@@ -757,7 +758,7 @@ fn apply(conn: &Connection, change: &RegistryChange) -> Result<ChangeOutcome, Au
                 let exists = conn
                     .query_row(
                         "SELECT 1 FROM consents WHERE id = ?1 AND cpr = ?2",
-                        params![id, cpr],
+                        params![id, cpr.as_str()],
                         |_| Ok(()),
                     )
                     .optional()?;
@@ -1268,19 +1269,22 @@ impl SqliteReader {
 }
 
 impl RegistryReader for SqliteReader {
-    fn consents_for(&mut self, cpr: &str) -> Result<Vec<Consent>, AuditError> {
-        self.consents("cpr = ?1 ORDER BY recorded_at DESC, id DESC", &[&cpr])
+    fn consents_for(&mut self, cpr: &Cpr) -> Result<Vec<Consent>, AuditError> {
+        self.consents(
+            "cpr = ?1 ORDER BY recorded_at DESC, id DESC",
+            &[&cpr.as_str()],
+        )
     }
 
     fn consent(&mut self, id: &str) -> Result<Option<Consent>, AuditError> {
         Ok(self.consents("id = ?1", &[&id])?.pop())
     }
 
-    fn grants_for(&mut self, cpr: &str, caller_id: &str) -> Result<Vec<AccessRequest>, AuditError> {
+    fn grants_for(&mut self, cpr: &Cpr, caller_id: &str) -> Result<Vec<AccessRequest>, AuditError> {
         self.access_requests(
             "cpr = ?1 AND requester_id = ?2 AND state = 'approved'
              ORDER BY decided_at DESC, id DESC",
-            &[&cpr, &caller_id],
+            &[&cpr.as_str(), &caller_id],
         )
     }
 
@@ -1298,7 +1302,7 @@ impl RegistryReader for SqliteReader {
             ("owner_department", filter.owner_department.as_deref()),
             ("requester_id", filter.requester_id.as_deref()),
             ("state", state),
-            ("cpr", filter.cpr.as_deref()),
+            ("cpr", filter.cpr.as_ref().map(Cpr::as_str)),
         ];
         for (column, value) in &filters {
             if let Some(value) = value {

@@ -17,7 +17,7 @@ struct Noted {
     chain: String,
     seq: i64,
     at: String,
-    cpr: Option<String>,
+    cpr: Option<samblik_cpr::Cpr>,
     caller_id: String,
 }
 
@@ -130,7 +130,7 @@ impl OpenChunk {
         let mut postings: Vec<(i64, &str, &str, i64)> = Vec::with_capacity(2 * whole);
         for (rid, r) in (through + 1..).zip(records) {
             if let Some(cpr) = &r.cpr {
-                postings.push((POSTING_CITIZEN, cpr, &r.at, rid));
+                postings.push((POSTING_CITIZEN, cpr.as_str(), &r.at, rid));
             }
             postings.push((POSTING_CALLER, &r.caller_id, &r.at, rid));
         }

@@ -7,6 +7,7 @@ use crate::record::AuditRecord;
 use crate::search::{
     Activity, AuditQuery, Dialect, Param, activity_sql, records_of, refusal_of, search_sql_among,
 };
+use crate::store::StoredCpr;
 use crate::store::sqlite::bodies::{
     self, SharedDictionaries, StoredBody, stored_record, with_bodies,
 };
@@ -24,7 +25,7 @@ pub(crate) fn sqlite_search(
 ) -> Result<Vec<AuditRecord>, AuditError> {
     // One read transaction: `samblik_body` knows every dictionary the rows it reads need.
     let tx = conn.unchecked_transaction()?;
-    if query.break_glass {
+    if query.break_glass || query.flagged_sources {
         bodies::lock(dictionaries)?.refresh(&tx)?;
     }
     let newest = newest_candidates(query, limit);
@@ -154,7 +155,7 @@ pub(crate) fn sqlite_activity(
                     request_id: r.get(1)?,
                     caller_id: r.get(2)?,
                     department: r.get(3)?,
-                    cpr: r.get(4)?,
+                    cpr: r.get::<_, Option<StoredCpr>>(4)?.map(|c| c.0),
                     outcome: r.get(5)?,
                     reason,
                     detail,

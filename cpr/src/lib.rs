@@ -7,6 +7,9 @@
 //!
 //! [`Cpr`]'s `Debug` and `Display` never print the number: a CPR must not reach a log line by
 //! accident. Use [`Cpr::as_str`] where the number itself is needed (the wire, the audit store).
+//!
+//! Its own crate so that everything holding a CPR — the wire contract, the audit store, the
+//! registry — holds this type, without the audit store depending on the wire contract.
 
 use chrono::NaiveDate;
 use std::fmt;
@@ -24,7 +27,7 @@ pub enum CprError {
 }
 
 /// A syntactically valid CPR number with an existing birth date, normalised to 10 digits.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cpr {
     digits: String,
     birth_date: NaiveDate,
@@ -122,6 +125,22 @@ impl fmt::Debug for Cpr {
 impl fmt::Display for Cpr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<cpr redacted>")
+    }
+}
+
+/// Serialised as its 10 digits: the audit store's encoding, which its hashes cover.
+impl serde::Serialize for Cpr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.digits)
+    }
+}
+
+/// Deserialising parses: a stored or received value that is not a CPR number is an error whose
+/// message does not repeat it.
+impl<'de> serde::Deserialize<'de> for Cpr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Cpr::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -249,5 +268,20 @@ mod tests {
         let cpr = Cpr::parse("0101901234").unwrap_or_else(|_| unreachable!());
         assert!(!format!("{cpr:?}").contains("0101901234"));
         assert!(!format!("{cpr}").contains("0101901234"));
+    }
+
+    #[test]
+    fn serde_round_trips_as_digits_and_rejects_non_cprs_without_echoing_them() {
+        let cpr = Cpr::parse("010190-1234").unwrap_or_else(|e| panic!("{e}"));
+        let json = serde_json::to_string(&cpr).unwrap_or_default();
+        assert_eq!(json, "\"0101901234\"");
+        let back: Cpr = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, cpr);
+        let err = serde_json::from_str::<Cpr>("\"3102901234\"")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("birth date"), "{err}");
+        assert!(!err.contains("3102901234"), "{err}");
     }
 }
