@@ -453,6 +453,44 @@ fn claim_str<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a str> 
         .filter(|s| !s.trim().is_empty())
 }
 
+/// The longest identity claim (`sub`, name, department, municipality) accepted, in bytes: far
+/// above any real identifier or name, far below what would bloat every audit record it is in.
+pub const MAX_IDENTITY_CLAIM_BYTES: usize = 256;
+
+/// An identity claim as the audit record will hold it, or why the token is refused. The issuer
+/// signed it, but the text is still the outside world's: a control character (a newline, an
+/// escape sequence) could forge a line in a log or repaint an operator's terminal, and a
+/// text-direction override could make one caller's name read as another's on an auditor's page.
+/// Refused rather than cleaned, so that the record names the caller exactly as the issuer did.
+/// The message never repeats the value.
+fn identity_claim<'a>(
+    claims: &'a Map<String, Value>,
+    path: &str,
+) -> Result<Option<&'a str>, AuthError> {
+    let Some(text) = claim_str(claims, path) else {
+        return Ok(None);
+    };
+    if text.len() > MAX_IDENTITY_CLAIM_BYTES {
+        return Err(AuthError::Invalid(format!(
+            "the {path} claim is longer than {MAX_IDENTITY_CLAIM_BYTES} bytes"
+        )));
+    }
+    if text.chars().any(is_hazardous_char) {
+        return Err(AuthError::Invalid(format!(
+            "the {path} claim holds a control or text-direction character"
+        )));
+    }
+    Ok(Some(text))
+}
+
+/// Control characters (C0, DEL, C1) and the Unicode bidirectional embeddings, overrides and
+/// isolates, and the line and paragraph separators.
+fn is_hazardous_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}')
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{061C}')
+}
+
 /// The strings of a claim that is a string array or a space-separated string (like `scope`).
 fn claim_words<'a>(claims: &'a Map<String, Value>, path: &str) -> Vec<&'a str> {
     match claim(claims, path) {
@@ -522,7 +560,8 @@ fn caller_from_claims(
     claims: &Map<String, Value>,
     config: &ClaimsConfig,
 ) -> Result<Caller, AuthError> {
-    let sub = claim_str(claims, "sub").ok_or_else(|| AuthError::MissingClaim("sub".into()))?;
+    let sub =
+        identity_claim(claims, "sub")?.ok_or_else(|| AuthError::MissingClaim("sub".into()))?;
     if let Some(required) = &config.token_use
         && !claim_words(claims, &required.claim).contains(&required.value.as_str())
     {
@@ -551,16 +590,18 @@ fn caller_from_claims(
     if citizen.is_none() {
         roles.retain(|r| r != "citizen");
     }
-    let department = match claim_str(claims, &config.department) {
+    let department = match identity_claim(claims, &config.department)? {
         Some(d) => d,
         None if only_citizen && citizen.is_some() => "",
         None => return Err(AuthError::MissingClaim(config.department.clone())),
     };
     let caller = Caller {
         id: sub.to_owned(),
-        name: claim_str(claims, &config.name).unwrap_or(sub).to_owned(),
+        name: identity_claim(claims, &config.name)?
+            .unwrap_or(sub)
+            .to_owned(),
         department: department.to_owned(),
-        municipality: claim_str(claims, &config.municipality)
+        municipality: identity_claim(claims, &config.municipality)?
             .unwrap_or_default()
             .to_owned(),
         roles,
@@ -614,6 +655,53 @@ mod tests {
 
         tls.systems[0].purposes = Some(vec!["curiosity".into()]);
         assert!(Systems::from_config(Some(&tls)).is_err());
+    }
+
+    #[test]
+    fn identity_claims_with_control_or_direction_characters_or_too_long_are_refused() {
+        let config = ClaimsConfig::default();
+        let with = |field: &str, value: &str| {
+            let mut claims = serde_json::json!({
+                "sub": "cw-1", "exp": 10, "name": "Ane", "department": "jobcenter",
+                "municipality": "999", "roles": ["caseworker"],
+            });
+            claims[field] = Value::String(value.to_owned());
+            caller_from_claims(claims.as_object().unwrap(), &config)
+        };
+        let hostile = [
+            "cw-1\nforged: line".to_owned(),
+            "cw-1\r".to_owned(),
+            "\u{1b}[31mred\u{1b}[0m".to_owned(),
+            "tab\there".to_owned(),
+            "nul\u{0}".to_owned(),
+            "c1\u{9b}31m".to_owned(),
+            "evil\u{202E}gnp.exe".to_owned(),
+            "isolate\u{2067}x".to_owned(),
+            "sep\u{2028}x".to_owned(),
+            "x".repeat(MAX_IDENTITY_CLAIM_BYTES + 1),
+            "æ".repeat(MAX_IDENTITY_CLAIM_BYTES / 2 + 1),
+        ];
+        for field in ["sub", "name", "department", "municipality"] {
+            for value in &hostile {
+                let refused = with(field, value).unwrap_err();
+                assert!(
+                    matches!(refused, AuthError::Invalid(_)),
+                    "{field}: {refused}"
+                );
+                let message = refused.to_string();
+                assert!(message.contains(field), "{message}");
+                assert!(
+                    !message.contains(value.as_str()),
+                    "the value is not repeated"
+                );
+            }
+        }
+        // Quotes, markup, commas and letters beyond ASCII are text, kept exactly.
+        let odd = r#"Ane "Lis" O'Hara <b>&amp;</b>, Æblø; =1+1"#;
+        let caller = with("name", odd).unwrap();
+        assert_eq!(caller.name, odd);
+        let longest = "x".repeat(MAX_IDENTITY_CLAIM_BYTES);
+        assert_eq!(with("sub", &longest).unwrap().id, longest);
     }
 
     #[test]

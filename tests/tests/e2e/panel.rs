@@ -981,3 +981,111 @@ async fn sign_in_through_the_identity_provider_checks_state_and_pkce_and_uses_a_
     assert_eq!(again.location(), "/log-ind");
     assert_eq!(replay.get("/panel").await.location(), "/log-ind");
 }
+
+/// Identity text in a token is the issuer's, but still the outside world's. Control and
+/// text-direction characters and oversized claims are refused before anything is recorded under
+/// them; quotes, markup, commas and letters beyond ASCII are kept exactly, the log verifies, and
+/// the auditor's pages show them escaped and the CSV export gives them back exactly.
+#[tokio::test]
+async fn untrusted_text_in_tokens_is_refused_or_kept_exactly_and_shown_escaped() {
+    use samblik_gateway::context::Credentials;
+    use samblik_proto::v1::{LookupRequest, Purpose};
+    let panel = start_panel().await;
+    let cpr = three_department_citizen();
+    let worker = caseworker(Department::Jobcenter);
+    let code = &municipality().municipality.code;
+    let token_of = |name: &str, sub: &str| {
+        let mut claims = samblik::demo::caseworker_claims(worker, code);
+        claims.name = name.to_owned();
+        claims.sub = sub.to_owned();
+        issuer()
+            .1
+            .mint(&claims, std::time::Duration::from_secs(600))
+            .unwrap()
+    };
+    let message = LookupRequest {
+        cpr: cpr.to_owned(),
+        purpose: Purpose::PrepareMeeting as i32,
+        ..LookupRequest::default()
+    };
+    let lookup = async |token: String, id: &str| {
+        let request = authed(message.clone(), &token);
+        panel
+            .pipeline
+            .lookup(id.to_owned(), &Credentials::of(&request), &message, None)
+            .await
+    };
+
+    let long = "x".repeat(4096);
+    let hostile = [
+        "Ane\nforged line",
+        "Ane\r\n",
+        "\u{1b}[2J\u{1b}[31mAne",
+        "Ane\u{202E}nerroJ",
+        long.as_str(),
+    ];
+    for (i, text) in hostile.iter().enumerate() {
+        for (name, sub) in [(*text, worker.id.as_str()), (worker.name.as_str(), *text)] {
+            let refused = lookup(token_of(name, sub), &format!("hostile-{i}"))
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{text:?}");
+        }
+    }
+    for r in panel.audit_records() {
+        for text in hostile {
+            assert!(
+                !r.actor.name.contains(text) && !r.actor.caller_id.contains(text),
+                "nothing is recorded under a refused identity: {r:?}"
+            );
+        }
+    }
+
+    let odd_name = r#"Ane "Lis" O'Hara <script>alert(1)</script> & Æblø, =1+1"#;
+    let odd_sub = r#"cw-"odd",1;<i>"#;
+    lookup(token_of(odd_name, odd_sub), "odd-1").await.unwrap();
+    let records = panel.audit_records();
+    let odd = records
+        .iter()
+        .find(|r| r.request_id == "odd-1")
+        .expect("the lookup is recorded");
+    assert_eq!(
+        (odd.actor.name.as_str(), odd.actor.caller_id.as_str()),
+        (odd_name, odd_sub)
+    );
+
+    // `samblik audit verify`'s check.
+    let db = panel.audit_dir.path().join(samblik::demo::AUDIT_DB_FILE);
+    let key = samblik_audit::checkpoint::load_verifying_key(
+        &samblik_audit::checkpoint::public_key_path(&panel.config.audit.signing_key_file),
+    )
+    .unwrap();
+    let mut store = samblik_audit::sqlite::SqliteStore::open_read_only(&db).unwrap();
+    samblik_audit::verify::verify_store(&mut store, &key).unwrap();
+
+    let mut auditor = Agent::new(&panel);
+    auditor.sign_in(AUDITOR).await;
+    let search = auditor.get("/revision").await;
+    let found = auditor
+        .post("/revision/soeg", &[("_csrf", &search.csrf()), ("cpr", cpr)])
+        .await;
+    assert!(
+        found.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{}",
+        found.body
+    );
+    assert!(!found.body.contains("<script>alert(1)"));
+    assert!(!found.body.contains("<i>"));
+    let csv = auditor
+        .post(
+            "/revision/eksport",
+            &[("_csrf", &search.csrf()), ("cpr", cpr)],
+        )
+        .await;
+    let mut rows = csv::Reader::from_reader(csv.body.as_bytes());
+    let exact = rows
+        .records()
+        .map(Result::unwrap)
+        .any(|row| row.iter().any(|f| f == odd_name) && row.iter().any(|f| f == odd_sub));
+    assert!(exact, "the export gives the name and id back exactly");
+}
