@@ -461,6 +461,10 @@ pub struct LimitsConfig {
     /// The longest any call may run, whatever deadline it asks for (a backstop behind
     /// `max_deadline_ms`).
     pub request_timeout_ms: u64,
+    /// Lookups in progress at once, over every connection and the panel. One more is refused
+    /// at once (`RESOURCE_EXHAUSTED`, reason `OVERLOADED`, audited) rather than queued: a
+    /// queue would make every caller wait, and a caseworker is better told to try again.
+    pub max_concurrent_lookups: usize,
 }
 
 impl Default for LimitsConfig {
@@ -471,6 +475,7 @@ impl Default for LimitsConfig {
             max_concurrent_streams: 100,
             max_connections: 1_024,
             request_timeout_ms: 15_000,
+            max_concurrent_lookups: 256,
         }
     }
 }
@@ -962,9 +967,10 @@ impl Config {
                     .into(),
             );
         }
-        if l.max_concurrent_streams == 0 || l.max_connections == 0 {
+        if l.max_concurrent_streams == 0 || l.max_connections == 0 || l.max_concurrent_lookups == 0
+        {
             return invalid(
-                "server.limits.max_concurrent_streams and max_connections must be positive".into(),
+                "server.limits.max_concurrent_streams, max_connections and max_concurrent_lookups must be positive".into(),
             );
         }
         if l.request_timeout_ms < s.max_deadline_ms {

@@ -83,6 +83,9 @@ reasons! {
     BreakGlassReasonInvalid = "BREAK_GLASS_REASON_INVALID" => InvalidArgument,
     /// The caller has broken the glass as often today as `policy.break_glass_per_day` allows.
     BreakGlassLimitReached = "BREAK_GLASS_LIMIT_REACHED" => ResourceExhausted,
+    /// The gateway has as many lookups in progress as `server.limits.max_concurrent_lookups`
+    /// allows; try again shortly.
+    Overloaded = "OVERLOADED" => ResourceExhausted,
     /// A source id the gateway does not have.
     UnknownSource = "UNKNOWN_SOURCE" => InvalidArgument,
     /// The request is larger than the lookup's size limit (`server.max_request_bytes`).
@@ -275,6 +278,7 @@ mod tests {
             Reason::BreakGlassLimitReached => {
                 ("BREAK_GLASS_LIMIT_REACHED", Code::ResourceExhausted)
             }
+            Reason::Overloaded => ("OVERLOADED", Code::ResourceExhausted),
             Reason::UnknownSource => ("UNKNOWN_SOURCE", Code::InvalidArgument),
             Reason::RequestTooLarge => ("REQUEST_TOO_LARGE", Code::InvalidArgument),
             Reason::FieldInvalid => ("FIELD_INVALID", Code::InvalidArgument),

@@ -111,6 +111,8 @@ pub struct LookupLimits {
     /// durable and the answer reaches the caller before it gives up.
     pub answer_margin: Duration,
     pub max_request_bytes: usize,
+    /// Lookups in progress at once; one more is refused as [`Reason::Overloaded`].
+    pub max_concurrent_lookups: usize,
 }
 
 impl LookupLimits {
@@ -120,6 +122,7 @@ impl LookupLimits {
             max_deadline: server.max_deadline(),
             answer_margin: server.answer_margin(),
             max_request_bytes: server.max_request_bytes,
+            max_concurrent_lookups: server.limits.max_concurrent_lookups,
         }
     }
 }
@@ -135,6 +138,8 @@ pub struct LookupPipeline {
     limits: LookupLimits,
     audit: Arc<AuditLog>,
     audit_access: Arc<crate::audit::AuditAccess>,
+    /// One permit per lookup in progress ([`LookupLimits::max_concurrent_lookups`]).
+    admission: Arc<tokio::sync::Semaphore>,
 }
 
 /// Whether a lookup breaks the glass.
@@ -187,6 +192,8 @@ pub struct LookupPlan {
     /// The caller's own department's answers, fetched to establish the relation and reused
     /// (each taken once, by the target's own call).
     prefetched: std::sync::Mutex<Vec<(usize, Fetched)>>,
+    /// The lookup's place among those in progress, given back when the plan goes.
+    _admitted: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl LookupPlan {
@@ -258,6 +265,11 @@ impl LookupPipeline {
             policy,
             registry,
             sources,
+            admission: Arc::new(tokio::sync::Semaphore::new(
+                limits
+                    .max_concurrent_lookups
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             limits,
             audit,
             audit_access: Arc::default(),
@@ -643,6 +655,7 @@ impl LookupPipeline {
             registry: RegistryFacts::default(),
             dry_run: true,
             prefetched: Default::default(),
+            _admitted: None,
         })
     }
 
@@ -685,6 +698,22 @@ impl LookupPipeline {
             break_glass,
             client_timeout,
         );
+        // Admitted after the checks that need no source, so that a bad request is refused as
+        // such even under load, and before any source is asked.
+        let prepared =
+            prepared.and_then(|mut plan| {
+                let permit = Arc::clone(&self.admission).try_acquire_owned().map_err(|_| {
+                GatewayError::refused(
+                    Reason::Overloaded,
+                    format!(
+                        "the gateway is at its limit of {} lookups at once; try again shortly",
+                        self.limits.max_concurrent_lookups
+                    ),
+                )
+            })?;
+                plan._admitted = Some(permit);
+                Ok(plan)
+            });
         let established = match prepared {
             Ok(mut plan) => {
                 let established = self.establish(&mut plan).await;
@@ -865,6 +894,7 @@ impl LookupPipeline {
             registry: RegistryFacts::default(),
             dry_run: true,
             prefetched: Default::default(),
+            _admitted: None,
         };
         let relation = self.relate(&mut plan).await?;
         if relation.unknown {
@@ -993,6 +1023,7 @@ impl LookupPipeline {
             registry: RegistryFacts::default(),
             dry_run: false,
             prefetched: Default::default(),
+            _admitted: None,
         })
     }
 

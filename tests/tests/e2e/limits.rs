@@ -327,3 +327,63 @@ async fn a_lookup_cut_off_by_the_request_timeout_in_its_handler_is_recorded_once
     );
     assert!(cut_off[0].purpose.is_some());
 }
+
+/// Over `max_concurrent_lookups`, a lookup is refused at once — while the lookups holding the
+/// places are still waiting — as `RESOURCE_EXHAUSTED` with reason `OVERLOADED`, and recorded;
+/// the places come back when those lookups end.
+#[tokio::test]
+async fn over_its_lookup_limit_the_gateway_refuses_at_once_and_records_it() {
+    let hanging = Arc::new(Hanging::default());
+    let limits = LimitsConfig {
+        max_concurrent_lookups: 2,
+        ..LimitsConfig::default()
+    };
+    let gateway = start(limits, Arc::clone(&hanging)).await;
+    let cpr = three_department_citizen();
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = gateway.addr;
+            tokio::spawn(async move {
+                client(addr)
+                    .await
+                    .lookup(lookup_of("hanging", cpr, Duration::from_secs(10)))
+                    .await
+            })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || hanging
+            .started
+            .load(Ordering::SeqCst)
+            == 2)
+        .await
+    );
+    let status = client(gateway.addr)
+        .await
+        .lookup(lookup_of("jobcenter", cpr, Duration::from_secs(10)))
+        .await
+        .unwrap_err();
+    assert!(
+        held.iter().all(|h| !h.is_finished()),
+        "refused while the places were held, not after queueing"
+    );
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason_of(&status), "OVERLOADED");
+    let overloaded: Vec<_> = gateway
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.reason.as_deref() == Some("OVERLOADED"))
+        .collect();
+    assert_eq!(overloaded.len(), 1, "{overloaded:?}");
+    assert_eq!(overloaded[0].outcome, samblik_audit::Outcome::Failed);
+    assert!(overloaded[0].sources.is_empty(), "no source was asked");
+
+    for h in held {
+        h.await.unwrap().unwrap();
+    }
+    client(gateway.addr)
+        .await
+        .lookup(lookup_of("jobcenter", cpr, Duration::from_secs(10)))
+        .await
+        .unwrap();
+}
