@@ -75,9 +75,14 @@ impl<V> Memo<V> {
         value
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).len
+    }
+
+    #[cfg(feature = "testing")]
+    pub(crate) fn reads(&self) -> Reads {
+        self.reads
     }
 }
 

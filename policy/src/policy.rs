@@ -708,6 +708,39 @@ impl Policy {
     }
 }
 
+/// What only tests use (feature `testing`, never in the production build): evaluation without
+/// the memo, to check the memo against, and a memo that forgets a fact, to check that check.
+#[cfg(feature = "testing")]
+impl Policy {
+    /// What [`Policy::decide`] must answer, evaluated afresh: no memo is read or written.
+    pub fn decide_afresh(&self, facts: &CaseFacts<'_>) -> Decision {
+        Policy::decision(&self.evaluate(facts), facts)
+    }
+
+    /// How many decisions and how many ceilings are memoised. A lookup that leaves its count
+    /// unchanged was answered from the memo: a miss always adds an entry (or starts the memo
+    /// over at one).
+    pub fn memoised(&self) -> (usize, usize) {
+        (self.memo.len(), self.ceilings.len())
+    }
+
+    /// The facts a memo key holds, by name (`break_glass`, `consent`, `source`, ...).
+    pub fn memo_key(&self) -> Vec<&'static str> {
+        self.memo.reads().names()
+    }
+
+    /// This policy with empty memos whose key leaves out the fact `name` (one of
+    /// [`Policy::memo_key`]): a memo that is wrong on purpose. `None` for a fact not in the key.
+    pub fn forgetting(self, name: &str) -> Option<Policy> {
+        let reads = self.memo.reads().without(name)?;
+        Some(Policy {
+            memo: Memo::new(reads),
+            ceilings: Memo::new(reads),
+            ..self
+        })
+    }
+}
+
 /// Refuses a catalog that cannot make a schema: Cedar enums may not be empty, and a name must be
 /// plain text so the schema reads as written.
 fn check_catalog(catalog: &Catalog) -> Result<(), PolicyError> {

@@ -203,6 +203,52 @@ impl Reads {
     }
 }
 
+/// Facts by name, for tests that make a memo forget one (feature `testing`).
+#[cfg(feature = "testing")]
+impl Reads {
+    /// Every fact's name (its field's) and flag, in declaration order.
+    fn named(&mut self) -> [(&'static str, &mut bool); 17] {
+        [
+            ("caller_id", &mut self.caller_id),
+            ("caller_department", &mut self.caller_department),
+            ("roles", &mut self.roles),
+            ("municipality", &mut self.municipality),
+            ("source", &mut self.source),
+            ("owner", &mut self.owner),
+            ("case_type", &mut self.case_type),
+            ("legal_paragraph", &mut self.legal_paragraph),
+            ("flags", &mut self.flags),
+            ("purpose", &mut self.purpose),
+            ("own_department", &mut self.own_department),
+            ("relation", &mut self.relation),
+            ("break_glass", &mut self.break_glass),
+            ("statute", &mut self.statute),
+            ("consent", &mut self.consent),
+            ("grant", &mut self.grant),
+            ("refusal", &mut self.refusal),
+        ]
+    }
+
+    /// The names of the facts read.
+    pub(crate) fn names(mut self) -> Vec<&'static str> {
+        self.named()
+            .into_iter()
+            .filter(|(_, read)| **read)
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// These without the fact `name`; `None` when it is not among them.
+    pub(crate) fn without(mut self, name: &str) -> Option<Reads> {
+        let (_, read) = self
+            .named()
+            .into_iter()
+            .find(|(fact, read)| *fact == name && **read)?;
+        *read = false;
+        Some(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

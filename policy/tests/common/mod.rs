@@ -16,7 +16,7 @@ pub fn default_policy() -> Policy {
     Policy::load(Policy::default_source(), &catalog()).expect("the default policy loads")
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OwnedBasis {
     pub id: String,
@@ -26,7 +26,7 @@ pub struct OwnedBasis {
 /// The facts of one case. Every field has a default, so a corpus case lists only what matters
 /// to it: by default a jobcenter caseworker with a relation to the citizen looks up a
 /// child-welfare SL-140 case with the municipality's tier-1 "existence and contact" statute.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OwnedFacts {
     pub caller_id: String,
