@@ -287,6 +287,12 @@ pub struct AuditConfig {
     /// The Ed25519 checkpoint signing key (created with its `.pub` half if missing while the
     /// store holds no checkpoint; once it does, a missing key must be restored, never replaced).
     pub signing_key_file: PathBuf,
+    /// The witness: an append-only file every signed checkpoint is also written to, once its
+    /// records are durable; `samblik audit verify` holds the store to it, so a cut of the newest
+    /// records together with their checkpoints is found. Put it where the database's writer
+    /// cannot rewrite it (another volume, append-only). Relative to the config file.
+    #[serde(default)]
+    pub witness_file: Option<PathBuf>,
     /// This replica's chain id; unique per gateway replica writing to one store.
     #[serde(default = "defaults::audit_chain")]
     pub chain: String,
@@ -893,6 +899,9 @@ impl Config {
             resolve(p);
         }
         resolve(&mut config.audit.signing_key_file);
+        if let Some(w) = &mut config.audit.witness_file {
+            resolve(w);
+        }
         if let Some(ca) = config.auth.jwks.as_mut().and_then(|j| j.ca_file.as_mut()) {
             resolve(ca);
         }

@@ -12,6 +12,7 @@ use samblik_adapters::tls::ReloadingServerConfig;
 use samblik_audit::postgres::PostgresStore;
 use samblik_audit::registry::Registry;
 use samblik_audit::sqlite::{Durability, SqliteStore};
+use samblik_audit::witness::{Witness, Witnessed};
 use samblik_audit::{AuditError, AuditLog, AuditStore, CheckpointSigner, Retention, WriterOptions};
 use samblik_proto::v1::access_request_service_server::AccessRequestServiceServer;
 use samblik_proto::v1::audit_service_server::AuditServiceServer;
@@ -146,12 +147,17 @@ fn store_opener(
         (None, Some(var)) => Target::Postgres(postgres_url(var)?, durability),
         (None, None) => return Err(no_store_configured()),
     };
+    let witness = config.witness_file.clone();
     Ok(move || -> Result<Box<dyn AuditStore>, AuditError> {
-        Ok(match target {
+        let store: Box<dyn AuditStore> = match target {
             Target::Sqlite(path, durability) => Box::new(SqliteStore::open(&path, durability)?),
             Target::Postgres(url, durability) => {
                 Box::new(PostgresStore::connect_with(&url, durability)?)
             }
+        };
+        Ok(match witness {
+            Some(path) => Box::new(Witnessed::new(store, Witness::open(&path)?)),
+            None => store,
         })
     })
 }

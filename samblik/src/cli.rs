@@ -457,17 +457,34 @@ fn verify_audit(
     + Send
     + 'static,
     key: &std::path::Path,
+    witness: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     use samblik_audit::checkpoint::{load_verifying_key, public_key_path};
     let public = public_key_path(key);
     let key = load_verifying_key(&public)
         .with_context(|| format!("cannot read the checkpoint key {}", public.display()))?;
-    let verified = std::thread::spawn(move || -> anyhow::Result<_> {
+    let witnessed = witness
+        .map(samblik_audit::witness::Witness::read)
+        .transpose()?;
+    let (verified, findings) = std::thread::spawn(move || -> anyhow::Result<_> {
         let mut store = open()?;
-        Ok(samblik_audit::verify::verify_store(&mut *store, &key))
+        let verified = samblik_audit::verify::verify_store(&mut *store, &key);
+        let findings = match &witnessed {
+            Some(w) => samblik_audit::witness::check_witness(&mut *store, &key, w)?,
+            None => Vec::new(),
+        };
+        Ok((verified, findings))
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the verification thread panicked"))??;
+    // What the witness finds first: a cut with its checkpoints leaves a chain that verifies.
+    for (i, finding) in findings.iter().enumerate() {
+        println!(
+            "witness problem {}: {}",
+            i + 1,
+            crate::audit_cli::shown(&finding.to_string())
+        );
+    }
     let summaries = match verified {
         Ok(summaries) => summaries,
         Err(samblik_audit::verify::VerifyError::Broken(breaks)) => {
@@ -502,6 +519,21 @@ fn verify_audit(
     );
     for s in &summaries {
         print_verified(s);
+    }
+    if let Some(first) = findings.first() {
+        anyhow::bail!(
+            "the audit log does not match its witness: {}",
+            crate::audit_cli::shown(&first.to_string())
+        );
+    }
+    match witness {
+        Some(path) => println!(
+            "witness {}: every chain holds its newest witnessed checkpoint",
+            path.display()
+        ),
+        None => println!(
+            "no witness configured: a cut of the newest records with their checkpoints would not be found"
+        ),
     }
     Ok(())
 }
@@ -798,12 +830,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         samblik_audit::sqlite::SqliteStore::open_read_only(&db)?,
                     ))
                 };
-                verify_audit(open, &dir.join(demo::AUDIT_KEY_FILE))
+                // A demo directory from before the witness has none.
+                let witness = dir.join(demo::AUDIT_WITNESS_FILE);
+                verify_audit(
+                    open,
+                    &dir.join(demo::AUDIT_KEY_FILE),
+                    witness.is_file().then_some(witness.as_path()),
+                )
             }
             (None, Some(config)) => {
                 let config = Config::load(&config)?;
                 let open = samblik_gateway::server::audit_store_reader(&config.audit)?;
-                verify_audit(open, &config.audit.signing_key_file)
+                verify_audit(
+                    open,
+                    &config.audit.signing_key_file,
+                    config.audit.witness_file.as_deref(),
+                )
             }
             (None, None) => anyhow::bail!("give --dir or --config"),
         },

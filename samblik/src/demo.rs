@@ -26,6 +26,9 @@ pub const DEMO_FACTS_FILE: &str = "demo.json";
 pub const AUDIT_DB_FILE: &str = "audit.db";
 /// The demo's audit checkpoint key (its public half is `<this>.pub`).
 pub const AUDIT_KEY_FILE: &str = "keys/audit-signing.key";
+/// The audit log's witness of signed checkpoints, in the demo's data directory. In production it
+/// belongs where the database's writer cannot rewrite it.
+pub const AUDIT_WITNESS_FILE: &str = "witness/audit-checkpoints.jsonl";
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -322,6 +325,7 @@ pub fn demo_audit_config(dir: &Path) -> AuditConfig {
         path: Some(dir.join(AUDIT_DB_FILE)),
         postgres_url_env: None,
         signing_key_file: dir.join(AUDIT_KEY_FILE),
+        witness_file: Some(dir.join(AUDIT_WITNESS_FILE)),
         chain: "demo-gateway".to_owned(),
         checkpoint_every: 100,
         checkpoint_interval_secs: 10,

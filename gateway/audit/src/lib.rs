@@ -16,6 +16,7 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod verify;
+pub mod witness;
 mod writer;
 
 // The stores live in `store/`, a folder each; their callers find them at the crate's top.

@@ -590,6 +590,79 @@ fn a_cut_and_forged_tail_is_found() {
     }
 }
 
+/// Whoever can write to the database can delete the newest records together with their
+/// checkpoints: what is left verifies. The witness, written outside the store as each
+/// checkpoint became durable, still names the cut.
+#[test]
+fn a_cut_that_takes_its_checkpoints_along_is_found_by_the_witness() {
+    use samblik_audit::witness::{Witness, WitnessFinding, Witnessed, check_witness};
+    for s in setups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("witness/checkpoints.jsonl");
+        let witnessed = |s: &Setup| -> Box<dyn AuditStore> {
+            Box::new(Witnessed::new(s.store(), Witness::open(&path).unwrap()))
+        };
+        let log = open(&s, witnessed(&s));
+        for i in 0..45 {
+            block_on(log.append(event(i))).unwrap();
+        }
+        log.close();
+        let key = load_verifying_key(&public_key_path(&s.key)).unwrap();
+        let witness = Witness::read(&path).unwrap();
+        assert!(
+            witness.len() >= 5,
+            "start-up, every 10 records and the stop: {witness:?}"
+        );
+        let head = verify(&s).unwrap()[0].records;
+        assert_eq!(
+            witness.last().unwrap().seq,
+            head,
+            "the clean stop is witnessed"
+        );
+        assert_eq!(check_witness(&mut *s.store(), &key, &witness).unwrap(), []);
+
+        // Cut the newest records back to a signed checkpoint, and every checkpoint after it.
+        let kept = witness[witness.len() - 3].seq;
+        s.sql(&format!(
+            "DELETE FROM audit_records WHERE seq > {kept};
+             DELETE FROM audit_checkpoints WHERE seq > {kept};"
+        ));
+        verify(&s).expect("the store alone cannot tell");
+        let findings = check_witness(&mut *s.store(), &key, &witness).unwrap();
+        assert_eq!(
+            findings,
+            [WitnessFinding::Cut {
+                chain: "replica-a".into(),
+                witnessed: head,
+                store_head: kept,
+            }]
+        );
+        assert!(
+            findings[0]
+                .to_string()
+                .contains(&format!("ends at seq {kept}")),
+            "{}",
+            findings[0]
+        );
+
+        // A witness line that is not a checkpoint, or is signed by another key, is no evidence.
+        let mut forged = witness.last().unwrap().clone();
+        forged.seq += 1_000;
+        let findings = check_witness(&mut *s.store(), &key, &[forged]).unwrap();
+        assert!(matches!(
+            findings[..],
+            [WitnessFinding::BadSignature { .. }]
+        ));
+        // A line cut short by a crash while it was written is left out; the rest read.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"chain\":\"rep"))
+            .unwrap();
+        assert_eq!(Witness::read(&path).unwrap(), witness);
+    }
+}
+
 #[test]
 fn an_idle_writer_signs_its_head() {
     for s in setups() {

@@ -443,6 +443,28 @@ fn audit_prune_cuts_the_demo_log_and_it_still_verifies() {
         "{verified}"
     );
     assert!(!cprs(dir.path()).contains(&Some(cpr.to_owned())));
+    assert!(
+        verified.contains("every chain holds its newest witnessed checkpoint"),
+        "{verified}"
+    );
+
+    // Someone with write access to the database cuts the newest records with their signed
+    // checkpoints: the chain that is left verifies, the witness beside it does not agree.
+    let db = rusqlite::Connection::open(dir.path().join("audit.db")).unwrap();
+    db.execute_batch(
+        "DELETE FROM audit_records WHERE seq > (SELECT MIN(seq) FROM audit_records);
+         DELETE FROM audit_checkpoints WHERE seq > (SELECT MIN(seq) FROM audit_records);",
+    )
+    .unwrap();
+    drop(db);
+    let cut = samblik(&["audit", "verify", "--dir", dir_arg]);
+    assert!(!cut.status.success());
+    let said = String::from_utf8_lossy(&cut.stdout);
+    assert!(
+        said.contains("witness problem 1: chain demo-gateway"),
+        "{said}"
+    );
+    assert!(said.contains("were cut, with their checkpoints"), "{said}");
 
     // A bad directory is an error, not an empty log.
     let missing = samblik(&["audit", "prune", "--dir", "/nonexistent-samblik-dir"]);
