@@ -732,6 +732,13 @@ pub struct SourceConfig {
     pub breaker_failures: u32,
     #[serde(default = "defaults::breaker_cool_down_ms")]
     pub breaker_cool_down_ms: u64,
+    /// The circuit also opens when, of the last `breaker_window_calls` calls (at most 64), at
+    /// least `breaker_failure_rate_percent` failed: a source that fails every other call never
+    /// fails five in a row. 0: no window.
+    #[serde(default = "defaults::breaker_window_calls")]
+    pub breaker_window_calls: u32,
+    #[serde(default = "defaults::breaker_failure_rate_percent")]
+    pub breaker_failure_rate_percent: u32,
     /// Mutual TLS to the source; required for an `https://` endpoint.
     #[serde(default)]
     pub tls: Option<SourceTlsConfig>,
@@ -846,6 +853,12 @@ mod defaults {
     }
     pub fn breaker_cool_down_ms() -> u64 {
         10_000
+    }
+    pub fn breaker_window_calls() -> u32 {
+        20
+    }
+    pub fn breaker_failure_rate_percent() -> u32 {
+        50
     }
     pub fn audit_chain() -> String {
         "gateway-1".to_owned()
@@ -1154,6 +1167,17 @@ impl Config {
                     source.id
                 ));
             }
+            if source.breaker_window_calls > crate::source_stack::MAX_WINDOW
+                || (source.breaker_window_calls > 0
+                    && !(1..=100).contains(&source.breaker_failure_rate_percent))
+            {
+                return invalid(format!(
+                    "sources.{}: breaker_window_calls must be at most {} and, when set, \
+                     breaker_failure_rate_percent between 1 and 100",
+                    source.id,
+                    crate::source_stack::MAX_WINDOW
+                ));
+            }
             if source.timeout_ms == 0 || source.connect_timeout_ms == 0 {
                 return invalid(format!(
                     "sources.{}: timeout_ms and connect_timeout_ms must be positive",
@@ -1258,6 +1282,8 @@ impl SourceConfig {
             max_concurrent_calls: defaults::max_concurrent_calls(),
             breaker_failures: defaults::breaker_failures(),
             breaker_cool_down_ms: defaults::breaker_cool_down_ms(),
+            breaker_window_calls: defaults::breaker_window_calls(),
+            breaker_failure_rate_percent: defaults::breaker_failure_rate_percent(),
             tls: None,
             owner_department: None,
             case_types: Vec::new(),
@@ -1280,6 +1306,8 @@ impl SourceConfig {
             max_concurrent: self.max_concurrent_calls,
             breaker_failures: self.breaker_failures,
             breaker_cool_down: Duration::from_millis(self.breaker_cool_down_ms),
+            breaker_window: self.breaker_window_calls,
+            breaker_failure_rate_percent: self.breaker_failure_rate_percent,
         }
     }
 }

@@ -45,6 +45,7 @@ pub struct GatewaySource {
     /// The longest this source may take.
     timeout: Duration,
     stack: SourceService,
+    circuit: source_stack::CircuitWatch,
 }
 
 impl GatewaySource {
@@ -61,8 +62,11 @@ impl GatewaySource {
         timeout: Duration,
         resilience: Resilience,
     ) -> Self {
+        let (stack, circuit) =
+            source_stack::stack_watched(Arc::clone(&source), timeout, resilience);
         Self {
-            stack: source_stack::stack(Arc::clone(&source), timeout, resilience),
+            stack,
+            circuit,
             source,
             department: department.into(),
             timeout,
@@ -84,6 +88,11 @@ impl GatewaySource {
 
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Follows the source's circuit; `None` without a circuit breaker.
+    pub fn circuit(&self) -> source_stack::CircuitWatch {
+        self.circuit.clone()
     }
 
     /// One call through the stack.
@@ -667,6 +676,19 @@ impl LookupPipeline {
     /// The configured sources as (id, department name), in configuration order.
     pub fn sources(&self) -> impl Iterator<Item = (&str, &str)> {
         self.sources.iter().map(|s| (s.id(), s.department()))
+    }
+
+    /// Each source's id with a watch of its circuit (sources with a circuit breaker only).
+    pub fn circuits(
+        &self,
+    ) -> Vec<(
+        String,
+        tokio::sync::watch::Receiver<source_stack::CircuitState>,
+    )> {
+        self.sources
+            .iter()
+            .filter_map(|s| Some((s.id().to_owned(), s.circuit()?)))
+            .collect()
     }
 
     /// Opens the request's audit draft and prepares the lookup; a refusal is recorded (durably)

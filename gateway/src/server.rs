@@ -7,6 +7,7 @@ use crate::context::Credentials;
 use crate::disclosure::DisclosurePolicy;
 use crate::lookup::{BreakGlass, GatewaySource, LookupLimits, LookupPipeline};
 use crate::rpc::{SpanKind, call, client_timeout};
+use crate::source_stack::CircuitState;
 use samblik_adapters::GrpcSource;
 use samblik_adapters::tls::ReloadingServerConfig;
 use samblik_audit::postgres::PostgresStore;
@@ -30,6 +31,12 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
+
+/// The health service's name for source `id`'s circuit: SERVING while it is closed, NOT_SERVING
+/// while it is open or probing.
+pub fn source_health_name(id: &str) -> String {
+    format!("samblik.source/{id}")
+}
 
 /// The gRPC service name the health service reports for.
 pub const LOOKUP_SERVICE_NAME: &str = "samblik.v1.LookupService";
@@ -369,7 +376,9 @@ pub async fn serve_configured(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Serving exactly while the audit log can be written: without it nothing may be disclosed.
     let mut audit_health = pipeline.audit_log().health();
+    let reporter = health_reporter.clone();
     tokio::spawn(async move {
+        let health_reporter = reporter;
         loop {
             let healthy = *audit_health.borrow_and_update();
             let status = if healthy {
@@ -392,6 +401,27 @@ pub async fn serve_configured(
             }
         }
     });
+    // Each source's circuit under a health service name of its own: an operator (or a probe)
+    // sees a department whose circuit is open, and the gateway as a whole stays SERVING — the
+    // other departments are still answered.
+    for (id, mut circuit) in pipeline.circuits() {
+        let reporter = health_reporter.clone();
+        tokio::spawn(async move {
+            let name = source_health_name(&id);
+            loop {
+                let status = match *circuit.borrow_and_update() {
+                    CircuitState::Closed => tonic_health::ServingStatus::Serving,
+                    CircuitState::Open | CircuitState::HalfOpen => {
+                        tonic_health::ServingStatus::NotServing
+                    }
+                };
+                reporter.set_service_status(&name, status).await;
+                if circuit.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
     let (reflection_v1, reflection_v1alpha) = samblik_adapters::server::reflection_services()?;
     let audit = Arc::clone(pipeline.audit_log());
     let unread = crate::unread::UnreadAuditLayer::new(Arc::clone(&pipeline));

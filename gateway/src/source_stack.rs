@@ -73,7 +73,15 @@ pub struct Resilience {
     pub breaker_failures: u32,
     /// How long an open circuit answers at once before it lets one probe call through.
     pub breaker_cool_down: Duration,
+    /// The circuit also opens when, of the last this many calls (at most [`MAX_WINDOW`]), at
+    /// least `breaker_failure_rate_percent` failed: a source that fails every other call never
+    /// fails many in a row. 0: no window.
+    pub breaker_window: u32,
+    pub breaker_failure_rate_percent: u32,
 }
+
+/// The longest failure-rate window: the outcomes are the bits of one `u64`.
+pub const MAX_WINDOW: u32 = 64;
 
 impl Resilience {
     /// Neither limit: every call reaches the source.
@@ -81,14 +89,49 @@ impl Resilience {
         max_concurrent: 0,
         breaker_failures: 0,
         breaker_cool_down: Duration::ZERO,
+        breaker_window: 0,
+        breaker_failure_rate_percent: 0,
     };
 }
+
+/// A source's circuit as health and operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    /// Calls reach the source.
+    Closed,
+    /// Calls are answered at once as unavailable.
+    Open,
+    /// One probe call is let through to see whether the source is back.
+    HalfOpen,
+}
+
+/// Follows a source's [`CircuitState`]; `None` for a source without a circuit breaker.
+pub type CircuitWatch = Option<tokio::sync::watch::Receiver<CircuitState>>;
 
 /// Wraps `source` in the gateway's stack: the trace span outermost (so it sees every layer's
 /// outcome, a time-out or an open circuit included), then the bulkhead (a busy answer never
 /// counts against the circuit), the circuit breaker, the deadline, and the source.
 pub fn stack(source: Arc<dyn Source>, timeout: Duration, resilience: Resilience) -> SourceService {
+    stack_watched(source, timeout, resilience).0
+}
+
+/// [`stack`], and a watch of its circuit's state.
+pub fn stack_watched(
+    source: Arc<dyn Source>,
+    timeout: Duration,
+    resilience: Resilience,
+) -> (SourceService, CircuitWatch) {
     let id: Arc<str> = Arc::from(source.id());
+    let breaker =
+        (resilience.breaker_failures > 0 || resilience.breaker_window > 0).then(|| BreakerLayer {
+            source: Arc::clone(&id),
+            failures: resilience.breaker_failures,
+            cool_down: resilience.breaker_cool_down,
+            window: resilience.breaker_window.min(MAX_WINDOW),
+            rate_percent: resilience.breaker_failure_rate_percent,
+            states: Arc::new(tokio::sync::watch::Sender::new(CircuitState::Closed)),
+        });
+    let watch = breaker.as_ref().map(|b| b.states.subscribe());
     let service = ServiceBuilder::new()
         .layer(TraceLayer {
             source: Arc::clone(&id),
@@ -96,14 +139,10 @@ pub fn stack(source: Arc<dyn Source>, timeout: Duration, resilience: Resilience)
         .option_layer(
             (resilience.max_concurrent > 0).then(|| BulkheadLayer::new(resilience.max_concurrent)),
         )
-        .option_layer((resilience.breaker_failures > 0).then_some(BreakerLayer {
-            source: id,
-            failures: resilience.breaker_failures,
-            cool_down: resilience.breaker_cool_down,
-        }))
+        .option_layer(breaker)
         .layer(DeadlineLayer { timeout })
         .service(SourceFn(source));
-    BoxCloneSyncService::new(service)
+    (BoxCloneSyncService::new(service), watch)
 }
 
 /// At most `limit` calls of the source in flight; one more is answered at once as busy, so a
@@ -168,15 +207,22 @@ where
     }
 }
 
-/// The circuit breaker: after `failures` consecutive failures the source is answered at once as
-/// unavailable, without a call, for `cool_down`; then one probe call is let through, which
-/// closes the circuit on success and opens it again on failure. A refusal (denied, invalid
-/// query) is an answer: the source is alive.
+/// The circuit breaker: after `failures` consecutive failures, or when at least `rate_percent`
+/// of the last `window` calls failed, the source is answered at once as unavailable, without a
+/// call, for `cool_down`; then one probe call is let through, which closes the circuit on
+/// success and opens it again on failure. A refusal (denied, invalid query) is an answer: the
+/// source is alive.
 #[derive(Debug, Clone)]
 pub struct BreakerLayer {
     pub source: Arc<str>,
+    /// 0: consecutive failures alone never open it.
     pub failures: u32,
     pub cool_down: Duration,
+    /// 0: no failure-rate window.
+    pub window: u32,
+    pub rate_percent: u32,
+    /// Where the circuit's state is published (health, operators).
+    pub states: Arc<tokio::sync::watch::Sender<CircuitState>>,
 }
 
 impl<S> Layer<S> for BreakerLayer {
@@ -186,7 +232,7 @@ impl<S> Layer<S> for BreakerLayer {
         Breaker {
             inner,
             config: self.clone(),
-            state: Arc::new(std::sync::Mutex::new(Circuit::Closed { failures: 0 })),
+            state: Arc::new(std::sync::Mutex::new(Circuit::CLOSED)),
         }
     }
 }
@@ -194,8 +240,12 @@ impl<S> Layer<S> for BreakerLayer {
 /// The circuit's state, shared by every clone of the source's stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Circuit {
+    /// `failures` in a row just now; `recent`'s low `seen` bits are the last calls' outcomes
+    /// (1: failed), newest lowest.
     Closed {
         failures: u32,
+        recent: u64,
+        seen: u32,
     },
     Open {
         since: Instant,
@@ -220,6 +270,7 @@ impl<S> Breaker<S> {
             Circuit::Closed { .. } => true,
             Circuit::Open { since } if since.elapsed() >= self.config.cool_down => {
                 *state = Circuit::Probing;
+                self.config.states.send_replace(CircuitState::HalfOpen);
                 true
             }
             Circuit::Open { .. } | Circuit::Probing => false,
@@ -230,14 +281,30 @@ impl<S> Breaker<S> {
 /// Records a call's outcome in the circuit.
 fn settle(state: &std::sync::Mutex<Circuit>, config: &BreakerLayer, failed: bool) {
     let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-    let next = match (*state, failed) {
-        (_, false) => Circuit::Closed { failures: 0 },
-        (Circuit::Closed { failures }, true) if failures + 1 < config.failures => Circuit::Closed {
-            failures: failures + 1,
-        },
-        (_, true) => Circuit::Open {
+    let next = match *state {
+        Circuit::Closed {
+            failures,
+            recent,
+            seen,
+        } => {
+            let closed = Circuit::Closed {
+                failures: if failed { failures + 1 } else { 0 },
+                recent: (recent << 1) | u64::from(failed),
+                seen: (seen + 1).min(MAX_WINDOW),
+            };
+            if closed.trips(config) {
+                Circuit::Open {
+                    since: Instant::now(),
+                }
+            } else {
+                closed
+            }
+        }
+        // The probe's outcome decides.
+        Circuit::Open { .. } | Circuit::Probing if failed => Circuit::Open {
             since: Instant::now(),
         },
+        Circuit::Open { .. } | Circuit::Probing => Circuit::CLOSED,
     };
     if matches!(next, Circuit::Open { .. }) && !matches!(*state, Circuit::Open { .. }) {
         tracing::warn!(source = %config.source, "circuit opened after repeated failures");
@@ -246,6 +313,40 @@ fn settle(state: &std::sync::Mutex<Circuit>, config: &BreakerLayer, failed: bool
         tracing::info!(source = %config.source, "circuit closed: the source answered again");
     }
     *state = next;
+    config.states.send_if_modified(|shown| {
+        let now = match next {
+            Circuit::Closed { .. } => CircuitState::Closed,
+            Circuit::Open { .. } => CircuitState::Open,
+            Circuit::Probing => CircuitState::HalfOpen,
+        };
+        std::mem::replace(shown, now) != now
+    });
+}
+
+impl Circuit {
+    const CLOSED: Circuit = Circuit::Closed {
+        failures: 0,
+        recent: 0,
+        seen: 0,
+    };
+
+    /// Whether a closed circuit's record of calls opens it.
+    fn trips(&self, config: &BreakerLayer) -> bool {
+        let Circuit::Closed {
+            failures,
+            recent,
+            seen,
+        } = *self
+        else {
+            return false;
+        };
+        let consecutive = config.failures > 0 && failures >= config.failures;
+        let rate = config.window > 0 && seen >= config.window && {
+            let mask = u64::MAX >> (MAX_WINDOW - config.window);
+            (recent & mask).count_ones() * 100 >= config.rate_percent * config.window
+        };
+        consecutive || rate
+    }
 }
 
 impl<S> Service<SourceCall> for Breaker<S>
@@ -628,7 +729,80 @@ mod tests {
         max_concurrent: 0,
         breaker_failures: 3,
         breaker_cool_down: Duration::from_secs(10),
+        breaker_window: 0,
+        breaker_failure_rate_percent: 0,
     };
+
+    /// A source that fails every other call never fails three in a row; half of the last ten
+    /// calls failing opens its circuit, and the state is published as it changes.
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_rate_over_the_window_opens_the_circuit_and_its_state_is_watched() {
+        let flaky = Flaky::new();
+        let resilience = Resilience {
+            breaker_window: 10,
+            breaker_failure_rate_percent: 50,
+            ..BREAKER
+        };
+        let (stack, watch) = stack_watched(flaky.clone(), Duration::from_secs(2), resilience);
+        let mut watch = watch.unwrap();
+        assert_eq!(*watch.borrow_and_update(), CircuitState::Closed);
+        let ask = || stack.clone().oneshot(call(Duration::from_secs(5)));
+        let open = SourceError::Unavailable(Cause::Fixed(CIRCUIT_OPEN));
+        let alternate = |i: usize| {
+            flaky
+                .failing
+                .store(i.is_multiple_of(2), std::sync::atomic::Ordering::SeqCst);
+        };
+        // Nine calls, five failed: not yet a whole window.
+        for i in 0..9 {
+            alternate(i);
+            assert_ne!(ask().await.err(), Some(open.clone()), "call {i}");
+        }
+        assert!(!watch.has_changed().unwrap());
+        // The tenth succeeds, but five of the ten failed: open.
+        alternate(9);
+        ask().await.unwrap();
+        assert_eq!(*watch.borrow_and_update(), CircuitState::Open);
+        assert_eq!(ask().await.unwrap_err(), open);
+        assert_eq!(flaky.calls(), 10);
+        // After the cool-down one probe goes through; it succeeds, and the window starts afresh.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        ask().await.unwrap();
+        assert_eq!(*watch.borrow_and_update(), CircuitState::Closed);
+        for i in 0..4 {
+            alternate(i);
+            assert_ne!(ask().await.err(), Some(open.clone()));
+        }
+        assert_eq!(*watch.borrow(), CircuitState::Closed);
+    }
+
+    #[test]
+    fn the_window_counts_only_its_own_calls() {
+        let config = BreakerLayer {
+            source: Arc::from("s"),
+            failures: 0,
+            cool_down: Duration::from_secs(1),
+            window: 4,
+            rate_percent: 75,
+            states: Arc::new(tokio::sync::watch::Sender::new(CircuitState::Closed)),
+        };
+        let closed = |recent: u64, seen: u32| Circuit::Closed {
+            failures: 0,
+            recent,
+            seen,
+        };
+        // Three of the last four failed (older failures beyond the window do not count).
+        assert!(closed(0b1111_0111, 8).trips(&config));
+        assert!(!closed(0b1111_0011, 8).trips(&config));
+        assert!(!closed(0b0111, 3).trips(&config), "not a whole window yet");
+        let full = BreakerLayer {
+            window: MAX_WINDOW,
+            rate_percent: 100,
+            ..config
+        };
+        assert!(closed(u64::MAX, MAX_WINDOW).trips(&full));
+        assert!(!closed(u64::MAX - 1, MAX_WINDOW).trips(&full));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_circuit_opens_after_consecutive_failures_and_a_probe_closes_it() {

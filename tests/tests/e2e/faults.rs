@@ -368,3 +368,82 @@ async fn a_sources_error_message_never_reaches_the_log_and_its_status_is_still_r
         );
     }
 }
+
+/// A department whose circuit opens shows as NOT_SERVING under its own health name, while the
+/// gateway as a whole, and every other department, stays SERVING.
+#[tokio::test]
+async fn an_open_circuit_is_visible_in_health_and_the_gateway_stays_serving() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let jobcenter = start_source(reference(Department::Jobcenter)).await;
+    let failing = start_source(Arc::new(Failing {
+        error: samblik_adapters::SourceError::Unavailable(samblik_adapters::Cause::Fixed("down")),
+    }))
+    .await;
+    let gateway = TestGateway::over(&[
+        SourceSpec::at("jobcenter", jobcenter.addr),
+        SourceSpec::at("failing", failing.addr),
+    ])
+    .adjust(|c| {
+        for s in &mut c.sources {
+            s.breaker_failures = 2;
+        }
+    })
+    .start()
+    .await;
+    let mut health = HealthClient::new(gateway.channel().await);
+    let check = async |health: &mut HealthClient<_>, service: &str| {
+        health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    };
+    let name = samblik_gateway::server::source_health_name("failing");
+    assert_eq!(
+        check(&mut health, &name).await,
+        ServingStatus::Serving as i32
+    );
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+
+    let mut client = gateway.client().await;
+    let token = token(Department::Jobcenter);
+    for _ in 0..2 {
+        let response = client
+            .lookup(request(
+                three_department_citizen(),
+                Purpose::PrepareMeeting,
+                Some(&token),
+                None,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status_of(&response, "failing"), SourceStatus::Unavailable);
+    }
+    let changed = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("the health service reported the open circuit")
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.status, ServingStatus::NotServing as i32);
+    assert_eq!(check(&mut health, "").await, ServingStatus::Serving as i32);
+    let jobcenter_name = samblik_gateway::server::source_health_name("jobcenter");
+    assert_eq!(
+        check(&mut health, &jobcenter_name).await,
+        ServingStatus::Serving as i32
+    );
+}
