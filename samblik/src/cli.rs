@@ -299,6 +299,24 @@ enum AuditCommand {
         #[arg(long)]
         chain: Option<String>,
     },
+    /// Acknowledge a break the gateway's start-up check found in its chain (records cut or
+    /// rewritten since the last signed checkpoint, or a cut the witness names), so that the
+    /// gateway writes it again. Writes a signed record of the break, who acknowledged it and
+    /// why; verification keeps naming the break itself. The gateway must be stopped.
+    AcknowledgeBreak {
+        /// The demo's data directory.
+        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        dir: Option<PathBuf>,
+        /// A gateway config file (its [audit] section).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Who acknowledges (recorded).
+        #[arg(long)]
+        by: String,
+        /// Why the chain may be written again, e.g. what was restored (recorded).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 fn parse_export_format(text: &str) -> Result<samblik_proto::v1::ExportFormat, String> {
@@ -324,8 +342,10 @@ impl GatewayArgs {
 async fn audit_command(command: AuditCommand) -> anyhow::Result<()> {
     use crate::audit_cli as a;
     let printed = match command {
-        AuditCommand::Verify { .. } | AuditCommand::Prune { .. } => {
-            anyhow::bail!("verify and prune run on the store itself")
+        AuditCommand::Verify { .. }
+        | AuditCommand::Prune { .. }
+        | AuditCommand::AcknowledgeBreak { .. } => {
+            anyhow::bail!("verify, prune and acknowledge-break run on the store itself")
         }
         AuditCommand::Search {
             gateway,
@@ -555,6 +575,52 @@ fn print_verified(s: &samblik_audit::verify::ChainSummary) {
 
 /// Prunes the configured chain of an audit store through a writer of its own, so the prune is
 /// chained and signed like every other record.
+/// The audit section of the demo's directory or of a config file, for the commands that run on
+/// the store itself.
+fn audit_config_of(
+    dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<samblik_gateway::config::AuditConfig> {
+    match (dir, config) {
+        (Some(dir), _) => {
+            let db = dir.join(demo::AUDIT_DB_FILE);
+            anyhow::ensure!(db.is_file(), "no audit log at {}", db.display());
+            Ok(demo::demo_audit_config(&dir))
+        }
+        (None, Some(config)) => Ok(Config::load(&config)?.audit),
+        (None, None) => anyhow::bail!("give --dir or --config"),
+    }
+}
+
+/// Starts the configured chain's writer with the acknowledgement, which writes the signed
+/// start-up record naming the break, and stops it cleanly.
+async fn acknowledge_break(
+    audit: samblik_gateway::config::AuditConfig,
+    by: String,
+    reason: String,
+) -> anyhow::Result<()> {
+    use samblik_audit::{Acknowledgement, AuditLog, CheckpointSigner};
+    anyhow::ensure!(
+        !by.trim().is_empty() && !reason.trim().is_empty(),
+        "--by and --reason must say who acknowledges the break and why"
+    );
+    let key = audit.signing_key_file.clone();
+    anyhow::ensure!(key.is_file(), "no audit signing key at {}", key.display());
+    let open = samblik_gateway::server::audit_store_opener(&audit)?;
+    let mut options = samblik_gateway::server::audit_writer_options(&audit, "");
+    options.retention = None;
+    options.acknowledge_break = Some(Acknowledgement { by, reason });
+    let chain = options.chain.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let signer = CheckpointSigner::load_or_create(&key)?;
+        AuditLog::start_with(open, signer, options)?.close();
+        Ok(())
+    })
+    .await??;
+    println!("chain {chain}: the break is acknowledged in a signed record; the gateway may start");
+    Ok(())
+}
+
 async fn prune_audit(
     audit: samblik_gateway::config::AuditConfig,
     older_than_days: Option<u32>,
@@ -858,15 +924,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     chain,
                 },
         } => {
-            let mut audit = match (dir, config) {
-                (Some(dir), _) => {
-                    let db = dir.join(demo::AUDIT_DB_FILE);
-                    anyhow::ensure!(db.is_file(), "no audit log at {}", db.display());
-                    demo::demo_audit_config(&dir)
-                }
-                (None, Some(config)) => Config::load(&config)?.audit,
-                (None, None) => anyhow::bail!("give --dir or --config"),
-            };
+            let mut audit = audit_config_of(dir, config)?;
             if let Some(chain) = chain {
                 // A writer on a misspelt chain would start a new one: prune only what exists.
                 let open = samblik_gateway::server::audit_store_opener(&audit)?;
@@ -878,6 +936,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 audit.chain = chain;
             }
             prune_audit(audit, older_than_days).await
+        }
+        Command::Audit {
+            command:
+                AuditCommand::AcknowledgeBreak {
+                    dir,
+                    config,
+                    by,
+                    reason,
+                },
+        } => {
+            let audit = audit_config_of(dir, config)?;
+            acknowledge_break(audit, by, reason).await
         }
         Command::Audit { command } => audit_command(command).await,
         Command::Serve { config } => {

@@ -249,6 +249,7 @@ pub fn with_own_audit(mut config: Config) -> (Config, tempfile::TempDir) {
     config.audit.path = Some(dir.path().join(samblik::demo::AUDIT_DB_FILE));
     config.audit.postgres_url_env = None;
     config.audit.signing_key_file = dir.path().join(samblik::demo::AUDIT_KEY_FILE);
+    config.audit.witness_file = Some(dir.path().join(samblik::demo::AUDIT_WITNESS_FILE));
     (config, dir)
 }
 

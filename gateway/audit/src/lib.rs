@@ -37,7 +37,9 @@ pub use registry::{
     AccessRequest, ChangeOutcome, Consent, ConsentKind, Recipients, Registry, RegistryChange,
     RegistryReader, RequestFilter, RequestState,
 };
-pub use writer::{AuditLog, Receipt, SYNC_THREADS, WriterOptions, maintenance_event};
+pub use writer::{
+    Acknowledgement, AuditLog, Receipt, SYNC_THREADS, WriterOptions, maintenance_event,
+};
 
 /// Whether a commit waits for the disk, in either store. `Off` exists only to measure what
 /// durability costs; never run a municipality on it.
@@ -62,6 +64,11 @@ pub enum AuditError {
     /// The writer has stopped.
     #[error("the audit writer is not running")]
     Stopped,
+    /// The chain failed its start-up check (its tail against its last signed checkpoint and
+    /// the witness): nothing is appended to it until an operator acknowledges the break
+    /// (`samblik audit acknowledge-break`).
+    #[error("the audit chain is broken and closed until the break is acknowledged: {0}")]
+    ChainBroken(String),
 }
 
 /// A record as read back for verification: the indexed columns and the stored body, as the
@@ -188,6 +195,12 @@ pub trait AuditStore: Send + 'static {
         limit: usize,
     ) -> Result<Vec<StoredRecord>, AuditError>;
     fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError>;
+    /// The newest checkpoint of `chain` that a witness outside the store holds
+    /// ([`crate::witness`]); `None` without a witness. Its signature is not checked here.
+    fn witnessed(&mut self, chain: &str) -> Result<Option<Checkpoint>, AuditError> {
+        let _ = chain;
+        Ok(None)
+    }
     /// The chain's audit-maintenance records (start-ups, stops, prunes), in order: verification
     /// reads the prune records first to learn where the chain's front was cut. The default reads
     /// the whole chain.
@@ -308,6 +321,9 @@ impl<S: AuditStore + ?Sized> AuditStore for Box<S> {
     }
     fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError> {
         (**self).checkpoints(chain)
+    }
+    fn witnessed(&mut self, chain: &str) -> Result<Option<Checkpoint>, AuditError> {
+        (**self).witnessed(chain)
     }
     fn maintenance_records(&mut self, chain: &str) -> Result<Vec<StoredRecord>, AuditError> {
         (**self).maintenance_records(chain)

@@ -24,6 +24,10 @@ pub enum Maintenance {
         /// stays visible to verification.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         missing: Option<[u64; 2]>,
+        /// The break the start-up check found and an operator acknowledged, so that the chain
+        /// is written again: what was found, who acknowledged it and why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        acknowledged: Option<String>,
     },
     /// The writer stopped cleanly: this is its last record, signed by its last checkpoint.
     WriterStopped,

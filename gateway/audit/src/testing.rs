@@ -161,6 +161,9 @@ impl<S: AuditStore> AuditStore for FaultInjecting<S> {
     fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError> {
         self.inner.checkpoints(chain)
     }
+    fn witnessed(&mut self, chain: &str) -> Result<Option<Checkpoint>, AuditError> {
+        self.inner.witnessed(chain)
+    }
     fn maintenance_records(&mut self, chain: &str) -> Result<Vec<StoredRecord>, AuditError> {
         self.inner.maintenance_records(chain)
     }

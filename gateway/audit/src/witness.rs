@@ -283,6 +283,12 @@ impl<S: AuditStore> AuditStore for Witnessed<S> {
     fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError> {
         self.inner.checkpoints(chain)
     }
+    fn witnessed(&mut self, chain: &str) -> Result<Option<Checkpoint>, AuditError> {
+        Ok(Witness::read(&self.witness.path)?
+            .into_iter()
+            .filter(|c| c.chain == chain)
+            .max_by_key(|c| c.seq))
+    }
     fn maintenance_records(&mut self, chain: &str) -> Result<Vec<StoredRecord>, AuditError> {
         self.inner.maintenance_records(chain)
     }

@@ -48,6 +48,16 @@ pub struct WriterOptions {
     /// How many fsyncs of the store's log may be in flight at once (at least one), for stores
     /// whose commits are fsync'ed apart from the writer. See [`SYNC_THREADS`].
     pub sync_threads: usize,
+    /// An operator's acknowledgement of the break the start-up check finds, so that the chain
+    /// is written again; `None`: a broken chain stays closed ([`AuditError::ChainBroken`]).
+    pub acknowledge_break: Option<Acknowledgement>,
+}
+
+/// Who acknowledges a broken chain, and why; written into the signed start-up record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledgement {
+    pub by: String,
+    pub reason: String,
 }
 
 impl WriterOptions {
@@ -62,6 +72,7 @@ impl WriterOptions {
             max_prune_records: 50_000,
             retry_every: Duration::from_secs(1),
             sync_threads: SYNC_THREADS,
+            acknowledge_break: None,
         }
     }
 }
@@ -150,6 +161,14 @@ impl AuditLog {
                     Ok((store, state, syncer)) => {
                         let _ = ready_tx.send(Ok(()));
                         run(store, signer, options, state, syncer, rx, health_tx);
+                    }
+                    // Started, but closed: the gateway runs (and says NOT_SERVING) rather than
+                    // stopping, so that health and the operator's command can tell why.
+                    Err(AuditError::ChainBroken(why)) if options.acknowledge_break.is_none() => {
+                        // Unhealthy before anyone can ask.
+                        health_tx.set(&health_tx.commit, false);
+                        let _ = ready_tx.send(Ok(()));
+                        closed(&why, &rx);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -297,6 +316,40 @@ fn begin(
     let head = store.head(chain)?;
     let last_checkpoint = store.last_checkpoint(chain)?;
     let head_seq = head.as_ref().map_or(0, |(s, _)| *s);
+    let key = signer.verifying_key();
+    let witnessed = store.witnessed(chain)?;
+    let broken = tail_break(
+        store,
+        chain,
+        &key,
+        head_seq,
+        last_checkpoint.as_ref(),
+        witnessed.as_ref(),
+    )?;
+    let acknowledged = match (broken, &options.acknowledge_break) {
+        (Some(why), None) => {
+            tracing::error!(
+                chain,
+                "the audit chain failed its start-up check; it stays closed until the break is acknowledged"
+            );
+            return Err(AuditError::ChainBroken(why));
+        }
+        (None, Some(_)) => {
+            return Err(AuditError::Store(format!(
+                "chain {chain} passes its start-up check: there is no break to acknowledge"
+            )));
+        }
+        (Some(why), Some(ack)) => {
+            tracing::warn!(chain, by = %ack.by, "a break of the audit chain was acknowledged");
+            Some(format!("{why}; acknowledged by {}: {}", ack.by, ack.reason))
+        }
+        (None, None) => None,
+    };
+    // A signed checkpoint ahead of the head, in the store or the witness: continue after it.
+    let last_checkpoint = [last_checkpoint, witnessed.filter(|w| w.verify(&key))]
+        .into_iter()
+        .flatten()
+        .max_by_key(|c| c.seq);
     let checkpoint_seq = last_checkpoint.as_ref().map_or(0, |c| c.seq);
     let previous_stop = match head_seq {
         0 if checkpoint_seq == 0 => PreviousStop::FirstStart,
@@ -357,11 +410,15 @@ fn begin(
              chain continues after that checkpoint"
         ));
     }
+    if let Some(ack) = &acknowledged {
+        detail.push_str(&format!("; the chain was broken: {ack}"));
+    }
     let change = Maintenance::WriterStarted {
         head_seq,
         checkpoint_seq,
         previous_stop,
         missing,
+        acknowledged,
     };
     let record = state.seal(
         maintenance_event(detail, options).encode(Some(&change.to_value())),
@@ -371,6 +428,133 @@ fn begin(
     store.append(std::slice::from_ref(&record), Some(&checkpoint))?;
     state.checkpointed_seq = record.seq;
     Ok(state)
+}
+
+/// Why `chain` may not be appended to as it stands, or `None`. Its tail since the last signed
+/// checkpoint must link and hash, that checkpoint must be this key's and sign its record, and the
+/// newest checkpoint a witness holds must be in the store with the hash it signed. Records lost
+/// in a crash are not a break: a batch and its checkpoint commit together, and a checkpoint is
+/// witnessed only once durable.
+fn tail_break(
+    store: &mut dyn AuditStore,
+    chain: &str,
+    key: &ed25519_dalek::VerifyingKey,
+    head_seq: u64,
+    last_checkpoint: Option<&Checkpoint>,
+    witnessed: Option<&Checkpoint>,
+) -> Result<Option<String>, AuditError> {
+    let record_at = |store: &mut dyn AuditStore, seq: u64| -> Result<_, AuditError> {
+        Ok(store
+            .records(chain, seq.saturating_sub(1), 1)?
+            .into_iter()
+            .next()
+            .filter(|r| r.seq == seq))
+    };
+    if let Some(w) = witnessed {
+        if !w.verify(key) {
+            return Ok(Some(format!(
+                "the witness's newest checkpoint of the chain (seq {}) does not verify with the \
+                 signing key",
+                w.seq
+            )));
+        }
+        if w.seq > head_seq {
+            return Ok(Some(format!(
+                "the witness holds a signed checkpoint at seq {}, but the chain ends at seq \
+                 {head_seq}: records were cut with their checkpoints",
+                w.seq
+            )));
+        }
+        match record_at(store, w.seq)? {
+            Some(r) if r.hash == w.head_hash => {}
+            _ => {
+                return Ok(Some(format!(
+                    "record {} is not the one the witness's checkpoint signed",
+                    w.seq
+                )));
+            }
+        }
+    }
+    let Some(c) = last_checkpoint else {
+        return Ok((head_seq > 0)
+            .then(|| format!("the chain holds {head_seq} records but no signed checkpoint")));
+    };
+    if !c.verify(key) {
+        return Ok(Some(format!(
+            "the last checkpoint (seq {}) does not verify with the signing key",
+            c.seq
+        )));
+    }
+    if c.seq > head_seq {
+        return Ok(Some(format!(
+            "records {}..={}, signed by the checkpoint at {}, are missing from the store",
+            head_seq + 1,
+            c.seq,
+            c.seq
+        )));
+    }
+    // The records from the checkpoint's to the head: each hashes to its stored hash and links
+    // to the one before; the first is the one the checkpoint signed.
+    let mut expected_prev: Option<String> = None;
+    let mut next = c.seq;
+    while next <= head_seq {
+        let page = store.records(chain, next - 1, 1_000)?;
+        if page.is_empty() {
+            break;
+        }
+        for stored in page {
+            let seq = stored.seq;
+            let fails = |why: &str| {
+                Ok(Some(format!(
+                    "record {seq} after the last signed checkpoint {why}"
+                )))
+            };
+            if seq != next {
+                return fails(&format!("is missing (the next stored is {seq})"));
+            }
+            let Ok(record) = AuditRecord::from_stored(&stored.body, &stored.hash) else {
+                return fails("does not hash to its stored hash");
+            };
+            match &expected_prev {
+                None if stored.hash != c.head_hash => {
+                    return fails("is not the one the checkpoint signed");
+                }
+                Some(prev) if &record.prev_hash != prev => {
+                    return fails("does not link to the record before it");
+                }
+                _ => {}
+            }
+            expected_prev = Some(stored.hash);
+            next = seq + 1;
+        }
+    }
+    if next <= head_seq {
+        return Ok(Some(format!(
+            "records {next}..={head_seq} are missing from the chain's tail"
+        )));
+    }
+    Ok(None)
+}
+
+/// The writer of a chain that failed its start-up check (and reported itself unhealthy): it
+/// writes nothing and refuses every record, so nothing is disclosed, until the gateway stops.
+fn closed(why: &str, rx: &mpsc::Receiver<Job>) {
+    let broken = || AuditError::ChainBroken(why.to_owned());
+    while let Ok(job) = rx.recv() {
+        match job {
+            Job::Append { reply, .. } => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(broken()));
+                }
+            }
+            Job::Change { reply, .. } => {
+                let _ = reply.send(Err(broken()));
+            }
+            Job::Prune { reply, .. } => {
+                let _ = reply.send(Err(broken()));
+            }
+        }
+    }
 }
 
 /// A record of the writer's own (a test forging one words it the same way).

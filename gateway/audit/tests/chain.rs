@@ -1042,6 +1042,7 @@ fn a_chain_made_up_without_the_key_is_found() {
             checkpoint_seq: 0,
             previous_stop: PreviousStop::FirstStart,
             missing: None,
+            acknowledged: None,
         };
         let mut records = vec![(forged_maintenance(), Some(started))];
         records.extend((0..5).map(|i| (event(i), None)));
@@ -1211,14 +1212,44 @@ fn the_start_up_record_tells_a_clean_stop_from_an_unclean_one() {
 }
 
 #[test]
-fn signed_records_missing_at_start_up_are_recorded_and_stay_visible() {
+fn signed_records_missing_at_start_up_close_the_chain_until_the_break_is_acknowledged() {
     for s in setups() {
         write(&s, 30); // 1..=32, the stop at 32 signed
         s.sql("DELETE FROM audit_records WHERE seq > 20");
+        // Closed: nothing is written, every record is refused, and the log says it is unhealthy.
         let log = open(&s, s.store());
-        // The chain goes on after the signed checkpoint: no seq is reused.
-        assert_eq!(block_on(log.append(event(1))).unwrap().seq, 34);
+        assert!(!*log.health().borrow());
+        let refused = block_on(log.append(event(1))).unwrap_err();
+        assert!(
+            matches!(&refused, AuditError::ChainBroken(why) if why.contains("records 21..=32")),
+            "{refused}"
+        );
         log.close();
+        assert_eq!(s.store().head("replica-a").unwrap().unwrap().0, 20);
+
+        // An operator acknowledges the break: the chain goes on after the signed checkpoint
+        // (no seq is reused), and the start-up record says what was broken and who said so.
+        let signer = CheckpointSigner::load_or_create(&s.key).unwrap();
+        let mut acknowledging = options(10);
+        acknowledging.acknowledge_break = Some(Acknowledgement {
+            by: "ops-1".into(),
+            reason: "restored from last night's backup".into(),
+        });
+        AuditLog::start(s.store(), signer, acknowledging.clone())
+            .unwrap()
+            .close();
+        let log = open(&s, s.store());
+        assert!(*log.health().borrow());
+        // 33 and 34: the acknowledging writer's start-up and stop; 35 this one's start-up.
+        assert_eq!(block_on(log.append(event(1))).unwrap().seq, 36);
+        log.close();
+        // Acknowledging a chain that is not broken is refused.
+        let signer = CheckpointSigner::load_or_create(&s.key).unwrap();
+        let nothing = AuditLog::start(s.store(), signer, acknowledging).unwrap_err();
+        assert!(
+            nothing.to_string().contains("no break to acknowledge"),
+            "{nothing}"
+        );
         let records = stored(&s);
         let started = records.iter().find(|r| r.seq == 33).unwrap();
         assert_eq!(
@@ -1228,6 +1259,11 @@ fn signed_records_missing_at_start_up_are_recorded_and_stay_visible() {
                 checkpoint_seq: 32,
                 previous_stop: PreviousStop::Unclean,
                 missing: Some([21, 32]),
+                acknowledged: Some(
+                    "records 21..=32, signed by the checkpoint at 32, are missing from the \
+                     store; acknowledged by ops-1: restored from last night's backup"
+                        .into()
+                ),
             }
         );
         assert!(
@@ -1244,8 +1280,8 @@ fn signed_records_missing_at_start_up_are_recorded_and_stay_visible() {
         assert_eq!(breaks.first.seq, 21);
         assert_eq!(problems(&breaks), [21]);
         // Tampering after the gap is not hidden by it.
-        s.sql("UPDATE audit_records SET body = replace(body, '\"tier\":1', '\"tier\":3') WHERE seq = 34");
-        assert_eq!(problems(&self::breaks(&s)), [21, 34]);
+        s.sql("UPDATE audit_records SET body = replace(body, '\"tier\":1', '\"tier\":3') WHERE seq = 36");
+        assert_eq!(problems(&self::breaks(&s)), [21, 36]);
     }
 }
 

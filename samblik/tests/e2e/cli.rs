@@ -394,17 +394,20 @@ fn audit_prune_cuts_the_demo_log_and_it_still_verifies() {
     let token = stdout(&samblik(&["token", "--dir", dir_arg, "--user", user]))
         .trim()
         .to_owned();
-    stdout(&samblik(&[
-        "lookup",
-        "--addr",
-        facts["gateway_url"].as_str().unwrap(),
-        "--token",
-        &token,
-        "--cpr",
-        cpr,
-        "--purpose",
-        "prepare-meeting",
-    ]));
+    let lookup = |facts: &serde_json::Value| {
+        samblik(&[
+            "lookup",
+            "--addr",
+            facts["gateway_url"].as_str().unwrap(),
+            "--token",
+            &token,
+            "--cpr",
+            cpr,
+            "--purpose",
+            "prepare-meeting",
+        ])
+    };
+    stdout(&lookup(&facts));
     assert!(demo.terminate().success());
     let before = verified_records(&stdout(&samblik(&["audit", "verify", "--dir", dir_arg])));
     let cprs = |dir: &Path| -> Vec<Option<String>> {
@@ -465,6 +468,47 @@ fn audit_prune_cuts_the_demo_log_and_it_still_verifies() {
         "{said}"
     );
     assert!(said.contains("were cut, with their checkpoints"), "{said}");
+
+    // The gateway's start-up check finds the same cut: it runs, writes nothing, and refuses
+    // every lookup until the break is acknowledged.
+    let restart = || {
+        std::fs::remove_file(dir.path().join("demo.json")).unwrap();
+        start_demo(
+            dir.path(),
+            &["--citizens", "2000", "--insecure"],
+            Stdio::null(),
+        )
+    };
+    let (demo, facts) = restart();
+    let refused = lookup(&facts);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("AUDIT_UNAVAILABLE"), "{said}");
+    assert!(demo.terminate().success());
+
+    let acknowledged = stdout(&samblik(&[
+        "audit",
+        "acknowledge-break",
+        "--dir",
+        dir_arg,
+        "--by",
+        "ops-1",
+        "--reason",
+        "the database was restored from a backup",
+    ]));
+    assert!(
+        acknowledged.contains("the break is acknowledged"),
+        "{acknowledged}"
+    );
+    // The lost records stay a finding; the witness agrees with the chain again.
+    let after = samblik(&["audit", "verify", "--dir", dir_arg]);
+    assert!(!after.status.success());
+    let said = String::from_utf8_lossy(&after.stdout);
+    assert!(!said.contains("witness problem"), "{said}");
+    assert!(said.contains("missing"), "{said}");
+    let (demo, facts) = restart();
+    assert!(lookup(&facts).status.success(), "the gateway serves again");
+    assert!(demo.terminate().success());
 
     // A bad directory is an error, not an empty log.
     let missing = samblik(&["audit", "prune", "--dir", "/nonexistent-samblik-dir"]);
