@@ -609,11 +609,70 @@ impl Reloading<ClientConfig> {
     }
 }
 
-/// One accepted connection: the stream, and its place under the connection limit.
+/// How many connections a listener holds: in all, and from one client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Open connections; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Open connections from one IP address; one more is closed at once, so that one client
+    /// cannot take every slot. `usize::MAX`: no cap.
+    pub max_per_address: usize,
+}
+
+/// `max_connections` in all, with no cap per address.
+impl From<usize> for ConnectionLimits {
+    fn from(max_connections: usize) -> Self {
+        ConnectionLimits {
+            max_connections,
+            max_per_address: usize::MAX,
+        }
+    }
+}
+
+/// The connections open per client address; each [`AddressSlot`] is one of them.
+type PerAddress = Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// A connection's place under its address's cap, given back when the connection goes.
+#[derive(Debug)]
+struct AddressSlot {
+    open: PerAddress,
+    address: std::net::IpAddr,
+}
+
+impl AddressSlot {
+    /// A slot for `address`, or `None` when it has `cap` connections open already.
+    fn take(open: &PerAddress, address: std::net::IpAddr, cap: usize) -> Option<AddressSlot> {
+        let mut counts = open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(address).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            open: Arc::clone(open),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// One accepted connection: the stream, and its places under the connection limits.
 #[derive(Debug)]
 pub struct Conn<S> {
     inner: S,
     _permit: Option<OwnedSemaphorePermit>,
+    _address: Option<AddressSlot>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
@@ -665,18 +724,21 @@ pub type ServerTlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 pub type ServerTlsInfo = TlsConnectInfo<TcpConnectInfo>;
 
 /// Accepts connections on `listener` — at most `max_connections` at a time (further ones wait
-/// in the kernel's backlog) — with TCP_NODELAY, and, when `tls` is set, completes each TLS
-/// handshake with the config current at that moment. Failed handshakes are logged and dropped.
+/// in the kernel's backlog), and at most `max_per_address` from one IP address (one more is
+/// closed at once) — with TCP_NODELAY, and, when `tls` is set, completes each TLS handshake with
+/// the config current at that moment. Failed handshakes are logged and dropped.
 pub fn incoming<S: Send + 'static>(
     listener: TcpListener,
-    max_connections: usize,
+    limits: impl Into<ConnectionLimits>,
     accept: impl Fn(TcpStream) -> Pin<Box<dyn Future<Output = Option<S>> + Send>>
     + Send
     + Sync
     + 'static,
 ) -> ReceiverStream<Result<Conn<S>, std::io::Error>> {
+    let limits = limits.into();
     let (tx, rx) = mpsc::channel(64);
-    let limit = Arc::new(Semaphore::new(max_connections.max(1)));
+    let limit = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_address: PerAddress = Arc::default();
     let accept = Arc::new(accept);
     tokio::spawn(async move {
         loop {
@@ -687,10 +749,10 @@ pub fn incoming<S: Send + 'static>(
                     Err(_) => break,
                 },
             };
-            let tcp = tokio::select! {
+            let (tcp, peer) = tokio::select! {
                 () = tx.closed() => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, _)) => tcp,
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
@@ -698,6 +760,12 @@ pub fn incoming<S: Send + 'static>(
                         continue;
                     }
                 },
+            };
+            let Some(address) = AddressSlot::take(&per_address, peer.ip(), limits.max_per_address)
+            else {
+                // Closed before any byte is read; the slot in all goes back at once.
+                tracing::info!(peer = %peer.ip(), "connection refused: too many from this address");
+                continue;
             };
             let _ = tcp.set_nodelay(true);
             let (tx, accept) = (tx.clone(), Arc::clone(&accept));
@@ -707,6 +775,7 @@ pub fn incoming<S: Send + 'static>(
                         .send(Ok(Conn {
                             inner,
                             _permit: Some(permit),
+                            _address: Some(address),
                         }))
                         .await;
                 }
@@ -719,10 +788,10 @@ pub fn incoming<S: Send + 'static>(
 /// [`incoming`] with TLS from `config`.
 pub fn tls_incoming(
     listener: TcpListener,
-    max_connections: usize,
+    limits: impl Into<ConnectionLimits>,
     config: Arc<ReloadingServerConfig>,
 ) -> ReceiverStream<Result<Conn<ServerTlsStream>, std::io::Error>> {
-    incoming(listener, max_connections, move |tcp| {
+    incoming(listener, limits, move |tcp| {
         let acceptor = tokio_rustls::TlsAcceptor::from(config.current());
         Box::pin(async move {
             let peer = tcp.peer_addr().ok();
@@ -744,11 +813,9 @@ pub fn tls_incoming(
 /// [`incoming`] without TLS.
 pub fn plain_incoming(
     listener: TcpListener,
-    max_connections: usize,
+    limits: impl Into<ConnectionLimits>,
 ) -> ReceiverStream<Result<Conn<TcpStream>, std::io::Error>> {
-    incoming(listener, max_connections, |tcp| {
-        Box::pin(async move { Some(tcp) })
-    })
+    incoming(listener, limits, |tcp| Box::pin(async move { Some(tcp) }))
 }
 
 /// Dials a source over mutual TLS with the client config current at each (re)connect. The

@@ -464,6 +464,17 @@ pub struct LimitsConfig {
     pub max_concurrent_streams: u32,
     /// Open connections; further ones wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Open connections from one client address; one more is closed at once, so that one
+    /// client (or one attacker) cannot take every slot. A fagsystem needs a handful.
+    pub max_connections_per_address: usize,
+    /// How often the server PINGs a connection it has heard nothing on, and how long it waits
+    /// for the answer before closing it: a dead peer gives its slot back. 0: no PINGs.
+    pub http2_keepalive_interval_ms: u64,
+    pub http2_keepalive_timeout_ms: u64,
+    /// A connection older than this is asked to go (HTTP/2 GOAWAY; calls in flight finish
+    /// within `request_timeout_ms`), so that no connection, idle or not, holds its slot for
+    /// ever; clients reconnect by themselves. 0: no limit.
+    pub max_connection_age_ms: u64,
     /// The longest any call may run, whatever deadline it asks for (a backstop behind
     /// `max_deadline_ms`).
     pub request_timeout_ms: u64,
@@ -480,6 +491,10 @@ impl Default for LimitsConfig {
             max_header_list_bytes: 16 * 1024,
             max_concurrent_streams: 100,
             max_connections: 1_024,
+            max_connections_per_address: 64,
+            http2_keepalive_interval_ms: 30_000,
+            http2_keepalive_timeout_ms: 10_000,
+            max_connection_age_ms: 1_800_000,
             request_timeout_ms: 15_000,
             max_concurrent_lookups: 256,
         }
@@ -989,10 +1004,13 @@ impl Config {
                     .into(),
             );
         }
-        if l.max_concurrent_streams == 0 || l.max_connections == 0 || l.max_concurrent_lookups == 0
+        if l.max_concurrent_streams == 0
+            || l.max_connections == 0
+            || l.max_concurrent_lookups == 0
+            || l.max_connections_per_address == 0
         {
             return invalid(
-                "server.limits.max_concurrent_streams, max_connections and max_concurrent_lookups must be positive".into(),
+                "server.limits.max_concurrent_streams, max_connections, max_connections_per_address and max_concurrent_lookups must be positive".into(),
             );
         }
         if l.request_timeout_ms < s.max_deadline_ms {

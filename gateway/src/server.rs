@@ -438,7 +438,16 @@ pub async fn serve_configured(
     .max_decoding_message_size(limits.max_message_bytes);
     let lookup = LookupServiceServer::new(LookupApi { pipeline })
         .max_decoding_message_size(limits.max_message_bytes);
-    let router = tonic::transport::Server::builder()
+    let ms = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(ms(limits.http2_keepalive_interval_ms))
+        .http2_keepalive_timeout(ms(limits.http2_keepalive_timeout_ms));
+    if let Some(age) = ms(limits.max_connection_age_ms) {
+        builder = builder
+            .max_connection_age(age)
+            .max_connection_age_grace(Duration::from_millis(limits.request_timeout_ms));
+    }
+    let router = builder
         .http2_max_header_list_size(limits.max_header_list_bytes)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .timeout(Duration::from_millis(limits.request_timeout_ms))
@@ -453,18 +462,21 @@ pub async fn serve_configured(
         .add_service(policy)
         .add_service(audit_api);
     let addr = listener.local_addr().ok();
+    let connections = samblik_adapters::tls::ConnectionLimits {
+        max_connections: limits.max_connections,
+        max_per_address: limits.max_connections_per_address,
+    };
     match tls {
         Some(tls) => {
             tracing::info!(addr = ?addr, "gateway listening (TLS)");
-            let incoming =
-                samblik_adapters::tls::tls_incoming(listener, limits.max_connections, tls);
+            let incoming = samblik_adapters::tls::tls_incoming(listener, connections, tls);
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await?;
         }
         None => {
             tracing::warn!(addr = ?addr, "gateway listening in PLAINTEXT");
-            let incoming = samblik_adapters::tls::plain_incoming(listener, limits.max_connections);
+            let incoming = samblik_adapters::tls::plain_incoming(listener, connections);
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await?;

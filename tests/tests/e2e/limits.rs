@@ -387,3 +387,47 @@ async fn over_its_lookup_limit_the_gateway_refuses_at_once_and_records_it() {
         .await
         .unwrap();
 }
+
+/// One client address may hold `max_connections_per_address` connections: one more is closed
+/// before a byte is read, while another address is still served.
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    use tokio::io::AsyncReadExt;
+    let limits = LimitsConfig {
+        max_connections_per_address: 2,
+        ..LimitsConfig::default()
+    };
+    let gateway = start(limits, Arc::new(Hanging::default())).await;
+    let addr = gateway.addr;
+    let held = [
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+    ];
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(10), third.read(&mut byte))
+        .await
+        .expect("the third connection is closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    // From 127.0.0.2 (loopback too), a whole lookup still goes through.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind("127.0.0.2:0".parse().unwrap())?;
+            let tcp = socket.connect(addr).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tcp))
+        }))
+        .await
+        .unwrap();
+    LookupServiceClient::new(channel)
+        .lookup(lookup_of(
+            "jobcenter",
+            three_department_citizen(),
+            Duration::from_secs(5),
+        ))
+        .await
+        .unwrap();
+    drop(held);
+}
