@@ -1,5 +1,6 @@
 //! A [`Source`] backed by a remote `samblik.source.v1` adapter.
 
+use crate::deadline::remaining;
 use crate::{CaseQuery, Cause, Health, Source, SourceAnswer, SourceError};
 use async_trait::async_trait;
 use samblik_proto::source::v1::source_service_client::SourceServiceClient;
@@ -78,15 +79,35 @@ impl Source for GrpcSource {
         query: CaseQuery,
         caller: CallerContext,
     ) -> Result<SourceAnswer, SourceError> {
-        let request = FindCasesRequest {
+        let mut request = tonic::Request::new(FindCasesRequest {
             cpr: query.cpr.as_str().to_owned(),
             max_tier: query.max_tier as i32,
             caller: Some(caller),
+        });
+        // The remaining budget goes with the request, so the source stops when the asker stops
+        // waiting; taken as late as possible, and truncated by tonic, so never more than is left.
+        let sent = tokio::time::Instant::now();
+        let timeout = match query.deadline {
+            Some(deadline) => Some(remaining(deadline).ok_or(SourceError::Timeout)?),
+            None => None,
         };
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
         let response = SourceServiceClient::new(self.channel.clone())
             .find_cases(request)
             .await
-            .map_err(status_to_error)?
+            .map_err(|status| {
+                // tonic's channel enforces the `grpc-timeout` it sends too, and ends the call as
+                // CANCELLED when it runs out: that is a time-out, not a broken connection. Its
+                // timer started after `sent`, so it never fires before `sent + timeout`.
+                let expired = timeout.is_some_and(|t| tokio::time::Instant::now() >= sent + t);
+                if status.code() == Code::Cancelled && expired {
+                    SourceError::Timeout
+                } else {
+                    status_to_error(status)
+                }
+            })?
             .into_inner();
         let as_of = response
             .as_of

@@ -2,7 +2,8 @@
 //!
 //! - [`Source`]: the contract every department's adapter fulfils — `id()`, `find_cases()`,
 //!   `health()`. Timeouts, tracing and the rest are applied uniformly by the gateway around
-//!   every source, never inside one.
+//!   every source, never inside one; each call's deadline travels with it
+//!   ([`CaseQuery::deadline`]), to a remote source as its `grpc-timeout`.
 //! - [`GrpcSource`]: a [`Source`] that calls a remote adapter over `samblik.source.v1`.
 //! - [`server`]: exposes any [`Source`] as a `samblik.source.v1` gRPC server (with health and
 //!   reflection), so an adapter only has to implement the trait.
@@ -11,10 +12,12 @@
 //! - [`tls`]: rustls for every listener and for the gateway's mutual-TLS connections to
 //!   sources, with certificates reloaded from their files on change.
 
+mod deadline;
 mod grpc;
 pub mod server;
 pub mod tls;
 
+pub use deadline::{MAX_GRPC_TIMEOUT, parse_grpc_timeout};
 pub use grpc::GrpcSource;
 
 use async_trait::async_trait;
@@ -29,6 +32,12 @@ pub struct CaseQuery {
     pub cpr: Cpr,
     /// The highest tier the gateway could disclose; a source fills in nothing above it.
     pub max_tier: Tier,
+    /// When the asker stops waiting for the answer, on tokio's clock: the earlier of the
+    /// source's timeout and the lookup's deadline, as the gateway's stack sets it, or what the
+    /// caller's `grpc-timeout` left when a request reached the source server. `None`: no
+    /// deadline was given. A source need not watch it (its future is dropped when it passes);
+    /// one that asks further, as [`GrpcSource`] does, passes what is left on.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// A source's answer.
@@ -90,7 +99,9 @@ pub enum Health {
 }
 
 /// A department's case source. Implementations must be cancel-safe: the gateway drops the
-/// future when its deadline passes, and the work must stop then.
+/// future when its deadline passes, and the work must stop then. Behind the source server
+/// ([`server`]) the same holds for the caller's `grpc-timeout`: the server drops the future when
+/// it passes and answers DEADLINE_EXCEEDED.
 #[async_trait]
 pub trait Source: Send + Sync + 'static {
     /// The source id, e.g. `jobcenter`; unique within a gateway.

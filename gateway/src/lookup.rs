@@ -1204,6 +1204,8 @@ impl LookupPipeline {
             query: CaseQuery {
                 cpr: plan.cpr.clone(),
                 max_tier,
+                // Set by the stack's deadline layer, which knows the source's own timeout.
+                deadline: None,
             },
             caller: CallerContext {
                 request_id: plan.request_id.clone(),

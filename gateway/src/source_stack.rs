@@ -420,7 +420,8 @@ impl Service<SourceCall> for SourceFn {
 
 /// Ends a call at the source's own timeout or the lookup's deadline, whichever comes first,
 /// as [`SourceError::Timeout`]. Dropping the call's future is how the work stops: sources are
-/// cancel-safe by contract.
+/// cancel-safe by contract. The deadline goes down with the call ([`CaseQuery::deadline`]), so a
+/// remote source is sent the remaining budget as its `grpc-timeout` and stops when it passes.
 #[derive(Debug, Clone, Copy)]
 pub struct DeadlineLayer {
     pub timeout: Duration,
@@ -456,8 +457,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, call: SourceCall) -> Self::Future {
+    fn call(&mut self, mut call: SourceCall) -> Self::Future {
         let deadline = call.deadline.min(Instant::now() + self.timeout);
+        // The source learns it too: a remote one gets what is left as its `grpc-timeout`.
+        call.query.deadline = Some(call.query.deadline.map_or(deadline, |d| d.min(deadline)));
         let answer = self.inner.call(call);
         Box::pin(async move {
             tokio::time::timeout_at(deadline, answer)
@@ -592,6 +595,7 @@ mod tests {
             query: CaseQuery {
                 cpr: Cpr::parse("0101901234").unwrap(),
                 max_tier: Tier::Existence,
+                deadline: None,
             },
             caller: CallerContext::default(),
             deadline: Instant::now() + deadline,
@@ -635,6 +639,56 @@ mod tests {
         );
         let answer = stack.oneshot(call(Duration::from_secs(10))).await.unwrap();
         assert!(answer.cases.is_empty());
+    }
+
+    /// Answers at once, keeping the deadline each call was given.
+    #[derive(Default)]
+    struct Deadlines(std::sync::Mutex<Vec<Option<Instant>>>);
+
+    #[async_trait]
+    impl Source for Deadlines {
+        fn id(&self) -> &str {
+            "deadlines"
+        }
+
+        async fn find_cases(
+            &self,
+            query: CaseQuery,
+            _: CallerContext,
+        ) -> Result<SourceAnswer, SourceError> {
+            self.0.lock().unwrap().push(query.deadline);
+            Ok(SourceAnswer {
+                cases: Vec::new(),
+                as_of: SystemTime::UNIX_EPOCH,
+            })
+        }
+
+        async fn health(&self) -> Health {
+            Health::Serving
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_source_is_given_the_earlier_of_its_timeout_and_the_lookups_deadline() {
+        let source = Arc::new(Deadlines::default());
+        let stack = stack(source.clone(), Duration::from_secs(2), Resilience::NONE);
+        let now = Instant::now();
+        stack
+            .clone()
+            .oneshot(call(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        stack
+            .oneshot(call(Duration::from_millis(700)))
+            .await
+            .unwrap();
+        assert_eq!(
+            *source.0.lock().unwrap(),
+            [
+                Some(now + Duration::from_secs(2)),
+                Some(now + Duration::from_millis(700))
+            ]
+        );
     }
 
     struct Panicking;

@@ -66,6 +66,7 @@ fn lookups() -> Vec<Lookup> {
                     CaseQuery {
                         cpr: Cpr::parse(cpr).unwrap(),
                         max_tier: Tier::Full,
+                        deadline: None,
                     },
                     CallerContext::default(),
                 ))

@@ -9,8 +9,8 @@ pub mod idp;
 pub mod panel;
 
 pub use samblik_testkit::{
-    BLABBING_MESSAGE, Blabbing, Failing, Hanging, Panicking, Recording, RunningSource, Scripted,
-    dead_address, start_blabbing, start_garbage_server, start_source, start_source_tls,
+    BLABBING_MESSAGE, Blabbing, Budget, Failing, Hanging, Panicking, Recording, RunningSource,
+    Scripted, dead_address, start_blabbing, start_garbage_server, start_source, start_source_tls,
 };
 
 use samblik::demo::{caseworker_claims, demo_config};

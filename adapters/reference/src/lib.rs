@@ -255,6 +255,7 @@ mod tests {
         let query = CaseQuery {
             cpr: Cpr::parse(cpr).unwrap(),
             max_tier: tier,
+            deadline: None,
         };
         source
             .find_cases(query, CallerContext::default())

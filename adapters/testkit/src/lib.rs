@@ -15,7 +15,7 @@ use samblik_proto::v1::Case;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -172,13 +172,55 @@ impl Source for Failing {
     }
 }
 
-/// Records the caller context of every call that reaches `inner`.
-pub struct Recording {
+/// Records what every call that reaches `inner` was given: its caller context (`T` is
+/// [`CallerContext`], the default), or its [`Budget`].
+pub struct Recording<T = CallerContext> {
     pub inner: Arc<dyn Source>,
-    pub seen: Arc<Mutex<Vec<CallerContext>>>,
+    pub seen: Arc<Mutex<Vec<T>>>,
 }
 
-impl std::fmt::Debug for Recording {
+/// What a [`Recording`] keeps of a call.
+pub trait Recorded: Clone + Send + 'static {
+    fn of(query: &CaseQuery, caller: &CallerContext) -> Self;
+}
+
+impl Recorded for CallerContext {
+    fn of(_: &CaseQuery, caller: &CallerContext) -> Self {
+        caller.clone()
+    }
+}
+
+/// The time left before a call's deadline as it began (`None`: it came without one). Behind the
+/// source server that is what the caller's `grpc-timeout` left: the budget the source was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget(pub Option<Duration>);
+
+impl Recorded for Budget {
+    fn of(query: &CaseQuery, _: &CallerContext) -> Self {
+        Budget(
+            query
+                .deadline
+                .map(|d| d.saturating_duration_since(tokio::time::Instant::now())),
+        )
+    }
+}
+
+impl<T: Recorded> Recording<T> {
+    /// Around `inner`, with nothing seen yet.
+    pub fn new(inner: Arc<dyn Source>) -> Self {
+        Recording {
+            inner,
+            seen: Arc::default(),
+        }
+    }
+
+    /// What the calls so far were given, in order.
+    pub fn seen(&self) -> Vec<T> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl<T> std::fmt::Debug for Recording<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Recording")
             .field("source", &self.inner.id())
@@ -187,7 +229,7 @@ impl std::fmt::Debug for Recording {
 }
 
 #[async_trait]
-impl Source for Recording {
+impl<T: Recorded> Source for Recording<T> {
     fn id(&self) -> &str {
         self.inner.id()
     }
@@ -197,10 +239,11 @@ impl Source for Recording {
         query: CaseQuery,
         caller: CallerContext,
     ) -> Result<SourceAnswer, SourceError> {
+        let recorded = T::of(&query, &caller);
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(caller.clone());
+            .push(recorded);
         self.inner.find_cases(query, caller).await
     }
 
@@ -298,6 +341,7 @@ mod tests {
         CaseQuery {
             cpr: Cpr::parse("0101901234").unwrap(),
             max_tier: Tier::Existence,
+            deadline: None,
         }
     }
 
@@ -305,7 +349,7 @@ mod tests {
     async fn a_hanging_call_counts_as_cancelled_once_dropped() {
         let hanging = Hanging::default();
         let call = hanging.find_cases(query(), CallerContext::default());
-        let outcome = tokio::time::timeout(std::time::Duration::from_millis(20), call).await;
+        let outcome = tokio::time::timeout(Duration::from_millis(20), call).await;
         assert!(outcome.is_err(), "a hanging source answered");
         assert_eq!(hanging.started.load(Ordering::SeqCst), 1);
         assert_eq!(hanging.cancelled.load(Ordering::SeqCst), 1);
@@ -317,21 +361,36 @@ mod tests {
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_recording_source_keeps_the_time_left_to_each_call() {
+        let budgets = Recording::<Budget>::new(Arc::new(Scripted { cases: Vec::new() }));
+        let mut asked = query();
+        asked.deadline = Some(tokio::time::Instant::now() + Duration::from_millis(300));
+        budgets
+            .find_cases(asked, CallerContext::default())
+            .await
+            .unwrap();
+        budgets
+            .find_cases(query(), CallerContext::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            budgets.seen(),
+            [Budget(Some(Duration::from_millis(300))), Budget(None)]
+        );
+    }
+
     #[tokio::test]
     async fn a_recording_source_keeps_what_it_was_asked() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let recording = Recording {
-            inner: Arc::new(Failing {
-                error: SourceError::Timeout,
-            }),
-            seen: Arc::clone(&seen),
-        };
+        let recording = Recording::<CallerContext>::new(Arc::new(Failing {
+            error: SourceError::Timeout,
+        }));
         let caller = CallerContext {
             request_id: "r-1".into(),
             ..CallerContext::default()
         };
         let outcome = recording.find_cases(query(), caller).await;
         assert_eq!(outcome.unwrap_err(), SourceError::Timeout);
-        assert_eq!(seen.lock().unwrap()[0].request_id, "r-1");
+        assert_eq!(recording.seen()[0].request_id, "r-1");
     }
 }

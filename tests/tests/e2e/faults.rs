@@ -1,15 +1,19 @@
 //! Sources that are down, hang, answer garbage, answer about someone else or refuse in words of
 //! their own: that source's status says so (and its words stay out of the log), the others are
-//! served, and the call returns within its deadline.
+//! served, and the call returns within its deadline. A remote source is sent what is left of
+//! that deadline as its `grpc-timeout`, and the source server drops the work when it runs out.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use samblik_proto::source::v1::FindCasesRequest;
+use samblik_proto::source::v1::source_service_client::SourceServiceClient;
 use samblik_proto::v1::{
     Case, CaseType, Existence, Full, LookupResponse, Purpose, Selected, SourceResult, SourceStatus,
     Tier,
 };
 use samblik_synth::Department;
 use samblik_tests::*;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -446,4 +450,147 @@ async fn an_open_circuit_is_visible_in_health_and_the_gateway_stays_serving() {
         check(&mut health, &jobcenter_name).await,
         ServingStatus::Serving as i32
     );
+}
+
+/// The budget the source `id` was given, through the gateway, for one lookup with the caller's
+/// `deadline` (the gateway keeps 250 ms of it back to answer in).
+async fn budget_given(spec: impl FnOnce(SocketAddr) -> SourceSpec, deadline: Duration) -> Duration {
+    let budgets = Arc::new(Recording::<Budget>::new(Arc::new(Scripted {
+        cases: Vec::new(),
+    })));
+    let server = start_source(budgets.clone()).await;
+    lookup_with(spec(server.addr), Some(deadline)).await;
+    match budgets.seen()[..] {
+        [Budget(Some(budget))] => budget,
+        ref seen => panic!("the source was given {seen:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_remote_source_is_sent_what_is_left_of_the_lookups_deadline() {
+    let budget = budget_given(
+        |addr| SourceSpec::at("scripted", addr),
+        Duration::from_secs(1),
+    )
+    .await;
+    // 1 s from the caller, less the answer margin: the lookup's deadline is 750 ms away.
+    assert!(
+        budget > Duration::ZERO && budget <= Duration::from_millis(750),
+        "the source was given {budget:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_remote_source_is_sent_its_own_timeout_when_that_is_shorter() {
+    let budget = budget_given(
+        |addr| SourceSpec::at("scripted", addr).timeout_ms(200),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        budget > Duration::ZERO && budget <= Duration::from_millis(200),
+        "the source was given {budget:?}"
+    );
+}
+
+/// A source service client over one HTTP/2 connection of its own. Unlike tonic's channel it does
+/// not enforce the `grpc-timeout` it sends, and it keeps the connection open: a call ends only
+/// when the server ends it.
+type Patient = tower::util::BoxCloneService<
+    hyper::Request<tonic::body::Body>,
+    hyper::Response<hyper::body::Incoming>,
+    hyper::Error,
+>;
+
+async fn patient_client(addr: SocketAddr) -> SourceServiceClient<Patient> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let service = tower::service_fn(move |request| {
+        let mut sender = sender.clone();
+        async move { sender.send_request(request).await }
+    });
+    SourceServiceClient::with_origin(
+        tower::util::BoxCloneService::new(service),
+        format!("http://{addr}").parse().unwrap(),
+    )
+}
+
+fn find_cases(grpc_timeout: Option<&'static str>) -> tonic::Request<FindCasesRequest> {
+    let mut request = tonic::Request::new(FindCasesRequest {
+        cpr: three_department_citizen().to_owned(),
+        max_tier: Tier::Existence as i32,
+        caller: None,
+    });
+    if let Some(value) = grpc_timeout {
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", value.parse().unwrap());
+    }
+    request
+}
+
+#[tokio::test]
+async fn the_source_server_drops_a_lookup_at_its_grpc_timeout_and_answers_deadline_exceeded() {
+    let hanging = Arc::new(Hanging::default());
+    let budgets = Arc::new(Recording::<Budget>::new(hanging.clone()));
+    let server = start_source(budgets.clone()).await;
+    let mut client = patient_client(server.addr).await;
+    let started = Instant::now();
+    let status = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.find_cases(find_cases(Some("300m"))),
+    )
+    .await
+    .expect("the source server answered")
+    .unwrap_err();
+    let elapsed = started.elapsed();
+    // The server's own answer (tonic's timer would have said CANCELLED), at the deadline.
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(2_000),
+        "answered after {elapsed:?}"
+    );
+    // The work was dropped before the answer left, and the source knew its budget.
+    assert_eq!(hanging.started.load(Ordering::SeqCst), 1);
+    assert_eq!(hanging.cancelled.load(Ordering::SeqCst), 1);
+    match budgets.seen()[..] {
+        [Budget(Some(budget))] => assert!(
+            budget > Duration::ZERO && budget <= Duration::from_millis(300),
+            "{budget:?}"
+        ),
+        ref seen => panic!("the source was given {seen:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_source_server_serves_a_lookup_without_or_with_a_senseless_grpc_timeout() {
+    let cpr = three_department_citizen();
+    let budgets = Arc::new(Recording::<Budget>::new(Arc::new(Scripted {
+        cases: vec![case("MINE-1", cpr, Tier::Existence)],
+    })));
+    let server = start_source(budgets.clone()).await;
+    let mut client = patient_client(server.addr).await;
+    for grpc_timeout in [None, Some("soon"), Some("99999999H")] {
+        let answer = client
+            .find_cases(find_cases(grpc_timeout))
+            .await
+            .unwrap_or_else(|s| panic!("{grpc_timeout:?}: {s:?}"))
+            .into_inner();
+        assert_eq!(answer.cases.len(), 1, "{grpc_timeout:?}");
+    }
+    // No deadline, an unreadable one ignored, an absurd one capped.
+    match budgets.seen()[..] {
+        [Budget(None), Budget(None), Budget(Some(capped))] => assert!(
+            capped <= samblik_adapters::MAX_GRPC_TIMEOUT
+                && capped > samblik_adapters::MAX_GRPC_TIMEOUT - Duration::from_secs(60),
+            "{capped:?}"
+        ),
+        ref seen => panic!("the source was given {seen:?}"),
+    }
 }

@@ -413,12 +413,14 @@ async fn one_address_cannot_take_every_connection() {
     // From 127.0.0.2 (loopback too), a whole lookup still goes through.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| async move {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind("127.0.0.2:0".parse().unwrap())?;
-            let tcp = socket.connect(addr).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tcp))
-        }))
+        .connect_with_connector(tower::service_fn(
+            move |_: tonic::codegen::http::Uri| async move {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind("127.0.0.2:0".parse().unwrap())?;
+                let tcp = socket.connect(addr).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tcp))
+            },
+        ))
         .await
         .unwrap();
     LookupServiceClient::new(channel)
