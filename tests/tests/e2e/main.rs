@@ -9,6 +9,7 @@ mod audit;
 mod audit_api;
 mod bad_input;
 mod faults;
+mod floods;
 mod layers;
 mod limits;
 mod lookup;
