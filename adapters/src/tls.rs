@@ -617,14 +617,23 @@ pub struct ConnectionLimits {
     /// Open connections from one IP address; one more is closed at once, so that one client
     /// cannot take every slot. `usize::MAX`: no cap.
     pub max_per_address: usize,
+    /// A connection that has read nothing but HTTP/2 housekeeping (frames no longer than
+    /// [`HOUSEKEEPING_BYTES`]: PING, SETTINGS acknowledgements, window updates) for this long is
+    /// closed and gives its slot back. `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
-/// `max_connections` in all, with no cap per address.
+/// Reads no longer than this are housekeeping, not use: a PING or its acknowledgement is 17
+/// bytes, a WINDOW_UPDATE 13, a SETTINGS acknowledgement 9; the smallest request is far longer.
+pub const HOUSEKEEPING_BYTES: usize = 32;
+
+/// `max_connections` in all, with no cap per address and no idle timeout.
 impl From<usize> for ConnectionLimits {
     fn from(max_connections: usize) -> Self {
         ConnectionLimits {
             max_connections,
             max_per_address: usize::MAX,
+            idle_timeout: None,
         }
     }
 }
@@ -673,6 +682,14 @@ pub struct Conn<S> {
     inner: S,
     _permit: Option<OwnedSemaphorePermit>,
     _address: Option<AddressSlot>,
+    idle: Option<Idle>,
+}
+
+/// When an idle connection is closed: the timeout, and the timer since it was last used.
+#[derive(Debug)]
+struct Idle {
+    after: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
@@ -681,7 +698,25 @@ impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Some(idle) = &mut this.idle {
+            match &read {
+                Poll::Ready(Ok(())) if buf.filled().len() - before > HOUSEKEEPING_BYTES => {
+                    let until = tokio::time::Instant::now() + idle.after;
+                    idle.timer.as_mut().reset(until);
+                }
+                Poll::Pending if idle.timer.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connection idle",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        read
     }
 }
 
@@ -776,6 +811,10 @@ pub fn incoming<S: Send + 'static>(
                             inner,
                             _permit: Some(permit),
                             _address: Some(address),
+                            idle: limits.idle_timeout.map(|after| Idle {
+                                after,
+                                timer: Box::pin(tokio::time::sleep(after)),
+                            }),
                         }))
                         .await;
                 }

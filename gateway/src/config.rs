@@ -467,6 +467,10 @@ pub struct LimitsConfig {
     /// Open connections from one client address; one more is closed at once, so that one
     /// client (or one attacker) cannot take every slot. A fagsystem needs a handful.
     pub max_connections_per_address: usize,
+    /// A connection on which the client has sent nothing but HTTP/2 housekeeping (PINGs,
+    /// acknowledgements, window updates) for this long is closed and gives its slot back.
+    /// 0: never.
+    pub idle_timeout_ms: u64,
     /// How often the server PINGs a connection it has heard nothing on, and how long it waits
     /// for the answer before closing it: a dead peer gives its slot back. 0: no PINGs.
     pub http2_keepalive_interval_ms: u64,
@@ -492,6 +496,7 @@ impl Default for LimitsConfig {
             max_concurrent_streams: 100,
             max_connections: 1_024,
             max_connections_per_address: 64,
+            idle_timeout_ms: 120_000,
             http2_keepalive_interval_ms: 30_000,
             http2_keepalive_timeout_ms: 10_000,
             max_connection_age_ms: 1_800_000,
@@ -1012,6 +1017,13 @@ impl Config {
             return invalid(
                 "server.limits.max_concurrent_streams, max_connections, max_connections_per_address and max_concurrent_lookups must be positive".into(),
             );
+        }
+        if l.idle_timeout_ms != 0 && l.idle_timeout_ms <= l.request_timeout_ms {
+            return invalid(format!(
+                "server.limits.idle_timeout_ms ({}) must be 0 or above request_timeout_ms ({}): \
+                 a client waiting for its answer sends nothing, and must not be cut off",
+                l.idle_timeout_ms, l.request_timeout_ms
+            ));
         }
         if l.request_timeout_ms < s.max_deadline_ms {
             return invalid(format!(

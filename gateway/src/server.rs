@@ -465,6 +465,7 @@ pub async fn serve_configured(
     let connections = samblik_adapters::tls::ConnectionLimits {
         max_connections: limits.max_connections,
         max_per_address: limits.max_connections_per_address,
+        idle_timeout: ms(limits.idle_timeout_ms),
     };
     match tls {
         Some(tls) => {

@@ -433,3 +433,51 @@ async fn one_address_cannot_take_every_connection() {
         .unwrap();
     drop(held);
 }
+
+/// A connection that completed the HTTP/2 preface and then sends nothing but PINGs is closed
+/// after the idle timeout and gives its slot back. (Every other test here uses its connections
+/// under the default timeout, and none is cut off.)
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = LimitsConfig {
+        idle_timeout_ms: 600,
+        request_timeout_ms: 500,
+        ..LimitsConfig::default()
+    };
+    let hanging: Arc<dyn Source> = Arc::new(Hanging::default());
+    let gateway = TestGateway::in_process(vec![
+        (hanging, "Hanging"),
+        (reference(Department::Jobcenter), "Jobcenter"),
+    ])
+    .adjust(|c| {
+        c.server.limits = limits;
+        c.server.max_deadline_ms = 400;
+        c.server.default_deadline_ms = 400;
+    })
+    .start()
+    .await;
+    let mut idle = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    // A PING now and then is housekeeping, not use.
+    let ping = b"\0\0\x08\x06\0\0\0\0\0\0\0\0\0\0\0\0\x01";
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 256];
+        loop {
+            let _ = idle.write_all(ping).await;
+            let read = tokio::time::timeout(Duration::from_millis(100), idle.read(&mut buf));
+            if let Ok(Ok(0) | Err(_)) = read.await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle connection is closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "not before the idle timeout"
+    );
+}
