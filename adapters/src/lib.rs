@@ -12,6 +12,9 @@
 //!   sources, with certificates reloaded from their files on change.
 
 mod grpc;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use grpc::decode_answer;
 pub mod server;
 pub mod tls;
 
