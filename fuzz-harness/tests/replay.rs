@@ -107,11 +107,17 @@ fn files_and_dirs(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Every run of ten digits (or six, a hyphen, four) in `data` that parses as a CPR number.
+/// Every run of exactly ten digits (or six, a hyphen, four) in `data` that parses as a CPR
+/// number. Longer runs of digits (a certificate's time, a fingerprint in hex) are not numbers
+/// anyone has.
 fn cpr_numbers(data: &[u8]) -> Vec<samblik_proto::Cpr> {
+    let digit = |i: Option<usize>| i.and_then(|i| data.get(i)).is_some_and(u8::is_ascii_digit);
     let mut numbers = Vec::new();
     for len in [10, 11] {
-        for window in data.windows(len) {
+        for (start, window) in data.windows(len).enumerate() {
+            if digit(start.checked_sub(1)) || digit(Some(start + len)) {
+                continue;
+            }
             if let Ok(text) = std::str::from_utf8(window)
                 && let Ok(cpr) = samblik_proto::Cpr::parse(text)
             {
