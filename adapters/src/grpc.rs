@@ -4,7 +4,7 @@ use crate::deadline::remaining;
 use crate::{CaseQuery, Cause, Health, Source, SourceAnswer, SourceError};
 use async_trait::async_trait;
 use samblik_proto::source::v1::source_service_client::SourceServiceClient;
-use samblik_proto::source::v1::{CallerContext, FindCasesRequest};
+use samblik_proto::source::v1::{CallerContext, FindCasesRequest, FindCasesResponse};
 use std::time::{Duration, SystemTime};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
@@ -109,16 +109,7 @@ impl Source for GrpcSource {
                 }
             })?
             .into_inner();
-        let as_of = response
-            .as_of
-            .and_then(|t| SystemTime::try_from(t).ok())
-            .ok_or(SourceError::Failed(Cause::Fixed(
-                "answer without a valid as_of time",
-            )))?;
-        Ok(SourceAnswer {
-            cases: response.cases,
-            as_of,
-        })
+        answer_of(response)
     }
 
     async fn health(&self) -> Health {
@@ -130,6 +121,32 @@ impl Source for GrpcSource {
             _ => Health::NotServing,
         }
     }
+}
+
+/// A source's decoded response as the gateway takes it: it must say when its data was current.
+fn answer_of(response: FindCasesResponse) -> Result<SourceAnswer, SourceError> {
+    let as_of = response
+        .as_of
+        .and_then(|t| SystemTime::try_from(t).ok())
+        .ok_or(SourceError::Failed(Cause::Fixed(
+            "answer without a valid as_of time",
+        )))?;
+    Ok(SourceAnswer {
+        cases: response.cases,
+        as_of,
+    })
+}
+
+/// For the fuzz targets (feature `fuzzing`): a source's response from its bytes on the wire, as
+/// the client decodes it (a message that does not decode fails the call as tonic's codec makes
+/// it fail: an `INTERNAL` status).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn decode_answer(bytes: &[u8]) -> Result<SourceAnswer, SourceError> {
+    use prost::Message;
+    FindCasesResponse::decode(bytes)
+        .map_err(|e| status_to_error(tonic::Status::internal(e.to_string())))
+        .and_then(answer_of)
 }
 
 /// The kind of failure a remote source's status means, with its code. The status message is

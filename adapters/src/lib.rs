@@ -14,6 +14,9 @@
 
 mod deadline;
 mod grpc;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use grpc::decode_answer;
 pub mod server;
 pub mod tls;
 

@@ -657,6 +657,22 @@ mod tests {
         assert!(Systems::from_config(Some(&tls)).is_err());
     }
 
+    /// Found by the token fuzz target: a department leader's token granted
+    /// `department_leader`, a name the policy, the panel and the registry API do not know, so
+    /// the role reached no rule.
+    #[test]
+    fn every_role_a_token_grants_is_one_the_policy_knows() {
+        for role in ROLES {
+            assert!(samblik_policy::Role::parse(role).is_some(), "{role}");
+        }
+        let claims = serde_json::json!({
+            "sub": "u1", "exp": 10, "department": "jobcenter",
+            "roles": ["department-leader", "department_leader"],
+        });
+        let caller = caller_from_claims(claims.as_object().unwrap(), &ClaimsConfig::default());
+        assert_eq!(caller.unwrap().roles, ["department-leader"]);
+    }
+
     #[test]
     fn identity_claims_with_control_or_direction_characters_or_too_long_are_refused() {
         let config = ClaimsConfig::default();
@@ -713,7 +729,7 @@ mod tests {
         };
         config
             .role_names
-            .insert("Leder".into(), "department_leader".into());
+            .insert("Leder".into(), "department-leader".into());
         let claims = serde_json::json!({
             "sub": "u1", "exp": 10, "org": {"dept": "jobcenter"},
             "realm_access": {"roles": ["Leder", "auditor", "superuser", "auditor"]},
@@ -723,7 +739,7 @@ mod tests {
         assert_eq!(times.exp, UNIX_EPOCH + Duration::from_secs(10));
         assert_eq!(caller.department, "jobcenter");
         assert_eq!(caller.name, "u1");
-        assert_eq!(caller.roles, ["department_leader", "auditor"]);
+        assert_eq!(caller.roles, ["department-leader", "auditor"]);
 
         let scope = serde_json::json!({"sub": "u1", "exp": 10, "org": {"dept": "x"},
             "realm_access": {"roles": "caseworker admin"}});

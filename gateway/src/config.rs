@@ -667,7 +667,7 @@ pub struct ClaimsConfig {
     /// For role citizen: the claim with the citizen's own CPR number (e.g. MitID's
     /// `dk:gov:saml:attribute:CprNumberIdentifier`). A citizen token without it is no citizen.
     pub cpr: String,
-    /// The identity provider's role names mapped to Samblik's (caseworker, department_leader,
+    /// The identity provider's role names mapped to Samblik's (caseworker, department-leader,
     /// auditor, admin, citizen). Samblik's own names are always accepted; any other is ignored.
     pub role_names: BTreeMap<String, String>,
 }
@@ -695,10 +695,11 @@ impl Default for ClaimsConfig {
     }
 }
 
-/// Samblik's roles; tokens' role names map onto these.
+/// Samblik's roles; tokens' role names map onto these. Each is a role the policy knows
+/// ([`samblik_policy::Role`]): a name it did not know would reach no rule.
 pub const ROLES: [&str; 5] = [
     "caseworker",
-    "department_leader",
+    "department-leader",
     "auditor",
     "admin",
     "citizen",
@@ -915,7 +916,12 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::from_text(&text, path)
+    }
+
+    /// [`Self::load`] of `text`, read from `path`.
+    pub(crate) fn from_text(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         })?;

@@ -14,6 +14,9 @@ pub mod config;
 pub mod context;
 pub mod disclosure;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jwks;
 pub mod jwt_crypto;
 pub mod lookup;

@@ -223,7 +223,7 @@ impl LookupPlan {
         Some(prefetched.swap_remove(at).1)
     }
 
-    fn facts(&self) -> LookupFacts<'_> {
+    pub(crate) fn facts(&self) -> LookupFacts<'_> {
         LookupFacts {
             caller_id: &self.caller.id,
             caller_department: &self.caller.department,
@@ -1000,10 +1000,36 @@ impl LookupPipeline {
         client_timeout: Option<Duration>,
     ) -> Result<LookupPlan, GatewayError> {
         let started = tokio::time::Instant::now();
-        let Principal { caller, system } = self.authenticate(credentials, draft)?;
+        let principal = self.authenticate(credentials, draft)?;
+        self.validate(
+            started,
+            request_id,
+            principal,
+            request,
+            break_glass,
+            client_timeout,
+            draft,
+        )
+    }
+
+    /// Validates an authenticated caller's request into a plan, noting the citizen and the
+    /// purpose as soon as each is known, so a refusal after them records them. Separate from
+    /// [`Self::prepare`] so that the fuzz target drives it without an audit log.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn validate(
+        &self,
+        started: tokio::time::Instant,
+        request_id: String,
+        principal: Principal,
+        request: &LookupRequest,
+        break_glass: BreakGlass,
+        client_timeout: Option<Duration>,
+        notes: &mut impl RequestNotes,
+    ) -> Result<LookupPlan, GatewayError> {
+        let Principal { caller, system } = principal;
         self.request_size(request)?;
         let cpr = Cpr::parse(&request.cpr)?;
-        draft.citizen(&cpr);
+        notes.citizen(&cpr);
         let purpose = match Purpose::try_from(request.purpose) {
             Ok(Purpose::Unspecified) => {
                 return Err(GatewayError::refused(
@@ -1019,7 +1045,7 @@ impl LookupPipeline {
                 ));
             }
         };
-        draft.purpose(purpose);
+        notes.purpose(purpose);
         tracing::Span::current().record("purpose", purpose.code());
         check_purpose(system.as_deref(), purpose)?;
         let break_glass_reason =
@@ -1192,14 +1218,7 @@ impl LookupPipeline {
     /// One source call through its stack, at the highest tier the policy could grant from it,
     /// under the lookup's deadline.
     async fn fetch(&self, plan: &LookupPlan, index: usize) -> Fetched {
-        // A source whose every case would be hidden is still asked (for existence only), so
-        // neither the answer's timing nor its as-of time tells the policy's outcome.
-        let max_tier = if plan.dry_run {
-            Tier::Existence
-        } else {
-            wire_tier(self.policy.ceiling(&plan.facts(), self.sources[index].id()))
-                .max(Tier::Existence)
-        };
+        let max_tier = self.asked_tier(plan, index);
         let call = SourceCall {
             query: CaseQuery {
                 cpr: plan.cpr.clone(),
@@ -1228,11 +1247,23 @@ impl LookupPipeline {
         }
     }
 
+    /// The tier source `index` is asked for: the highest the policy could grant from it.
+    pub(crate) fn asked_tier(&self, plan: &LookupPlan, index: usize) -> Tier {
+        // A source whose every case would be hidden is still asked (for existence only), so
+        // neither the answer's timing nor its as-of time tells the policy's outcome.
+        if plan.dry_run {
+            Tier::Existence
+        } else {
+            wire_tier(self.policy.ceiling(&plan.facts(), self.sources[index].id()))
+                .max(Tier::Existence)
+        }
+    }
+
     /// Decides and filters one source's cases. A case about another citizen makes the whole
     /// answer untrustworthy (the source has mixed up whom it is answering about), and a
     /// malformed case makes it unusable (it could hide that a case exists): either way none of
     /// it is shown.
-    fn disclose(
+    pub(crate) fn disclose(
         &self,
         plan: &LookupPlan,
         source_id: &str,
@@ -1264,11 +1295,27 @@ impl LookupPipeline {
 
 /// Why a source's answer was not used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rejected {
+pub(crate) enum Rejected {
     /// A case about someone other than the citizen asked about.
     ForeignCitizen,
     /// A case the gateway cannot judge; what is wrong with it.
     Malformed(&'static str),
+}
+
+/// What validation notes about a request as it learns it: the audit draft, in production.
+pub(crate) trait RequestNotes {
+    fn citizen(&mut self, cpr: &Cpr);
+    fn purpose(&mut self, purpose: Purpose);
+}
+
+impl RequestNotes for AuditDraft {
+    fn citizen(&mut self, cpr: &Cpr) {
+        AuditDraft::citizen(self, cpr);
+    }
+
+    fn purpose(&mut self, purpose: Purpose) {
+        AuditDraft::purpose(self, purpose);
+    }
 }
 
 fn case_entry(case: &samblik_proto::v1::Case, decision: &Decision) -> CaseEntry {
@@ -1292,5 +1339,187 @@ fn check_purpose(system: Option<&CallingSystem>, purpose: Purpose) -> Result<(),
             ),
         )),
         _ => Ok(()),
+    }
+}
+
+/// The lookup pipeline's fuzz entry points (feature `fuzzing`): see [`crate::fuzzing`].
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz {
+    use super::*;
+
+    /// What validation made of a lookup request.
+    #[derive(Debug)]
+    pub struct Validated {
+        /// The normalised CPR number.
+        pub cpr: String,
+        pub purpose: Purpose,
+        pub break_glass_reason: Option<String>,
+        /// The sources to ask, by id, in configuration order.
+        pub targets: Vec<String>,
+        pub roles: Vec<Role>,
+        /// Time left until the lookup's deadline.
+        pub budget: Duration,
+        /// What the audit draft would have been told.
+        pub noted_citizen: Option<String>,
+        pub noted_purpose: Option<Purpose>,
+        /// Per relation (absent, found) and target: the source, the policy's ceiling for it and
+        /// the tier it would be asked for.
+        pub asked: Vec<(bool, String, samblik_policy::Tier, Tier)>,
+    }
+
+    /// What the pipeline made of one source's answer.
+    #[derive(Debug)]
+    pub struct Disclosed {
+        /// The normalised CPR number asked about.
+        pub cpr: String,
+        /// The source answering: the request's first target.
+        pub source_id: String,
+        /// The tier it was asked for.
+        pub asked: Tier,
+        /// The cases shown, each with the policy's tier, or why the whole answer was refused.
+        pub cases: Result<Vec<(samblik_proto::v1::Case, samblik_policy::Tier)>, &'static str>,
+    }
+
+    /// What validation noted, in place of the audit draft.
+    #[derive(Default)]
+    struct Noted {
+        citizen: Option<String>,
+        purpose: Option<Purpose>,
+    }
+
+    impl RequestNotes for Noted {
+        fn citizen(&mut self, cpr: &Cpr) {
+            self.citizen = Some(cpr.as_str().to_owned());
+        }
+
+        fn purpose(&mut self, purpose: Purpose) {
+            self.purpose = Some(purpose);
+        }
+    }
+
+    fn plan(
+        pipeline: &LookupPipeline,
+        principal: Principal,
+        request: &LookupRequest,
+        break_glass: BreakGlass,
+        client_timeout: Option<Duration>,
+        noted: &mut Noted,
+    ) -> Result<LookupPlan, GatewayError> {
+        pipeline.validate(
+            tokio::time::Instant::now(),
+            "fuzz".into(),
+            principal,
+            request,
+            break_glass,
+            client_timeout,
+            noted,
+        )
+    }
+
+    /// The plan as [`LookupPipeline::establish`] leaves it when the relation is (or is not)
+    /// found, before a break-the-glass lookup's daily limit.
+    fn relate(plan: &mut LookupPlan, relation: bool) {
+        plan.relation = relation;
+        plan.break_glass = !relation && plan.break_glass_reason.is_some();
+    }
+
+    /// Validates `request` from `principal` into a plan (the pipeline's own validation,
+    /// authentication aside) and computes the policy facts and ceilings each target is asked
+    /// with.
+    pub fn validate_lookup(
+        pipeline: &LookupPipeline,
+        principal: Principal,
+        request: &LookupRequest,
+        break_glass: BreakGlass,
+        client_timeout: Option<Duration>,
+    ) -> Result<Validated, GatewayError> {
+        let mut noted = Noted::default();
+        let result = plan(
+            pipeline,
+            principal,
+            request,
+            break_glass,
+            client_timeout,
+            &mut noted,
+        );
+        let mut plan = result?;
+        let budget = plan
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        let mut asked = Vec::new();
+        for relation in [false, true] {
+            relate(&mut plan, relation);
+            for &i in &plan.targets {
+                let facts = plan.facts();
+                let ceiling = pipeline.policy.ceiling(&facts, pipeline.sources[i].id());
+                asked.push((
+                    relation,
+                    pipeline.sources[i].id().to_owned(),
+                    ceiling,
+                    pipeline.asked_tier(&plan, i),
+                ));
+            }
+        }
+        Ok(Validated {
+            cpr: plan.cpr.as_str().to_owned(),
+            purpose: plan.purpose,
+            break_glass_reason: plan.break_glass_reason.clone(),
+            targets: plan
+                .targets
+                .iter()
+                .map(|&i| pipeline.sources[i].id().to_owned())
+                .collect(),
+            roles: plan.roles.clone(),
+            budget,
+            noted_citizen: noted.citizen,
+            noted_purpose: noted.purpose,
+            asked,
+        })
+    }
+
+    /// Decodes `answer` as the request's first target's response on the wire and filters it as
+    /// a lookup by `principal` would, with the relation `relation`. `None` when `request` does
+    /// not validate.
+    pub fn disclose_answer(
+        pipeline: &LookupPipeline,
+        principal: Principal,
+        request: &LookupRequest,
+        relation: bool,
+        answer: &[u8],
+    ) -> Option<Disclosed> {
+        let mut plan = plan(
+            pipeline,
+            principal,
+            request,
+            BreakGlass::IfReasonGiven,
+            None,
+            &mut Noted::default(),
+        )
+        .ok()?;
+        relate(&mut plan, relation);
+        let index = *plan.targets.first()?;
+        let source_id = pipeline.sources[index].id().to_owned();
+        let asked = pipeline.asked_tier(&plan, index);
+        let cases = samblik_adapters::decode_answer(answer)
+            .map_err(|_| "the source's answer is not usable")
+            .and_then(|answer| {
+                pipeline
+                    .disclose(&plan, &source_id, asked, answer.cases)
+                    .map_err(|rejected| match rejected {
+                        Rejected::ForeignCitizen => "a case about another citizen",
+                        Rejected::Malformed(why) => why,
+                    })
+            });
+        Some(Disclosed {
+            cpr: plan.cpr.as_str().to_owned(),
+            source_id,
+            asked,
+            cases: cases.map(|cases| {
+                cases
+                    .into_iter()
+                    .map(|(case, decision)| (case, decision.tier))
+                    .collect()
+            }),
+        })
     }
 }
