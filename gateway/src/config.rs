@@ -755,7 +755,8 @@ pub struct SourceConfig {
     pub breaker_cool_down_ms: u64,
     /// The circuit also opens when, of the last `breaker_window_calls` calls (at most 64), at
     /// least `breaker_failure_rate_percent` failed: a source that fails every other call never
-    /// fails five in a row. 0: no window.
+    /// fails five in a row. 0: no window. With `breaker_failures = 0` there is no circuit
+    /// breaker at all, window included.
     #[serde(default = "defaults::breaker_window_calls")]
     pub breaker_window_calls: u32,
     #[serde(default = "defaults::breaker_failure_rate_percent")]
@@ -1342,7 +1343,12 @@ impl SourceConfig {
             max_concurrent: self.max_concurrent_calls,
             breaker_failures: self.breaker_failures,
             breaker_cool_down: Duration::from_millis(self.breaker_cool_down_ms),
-            breaker_window: self.breaker_window_calls,
+            // `breaker_failures = 0` turns the whole breaker off, as it always has.
+            breaker_window: if self.breaker_failures == 0 {
+                0
+            } else {
+                self.breaker_window_calls
+            },
             breaker_failure_rate_percent: self.breaker_failure_rate_percent,
         }
     }
@@ -1394,6 +1400,21 @@ mod tests {
                 "expected an error containing {needle:?}, got {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn no_consecutive_failures_means_no_circuit_breaker_at_all() {
+        let source = SourceConfig::new("s", "S", "http://127.0.0.1:1");
+        assert_eq!(source.resilience().breaker_window, 20);
+        let off = SourceConfig {
+            breaker_failures: 0,
+            ..source
+        };
+        let resilience = off.resilience();
+        assert_eq!(
+            (resilience.breaker_failures, resilience.breaker_window),
+            (0, 0)
+        );
     }
 
     #[test]
