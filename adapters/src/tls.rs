@@ -685,10 +685,12 @@ pub struct Conn<S> {
     idle: Option<Idle>,
 }
 
-/// When an idle connection is closed: the timeout, and the timer since it was last used.
+/// When an idle connection is closed: the timeout, when it was last used, and a timer that is
+/// moved on only when it fires (not on every read, which would touch the timer wheel for each).
 #[derive(Debug)]
 struct Idle {
     after: Duration,
+    used: tokio::time::Instant,
     timer: Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -704,14 +706,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
         if let Some(idle) = &mut this.idle {
             match &read {
                 Poll::Ready(Ok(())) if buf.filled().len() - before > HOUSEKEEPING_BYTES => {
-                    let until = tokio::time::Instant::now() + idle.after;
-                    idle.timer.as_mut().reset(until);
+                    idle.used = tokio::time::Instant::now();
                 }
-                Poll::Pending if idle.timer.as_mut().poll(cx).is_ready() => {
-                    return Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connection idle",
-                    )));
+                Poll::Pending => {
+                    while idle.timer.as_mut().poll(cx).is_ready() {
+                        let until = idle.used + idle.after;
+                        if until <= tokio::time::Instant::now() {
+                            return Poll::Ready(Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "connection idle",
+                            )));
+                        }
+                        // Used since the timer was set: wait for the rest of the timeout.
+                        idle.timer.as_mut().reset(until);
+                    }
                 }
                 _ => {}
             }
@@ -813,6 +821,7 @@ pub fn incoming<S: Send + 'static>(
                             _address: Some(address),
                             idle: limits.idle_timeout.map(|after| Idle {
                                 after,
+                                used: tokio::time::Instant::now(),
                                 timer: Box::pin(tokio::time::sleep(after)),
                             }),
                         }))

@@ -312,15 +312,13 @@ fn settle(state: &std::sync::Mutex<Circuit>, config: &BreakerLayer, failed: bool
     if matches!(next, Circuit::Closed { .. }) && !matches!(*state, Circuit::Closed { .. }) {
         tracing::info!(source = %config.source, "circuit closed: the source answered again");
     }
+    let (was, now) = (state.shown(), next.shown());
     *state = next;
-    config.states.send_if_modified(|shown| {
-        let now = match next {
-            Circuit::Closed { .. } => CircuitState::Closed,
-            Circuit::Open { .. } => CircuitState::Open,
-            Circuit::Probing => CircuitState::HalfOpen,
-        };
-        std::mem::replace(shown, now) != now
-    });
+    // Only a change is published: most calls leave the circuit as it was, and the watch's lock
+    // need not be taken for them.
+    if was != now {
+        config.states.send_replace(now);
+    }
 }
 
 impl Circuit {
@@ -329,6 +327,15 @@ impl Circuit {
         recent: 0,
         seen: 0,
     };
+
+    /// The state as health and operators see it.
+    fn shown(&self) -> CircuitState {
+        match self {
+            Circuit::Closed { .. } => CircuitState::Closed,
+            Circuit::Open { .. } => CircuitState::Open,
+            Circuit::Probing => CircuitState::HalfOpen,
+        }
+    }
 
     /// Whether a closed circuit's record of calls opens it.
     fn trips(&self, config: &BreakerLayer) -> bool {

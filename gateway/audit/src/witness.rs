@@ -137,34 +137,44 @@ pub fn check_witness(
             *entry = c;
         }
     }
-    for (chain, checkpoint) in newest {
-        let store_head = store.head(chain)?.map_or(0, |(seq, _)| seq);
-        if store_head < checkpoint.seq {
-            findings.push(WitnessFinding::Cut {
-                chain: chain.to_owned(),
-                witnessed: checkpoint.seq,
-                store_head,
-            });
-            continue;
-        }
-        let record = store
-            .records(chain, checkpoint.seq - 1, 1)?
-            .into_iter()
-            .next()
-            .filter(|r| r.seq == checkpoint.seq);
-        match record {
-            None => findings.push(WitnessFinding::Missing {
-                chain: chain.to_owned(),
-                seq: checkpoint.seq,
-            }),
-            Some(r) if r.hash != checkpoint.head_hash => findings.push(WitnessFinding::Rewritten {
-                chain: chain.to_owned(),
-                seq: checkpoint.seq,
-            }),
-            Some(_) => {}
-        }
+    for checkpoint in newest.into_values() {
+        findings.extend(held_to(store, checkpoint)?);
     }
     Ok(findings)
+}
+
+/// What the store lacks of `checkpoint` (whose signature the caller has checked): its record,
+/// with the hash it signed. The one check behind both [`check_witness`] and the writer's
+/// start-up check of its own chain.
+pub(crate) fn held_to(
+    store: &mut dyn AuditStore,
+    checkpoint: &Checkpoint,
+) -> Result<Option<WitnessFinding>, AuditError> {
+    let chain = checkpoint.chain.as_str();
+    let store_head = store.head(chain)?.map_or(0, |(seq, _)| seq);
+    if store_head < checkpoint.seq {
+        return Ok(Some(WitnessFinding::Cut {
+            chain: chain.to_owned(),
+            witnessed: checkpoint.seq,
+            store_head,
+        }));
+    }
+    let record = store
+        .records(chain, checkpoint.seq - 1, 1)?
+        .into_iter()
+        .next()
+        .filter(|r| r.seq == checkpoint.seq);
+    Ok(match record {
+        None => Some(WitnessFinding::Missing {
+            chain: chain.to_owned(),
+            seq: checkpoint.seq,
+        }),
+        Some(r) if r.hash != checkpoint.head_hash => Some(WitnessFinding::Rewritten {
+            chain: chain.to_owned(),
+            seq: checkpoint.seq,
+        }),
+        Some(_) => None,
+    })
 }
 
 /// A store whose every durable checkpoint is also written to a [`Witness`]. A checkpoint that

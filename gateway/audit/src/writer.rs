@@ -443,13 +443,6 @@ fn tail_break(
     last_checkpoint: Option<&Checkpoint>,
     witnessed: Option<&Checkpoint>,
 ) -> Result<Option<String>, AuditError> {
-    let record_at = |store: &mut dyn AuditStore, seq: u64| -> Result<_, AuditError> {
-        Ok(store
-            .records(chain, seq.saturating_sub(1), 1)?
-            .into_iter()
-            .next()
-            .filter(|r| r.seq == seq))
-    };
     if let Some(w) = witnessed {
         if !w.verify(key) {
             return Ok(Some(format!(
@@ -458,21 +451,8 @@ fn tail_break(
                 w.seq
             )));
         }
-        if w.seq > head_seq {
-            return Ok(Some(format!(
-                "the witness holds a signed checkpoint at seq {}, but the chain ends at seq \
-                 {head_seq}: records were cut with their checkpoints",
-                w.seq
-            )));
-        }
-        match record_at(store, w.seq)? {
-            Some(r) if r.hash == w.head_hash => {}
-            _ => {
-                return Ok(Some(format!(
-                    "record {} is not the one the witness's checkpoint signed",
-                    w.seq
-                )));
-            }
+        if let Some(finding) = crate::witness::held_to(store, w)? {
+            return Ok(Some(finding.to_string()));
         }
     }
     let Some(c) = last_checkpoint else {
