@@ -6,6 +6,7 @@
 //!
 //! The design, with the writer's diagram: `docs/audit-store.md`.
 
+pub mod atrest;
 pub mod checkpoint;
 pub mod maintenance;
 pub mod record;
@@ -27,6 +28,7 @@ pub use store::sqlite::bodies;
 
 pub use samblik_cpr::Cpr;
 
+pub use atrest::AtRestKeys;
 pub use checkpoint::{Checkpoint, CheckpointSigner};
 pub use maintenance::{Maintenance, PreviousStop, PruneReport, Retention};
 pub use record::{
