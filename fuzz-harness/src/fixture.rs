@@ -61,6 +61,7 @@ Sagsbehandler = "caseworker"
 [audit]
 path = "audit.db"
 signing_key_file = "keys/audit.key"
+data_key_file = "keys/audit-data.keys"
 
 [[sources]]
 id = "child-welfare"

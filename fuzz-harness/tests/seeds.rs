@@ -313,6 +313,7 @@ endpoint = "http://127.0.0.1:1"
 [audit]
 path = "audit.db"
 signing_key_file = "audit.key"
+data_key_file = "audit-data.keys"
 "#,
     );
     write(
@@ -338,6 +339,7 @@ endpoint = "ftp://127.0.0.1:1"
 [audit]
 path = "audit.db"
 signing_key_file = "audit.key"
+data_key_file = "audit-data.keys"
 retention_days = 0
 "#,
     );
@@ -368,6 +370,7 @@ endpoint = "http://127.0.0.1:1"
 [audit]
 postgres_url_env = "SAMBLIK_PG"
 signing_key_file = "audit.key"
+data_key_file = "audit-data.keys"
 "#,
     );
 }

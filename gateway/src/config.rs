@@ -287,6 +287,14 @@ pub struct AuditConfig {
     /// The Ed25519 checkpoint signing key (created with its `.pub` half if missing while the
     /// store holds no checkpoint; once it does, a missing key must be restored, never replaced).
     pub signing_key_file: PathBuf,
+    /// The audit data keys: the HMAC key the CPR index columns hold the citizen's keyed hash
+    /// under, and the AEAD keys that seal records' bodies and the consents' and access
+    /// requests' contents, so that a copy of the database does not say who was looked up.
+    /// Required: no store is written without them. Created (mode 0600) if missing; a store
+    /// written with another index key refuses to start. Keep it outside the database and its
+    /// backups, like the signing key. Rotation: `docs/audit-store.md`. Relative to the config
+    /// file.
+    pub data_key_file: PathBuf,
     /// The witness: an append-only file every signed checkpoint is also written to, once its
     /// records are durable; `samblik audit verify` holds the store to it, so a cut of the newest
     /// records together with their checkpoints is found. Put it where the database's writer
@@ -939,6 +947,7 @@ impl Config {
             resolve(p);
         }
         resolve(&mut config.audit.signing_key_file);
+        resolve(&mut config.audit.data_key_file);
         if let Some(w) = &mut config.audit.witness_file {
             resolve(w);
         }
@@ -1383,6 +1392,7 @@ mod tests {
         [audit]
         path = "audit.db"
         signing_key_file = "audit.key"
+        data_key_file = "audit-data.keys"
     "#;
 
     fn parse(text: &str) -> Result<Config, String> {

@@ -14,7 +14,9 @@ use samblik_audit::postgres::PostgresStore;
 use samblik_audit::registry::Registry;
 use samblik_audit::sqlite::{Durability, SqliteStore};
 use samblik_audit::witness::{Witness, Witnessed};
-use samblik_audit::{AuditError, AuditLog, AuditStore, CheckpointSigner, Retention, WriterOptions};
+use samblik_audit::{
+    AtRestKeys, AuditError, AuditLog, AuditStore, CheckpointSigner, Retention, WriterOptions,
+};
 use samblik_proto::v1::access_request_service_server::AccessRequestServiceServer;
 use samblik_proto::v1::audit_service_server::AuditServiceServer;
 use samblik_proto::v1::consent_service_server::ConsentServiceServer;
@@ -114,6 +116,13 @@ fn audit_signer(config: &AuditConfig) -> Result<CheckpointSigner, ServerError> {
     Ok(signer)
 }
 
+/// The audit data keys ([`AtRestKeys`]) of `config`, created with a fresh index key and data
+/// key if the file is missing: a store written with another index key refuses them, so a lost
+/// key file is never silently replaced for a store in use.
+pub fn audit_keys(config: &AuditConfig) -> Result<Arc<AtRestKeys>, ServerError> {
+    Ok(Arc::new(AtRestKeys::load_or_create(&config.data_key_file)?))
+}
+
 /// How the configured writer chains, checkpoints and prunes: its retention schedule runs in the
 /// writer itself (at start-up, then every `prune_interval_secs`), so a prune is serialised with
 /// the records around it and ends with the writer.
@@ -155,11 +164,15 @@ fn store_opener(
         (None, None) => return Err(no_store_configured()),
     };
     let witness = config.witness_file.clone();
+    // Read before the store is opened: a bad key file refuses start-up with nothing written.
+    let keys = audit_keys(config)?;
     Ok(move || -> Result<Box<dyn AuditStore>, AuditError> {
         let store: Box<dyn AuditStore> = match target {
-            Target::Sqlite(path, durability) => Box::new(SqliteStore::open(&path, durability)?),
+            Target::Sqlite(path, durability) => {
+                Box::new(SqliteStore::open(&path, durability, keys)?)
+            }
             Target::Postgres(url, durability) => {
-                Box::new(PostgresStore::connect_with(&url, durability)?)
+                Box::new(PostgresStore::connect_with(&url, durability, keys)?)
             }
         };
         Ok(match witness {
@@ -198,6 +211,8 @@ pub fn audit_store_reader(
         (None, Some(var)) => Source::Postgres(postgres_url(var)?),
         (None, None) => return Err(no_store_configured()),
     };
+    // Only read: verification never creates a key.
+    let keys = Arc::new(AtRestKeys::load(&config.data_key_file)?);
     Ok(move || -> Result<Box<dyn AuditStore>, AuditError> {
         match source {
             Source::Sqlite(path) => {
@@ -207,9 +222,9 @@ pub fn audit_store_reader(
                         path.display()
                     )));
                 }
-                Ok(Box::new(SqliteStore::open_read_only(&path)?))
+                Ok(Box::new(SqliteStore::open_read_only(&path, keys)?))
             }
-            Source::Postgres(url) => Ok(Box::new(PostgresStore::open_read_only(&url)?)),
+            Source::Postgres(url) => Ok(Box::new(PostgresStore::open_read_only(&url, keys)?)),
         }
     })
 }
@@ -232,8 +247,8 @@ pub fn audit_verifier(config: &AuditConfig) -> Arc<crate::audit::Verifier> {
 /// The consent and access-request registry in the configured audit store.
 pub fn open_registry(config: &AuditConfig) -> Result<Registry, ServerError> {
     Ok(match (&config.path, &config.postgres_url_env) {
-        (Some(path), _) => Registry::sqlite(path)?,
-        (None, Some(var)) => Registry::postgres(&postgres_url(var)?)?,
+        (Some(path), _) => Registry::sqlite(path, audit_keys(config)?)?,
+        (None, Some(var)) => Registry::postgres(&postgres_url(var)?, audit_keys(config)?)?,
         (None, None) => return Err(no_store_configured()),
     })
 }
@@ -583,9 +598,10 @@ mod tests {
     fn a_deleted_signing_key_is_not_replaced_while_the_store_holds_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
         let config: AuditConfig = toml::from_str(&format!(
-            "path = {:?}\nsigning_key_file = {:?}",
+            "path = {:?}\nsigning_key_file = {:?}\ndata_key_file = {:?}",
             dir.path().join("audit.db"),
             dir.path().join("audit.key"),
+            dir.path().join("audit-data.keys"),
         ))
         .unwrap();
         // A first start creates the key.

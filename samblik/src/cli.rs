@@ -891,9 +891,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             (Some(dir), _) => {
                 let db = dir.join(demo::AUDIT_DB_FILE);
                 anyhow::ensure!(db.is_file(), "no audit log at {}", db.display());
+                let keys = Arc::new(samblik_audit::AtRestKeys::load(
+                    &dir.join(demo::AUDIT_DATA_KEY_FILE),
+                )?);
                 let open = move || -> Result<Box<dyn samblik_audit::AuditStore>, _> {
                     Ok(Box::new(
-                        samblik_audit::sqlite::SqliteStore::open_read_only(&db)?,
+                        samblik_audit::sqlite::SqliteStore::open_read_only(&db, keys)?,
                     ))
                 };
                 // A demo directory from before the witness has none.

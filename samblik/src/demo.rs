@@ -26,6 +26,8 @@ pub const DEMO_FACTS_FILE: &str = "demo.json";
 pub const AUDIT_DB_FILE: &str = "audit.db";
 /// The demo's audit checkpoint key (its public half is `<this>.pub`).
 pub const AUDIT_KEY_FILE: &str = "keys/audit-signing.key";
+/// The audit data keys: the CPR index's HMAC key and the keys bodies are sealed with.
+pub const AUDIT_DATA_KEY_FILE: &str = "keys/audit-data.keys";
 /// The audit log's witness of signed checkpoints, in the demo's data directory. In production it
 /// belongs where the database's writer cannot rewrite it.
 pub const AUDIT_WITNESS_FILE: &str = "witness/audit-checkpoints.jsonl";
@@ -325,6 +327,7 @@ pub fn demo_audit_config(dir: &Path) -> AuditConfig {
         path: Some(dir.join(AUDIT_DB_FILE)),
         postgres_url_env: None,
         signing_key_file: dir.join(AUDIT_KEY_FILE),
+        data_key_file: dir.join(AUDIT_DATA_KEY_FILE),
         witness_file: Some(dir.join(AUDIT_WITNESS_FILE)),
         chain: "demo-gateway".to_owned(),
         checkpoint_every: 100,

@@ -249,6 +249,7 @@ pub fn with_own_audit(mut config: Config) -> (Config, tempfile::TempDir) {
     config.audit.path = Some(dir.path().join(samblik::demo::AUDIT_DB_FILE));
     config.audit.postgres_url_env = None;
     config.audit.signing_key_file = dir.path().join(samblik::demo::AUDIT_KEY_FILE);
+    config.audit.data_key_file = dir.path().join(samblik::demo::AUDIT_DATA_KEY_FILE);
     config.audit.witness_file = Some(dir.path().join(samblik::demo::AUDIT_WITNESS_FILE));
     (config, dir)
 }
@@ -279,10 +280,12 @@ pub fn reason_of(status: &tonic::Status) -> String {
     info.reason
 }
 
-/// Every record of every chain in the SQLite audit store `db`.
+/// Every record of every chain in the SQLite audit store `db`, laid out as the demo's (its data
+/// keys in `keys/` beside it).
 pub fn audit_records_in(db: &std::path::Path) -> Vec<samblik_audit::AuditRecord> {
     use samblik_audit::AuditStore;
-    let mut store = samblik_audit::sqlite::SqliteStore::open_read_only(db).unwrap();
+    let mut store =
+        samblik_audit::sqlite::SqliteStore::open_read_only(db, demo_data_keys(db)).unwrap();
     let mut records = Vec::new();
     for chain in store.chains().unwrap() {
         for stored in store.records(&chain, 0, usize::MAX).unwrap() {
@@ -290,6 +293,14 @@ pub fn audit_records_in(db: &std::path::Path) -> Vec<samblik_audit::AuditRecord>
         }
     }
     records
+}
+
+/// The data keys of the SQLite audit store `db`, laid out as the demo's.
+pub fn demo_data_keys(db: &std::path::Path) -> Arc<samblik_audit::AtRestKeys> {
+    let dir = db.parent().unwrap();
+    Arc::new(
+        samblik_audit::AtRestKeys::load(&dir.join(samblik::demo::AUDIT_DATA_KEY_FILE)).unwrap(),
+    )
 }
 
 /// The one `Lookup` record among `records`, checked as a request no handler read must be
@@ -393,14 +404,22 @@ impl TestGateway {
         self
     }
 
-    /// Audits into the store `open` makes of the gateway's audit file (e.g. a fault-injecting
-    /// one around it; the registry reads that file too).
+    /// Audits into the store `open` makes of the gateway's audit file with its data keys (e.g.
+    /// a fault-injecting one around it; the registry reads that file too).
     pub fn audited_by(
         mut self,
-        open: impl FnOnce(&std::path::Path) -> Box<dyn samblik_audit::AuditStore>,
+        open: impl FnOnce(
+            &std::path::Path,
+            Arc<samblik_audit::AtRestKeys>,
+        ) -> Box<dyn samblik_audit::AuditStore>,
     ) -> Self {
         let audit = &self.config.audit;
-        let store = open(audit.path.as_deref().expect("the test's own audit file"));
+        let keys =
+            Arc::new(samblik_audit::AtRestKeys::load_or_create(&audit.data_key_file).unwrap());
+        let store = open(
+            audit.path.as_deref().expect("the test's own audit file"),
+            keys,
+        );
         let signer =
             samblik_audit::CheckpointSigner::load_or_create(&audit.signing_key_file).unwrap();
         let log = samblik_audit::AuditLog::start(

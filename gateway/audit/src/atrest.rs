@@ -7,6 +7,8 @@
 //! The key file, rotation and why: `docs/audit-store.md`.
 
 use crate::AuditError;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -99,16 +101,13 @@ impl AtRestKeys {
 
     /// Writes a new key file at `path` (mode 0600): a fresh index key and data key `1`.
     pub fn create(path: &Path) -> Result<(), AuditError> {
-        let rng = SystemRandom::new();
-        let text = format!(
-            "# Samblik's audit data keys. Keep this file outside the database and its backups.\n\
-             # index: the HMAC key of the CPR index columns (long-lived: never change it).\n\
-             # data: the AEAD keys; the last one seals, every one listed opens what it sealed.\n\
-             index {}\ndata 1 {}\n",
-            hex::encode(random_key(&rng)?),
-            hex::encode(random_key(&rng)?)
-        );
-        write_private(path, &text)
+        write_private(path, &fresh_file(&SystemRandom::new())?)
+    }
+
+    /// Fresh keys held in memory only, for a throw-away store (a benchmark's, a test's): what
+    /// they seal is unreadable once they are dropped.
+    pub fn generate() -> Result<Self, AuditError> {
+        Self::parse(&fresh_file(&SystemRandom::new())?).map_err(AuditError::Key)
     }
 
     /// Rotation: appends a fresh data key to the file at `path`, which seals from the next
@@ -257,11 +256,12 @@ impl AtRestKeys {
         Ok(plain.to_vec())
     }
 
-    /// [`AtRestKeys::seal`] as text, for a text column: `sealed:` and the sealed bytes in hex.
+    /// [`AtRestKeys::seal`] as text, for a text column: `sealed:` and the sealed bytes in
+    /// base64.
     pub fn seal_text(&self, place: Sealed, plaintext: &str) -> Result<String, AuditError> {
         Ok(format!(
             "{TEXT_PREFIX}{}",
-            hex::encode(self.seal(place, plaintext.as_bytes())?)
+            BASE64.encode(self.seal(place, plaintext.as_bytes())?)
         ))
     }
 
@@ -269,7 +269,7 @@ impl AtRestKeys {
     pub fn open_text(&self, place: Sealed, sealed: &str) -> Result<String, String> {
         let bytes = sealed
             .strip_prefix(TEXT_PREFIX)
-            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| BASE64.decode(b).ok())
             .ok_or("the value is not sealed")?;
         String::from_utf8(self.open(place, &bytes)?)
             .map_err(|_| "the sealed text is not UTF-8".into())
@@ -280,6 +280,18 @@ impl AtRestKeys {
 /// before sealing holds).
 pub fn is_sealed(stored: &[u8]) -> bool {
     stored.starts_with(MAGIC)
+}
+
+/// A new key file's text: a fresh index key and data key `1`.
+fn fresh_file(rng: &SystemRandom) -> Result<String, AuditError> {
+    Ok(format!(
+        "# Samblik's audit data keys. Keep this file outside the database and its backups.\n\
+         # index: the HMAC key of the CPR index columns (long-lived: never change it).\n\
+         # data: the AEAD keys; the last one seals, every one listed opens what it sealed.\n\
+         index {}\ndata 1 {}\n",
+        hex::encode(random_key(rng)?),
+        hex::encode(random_key(rng)?)
+    ))
 }
 
 fn valid_id(id: &str) -> bool {

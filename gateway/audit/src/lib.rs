@@ -28,7 +28,7 @@ pub use store::sqlite::bodies;
 
 pub use samblik_cpr::Cpr;
 
-pub use atrest::AtRestKeys;
+pub use atrest::{AtRestKeys, Sealed};
 pub use checkpoint::{Checkpoint, CheckpointSigner};
 pub use maintenance::{Maintenance, PreviousStop, PruneReport, Retention};
 pub use record::{
@@ -73,10 +73,11 @@ pub enum AuditError {
     ChainBroken(String),
 }
 
-/// A record as read back for verification: the indexed columns and the stored body, as the
-/// store holds them. Verification holds every column a search filters on to the hashed body, so
-/// the CPR column stays the raw text here (a column edited to something that is not a CPR number
-/// is a finding, not a read error); `Debug` prints neither it nor the body.
+/// A record as read back for verification: the indexed columns as the store holds them, and the
+/// body opened (the canonical JSON). Verification holds every column a search filters on to the
+/// hashed body, so the CPR column stays the raw text here: the citizen's keyed hash
+/// ([`AtRestKeys::index`]; a column edited to anything else is a finding, not a read error);
+/// `Debug` prints neither it nor the body.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredRecord {
     pub seq: u64,
@@ -112,10 +113,10 @@ impl StoredRecord {
     /// Whether the columns a search filters on say what the record's hashed content says (the
     /// chain and seq aside): one edited in place would show a record to the wrong search — a
     /// lookup to another citizen — or hide it from the right one.
-    pub(crate) fn columns_agree(&self, record: &AuditRecord) -> bool {
+    pub(crate) fn columns_agree(&self, record: &AuditRecord, keys: &AtRestKeys) -> bool {
         record.seq == self.seq
             && record.request_id == self.request_id
-            && record.cpr.as_ref().map(Cpr::as_str) == self.cpr.as_deref()
+            && record.cpr.as_ref().map(|c| keys.index(c)).as_deref() == self.cpr.as_deref()
             && record.actor.caller_id == self.caller_id
             && record.at == self.at
             && record.actor.department == self.department
@@ -153,6 +154,9 @@ pub trait LogSync: Send + Sync + 'static {
 /// Where records are kept. Implementations commit each `append` atomically and durably: when it
 /// returns `Ok`, every record and the checkpoint survive a crash; when it fails, none was kept.
 pub trait AuditStore: Send + 'static {
+    /// The citizen's entry in the store's CPR index columns: its keyed hash under the store's
+    /// index key ([`AtRestKeys::index`]). Verification holds the column to the record with it.
+    fn cpr_index(&self, cpr: &Cpr) -> String;
     /// The seq and hash of the chain's last record.
     fn head(&mut self, chain: &str) -> Result<Option<(u64, String)>, AuditError>;
     fn last_checkpoint(&mut self, chain: &str) -> Result<Option<Checkpoint>, AuditError>;
@@ -284,6 +288,9 @@ pub type SealChange<'a> =
     dyn FnMut(ChangeOutcome) -> Result<(SealedRecord, Option<Checkpoint>), AuditError> + 'a;
 
 impl<S: AuditStore + ?Sized> AuditStore for Box<S> {
+    fn cpr_index(&self, cpr: &Cpr) -> String {
+        (**self).cpr_index(cpr)
+    }
     fn head(&mut self, chain: &str) -> Result<Option<(u64, String)>, AuditError> {
         (**self).head(chain)
     }

@@ -3,6 +3,7 @@
 //! SQL (only the placeholders and the JSON operator differ), newest first, a page at a time by
 //! keyset (never OFFSET, so page 1000 costs what page 1 does), over the indexed columns.
 
+use crate::atrest::AtRestKeys;
 use crate::record::{Action, AuditRecord, Outcome};
 use crate::store::sqlite::chunks::{POSTING_CALLER, POSTING_CITIZEN, RowWindow};
 use crate::{AuditError, STORED_COLUMNS, StoredRecord};
@@ -65,15 +66,17 @@ impl Cursor {
     }
 }
 
-/// A lookup as the review queue needs it: who, when, about whom, how it ended — and, for a
-/// refused lookup only, why (its `reason` and `detail`, the one part of the body read).
+/// A lookup as the review queue needs it: who, when, how it ended — and, for a refused lookup
+/// only, about whom and why (its `cpr`, `reason` and `detail`, read from its body, the only
+/// body read: the `cpr` column holds a keyed hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Activity {
     pub at: String,
     pub request_id: String,
     pub caller_id: String,
     pub department: String,
-    /// The citizen looked up (`None` when the request named no valid CPR).
+    /// The citizen looked up, for a refused lookup (`None` for every other lookup, and when the
+    /// request named no valid CPR).
     pub cpr: Option<Cpr>,
     pub outcome: String,
     /// The refusal's reason; `None` for a lookup that was not refused, and for a refusal
@@ -195,10 +198,11 @@ fn seq_param(seq: u64) -> Result<Param, AuditError> {
 /// [`StoredRecord`] plus `chain` and `at`.
 pub(crate) fn search_sql(
     dialect: Dialect,
+    keys: &AtRestKeys,
     query: &AuditQuery,
     limit: usize,
 ) -> Result<Sql, AuditError> {
-    search_sql_among(dialect, query, limit, None, None)
+    search_sql_among(dialect, keys, query, limit, None, None)
 }
 
 /// [`search_sql`]; on SQLite, by citizen or caller, with `newest` only the records of the key's
@@ -210,6 +214,7 @@ pub(crate) fn search_sql(
 /// of rowids (SQLite).
 pub(crate) fn search_sql_among(
     dialect: Dialect,
+    keys: &AtRestKeys,
     query: &AuditQuery,
     limit: usize,
     newest: Option<usize>,
@@ -219,7 +224,9 @@ pub(crate) fn search_sql_among(
     if let Some(rows) = rows {
         w.rows(rows);
     }
-    let cpr = w.equals("cpr", query.cpr.as_ref().map(Cpr::as_str));
+    // The column holds the citizen's keyed hash.
+    let cpr_index = query.cpr.as_ref().map(|c| keys.index(c));
+    let cpr = w.equals("cpr", cpr_index.as_deref());
     let caller = w.equals("caller_id", query.caller_id.as_deref());
     w.equals("department", query.department.as_deref());
     // The clauses on `at` the postings apply too (a posting carries its record's `at`).
@@ -230,21 +237,19 @@ pub(crate) fn search_sql_among(
     w.one_of("outcome", &outcomes);
     let request_ids: Vec<&str> = query.request_ids.iter().map(String::as_str).collect();
     w.one_of("request_id", &request_ids);
-    if query.break_glass {
-        w.clauses.push(match dialect {
-            Dialect::Sqlite => {
-                "json_extract(samblik_body(body), '$.break_glass_reason') IS NOT NULL".to_owned()
-            }
-            Dialect::Postgres => "(body::jsonb ->> 'break_glass_reason') IS NOT NULL".to_owned(),
-        });
+    // The body is sealed: SQLite opens it in SQL (`samblik_body`); PostgreSQL cannot, and
+    // its store applies these two filters itself (`postgres_search`).
+    if query.break_glass && dialect == Dialect::Sqlite {
+        w.clauses.push(
+            "json_extract(samblik_body(body), '$.break_glass_reason') IS NOT NULL".to_owned(),
+        );
     }
-    if query.flagged_sources {
-        w.clauses.push(match dialect {
-            Dialect::Sqlite => "EXISTS (SELECT 1 FROM json_each(samblik_body(body), '$.sources') \
-                                WHERE json_extract(value, '$.flag') IS NOT NULL)"
+    if query.flagged_sources && dialect == Dialect::Sqlite {
+        w.clauses.push(
+            "EXISTS (SELECT 1 FROM json_each(samblik_body(body), '$.sources') \
+             WHERE json_extract(value, '$.flag') IS NOT NULL)"
                 .to_owned(),
-            Dialect::Postgres => "jsonb_path_exists(body::jsonb, '$.sources[*].flag')".to_owned(),
-        });
+        );
     }
     if let Some(after) = &query.after {
         let at = w.bind(Param::Text(after.at.clone()));
@@ -334,19 +339,16 @@ pub(crate) fn activity_sql(
     );
     let callers: Vec<&str> = callers.iter().map(String::as_str).collect();
     w.one_of("caller_id", &callers);
-    // Only a refusal's body is read, once, and only its reason and detail, as the JSON array
-    // `[reason, detail]` ([`refusal_of`]): few lookups are refused.
+    // Only a refusal's body is read, once ([`refusal_of`]): few lookups are refused. SQLite
+    // opens it in SQL; PostgreSQL returns it sealed, for the store to open.
     let why = match dialect {
-        Dialect::Sqlite => "json_extract(samblik_body(body), '$.reason', '$.detail')",
-        Dialect::Postgres => {
-            "(SELECT jsonb_build_array(j -> 'reason', j -> 'detail')::text \
-              FROM (SELECT body::jsonb) AS b(j))"
-        }
+        Dialect::Sqlite => "samblik_body(body)",
+        Dialect::Postgres => "body",
     };
     let denied = w.bind(Param::Text(Outcome::Denied.as_str().to_owned()));
     Sql {
         text: format!(
-            "SELECT at, request_id, caller_id, department, cpr, outcome,
+            "SELECT at, request_id, caller_id, department, outcome,
                     CASE WHEN outcome = {denied} THEN {why} END
              FROM audit_records
              WHERE {} ORDER BY at",
@@ -356,16 +358,27 @@ pub(crate) fn activity_sql(
     }
 }
 
-/// A refusal's reason and detail from [`activity_sql`]'s `[reason, detail]`; nothing for a
-/// lookup that was not refused, or a value that is not that array.
-pub(crate) fn refusal_of(why: Option<String>) -> (Option<String>, Option<String>) {
-    why.and_then(|text| serde_json::from_str(&text).ok())
+/// What the review queue reads of a refusal's body: whom it was about and why.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct Refusal {
+    pub cpr: Option<Cpr>,
+    pub reason: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// A refusal's citizen, reason and detail from its opened body ([`activity_sql`]); nothing for
+/// a lookup that was not refused, or a body that is not a record.
+pub(crate) fn refusal_of(body: Option<String>) -> Refusal {
+    body.and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_default()
 }
 
 /// Parses a page of stored rows back into records, checking each body against its hash: a
 /// search never shows an auditor a record that was altered in place.
-pub(crate) fn records_of(rows: Vec<StoredRecord>) -> Result<Vec<AuditRecord>, AuditError> {
+pub(crate) fn records_of(
+    rows: Vec<StoredRecord>,
+    keys: &AtRestKeys,
+) -> Result<Vec<AuditRecord>, AuditError> {
     rows.into_iter()
         .map(|row| {
             if crate::record::hash_of(&row.body) != row.hash {
@@ -377,7 +390,7 @@ pub(crate) fn records_of(rows: Vec<StoredRecord>) -> Result<Vec<AuditRecord>, Au
             let record = AuditRecord::from_stored(&row.body, &row.hash).map_err(|e| {
                 AuditError::Store(format!("record {} is unreadable: {e}", row.seq))
             })?;
-            if !row.columns_agree(&record) {
+            if !row.columns_agree(&record, keys) {
                 return Err(AuditError::Store(format!(
                     "record {} has columns that differ from its content; run `samblik audit verify`",
                     row.seq
@@ -422,12 +435,16 @@ mod tests {
             }),
             ..AuditQuery::default()
         };
-        let sql = search_sql(Dialect::Postgres, &query, 10).unwrap();
+        let keys = AtRestKeys::generate().unwrap();
+        let sql = search_sql(Dialect::Postgres, &keys, &query, 10).unwrap();
         assert!(!sql.text.contains("OR 1=1"));
         assert!(sql.text.contains("cpr = $1"));
+        // The citizen is searched by their keyed hash, never in clear.
+        let index = keys.index(query.cpr.as_ref().unwrap());
+        assert!(matches!(&sql.params[0], Param::Text(t) if *t == index));
         assert!(sql.text.contains("LIMIT $7"));
         assert_eq!(sql.params.len(), 7);
-        let sql = search_sql(Dialect::Sqlite, &AuditQuery::default(), 10).unwrap();
+        let sql = search_sql(Dialect::Sqlite, &keys, &AuditQuery::default(), 10).unwrap();
         assert!(sql.text.contains("WHERE TRUE"));
     }
 }

@@ -107,6 +107,9 @@ impl<S> FaultInjecting<S> {
 }
 
 impl<S: AuditStore> AuditStore for FaultInjecting<S> {
+    fn cpr_index(&self, cpr: &samblik_cpr::Cpr) -> String {
+        self.inner.cpr_index(cpr)
+    }
     fn head(&mut self, chain: &str) -> Result<Option<(u64, String)>, AuditError> {
         self.inner.head(chain)
     }

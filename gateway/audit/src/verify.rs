@@ -333,7 +333,7 @@ pub(crate) fn verify_chain(
             if record.seq != seq
                 || record.chain != chain
                 || record.request_id != stored.request_id
-                || record.cpr.as_ref().map(samblik_cpr::Cpr::as_str) != stored.cpr.as_deref()
+                || record.cpr.as_ref().map(|c| store.cpr_index(c)) != stored.cpr
                 || record.actor.caller_id != stored.caller_id
                 || record.at != stored.at
                 || record.actor.department != stored.department

@@ -232,6 +232,9 @@ impl LogSync for WitnessedSync {
 }
 
 impl<S: AuditStore> AuditStore for Witnessed<S> {
+    fn cpr_index(&self, cpr: &samblik_cpr::Cpr) -> String {
+        self.inner.cpr_index(cpr)
+    }
     fn head(&mut self, chain: &str) -> Result<Option<(u64, String)>, AuditError> {
         self.inner.head(chain)
     }

@@ -109,9 +109,9 @@ fn postgres_commits_wait_for_the_wal_flush_whatever_the_default() {
         s.sql(&format!(
             "ALTER DATABASE {database} SET synchronous_commit = off"
         ));
-        let mut durable = PostgresStore::connect(url).unwrap();
+        let mut durable = PostgresStore::connect(url, s.keys()).unwrap();
         assert_eq!(durable.synchronous_commit().unwrap(), "on");
-        let mut unsynced = PostgresStore::connect_with(url, Durability::Off).unwrap();
+        let mut unsynced = PostgresStore::connect_with(url, Durability::Off, s.keys()).unwrap();
         assert_eq!(unsynced.synchronous_commit().unwrap(), "off");
         let log = open(&s, Box::new(durable));
         block_on(log.append(event(1))).unwrap();
@@ -485,18 +485,18 @@ fn a_store_that_cannot_be_opened_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("audit.db");
     std::fs::write(&db, b"this is not a database").unwrap();
-    assert!(SqliteStore::open(&db, Durability::Full).is_err());
-    assert!(PostgresStore::connect("postgres://nobody@127.0.0.1:1/none").is_err());
+    let keys = Arc::new(AtRestKeys::generate().unwrap());
+    assert!(SqliteStore::open(&db, Durability::Full, keys.clone()).is_err());
+    assert!(PostgresStore::connect("postgres://nobody@127.0.0.1:1/none", keys.clone()).is_err());
     let unwritable = Path::new("/proc/samblik-cannot-write-here/audit.db");
-    assert!(SqliteStore::open(unwritable, Durability::Full).is_err());
+    assert!(SqliteStore::open(unwritable, Durability::Full, keys).is_err());
 }
 
 #[test]
 fn a_flipped_byte_is_found_at_its_record() {
     for s in setups() {
         write(&s, 30);
-        s.sql("UPDATE audit_records SET body = replace(body, '\"tier\":1', '\"tier\":3') WHERE seq = 17",
-        );
+        s.flip_body_byte(17);
         assert_eq!(broken_at(&s), 17);
     }
 }
@@ -507,7 +507,10 @@ fn a_changed_index_column_is_found() {
         write(&s, 30);
         // Every column a search filters on, each edited in place on its own record.
         let edits = [
-            (9, "cpr = '0202020202'"),
+            (
+                9,
+                "cpr = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'",
+            ),
             (10, "caller_id = 'cw-someone-else'"),
             (11, "department = 'child-welfare'"),
             (12, "outcome = 'denied'"),
@@ -808,15 +811,23 @@ fn a_pruned_record_leaves_no_trace_in_the_file() {
         assert!(!s.sqlite_path().with_extension("db-wal").exists());
         std::fs::read(s.sqlite_path()).unwrap()
     };
-    let holds = |bytes: &[u8]| bytes.windows(CPR.len()).any(|w| w == CPR.as_bytes());
+    // The number itself is never in the file (it is sealed); its keyed hash, in the records'
+    // index column, is until the prune.
+    let index = s.keys.index(&cpr(CPR));
+    let holds = |bytes: &[u8], what: &str| bytes.windows(what.len()).any(|w| w == what.as_bytes());
+    assert!(!holds(&file(), CPR), "a CPR number in clear");
     assert!(
-        holds(&file()),
+        holds(&file(), &index),
         "the records are in the file before the prune"
     );
 
     let report = prune(&s, cutoff_now()).unwrap();
     assert_eq!(report.records, 32);
-    assert!(!holds(&file()), "a pruned CPR number is still in the file");
+    assert!(
+        !holds(&file(), &index),
+        "a pruned citizen's index is still in the file"
+    );
+    assert!(!holds(&file(), CPR), "a CPR number in clear");
     verify(&s).unwrap();
 }
 
@@ -1083,7 +1094,7 @@ fn a_missing_key_is_created_only_for_a_store_without_checkpoints() {
 fn a_prune_never_deletes_records_that_do_not_verify() {
     for s in setups() {
         write(&s, 30);
-        s.sql("UPDATE audit_records SET body = replace(body, '\"tier\":1', '\"tier\":3') WHERE seq = 17");
+        s.flip_body_byte(17);
         let log = open(&s, s.store());
         let refused = block_on(log.prune(cutoff_now(), "test")).unwrap_err();
         assert!(refused.to_string().contains("record 17"), "{refused}");
@@ -1091,7 +1102,8 @@ fn a_prune_never_deletes_records_that_do_not_verify() {
         assert!(*log.health().borrow());
         log.close();
         assert_eq!(broken_at(&s), 17);
-        assert_eq!(stored(&s)[0].seq, 1);
+        // Nothing was pruned (record 17 no longer opens, so it is not read as a record here).
+        assert_eq!(s.store().records("replica-a", 0, 1).unwrap()[0].seq, 1);
     }
 }
 
@@ -1280,7 +1292,7 @@ fn signed_records_missing_at_start_up_close_the_chain_until_the_break_is_acknowl
         assert_eq!(breaks.first.seq, 21);
         assert_eq!(problems(&breaks), [21]);
         // Tampering after the gap is not hidden by it.
-        s.sql("UPDATE audit_records SET body = replace(body, '\"tier\":1', '\"tier\":3') WHERE seq = 36");
+        s.flip_body_byte(36);
         assert_eq!(problems(&self::breaks(&s)), [21, 36]);
     }
 }
@@ -1304,7 +1316,7 @@ fn problems(breaks: &verify::Breaks) -> Vec<u64> {
 fn verification_goes_on_past_a_break_and_finds_each_problem_once() {
     for s in setups() {
         write(&s, 30); // 1..=32
-        s.sql("UPDATE audit_records SET body = replace(body, '\"tier\":1', '\"tier\":3') WHERE seq = 5");
+        s.flip_body_byte(5);
         s.sql("DELETE FROM audit_records WHERE seq = 20");
         s.sql("UPDATE audit_records SET caller_id = 'cw-someone-else' WHERE seq = 27");
         let breaks = breaks(&s);
@@ -1362,9 +1374,10 @@ fn a_torn_last_write_is_discarded_and_the_restart_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("audit.db");
     let key = dir.path().join("audit-signing.key");
+    let keys = Arc::new(AtRestKeys::generate().unwrap());
     let signer = CheckpointSigner::load_or_create(&key).unwrap();
     let log = AuditLog::start(
-        Box::new(SqliteStore::open(&db, Durability::Full).unwrap()),
+        Box::new(SqliteStore::open(&db, Durability::Full, keys.clone()).unwrap()),
         signer,
         options(10),
     )
@@ -1398,13 +1411,13 @@ fn a_torn_last_write_is_discarded_and_the_restart_says_so() {
 
     let signer = CheckpointSigner::load_or_create(&key).unwrap();
     let log = AuditLog::start(
-        Box::new(SqliteStore::open(&db2, Durability::Full).unwrap()),
+        Box::new(SqliteStore::open(&db2, Durability::Full, keys.clone()).unwrap()),
         signer,
         options(10),
     )
     .unwrap();
     log.close();
-    let mut store = SqliteStore::open_read_only(&db2).unwrap();
+    let mut store = SqliteStore::open_read_only(&db2, keys).unwrap();
     let records: Vec<AuditRecord> = store
         .records("replica-a", 0, usize::MAX)
         .unwrap()
@@ -1446,7 +1459,7 @@ fn a_corrupt_sqlite_file_refuses_to_start() {
     }
     std::fs::write(db, bytes).unwrap();
     let signer = CheckpointSigner::load_or_create(&s.key).unwrap();
-    let error = SqliteStore::open(db, Durability::Full)
+    let error = SqliteStore::open(db, Durability::Full, s.keys())
         .and_then(|store| AuditLog::start(Box::new(store), signer, options(10)))
         .unwrap_err();
     assert!(error.to_string().contains("corrupt"), "{error}");

@@ -412,10 +412,22 @@ fn audit_prune_cuts_the_demo_log_and_it_still_verifies() {
     let before = verified_records(&stdout(&samblik(&["audit", "verify", "--dir", dir_arg])));
     let cprs = |dir: &Path| -> Vec<Option<String>> {
         use samblik_audit::AuditStore;
+        let keys = std::sync::Arc::new(
+            samblik_audit::AtRestKeys::load(&dir.join(samblik::demo::AUDIT_DATA_KEY_FILE)).unwrap(),
+        );
         let mut store =
-            samblik_audit::sqlite::SqliteStore::open_read_only(&dir.join("audit.db")).unwrap();
+            samblik_audit::sqlite::SqliteStore::open_read_only(&dir.join("audit.db"), keys.clone())
+                .unwrap();
         let records = store.records("demo-gateway", 0, usize::MAX).unwrap();
-        records.into_iter().map(|r| r.cpr).collect()
+        // The citizen column holds the keyed hash: read back as the number it hashes.
+        records
+            .into_iter()
+            .map(|r| {
+                let record = samblik_audit::AuditRecord::from_stored(&r.body, &r.hash).unwrap();
+                assert_eq!(r.cpr, record.cpr.as_ref().map(|c| keys.index(c)));
+                record.cpr.map(|c| c.as_str().to_owned())
+            })
+            .collect()
     };
     assert!(cprs(dir.path()).contains(&Some(cpr.to_owned())));
 
@@ -740,6 +752,7 @@ endpoint = "http://127.0.0.1:1"
 [audit]
 path = "{audit_path}"
 signing_key_file = "audit.key"
+data_key_file = "audit-data.keys"
 "#
     )
 }
@@ -799,7 +812,8 @@ fn serve_refused_for_a_bad_key_secret_or_port_leaves_the_audit_store_untouched()
     let path = |p: &Path| p.to_str().unwrap().to_owned();
     // Every file the base config names is there; each case breaks one of them.
     let base = format!(
-        "{}[audit]\npath = \"audit.db\"\nsigning_key_file = \"audit.key\"\n",
+        "{}[audit]\npath = \"audit.db\"\nsigning_key_file = \"audit.key\"\n\
+         data_key_file = \"audit-data.keys\"\n",
         config_head(&issuer, "127.0.0.1:1")
     );
     let listen = "listen = \"127.0.0.1:0\"\n";
@@ -926,6 +940,9 @@ fn audit_verify_refuses_a_missing_or_empty_store() {
     samblik_audit::sqlite::SqliteStore::open(
         &dir.path().join("empty.db"),
         samblik_audit::Durability::Full,
+        std::sync::Arc::new(
+            samblik_audit::AtRestKeys::load_or_create(&dir.path().join("audit-data.keys")).unwrap(),
+        ),
     )
     .unwrap();
     let stderr = verify(&config("empty.toml", "empty.db"));

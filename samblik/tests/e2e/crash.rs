@@ -223,8 +223,14 @@ fn every_answered_lookup_survives_kill_9_and_the_chain_verifies() {
     // After the last crash the chain verifies, and every answered lookup is in it.
     let verified = run(&["audit", "verify", "--dir", d]);
     assert!(verified.contains("verified"), "{verified}");
-    let mut store =
-        samblik_audit::sqlite::SqliteStore::open_read_only(&dir.path().join("audit.db")).unwrap();
+    let keys =
+        samblik_audit::AtRestKeys::load(&dir.path().join(samblik::demo::AUDIT_DATA_KEY_FILE))
+            .unwrap();
+    let mut store = samblik_audit::sqlite::SqliteStore::open_read_only(
+        &dir.path().join("audit.db"),
+        Arc::new(keys),
+    )
+    .unwrap();
     assert_every_answer_logged(&mut store, &answered);
 }
 
@@ -261,6 +267,10 @@ fn every_answered_lookup_survives_kill_9_on_postgresql_and_the_chain_verifies() 
         "{text}{}",
         String::from_utf8_lossy(&verified.stderr)
     );
-    let mut store = samblik_audit::postgres::PostgresStore::open_read_only(url).unwrap();
+    let keys =
+        samblik_audit::AtRestKeys::load(&config.parent().unwrap().join("keys/audit-data.keys"))
+            .unwrap();
+    let mut store =
+        samblik_audit::postgres::PostgresStore::open_read_only(url, Arc::new(keys)).unwrap();
     assert_every_answer_logged(&mut store, &answered);
 }

@@ -12,8 +12,8 @@ use samblik_audit::Durability;
 use samblik_audit::postgres::PostgresStore;
 use samblik_audit::sqlite::SqliteStore;
 use samblik_audit::{
-    Action, Actor, AuditEvent, AuditLog, CaseEntry, CheckpointSigner, Outcome, SourceEntry,
-    WriterOptions,
+    Action, Actor, AtRestKeys, AuditEvent, AuditLog, CaseEntry, CheckpointSigner, Outcome,
+    SourceEntry, WriterOptions,
 };
 use samblik_tests::ScratchDatabases;
 use std::path::PathBuf;
@@ -198,11 +198,16 @@ fn open(dir: &std::path::Path, name: &str, postgres: Option<&str>) -> anyhow::Re
     } else {
         Durability::Full
     };
+    // The data keys, as a configured gateway's: sealing and hashing are part of the cost.
+    let keys = Arc::new(AtRestKeys::load_or_create(
+        &dir.join(format!("{name}-data.keys")),
+    )?);
     let store: Box<dyn AuditStore> = match postgres {
-        Some(url) => Box::new(PostgresStore::connect_with(url, durability)?),
+        Some(url) => Box::new(PostgresStore::connect_with(url, durability, keys)?),
         None => Box::new(SqliteStore::open(
             &dir.join(format!("{name}.db")),
             durability,
+            keys,
         )?),
     };
     let signer = CheckpointSigner::load_or_create(&dir.join(format!("{name}.key")))?;

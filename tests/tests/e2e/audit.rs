@@ -317,8 +317,9 @@ async fn an_unread_request_that_cannot_be_recorded_is_unavailable() {
     let mut failing = None;
     let jobcenter = SourceSpec::at("jobcenter", dead_address().await);
     let gateway = TestGateway::over(&[jobcenter])
-        .audited_by(|path| {
-            let store = FaultInjecting::new(SqliteStore::open(path, Durability::Full).unwrap());
+        .audited_by(|path, keys| {
+            let store =
+                FaultInjecting::new(SqliteStore::open(path, Durability::Full, keys).unwrap());
             failing = Some(Arc::clone(&store.failing));
             Box::new(store)
         })
@@ -342,8 +343,9 @@ async fn when_the_audit_store_fails_nothing_is_disclosed_health_says_so_and_it_r
     let jobcenter = start_source(reference(Department::Jobcenter)).await;
     let mut failing = None;
     let gateway = TestGateway::over(&[SourceSpec::at("jobcenter", jobcenter.addr)])
-        .audited_by(|path| {
-            let store = FaultInjecting::new(SqliteStore::open(path, Durability::Full).unwrap());
+        .audited_by(|path, keys| {
+            let store =
+                FaultInjecting::new(SqliteStore::open(path, Durability::Full, keys).unwrap());
             failing = Some(Arc::clone(&store.failing));
             Box::new(store)
         })
@@ -449,8 +451,9 @@ async fn a_withdrawal_that_failed_to_confirm_still_ends_the_consent_for_the_next
     }
     let mut unconfirmed = None;
     let gateway = TestGateway::over(&specs)
-        .audited_by(|path| {
-            let store = FaultInjecting::new(SqliteStore::open(path, Durability::Full).unwrap());
+        .audited_by(|path, keys| {
+            let store =
+                FaultInjecting::new(SqliteStore::open(path, Durability::Full, keys).unwrap());
             unconfirmed = Some(Arc::clone(&store.changes_unconfirmed));
             Box::new(store)
         })

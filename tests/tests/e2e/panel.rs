@@ -1060,7 +1060,8 @@ async fn untrusted_text_in_tokens_is_refused_or_kept_exactly_and_shown_escaped()
         &samblik_audit::checkpoint::public_key_path(&panel.config.audit.signing_key_file),
     )
     .unwrap();
-    let mut store = samblik_audit::sqlite::SqliteStore::open_read_only(&db).unwrap();
+    let mut store =
+        samblik_audit::sqlite::SqliteStore::open_read_only(&db, demo_data_keys(&db)).unwrap();
     samblik_audit::verify::verify_store(&mut store, &key).unwrap();
 
     let mut auditor = Agent::new(&panel);

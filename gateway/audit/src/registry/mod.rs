@@ -83,9 +83,12 @@ impl Registry {
     /// Reads the registry in the SQLite file at `path`, creating the schema if it is missing.
     /// The consents and grants are loaded into memory and kept exact by [`Registry::refresh`];
     /// the file must be owned by this one gateway process (several replicas share PostgreSQL).
-    pub fn sqlite(path: &std::path::Path) -> Result<Registry, AuditError> {
+    pub fn sqlite(
+        path: &std::path::Path,
+        keys: Arc<crate::AtRestKeys>,
+    ) -> Result<Registry, AuditError> {
         let path = path.to_owned();
-        let mut first = crate::store::sqlite::SqliteReader::open(&path, true)?;
+        let mut first = crate::store::sqlite::SqliteReader::open(&path, true, Arc::clone(&keys))?;
         let mut mirror = Mirror::default();
         for consent in first.all_consents()? {
             mirror
@@ -103,7 +106,13 @@ impl Registry {
         }
         let mut registry = Self::with_opener(
             Box::new(first),
-            move || Ok(Box::new(crate::store::sqlite::SqliteReader::open(&path, false)?) as _),
+            move || {
+                Ok(Box::new(crate::store::sqlite::SqliteReader::open(
+                    &path,
+                    false,
+                    Arc::clone(&keys),
+                )?) as _)
+            },
             DEFAULT_READERS,
         );
         registry.mirror = Some(Arc::new(std::sync::RwLock::new(Some(mirror))));
@@ -167,11 +176,12 @@ impl Registry {
     /// Reads the registry in PostgreSQL at `url`, creating the schema if it is missing. The
     /// connection is made on a thread of its own, so this may be called from async code (it
     /// blocks until connected).
-    pub fn postgres(url: &str) -> Result<Registry, AuditError> {
+    pub fn postgres(url: &str, keys: Arc<crate::AtRestKeys>) -> Result<Registry, AuditError> {
         let url = url.to_owned();
         let connect = {
             let url = url.clone();
-            move || crate::store::postgres::PostgresReader::connect(&url, true)
+            let keys = Arc::clone(&keys);
+            move || crate::store::postgres::PostgresReader::connect(&url, true, keys)
         };
         let first = std::thread::Builder::new()
             .name("samblik-registry-connect".into())
@@ -183,7 +193,9 @@ impl Registry {
             Box::new(first),
             move || {
                 Ok(Box::new(crate::store::postgres::PostgresReader::connect(
-                    &url, false,
+                    &url,
+                    false,
+                    Arc::clone(&keys),
                 )?) as _)
             },
             DEFAULT_READERS,

@@ -6,7 +6,7 @@
 use samblik_audit::postgres::PostgresStore;
 use samblik_audit::sqlite::{Durability, SqliteStore};
 use samblik_audit::testing::{ScratchDatabase, test_postgres_url};
-use samblik_audit::{AuditStore, Registry};
+use samblik_audit::{AtRestKeys, AuditStore, Registry};
 use std::path::PathBuf;
 
 pub enum Backend {
@@ -19,6 +19,8 @@ pub struct TestStore {
     _dir: tempfile::TempDir,
     pub backend: Backend,
     pub key: PathBuf,
+    /// The keys its CPR columns are hashed and its bodies sealed with.
+    pub keys: std::sync::Arc<AtRestKeys>,
     /// The PostgreSQL store's database, dropped with it.
     _database: Option<ScratchDatabase>,
 }
@@ -26,8 +28,10 @@ pub struct TestStore {
 impl TestStore {
     pub fn store(&self) -> Box<dyn AuditStore> {
         match &self.backend {
-            Backend::Sqlite(db) => Box::new(SqliteStore::open(db, Durability::Full).unwrap()),
-            Backend::Postgres(url) => Box::new(PostgresStore::connect(url).unwrap()),
+            Backend::Sqlite(db) => {
+                Box::new(SqliteStore::open(db, Durability::Full, self.keys()).unwrap())
+            }
+            Backend::Postgres(url) => Box::new(PostgresStore::connect(url, self.keys()).unwrap()),
         }
     }
 
@@ -41,8 +45,8 @@ impl TestStore {
 
     pub fn registry(&self) -> Registry {
         match &self.backend {
-            Backend::Sqlite(db) => Registry::sqlite(db).unwrap(),
-            Backend::Postgres(url) => Registry::postgres(url).unwrap(),
+            Backend::Sqlite(db) => Registry::sqlite(db, self.keys()).unwrap(),
+            Backend::Postgres(url) => Registry::postgres(url, self.keys()).unwrap(),
         }
     }
 
@@ -57,6 +61,56 @@ impl TestStore {
                 .unwrap()
                 .batch_execute(statements)
                 .unwrap(),
+        }
+    }
+
+    /// The store's keys, to open it with.
+    pub fn keys(&self) -> std::sync::Arc<AtRestKeys> {
+        std::sync::Arc::clone(&self.keys)
+    }
+
+    /// Changes one byte in the middle of record `seq`'s stored (sealed) body, as a flipped bit
+    /// on disk or a hand edit would: it no longer opens.
+    pub fn flip_body_byte(&self, seq: i64) {
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                let conn = rusqlite::Connection::open(db).unwrap();
+                let mut body: Vec<u8> = conn
+                    .query_row(
+                        "SELECT body FROM audit_records WHERE seq = ?1",
+                        [seq],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                let middle = body.len() / 2;
+                body[middle] ^= 0x20;
+                conn.execute(
+                    "UPDATE audit_records SET body = ?1 WHERE seq = ?2",
+                    rusqlite::params![body, seq],
+                )
+                .unwrap();
+            }
+            Backend::Postgres(url) => {
+                let mut client = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+                let body: String = client
+                    .query_one("SELECT body FROM audit_records WHERE seq = $1", &[&seq])
+                    .unwrap()
+                    .get(0);
+                // A base64 digit changed to another one.
+                let middle = body.len() / 2;
+                let swapped = if &body[middle..=middle] == "A" {
+                    "B"
+                } else {
+                    "A"
+                };
+                let body = format!("{}{swapped}{}", &body[..middle], &body[middle + 1..]);
+                client
+                    .execute(
+                        "UPDATE audit_records SET body = $1 WHERE seq = $2",
+                        &[&body, &seq],
+                    )
+                    .unwrap();
+            }
         }
     }
 
@@ -87,6 +141,7 @@ fn test_store(prefix: &str, postgres_admin: Option<&str>) -> TestStore {
     };
     TestStore {
         key: dir.path().join("audit-signing.key"),
+        keys: std::sync::Arc::new(AtRestKeys::generate().unwrap()),
         backend,
         _dir: dir,
         _database: database,

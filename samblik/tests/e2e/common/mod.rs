@@ -152,7 +152,8 @@ pub fn postgres_setup(name: &str, chain: &str) -> PostgresSetup {
         &config,
         format!(
             "{}[audit]\npostgres_url_env = \"SAMBLIK_AUDIT_DATABASE_URL\"\n\
-             signing_key_file = \"keys/audit-signing.key\"\nchain = \"{chain}\"\n",
+             signing_key_file = \"keys/audit-signing.key\"\n\
+             data_key_file = \"keys/audit-data.keys\"\nchain = \"{chain}\"\n",
             config_head(&issuer, &source_addr)
         ),
     )

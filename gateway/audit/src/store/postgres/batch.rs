@@ -34,15 +34,21 @@ pub(crate) fn session(
 pub(crate) struct Inserts {
     records: Statement,
     checkpoint: Statement,
+    /// The keys the bodies are sealed and the CPR column hashed with.
+    keys: std::sync::Arc<crate::AtRestKeys>,
 }
 
 impl Inserts {
     /// Prepared on `client`'s connection (outside any transaction, so that a rollback cannot
     /// take them away).
-    pub(crate) fn prepare(client: &mut Client) -> Result<Self, AuditError> {
+    pub(crate) fn prepare(
+        client: &mut Client,
+        keys: &std::sync::Arc<crate::AtRestKeys>,
+    ) -> Result<Self, AuditError> {
         Ok(Inserts {
             records: client.prepare(INSERT_RECORDS)?,
             checkpoint: client.prepare(INSERT_CHECKPOINT)?,
+            keys: std::sync::Arc::clone(keys),
         })
     }
 }
@@ -104,10 +110,15 @@ pub(crate) fn insert(
             .iter()
             .map(|r| to_i64(r.seq))
             .collect::<Result<Vec<_>, _>>()?;
-        let cprs: Vec<Option<&str>> = records
+        let keys = &statements.keys;
+        let cprs: Vec<Option<String>> = records
             .iter()
-            .map(|r| r.indexed.cpr.as_ref().map(samblik_cpr::Cpr::as_str))
+            .map(|r| r.indexed.cpr.as_ref().map(|c| keys.index(c)))
             .collect();
+        let bodies = records
+            .iter()
+            .map(|r| keys.seal_text(crate::Sealed::Body, &r.body))
+            .collect::<Result<Vec<_>, _>>()?;
         let inserted = tx.execute(
             &statements.records,
             &[
@@ -120,7 +131,7 @@ pub(crate) fn insert(
                 &column(|r| &r.indexed.department),
                 &column(|r| r.indexed.action.as_str()),
                 &column(|r| r.indexed.outcome.as_str()),
-                &column(|r| &r.body),
+                &bodies,
                 &column(|r| &r.hash),
                 &claim_pid,
             ],

@@ -12,11 +12,13 @@ mod batch;
 pub mod pipeline;
 mod search;
 
+use crate::atrest::AtRestKeys;
 use crate::checkpoint::Checkpoint;
 use crate::registry::model::{AccessRequest, ChangeOutcome, Consent, RegistryChange, RequestState};
 use crate::registry::reader::{RegistryReader, RequestFilter};
 use crate::registry::rows::{
-    CONSENT_COLUMNS, ConsentRow, REQUEST_COLUMNS, RequestRow, decide_refusal, time_text,
+    CONSENT_COLUMNS, ConsentRow, REQUEST_COLUMNS, RequestRow, decide_refusal, seal_reason,
+    time_text,
 };
 use crate::store::postgres::batch::{Inserts, chain_lock_key, insert, session, to_i64};
 use crate::store::postgres::pipeline::{CONNECTIONS, INLINE_BELOW, Pipeline};
@@ -55,6 +57,10 @@ CREATE TABLE IF NOT EXISTS audit_records (
     hash       TEXT   NOT NULL,
     PRIMARY KEY (chain, seq)
 );
+CREATE TABLE IF NOT EXISTS audit_at_rest (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    index_check TEXT    NOT NULL
+);
 -- A body (~1–3 KB of JSON) is compressed by the server before it is stored: with lz4 (the
 -- server's default is pglz, several times slower) a batch of records is written ~40 % faster
 -- (docs/benchmark-history.md: the body compressed with lz4 by the server). Older rows keep
@@ -86,6 +92,7 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 CREATE TABLE IF NOT EXISTS consents (
     id               TEXT     PRIMARY KEY,
     cpr              TEXT     NOT NULL,
+    sealed           TEXT     NOT NULL,
     kind             TEXT     NOT NULL,
     from_departments TEXT     NOT NULL,
     recipients       TEXT     NOT NULL,
@@ -95,7 +102,6 @@ CREATE TABLE IF NOT EXISTS consents (
     valid_until      TEXT,
     recorded_by      TEXT     NOT NULL,
     recorded_at      TEXT     NOT NULL,
-    document_ref     TEXT     NOT NULL,
     withdrawn_at     TEXT,
     withdrawn_by     TEXT
 );
@@ -103,15 +109,14 @@ CREATE INDEX IF NOT EXISTS consents_cpr ON consents (cpr, recorded_at);
 CREATE TABLE IF NOT EXISTS access_requests (
     id                   TEXT     PRIMARY KEY,
     cpr                  TEXT     NOT NULL,
+    sealed               TEXT     NOT NULL,
     requester_id         TEXT     NOT NULL,
     requester_name       TEXT     NOT NULL,
     requester_department TEXT     NOT NULL,
     source_id            TEXT     NOT NULL,
     owner_department     TEXT     NOT NULL,
-    case_id              TEXT     NOT NULL,
     tier_wanted          SMALLINT NOT NULL,
     purpose              TEXT     NOT NULL,
-    justification        TEXT     NOT NULL,
     filed_at             TEXT     NOT NULL,
     state                TEXT     NOT NULL,
     decided_by           TEXT,
@@ -151,6 +156,8 @@ pub struct PostgresStore {
     pipeline: Option<Pipeline>,
     /// How many connections that is.
     connections: usize,
+    /// The keys its bodies and CPR columns are sealed and hashed with.
+    keys: Arc<AtRestKeys>,
 }
 
 /// A registry reader's statements, each prepared once on its connection: a query given as text
@@ -187,16 +194,22 @@ impl From<postgres::Error> for AuditError {
 impl PostgresStore {
     /// Connects (`postgres://user@host:port/db`) and creates the schema if missing. Every
     /// commit waits for PostgreSQL's WAL flush, whatever the server's default.
-    pub fn connect(url: &str) -> Result<Self, AuditError> {
-        Self::connect_with(url, Durability::Full)
+    /// A database written with another index key, or before the store sealed at all, is
+    /// refused.
+    pub fn connect(url: &str, keys: Arc<AtRestKeys>) -> Result<Self, AuditError> {
+        Self::connect_with(url, Durability::Full, keys)
     }
 
     /// [`PostgresStore::connect`]; with [`Durability::Off`] a commit returns before its WAL is
     /// flushed (`synchronous_commit = off` for this session only): for measuring what
     /// durability costs, never for a municipality.
-    pub fn connect_with(url: &str, durability: Durability) -> Result<Self, AuditError> {
+    pub fn connect_with(
+        url: &str,
+        durability: Durability,
+        keys: Arc<AtRestKeys>,
+    ) -> Result<Self, AuditError> {
         let mut client = session(url, durability, false, own_name(false))?;
-        create_schema(&mut client)?;
+        create_schema(&mut client, &keys)?;
         Ok(PostgresStore {
             client,
             inserts: None,
@@ -207,12 +220,13 @@ impl PostgresStore {
             claim_pid: Arc::default(),
             pipeline: None,
             connections: CONNECTIONS,
+            keys,
         })
     }
 
     /// Opens an existing store to read it only (verification): a read-only session, and nothing
     /// created — a database without the audit log's tables is an error, not an empty store.
-    pub fn open_read_only(url: &str) -> Result<Self, AuditError> {
+    pub fn open_read_only(url: &str, keys: Arc<AtRestKeys>) -> Result<Self, AuditError> {
         let mut client = session(url, Durability::Full, true, own_name(true))?;
         let exists: bool = client
             .query_one("SELECT to_regclass('audit_records') IS NOT NULL", &[])?
@@ -222,6 +236,7 @@ impl PostgresStore {
                 "no audit store in this database (it has no audit_records table)".into(),
             ));
         }
+        claim_at_rest(&mut client, &keys, false)?;
         Ok(PostgresStore {
             client,
             inserts: None,
@@ -232,6 +247,7 @@ impl PostgresStore {
             claim_pid: Arc::default(),
             pipeline: None,
             connections: CONNECTIONS,
+            keys,
         })
     }
 
@@ -281,7 +297,7 @@ impl PostgresStore {
         if let Some(inserts) = &self.inserts {
             return Ok(inserts.clone());
         }
-        let inserts = Inserts::prepare(&mut self.client)?;
+        let inserts = Inserts::prepare(&mut self.client, &self.keys)?;
         self.inserts = Some(inserts.clone());
         Ok(inserts)
     }
@@ -334,11 +350,57 @@ fn own_name(read_only: bool) -> &'static str {
     }
 }
 
-fn create_schema(client: &mut Client) -> Result<(), AuditError> {
+fn create_schema(client: &mut Client, keys: &AtRestKeys) -> Result<(), AuditError> {
     client.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])?;
-    let created = client.batch_execute(SCHEMA);
+    let created = client
+        .batch_execute(SCHEMA)
+        .map_err(AuditError::from)
+        .and_then(|()| claim_at_rest(client, keys, true));
     client.execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])?;
-    Ok(created?)
+    created
+}
+
+/// Holds the database to `keys`, as the embedded store does (`claim_at_rest` there): the index
+/// key's check value is remembered at the first start and every other key refused; a database
+/// with records or registry rows but no check value was written before CPR numbers were sealed
+/// and is refused. With `claim`, an empty database takes the key (under the schema lock).
+fn claim_at_rest(client: &mut Client, keys: &AtRestKeys, claim: bool) -> Result<(), AuditError> {
+    let (stored, written): (Option<String>, bool) = {
+        let row = client.query_one(
+            "SELECT CASE WHEN to_regclass('audit_at_rest') IS NULL THEN NULL
+                         ELSE (SELECT index_check FROM audit_at_rest WHERE id = 1) END,
+                    EXISTS (SELECT 1 FROM audit_records)
+                    OR (to_regclass('consents') IS NOT NULL AND EXISTS (SELECT 1 FROM consents))
+                    OR (to_regclass('access_requests') IS NOT NULL
+                        AND EXISTS (SELECT 1 FROM access_requests))",
+            &[],
+        )?;
+        (row.try_get(0)?, row.try_get(1)?)
+    };
+    match stored {
+        Some(check) if check == keys.check_value() => Ok(()),
+        Some(_) => Err(AuditError::Key(
+            "the audit data key file's index key is not the one this audit database was \
+             written with: give the gateway that key file (restore it from backup); a new \
+             index key is never taken by a store in use"
+                .into(),
+        )),
+        None if written => Err(AuditError::Store(
+            "this audit database was written before CPR numbers were sealed at rest and holds \
+             them in clear: keep it aside (read it with an earlier release) and start a new \
+             database; see docs/audit-store.md"
+                .into(),
+        )),
+        None if claim => {
+            client.execute(
+                "INSERT INTO audit_at_rest (id, index_check) VALUES (1, $1)
+                 ON CONFLICT (id) DO NOTHING",
+                &[&keys.check_value()],
+            )?;
+            Ok(())
+        }
+        None => Ok(()),
+    }
 }
 
 /// Applies a registry change inside the caller's transaction. Each change is one conditional
@@ -346,6 +408,7 @@ fn create_schema(client: &mut Client) -> Result<(), AuditError> {
 /// and then finds the condition false: a request is decided once, a consent withdrawn once.
 fn apply(
     tx: &mut postgres::Transaction<'_>,
+    keys: &AtRestKeys,
     change: &RegistryChange,
 ) -> Result<ChangeOutcome, AuditError> {
     let changed = |rows: u64| {
@@ -357,7 +420,7 @@ fn apply(
     };
     Ok(match change {
         RegistryChange::RecordConsent(consent) => {
-            let c = ConsentRow::from_consent(consent);
+            let c = ConsentRow::from_consent(consent, keys)?;
             changed(tx.execute(
                 &format!(
                     "INSERT INTO consents ({CONSENT_COLUMNS})
@@ -367,6 +430,7 @@ fn apply(
                 &[
                     &c.id,
                     &c.cpr,
+                    &c.sealed,
                     &c.kind,
                     &c.from_departments,
                     &c.recipients,
@@ -376,7 +440,6 @@ fn apply(
                     &c.valid_until,
                     &c.recorded_by,
                     &c.recorded_at,
-                    &c.document_ref,
                     &c.withdrawn_at,
                     &c.withdrawn_by,
                 ],
@@ -386,14 +449,14 @@ fn apply(
             let rows = tx.execute(
                 "UPDATE consents SET withdrawn_at = $3, withdrawn_by = $4
                  WHERE id = $1 AND cpr = $2 AND withdrawn_at IS NULL",
-                &[id, &cpr.as_str(), &time_text(*at), by],
+                &[id, &keys.index(cpr), &time_text(*at), by],
             )?;
             if rows == 1 {
                 ChangeOutcome::Applied
             } else if tx
                 .query_opt(
                     "SELECT 1 FROM consents WHERE id = $1 AND cpr = $2",
-                    &[id, &cpr.as_str()],
+                    &[id, &keys.index(cpr)],
                 )?
                 .is_some()
             {
@@ -403,26 +466,25 @@ fn apply(
             }
         }
         RegistryChange::FileRequest(request) => {
-            let r = RequestRow::from_request(request);
+            let r = RequestRow::from_request(request, keys)?;
             changed(tx.execute(
                 &format!(
                     "INSERT INTO access_requests ({REQUEST_COLUMNS})
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                             $16, $17, $18)
+                             $16, $17)
                      ON CONFLICT (id) DO NOTHING"
                 ),
                 &[
                     &r.id,
                     &r.cpr,
+                    &r.sealed,
                     &r.requester_id,
                     &r.requester_name,
                     &r.requester_department,
                     &r.source_id,
                     &r.owner_department,
-                    &r.case_id,
                     &r.tier_wanted,
                     &r.purpose,
-                    &r.justification,
                     &r.filed_at,
                     &r.state,
                     &r.decided_by,
@@ -463,7 +525,7 @@ fn apply(
                     &state.as_str(),
                     by,
                     &time_text(*at),
-                    reason,
+                    &seal_reason(keys, Some(reason))?,
                     &tier,
                     &until,
                 ],
@@ -484,6 +546,10 @@ fn apply(
 }
 
 impl AuditStore for PostgresStore {
+    fn cpr_index(&self, cpr: &Cpr) -> String {
+        self.keys.index(cpr)
+    }
+
     fn claim(&mut self, chain: &str) -> Result<(), AuditError> {
         let pid = lock_chain(self.settled()?, chain)?;
         self.claim_pid.store(pid, Ordering::SeqCst);
@@ -549,6 +615,7 @@ impl AuditStore for PostgresStore {
                 self.durability,
                 self.connections,
                 Arc::clone(&self.claim_pid),
+                Arc::clone(&self.keys),
             )?);
         }
         Ok(self
@@ -574,8 +641,9 @@ impl AuditStore for PostgresStore {
     ) -> Result<ChangeOutcome, AuditError> {
         // Dropping the transaction on any error below rolls the change back.
         let inserts = self.inserts()?;
+        let keys = Arc::clone(&self.keys);
         let mut tx = self.settled()?.transaction()?;
-        let outcome = apply(&mut tx, change)?;
+        let outcome = apply(&mut tx, &keys, change)?;
         let (record, checkpoint) = seal(outcome)?;
         insert(
             &mut tx,
@@ -599,7 +667,7 @@ impl AuditStore for PostgresStore {
                 &[&chain],
             )?
             .iter()
-            .map(stored_record)
+            .map(|r| stored_record(r, &self.keys))
             .collect::<Result<_, _>>()?)
     }
 
@@ -686,7 +754,7 @@ impl AuditStore for PostgresStore {
                 &[&chain, &to_i64(after_seq)?, &limit],
             )?
             .iter()
-            .map(stored_record)
+            .map(|r| stored_record(r, &self.keys))
             .collect::<Result<_, _>>()?)
     }
 
@@ -719,6 +787,7 @@ fn checkpoint(chain: &str, r: &postgres::Row) -> Checkpoint {
 pub struct PostgresReader {
     client: Client,
     statements: Statements,
+    keys: Arc<AtRestKeys>,
 }
 
 impl std::fmt::Debug for PostgresReader {
@@ -729,15 +798,18 @@ impl std::fmt::Debug for PostgresReader {
 
 impl PostgresReader {
     /// Connects; with `create`, creates the schema if missing (as the writer would).
-    pub fn connect(url: &str, create: bool) -> Result<Self, AuditError> {
+    pub fn connect(url: &str, create: bool, keys: Arc<AtRestKeys>) -> Result<Self, AuditError> {
         let mut client = Client::connect(url, NoTls)?;
         if create {
-            create_schema(&mut client)?;
+            create_schema(&mut client, &keys)?;
+        } else {
+            claim_at_rest(&mut client, &keys, false)?;
         }
         client.batch_execute("SET default_transaction_read_only = on")?;
         Ok(PostgresReader {
             client,
             statements: Statements::default(),
+            keys,
         })
     }
 
@@ -757,20 +829,20 @@ impl PostgresReader {
                 ConsentRow {
                     id: r.try_get(0)?,
                     cpr: r.try_get(1)?,
-                    kind: r.try_get(2)?,
-                    from_departments: r.try_get(3)?,
-                    recipients: r.try_get(4)?,
-                    max_tier: r.try_get(5)?,
-                    purposes: r.try_get(6)?,
-                    valid_from: r.try_get(7)?,
-                    valid_until: r.try_get(8)?,
-                    recorded_by: r.try_get(9)?,
-                    recorded_at: r.try_get(10)?,
-                    document_ref: r.try_get(11)?,
+                    sealed: r.try_get(2)?,
+                    kind: r.try_get(3)?,
+                    from_departments: r.try_get(4)?,
+                    recipients: r.try_get(5)?,
+                    max_tier: r.try_get(6)?,
+                    purposes: r.try_get(7)?,
+                    valid_from: r.try_get(8)?,
+                    valid_until: r.try_get(9)?,
+                    recorded_by: r.try_get(10)?,
+                    recorded_at: r.try_get(11)?,
                     withdrawn_at: r.try_get(12)?,
                     withdrawn_by: r.try_get(13)?,
                 }
-                .into_consent()
+                .into_consent(&self.keys)
             })
             .collect()
     }
@@ -791,24 +863,23 @@ impl PostgresReader {
                 RequestRow {
                     id: r.try_get(0)?,
                     cpr: r.try_get(1)?,
-                    requester_id: r.try_get(2)?,
-                    requester_name: r.try_get(3)?,
-                    requester_department: r.try_get(4)?,
-                    source_id: r.try_get(5)?,
-                    owner_department: r.try_get(6)?,
-                    case_id: r.try_get(7)?,
+                    sealed: r.try_get(2)?,
+                    requester_id: r.try_get(3)?,
+                    requester_name: r.try_get(4)?,
+                    requester_department: r.try_get(5)?,
+                    source_id: r.try_get(6)?,
+                    owner_department: r.try_get(7)?,
                     tier_wanted: r.try_get(8)?,
                     purpose: r.try_get(9)?,
-                    justification: r.try_get(10)?,
-                    filed_at: r.try_get(11)?,
-                    state: r.try_get(12)?,
-                    decided_by: r.try_get(13)?,
-                    decided_at: r.try_get(14)?,
-                    decision_reason: r.try_get(15)?,
-                    granted_tier: r.try_get(16)?,
-                    granted_until: r.try_get(17)?,
+                    filed_at: r.try_get(10)?,
+                    state: r.try_get(11)?,
+                    decided_by: r.try_get(12)?,
+                    decided_at: r.try_get(13)?,
+                    decision_reason: r.try_get(14)?,
+                    granted_tier: r.try_get(15)?,
+                    granted_until: r.try_get(16)?,
                 }
-                .into_request()
+                .into_request(&self.keys)
             })
             .collect()
     }
@@ -818,7 +889,7 @@ impl RegistryReader for PostgresReader {
     fn consents_for(&mut self, cpr: &Cpr) -> Result<Vec<Consent>, AuditError> {
         self.consents(
             "cpr = $1 ORDER BY recorded_at DESC, id DESC",
-            &[&cpr.as_str()],
+            &[&self.keys.index(cpr)],
         )
     }
 
@@ -830,7 +901,7 @@ impl RegistryReader for PostgresReader {
         self.access_requests(
             "cpr = $1 AND requester_id = $2 AND state = 'approved'
              ORDER BY decided_at DESC, id DESC",
-            &[&cpr.as_str(), &caller_id],
+            &[&self.keys.index(cpr), &caller_id],
         )
     }
 
@@ -841,6 +912,7 @@ impl RegistryReader for PostgresReader {
     ) -> Result<Vec<AccessRequest>, AuditError> {
         // Only the filters given go into the query, so it can use the matching index.
         let state = filter.state.map(RequestState::as_str);
+        let cpr = filter.cpr.as_ref().map(|c| self.keys.index(c));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut conditions = vec!["TRUE".to_owned()];
         let mut args: Vec<&(dyn ToSql + Sync)> = Vec::new();
@@ -848,7 +920,7 @@ impl RegistryReader for PostgresReader {
             ("owner_department", filter.owner_department.as_deref()),
             ("requester_id", filter.requester_id.as_deref()),
             ("state", state),
-            ("cpr", filter.cpr.as_ref().map(Cpr::as_str)),
+            ("cpr", cpr.as_deref()),
         ];
         for (column, value) in &filters {
             if let Some(value) = value {
@@ -874,7 +946,7 @@ impl RegistryReader for PostgresReader {
         query: &crate::search::AuditQuery,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, AuditError> {
-        postgres_search(&mut self.client, query, limit)
+        postgres_search(&mut self.client, &self.keys, query, limit)
     }
 
     fn activity(
@@ -883,6 +955,6 @@ impl RegistryReader for PostgresReader {
         until: chrono::DateTime<chrono::Utc>,
         callers: &[String],
     ) -> Result<Vec<crate::search::Activity>, AuditError> {
-        postgres_activity(&mut self.client, from, until, callers)
+        postgres_activity(&mut self.client, &self.keys, from, until, callers)
     }
 }

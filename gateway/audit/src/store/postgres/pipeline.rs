@@ -136,6 +136,7 @@ impl Pipeline {
         durability: Durability,
         connections: usize,
         claim_pid: Arc<AtomicI32>,
+        keys: Arc<crate::AtRestKeys>,
     ) -> Result<Self, AuditError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
@@ -155,6 +156,7 @@ impl Pipeline {
                 durability,
                 client: None,
                 shared: Arc::clone(&pipeline.shared),
+                keys: Arc::clone(&keys),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("samblik-audit-pg-{i}"))
@@ -271,6 +273,8 @@ struct Connection {
     durability: Durability,
     client: Option<(postgres::Client, Inserts)>,
     shared: Arc<Shared>,
+    /// Seal the batches' bodies, on this connection's thread.
+    keys: Arc<crate::AtRestKeys>,
 }
 
 impl Connection {
@@ -293,7 +297,13 @@ impl Connection {
     /// turn before it is finished.
     fn insert_and_commit(&mut self, job: &Job) -> Result<(), AuditError> {
         let shared = Arc::clone(&self.shared);
-        let connection = connected(&mut self.client, &self.url, self.durability, &self.name);
+        let connection = connected(
+            &mut self.client,
+            &self.url,
+            self.durability,
+            &self.name,
+            &self.keys,
+        );
         let inserted = connection.and_then(|(client, inserts)| {
             let mut tx = client.transaction()?;
             let claim_pid = shared.claim_pid.load(Ordering::SeqCst);
@@ -320,6 +330,7 @@ fn connected<'a>(
     url: &str,
     durability: Durability,
     name: &str,
+    keys: &Arc<crate::AtRestKeys>,
 ) -> Result<&'a mut (postgres::Client, Inserts), AuditError> {
     if let Some((open, _)) = client
         && open.is_closed()
@@ -328,7 +339,7 @@ fn connected<'a>(
     }
     if client.is_none() {
         let mut session = session(url, durability, false, name)?;
-        let inserts = Inserts::prepare(&mut session)?;
+        let inserts = Inserts::prepare(&mut session, keys)?;
         *client = Some((session, inserts));
     }
     client

@@ -1,9 +1,10 @@
 //! How the embedded store keeps a record's body: compressed with a zstd dictionary trained on the
-//! store's own records, redacted first ([`redacted`]) so that no dictionary holds personal data.
-//! What is hashed stays the canonical JSON.
+//! store's own records, redacted first ([`redacted`]) so that no dictionary holds personal data,
+//! then sealed ([`crate::atrest`]). What is hashed stays the canonical JSON.
 //!
 //! The stored form, the training and why: `docs/audit-store.md`.
 
+use crate::atrest::{AtRestKeys, Sealed, is_sealed};
 use crate::{AuditError, StoredRecord};
 use rusqlite::Connection;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ValueRef};
@@ -42,30 +43,44 @@ impl Default for Schedule {
     }
 }
 
-/// A stored body as read from the table, before it is decompressed.
+/// The first bytes of a zstd frame: a sealed body holds a frame (compressed with a dictionary)
+/// or the canonical JSON itself (written before the store had a dictionary).
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+/// A stored body as read from the table, before it is opened and decompressed.
 #[derive(Debug)]
 pub(crate) enum StoredBody {
-    Text(String),
-    Compressed(Vec<u8>),
+    /// Sealed: what every store written since bodies are sealed holds.
+    Sealed(Vec<u8>),
+    /// Anything else (text, a bare frame): never written by this store, so it is reported as
+    /// unreadable rather than read.
+    Unsealed,
 }
 
 impl FromSql for StoredBody {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
         match value {
-            ValueRef::Text(t) => std::str::from_utf8(t)
-                .map(|t| StoredBody::Text(t.to_owned()))
-                .map_err(|e| FromSqlError::Other(Box::new(e))),
-            ValueRef::Blob(b) => Ok(StoredBody::Compressed(b.to_vec())),
+            ValueRef::Blob(b) if is_sealed(b) => Ok(StoredBody::Sealed(b.to_vec())),
+            ValueRef::Text(_) | ValueRef::Blob(_) => Ok(StoredBody::Unsealed),
             _ => Err(FromSqlError::InvalidType),
         }
     }
 }
 
-/// The dictionaries a connection has met, by id, ready to decompress with. Shared (behind a
-/// mutex) with the SQL function `samblik_body`, which a search calls to reach into bodies.
-#[derive(Default)]
+/// The dictionaries a connection has met, by id, ready to decompress with, and the keys that
+/// open the bodies. Shared (behind a mutex) with the SQL function `samblik_body`, which a search
+/// calls to reach into bodies.
 pub(crate) struct Dictionaries {
+    keys: Arc<AtRestKeys>,
     decoders: HashMap<u32, zstd::bulk::Decompressor<'static>>,
+}
+
+/// The dictionaries of a connection that opens bodies with `keys`.
+pub(crate) fn shared(keys: &Arc<AtRestKeys>) -> SharedDictionaries {
+    Arc::new(Mutex::new(Dictionaries {
+        keys: Arc::clone(keys),
+        decoders: HashMap::new(),
+    }))
 }
 
 impl std::fmt::Debug for Dictionaries {
@@ -126,8 +141,26 @@ impl Dictionaries {
         Ok(())
     }
 
-    fn knows(&self, frame: &[u8]) -> bool {
-        dictionary_of(frame).is_none_or(|id| self.decoders.contains_key(&id))
+    fn knows(&self, inner: &[u8]) -> bool {
+        !inner.starts_with(&ZSTD_MAGIC)
+            || dictionary_of(inner).is_none_or(|id| self.decoders.contains_key(&id))
+    }
+
+    /// Opens a stored body: the frame or text it seals.
+    fn open(&self, body: &StoredBody) -> Result<Vec<u8>, String> {
+        match body {
+            StoredBody::Sealed(sealed) => self.keys.open(Sealed::Body, sealed),
+            StoredBody::Unsealed => Err("the body is not sealed".into()),
+        }
+    }
+
+    /// The canonical JSON of an opened body.
+    fn text_of(&mut self, inner: Vec<u8>) -> Result<String, String> {
+        if inner.starts_with(&ZSTD_MAGIC) {
+            self.decompress(&inner)
+        } else {
+            String::from_utf8(inner).map_err(|_| "the body is not UTF-8".into())
+        }
     }
 
     /// Decompresses one body. The error says what is wrong with it; verification reports it as
@@ -155,27 +188,29 @@ pub fn dictionary_of(frame: &[u8]) -> Option<u32> {
 }
 
 /// Turns stored bodies into canonical JSON, loading dictionaries the connection has not met yet
-/// from `conn`. A body that cannot be decompressed becomes a text that matches no hash (it says
-/// why), so verification and searches report that record rather than failing as a whole.
+/// from `conn`. A body that cannot be opened or decompressed becomes a text that matches no hash
+/// (it says why), so verification and searches report that record rather than failing as a
+/// whole.
 pub(crate) fn decode_all(
     dictionaries: &SharedDictionaries,
     conn: &Connection,
     bodies: Vec<StoredBody>,
 ) -> Result<Vec<String>, AuditError> {
     let mut dictionaries = lock(dictionaries)?;
-    let unknown = bodies
+    let opened: Vec<Result<Vec<u8>, String>> =
+        bodies.iter().map(|body| dictionaries.open(body)).collect();
+    let unknown = opened
         .iter()
-        .any(|b| matches!(b, StoredBody::Compressed(frame) if !dictionaries.knows(frame)));
+        .any(|inner| matches!(inner, Ok(inner) if !dictionaries.knows(inner)));
     if unknown {
         dictionaries.refresh(conn)?;
     }
-    Ok(bodies
+    Ok(opened
         .into_iter()
-        .map(|body| match body {
-            StoredBody::Text(text) => text,
-            StoredBody::Compressed(frame) => dictionaries
-                .decompress(&frame)
-                .unwrap_or_else(|why| format!("unreadable: {why}")),
+        .map(|inner| {
+            inner
+                .and_then(|inner| dictionaries.text_of(inner))
+                .unwrap_or_else(|why| format!("unreadable: {why}"))
         })
         .collect())
 }
@@ -228,20 +263,20 @@ pub(crate) fn register_function(
         1,
         rusqlite::functions::FunctionFlags::SQLITE_UTF8
             | rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
-        move |ctx| match ctx.get_raw(0) {
-            ValueRef::Text(t) => Ok(String::from_utf8_lossy(t).into_owned()),
-            ValueRef::Blob(frame) => {
-                let mut dictionaries = lock(&dictionaries)
-                    .map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?;
-                dictionaries.decompress(frame).map_err(|why| {
+        move |ctx| {
+            let body = StoredBody::column_result(ctx.get_raw(0)).map_err(|_| {
+                rusqlite::Error::UserFunctionError("samblik_body takes a stored body".into())
+            })?;
+            let mut dictionaries =
+                lock(&dictionaries).map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?;
+            dictionaries
+                .open(&body)
+                .and_then(|inner| dictionaries.text_of(inner))
+                .map_err(|why| {
                     rusqlite::Error::UserFunctionError(
                         format!("{why}; run `samblik audit verify`").into(),
                     )
                 })
-            }
-            _ => Err(rusqlite::Error::UserFunctionError(
-                "samblik_body takes a stored body".into(),
-            )),
         },
     )?;
     Ok(())
@@ -254,6 +289,8 @@ pub(crate) fn register_function(
 /// transaction has committed.
 pub(crate) struct Encoder {
     path: PathBuf,
+    /// Open the bodies the training reads.
+    keys: Arc<AtRestKeys>,
     schedule: Schedule,
     current: Option<(u32, zstd::bulk::Compressor<'static>)>,
     /// The rowid at which the writer trains (or looks for) its next dictionary.
@@ -291,9 +328,11 @@ impl Encoder {
         conn: &Connection,
         path: &Path,
         schedule: Schedule,
+        keys: &Arc<AtRestKeys>,
     ) -> Result<Self, AuditError> {
         let mut encoder = Encoder {
             path: path.to_owned(),
+            keys: Arc::clone(keys),
             schedule,
             current: None,
             due: schedule.training_records,
@@ -309,11 +348,23 @@ impl Encoder {
         Ok(encoder)
     }
 
-    /// A body compressed with the current dictionary; `None` (the store keeps the text) before
-    /// there is one, or should compressing fail, which zstd does not do on memory it was given.
-    pub(crate) fn compress(&mut self, body: &str) -> Option<Vec<u8>> {
-        let (_, compressor) = self.current.as_mut()?;
-        compressor.compress(body.as_bytes()).ok()
+    /// The keys the store seals with.
+    pub(crate) fn keys(&self) -> &AtRestKeys {
+        &self.keys
+    }
+
+    /// A body as stored: compressed with the current dictionary (the text itself before there
+    /// is one, or should compressing fail, which zstd does not do on memory it was given), then
+    /// sealed.
+    pub(crate) fn encode(&mut self, body: &str) -> Result<Vec<u8>, AuditError> {
+        let compressed = self
+            .current
+            .as_mut()
+            .and_then(|(_, compressor)| compressor.compress(body.as_bytes()).ok());
+        match compressed {
+            Some(frame) => self.keys.seal(Sealed::Body, &frame),
+            None => self.keys.seal(Sealed::Body, body.as_bytes()),
+        }
     }
 
     /// Inside the writer's transaction, the table ending at rowid `last`: stores a dictionary
@@ -355,9 +406,10 @@ impl Encoder {
             }));
         }
         let (path, records) = (self.path.clone(), self.schedule.training_records);
+        let keys = Arc::clone(&self.keys);
         let spawned = std::thread::Builder::new()
             .name("samblik-audit-train".into())
-            .spawn(move || train(&path, records, last));
+            .spawn(move || train(&path, &keys, records, last));
         match spawned {
             Ok(training) => self.training = Some(training),
             Err(e) => {
@@ -416,14 +468,14 @@ impl Encoder {
 /// On the training thread: a dictionary from the newest `records` records of the file at
 /// `path`, read on a connection of its own. `None` (logged) if there are too few records or
 /// zstd cannot train on them: the writer tries again later.
-fn train(path: &Path, records: i64, through: i64) -> Option<Trained> {
+fn train(path: &Path, keys: &Arc<AtRestKeys>, records: i64, through: i64) -> Option<Trained> {
     let started = std::time::Instant::now();
     let samples = Connection::open_with_flags(
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(AuditError::from)
-    .and_then(|conn| samples(&conn, records));
+    .and_then(|conn| samples(&conn, keys, records));
     let samples = match samples {
         Ok(samples) if i64::try_from(samples.len()).unwrap_or(0) >= records => samples,
         Ok(_) => return None,
@@ -511,13 +563,13 @@ pub fn redacted(body: &str) -> Option<Vec<u8>> {
 }
 
 /// The newest `n` bodies, as canonical JSON, [`redacted`] for training.
-fn samples(conn: &Connection, n: i64) -> Result<Vec<Vec<u8>>, AuditError> {
+fn samples(conn: &Connection, keys: &Arc<AtRestKeys>, n: i64) -> Result<Vec<Vec<u8>>, AuditError> {
     let mut stmt =
         conn.prepare_cached("SELECT body FROM audit_records ORDER BY rowid DESC LIMIT ?1")?;
     let bodies = stmt
         .query_map([n], |r| r.get::<_, StoredBody>(0))?
         .collect::<Result<Vec<_>, _>>()?;
-    let dictionaries = SharedDictionaries::default();
+    let dictionaries = shared(keys);
     Ok(decode_all(&dictionaries, conn, bodies)?
         .iter()
         .filter_map(|body| redacted(body))

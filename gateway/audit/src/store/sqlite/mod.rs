@@ -1,7 +1,8 @@
 //! The embedded store: one SQLite file in WAL mode; a commit is durable once its frames are in
 //! the write-ahead log and the log is fsync'ed — by the store itself, not inside SQLite's commit.
-//! Records are indexed by citizen and caller a chunk at a time ([`POSTINGS_CHUNK`] records), not
-//! one by one.
+//! Records are indexed by citizen (their keyed hash) and caller a chunk at a time
+//! ([`POSTINGS_CHUNK`] records), not one by one; bodies and the registry's contents are sealed
+//! ([`crate::atrest`]).
 //!
 //! Why, and how searches and chains read it: `docs/audit-store.md`.
 
@@ -10,14 +11,16 @@ pub(crate) mod chunks;
 mod open_chunk;
 mod search;
 
+use crate::atrest::AtRestKeys;
 use crate::checkpoint::Checkpoint;
 use crate::registry::model::{AccessRequest, ChangeOutcome, Consent, RegistryChange, RequestState};
 use crate::registry::reader::{RegistryReader, RequestFilter};
 use crate::registry::rows::{
-    CONSENT_COLUMNS, ConsentRow, REQUEST_COLUMNS, RequestRow, decide_refusal, time_text,
+    CONSENT_COLUMNS, ConsentRow, REQUEST_COLUMNS, RequestRow, decide_refusal, seal_reason,
+    time_text,
 };
 use crate::store::sqlite::bodies::{
-    Encoder, Schedule, SharedDictionaries, register_function, stored_record, with_bodies,
+    Encoder, Schedule, SharedDictionaries, register_function, shared, stored_record, with_bodies,
 };
 use crate::store::sqlite::chunks::{
     POSTING_CALLER, POSTING_CITIZEN, RowWindow, SUMMARISED, indexed_through, summarised,
@@ -46,8 +49,12 @@ CREATE TABLE IF NOT EXISTS audit_records (
     department TEXT    NOT NULL,
     action     TEXT    NOT NULL,
     outcome    TEXT    NOT NULL,
-    body       TEXT    NOT NULL,
+    body       BLOB    NOT NULL,
     hash       TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_at_rest (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    index_check TEXT    NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit_postings (
     chunk INTEGER NOT NULL,
@@ -89,6 +96,7 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 CREATE TABLE IF NOT EXISTS consents (
     id               TEXT    PRIMARY KEY,
     cpr              TEXT    NOT NULL,
+    sealed           TEXT    NOT NULL,
     kind             TEXT    NOT NULL,
     from_departments TEXT    NOT NULL,
     recipients       TEXT    NOT NULL,
@@ -98,7 +106,6 @@ CREATE TABLE IF NOT EXISTS consents (
     valid_until      TEXT,
     recorded_by      TEXT    NOT NULL,
     recorded_at      TEXT    NOT NULL,
-    document_ref     TEXT    NOT NULL,
     withdrawn_at     TEXT,
     withdrawn_by     TEXT
 );
@@ -106,15 +113,14 @@ CREATE INDEX IF NOT EXISTS consents_cpr ON consents (cpr, recorded_at);
 CREATE TABLE IF NOT EXISTS access_requests (
     id                   TEXT    PRIMARY KEY,
     cpr                  TEXT    NOT NULL,
+    sealed               TEXT    NOT NULL,
     requester_id         TEXT    NOT NULL,
     requester_name       TEXT    NOT NULL,
     requester_department TEXT    NOT NULL,
     source_id            TEXT    NOT NULL,
     owner_department     TEXT    NOT NULL,
-    case_id              TEXT    NOT NULL,
     tier_wanted          INTEGER NOT NULL,
     purpose              TEXT    NOT NULL,
-    justification        TEXT    NOT NULL,
     filed_at             TEXT    NOT NULL,
     state                TEXT    NOT NULL,
     decided_by           TEXT,
@@ -156,6 +162,8 @@ pub struct SqliteStore {
     /// `PRAGMA data_version` after this store's last commit: another connection's commit
     /// changes it.
     data_version: Option<i64>,
+    /// The keys its bodies and CPR columns are sealed and hashed with.
+    keys: Arc<AtRestKeys>,
 }
 
 /// The store's own descriptor of the write-ahead log, and whether an fsync of it failed (on any
@@ -207,8 +215,14 @@ const CHECKPOINT_AFTER_BYTES: usize = 1 << 20;
 const FALLBACK_CHECKPOINT_PAGES: u32 = 16_384;
 
 impl SqliteStore {
-    pub fn open(path: &Path, durability: Durability) -> Result<Self, AuditError> {
-        Self::open_with_schedule(path, durability, Schedule::default())
+    /// Opens (creating if need be) the store at `path`, sealing with `keys`. A store written
+    /// with another index key, or before the store sealed at all, is refused.
+    pub fn open(
+        path: &Path,
+        durability: Durability,
+        keys: Arc<AtRestKeys>,
+    ) -> Result<Self, AuditError> {
+        Self::open_with_schedule(path, durability, Schedule::default(), keys)
     }
 
     /// [`SqliteStore::open`], training body dictionaries on `schedule` (a test's smaller
@@ -218,9 +232,11 @@ impl SqliteStore {
         path: &Path,
         durability: Durability,
         schedule: Schedule,
+        keys: Arc<AtRestKeys>,
     ) -> Result<Self, AuditError> {
         let conn = open_writable(path, durability)?;
-        let encoder = Encoder::open(&conn, path, schedule)?;
+        claim_at_rest(&conn, &keys, true)?;
+        let encoder = Encoder::open(&conn, path, schedule, &keys)?;
         conn.pragma_update(None, "wal_autocheckpoint", FALLBACK_CHECKPOINT_PAGES)?;
         let wal = match durability {
             Durability::Full => Some(Wal::open(path)?),
@@ -233,9 +249,10 @@ impl SqliteStore {
             wal,
             postings_due: 0,
             encoder: Some(encoder),
-            dictionaries: SharedDictionaries::default(),
+            dictionaries: shared(&keys),
             open_chunk: OpenChunk::default(),
             data_version: None,
+            keys,
         };
         // Brings the postings up to date (all of them, for a file written before they
         // existed: every commit indexes what is due), summarises the chunks a file written
@@ -422,21 +439,23 @@ impl SqliteStore {
 
     /// Opens an existing store for reading only (verification, search): nothing is created or
     /// changed.
-    pub fn open_read_only(path: &Path) -> Result<Self, AuditError> {
+    pub fn open_read_only(path: &Path, keys: Arc<AtRestKeys>) -> Result<Self, AuditError> {
         let conn = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        claim_at_rest(&conn, &keys, false)?;
         Ok(SqliteStore {
             conn,
             checkpointer: None,
             wal: None,
             postings_due: i64::MAX,
             encoder: None,
-            dictionaries: SharedDictionaries::default(),
+            dictionaries: shared(&keys),
             open_chunk: OpenChunk::default(),
             data_version: None,
+            keys,
         })
     }
 }
@@ -447,13 +466,65 @@ impl From<rusqlite::Error> for AuditError {
     }
 }
 
+/// Holds the file to `keys`: a store remembers its index key's check value from its first
+/// open, and refuses any other key (its searches by CPR would find nothing, and new rows would
+/// be hashed apart from old ones). A file that holds records or registry rows but no check
+/// value was written before the store sealed them, with every CPR in clear: it is refused, and
+/// must be moved aside (see `docs/audit-store.md`). With `claim`, an empty store takes the key.
+fn claim_at_rest(conn: &Connection, keys: &AtRestKeys, claim: bool) -> Result<(), AuditError> {
+    let has = |table: &str| -> Result<bool, AuditError> {
+        let exists: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1)",
+            [table],
+            |r| r.get(0),
+        )?;
+        Ok(exists
+            && conn.query_row(&format!("SELECT EXISTS (SELECT 1 FROM {table})"), [], |r| {
+                r.get(0)
+            })?)
+    };
+    let stored: Option<String> = if has("audit_at_rest")? {
+        conn.query_row(
+            "SELECT index_check FROM audit_at_rest WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+    } else {
+        None
+    };
+    match stored {
+        Some(check) if check == keys.check_value() => Ok(()),
+        Some(_) => Err(AuditError::Key(
+            "the audit data key file's index key is not the one this audit store was written              with: give the gateway that key file (restore it from backup); a new index key is              never taken by a store in use"
+                .into(),
+        )),
+        None if has("audit_records")? || has("consents")? || has("access_requests")? => {
+            Err(AuditError::Store(
+                "this audit store was written before CPR numbers were sealed at rest and holds                  them in clear: keep it aside (read it with an earlier release) and start a new                  store; see docs/audit-store.md"
+                    .into(),
+            ))
+        }
+        None if claim => {
+            conn.execute(
+                "INSERT INTO audit_at_rest (id, index_check) VALUES (1, ?1)",
+                [keys.check_value()],
+            )?;
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
 fn insert(
     conn: &Connection,
-    mut encoder: Option<&mut Encoder>,
+    encoder: Option<&mut Encoder>,
     open_chunk: &mut OpenChunk,
     records: &[SealedRecord],
     checkpoint: Option<&Checkpoint>,
 ) -> Result<(), AuditError> {
+    let encoder =
+        encoder.ok_or_else(|| AuditError::Store("a read-only audit store cannot write".into()))?;
     if let Some(first) = records.first() {
         follows_head(conn, &first.chain, first.seq)?;
     }
@@ -463,18 +534,18 @@ fn insert(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
     let mut first = None;
-    for r in records {
-        let compressed = encoder.as_deref_mut().and_then(|e| e.compress(&r.body));
-        let body: &dyn rusqlite::ToSql = match &compressed {
-            Some(compressed) => compressed,
-            None => &r.body,
-        };
+    let cprs: Vec<Option<String>> = records
+        .iter()
+        .map(|r| r.indexed.cpr.as_ref().map(|c| encoder.keys().index(c)))
+        .collect();
+    for (r, cpr) in records.iter().zip(&cprs) {
+        let body = encoder.encode(&r.body)?;
         insert.execute(params![
             r.chain,
             i64::try_from(r.seq).map_err(|_| AuditError::Store("seq overflow".into()))?,
             r.at,
             r.indexed.request_id,
-            r.indexed.cpr.as_ref().map(Cpr::as_str),
+            cpr,
             r.indexed.caller_id,
             r.indexed.department,
             r.indexed.action.as_str(),
@@ -485,7 +556,7 @@ fn insert(
         first.get_or_insert_with(|| conn.last_insert_rowid());
     }
     if let Some(first) = first {
-        open_chunk.note(first, conn.last_insert_rowid(), records);
+        open_chunk.note(first, conn.last_insert_rowid(), records, &cprs);
     }
     if let Some(c) = checkpoint {
         conn.prepare_cached(
@@ -710,8 +781,12 @@ fn drop_pruned_postings(conn: &Connection, first: i64, last: i64) -> Result<(), 
     Ok(())
 }
 
-/// Applies a registry change inside the caller's transaction.
-fn apply(conn: &Connection, change: &RegistryChange) -> Result<ChangeOutcome, AuditError> {
+/// Applies a registry change inside the caller's transaction, sealing with `keys`.
+fn apply(
+    conn: &Connection,
+    keys: &AtRestKeys,
+    change: &RegistryChange,
+) -> Result<ChangeOutcome, AuditError> {
     let changed = |rows: usize| {
         if rows == 1 {
             ChangeOutcome::Applied
@@ -721,7 +796,7 @@ fn apply(conn: &Connection, change: &RegistryChange) -> Result<ChangeOutcome, Au
     };
     Ok(match change {
         RegistryChange::RecordConsent(consent) => {
-            let c = ConsentRow::from_consent(consent);
+            let c = ConsentRow::from_consent(consent, keys)?;
             changed(conn.execute(
                 &format!(
                     "INSERT INTO consents ({CONSENT_COLUMNS})
@@ -731,6 +806,7 @@ fn apply(conn: &Connection, change: &RegistryChange) -> Result<ChangeOutcome, Au
                 params![
                     c.id,
                     c.cpr,
+                    c.sealed,
                     c.kind,
                     c.from_departments,
                     c.recipients,
@@ -740,7 +816,6 @@ fn apply(conn: &Connection, change: &RegistryChange) -> Result<ChangeOutcome, Au
                     c.valid_until,
                     c.recorded_by,
                     c.recorded_at,
-                    c.document_ref,
                     c.withdrawn_at,
                     c.withdrawn_by
                 ],
@@ -750,7 +825,7 @@ fn apply(conn: &Connection, change: &RegistryChange) -> Result<ChangeOutcome, Au
             let rows = conn.execute(
                 "UPDATE consents SET withdrawn_at = ?3, withdrawn_by = ?4
                  WHERE id = ?1 AND cpr = ?2 AND withdrawn_at IS NULL",
-                params![id, cpr.as_str(), time_text(*at), by],
+                params![id, keys.index(cpr), time_text(*at), by],
             )?;
             if rows == 1 {
                 ChangeOutcome::Applied
@@ -758,7 +833,7 @@ fn apply(conn: &Connection, change: &RegistryChange) -> Result<ChangeOutcome, Au
                 let exists = conn
                     .query_row(
                         "SELECT 1 FROM consents WHERE id = ?1 AND cpr = ?2",
-                        params![id, cpr.as_str()],
+                        params![id, keys.index(cpr)],
                         |_| Ok(()),
                     )
                     .optional()?;
@@ -769,26 +844,25 @@ fn apply(conn: &Connection, change: &RegistryChange) -> Result<ChangeOutcome, Au
             }
         }
         RegistryChange::FileRequest(request) => {
-            let r = RequestRow::from_request(request);
+            let r = RequestRow::from_request(request, keys)?;
             changed(conn.execute(
                 &format!(
                     "INSERT INTO access_requests ({REQUEST_COLUMNS})
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                             ?16, ?17, ?18)
+                             ?16, ?17)
                      ON CONFLICT (id) DO NOTHING"
                 ),
                 params![
                     r.id,
                     r.cpr,
+                    r.sealed,
                     r.requester_id,
                     r.requester_name,
                     r.requester_department,
                     r.source_id,
                     r.owner_department,
-                    r.case_id,
                     r.tier_wanted,
                     r.purpose,
-                    r.justification,
                     r.filed_at,
                     r.state,
                     r.decided_by,
@@ -829,7 +903,7 @@ fn apply(conn: &Connection, change: &RegistryChange) -> Result<ChangeOutcome, Au
                     state.as_str(),
                     by,
                     time_text(*at),
-                    reason,
+                    seal_reason(keys, Some(reason))?,
                     tier,
                     until
                 ],
@@ -851,6 +925,10 @@ fn apply(conn: &Connection, change: &RegistryChange) -> Result<ChangeOutcome, Au
 }
 
 impl AuditStore for SqliteStore {
+    fn cpr_index(&self, cpr: &Cpr) -> String {
+        self.keys.index(cpr)
+    }
+
     fn head(&mut self, chain: &str) -> Result<Option<(u64, String)>, AuditError> {
         // A chain's records are appended in order, so its head is its last row.
         let sql = if summarised(&self.conn)? {
@@ -928,8 +1006,9 @@ impl AuditStore for SqliteStore {
     ) -> Result<ChangeOutcome, AuditError> {
         // In one immediate transaction, so writers on the same file (other processes) are
         // serialised and a request is decided once.
+        let keys = Arc::clone(&self.keys);
         self.write(true, |tx, encoder, open_chunk| {
-            let outcome = apply(tx, change)?;
+            let outcome = apply(tx, &keys, change)?;
             let (record, checkpoint) = seal(outcome)?;
             insert(
                 tx,
@@ -1163,14 +1242,17 @@ pub struct SqliteReader {
     conn: Connection,
     /// The body dictionaries met, shared with the connection's `samblik_body` function.
     dictionaries: SharedDictionaries,
+    keys: Arc<AtRestKeys>,
 }
 
 impl SqliteReader {
     /// Opens the store at `path` for reading the registry. With `create`, the file and schema are
     /// created if missing (as the writer would), so a registry can be opened first.
-    pub fn open(path: &Path, create: bool) -> Result<Self, AuditError> {
+    pub fn open(path: &Path, create: bool, keys: Arc<AtRestKeys>) -> Result<Self, AuditError> {
         let conn = if create {
-            open_writable(path, Durability::Full)?
+            let conn = open_writable(path, Durability::Full)?;
+            claim_at_rest(&conn, &keys, true)?;
+            conn
         } else {
             let conn = Connection::open_with_flags(
                 path,
@@ -1180,10 +1262,15 @@ impl SqliteReader {
             conn.busy_timeout(std::time::Duration::from_secs(5))?;
             conn
         };
+        claim_at_rest(&conn, &keys, false)?;
         conn.pragma_update(None, "query_only", true)?;
-        let dictionaries = SharedDictionaries::default();
+        let dictionaries = shared(&keys);
         register_function(&conn, &dictionaries)?;
-        Ok(SqliteReader { conn, dictionaries })
+        Ok(SqliteReader {
+            conn,
+            dictionaries,
+            keys,
+        })
     }
 
     fn consents(
@@ -1199,22 +1286,24 @@ impl SqliteReader {
                 Ok(ConsentRow {
                     id: r.get(0)?,
                     cpr: r.get(1)?,
-                    kind: r.get(2)?,
-                    from_departments: r.get(3)?,
-                    recipients: r.get(4)?,
-                    max_tier: r.get(5)?,
-                    purposes: r.get(6)?,
-                    valid_from: r.get(7)?,
-                    valid_until: r.get(8)?,
-                    recorded_by: r.get(9)?,
-                    recorded_at: r.get(10)?,
-                    document_ref: r.get(11)?,
+                    sealed: r.get(2)?,
+                    kind: r.get(3)?,
+                    from_departments: r.get(4)?,
+                    recipients: r.get(5)?,
+                    max_tier: r.get(6)?,
+                    purposes: r.get(7)?,
+                    valid_from: r.get(8)?,
+                    valid_until: r.get(9)?,
+                    recorded_by: r.get(10)?,
+                    recorded_at: r.get(11)?,
                     withdrawn_at: r.get(12)?,
                     withdrawn_by: r.get(13)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter().map(ConsentRow::into_consent).collect()
+        rows.into_iter()
+            .map(|row| row.into_consent(&self.keys))
+            .collect()
     }
 
     fn access_requests(
@@ -1230,26 +1319,27 @@ impl SqliteReader {
                 Ok(RequestRow {
                     id: r.get(0)?,
                     cpr: r.get(1)?,
-                    requester_id: r.get(2)?,
-                    requester_name: r.get(3)?,
-                    requester_department: r.get(4)?,
-                    source_id: r.get(5)?,
-                    owner_department: r.get(6)?,
-                    case_id: r.get(7)?,
+                    sealed: r.get(2)?,
+                    requester_id: r.get(3)?,
+                    requester_name: r.get(4)?,
+                    requester_department: r.get(5)?,
+                    source_id: r.get(6)?,
+                    owner_department: r.get(7)?,
                     tier_wanted: r.get(8)?,
                     purpose: r.get(9)?,
-                    justification: r.get(10)?,
-                    filed_at: r.get(11)?,
-                    state: r.get(12)?,
-                    decided_by: r.get(13)?,
-                    decided_at: r.get(14)?,
-                    decision_reason: r.get(15)?,
-                    granted_tier: r.get(16)?,
-                    granted_until: r.get(17)?,
+                    filed_at: r.get(10)?,
+                    state: r.get(11)?,
+                    decided_by: r.get(12)?,
+                    decided_at: r.get(13)?,
+                    decision_reason: r.get(14)?,
+                    granted_tier: r.get(15)?,
+                    granted_until: r.get(16)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter().map(RequestRow::into_request).collect()
+        rows.into_iter()
+            .map(|row| row.into_request(&self.keys))
+            .collect()
     }
 }
 
@@ -1272,7 +1362,7 @@ impl RegistryReader for SqliteReader {
     fn consents_for(&mut self, cpr: &Cpr) -> Result<Vec<Consent>, AuditError> {
         self.consents(
             "cpr = ?1 ORDER BY recorded_at DESC, id DESC",
-            &[&cpr.as_str()],
+            &[&self.keys.index(cpr)],
         )
     }
 
@@ -1284,7 +1374,7 @@ impl RegistryReader for SqliteReader {
         self.access_requests(
             "cpr = ?1 AND requester_id = ?2 AND state = 'approved'
              ORDER BY decided_at DESC, id DESC",
-            &[&cpr.as_str(), &caller_id],
+            &[&self.keys.index(cpr), &caller_id],
         )
     }
 
@@ -1295,6 +1385,7 @@ impl RegistryReader for SqliteReader {
     ) -> Result<Vec<AccessRequest>, AuditError> {
         // Only the filters given go into the query, so it can use the matching index.
         let state = filter.state.map(RequestState::as_str);
+        let cpr = filter.cpr.as_ref().map(|c| self.keys.index(c));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut conditions = vec!["1 = 1".to_owned()];
         let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
@@ -1302,7 +1393,7 @@ impl RegistryReader for SqliteReader {
             ("owner_department", filter.owner_department.as_deref()),
             ("requester_id", filter.requester_id.as_deref()),
             ("state", state),
-            ("cpr", filter.cpr.as_ref().map(Cpr::as_str)),
+            ("cpr", cpr.as_deref()),
         ];
         for (column, value) in &filters {
             if let Some(value) = value {
@@ -1328,7 +1419,7 @@ impl RegistryReader for SqliteReader {
         query: &crate::search::AuditQuery,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, AuditError> {
-        sqlite_search(&self.conn, &self.dictionaries, query, limit)
+        sqlite_search(&self.conn, &self.dictionaries, &self.keys, query, limit)
     }
 
     fn activity(

@@ -17,7 +17,8 @@ struct Noted {
     chain: String,
     seq: i64,
     at: String,
-    cpr: Option<samblik_cpr::Cpr>,
+    /// The citizen's keyed hash, as the `cpr` column holds it.
+    cpr: Option<String>,
     caller_id: String,
 }
 
@@ -77,9 +78,16 @@ impl OpenChunk {
     }
 
     /// Notes `records`, just inserted in this order with the rowids `first..=last`, inside the
-    /// transaction that inserted them.
-    pub(crate) fn note(&mut self, first: i64, last: i64, records: &[SealedRecord]) {
-        let consecutive = usize::try_from(last - first + 1).is_ok_and(|n| n == records.len());
+    /// transaction that inserted them, with their `cprs` as the `cpr` column holds them.
+    pub(crate) fn note(
+        &mut self,
+        first: i64,
+        last: i64,
+        records: &[SealedRecord],
+        cprs: &[Option<String>],
+    ) {
+        let consecutive = usize::try_from(last - first + 1).is_ok_and(|n| n == records.len())
+            && cprs.len() == records.len();
         if !consecutive {
             self.forget();
             return;
@@ -103,13 +111,15 @@ impl OpenChunk {
             self.from = Some(first - 1 + before_boundary);
             rest
         };
-        self.noted.extend(records.iter().map(|r| Noted {
-            chain: r.chain.clone(),
-            seq: i64::try_from(r.seq).unwrap_or(i64::MAX),
-            at: r.at.clone(),
-            cpr: r.indexed.cpr.clone(),
-            caller_id: r.indexed.caller_id.clone(),
-        }));
+        let skipped = cprs.len() - records.len();
+        self.noted
+            .extend(records.iter().zip(&cprs[skipped..]).map(|(r, cpr)| Noted {
+                chain: r.chain.clone(),
+                seq: i64::try_from(r.seq).unwrap_or(i64::MAX),
+                at: r.at.clone(),
+                cpr: cpr.clone(),
+                caller_id: r.indexed.caller_id.clone(),
+            }));
     }
 
     /// Writes the postings and the summary of the chunk of rowids `(through, through +
@@ -130,7 +140,7 @@ impl OpenChunk {
         let mut postings: Vec<(i64, &str, &str, i64)> = Vec::with_capacity(2 * whole);
         for (rid, r) in (through + 1..).zip(records) {
             if let Some(cpr) = &r.cpr {
-                postings.push((POSTING_CITIZEN, cpr.as_str(), &r.at, rid));
+                postings.push((POSTING_CITIZEN, cpr, &r.at, rid));
             }
             postings.push((POSTING_CALLER, &r.caller_id, &r.at, rid));
         }

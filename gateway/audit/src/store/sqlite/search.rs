@@ -3,11 +3,11 @@
 //!
 //! How the postings and the chunks answer a search: `docs/audit-store.md`.
 
+use crate::atrest::AtRestKeys;
 use crate::record::AuditRecord;
 use crate::search::{
     Activity, AuditQuery, Dialect, Param, activity_sql, records_of, refusal_of, search_sql_among,
 };
-use crate::store::StoredCpr;
 use crate::store::sqlite::bodies::{
     self, SharedDictionaries, StoredBody, stored_record, with_bodies,
 };
@@ -20,6 +20,7 @@ use rusqlite::params;
 pub(crate) fn sqlite_search(
     conn: &rusqlite::Connection,
     dictionaries: &SharedDictionaries,
+    keys: &AtRestKeys,
     query: &AuditQuery,
     limit: usize,
 ) -> Result<Vec<AuditRecord>, AuditError> {
@@ -30,15 +31,15 @@ pub(crate) fn sqlite_search(
     }
     let newest = newest_candidates(query, limit);
     let records = if newest.is_none() && summarised(&tx)? {
-        by_chunks(&tx, dictionaries, query, limit)?
+        by_chunks(&tx, dictionaries, keys, query, limit)?
     } else {
         // By citizen or caller, the newest candidates first; a short page may be short only
         // because other filters dropped candidates, so it is asked again without the bound.
-        let mut rows = sqlite_rows(&tx, query, limit, newest, None)?;
+        let mut rows = sqlite_rows(&tx, keys, query, limit, newest, None)?;
         if newest.is_some() && rows.len() < limit {
-            rows = sqlite_rows(&tx, query, limit, None, None)?;
+            rows = sqlite_rows(&tx, keys, query, limit, None, None)?;
         }
-        records_of(with_bodies(dictionaries, &tx, rows)?)?
+        records_of(with_bodies(dictionaries, &tx, rows)?, keys)?
     };
     tx.commit()?;
     Ok(records)
@@ -52,6 +53,7 @@ pub(crate) fn sqlite_search(
 fn by_chunks(
     tx: &rusqlite::Connection,
     dictionaries: &SharedDictionaries,
+    keys: &AtRestKeys,
     query: &AuditQuery,
     limit: usize,
 ) -> Result<Vec<AuditRecord>, AuditError> {
@@ -59,8 +61,8 @@ fn by_chunks(
         return Ok(Vec::new());
     }
     let read = |rows: RowWindow| -> Result<Vec<AuditRecord>, AuditError> {
-        let rows = sqlite_rows(tx, query, limit, None, Some(rows))?;
-        records_of(with_bodies(dictionaries, tx, rows)?)
+        let rows = sqlite_rows(tx, keys, query, limit, None, Some(rows))?;
+        records_of(with_bodies(dictionaries, tx, rows)?, keys)
     };
     let mut page = read((indexed_through(tx)?, i64::MAX))?;
     let newest_first =
@@ -86,12 +88,13 @@ fn newest_candidates(query: &AuditQuery, limit: usize) -> Option<usize> {
 
 fn sqlite_rows(
     conn: &rusqlite::Connection,
+    keys: &AtRestKeys,
     query: &AuditQuery,
     limit: usize,
     newest: Option<usize>,
     rows: Option<RowWindow>,
 ) -> Result<Vec<(StoredRecord, StoredBody)>, AuditError> {
-    let sql = search_sql_among(Dialect::Sqlite, query, limit, newest, rows)?;
+    let sql = search_sql_among(Dialect::Sqlite, keys, query, limit, newest, rows)?;
     let mut stmt = conn.prepare(&sql.text)?;
     let rows = stmt
         .query_map(
@@ -106,11 +109,12 @@ fn sqlite_rows(
 /// or an operator looking into a slow search, checks to see which indexes answer it.
 pub fn sqlite_search_plan(
     conn: &rusqlite::Connection,
+    keys: &AtRestKeys,
     query: &AuditQuery,
     limit: usize,
 ) -> Result<Vec<String>, AuditError> {
     let newest = newest_candidates(query, limit);
-    let sql = search_sql_among(Dialect::Sqlite, query, limit, newest, None)?;
+    let sql = search_sql_among(Dialect::Sqlite, keys, query, limit, newest, None)?;
     let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", sql.text))?;
     let steps = stmt
         .query_map(
@@ -149,16 +153,16 @@ pub(crate) fn sqlite_activity(
         let found = stmt.query_map(
             rusqlite::params_from_iter(sqlite_params(&sql.params)),
             |r| {
-                let (reason, detail) = refusal_of(r.get(6)?);
+                let refusal = refusal_of(r.get(5)?);
                 Ok(Activity {
                     at: r.get(0)?,
                     request_id: r.get(1)?,
                     caller_id: r.get(2)?,
                     department: r.get(3)?,
-                    cpr: r.get::<_, Option<StoredCpr>>(4)?.map(|c| c.0),
-                    outcome: r.get(5)?,
-                    reason,
-                    detail,
+                    cpr: refusal.cpr,
+                    outcome: r.get(4)?,
+                    reason: refusal.reason,
+                    detail: refusal.detail,
                 })
             },
         )?;
