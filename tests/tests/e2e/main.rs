@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod atrest;
 mod attacks;
 mod audit;
 mod audit_api;
