@@ -844,3 +844,200 @@ fn sqlite_a_change_is_answered_only_after_every_record_committed_before_it() {
     Arc::try_unwrap(log).unwrap().close();
     assert_eq!(s.verify().len(), 1);
 }
+
+/// Citizens no other test names, so a scan of a shared PostgreSQL server's files sees only
+/// this test's writes.
+const AT_REST_CPRS: [&str; 2] = ["2412881357", "1703770246"];
+
+/// The files of a store: the SQLite file's directory (the database, its -wal and -shm), or the
+/// PostgreSQL database's own files and the server's WAL, after a checkpoint has written every
+/// page out.
+fn files_of(s: &TestStore) -> Vec<std::path::PathBuf> {
+    let listed = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .collect()
+    };
+    match &s.backend {
+        common::Backend::Sqlite(db) => listed(db.parent().unwrap()),
+        common::Backend::Postgres(url) => {
+            let mut client = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+            client.batch_execute("CHECKPOINT").unwrap();
+            let row = client
+                .query_one(
+                    "SELECT current_setting('data_directory'),
+                            (SELECT oid FROM pg_database WHERE datname = current_database())::text",
+                    &[],
+                )
+                .unwrap();
+            let data = std::path::PathBuf::from(row.get::<_, String>(0));
+            let mut files = listed(&data.join("base").join(row.get::<_, String>(1)));
+            files.extend(listed(&data.join("pg_wal")));
+            files
+        }
+    }
+}
+
+#[test]
+fn no_cpr_is_in_clear_in_either_stores_files() {
+    let rt = runtime();
+    for s in setups() {
+        let registry = s.registry();
+        let log = s.log("replica-a", s.store());
+        let [looked_up, consenting] = AT_REST_CPRS;
+        let mut lookup = event("cw-jobcenter-1", "jobcenter");
+        lookup.cpr = Some(cpr_of(looked_up));
+        lookup.break_glass_reason = Some(format!("about {looked_up}, urgent"));
+        rt.block_on(log.append(lookup)).unwrap();
+        let mut given = consent("c-rest", consenting, t(2));
+        given.document_ref = format!("signed by {consenting}");
+        change(&rt, &s, &log, RegistryChange::RecordConsent(given));
+        change(&rt, &s, &log, withdraw("c-rest", consenting));
+        let mut filed = request("r-rest", looked_up, "cw-jobcenter-1");
+        filed.justification = format!("{}-{} needs it", &looked_up[..6], &looked_up[6..]);
+        change(&rt, &s, &log, RegistryChange::FileRequest(filed));
+        change(&rt, &s, &log, decide("r-rest", "child-welfare", true));
+        log.close();
+
+        // Nothing in clear in the store's files.
+        let files = files_of(&s.store);
+        assert!(!files.is_empty());
+        for cpr in AT_REST_CPRS {
+            let dashed = format!("{}-{}", &cpr[..6], &cpr[6..]);
+            for file in &files {
+                let bytes = std::fs::read(file).unwrap();
+                for form in [cpr, dashed.as_str()] {
+                    assert!(
+                        !bytes.windows(form.len()).any(|w| w == form.as_bytes()),
+                        "a CPR in clear in {}",
+                        file.display()
+                    );
+                }
+            }
+        }
+        // Everything reads back whole, by CPR.
+        let consents = rt
+            .block_on(registry.consents_for(&cpr_of(consenting)))
+            .unwrap();
+        assert_eq!(consents[0].document_ref, format!("signed by {consenting}"));
+        assert!(consents[0].withdrawn_at.is_some());
+        let grants = rt
+            .block_on(registry.grants_for(&cpr_of(looked_up), "cw-jobcenter-1"))
+            .unwrap();
+        assert!(grants[0].justification.ends_with("needs it"));
+        assert_eq!(
+            grants[0].decision_reason.as_deref(),
+            Some("necessity assessed")
+        );
+        let found = rt
+            .block_on(registry.search(
+                search::AuditQuery {
+                    cpr: Some(cpr_of(looked_up)),
+                    ..search::AuditQuery::default()
+                },
+                100,
+            ))
+            .unwrap();
+        assert_eq!(found.len(), 2, "the lookup and the request");
+        s.verify();
+    }
+}
+
+#[test]
+fn a_rotated_data_key_seals_from_then_on_and_the_old_one_still_opens() {
+    let rt = runtime();
+    for mut s in setups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit-data.keys");
+        AtRestKeys::create(&path).unwrap();
+        s.store.keys = Arc::new(AtRestKeys::load(&path).unwrap());
+        let log = s.log("replica-a", s.store());
+        change(
+            &rt,
+            &s,
+            &log,
+            RegistryChange::RecordConsent(consent("c-1", CPR, t(2))),
+        );
+        log.close();
+
+        // Rotated: a new data key seals; the index key and the old data key stay.
+        assert_eq!(AtRestKeys::add_data_key(&path).unwrap(), "2");
+        s.store.keys = Arc::new(AtRestKeys::load(&path).unwrap());
+        assert_eq!(s.store.keys.sealing_key_id(), "2");
+        let log = s.log("replica-a", s.store());
+        change(
+            &rt,
+            &s,
+            &log,
+            RegistryChange::RecordConsent(consent("c-2", CPR, t(3))),
+        );
+        log.close();
+        let before = s.record_count("replica-a");
+        s.verify();
+        let registry = s.registry();
+        let ids: Vec<String> = rt
+            .block_on(registry.consents_for(&cpr_of(CPR)))
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(ids, ["c-2", "c-1"]);
+
+        // Without the old data key, what it sealed no longer opens, and verification says
+        // where; what the new key sealed still does.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let without_old: String = text
+            .lines()
+            .filter(|l| !l.starts_with("data 1 "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, without_old).unwrap();
+        s.store.keys = Arc::new(AtRestKeys::load(&path).unwrap());
+        let key = load_verifying_key(&public_key_path(&s.store.key)).unwrap();
+        let broken = match verify_store(&mut *s.store(), &key) {
+            Err(verify::VerifyError::Broken(b)) => b,
+            other => panic!("expected unreadable records, got {other:?}"),
+        };
+        assert_eq!(broken.first.seq, 1);
+        assert_eq!(s.record_count("replica-a"), before);
+        let newest = s.record("replica-a", u64::try_from(before).unwrap());
+        assert_eq!(newest.action, Action::AuditMaintenance);
+    }
+}
+
+#[test]
+fn a_store_refuses_another_index_key_and_a_store_written_before_sealing() {
+    for s in setups() {
+        let log = s.log("replica-a", s.store());
+        log.close();
+        let other = Arc::new(AtRestKeys::generate().unwrap());
+        let refused = match &s.store.backend {
+            common::Backend::Sqlite(db) => {
+                sqlite::SqliteStore::open(db, sqlite::Durability::Full, other).map(drop)
+            }
+            common::Backend::Postgres(url) => {
+                postgres::PostgresStore::connect(url, other).map(drop)
+            }
+        };
+        let err = refused.unwrap_err().to_string();
+        assert!(err.contains("index key is not the one"), "{err}");
+
+        // A store holding records but no index key check was written in clear: refused.
+        s.store.sql("DELETE FROM audit_at_rest");
+        let refused = match &s.store.backend {
+            common::Backend::Sqlite(db) => {
+                sqlite::SqliteStore::open(db, sqlite::Durability::Full, s.store.keys()).map(drop)
+            }
+            common::Backend::Postgres(url) => {
+                postgres::PostgresStore::connect(url, s.store.keys()).map(drop)
+            }
+        };
+        let err = refused.unwrap_err().to_string();
+        assert!(
+            err.contains("written before CPR numbers were sealed"),
+            "{err}"
+        );
+    }
+}
