@@ -1015,7 +1015,7 @@ fn a_store_refuses_another_index_key_and_a_store_written_before_sealing() {
         let other = Arc::new(AtRestKeys::generate().unwrap());
         let refused = match &s.store.backend {
             common::Backend::Sqlite(db) => {
-                sqlite::SqliteStore::open(db, sqlite::Durability::Full, other).map(drop)
+                sqlite::SqliteStore::open(db, Durability::Full, other).map(drop)
             }
             common::Backend::Postgres(url) => {
                 postgres::PostgresStore::connect(url, other).map(drop)
@@ -1028,7 +1028,7 @@ fn a_store_refuses_another_index_key_and_a_store_written_before_sealing() {
         s.store.sql("DELETE FROM audit_at_rest");
         let refused = match &s.store.backend {
             common::Backend::Sqlite(db) => {
-                sqlite::SqliteStore::open(db, sqlite::Durability::Full, s.store.keys()).map(drop)
+                sqlite::SqliteStore::open(db, Durability::Full, s.store.keys()).map(drop)
             }
             common::Backend::Postgres(url) => {
                 postgres::PostgresStore::connect(url, s.store.keys()).map(drop)
