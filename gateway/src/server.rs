@@ -211,8 +211,9 @@ pub fn audit_store_reader(
         (None, Some(var)) => Source::Postgres(postgres_url(var)?),
         (None, None) => return Err(no_store_configured()),
     };
-    // Only read: verification never creates a key.
-    let keys = Arc::new(AtRestKeys::load(&config.data_key_file)?);
+    // Only read, once the store is known to be there: verification never creates a key.
+    let key_file = config.data_key_file.clone();
+    let keys = move || AtRestKeys::load(&key_file).map(Arc::new);
     Ok(move || -> Result<Box<dyn AuditStore>, AuditError> {
         match source {
             Source::Sqlite(path) => {
@@ -222,9 +223,9 @@ pub fn audit_store_reader(
                         path.display()
                     )));
                 }
-                Ok(Box::new(SqliteStore::open_read_only(&path, keys)?))
+                Ok(Box::new(SqliteStore::open_read_only(&path, keys()?)?))
             }
-            Source::Postgres(url) => Ok(Box::new(PostgresStore::open_read_only(&url, keys)?)),
+            Source::Postgres(url) => Ok(Box::new(PostgresStore::open_read_only(&url, keys()?)?)),
         }
     })
 }

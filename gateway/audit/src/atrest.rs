@@ -79,13 +79,13 @@ impl AtRestKeys {
     /// errors name the line, never a key.
     pub fn load(path: &Path) -> Result<Self, AuditError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            AuditError::Key(format!(
+            AuditError::DataKey(format!(
                 "cannot read the audit data key file {}: {e}",
                 path.display()
             ))
         })?;
         Self::parse(&text).map_err(|e| {
-            AuditError::Key(format!("the audit data key file {}: {e}", path.display()))
+            AuditError::DataKey(format!("the audit data key file {}: {e}", path.display()))
         })
     }
 
@@ -107,7 +107,7 @@ impl AtRestKeys {
     /// Fresh keys held in memory only, for a throw-away store (a benchmark's, a test's): what
     /// they seal is unreadable once they are dropped.
     pub fn generate() -> Result<Self, AuditError> {
-        Self::parse(&fresh_file(&SystemRandom::new())?).map_err(AuditError::Key)
+        Self::parse(&fresh_file(&SystemRandom::new())?).map_err(AuditError::DataKey)
     }
 
     /// Rotation: appends a fresh data key to the file at `path`, which seals from the next
@@ -126,10 +126,10 @@ impl AtRestKeys {
         let mut file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)
-            .map_err(|e| AuditError::Key(format!("{}: {e}", path.display())))?;
+            .map_err(|e| AuditError::DataKey(format!("{}: {e}", path.display())))?;
         file.write_all(line.as_bytes())
             .and_then(|()| file.sync_all())
-            .map_err(|e| AuditError::Key(format!("{}: {e}", path.display())))?;
+            .map_err(|e| AuditError::DataKey(format!("{}: {e}", path.display())))?;
         Ok(next.to_string())
     }
 
@@ -201,12 +201,12 @@ impl AtRestKeys {
         let (id, key) = self
             .data
             .last()
-            .ok_or_else(|| AuditError::Key("no data key".into()))?;
+            .ok_or_else(|| AuditError::DataKey("no data key".into()))?;
         let mut nonce = [0u8; NONCE_LEN];
         self.rng
             .fill(&mut nonce)
-            .map_err(|_| AuditError::Key("no randomness for a nonce".into()))?;
-        let id_len = u8::try_from(id.len()).map_err(|_| AuditError::Key("key id".into()))?;
+            .map_err(|_| AuditError::DataKey("no randomness for a nonce".into()))?;
+        let id_len = u8::try_from(id.len()).map_err(|_| AuditError::DataKey("key id".into()))?;
         let mut sealed =
             Vec::with_capacity(MAGIC.len() + 1 + id.len() + NONCE_LEN + plaintext.len() + 16);
         sealed.extend_from_slice(MAGIC);
@@ -221,7 +221,7 @@ impl AtRestKeys {
             Aad::from(place.aad()),
             &mut in_out,
         )
-        .map_err(|_| AuditError::Key("sealing failed".into()))?;
+        .map_err(|_| AuditError::DataKey("sealing failed".into()))?;
         sealed.extend_from_slice(&in_out);
         Ok(sealed)
     }
@@ -311,7 +311,7 @@ fn key_bytes(text: &str, line: usize) -> Result<[u8; KEY_BYTES], String> {
 fn random_key(rng: &SystemRandom) -> Result<[u8; KEY_BYTES], AuditError> {
     let mut key = [0u8; KEY_BYTES];
     rng.fill(&mut key)
-        .map_err(|_| AuditError::Key("no randomness for a key".into()))?;
+        .map_err(|_| AuditError::DataKey("no randomness for a key".into()))?;
     Ok(key)
 }
 
@@ -319,7 +319,7 @@ fn random_key(rng: &SystemRandom) -> Result<[u8; KEY_BYTES], AuditError> {
 fn write_private(path: &Path, text: &str) -> Result<(), AuditError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
-            .map_err(|e| AuditError::Key(format!("{}: {e}", parent.display())))?;
+            .map_err(|e| AuditError::DataKey(format!("{}: {e}", parent.display())))?;
     }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -327,10 +327,10 @@ fn write_private(path: &Path, text: &str) -> Result<(), AuditError> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options
         .open(path)
-        .map_err(|e| AuditError::Key(format!("{}: {e}", path.display())))?;
+        .map_err(|e| AuditError::DataKey(format!("{}: {e}", path.display())))?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|e| AuditError::Key(format!("{}: {e}", path.display())))
+        .map_err(|e| AuditError::DataKey(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]

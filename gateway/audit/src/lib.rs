@@ -63,6 +63,9 @@ pub enum AuditError {
     /// The signing key could not be read or created.
     #[error("audit signing key: {0}")]
     Key(String),
+    /// The audit data keys ([`atrest`]) could not be read or created, or are not the store's.
+    #[error("audit data key: {0}")]
+    DataKey(String),
     /// The writer has stopped.
     #[error("the audit writer is not running")]
     Stopped,

@@ -965,6 +965,7 @@ fn serve_from_a_config_file_audits_into_postgresql_and_verifies() {
     // Verifying a database the gateway has not written yet: an error, and nothing created in
     // it (verification only reads).
     samblik_audit::CheckpointSigner::load_or_create(&signing_key).unwrap();
+    samblik_audit::AtRestKeys::create(&signing_key.with_file_name("audit-data.keys")).unwrap();
     let refused = Command::new(SAMBLIK)
         .args(["audit", "verify", "--config", config.to_str().unwrap()])
         .env("SAMBLIK_AUDIT_DATABASE_URL", &url)
@@ -1012,11 +1013,16 @@ fn serve_from_a_config_file_audits_into_postgresql_and_verifies() {
     let text = stdout(&verified);
     // Start-up, the lookup, clean stop.
     assert!(text.contains("chain replica-a: 3 records"), "{text}");
+    // The citizen column holds the number's keyed hash, never the number.
+    let keys =
+        samblik_audit::AtRestKeys::load(&signing_key.with_file_name("audit-data.keys")).unwrap();
+    let index = keys.index(&samblik_audit::Cpr::parse(cpr).unwrap());
     let cprs: Vec<Option<String>> = pg_records(&url);
     assert!(
-        cprs.iter().any(|c| c.as_deref() == Some(cpr.as_str())),
+        cprs.iter().any(|c| c.as_deref() == Some(index.as_str())),
         "lookup not in PostgreSQL"
     );
+    assert!(!cprs.iter().any(|c| c.as_deref() == Some(cpr.as_str())));
 
     // `audit prune --config` on PostgreSQL: the lookup goes, the chain still verifies.
     let audit = |args: &[&str]| {
@@ -1050,7 +1056,7 @@ fn serve_from_a_config_file_audits_into_postgresql_and_verifies() {
     assert!(
         !pg_records(&url)
             .iter()
-            .any(|c| c.as_deref() == Some(cpr.as_str())),
+            .any(|c| c.as_deref() == Some(index.as_str())),
         "the lookup was not pruned"
     );
 }

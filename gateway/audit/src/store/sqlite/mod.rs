@@ -495,7 +495,7 @@ fn claim_at_rest(conn: &Connection, keys: &AtRestKeys, claim: bool) -> Result<()
     };
     match stored {
         Some(check) if check == keys.check_value() => Ok(()),
-        Some(_) => Err(AuditError::Key(
+        Some(_) => Err(AuditError::DataKey(
             "the audit data key file's index key is not the one this audit store was written              with: give the gateway that key file (restore it from backup); a new index key is              never taken by a store in use"
                 .into(),
         )),
