@@ -26,7 +26,10 @@ fn at_rest(c: &mut Criterion) {
     c.bench_function("index", |b| b.iter(|| keys.index(black_box(&cpr))));
     let compressed = body(150);
     c.bench_function("seal-compressed-body", |b| {
-        b.iter(|| keys.seal(Sealed::Body, black_box(compressed.as_bytes())).unwrap())
+        b.iter(|| {
+            keys.seal(Sealed::Body, black_box(compressed.as_bytes()))
+                .unwrap()
+        })
     });
     let whole = body(1200);
     c.bench_function("seal-whole-body-as-text", |b| {
