@@ -317,6 +317,18 @@ enum AuditCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Rotate the audit data key: append a fresh data key to the data key file
+    /// (`[audit] data_key_file`). It seals from the next start of every gateway given the file;
+    /// the keys before it stay to open what they sealed — never remove one while anything it
+    /// sealed is kept. The index key is not changed.
+    AddDataKey {
+        /// The demo's data directory.
+        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        dir: Option<PathBuf>,
+        /// A gateway config file (its [audit] section).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn parse_export_format(text: &str) -> Result<samblik_proto::v1::ExportFormat, String> {
@@ -344,8 +356,11 @@ async fn audit_command(command: AuditCommand) -> anyhow::Result<()> {
     let printed = match command {
         AuditCommand::Verify { .. }
         | AuditCommand::Prune { .. }
-        | AuditCommand::AcknowledgeBreak { .. } => {
-            anyhow::bail!("verify, prune and acknowledge-break run on the store itself")
+        | AuditCommand::AcknowledgeBreak { .. }
+        | AuditCommand::AddDataKey { .. } => {
+            anyhow::bail!(
+                "verify, prune, acknowledge-break and add-data-key run on the store itself"
+            )
         }
         AuditCommand::Search {
             gateway,
@@ -951,6 +966,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let audit = audit_config_of(dir, config)?;
             acknowledge_break(audit, by, reason).await
+        }
+        Command::Audit {
+            command: AuditCommand::AddDataKey { dir, config },
+        } => {
+            let file = audit_config_of(dir, config)?.data_key_file;
+            let id = samblik_audit::AtRestKeys::add_data_key(&file)?;
+            println!(
+                "added data key {id} to {}: it seals from the next start of each gateway given \
+                 this file; keep every earlier key in it while anything it sealed is kept",
+                file.display()
+            );
+            Ok(())
         }
         Command::Audit { command } => audit_command(command).await,
         Command::Serve { config } => {

@@ -916,6 +916,44 @@ fn serve_refused_for_a_bad_key_secret_or_port_leaves_the_audit_store_untouched()
 }
 
 #[test]
+fn audit_add_data_key_rotates_the_data_key_and_keeps_the_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("samblik.toml");
+    std::fs::write(&config, minimal_config("audit.db")).unwrap();
+    let keys = dir.path().join("audit-data.keys");
+    // No key file yet: nothing to add to, and none is made.
+    let refused = samblik(&[
+        "audit",
+        "add-data-key",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(!keys.exists());
+
+    samblik_audit::AtRestKeys::create(&keys).unwrap();
+    let before = samblik_audit::AtRestKeys::load(&keys).unwrap();
+    let sealed = before
+        .seal(samblik_audit::Sealed::Body, b"sealed before")
+        .unwrap();
+    let added = samblik(&[
+        "audit",
+        "add-data-key",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(added.status.success(), "{added:?}");
+    assert!(stdout(&added).contains("added data key 2"), "{added:?}");
+    let after = samblik_audit::AtRestKeys::load(&keys).unwrap();
+    assert_eq!(after.sealing_key_id(), "2");
+    assert_eq!(after.check_value(), before.check_value());
+    assert_eq!(
+        after.open(samblik_audit::Sealed::Body, &sealed).unwrap(),
+        b"sealed before"
+    );
+}
+
+#[test]
 fn audit_verify_refuses_a_missing_or_empty_store() {
     let dir = tempfile::tempdir().unwrap();
     // The key exists (verification reads its public half first): only the store is wrong.
