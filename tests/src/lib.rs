@@ -6,11 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod idp;
+pub mod netns;
 pub mod panel;
 
 pub use samblik_testkit::{
     BLABBING_MESSAGE, Blabbing, Budget, Failing, Hanging, Panicking, Recording, RunningSource,
-    Scripted, dead_address, start_blabbing, start_garbage_server, start_source, start_source_tls,
+    Scripted, dead_address, start_blabbing, start_garbage_server, start_source, start_source_on,
+    start_source_tls,
 };
 
 use samblik::demo::{caseworker_claims, demo_config};
