@@ -1185,6 +1185,40 @@ mod tests {
         assert!(err.to_string().contains("twice"), "{err}");
     }
 
+    /// The catalogue example in `docs/configuration.md` loads, so the page cannot rot.
+    #[test]
+    fn the_documented_catalogue_loads() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let page = std::fs::read_to_string(&path).unwrap();
+        let section = page.split("## The catalogue").nth(1).unwrap();
+        let example = section
+            .split("```toml")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
+        #[derive(serde::Deserialize)]
+        struct Page {
+            policy: PolicyConfig,
+        }
+        let page: Page =
+            toml::from_str(example).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let sources = [
+            SourceConfig::new("adult-social", "Voksenområdet", ""),
+            SourceConfig::new("jobcenter", "Jobcenter", ""),
+        ];
+        let policy = DisclosurePolicy::with_default_rules(&sources, page.policy).unwrap();
+        assert!(
+            policy
+                .catalog()
+                .case_types
+                .iter()
+                .any(|t| t.code == "SL-85")
+        );
+    }
+
     #[test]
     fn a_source_serves_its_areas_case_types() {
         let policy =
