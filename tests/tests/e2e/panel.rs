@@ -364,7 +364,10 @@ async fn a_deep_link_keeps_the_cpr_out_of_urls_survives_sign_in_and_streams_once
         stream.headers[header::CONTENT_TYPE].to_str().unwrap(),
         "text/event-stream"
     );
-    assert_eq!(events(&stream.body), ["kilde", "kilde", "kilde", "faerdig"]);
+    assert_eq!(
+        events(&stream.body),
+        ["kilde", "kilde", "kilde", "kilde", "faerdig"]
+    );
     assert_eq!(lookups_of(&panel, cpr).len(), 1);
     // The audit log names the panel as the calling system.
     let records = lookup_records(&panel, cpr);

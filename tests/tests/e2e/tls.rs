@@ -488,6 +488,7 @@ async fn a_restricted_system_asks_only_its_sources_and_only_for_its_purposes() {
             ("child-welfare".to_owned(), SourceStatus::Denied),
             ("jobcenter".to_owned(), SourceStatus::Ok),
             ("integration".to_owned(), SourceStatus::Ok),
+            ("adult-social".to_owned(), SourceStatus::Denied),
         ]
     );
     assert!(answer.sources[0].cases.is_empty());
