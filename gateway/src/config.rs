@@ -1790,7 +1790,10 @@ mod shipped {
             toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(config.validate().is_ok(), "{:?}", config.validate());
         let ids: Vec<&str> = config.sources.iter().map(|s| s.id.as_str()).collect();
-        assert_eq!(ids, ["child-welfare", "jobcenter", "integration"]);
+        assert_eq!(
+            ids,
+            ["child-welfare", "jobcenter", "integration", "adult-social"]
+        );
         // That its policy section loads over its sources is disclosure.rs's test.
     }
 
