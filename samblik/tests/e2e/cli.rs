@@ -89,11 +89,12 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
             ("caseworker", "child-welfare"),
             ("caseworker", "jobcenter"),
             ("caseworker", "integration"),
+            ("caseworker", "adult-social"),
             ("admin", "administration"),
             ("auditor", "administration"),
         ]
     );
-    let users = &all_users[..3];
+    let users = &all_users[..4];
     for user in users {
         assert!(!user["citizens"].as_array().unwrap().is_empty(), "{user}");
         assert!(user["name"].as_str().is_some_and(|n| !n.is_empty()));
@@ -104,7 +105,9 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
         .map(|s| s["label"].as_str().unwrap())
         .collect();
     assert!(
-        labels.contains(&"all-departments") && labels.contains(&"no-cases"),
+        labels.contains(&"all-departments")
+            && labels.contains(&"honour-related-conflict")
+            && labels.contains(&"no-cases"),
         "{labels:?}"
     );
     let everywhere = samples[0]["cpr"].as_str().unwrap();
