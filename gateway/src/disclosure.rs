@@ -32,6 +32,8 @@ const ADDRESS_FIELDS: &[&str] = &["residence"];
 /// How many distinct unknown codes are counted each under its own name; past that, a source
 /// sending ever new codes is counted under one, so it cannot grow the gateway's memory.
 const MAX_UNKNOWN_CODES: usize = 256;
+/// The most digits a code written to the log may hold: `LAB-30a` has two, a CPR number ten.
+const MAX_CODE_DIGITS: usize = 5;
 
 /// The loaded policy with the configuration it decides on.
 #[derive(Debug)]
@@ -108,14 +110,16 @@ impl UnknownCodes {
 }
 
 /// A code fit for the log: it comes from a department's system, so only what looks like a code
-/// (`SL-141`, `Serviceloven § 99`) is written as sent.
+/// (`SL-141`, `Serviceloven § 99`) is written as sent. A code never holds more than a few
+/// digits; a CPR number sent in its place (ten) must not reach the log.
 fn loggable(code: &str) -> String {
     let plain = code
         .chars()
         .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | ' ' | '§' | '/'));
+    let digits = code.chars().filter(char::is_ascii_digit).count();
     if code.is_empty() {
         "(none)".to_owned()
-    } else if plain && code.chars().count() <= 40 {
+    } else if plain && digits <= MAX_CODE_DIGITS && code.chars().count() <= 40 {
         code.to_owned()
     } else {
         "(unprintable)".to_owned()
@@ -1084,6 +1088,14 @@ mod tests {
         assert_eq!(loggable("Serviceloven § 99"), "Serviceloven § 99");
         assert_eq!(loggable(""), "(none)");
         assert_eq!(loggable("0101904321\nforged line"), "(unprintable)");
+        for cpr in [
+            "0101904321",
+            "010190-4321",
+            "01 01 90 43 21",
+            "SL-0101904321",
+        ] {
+            assert_eq!(loggable(cpr), "(unprintable)", "{cpr}");
+        }
         assert_eq!(loggable(&"X".repeat(41)), "(unprintable)");
         let codes = UnknownCodes::default();
         for i in 0..MAX_UNKNOWN_CODES + 10 {
