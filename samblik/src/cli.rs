@@ -32,7 +32,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run everything on loopback with a synthetic municipality: three sources and the gateway.
+    /// Run everything on loopback with a synthetic municipality: four sources and the gateway.
     Demo {
         /// Data directory (generated on first run, reused after).
         #[arg(long, default_value = "samblik-demo")]

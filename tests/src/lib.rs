@@ -103,14 +103,14 @@ pub fn departments_of(cpr: &str) -> BTreeSet<Department> {
         .collect()
 }
 
-/// A citizen with cases in all three departments.
-pub fn three_department_citizen() -> &'static str {
+/// A citizen with cases in all four departments.
+pub fn all_department_citizen() -> &'static str {
     municipality()
         .citizens
         .iter()
         .map(|c| c.cpr.as_str())
-        .find(|cpr| departments_of(cpr).len() == 3)
-        .expect("the test municipality has a citizen in all three departments")
+        .find(|cpr| departments_of(cpr).len() == Department::ALL.len())
+        .expect("the test municipality has a citizen in all four departments")
 }
 
 /// A citizen with no case anywhere.
@@ -462,7 +462,7 @@ pub async fn start_gateway_with_auth(
     (gateway, seen)
 }
 
-/// The three reference sources and a gateway over them.
+/// The four reference sources and a gateway over them.
 pub struct Municipal {
     pub gateway: RunningGateway,
     pub sources: Vec<RunningSource>,
@@ -485,7 +485,7 @@ impl std::fmt::Debug for Municipal {
     }
 }
 
-/// Starts the three reference sources (recording their calls) and a gateway over them.
+/// Starts the four reference sources (recording their calls) and a gateway over them.
 pub async fn start_municipal() -> Municipal {
     start_municipal_with(|_| {}).await
 }

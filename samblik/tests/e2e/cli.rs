@@ -89,11 +89,12 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
             ("caseworker", "child-welfare"),
             ("caseworker", "jobcenter"),
             ("caseworker", "integration"),
+            ("caseworker", "adult-social"),
             ("admin", "administration"),
             ("auditor", "administration"),
         ]
     );
-    let users = &all_users[..3];
+    let users = &all_users[..4];
     for user in users {
         assert!(!user["citizens"].as_array().unwrap().is_empty(), "{user}");
         assert!(user["name"].as_str().is_some_and(|n| !n.is_empty()));
@@ -104,7 +105,9 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
         .map(|s| s["label"].as_str().unwrap())
         .collect();
     assert!(
-        labels.contains(&"all-departments") && labels.contains(&"no-cases"),
+        labels.contains(&"all-departments")
+            && labels.contains(&"honour-related-conflict")
+            && labels.contains(&"no-cases"),
         "{labels:?}"
     );
     let everywhere = samples[0]["cpr"].as_str().unwrap();
@@ -161,16 +164,17 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
     let as_fagsystem = lookup(&["--cacert", ca, "--cert", cert, "--key", key]);
     assert!(as_fagsystem.status.success(), "{as_fagsystem:?}");
 
-    // `samblik lookup`: the readable overview names all three departments.
+    // `samblik lookup`: the readable overview names all four departments.
     let overview = stdout(&lookup(&["--cacert", ca]));
     for name in [
         "Børne- og Familieafdelingen",
         "Jobcenter",
         "Integrationsafdelingen",
+        "Voksenområdet",
     ] {
         assert!(overview.contains(name), "{name} missing in\n{overview}");
     }
-    assert_eq!(overview.matches("data as of").count(), 3, "{overview}");
+    assert_eq!(overview.matches("data as of").count(), 4, "{overview}");
     assert!(overview.contains("responsible: "));
 
     // The data-protection officer's dry run: what would the jobcenter caseworker see, and why —
@@ -362,7 +366,7 @@ fn demo_insecure_runs_plaintext_only_when_asked() {
         "prepare-meeting",
     ]);
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(stdout(&out).matches("data as of").count(), 3);
+    assert_eq!(stdout(&out).matches("data as of").count(), 4);
     // The warning is in the log.
     let mut stderr = demo.0.stderr.take().unwrap();
     assert!(demo.terminate().success());

@@ -8,6 +8,7 @@ mod attacks;
 mod audit;
 mod audit_api;
 mod bad_input;
+mod catalog;
 mod faults;
 mod floods;
 mod idle;
