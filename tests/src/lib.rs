@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod idp;
+pub mod openloop;
 pub mod panel;
 
 pub use samblik_testkit::{
