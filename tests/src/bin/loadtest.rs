@@ -11,6 +11,8 @@
 //! `--open-loop 0.5,2` measures the gateway's capacity, then sends requests at those multiples
 //! of it at a fixed rate (to the gateway and to the echo); `--soak-minutes 30` holds half the
 //! capacity (`--soak-factor`) for that long, minute by minute, and verifies the audit chain after.
+//! `--layers-pairs N` runs the gateway with the source stack's bulkhead and breaker off and on,
+//! alternately, N times each.
 
 use anyhow::Context;
 use samblik::demo::caseworker_claims;
@@ -74,6 +76,8 @@ struct Args {
     soak_factor: f64,
     /// The callers' deadline in the open-loop phases.
     deadline: Duration,
+    /// Only the source stack's resilience layers off and on, alternately, this many times each.
+    layers_pairs: Option<usize>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -87,6 +91,7 @@ fn parse_args() -> anyhow::Result<Args> {
         soak_minutes: None,
         soak_factor: 0.5,
         deadline: Duration::from_secs(1),
+        layers_pairs: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -124,8 +129,13 @@ fn parse_args() -> anyhow::Result<Args> {
                 );
             }
             "--deadline-ms" => args.deadline = Duration::from_millis(value.parse()?),
+            "--layers-pairs" => {
+                let pairs: usize = value.parse()?;
+                anyhow::ensure!(pairs > 0, "--layers-pairs needs at least one pair");
+                args.layers_pairs = Some(pairs);
+            }
             other => anyhow::bail!(
-                "unknown flag {other}; use --seconds, --concurrency, --connections, --audit-pairs, --postgres, --open-loop, --soak-minutes, --soak-factor, --deadline-ms"
+                "unknown flag {other}; use --seconds, --concurrency, --connections, --audit-pairs, --postgres, --open-loop, --soak-minutes, --soak-factor, --deadline-ms, --layers-pairs"
             ),
         }
     }
@@ -564,6 +574,98 @@ async fn soak(
     Ok(())
 }
 
+/// The source stack's resilience layers (bulkhead and circuit breaker at a source's configured
+/// defaults) on and off, alternately `pairs` times, over the same in-process sources: what the
+/// layers cost when nothing fails.
+async fn layers_pairs(
+    args: &Args,
+    sources: Vec<(Arc<dyn Source>, &str)>,
+    pairs: usize,
+    cprs: Arc<Vec<String>>,
+    tokens: Arc<Vec<String>>,
+) -> anyhow::Result<()> {
+    let defaults =
+        samblik_tests::gateway_config(&[SourceSpec::at("x", "127.0.0.1:1".parse()?)], 3_000)
+            .sources
+            .first()
+            .map(|s| s.resilience())
+            .context("a source config")?;
+    let bare = TestGateway::in_process(sources.clone()).start().await;
+    let layered = TestGateway::in_process_with(sources, defaults)
+        .start()
+        .await;
+    println!(
+        "loadtest ({} allocator): resilience layers off and on, {pairs} pairs of {} s each, {} concurrent callers over {} connections; layers {defaults:?}",
+        samblik::ALLOCATOR_NAME,
+        args.seconds,
+        args.concurrency,
+        args.connections,
+    );
+    alternate(
+        args,
+        pairs,
+        ("layers on", layered.addr),
+        ("layers off", bare.addr),
+        cprs,
+        tokens,
+        "resilience layers on / off (in-process sources)",
+        "target >= 0.97",
+    )
+    .await
+}
+
+/// Load on `a` then on `b`, `pairs` times, each answer held to three sources all OK; prints
+/// every pair's ratio a / b and their median: two phases measured seconds apart, many times
+/// over, is what a shared machine disturbs least.
+#[allow(clippy::too_many_arguments)]
+async fn alternate(
+    args: &Args,
+    pairs: usize,
+    (a_name, a): (&str, SocketAddr),
+    (b_name, b): (&str, SocketAddr),
+    cprs: Arc<Vec<String>>,
+    tokens: Arc<Vec<String>>,
+    what: &str,
+    target: &str,
+) -> anyhow::Result<()> {
+    let all_ok = |r: &LookupResponse| {
+        r.sources.len() == 3 && r.sources.iter().all(|s| s.status() == SourceStatus::Ok)
+    };
+    let mut ratios = Vec::new();
+    for pair in 1..=pairs {
+        let first = drive_over(
+            a,
+            None,
+            args,
+            Arc::clone(&cprs),
+            Arc::clone(&tokens),
+            all_ok,
+        )
+        .await?;
+        let second = drive_over(
+            b,
+            None,
+            args,
+            Arc::clone(&cprs),
+            Arc::clone(&tokens),
+            all_ok,
+        )
+        .await?;
+        report(&format!("{pair}: {a_name}"), &first);
+        report(&format!("{pair}: {b_name}"), &second);
+        ratios.push(first.per_second() / second.per_second());
+        println!("{pair}: ratio {:.3}", ratios[ratios.len() - 1]);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "ratio {what}, median of {pairs}: {:.3} (range {:.3}–{:.3}; {target})",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1],
+    );
+    Ok(())
+}
+
 /// Requests outstanding beyond which the open-loop driver stops sending (and counts the
 /// arrivals it did not send): far above what the gateway admits, so it is the gateway that sheds.
 const MAX_IN_FLIGHT: usize = 20_000;
@@ -694,27 +796,26 @@ async fn run(args: Args, on_postgres: bool) -> anyhow::Result<()> {
             args.connections,
             if on_postgres { "PostgreSQL" } else { "SQLite" },
         );
-        let mut ratios = Vec::new();
-        for pair in 1..=pairs {
-            let on = phase(gateway.addr, all_ok).await?;
-            let off = phase(gateway_no_fsync.addr, all_ok).await?;
-            report(&format!("{pair}: audit on"), &on);
-            report(&format!("{pair}: audit fsync off"), &off);
-            ratios.push(on.per_second() / off.per_second());
-            println!("{pair}: ratio on / off {:.3}", ratios[ratios.len() - 1]);
-        }
-        ratios.sort_by(f64::total_cmp);
-        println!(
-            "ratio audit fsync on / off (in-process sources), median of {pairs}: {:.3} (range {:.3}–{:.3}; target >= 0.8)",
-            ratios[ratios.len() / 2],
-            ratios[0],
-            ratios[ratios.len() - 1],
-        );
+        alternate(
+            &args,
+            pairs,
+            ("audit on", gateway.addr),
+            ("audit fsync off", gateway_no_fsync.addr),
+            Arc::clone(&cprs),
+            Arc::clone(&tokens),
+            "audit fsync on / off (in-process sources)",
+            "target >= 0.8",
+        )
+        .await?;
         return Ok(());
     }
     if !args.open_loop.is_empty() || args.soak_minutes.is_some() {
         drop(gateway_no_fsync);
         return open_loop_phases(&args, gateway, cprs, tokens).await;
+    }
+    if let Some(pairs) = args.layers_pairs {
+        drop((gateway, gateway_no_fsync));
+        return layers_pairs(&args, in_process, pairs, cprs, tokens).await;
     }
     let pki_dir = tempfile::tempdir()?;
     let (gateway_tls, client_tls) = start_tls_gateway(in_process.clone(), pki_dir.path()).await?;
