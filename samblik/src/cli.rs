@@ -126,6 +126,22 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Ask a gateway or a source whether it serves (grpc.health.v1 Check): prints the status
+    /// and exits 0 only when SERVING. For container health checks and Kubernetes exec probes,
+    /// which cannot speak gRPC over TLS themselves.
+    Health {
+        /// The service's address, e.g. https://127.0.0.1:50051.
+        #[arg(long, default_value = "https://127.0.0.1:50051")]
+        addr: String,
+        /// The health service name to ask about; "" is the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
+        /// No answer within this long counts as not serving.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Run the gateway from a config file.
     Serve {
         #[arg(long)]
@@ -149,7 +165,14 @@ struct GatewayArgs {
     token: String,
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
-    /// The CA (PEM) the gateway's certificate chains to, for an https:// address
+    #[command(flatten)]
+    tls: ClientTlsArgs,
+}
+
+/// How a client command trusts a server over TLS, and who it is.
+#[derive(Debug, clap::Args)]
+struct ClientTlsArgs {
+    /// The CA (PEM) the server's certificate chains to, for an https:// address
     /// (the demo's is in demo.json → ca_file).
     #[arg(long)]
     cacert: Option<PathBuf>,
@@ -160,12 +183,18 @@ struct GatewayArgs {
     key: Option<PathBuf>,
 }
 
-impl GatewayArgs {
-    fn tls(&self) -> crate::client::ClientTls {
+impl ClientTlsArgs {
+    fn client_tls(&self) -> crate::client::ClientTls {
         crate::client::ClientTls {
             ca_file: self.cacert.clone(),
             identity: self.cert.clone().zip(self.key.clone()),
         }
+    }
+}
+
+impl GatewayArgs {
+    fn tls(&self) -> crate::client::ClientTls {
+        self.tls.client_tls()
     }
     fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
@@ -950,6 +979,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
             acknowledge_break(audit, by, reason).await
         }
         Command::Audit { command } => audit_command(command).await,
+        Command::Health {
+            addr,
+            service,
+            tls,
+            timeout_ms,
+        } => {
+            let tls = tls.client_tls();
+            let status =
+                crate::client::health(&addr, &tls, service, Duration::from_millis(timeout_ms))
+                    .await?;
+            println!("{}", status.as_str_name());
+            anyhow::ensure!(
+                status == tonic_health::pb::health_check_response::ServingStatus::Serving,
+                "{addr} does not serve: {}",
+                status.as_str_name()
+            );
+            Ok(())
+        }
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             // The ports are bound and keys, certificates, endpoints and the policy checked

@@ -37,6 +37,26 @@ pub async fn connect(addr: &str, tls: &ClientTls) -> anyhow::Result<tonic::trans
     Ok(endpoint.connect().await?)
 }
 
+/// The grpc.health.v1 status of `service` at `addr`; an error when there is no answer within
+/// `timeout` (a refused connection, a failed handshake, an unknown service).
+pub async fn health(
+    addr: &str,
+    tls: &ClientTls,
+    service: String,
+    timeout: Duration,
+) -> anyhow::Result<tonic_health::pb::health_check_response::ServingStatus> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let ask = async {
+        let mut client = HealthClient::new(connect(addr, tls).await?);
+        let answer = client.check(HealthCheckRequest { service }).await?;
+        anyhow::Ok(answer.into_inner().status())
+    };
+    tokio::time::timeout(timeout, ask)
+        .await
+        .with_context(|| format!("no answer from {addr} within {} ms", timeout.as_millis()))?
+}
+
 /// `message` with the caller's bearer token and a deadline.
 pub fn authorized<T>(
     message: T,
