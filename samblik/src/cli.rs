@@ -146,6 +146,10 @@ enum Command {
     Serve {
         #[arg(long)]
         config: PathBuf,
+        /// This replica's audit chain instead of the config's `audit.chain`: replicas that share
+        /// one config (a Kubernetes Deployment passes `$(POD_NAME)`) each need their own chain.
+        #[arg(long)]
+        audit_chain: Option<String>,
     },
     /// The audit log.
     Audit {
@@ -997,8 +1001,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Serve { config } => {
-            let config = Config::load(&config)?;
+        Command::Serve {
+            config,
+            audit_chain,
+        } => {
+            let mut config = Config::load(&config)?;
+            if let Some(chain) = audit_chain {
+                config.audit.chain = chain;
+                config.validate()?;
+            }
             // The ports are bound and keys, certificates, endpoints and the policy checked
             // before the audit store is opened: a refused start-up writes nothing to it.
             let listeners = crate::server::Listeners::bind(&config).await?;

@@ -1051,6 +1051,39 @@ fn serve_from_a_config_file_audits_into_postgresql_and_verifies() {
     );
 }
 
+#[test]
+fn replicas_sharing_one_config_each_write_their_own_chain() {
+    // A Kubernetes Deployment gives every replica the same config and `--audit-chain
+    // $(POD_NAME)`: two gateways on one store at once, each on its own chain (one chain can
+    // have only one writer).
+    let setup = crate::common::postgres_setup("chains", "from-config");
+    let replica = |chain| {
+        crate::common::start_serve_with(&setup.config, &setup.url, &["--audit-chain", chain]).0
+    };
+    let (a, b) = (replica("samblik-7f9c4-a1"), replica("samblik-7f9c4-b2"));
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+    let verified = Command::new(SAMBLIK)
+        .args([
+            "audit",
+            "verify",
+            "--config",
+            setup.config.to_str().unwrap(),
+        ])
+        .env("SAMBLIK_AUDIT_DATABASE_URL", &setup.url)
+        .output()
+        .unwrap();
+    let text = stdout(&verified);
+    // Each: start-up and clean stop; nothing on the config's own chain.
+    for chain in ["samblik-7f9c4-a1", "samblik-7f9c4-b2"] {
+        assert!(
+            text.contains(&format!("chain {chain}: 2 records")),
+            "{text}"
+        );
+    }
+    assert!(!text.contains("from-config"), "{text}");
+}
+
 fn pg_records(url: &str) -> Vec<Option<String>> {
     let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
     client
