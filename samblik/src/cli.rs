@@ -185,6 +185,10 @@ struct ClientTlsArgs {
     cert: Option<PathBuf>,
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
+    /// The name the server's certificate must carry, where it is not the address's host
+    /// (e.g. a probe in the gateway's container dials 127.0.0.1).
+    #[arg(long)]
+    tls_server_name: Option<String>,
 }
 
 impl ClientTlsArgs {
@@ -192,6 +196,7 @@ impl ClientTlsArgs {
         crate::client::ClientTls {
             ca_file: self.cacert.clone(),
             identity: self.cert.clone().zip(self.key.clone()),
+            server_name: self.tls_server_name.clone(),
         }
     }
 }
@@ -205,6 +210,8 @@ impl GatewayArgs {
     }
 }
 
+// Parsed once from the command line: the size of a variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
     /// Load and validate a policy the way the gateway does at start-up, and print its version

@@ -13,6 +13,9 @@ pub struct ClientTls {
     pub ca_file: Option<std::path::PathBuf>,
     /// A client certificate and key for mutual TLS.
     pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The name the server's certificate must carry, where it is not the address's host (a
+    /// probe inside a container dials 127.0.0.1; the certificate names the service).
+    pub server_name: Option<String>,
 }
 
 /// Connects to the gateway at `addr` (e.g. `https://127.0.0.1:50051`).
@@ -25,6 +28,9 @@ pub async fn connect(addr: &str, tls: &ClientTls) -> anyhow::Result<tonic::trans
             config = config.ca_certificate(tonic::transport::Certificate::from_pem(
                 std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?,
             ));
+        }
+        if let Some(name) = &tls.server_name {
+            config = config.domain_name(name.clone());
         }
         if let Some((cert, key)) = &tls.identity {
             config = config.identity(tonic::transport::Identity::from_pem(

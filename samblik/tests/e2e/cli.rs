@@ -174,6 +174,20 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
         assert_eq!(stdout(&answer).trim(), "SERVING");
     }
     assert!(!health("nope.Nope").status.success());
+    // The name the certificate must carry, where the probe dials an address it does not name.
+    let named = |name| {
+        samblik(&[
+            "health",
+            "--addr",
+            url,
+            "--cacert",
+            ca,
+            "--tls-server-name",
+            name,
+        ])
+    };
+    assert!(named("localhost").status.success());
+    assert!(!named("gateway.sonderaa.invalid").status.success());
     // Without the demo CA the gateway's certificate is not trusted.
     assert!(!samblik(&["health", "--addr", url]).status.success());
     assert!(!lookup(&[]).status.success());
