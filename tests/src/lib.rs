@@ -7,6 +7,7 @@
 
 pub mod idp;
 pub mod netns;
+pub mod openloop;
 pub mod panel;
 
 pub use samblik_testkit::{
@@ -363,14 +364,27 @@ impl TestGateway {
     }
 
     /// Over sources held in this process (trait objects, no network hop to them), each with a
-    /// 2 s timeout, named by their department.
+    /// 2 s timeout, named by their department, without bulkhead or circuit breaker.
     pub fn in_process(sources: Vec<(Arc<dyn Source>, &str)>) -> Self {
+        Self::in_process_with(sources, samblik_gateway::source_stack::Resilience::NONE)
+    }
+
+    /// As [`TestGateway::in_process`], each source behind `resilience` (bulkhead, breaker).
+    pub fn in_process_with(
+        sources: Vec<(Arc<dyn Source>, &str)>,
+        resilience: samblik_gateway::source_stack::Resilience,
+    ) -> Self {
         let mut gateway = Self::over(&[]);
         gateway.parts.sources = Some(
             sources
                 .into_iter()
                 .map(|(source, department)| {
-                    GatewaySource::new(source, department, Duration::from_secs(2))
+                    GatewaySource::with_resilience(
+                        source,
+                        department,
+                        Duration::from_secs(2),
+                        resilience,
+                    )
                 })
                 .collect(),
         );

@@ -132,7 +132,7 @@ fn served(answer: &LookupResponse) {
 
 fn lookup_request() -> tonic::Request<samblik_proto::v1::LookupRequest> {
     request(
-        three_department_citizen(),
+        all_department_citizen(),
         Purpose::PrepareMeeting,
         Some(&token(Department::Jobcenter)),
         Some(Duration::from_secs(2)),

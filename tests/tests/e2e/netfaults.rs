@@ -21,7 +21,7 @@ const SICK: Department = Department::Integration;
 /// What every lookup here gives the gateway (`grpc-timeout`).
 const CALLER_DEADLINE: Duration = Duration::from_secs(3);
 
-/// A gateway over three reference sources, the integration one behind a [`NetPath`].
+/// A gateway over every reference source, the integration one behind a [`NetPath`].
 struct Setup {
     // Dropped in this order: the gateway and the servers stop before the namespace goes.
     gateway: RunningGateway,
@@ -75,7 +75,7 @@ impl Setup {
         let answer = tokio::time::timeout(
             CALLER_DEADLINE + Duration::from_secs(5),
             self.client.lookup(request(
-                three_department_citizen(),
+                all_department_citizen(),
                 Purpose::PrepareMeeting,
                 Some(&token(Department::Jobcenter)),
                 Some(CALLER_DEADLINE),
