@@ -160,17 +160,9 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
     };
     // `samblik health`, as a container's health check runs it: the whole server, and the
     // lookup service by name, are SERVING; an unknown service name is not.
-    let health = |service| {
-        samblik(&[
-            "health",
-            "--addr",
-            url,
-            "--cacert",
-            ca,
-            "--service",
-            service,
-        ])
-    };
+    let health_of =
+        |option, value| samblik(&["health", "--addr", url, "--cacert", ca, option, value]);
+    let health = |service| health_of("--service", service);
     for service in ["", "samblik.v1.LookupService"] {
         let answer = health(service);
         assert!(answer.status.success(), "{service:?}: {answer:?}");
@@ -178,17 +170,7 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
     }
     assert!(!health("nope.Nope").status.success());
     // The name the certificate must carry, where the probe dials an address it does not name.
-    let named = |name| {
-        samblik(&[
-            "health",
-            "--addr",
-            url,
-            "--cacert",
-            ca,
-            "--tls-server-name",
-            name,
-        ])
-    };
+    let named = |name| health_of("--tls-server-name", name);
     assert!(named("localhost").status.success());
     assert!(!named("gateway.sonderaa.invalid").status.success());
     // Without the demo CA the gateway's certificate is not trusted.

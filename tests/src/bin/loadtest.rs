@@ -626,25 +626,19 @@ async fn alternate(
     target: &str,
 ) -> anyhow::Result<()> {
     let mut ratios = Vec::new();
+    let measure = |addr| {
+        drive_over(
+            addr,
+            None,
+            args,
+            Arc::clone(&cprs),
+            Arc::clone(&tokens),
+            all_ok,
+        )
+    };
     for pair in 1..=pairs {
-        let first = drive_over(
-            a,
-            None,
-            args,
-            Arc::clone(&cprs),
-            Arc::clone(&tokens),
-            all_ok,
-        )
-        .await?;
-        let second = drive_over(
-            b,
-            None,
-            args,
-            Arc::clone(&cprs),
-            Arc::clone(&tokens),
-            all_ok,
-        )
-        .await?;
+        let first = measure(a).await?;
+        let second = measure(b).await?;
         report(&format!("{pair}: {a_name}"), &first);
         report(&format!("{pair}: {b_name}"), &second);
         ratios.push(first.per_second() / second.per_second());
