@@ -208,11 +208,16 @@ pub struct PolicyConfig {
     /// The longest an approved access request may run.
     #[serde(default = "defaults::max_grant_days")]
     pub max_grant_days: u32,
+    /// The municipality's departments, case types and sensitivity flags: the only names the
+    /// policy and the rest of this section may use. Absent: the built-in catalogue.
+    #[serde(default)]
+    pub catalog: CatalogConfig,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
+            catalog: CatalogConfig::default(),
             file: None,
             statutes: defaults::statutes(),
             field_sets: Vec::new(),
@@ -222,6 +227,56 @@ impl Default for PolicyConfig {
             max_grant_days: defaults::max_grant_days(),
         }
     }
+}
+
+/// The open catalogue. Each list given replaces the built-in one whole; a list left out keeps it.
+/// The built-in catalogue is the report's eight municipal plans in four areas (child welfare,
+/// jobcenter, integration, adult social) and the three standard flags.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    #[serde(default = "defaults::catalog_departments")]
+    pub departments: Vec<CatalogDepartment>,
+    #[serde(default = "defaults::catalog_case_types")]
+    pub case_types: Vec<CatalogCaseType>,
+    /// Sensitivity flags a source or `[[policy.sensitivity]]` may set, e.g. `address-protection`.
+    #[serde(default = "defaults::catalog_flags")]
+    pub flags: Vec<String>,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            departments: defaults::catalog_departments(),
+            case_types: defaults::catalog_case_types(),
+            flags: defaults::catalog_flags(),
+        }
+    }
+}
+
+/// A department (area) of the municipality, as caller tokens and sources' `owner_department`
+/// name it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogDepartment {
+    /// e.g. `adult-social`.
+    pub id: String,
+    /// As caseworkers know it, e.g. "Voksenområdet".
+    pub name: String,
+}
+
+/// A case (plan) type a source may send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogCaseType {
+    /// The code sources send and rules name (`CaseType::"SL-141"`).
+    pub code: String,
+    /// e.g. "Handleplan for voksne".
+    pub name: String,
+    /// e.g. "Serviceloven § 141".
+    pub legal_paragraph: String,
+    /// The department whose sources serve it: one of `departments`.
+    pub area: String,
 }
 
 /// A statute that is a legal basis for sharing, up to a tier.
@@ -784,7 +839,84 @@ pub struct SourceConfig {
 }
 
 mod defaults {
-    use super::{SensitivityConfig, StatuteConfig};
+    use super::{CatalogCaseType, CatalogDepartment, SensitivityConfig, StatuteConfig};
+
+    pub fn catalog_departments() -> Vec<CatalogDepartment> {
+        [
+            ("child-welfare", "Børne- og Familieafdelingen"),
+            ("jobcenter", "Jobcenter"),
+            ("integration", "Integrationsafdelingen"),
+            ("adult-social", "Voksenområdet"),
+        ]
+        .map(|(id, name)| CatalogDepartment {
+            id: id.into(),
+            name: name.into(),
+        })
+        .into()
+    }
+    /// The report's eight municipal plans (domain brief §1.0), in its order.
+    pub fn catalog_case_types() -> Vec<CatalogCaseType> {
+        [
+            (
+                "SL-54",
+                "Handleplan for forældre med anbragte børn",
+                "Serviceloven § 54",
+                "child-welfare",
+            ),
+            (
+                "SL-57c",
+                "Handleplan til forebyggelse af kriminalitet",
+                "Serviceloven § 57 c",
+                "child-welfare",
+            ),
+            (
+                "SL-140",
+                "Handleplan for børn og unge med behov for særlig støtte",
+                "Serviceloven § 140",
+                "child-welfare",
+            ),
+            (
+                "SL-141",
+                "Handleplan for voksne",
+                "Serviceloven § 141",
+                "adult-social",
+            ),
+            (
+                "LAB-27",
+                "Min Plan",
+                "Lov om en aktiv beskæftigelsesindsats § 27",
+                "jobcenter",
+            ),
+            (
+                "LAB-30a",
+                "Rehabiliteringsplan",
+                "Lov om en aktiv beskæftigelsesindsats § 30 a",
+                "jobcenter",
+            ),
+            (
+                "SL-12a",
+                "Handleplan ved æresrelateret konflikt",
+                "Serviceloven § 12 a",
+                "adult-social",
+            ),
+            (
+                "IL-19",
+                "Integrationskontrakt",
+                "Integrationsloven § 19",
+                "integration",
+            ),
+        ]
+        .map(|(code, name, legal_paragraph, area)| CatalogCaseType {
+            code: code.into(),
+            name: name.into(),
+            legal_paragraph: legal_paragraph.into(),
+            area: area.into(),
+        })
+        .into()
+    }
+    pub fn catalog_flags() -> Vec<String> {
+        samblik_policy::Catalog::FLAGS.map(str::to_owned).into()
+    }
 
     pub fn session_idle_secs() -> u64 {
         30 * 60
@@ -1668,7 +1800,10 @@ mod shipped {
             toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(config.validate().is_ok(), "{:?}", config.validate());
         let ids: Vec<&str> = config.sources.iter().map(|s| s.id.as_str()).collect();
-        assert_eq!(ids, ["child-welfare", "jobcenter", "integration"]);
+        assert_eq!(
+            ids,
+            ["child-welfare", "jobcenter", "integration", "adult-social"]
+        );
         // That its policy section loads over its sources is disclosure.rs's test.
     }
 

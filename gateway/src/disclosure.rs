@@ -5,12 +5,16 @@
 //! Nothing here caches consents or grants: they are read from the store for every lookup, so a
 //! withdrawal or an expiry takes effect on the very next one, on every replica.
 
-use crate::config::{Config, ConfigError, FieldSetConfig, PolicyConfig, SourceConfig};
+use crate::config::{
+    CatalogConfig, Config, ConfigError, FieldSetConfig, PolicyConfig, SourceConfig,
+};
 use chrono::{DateTime, Utc};
 use samblik_audit::registry::{AccessRequest, Consent, ConsentKind};
 use samblik_policy::{BasisFact, CaseFacts, CaseTypes, Catalog, Decision, Policy, Role, Tier};
 use samblik_proto::v1::{self as pb, Case};
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, PoisonError};
 
 /// The tier-2 fields a field set may name, with their field paths.
 pub const SELECTED_FIELDS: &[&str] = &[
@@ -25,16 +29,11 @@ pub const SELECTED_FIELDS: &[&str] = &[
 /// The address fields: never shown where the policy hides addresses.
 const ADDRESS_FIELDS: &[&str] = &["residence"];
 
-/// The standard case types of the reference departments, used for a source's ceiling when its
-/// configuration names none.
-fn standard_case_types(source_id: &str) -> Option<&'static [&'static str]> {
-    match source_id {
-        "child-welfare" => Some(&["SL-54", "SL-57c", "SL-140"]),
-        "jobcenter" => Some(&["LAB-27", "LAB-30a"]),
-        "integration" => Some(&["IL-19"]),
-        _ => None,
-    }
-}
+/// How many distinct unknown codes are counted each under its own name; past that, a source
+/// sending ever new codes is counted under one, so it cannot grow the gateway's memory.
+const MAX_UNKNOWN_CODES: usize = 256;
+/// The most digits a code written to the log may hold: `LAB-30a` has two, a CPR number ten.
+const MAX_CODE_DIGITS: usize = 5;
 
 /// The loaded policy with the configuration it decides on.
 #[derive(Debug)]
@@ -45,6 +44,86 @@ pub struct DisclosurePolicy {
     sources: HashMap<String, SourceFacts>,
     /// Per (source, case type): the selected fields; `(source, "")` is the source's default.
     field_sets: HashMap<(String, String), Vec<String>>,
+    /// The catalogue's case type codes and flags: anything else reaches the policy as
+    /// [`Catalog::UNKNOWN`].
+    case_types: HashSet<String>,
+    flags: HashSet<String>,
+    unknown: UnknownCodes,
+}
+
+/// A code a source sent that the catalogue does not hold, and how often it was seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownCode {
+    pub source_id: String,
+    /// `case type` or `flag`.
+    pub kind: &'static str,
+    /// The code as logged: `(none)` when the case had no type, `(unprintable)` when it is long
+    /// or holds other characters than a code does, `(other)` past the counted number of codes.
+    pub code: String,
+    pub seen: u64,
+}
+
+/// Counts unknown codes per source and code, and says so in the log at the 1st, 2nd, 4th, 8th…
+/// sighting: an operator sees every code and how often it comes, without one line per case.
+#[derive(Debug, Default)]
+struct UnknownCodes {
+    seen: Mutex<HashMap<(String, &'static str, String), u64>>,
+}
+
+impl UnknownCodes {
+    fn count(&self, source_id: &str, kind: &'static str, code: &str) {
+        let mut key = (source_id.to_owned(), kind, loggable(code));
+        let seen = {
+            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            if !seen.contains_key(&key) && seen.len() >= MAX_UNKNOWN_CODES {
+                key.2 = "(other)".to_owned();
+            }
+            let n = seen.entry(key.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if seen.is_power_of_two() {
+            tracing::warn!(
+                source = %key.0,
+                kind,
+                code = %key.2,
+                seen,
+                "a case with a {kind} the catalogue does not know: shown to its own department only"
+            );
+        }
+    }
+
+    fn snapshot(&self) -> Vec<UnknownCode> {
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut list: Vec<UnknownCode> = seen
+            .iter()
+            .map(|((source_id, kind, code), &seen)| UnknownCode {
+                source_id: source_id.clone(),
+                kind,
+                code: code.clone(),
+                seen,
+            })
+            .collect();
+        list.sort_by(|a, b| (&a.source_id, a.kind, &a.code).cmp(&(&b.source_id, b.kind, &b.code)));
+        list
+    }
+}
+
+/// A code fit for the log: it comes from a department's system, so only what looks like a code
+/// (`SL-141`, `Serviceloven § 99`) is written as sent. A code never holds more than a few
+/// digits; a CPR number sent in its place (ten) must not reach the log.
+fn loggable(code: &str) -> String {
+    let plain = code
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | ' ' | '§' | '/'));
+    let digits = code.chars().filter(char::is_ascii_digit).count();
+    if code.is_empty() {
+        "(none)".to_owned()
+    } else if plain && digits <= MAX_CODE_DIGITS && code.chars().count() <= 40 {
+        code.to_owned()
+    } else {
+        "(unprintable)".to_owned()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -91,10 +170,26 @@ impl DisclosurePolicy {
         sources: &[SourceConfig],
         config: PolicyConfig,
     ) -> Result<Self, ConfigError> {
-        let catalog = Catalog::standard(sources.iter().map(|s| s.id.clone()).collect());
         let invalid = |m: String| ConfigError::Invalid(m);
-        let policy = Policy::load(policy_text, &catalog)
-            .map_err(|e| invalid(format!("policy is not valid: {e}")))?;
+        check_catalog(&config.catalog).map_err(|m| invalid(format!("policy.catalog: {m}")))?;
+        let catalog = Catalog {
+            sources: sources.iter().map(|s| s.id.clone()).collect(),
+            case_types: config
+                .catalog
+                .case_types
+                .iter()
+                .map(|t| t.code.clone())
+                .collect(),
+            purposes: Catalog::PURPOSES.map(str::to_owned).into(),
+            flags: config.catalog.flags.clone(),
+        };
+        // The schema is built from the catalogue, so a rule naming a case type or flag the
+        // catalogue lacks fails validation here and the gateway does not start.
+        let policy = Policy::load(policy_text, &catalog).map_err(|e| {
+            invalid(format!(
+                "policy is not valid against the catalogue ([policy.catalog]): {e}"
+            ))
+        })?;
         let known = |list: &[String], what: &str, value: &str| {
             if list.iter().any(|v| v == value) {
                 Ok(())
@@ -105,10 +200,19 @@ impl DisclosurePolicy {
         let mut source_facts = HashMap::new();
         for s in sources {
             let case_types: Vec<String> = if s.case_types.is_empty() {
-                standard_case_types(&s.id).map_or_else(
-                    || catalog.case_types.clone(),
-                    |t| t.iter().map(|t| (*t).to_owned()).collect(),
-                )
+                // The types of the source's area; a source outside every area may send any.
+                let area: Vec<String> = config
+                    .catalog
+                    .case_types
+                    .iter()
+                    .filter(|t| t.area == s.owner())
+                    .map(|t| t.code.clone())
+                    .collect();
+                if area.is_empty() {
+                    catalog.case_types.clone()
+                } else {
+                    area
+                }
             } else {
                 s.case_types.clone()
             };
@@ -123,7 +227,7 @@ impl DisclosurePolicy {
                 },
             );
         }
-        let mut ids = std::collections::HashSet::new();
+        let mut ids = HashSet::new();
         for statute in &config.statutes {
             if !ids.insert(statute.id.as_str()) {
                 return Err(invalid(format!("policy: statute {:?} twice", statute.id)));
@@ -185,10 +289,23 @@ impl DisclosurePolicy {
         }
         Ok(DisclosurePolicy {
             policy,
+            case_types: catalog.case_types.into_iter().collect(),
+            flags: catalog.flags.into_iter().collect(),
+            unknown: UnknownCodes::default(),
             config,
             sources: source_facts,
             field_sets,
         })
+    }
+
+    /// The codes sources sent that the catalogue does not hold, with how often each was seen.
+    pub fn unknown_codes(&self) -> Vec<UnknownCode> {
+        self.unknown.snapshot()
+    }
+
+    /// The catalogue this policy was loaded with.
+    pub fn catalog(&self) -> &CatalogConfig {
+        &self.config.catalog
     }
 
     /// The policy version recorded in every audit record: the hash of the rules and schema.
@@ -282,13 +399,36 @@ impl DisclosurePolicy {
     /// The decision for one case.
     pub fn decide(&self, lookup: &LookupFacts<'_>, source_id: &str, case: &Case) -> Decision {
         let owner = self.owner_of(source_id).unwrap_or(source_id);
-        let (case_type, paragraph) = case
+        let (sent_type, paragraph) = case
             .existence
             .as_ref()
             .and_then(|e| e.case_type.as_ref())
             .map_or(("", ""), |t| (t.code.as_str(), t.legal_paragraph.as_str()));
-        // The case's own flags, borrowed; copied only when configuration adds one.
-        let mut flags = std::borrow::Cow::Borrowed(case.sensitivity.as_slice());
+        // A type or flag outside the catalogue is decided as "unknown", never dropped unseen.
+        let case_type = if self.case_types.contains(sent_type) {
+            sent_type
+        } else {
+            self.unknown.count(source_id, "case type", sent_type);
+            Catalog::UNKNOWN
+        };
+        // The case's own flags, borrowed; copied only when one is unknown or configuration adds
+        // one.
+        let mut flags = Cow::Borrowed(case.sensitivity.as_slice());
+        if flags.iter().any(|f| !self.flags.contains(f)) {
+            let mut known = Vec::with_capacity(flags.len());
+            for f in flags.iter() {
+                let f = if self.flags.contains(f) {
+                    f.as_str()
+                } else {
+                    self.unknown.count(source_id, "flag", f);
+                    Catalog::UNKNOWN
+                };
+                if !known.iter().any(|k: &String| k == f) {
+                    known.push(f.to_owned());
+                }
+            }
+            flags = Cow::Owned(known);
+        }
         for f in self.configured_flags(source_id, case_type) {
             if !flags.iter().any(|x| x == f) {
                 flags.to_mut().push(f.to_owned());
@@ -399,6 +539,42 @@ impl DisclosurePolicy {
         case.subject_cpr.clear();
         Some(case)
     }
+}
+
+/// What the policy crate cannot see of the catalogue: unique, non-empty departments, case types
+/// named and placed in a department of the catalogue. Names as such are checked by the schema.
+fn check_catalog(catalog: &CatalogConfig) -> Result<(), String> {
+    let mut departments = HashSet::new();
+    for d in &catalog.departments {
+        if d.id.trim().is_empty() || d.name.trim().is_empty() {
+            return Err(format!("department {:?} needs an id and a name", d.id));
+        }
+        if !departments.insert(d.id.as_str()) {
+            return Err(format!("department {:?} is listed twice", d.id));
+        }
+    }
+    for t in &catalog.case_types {
+        if t.name.trim().is_empty() || t.legal_paragraph.trim().is_empty() {
+            return Err(format!(
+                "case type {:?} needs a name and a legal_paragraph",
+                t.code
+            ));
+        }
+        if !departments.contains(t.area.as_str()) {
+            return Err(format!(
+                "case type {:?} has area {:?}, which is not one of the catalogue's departments ({})",
+                t.code,
+                t.area,
+                catalog
+                    .departments
+                    .iter()
+                    .map(|d| d.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Clears the tier-2 fields for which `keep` says no.
@@ -806,5 +982,264 @@ mod tests {
         let sources = [SourceConfig::new("jobcenter", "Jobcenter", "")];
         let err = DisclosurePolicy::with_default_rules(&sources, config).unwrap_err();
         assert!(err.to_string().contains("intervention"), "{err}");
+    }
+
+    /// The tier `department`'s caseworker, with a relation and a consent up to tier 3 from the
+    /// owner, is shown of `case` from `source`.
+    fn tier_for(policy: &DisclosurePolicy, department: &str, source: &str, case: &Case) -> Tier {
+        let mut consent = consent(0, source, 3, false);
+        consent.to = Recipients::AnyWithCase;
+        let registry = RegistryFacts {
+            consents: vec![consent],
+            grants: Vec::new(),
+            now: at(0),
+        };
+        let roles = [Role::Caseworker];
+        let facts = LookupFacts {
+            caller_id: "cw-1",
+            caller_department: department,
+            roles: &roles,
+            municipality: "999",
+            purpose: "prepare-meeting",
+            relation: true,
+            break_glass: false,
+            registry: &registry,
+        };
+        let decision = policy.decide(&facts, source, case);
+        match policy.apply(source, case.clone(), &decision) {
+            Some(shown) => policy_tier(shown.carried_tier()),
+            None => Tier::Hidden,
+        }
+    }
+
+    fn four_departments() -> Vec<SourceConfig> {
+        ["child-welfare", "jobcenter", "integration", "adult-social"]
+            .iter()
+            .map(|id| SourceConfig::new(id, id, ""))
+            .collect()
+    }
+
+    #[test]
+    fn a_case_of_an_unknown_type_is_its_departments_alone_and_counted() {
+        let policy =
+            DisclosurePolicy::with_default_rules(&four_departments(), PolicyConfig::default())
+                .unwrap();
+        let unknown = case(1, "SL-999", Vec::new());
+        assert_eq!(
+            tier_for(&policy, "adult-social", "adult-social", &unknown),
+            Tier::Full
+        );
+        for other in ["child-welfare", "jobcenter", "integration"] {
+            assert_eq!(
+                tier_for(&policy, other, "adult-social", &unknown),
+                Tier::Hidden,
+                "{other}"
+            );
+        }
+        // A known type under the same consent: the catalogue, not the consent, made the difference.
+        let known = case(2, "SL-141", Vec::new());
+        assert_eq!(
+            tier_for(&policy, "jobcenter", "adult-social", &known),
+            Tier::Full
+        );
+        // An unknown flag holds a known type back in the same way.
+        let flagged = case(3, "SL-141", vec!["witness-protection".into()]);
+        assert_eq!(
+            tier_for(&policy, "jobcenter", "adult-social", &flagged),
+            Tier::Hidden
+        );
+        assert_eq!(
+            tier_for(&policy, "adult-social", "adult-social", &flagged),
+            Tier::Full
+        );
+        let untyped = Case {
+            existence: Some(pb::Existence::default()),
+            ..case(4, "", Vec::new())
+        };
+        assert_eq!(
+            tier_for(&policy, "adult-social", "adult-social", &untyped),
+            Tier::Full
+        );
+        assert_eq!(
+            tier_for(&policy, "jobcenter", "adult-social", &untyped),
+            Tier::Hidden
+        );
+
+        let seen: Vec<(String, &str, String, u64)> = policy
+            .unknown_codes()
+            .into_iter()
+            .map(|u| (u.source_id, u.kind, u.code, u.seen))
+            .collect();
+        let entry =
+            |kind, code: &str, seen| ("adult-social".to_owned(), kind, code.to_owned(), seen);
+        assert_eq!(
+            seen,
+            [
+                entry("case type", "(none)", 2),
+                entry("case type", "SL-999", 4),
+                entry("flag", "witness-protection", 2),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_codes_are_logged_only_when_they_look_like_codes_and_are_bounded() {
+        assert_eq!(loggable("SL-999"), "SL-999");
+        assert_eq!(loggable("Serviceloven § 99"), "Serviceloven § 99");
+        assert_eq!(loggable(""), "(none)");
+        assert_eq!(loggable("0101904321\nforged line"), "(unprintable)");
+        for cpr in [
+            "0101904321",
+            "010190-4321",
+            "01 01 90 43 21",
+            "SL-0101904321",
+        ] {
+            assert_eq!(loggable(cpr), "(unprintable)", "{cpr}");
+        }
+        assert_eq!(loggable(&"X".repeat(41)), "(unprintable)");
+        let codes = UnknownCodes::default();
+        for i in 0..MAX_UNKNOWN_CODES + 10 {
+            codes.count("s", "case type", &format!("T-{i}"));
+        }
+        let snapshot = codes.snapshot();
+        assert_eq!(snapshot.len(), MAX_UNKNOWN_CODES + 1);
+        assert!(snapshot.iter().any(|u| u.code == "(other)" && u.seen == 10));
+    }
+
+    #[test]
+    fn the_catalogue_comes_from_configuration() {
+        let text = r#"
+            [[catalog.departments]]
+            id = "adult-social"
+            name = "Voksenområdet"
+            [[catalog.departments]]
+            id = "jobcenter"
+            name = "Jobcenter"
+            [[catalog.case_types]]
+            code = "SL-12a"
+            name = "Handleplan ved æresrelateret konflikt"
+            legal_paragraph = "Serviceloven § 12 a"
+            area = "adult-social"
+            [[catalog.case_types]]
+            code = "SL-85"
+            name = "Socialpædagogisk støtte"
+            legal_paragraph = "Serviceloven § 85"
+            area = "adult-social"
+            [[catalog.case_types]]
+            code = "LAB-27"
+            name = "Min Plan"
+            legal_paragraph = "Lov om en aktiv beskæftigelsesindsats § 27"
+            area = "jobcenter"
+        "#;
+        let config: PolicyConfig = toml::from_str(text).unwrap();
+        let sources = [
+            SourceConfig::new("adult-social", "Voksenområdet", ""),
+            SourceConfig::new("jobcenter", "Jobcenter", ""),
+        ];
+        let policy = DisclosurePolicy::with_default_rules(&sources, config.clone()).unwrap();
+        assert_eq!(policy.catalog().case_types.len(), 3);
+        // The configured type is known: decided as itself, not as unknown; the built-in
+        // SL-141, left out of this catalogue, is now unknown.
+        let own = case(1, "SL-85", Vec::new());
+        assert_eq!(
+            tier_for(&policy, "jobcenter", "adult-social", &own),
+            Tier::Full
+        );
+        let dropped = case(2, "SL-141", Vec::new());
+        assert_eq!(
+            tier_for(&policy, "jobcenter", "adult-social", &dropped),
+            Tier::Hidden
+        );
+        assert_eq!(policy.unknown_codes().len(), 1);
+        // A policy may name the configured type…
+        let rule = "\n@id(\"sl-85-cap\")\n@code(\"sensitive\")\n@reason(\"r\")\nforbid (principal, action == Action::\"see-full\", resource)\nwhen { resource.case_type == CaseType::\"SL-85\" } unless { context.own_department };\n";
+        let rules = format!("{}{rule}", DisclosurePolicy::default_rules());
+        let capped = DisclosurePolicy::new(&rules, &sources, config).unwrap();
+        assert_eq!(
+            tier_for(&capped, "jobcenter", "adult-social", &own),
+            Tier::Selected
+        );
+        // …but not one the catalogue does not hold.
+        let err = DisclosurePolicy::new(&rules, &sources, PolicyConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("SL-85"), "{err}");
+    }
+
+    #[test]
+    fn a_catalogue_the_policy_cannot_stand_on_refuses_to_start() {
+        // The default policy names SL-12a: a catalogue without it refuses, and says so.
+        let mut config = PolicyConfig::default();
+        config.catalog.case_types.retain(|t| t.code != "SL-12a");
+        config.sensitivity.clear();
+        let err = DisclosurePolicy::with_default_rules(&four_departments(), config).unwrap_err();
+        assert!(
+            err.to_string().contains("SL-12a") && err.to_string().contains("catalogue"),
+            "{err}"
+        );
+        // Nor without the flags it names.
+        let mut config = PolicyConfig::default();
+        config.catalog.flags.retain(|f| f != "police-information");
+        let err = DisclosurePolicy::with_default_rules(&four_departments(), config).unwrap_err();
+        assert!(err.to_string().contains("police-information"), "{err}");
+        // A case type in an area that is not a department of the catalogue.
+        let mut config = PolicyConfig::default();
+        config.catalog.case_types[0].area = "adult".into();
+        let err = DisclosurePolicy::with_default_rules(&four_departments(), config).unwrap_err();
+        assert!(err.to_string().contains("\"adult\""), "{err}");
+        // The reserved name, twice-listed codes and departments.
+        let mut config = PolicyConfig::default();
+        config.catalog.case_types[0].code = "unknown".into();
+        let err = DisclosurePolicy::with_default_rules(&four_departments(), config).unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{err}");
+        let mut config = PolicyConfig::default();
+        let again = config.catalog.departments[0].clone();
+        config.catalog.departments.push(again);
+        let err = DisclosurePolicy::with_default_rules(&four_departments(), config).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
+    }
+
+    /// The catalogue example in `docs/configuration.md` loads, so the page cannot rot.
+    #[test]
+    fn the_documented_catalogue_loads() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let page = std::fs::read_to_string(&path).unwrap();
+        let section = page.split("## The catalogue").nth(1).unwrap();
+        let example = section
+            .split("```toml")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
+        #[derive(serde::Deserialize)]
+        struct Page {
+            policy: PolicyConfig,
+        }
+        let page: Page =
+            toml::from_str(example).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let sources = [
+            SourceConfig::new("adult-social", "Voksenområdet", ""),
+            SourceConfig::new("jobcenter", "Jobcenter", ""),
+        ];
+        let policy = DisclosurePolicy::with_default_rules(&sources, page.policy).unwrap();
+        assert!(
+            policy
+                .catalog()
+                .case_types
+                .iter()
+                .any(|t| t.code == "SL-85")
+        );
+    }
+
+    #[test]
+    fn a_source_serves_its_areas_case_types() {
+        let policy =
+            DisclosurePolicy::with_default_rules(&four_departments(), PolicyConfig::default())
+                .unwrap();
+        let types = |id: &str| policy.sources[id].case_types.as_slice().to_vec();
+        assert_eq!(types("adult-social"), ["SL-141", "SL-12a"]);
+        assert_eq!(types("child-welfare"), ["SL-54", "SL-57c", "SL-140"]);
+        assert_eq!(types("jobcenter"), ["LAB-27", "LAB-30a"]);
+        assert_eq!(types("integration"), ["IL-19"]);
     }
 }

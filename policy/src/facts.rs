@@ -85,20 +85,25 @@ impl std::fmt::Display for Role {
 /// that names a source, case type, purpose or flag outside the catalog is refused at load time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Catalog {
-    /// Source ids, e.g. `child-welfare`, `jobcenter`, `integration`.
+    /// Source ids, e.g. `child-welfare`, `jobcenter`, `integration`, `adult-social`.
     pub sources: Vec<String>,
-    /// Case type codes, e.g. `SL-140`, `LAB-27`.
+    /// Case type codes, e.g. `SL-140`, `LAB-27`. The schema adds [`Catalog::UNKNOWN`].
     pub case_types: Vec<String>,
     /// Lookup purposes, e.g. `prepare-meeting`.
     pub purposes: Vec<String>,
-    /// Sensitivity flags on a case or a citizen, e.g. `address-protection`.
+    /// Sensitivity flags on a case or a citizen, e.g. `address-protection`. The schema adds
+    /// [`Catalog::UNKNOWN`].
     pub flags: Vec<String>,
 }
 
 impl Catalog {
-    /// The standard case types.
-    pub const CASE_TYPES: [&'static str; 7] = [
-        "SL-54", "SL-57c", "SL-140", "SL-12a", "LAB-27", "LAB-30a", "IL-19",
+    /// The case type and the flag a case reaches the policy with when its source sent a code the
+    /// catalog does not hold: a rule can then decide about "a type nobody configured" instead
+    /// of the case vanishing. Part of every schema; a catalog may not list it itself.
+    pub const UNKNOWN: &'static str = "unknown";
+    /// The standard case types: the report's eight municipal plans.
+    pub const CASE_TYPES: [&'static str; 8] = [
+        "SL-54", "SL-57c", "SL-140", "SL-141", "SL-12a", "LAB-27", "LAB-30a", "IL-19",
     ];
     /// The standard lookup purposes.
     pub const PURPOSES: [&'static str; 4] =

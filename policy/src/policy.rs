@@ -139,11 +139,17 @@ struct Vocabulary {
 impl Vocabulary {
     fn new(catalog: &Catalog) -> Vocabulary {
         let set = |list: &[String]| list.iter().cloned().collect();
+        let with_unknown = |list: &[String]| {
+            list.iter()
+                .cloned()
+                .chain([Catalog::UNKNOWN.to_owned()])
+                .collect()
+        };
         Vocabulary {
             sources: set(&catalog.sources),
-            case_types: set(&catalog.case_types),
+            case_types: with_unknown(&catalog.case_types),
             purposes: set(&catalog.purposes),
-            flags: set(&catalog.flags),
+            flags: with_unknown(&catalog.flags),
         }
     }
 
@@ -288,7 +294,8 @@ impl Policy {
         DEFAULT_POLICY
     }
 
-    /// The Cedar schema (human-readable syntax) for this catalog.
+    /// The Cedar schema (human-readable syntax) for this catalog; case types and flags end with
+    /// [`Catalog::UNKNOWN`].
     pub fn schema_source(catalog: &Catalog) -> String {
         let list = |items: &[String]| {
             items
@@ -297,11 +304,12 @@ impl Policy {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let with_unknown = |items: &[String]| format!("{}, \"{}\"", list(items), Catalog::UNKNOWN);
         SCHEMA_TEMPLATE
             .replace("{{sources}}", &list(&catalog.sources))
-            .replace("{{case_types}}", &list(&catalog.case_types))
+            .replace("{{case_types}}", &with_unknown(&catalog.case_types))
             .replace("{{purposes}}", &list(&catalog.purposes))
-            .replace("{{flags}}", &list(&catalog.flags))
+            .replace("{{flags}}", &with_unknown(&catalog.flags))
     }
 
     /// Parses the policy and validates it strictly against the catalog's schema. Refuses a rule
@@ -769,6 +777,11 @@ fn check_catalog(catalog: &Catalog) -> Result<(), PolicyError> {
             if !seen.insert(item) {
                 return Err(problem(format!("{item:?} is listed twice")));
             }
+            if item == Catalog::UNKNOWN && matches!(list, "case_types" | "flags") {
+                return Err(problem(format!(
+                    "{item:?} is reserved for codes the catalog does not hold; choose another name"
+                )));
+            }
         }
     }
     Ok(())
@@ -883,7 +896,27 @@ mod tests {
             "child-welfare".into(),
             "jobcenter".into(),
             "integration".into(),
+            "adult-social".into(),
         ])
+    }
+
+    #[test]
+    fn the_unknown_type_is_in_every_schema_and_reserved() {
+        let schema = Policy::schema_source(&catalog());
+        assert!(schema.contains(r#""IL-19", "unknown"]"#), "{schema}");
+        assert!(
+            schema.contains(r#""police-information", "unknown"]"#),
+            "{schema}"
+        );
+        for list in ["case_types", "flags"] {
+            let mut reserved = catalog();
+            match list {
+                "case_types" => reserved.case_types.push(Catalog::UNKNOWN.into()),
+                _ => reserved.flags.push(Catalog::UNKNOWN.into()),
+            }
+            let err = err_text(Policy::load(Policy::default_source(), &reserved));
+            assert!(err.contains(list) && err.contains("reserved"), "{err}");
+        }
     }
 
     fn default_policy() -> Policy {
@@ -947,6 +980,7 @@ mod tests {
                 "break-the-glass-cap",
                 "citizen-refused",
                 "honour-related-conflict",
+                "unknown-type",
                 "police-information-cap",
                 "address-protection",
             ]
@@ -1107,7 +1141,7 @@ mod tests {
         let schema = Policy::schema_source(&catalog());
         assert!(
             schema.contains(
-                "entity Source enum [\"child-welfare\", \"jobcenter\", \"integration\"];"
+                "entity Source enum [\"child-welfare\", \"jobcenter\", \"integration\", \"adult-social\"];"
             )
         );
         assert!(!schema.contains("{{"));

@@ -32,7 +32,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run everything on loopback with a synthetic municipality: three sources and the gateway.
+    /// Run everything on loopback with a synthetic municipality: four sources and the gateway.
     Demo {
         /// Data directory (generated on first run, reused after).
         #[arg(long, default_value = "samblik-demo")]
@@ -126,10 +126,30 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Ask a gateway or a source whether it serves (grpc.health.v1 Check): prints the status
+    /// and exits 0 only when SERVING. For container health checks and Kubernetes exec probes,
+    /// which cannot speak gRPC over TLS themselves.
+    Health {
+        /// The service's address, e.g. https://127.0.0.1:50051.
+        #[arg(long, default_value = "https://127.0.0.1:50051")]
+        addr: String,
+        /// The health service name to ask about; "" is the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
+        /// No answer within this long counts as not serving.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Run the gateway from a config file.
     Serve {
         #[arg(long)]
         config: PathBuf,
+        /// This replica's audit chain instead of the config's `audit.chain`: replicas that share
+        /// one config (a Kubernetes Deployment passes `$(POD_NAME)`) each need their own chain.
+        #[arg(long)]
+        audit_chain: Option<String>,
     },
     /// The audit log.
     Audit {
@@ -149,7 +169,14 @@ struct GatewayArgs {
     token: String,
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
-    /// The CA (PEM) the gateway's certificate chains to, for an https:// address
+    #[command(flatten)]
+    tls: ClientTlsArgs,
+}
+
+/// How a client command trusts a server over TLS, and who it is.
+#[derive(Debug, clap::Args)]
+struct ClientTlsArgs {
+    /// The CA (PEM) the server's certificate chains to, for an https:// address
     /// (the demo's is in demo.json → ca_file).
     #[arg(long)]
     cacert: Option<PathBuf>,
@@ -158,20 +185,33 @@ struct GatewayArgs {
     cert: Option<PathBuf>,
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
+    /// The name the server's certificate must carry, where it is not the address's host
+    /// (e.g. a probe in the gateway's container dials 127.0.0.1).
+    #[arg(long)]
+    tls_server_name: Option<String>,
+}
+
+impl ClientTlsArgs {
+    fn client_tls(&self) -> crate::client::ClientTls {
+        crate::client::ClientTls {
+            ca_file: self.cacert.clone(),
+            identity: self.cert.clone().zip(self.key.clone()),
+            server_name: self.tls_server_name.clone(),
+        }
+    }
 }
 
 impl GatewayArgs {
     fn tls(&self) -> crate::client::ClientTls {
-        crate::client::ClientTls {
-            ca_file: self.cacert.clone(),
-            identity: self.cert.clone().zip(self.key.clone()),
-        }
+        self.tls.client_tls()
     }
     fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
 }
 
+// Parsed once from the command line: the size of a variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
     /// Load and validate a policy the way the gateway does at start-up, and print its version
@@ -980,8 +1020,33 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit { command } => audit_command(command).await,
-        Command::Serve { config } => {
-            let config = Config::load(&config)?;
+        Command::Health {
+            addr,
+            service,
+            tls,
+            timeout_ms,
+        } => {
+            let tls = tls.client_tls();
+            let status =
+                crate::client::health(&addr, &tls, service, Duration::from_millis(timeout_ms))
+                    .await?;
+            println!("{}", status.as_str_name());
+            anyhow::ensure!(
+                status == tonic_health::pb::health_check_response::ServingStatus::Serving,
+                "{addr} does not serve: {}",
+                status.as_str_name()
+            );
+            Ok(())
+        }
+        Command::Serve {
+            config,
+            audit_chain,
+        } => {
+            let mut config = Config::load(&config)?;
+            if let Some(chain) = audit_chain {
+                config.audit.chain = chain;
+                config.validate()?;
+            }
             // The ports are bound and keys, certificates, endpoints and the policy checked
             // before the audit store is opened: a refused start-up writes nothing to it.
             let listeners = crate::server::Listeners::bind(&config).await?;

@@ -13,6 +13,9 @@ pub struct ClientTls {
     pub ca_file: Option<std::path::PathBuf>,
     /// A client certificate and key for mutual TLS.
     pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The name the server's certificate must carry, where it is not the address's host (a
+    /// probe inside a container dials 127.0.0.1; the certificate names the service).
+    pub server_name: Option<String>,
 }
 
 /// Connects to the gateway at `addr` (e.g. `https://127.0.0.1:50051`).
@@ -26,6 +29,9 @@ pub async fn connect(addr: &str, tls: &ClientTls) -> anyhow::Result<tonic::trans
                 std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?,
             ));
         }
+        if let Some(name) = &tls.server_name {
+            config = config.domain_name(name.clone());
+        }
         if let Some((cert, key)) = &tls.identity {
             config = config.identity(tonic::transport::Identity::from_pem(
                 std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?,
@@ -35,6 +41,26 @@ pub async fn connect(addr: &str, tls: &ClientTls) -> anyhow::Result<tonic::trans
         endpoint = endpoint.tls_config(config)?;
     }
     Ok(endpoint.connect().await?)
+}
+
+/// The grpc.health.v1 status of `service` at `addr`; an error when there is no answer within
+/// `timeout` (a refused connection, a failed handshake, an unknown service).
+pub async fn health(
+    addr: &str,
+    tls: &ClientTls,
+    service: String,
+    timeout: Duration,
+) -> anyhow::Result<tonic_health::pb::health_check_response::ServingStatus> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let ask = async {
+        let mut client = HealthClient::new(connect(addr, tls).await?);
+        let answer = client.check(HealthCheckRequest { service }).await?;
+        anyhow::Ok(answer.into_inner().status())
+    };
+    tokio::time::timeout(timeout, ask)
+        .await
+        .with_context(|| format!("no answer from {addr} within {} ms", timeout.as_millis()))?
 }
 
 /// `message` with the caller's bearer token and a deadline.

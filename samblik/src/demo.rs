@@ -1,4 +1,4 @@
-//! `samblik demo`: the whole system on loopback with a synthetic municipality — three reference
+//! `samblik demo`: the whole system on loopback with a synthetic municipality — four reference
 //! sources and the gateway, real gRPC between them — and a `demo.json` that tells scripts (and
 //! people) where everything is, who the demo users are and which citizens are worth a look.
 
@@ -11,7 +11,7 @@ use samblik_gateway::config::{
 };
 use samblik_reference::ReferenceSource;
 use samblik_synth::store::{self, DepartmentData};
-use samblik_synth::{CaseState, Caseworker, Dataset, Department, SynthConfig};
+use samblik_synth::{CaseState, Caseworker, Dataset, Department, PlanType, SynthConfig};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -94,7 +94,9 @@ pub struct DemoUser {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SampleCitizen {
-    /// What makes this citizen interesting, e.g. `all-departments`, `no-cases`.
+    /// What makes this citizen interesting: `all-departments`, `two-departments`,
+    /// `honour-related-conflict` (an SL § 12 a case beside a jobcenter case: the jobcenter sees
+    /// only its own), `no-cases`.
     pub label: String,
     pub cpr: String,
     pub name: String,
@@ -483,15 +485,22 @@ fn demo_facts(
         .map(|c| c.cpr.as_str())
         .collect();
     let mut samples = Vec::new();
-    let all_three = departments
+    let everywhere = departments
         .iter()
         .find(|(cpr, d)| d.len() == Department::ALL.len() && !protected.contains(*cpr))
         .map(|(cpr, _)| *cpr);
-    if let Some(cpr) = all_three {
+    if let Some(cpr) = everywhere {
         samples.push(sample("all-departments", cpr));
     }
     if let Some((cpr, _)) = departments.iter().find(|(_, d)| d.len() == 2) {
         samples.push(sample("two-departments", cpr));
+    }
+    if let Some(case) = data
+        .cases
+        .iter()
+        .find(|c| c.plan_type == PlanType::Sl12a && c.state == CaseState::Open)
+    {
+        samples.push(sample("honour-related-conflict", &case.cpr));
     }
     if let Some(c) = data
         .citizens
@@ -505,7 +514,7 @@ fn demo_facts(
     // case there, else the one with the most open cases.
     let mut users = Vec::new();
     for department in Department::ALL {
-        let from_sample = all_three.and_then(|cpr| {
+        let from_sample = everywhere.and_then(|cpr| {
             data.cases
                 .iter()
                 .find(|c| c.cpr == cpr && c.department() == department)
@@ -524,7 +533,7 @@ fn demo_facts(
         let Some(worker) = data.caseworkers.iter().find(|w| w.id == id) else {
             continue;
         };
-        let mut citizens: Vec<String> = all_three
+        let mut citizens: Vec<String> = everywhere
             .filter(|cpr| open_by_worker.get(id).is_some_and(|s| s.contains(cpr)))
             .map(str::to_owned)
             .into_iter()

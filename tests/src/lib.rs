@@ -6,11 +6,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod idp;
+pub mod netns;
+pub mod openloop;
 pub mod panel;
 
 pub use samblik_testkit::{
     BLABBING_MESSAGE, Blabbing, Budget, Failing, Hanging, Panicking, Recording, RunningSource,
-    Scripted, dead_address, start_blabbing, start_garbage_server, start_source, start_source_tls,
+    Scripted, dead_address, start_blabbing, start_garbage_server, start_source, start_source_on,
+    start_source_tls,
 };
 
 use samblik::demo::{caseworker_claims, demo_config};
@@ -101,14 +104,14 @@ pub fn departments_of(cpr: &str) -> BTreeSet<Department> {
         .collect()
 }
 
-/// A citizen with cases in all three departments.
-pub fn three_department_citizen() -> &'static str {
+/// A citizen with cases in all four departments.
+pub fn all_department_citizen() -> &'static str {
     municipality()
         .citizens
         .iter()
         .map(|c| c.cpr.as_str())
-        .find(|cpr| departments_of(cpr).len() == 3)
-        .expect("the test municipality has a citizen in all three departments")
+        .find(|cpr| departments_of(cpr).len() == Department::ALL.len())
+        .expect("the test municipality has a citizen in all four departments")
 }
 
 /// A citizen with no case anywhere.
@@ -372,14 +375,27 @@ impl TestGateway {
     }
 
     /// Over sources held in this process (trait objects, no network hop to them), each with a
-    /// 2 s timeout, named by their department.
+    /// 2 s timeout, named by their department, without bulkhead or circuit breaker.
     pub fn in_process(sources: Vec<(Arc<dyn Source>, &str)>) -> Self {
+        Self::in_process_with(sources, samblik_gateway::source_stack::Resilience::NONE)
+    }
+
+    /// As [`TestGateway::in_process`], each source behind `resilience` (bulkhead, breaker).
+    pub fn in_process_with(
+        sources: Vec<(Arc<dyn Source>, &str)>,
+        resilience: samblik_gateway::source_stack::Resilience,
+    ) -> Self {
         let mut gateway = Self::over(&[]);
         gateway.parts.sources = Some(
             sources
                 .into_iter()
                 .map(|(source, department)| {
-                    GatewaySource::new(source, department, Duration::from_secs(2))
+                    GatewaySource::with_resilience(
+                        source,
+                        department,
+                        Duration::from_secs(2),
+                        resilience,
+                    )
                 })
                 .collect(),
         );
@@ -479,7 +495,7 @@ pub async fn start_gateway_with_auth(
     (gateway, seen)
 }
 
-/// The three reference sources and a gateway over them.
+/// The four reference sources and a gateway over them.
 pub struct Municipal {
     pub gateway: RunningGateway,
     pub sources: Vec<RunningSource>,
@@ -502,7 +518,7 @@ impl std::fmt::Debug for Municipal {
     }
 }
 
-/// Starts the three reference sources (recording their calls) and a gateway over them.
+/// Starts the four reference sources (recording their calls) and a gateway over them.
 pub async fn start_municipal() -> Municipal {
     start_municipal_with(|_| {}).await
 }

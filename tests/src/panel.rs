@@ -1,4 +1,4 @@
-//! The lookup panel for tests: the three reference sources, the gateway's pipeline and the
+//! The lookup panel for tests: the four reference sources, the gateway's pipeline and the
 //! panel over HTTPS on loopback, signing in through the demo's page of users; and headless
 //! Chromium driven over WebDriver (Debian's `chromium` and `chromium-driver`).
 
@@ -109,7 +109,7 @@ fn demo_sign_in() -> SignIn {
     ))
 }
 
-/// Starts the three reference sources, the pipeline and the panel over HTTPS (the demo PKI's
+/// Starts the four reference sources, the pipeline and the panel over HTTPS (the demo PKI's
 /// gateway certificate).
 pub async fn start_panel() -> RunningPanel {
     let mut sources = Vec::new();

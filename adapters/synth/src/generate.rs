@@ -14,7 +14,8 @@
 
 use crate::model::{
     CaseRecord, CaseState, Caseworker, Citizen, Dataset, Department, Document, DocumentKind,
-    FLAG_ADDRESS_PROTECTION, FLAG_POLICE_INFORMATION, Goal, Intervention, Municipality, PlanType,
+    FLAG_ADDRESS_PROTECTION, FLAG_HONOUR_RELATED_CONFLICT, FLAG_POLICE_INFORMATION, Goal,
+    Intervention, Municipality, PlanType,
 };
 use chrono::{Datelike, Months, NaiveDate, TimeDelta};
 use rand::seq::{IndexedRandom, index};
@@ -169,40 +170,53 @@ const fn profile(plans: &'static [PlanType], ages: (u32, u32), per_reference: u6
     }
 }
 
-use PlanType::{Il19, Lab27, Lab30a, Sl54, Sl57c, Sl140};
+use PlanType::{Il19, Lab27, Lab30a, Sl12a, Sl54, Sl57c, Sl140, Sl141};
 
 /// Per 43,000 inhabitants the plans add up to the report's volumes (brief §2.2, Box 7):
-/// 5,200 LAB-27, 750 LAB-30a, 375 SL-140, 225 IL-19, 35 SL-54, 30 SL-57c = 6,615.
-/// The 55 three-plan citizens hold 165 plans (2.5 %), the 259 two-plan citizens 518 more
-/// (together 10.3 %, the report's 9–12 %). Pairs follow Figures 4 and 7 where one CPR can hold
-/// both plans: a child's § 140 plan beside a parent's Min Plan is a family-level overlap in the
-/// report but sits on two CPR numbers here. LAB-27 × LAB-30a stays at 0 %, as in the report.
-/// Multi-plan profiles come first so that their narrow age bands are not used up by singles.
+/// 5,200 LAB-27, 750 LAB-30a, 375 SL-140, 225 SL-141, 225 IL-19, 35 SL-54, 30 SL-57c and one
+/// SL-12a = 6,841. The 3 four-plan and 52 three-plan citizens hold 168 plans (2.5 %), the 310
+/// two-plan citizens 620 more (together 11.5 %, the report's 9–12 %). Pairs follow Figures 4
+/// and 7 where one CPR can hold both plans: a child's § 140 plan beside a parent's Min Plan is a
+/// family-level overlap in the report but sits on two CPR numbers here. § 141 takes its
+/// report's share of the overlap (with Min Plan above all), so the § 140 × Min Plan pairs give
+/// some of theirs up to keep the total inside 9–12 %. LAB-27 × LAB-30a stays at 0 %, as in the
+/// report. Multi-plan profiles come first so that their narrow age bands are not used up by
+/// singles.
 const PROFILES: &[Profile] = &[
+    profile(&[Sl54, Sl141, Lab30a, Il19], (25, 55), 3),
     profile(&[Sl140, Sl57c, Lab27], (16, 17), 20),
     profile(&[Sl140, Lab30a, Il19], (18, 22), 20),
-    profile(&[Sl54, Lab30a, Il19], (25, 55), 12),
+    profile(&[Sl54, Lab30a, Il19], (25, 55), 9),
     profile(&[Sl54, Lab27, Il19], (25, 55), 3),
-    profile(&[Sl140, Lab27], (16, 17), 70),
-    profile(&[Sl140, Lab27], (18, 22), 70),
+    profile(&[Sl12a, Lab27], (18, 40), 1),
+    profile(&[Sl140, Lab27], (16, 17), 55),
+    profile(&[Sl140, Lab27], (18, 22), 55),
     profile(&[Sl140, Lab30a], (18, 22), 45),
+    profile(&[Sl141, Lab27], (25, 64), 55),
     profile(&[Il19, Lab30a], (25, 55), 30),
     profile(&[Sl140, Il19], (18, 22), 25),
+    profile(&[Sl141, Lab30a], (25, 64), 12),
     profile(&[Sl54, Lab27], (25, 55), 10),
+    profile(&[Sl141, Il19], (25, 55), 8),
     profile(&[Sl140, Sl57c], (12, 17), 6),
+    profile(&[Sl140, Sl141], (18, 22), 4),
     profile(&[Sl54, Il19], (25, 55), 2),
+    profile(&[Sl54, Sl141], (25, 55), 2),
     profile(&[Sl54, Lab30a], (25, 55), 1),
     profile(&[Sl57c], (12, 17), 4),
-    profile(&[Sl140], (18, 22), 15),
-    profile(&[Sl140], (0, 17), 104),
-    profile(&[Sl54], (25, 55), 7),
-    profile(&[Il19], (18, 55), 133),
-    profile(&[Lab30a], (25, 64), 642),
-    profile(&[Lab27], (16, 66), 5027),
+    profile(&[Sl140], (18, 22), 26),
+    profile(&[Sl140], (0, 17), 119),
+    profile(&[Sl54], (25, 55), 5),
+    profile(&[Sl141], (18, 66), 141),
+    profile(&[Il19], (18, 55), 125),
+    profile(&[Lab30a], (25, 64), 630),
+    profile(&[Lab27], (16, 66), 5001),
 ];
-/// The demo needs a citizen with cases in all three departments, so this profile is kept even
-/// where the population is too small for its count to round to one.
-const ALWAYS_PRESENT: &[PlanType] = &[Sl54, Lab30a, Il19];
+/// Kept even where the population is too small for their counts to round to one: the demo
+/// needs a citizen with cases in all four departments, and one honour-related-conflict case
+/// (about 50 a year nationally, well under one in an average municipality) beside the
+/// jobcenter, as the report describes it.
+const ALWAYS_PRESENT: &[&[PlanType]] = &[&[Sl54, Sl141, Lab30a, Il19], &[Sl12a, Lab27]];
 
 // ---------------------------------------------------------------------------------------------
 // Organisation
@@ -216,10 +230,12 @@ const UNIT_SICKNESS: usize = 4;
 const UNIT_JOB_YOUTH: usize = 5;
 const UNIT_REHABILITATION: usize = 6;
 const UNIT_INTEGRATION: usize = 7;
+const UNIT_ADULT: usize = 8;
+const UNIT_ADULT_COUNSELLING: usize = 9;
 
 /// Units, grouped by department in [`Department::ALL`] order (caseworker ids count per
 /// department in this order).
-const UNITS: [(Department, &str); 8] = [
+const UNITS: [(Department, &str); 10] = [
     (Department::ChildWelfare, "Børn og Familie – Myndighed Nord"),
     (Department::ChildWelfare, "Børn og Familie – Myndighed Syd"),
     (Department::ChildWelfare, "Ungeenheden"),
@@ -228,6 +244,8 @@ const UNITS: [(Department, &str); 8] = [
     (Department::Jobcenter, "Jobcenter – Ungeindsatsen"),
     (Department::Jobcenter, "Rehabiliteringsteamet"),
     (Department::Integration, "Integrationsteamet"),
+    (Department::AdultSocial, "Voksen – Myndighed"),
+    (Department::AdultSocial, "Voksen – Særlig rådgivning"),
 ];
 
 /// Typical caseloads: a child-welfare case takes 37 hours of assessment, a Min Plan a few.
@@ -236,6 +254,8 @@ fn cases_per_caseworker(department: Department) -> usize {
         Department::ChildWelfare => 25,
         Department::Jobcenter => 90,
         Department::Integration => 40,
+        // A § 141 plan takes 6–10 hours of assessment and a yearly follow-up in person.
+        Department::AdultSocial => 35,
     }
 }
 
@@ -252,11 +272,13 @@ enum Track {
     Lab27Sickness,
     Lab30a,
     Il19,
+    Sl141,
+    Sl12a,
 }
 
 impl Track {
     /// In declaration order, so that `track as usize` indexes [`Library::tracks`].
-    const ALL: [Track; 10] = [
+    const ALL: [Track; 12] = [
         Track::Sl54,
         Track::Sl57c,
         Track::Sl140Infant,
@@ -267,6 +289,8 @@ impl Track {
         Track::Lab27Sickness,
         Track::Lab30a,
         Track::Il19,
+        Track::Sl141,
+        Track::Sl12a,
     ];
 
     fn of(rng: &mut ChaCha8Rng, plan: PlanType, age: u32) -> Track {
@@ -282,6 +306,8 @@ impl Track {
             Lab27 => Track::Lab27Sickness,
             Lab30a => Track::Lab30a,
             Il19 => Track::Il19,
+            Sl141 => Track::Sl141,
+            Sl12a => Track::Sl12a,
         }
     }
 
@@ -299,6 +325,8 @@ impl Track {
             Track::Lab27Sickness => UNIT_SICKNESS,
             Track::Lab30a => UNIT_REHABILITATION,
             Track::Il19 => UNIT_INTEGRATION,
+            Track::Sl141 => UNIT_ADULT,
+            Track::Sl12a => UNIT_ADULT_COUNSELLING,
         }
     }
 
@@ -315,6 +343,8 @@ impl Track {
             Track::Lab27Sickness => &[LAB27_SICKNESS_TEXT, LAB27_TEXT],
             Track::Lab30a => &[LAB30A_TEXT],
             Track::Il19 => &[IL19_TEXT],
+            Track::Sl141 => &[SL141_TEXT],
+            Track::Sl12a => &[SL12A_TEXT],
         }
     }
 }
@@ -352,6 +382,10 @@ fn rules(plan: PlanType) -> Rules {
         // At least six follow-ups a year for the intervention part.
         Lab30a => r(18, 120, 1826, 61, (61, 61)),
         Il19 => r(18, 120, 1826, 91, (91, 91)),
+        // No statutory cadence: first after 3–6 months, then in person once a year.
+        Sl141 => r(18, 66, 1826, 137, (365, 365)),
+        // Follow-up as needed; counselling stays close while the risk lasts.
+        Sl12a => r(18, 120, 365, 30, (61, 91)),
     }
 }
 
@@ -364,6 +398,8 @@ fn document_tables(plan: PlanType) -> &'static [&'static str] {
         Lab27 => &[LAB27_DOCUMENTS],
         Lab30a => &[LAB30A_DOCUMENTS],
         Il19 => &[IL19_DOCUMENTS],
+        Sl141 => &[SL141_DOCUMENTS],
+        Sl12a => &[SL12A_DOCUMENTS],
     }
 }
 
@@ -628,6 +664,62 @@ intervention
     IL § 23 d | Mentorstøtte | 91-365 | 2 timer om ugen; 1 time om ugen | Mentorkorpset, Jobcenter Sønderå; Mentorhuset Syd ApS
 ";
 
+// SL part V (afsnit V) interventions for adults: §§ 85, 97, 99, 101, 103, 104, 107, 108.
+const SL141_TEXT: &str = "
+opening
+    Borgeren har betydelig nedsat psykisk funktionsevne og modtager hjælp efter servicelovens afsnit V.
+    Borgeren har et langvarigt misbrug af alkohol og har svært ved at klare sig i egen bolig.
+    Borgeren har en erhvervet hjerneskade og har brug for støtte i hverdagen.
+    Borgeren har været hjemløs og bor nu i midlertidigt botilbud.
+    Borgeren er udviklingshæmmet og bor i egen lejlighed med bostøtte.
+detail
+    Borgeren er udredt efter voksenudredningsmetoden (VUM).
+    Borgeren har takket ja til en handleplan og har deltaget i udarbejdelsen af den.
+    Borgeren er i kontakt med distriktspsykiatrien.
+    Borgeren har et lille netværk og ønsker mere kontakt med andre.
+    Borgeren er i behandling i rusmiddelcentret, og indsatsen koordineres med jobcentret.
+goal
+    Borgeren kan klare indkøb, madlavning og økonomi med mindre støtte.
+    Borgeren bevarer sin bolig og betaler husleje til tiden.
+    Borgeren deltager i et aktivitetstilbud flere dage om ugen.
+    Borgeren nedbringer sit forbrug af alkohol.
+    Borgeren afklares i forhold til beskæftigelse i samarbejde med jobcentret.
+assessment
+    Indsatsen har skabt mere ro i hverdagen, og borgeren ønsker at fortsætte.
+    Borgeren har opnået flere af målene, og støtten kan trappes ned.
+    Borgeren har haft en periode med tilbagefald; indsatsen fastholdes uændret.
+    Borgeren har brug for et mere omfattende tilbud, og sagen revurderes.
+intervention
+    Serviceloven § 85 | Socialpædagogisk støtte i eget hjem | 180-730 | 3 timer om ugen; 5 timer om ugen; 8 timer om ugen | Bostøtten, Sønderå Kommune; Socialpsykiatrien Syd
+    Serviceloven § 99 | Støtte- og kontaktperson | 180-730 | 2 timer om ugen; 4 timer om måneden | SKP-teamet, Sønderå Kommune
+    Serviceloven § 101 | Ambulant alkoholbehandling | 90-365 | ugentlige samtaler; 2 samtaler om ugen | Rusmiddelcenter Sønderå
+    Serviceloven § 103 | Beskyttet beskæftigelse | 180-730 | 15 timer om ugen; 20 timer om ugen | Værkstedet Åbrinken
+    Serviceloven § 104 | Aktivitets- og samværstilbud | 180-730 | 2 dage om ugen; 3 dage om ugen | Værestedet Lyset
+    Serviceloven § 107 | Midlertidigt botilbud | 180-545 | døgnophold | Botilbuddet Engbo
+";
+
+// SL § 12 a: a risk assessment with the police, the situation (residence, work, education,
+// relatives) and the support offered; in practice no specific goals (brief §1.7).
+const SL12A_TEXT: &str = "
+opening
+    Borgeren har henvendt sig til kommunen på grund af risiko for alvorlig æresrelateret konflikt.
+    Politiet har henvendt sig til kommunen om borgeren efter en bekymrende episode.
+detail
+    Borgeren er flyttet fra familien og bor midlertidigt hos en veninde.
+    Borgeren er i gang med en uddannelse og ønsker at fortsætte den.
+    Borgeren har arbejde, men frygter at familien opsøger arbejdspladsen.
+    Borgeren har ingen kontakt til sine pårørende.
+goal
+    Borgeren er i sikkerhed.
+assessment
+    Risikoen vurderes fortsat som høj; sikkerhedsplanen følges.
+    Risikoen er nedbragt, og borgeren har fået egen bolig.
+intervention
+    Serviceloven § 12 a | Gratis, anonym rådgivning ved æresrelateret konflikt | 90-365 | samtaler efter behov; 1 samtale om ugen | Rådgivningen, Voksen – Særlig rådgivning
+    Serviceloven § 109 | Midlertidigt ophold på krisecenter | 30-180 | døgnophold | Krisecentret Lyngly
+    Almenboligloven § 59 | Akut boliganvisning | 30-120 | anvist bolig | Borgerservice, Sønderå Kommune
+";
+
 // Documents: a section line is `when | kind | title | origin | author's title`, its items are
 // sentences of the body. `when` is `first` (opens every case), `more` (may follow) or a share
 // (that part of the cases has one, drawn per template). `kind` is spelt as in the data files.
@@ -792,6 +884,45 @@ more | note | Oplysninger fra Udlændingestyrelsen | Udlændingestyrelsen | Sags
     Borgeren er undersøgt ved ankomsten til kommunen.
     Der er ikke fundet forhold, der hindrer deltagelse i integrationsprogrammet.
     Borgeren har søvnproblemer og er henvist til samtaler.
+";
+
+const SL141_DOCUMENTS: &str = "
+first | plan | Handleplan efter SL § 141 | own
+    Handleplanen beskriver formålet med indsatsen og de mål, borgeren selv har sat.
+    Planen er udarbejdet sammen med borgeren på et møde i hjemmet.
+    Borgeren har fået planen tilsendt.
+more | assessment | Voksenudredning (VUM) | own
+    Udredningen beskriver borgerens funktionsevne, ressourcer og udfordringer.
+    Borgeren har deltaget i udredningen.
+    Der er indhentet oplysninger fra egen læge og distriktspsykiatrien.
+more | status-note | Status fra bostøtten | provider | Bostøttemedarbejder
+    Borgeren tager godt imod støtten og holder de fleste aftaler.
+    Borgeren har brug for hjælp til at åbne post og betale regninger.
+    Der arbejdes med at skabe faste rutiner i hverdagen.
+more | note | Årlig opfølgning | own
+    Opfølgningen er holdt med borgeren i hjemmet.
+    Målene er gennemgået, og handleplanen er justeret.
+0.3 | medical-statement | Udtalelse fra distriktspsykiatrien | Distriktspsykiatrien | Overlæge
+    Borgeren er diagnosticeret med skizofreni og er i medicinsk behandling.
+    Tilstanden er stabil med den nuværende støtte.
+    Borgeren vil fortsat have behov for støtte i eget hjem.
+";
+
+// Every § 12 a case has the police's contribution to the risk assessment.
+const SL12A_DOCUMENTS: &str = "
+first | assessment | Risikovurdering | own
+    Risikovurderingen er udarbejdet i samarbejde med politiet.
+    Der er udarbejdet en sikkerhedsplan sammen med borgeren.
+    Borgerens bolig, arbejde, uddannelse og forhold til pårørende er gennemgået.
+1 | police-statement | Oplysninger fra politiet til risikovurderingen | Sønderå Politi | Politikommissær
+    Politiet har tidligere modtaget anmeldelser om trusler mod borgeren.
+    Politiet vurderer, at der er risiko for yderligere overgreb.
+more | plan | Handleplan efter SL § 12 a | own
+    Planen beskriver de støttemuligheder, borgeren er tilbudt.
+    Borgeren har takket ja til hjælp til bolig og fortsat rådgivning.
+more | note | Koordinering med jobcentret og Borgerservice | own
+    Jobcentret er orienteret om, at borgerens adresse ikke må fremgå af breve.
+    Borgerservice har anvist en midlertidig bolig.
 ";
 
 // ---------------------------------------------------------------------------------------------
@@ -1153,7 +1284,7 @@ fn assign_profiles(rng: &mut ChaCha8Rng, people: &[Person]) -> Vec<Option<&'stat
     for profile in PROFILES {
         let mut wanted =
             (profile.per_reference * population + REFERENCE_POPULATION / 2) / REFERENCE_POPULATION;
-        if profile.plans == ALWAYS_PRESENT {
+        if ALWAYS_PRESENT.contains(&profile.plans) {
             wanted = wanted.max(1);
         }
         let (youngest, oldest) = profile.ages;
@@ -1343,8 +1474,10 @@ fn build_case(
     if plan == Il19 {
         situation.push(integration_specials(rng, person.age, slot.held));
     }
-    // An open plan is revised as it goes, so its goals point ahead of today.
-    let goals = pick_some(rng, &texts.goals, 1, 3)
+    // An open plan is revised as it goes, so its goals point ahead of today. A § 12 a plan is
+    // about immediate safety: in practice it sets no specific goals (brief §1.7).
+    let (fewest_goals, most_goals) = if plan == Sl12a { (0, 0) } else { (1, 3) };
+    let goals = pick_some(rng, &texts.goals, fewest_goals, most_goals)
         .map(|goal| Goal {
             description: (*goal).to_owned(),
             target_on: Some(match closed_on {
@@ -1408,7 +1541,7 @@ fn build_case(
         next_follow_up_on,
         assessment_summary,
         residence: residence_of(&person.cpr),
-        sensitivity: sensitivity_of(person, &documents),
+        sensitivity: sensitivity_of(person, plan, &documents),
         documents,
     }
 }
@@ -1447,10 +1580,13 @@ fn residence_of(cpr: &str) -> String {
     format!("{street} {number}, {town}")
 }
 
-fn sensitivity_of(person: &Person, documents: &[Document]) -> Vec<String> {
+fn sensitivity_of(person: &Person, plan: PlanType, documents: &[Document]) -> Vec<String> {
     let mut flags = Vec::new();
     if person.address_protected {
         flags.push(FLAG_ADDRESS_PROTECTION.to_owned());
+    }
+    if plan == Sl12a {
+        flags.push(FLAG_HONOUR_RELATED_CONFLICT.to_owned());
     }
     if documents
         .iter()
@@ -1637,10 +1773,12 @@ mod tests {
             PROFILES.iter().map(|p| p.per_reference * holding(p)).sum()
         };
         assert_eq!(
-            [Lab27, Lab30a, Sl140, Il19, Sl54, Sl57c].map(count),
-            [5200, 750, 375, 225, 35, 30]
+            [Lab27, Lab30a, Sl140, Sl141, Il19, Sl54, Sl57c, Sl12a].map(count),
+            [5200, 750, 375, 225, 225, 35, 30, 1]
         );
-        assert!(PROFILES.iter().any(|p| p.plans == ALWAYS_PRESENT));
+        for always in ALWAYS_PRESENT {
+            assert!(PROFILES.iter().any(|p| p.plans == *always));
+        }
     }
 
     #[test]

@@ -26,22 +26,26 @@ pub enum Department {
     Jobcenter,
     /// Integration: IL § 19.
     Integration,
+    /// Voksenområdet (the adult-social area): SL §§ 141, 12 a.
+    AdultSocial,
 }
 
 impl Department {
-    pub const ALL: [Department; 3] = [
+    pub const ALL: [Department; 4] = [
         Department::ChildWelfare,
         Department::Jobcenter,
         Department::Integration,
+        Department::AdultSocial,
     ];
 
     /// The id used on the command line, in config and as the source id: `child-welfare`,
-    /// `jobcenter`, `integration`.
+    /// `jobcenter`, `integration`, `adult-social`.
     pub fn id(self) -> &'static str {
         match self {
             Department::ChildWelfare => "child-welfare",
             Department::Jobcenter => "jobcenter",
             Department::Integration => "integration",
+            Department::AdultSocial => "adult-social",
         }
     }
 
@@ -51,6 +55,7 @@ impl Department {
             Department::ChildWelfare => "Børne- og Familieafdelingen",
             Department::Jobcenter => "Jobcenter",
             Department::Integration => "Integrationsafdelingen",
+            Department::AdultSocial => "Voksenområdet",
         }
     }
 
@@ -65,6 +70,7 @@ impl Department {
             Department::ChildWelfare => "BF",
             Department::Jobcenter => "JC",
             Department::Integration => "IN",
+            Department::AdultSocial => "VO",
         }
     }
 }
@@ -77,7 +83,9 @@ impl fmt::Display for Department {
 
 /// An unknown department id.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown department {0:?}; expected one of child-welfare, jobcenter, integration")]
+#[error(
+    "unknown department {0:?}; expected one of child-welfare, jobcenter, integration, adult-social"
+)]
 pub struct UnknownDepartment(pub String);
 
 impl FromStr for Department {
@@ -90,7 +98,7 @@ impl FromStr for Department {
     }
 }
 
-/// The plan types of the three departments (domain brief, ch. 1).
+/// The plan types of the four departments: the report's eight municipal plans (domain brief, ch. 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum PlanType {
     /// SL § 54: action plan for parents of placed children.
@@ -111,16 +119,24 @@ pub enum PlanType {
     /// IL § 19: integration contract.
     #[serde(rename = "IL-19")]
     Il19,
+    /// SL § 141: action plan for adults (offered, not mandatory).
+    #[serde(rename = "SL-141")]
+    Sl141,
+    /// SL § 12 a: action plan for honour-related conflict.
+    #[serde(rename = "SL-12a")]
+    Sl12a,
 }
 
 impl PlanType {
-    pub const ALL: [PlanType; 6] = [
+    pub const ALL: [PlanType; 8] = [
         PlanType::Sl54,
         PlanType::Sl57c,
         PlanType::Sl140,
         PlanType::Lab27,
         PlanType::Lab30a,
         PlanType::Il19,
+        PlanType::Sl141,
+        PlanType::Sl12a,
     ];
 
     /// Stable code, e.g. `SL-140` (the same as the serde name).
@@ -132,6 +148,8 @@ impl PlanType {
             PlanType::Lab27 => "LAB-27",
             PlanType::Lab30a => "LAB-30a",
             PlanType::Il19 => "IL-19",
+            PlanType::Sl141 => "SL-141",
+            PlanType::Sl12a => "SL-12a",
         }
     }
 
@@ -144,6 +162,8 @@ impl PlanType {
             PlanType::Lab27 => "Min Plan",
             PlanType::Lab30a => "Rehabiliteringsplan",
             PlanType::Il19 => "Integrationskontrakt",
+            PlanType::Sl141 => "Handleplan for voksne",
+            PlanType::Sl12a => "Handleplan ved æresrelateret konflikt",
         }
     }
 
@@ -156,6 +176,8 @@ impl PlanType {
             PlanType::Lab27 => "Lov om en aktiv beskæftigelsesindsats § 27",
             PlanType::Lab30a => "Lov om en aktiv beskæftigelsesindsats § 30 a",
             PlanType::Il19 => "Integrationsloven § 19",
+            PlanType::Sl141 => "Serviceloven § 141",
+            PlanType::Sl12a => "Serviceloven § 12 a",
         }
     }
 
@@ -165,6 +187,7 @@ impl PlanType {
             PlanType::Sl54 | PlanType::Sl57c | PlanType::Sl140 => Department::ChildWelfare,
             PlanType::Lab27 | PlanType::Lab30a => Department::Jobcenter,
             PlanType::Il19 => Department::Integration,
+            PlanType::Sl141 | PlanType::Sl12a => Department::AdultSocial,
         }
     }
 }

@@ -35,7 +35,14 @@ impl Drop for RunningSource {
 
 /// Serves `source` over real gRPC (Samblik's source server) on a loopback port.
 pub async fn start_source(source: Arc<dyn Source>) -> RunningSource {
-    let (listener, addr) = loopback().await;
+    let (listener, _) = loopback().await;
+    start_source_on(source, listener)
+}
+
+/// Serves `source` over real gRPC on `listener`, bound wherever the caller chose (another
+/// network namespace, say).
+pub fn start_source_on(source: Arc<dyn Source>, listener: TcpListener) -> RunningSource {
+    let addr = listener.local_addr().expect("a bound listener's address");
     let stop = CancellationToken::new();
     let shutdown = stop.clone().cancelled_owned();
     tokio::spawn(async move { samblik_adapters::server::serve(source, listener, shutdown).await });

@@ -6,7 +6,7 @@
 use samblik_policy::{BasisFact, CaseFacts, Catalog, Policy, Role, Tier};
 use serde::Deserialize;
 
-pub const SOURCES: [&str; 3] = ["child-welfare", "jobcenter", "integration"];
+pub const SOURCES: [&str; 4] = ["child-welfare", "jobcenter", "integration", "adult-social"];
 
 pub fn catalog() -> Catalog {
     Catalog::standard(SOURCES.iter().map(|s| (*s).to_owned()).collect())

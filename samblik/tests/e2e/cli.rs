@@ -89,11 +89,12 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
             ("caseworker", "child-welfare"),
             ("caseworker", "jobcenter"),
             ("caseworker", "integration"),
+            ("caseworker", "adult-social"),
             ("admin", "administration"),
             ("auditor", "administration"),
         ]
     );
-    let users = &all_users[..3];
+    let users = &all_users[..4];
     for user in users {
         assert!(!user["citizens"].as_array().unwrap().is_empty(), "{user}");
         assert!(user["name"].as_str().is_some_and(|n| !n.is_empty()));
@@ -104,7 +105,9 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
         .map(|s| s["label"].as_str().unwrap())
         .collect();
     assert!(
-        labels.contains(&"all-departments") && labels.contains(&"no-cases"),
+        labels.contains(&"all-departments")
+            && labels.contains(&"honour-related-conflict")
+            && labels.contains(&"no-cases"),
         "{labels:?}"
     );
     let everywhere = samples[0]["cpr"].as_str().unwrap();
@@ -155,22 +158,39 @@ fn the_readme_demo_token_lookup_and_grpcurl_steps_work() {
         args.extend_from_slice(extra);
         samblik(&args)
     };
+    // `samblik health`, as a container's health check runs it: the whole server, and the
+    // lookup service by name, are SERVING; an unknown service name is not.
+    let health_of =
+        |option, value| samblik(&["health", "--addr", url, "--cacert", ca, option, value]);
+    let health = |service| health_of("--service", service);
+    for service in ["", "samblik.v1.LookupService"] {
+        let answer = health(service);
+        assert!(answer.status.success(), "{service:?}: {answer:?}");
+        assert_eq!(stdout(&answer).trim(), "SERVING");
+    }
+    assert!(!health("nope.Nope").status.success());
+    // The name the certificate must carry, where the probe dials an address it does not name.
+    let named = |name| health_of("--tls-server-name", name);
+    assert!(named("localhost").status.success());
+    assert!(!named("gateway.sonderaa.invalid").status.success());
     // Without the demo CA the gateway's certificate is not trusted.
+    assert!(!samblik(&["health", "--addr", url]).status.success());
     assert!(!lookup(&[]).status.success());
     // As the sample fagsystem, with its client certificate (mutual TLS).
     let as_fagsystem = lookup(&["--cacert", ca, "--cert", cert, "--key", key]);
     assert!(as_fagsystem.status.success(), "{as_fagsystem:?}");
 
-    // `samblik lookup`: the readable overview names all three departments.
+    // `samblik lookup`: the readable overview names all four departments.
     let overview = stdout(&lookup(&["--cacert", ca]));
     for name in [
         "Børne- og Familieafdelingen",
         "Jobcenter",
         "Integrationsafdelingen",
+        "Voksenområdet",
     ] {
         assert!(overview.contains(name), "{name} missing in\n{overview}");
     }
-    assert_eq!(overview.matches("data as of").count(), 3, "{overview}");
+    assert_eq!(overview.matches("data as of").count(), 4, "{overview}");
     assert!(overview.contains("responsible: "));
 
     // The data-protection officer's dry run: what would the jobcenter caseworker see, and why —
@@ -362,7 +382,7 @@ fn demo_insecure_runs_plaintext_only_when_asked() {
         "prepare-meeting",
     ]);
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(stdout(&out).matches("data as of").count(), 3);
+    assert_eq!(stdout(&out).matches("data as of").count(), 4);
     // The warning is in the log.
     let mut stderr = demo.0.stderr.take().unwrap();
     assert!(demo.terminate().success());
@@ -596,41 +616,35 @@ fn start_source(data: &str, args: &[&str]) -> (Running, String) {
     (child, addr)
 }
 
-/// The source's health status for `samblik.source.v1.SourceService` at `url`, over TLS trusting
-/// `ca` with the client certificate `identity` when given; `None` if there is no answer.
-fn source_health(url: &str, tls: Option<(&Path, Option<&samblik::pki::CertPair>)>) -> Option<i32> {
-    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-            .unwrap()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(5));
-        if let Some((ca, identity)) = tls {
-            let mut config = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()));
-            if let Some(pair) = identity {
-                config = config.identity(Identity::from_pem(
-                    std::fs::read(&pair.cert).unwrap(),
-                    std::fs::read(&pair.key).unwrap(),
-                ));
-            }
-            endpoint = endpoint.tls_config(config).unwrap();
+/// Whether `samblik health` finds `samblik.source.v1.SourceService` at `url` serving, over TLS
+/// trusting `ca` with the client certificate `identity` when given.
+fn source_health(url: &str, tls: Option<(&Path, Option<&samblik::pki::CertPair>)>) -> bool {
+    let mut args = vec![
+        "health".to_owned(),
+        "--addr".to_owned(),
+        url.to_owned(),
+        "--service".to_owned(),
+        "samblik.source.v1.SourceService".to_owned(),
+        "--timeout-ms".to_owned(),
+        "5000".to_owned(),
+    ];
+    if let Some((ca, identity)) = tls {
+        args.extend(["--cacert".to_owned(), ca.display().to_string()]);
+        if let Some(pair) = identity {
+            args.extend([
+                "--cert".to_owned(),
+                pair.cert.display().to_string(),
+                "--key".to_owned(),
+                pair.key.display().to_string(),
+            ]);
         }
-        let channel = endpoint.connect().await.ok()?;
-        let answer = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: "samblik.source.v1.SourceService".into(),
-            })
-            .await
-            .ok()?;
-        Some(answer.into_inner().status)
-    })
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = samblik(&args);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    // Exit 0 and SERVING go together; anything else is not serving.
+    assert_eq!(out.status.success(), printed.trim() == "SERVING", "{out:?}");
+    out.status.success()
 }
 
 #[test]
@@ -649,7 +663,6 @@ fn a_lone_source_serves_mutual_tls_and_plaintext_only_when_told_to() {
     ]));
     let pki = samblik::pki::DemoPki::create(dir.path(), &["integration"]).unwrap();
     let pair = pki.source("integration");
-    let serving = Some(tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
 
     // Mutual TLS: the gateway's client certificate gets an answer; no certificate, or
     // plaintext, gets none.
@@ -665,17 +678,17 @@ fn a_lone_source_serves_mutual_tls_and_plaintext_only_when_told_to() {
         ],
     );
     let https = format!("https://{addr}");
-    assert_eq!(
-        source_health(&https, Some((&pki.ca, Some(&pki.gateway_client)))),
-        serving
-    );
-    assert_eq!(source_health(&https, Some((&pki.ca, None))), None);
-    assert_eq!(source_health(&format!("http://{addr}"), None), None);
+    assert!(source_health(
+        &https,
+        Some((&pki.ca, Some(&pki.gateway_client)))
+    ));
+    assert!(!source_health(&https, Some((&pki.ca, None))));
+    assert!(!source_health(&format!("http://{addr}"), None));
     assert!(source.terminate().success());
 
     // Plaintext only with --insecure, and it says so in its log.
     let (mut source, addr) = start_source(data, &["--insecure"]);
-    assert_eq!(source_health(&format!("http://{addr}"), None), serving);
+    assert!(source_health(&format!("http://{addr}"), None));
     let stderr = source.0.stderr.take().unwrap();
     assert!(source.terminate().success());
     let log = std::io::read_to_string(stderr).unwrap();
@@ -1097,6 +1110,39 @@ fn serve_from_a_config_file_audits_into_postgresql_and_verifies() {
             .any(|c| c.as_deref() == Some(index.as_str())),
         "the lookup was not pruned"
     );
+}
+
+#[test]
+fn replicas_sharing_one_config_each_write_their_own_chain() {
+    // A Kubernetes Deployment gives every replica the same config and `--audit-chain
+    // $(POD_NAME)`: two gateways on one store at once, each on its own chain (one chain can
+    // have only one writer).
+    let setup = crate::common::postgres_setup("chains", "from-config");
+    let replica = |chain| {
+        crate::common::start_serve_with(&setup.config, &setup.url, &["--audit-chain", chain]).0
+    };
+    let (a, b) = (replica("samblik-7f9c4-a1"), replica("samblik-7f9c4-b2"));
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+    let verified = Command::new(SAMBLIK)
+        .args([
+            "audit",
+            "verify",
+            "--config",
+            setup.config.to_str().unwrap(),
+        ])
+        .env("SAMBLIK_AUDIT_DATABASE_URL", &setup.url)
+        .output()
+        .unwrap();
+    let text = stdout(&verified);
+    // Each: start-up and clean stop; nothing on the config's own chain.
+    for chain in ["samblik-7f9c4-a1", "samblik-7f9c4-b2"] {
+        assert!(
+            text.contains(&format!("chain {chain}: 2 records")),
+            "{text}"
+        );
+    }
+    assert!(!text.contains("from-config"), "{text}");
 }
 
 fn pg_records(url: &str) -> Vec<Option<String>> {

@@ -50,7 +50,7 @@ async fn after_a_session_no_looked_up_cpr_is_in_the_audit_stores_files() {
     let channel = m.gateway.channel().await;
     let jobcenter = token(Department::Jobcenter);
     let child_welfare = token(Department::ChildWelfare);
-    let shared = three_department_citizen();
+    let shared = all_department_citizen();
     let stranger = citizen_without_cases();
     let mut looked_up = vec![shared.to_owned(), stranger.to_owned()];
 

@@ -91,7 +91,7 @@ impl Gateway {
         let mut client = self.client.clone();
         client
             .lookup(request(
-                three_department_citizen(),
+                all_department_citizen(),
                 Purpose::PrepareMeeting,
                 Some(token),
                 None,
@@ -510,7 +510,7 @@ async fn a_one_megabyte_header_is_refused_cleanly_and_the_gateway_keeps_serving(
         let started = Instant::now();
         let mut client = g.gateway.client().await;
         let mut req = request(
-            three_department_citizen(),
+            all_department_citizen(),
             Purpose::PrepareMeeting,
             None,
             None,
@@ -538,7 +538,7 @@ async fn a_one_megabyte_header_is_refused_cleanly_and_the_gateway_keeps_serving(
     let mut fresh = g.gateway.client().await;
     fresh
         .lookup(request(
-            three_department_citizen(),
+            all_department_citizen(),
             Purpose::PrepareMeeting,
             Some(&good),
             None,
@@ -565,7 +565,7 @@ async fn identity_smuggled_in_metadata_is_ignored() {
     // Without a token, metadata is no identity at all.
     let mut client = g.client.clone();
     let mut req = request(
-        three_department_citizen(),
+        all_department_citizen(),
         Purpose::PrepareMeeting,
         None,
         None,
@@ -582,7 +582,7 @@ async fn identity_smuggled_in_metadata_is_ignored() {
     let token = demo().sign(&claims()).unwrap();
     let plain = client
         .lookup(request(
-            three_department_citizen(),
+            all_department_citizen(),
             Purpose::PrepareMeeting,
             Some(&token),
             None,
@@ -591,7 +591,7 @@ async fn identity_smuggled_in_metadata_is_ignored() {
         .unwrap()
         .into_inner();
     let mut req = request(
-        three_department_citizen(),
+        all_department_citizen(),
         Purpose::PrepareMeeting,
         Some(&token),
         None,

@@ -20,7 +20,7 @@ use tonic_health::pb::health_client::HealthClient;
 #[tokio::test]
 async fn an_answered_lookup_records_who_looked_at_whom_and_exactly_what_was_disclosed() {
     let m = start_municipal().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let dashed = format!("{}-{}", &cpr[..6], &cpr[6..]);
     let token = token(Department::Jobcenter);
     let response = m
@@ -56,7 +56,7 @@ async fn an_answered_lookup_records_who_looked_at_whom_and_exactly_what_was_disc
     );
     let started = &m.gateway.audit_records()[0];
     assert_eq!(r.policy_version, started.policy_version);
-    assert_eq!(r.sources.len(), 3);
+    assert_eq!(r.sources.len(), Department::ALL.len());
     let mut addresses = 0;
     for (entry, result) in r.sources.iter().zip(&answer.sources) {
         assert_eq!(entry.source_id, result.source_id);
@@ -144,7 +144,7 @@ fn a_gateway_given_another_key_than_its_stores_is_refused_at_start_up() {
 async fn refusals_are_recorded_too() {
     let m = start_municipal().await;
     let mut client = m.gateway.client().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let token = token(Department::ChildWelfare);
 
     let no_token = client
@@ -196,7 +196,7 @@ async fn a_lookup_abandoned_by_its_caller_is_recorded_as_cancelled() {
         .await;
     let mut client = gateway.client().await;
     let token = token(Department::Jobcenter);
-    let cpr = three_department_citizen().to_owned();
+    let cpr = all_department_citizen().to_owned();
     let call = tokio::spawn(async move {
         // No source of the caller's department here: only breaking the glass gets through.
         let mut req = request(&cpr, Purpose::PrepareMeeting, Some(&token), None);
@@ -214,8 +214,7 @@ async fn a_lookup_abandoned_by_its_caller_is_recorded_as_cancelled() {
     let cancelled = || {
         gateway.audit_records().iter().any(|r| {
             r.outcome == Outcome::Cancelled
-                && r.cpr.as_ref().map(samblik_proto::Cpr::as_str)
-                    == Some(three_department_citizen())
+                && r.cpr.as_ref().map(samblik_proto::Cpr::as_str) == Some(all_department_citizen())
         })
     };
     assert!(
@@ -233,7 +232,7 @@ async fn a_streamed_lookup_records_each_part_before_sending_it() {
         .client()
         .await
         .lookup_stream(request(
-            three_department_citizen(),
+            all_department_citizen(),
             Purpose::DraftPlan,
             Some(&token),
             None,
@@ -259,13 +258,13 @@ async fn a_streamed_lookup_records_each_part_before_sending_it() {
         sent.push(part.source_id);
     }
     let records = m.gateway.audit_records_of(&id);
-    assert_eq!(records.len(), 3);
+    assert_eq!(records.len(), Department::ALL.len());
     assert!(
         records
             .iter()
             .all(|r| r.action == Action::LookupStream && r.outcome == Outcome::Answered)
     );
-    assert_eq!(sent.len(), 3);
+    assert_eq!(sent.len(), Department::ALL.len());
 }
 
 /// Not protobuf at all: a varint that never ends.
@@ -367,7 +366,7 @@ async fn when_the_audit_store_fails_nothing_is_disclosed_health_says_so_and_it_r
         }
     };
     let token = token(Department::Jobcenter);
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     assert_eq!(serving(&mut health).await, ServingStatus::Serving as i32);
 
     failing.store(true, Ordering::SeqCst);
@@ -461,7 +460,7 @@ async fn a_withdrawal_that_failed_to_confirm_still_ends_the_consent_for_the_next
         .await;
     let unconfirmed = unconfirmed.unwrap();
     let token = token(Department::Jobcenter);
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let mut consents = ConsentServiceClient::new(gateway.channel().await);
     let child_welfare_tiers = || async {
         let answer = gateway

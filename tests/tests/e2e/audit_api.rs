@@ -74,7 +74,7 @@ fn by_citizen(cpr: &str) -> AuditFilter {
 #[tokio::test]
 async fn an_auditor_finds_a_lookup_with_what_it_disclosed_and_the_search_is_itself_audited() {
     let m = start_municipal().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     assert_eq!(
         lookup(&m, &token(Department::Jobcenter), cpr, None).await,
         Code::Ok
@@ -211,7 +211,7 @@ async fn only_auditors_search_and_bad_filters_are_refused_and_recorded() {
 #[tokio::test]
 async fn exports_hold_every_matching_record_as_csv_and_as_json_lines() {
     let m = start_municipal().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     for _ in 0..3 {
         lookup(&m, &token(Department::Jobcenter), cpr, None).await;
     }
@@ -353,7 +353,7 @@ async fn break_the_glass_and_anomalies_reach_the_review_queue_until_an_auditor_m
     })
     .await;
     let jobcenter = token(Department::Jobcenter);
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     for _ in 0..3 {
         assert_eq!(lookup(&m, &jobcenter, cpr, None).await, Code::Ok);
     }
@@ -499,7 +499,7 @@ async fn an_auditor_verifies_the_chain_through_the_api() {
     lookup(
         &m,
         &token(Department::Jobcenter),
-        three_department_citizen(),
+        all_department_citizen(),
         None,
     )
     .await;
@@ -558,7 +558,7 @@ async fn an_auditor_verifies_the_chain_through_the_api() {
 #[tokio::test]
 async fn a_citizen_sees_who_looked_at_their_data_and_nothing_else() {
     let m = start_municipal().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let other = municipality()
         .citizens
         .iter()
@@ -717,7 +717,7 @@ async fn a_streamed_lookup_is_one_access_in_the_citizens_view_whatever_comes_bet
         sources,
         seen: Default::default(),
     };
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
 
     let mut client = LookupServiceClient::new(m.gateway.channel().await);
     let mut streamed = client
@@ -731,7 +731,7 @@ async fn a_streamed_lookup_is_one_access_in_the_citizens_view_whatever_comes_bet
         .unwrap()
         .into_inner();
     // Each part is sent only once its record is durable.
-    for _ in 0..2 {
+    for _ in 1..Department::ALL.len() {
         let part = streamed.message().await.unwrap().unwrap();
         assert_ne!(part.source_id, Department::Integration.id());
     }
@@ -763,18 +763,19 @@ async fn a_streamed_lookup_is_one_access_in_the_citizens_view_whatever_comes_bet
         [
             Action::LookupStream,
             Action::LookupStream,
+            Action::LookupStream,
             Action::Lookup,
             Action::LookupStream
         ],
         "the other lookup is recorded between the streamed lookup's records"
     );
     let at = |i: usize| chrono::DateTime::parse_from_rfc3339(&lookups[i].at).unwrap();
-    assert!(at(0) < at(2) && at(2) < at(3), "{lookups:?}");
+    assert!(at(0) < at(3) && at(3) < at(4), "{lookups:?}");
     let wire = |i: usize| prost_types::Timestamp {
         seconds: at(i).timestamp(),
         nanos: i32::try_from(at(i).timestamp_subsec_nanos()).unwrap(),
     };
-    let (streamed_at, other_at) = (wire(0), wire(2));
+    let (streamed_at, other_at) = (wire(0), wire(3));
 
     // Each access once, at the time its request began, newest first: the other lookup, then
     // the streamed one, which began before it; on every page size — one that splits the
@@ -808,7 +809,7 @@ async fn a_streamed_lookup_is_one_access_in_the_citizens_view_whatever_comes_bet
 #[tokio::test]
 async fn the_citizen_view_can_hide_caseworker_names() {
     let m = start_municipal_with(|c| c.audit.citizen_sees_names = false).await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     assert_eq!(
         lookup(&m, &token(Department::Jobcenter), cpr, None).await,
         Code::Ok
@@ -879,7 +880,7 @@ async fn export_rows(m: &Municipal, filter: AuditFilter) -> Vec<csv::StringRecor
 async fn the_flagged_filter_keeps_every_lookup_of_a_window_however_many_it_holds() {
     let m = start_municipal_with(|c| always_working(c, 2)).await;
     let jobcenter = token(Department::Jobcenter);
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     // More lookups than a review item lists request ids for.
     let lookups = samblik_audit::review::MAX_ITEM_REQUESTS + 12;
     for _ in 0..lookups {
@@ -939,7 +940,7 @@ fn lookup_hours(m: &Municipal) -> std::collections::BTreeSet<String> {
 async fn a_mark_covers_an_item_as_it_was_and_a_key_that_names_nothing_cannot_be_marked() {
     let m = start_municipal_with(|c| always_working(c, 2)).await;
     let jobcenter = token(Department::Jobcenter);
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let auditor = staff_token(AUDITOR, "auditor");
     let mut client = audit_client(&m).await;
     let caller = &caseworker(Department::Jobcenter).id;
@@ -1064,7 +1065,7 @@ async fn a_window_is_judged_whole_whichever_part_of_it_a_period_holds() {
     // Eight lookups in an hour are above five; neither half of them is.
     let m = start_municipal_with(|c| always_working(c, 5)).await;
     let jobcenter = token(Department::Jobcenter);
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     for _ in 0..8 {
         assert_eq!(lookup(&m, &jobcenter, cpr, None).await, Code::Ok);
     }

@@ -22,7 +22,7 @@ async fn malformed_or_missing_input_is_invalid_argument_and_no_source_is_called(
     let m = start_municipal().await;
     let token = token(Department::Jobcenter);
     let mut client = m.gateway.client().await;
-    let good = three_department_citizen();
+    let good = all_department_citizen();
     let oversized = "1".repeat(64 * 1024);
     let cases: Vec<(String, i32, &str)> = vec![
         (String::new(), Purpose::PrepareMeeting as i32, "missing"),
@@ -97,7 +97,7 @@ async fn malformed_or_missing_input_is_invalid_argument_and_no_source_is_called(
 async fn missing_or_invalid_tokens_are_unauthenticated_and_no_source_is_called() {
     let m = start_municipal().await;
     let mut client = m.gateway.client().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let issuer = &issuer().1;
     let other_keys = tempfile::tempdir().unwrap();
     let impostor = DemoIssuer::load_or_create(other_keys.path()).unwrap();
@@ -209,5 +209,9 @@ async fn missing_or_invalid_tokens_are_unauthenticated_and_no_source_is_called()
         ))
         .await
         .unwrap();
-    assert_eq!(m.calls(), 3, "only the valid lookup reached the sources");
+    assert_eq!(
+        m.calls(),
+        Department::ALL.len(),
+        "only the valid lookup reached the sources"
+    );
 }

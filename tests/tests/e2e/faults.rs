@@ -42,7 +42,7 @@ async fn lookup_with(faulty: SourceSpec, deadline: Option<Duration>) -> (LookupR
     let response = tokio::time::timeout(
         Duration::from_secs(20),
         client.lookup(request(
-            three_department_citizen(),
+            all_department_citizen(),
             Purpose::PrepareMeeting,
             Some(&token),
             deadline,
@@ -191,7 +191,7 @@ fn case(id: &str, cpr: &str, tier: Tier) -> Case {
 
 #[tokio::test]
 async fn fields_above_the_tier_asked_are_removed() {
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let scripted = start_source(Arc::new(Scripted {
         cases: vec![
             case("MINE-1", cpr, Tier::Full),
@@ -214,7 +214,7 @@ async fn fields_above_the_tier_asked_are_removed() {
 /// lookup reaches the auditors' review queue.
 #[tokio::test]
 async fn a_source_that_answers_about_another_citizen_is_dropped_whole_and_flagged() {
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let other = citizen_without_cases();
     let jobcenter = start_source(reference(Department::Jobcenter)).await;
     let scripted = start_source(Arc::new(Scripted {
@@ -295,7 +295,7 @@ async fn a_source_that_answers_about_another_citizen_is_dropped_whole_and_flagge
 
 #[tokio::test]
 async fn a_malformed_case_makes_the_source_an_error_not_a_silent_gap() {
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let mut broken = case("BROKEN", cpr, Tier::Existence);
     broken.existence = None;
     let scripted = start_source(Arc::new(Scripted {
@@ -336,7 +336,7 @@ async fn a_sources_error_message_never_reaches_the_log_and_its_status_is_still_r
         running.push(source);
     }
     let gateway = TestGateway::over(&specs).deadline_ms(3_000).start().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let answer = gateway
         .client()
         .await
@@ -428,7 +428,7 @@ async fn an_open_circuit_is_visible_in_health_and_the_gateway_stays_serving() {
     for _ in 0..2 {
         let response = client
             .lookup(request(
-                three_department_citizen(),
+                all_department_citizen(),
                 Purpose::PrepareMeeting,
                 Some(&token),
                 None,
@@ -523,7 +523,7 @@ async fn patient_client(addr: SocketAddr) -> SourceServiceClient<Patient> {
 
 fn find_cases(grpc_timeout: Option<&'static str>) -> tonic::Request<FindCasesRequest> {
     let mut request = tonic::Request::new(FindCasesRequest {
-        cpr: three_department_citizen().to_owned(),
+        cpr: all_department_citizen().to_owned(),
         max_tier: Tier::Existence as i32,
         caller: None,
     });
@@ -570,7 +570,7 @@ async fn the_source_server_drops_a_lookup_at_its_grpc_timeout_and_answers_deadli
 
 #[tokio::test]
 async fn the_source_server_serves_a_lookup_without_or_with_a_senseless_grpc_timeout() {
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let budgets = Arc::new(Recording::<Budget>::new(Arc::new(Scripted {
         cases: vec![case("MINE-1", cpr, Tier::Existence)],
     })));

@@ -136,7 +136,7 @@ async fn served(gateway: &RunningGateway) {
     let answer = tokio::time::timeout(
         Duration::from_secs(10),
         gateway.client().await.lookup(request(
-            three_department_citizen(),
+            all_department_citizen(),
             Purpose::PrepareMeeting,
             Some(&token(Department::Jobcenter)),
             None,

@@ -54,7 +54,7 @@ async fn an_oversized_message_is_refused_unread_and_the_gateway_keeps_serving() 
     };
     let gateway = start(limits, Arc::new(Hanging::default())).await;
     let mut c = client(gateway.addr).await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let huge = "1".repeat(64 * 1024);
     let status = c
         .lookup(lookup_of("jobcenter", &huge, Duration::from_secs(2)))
@@ -116,7 +116,7 @@ async fn too_many_streams_on_one_connection_wait_while_other_connections_are_ser
     };
     let hanging = Arc::new(Hanging::default());
     let gateway = start(limits, Arc::clone(&hanging)).await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let greedy = client(gateway.addr).await;
     // Two calls that hang fill the connection's allowance...
     let mut held = Vec::new();
@@ -166,7 +166,7 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
         ..LimitsConfig::default()
     };
     let gateway = start(limits, Arc::new(Hanging::default())).await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let mut first = client(gateway.addr).await;
     first
         .lookup(lookup_of("jobcenter", cpr, Duration::from_secs(2)))
@@ -265,7 +265,7 @@ async fn a_lookup_cut_off_by_the_request_timeout_before_it_was_read_is_recorded_
         "the cut-off lookup left no record"
     );
     // A lookup answered after it is recorded after it: then nothing more of the first is due.
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     client(gateway.addr)
         .await
         .lookup(lookup_of("jobcenter", cpr, Duration::from_secs(2)))
@@ -287,7 +287,7 @@ async fn a_lookup_cut_off_by_the_request_timeout_before_it_was_read_is_recorded_
 async fn a_lookup_cut_off_by_the_request_timeout_in_its_handler_is_recorded_once() {
     let hanging = Arc::new(Hanging::default());
     let gateway = start(cut_off_after_a_second(), Arc::clone(&hanging)).await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     // The caller would wait 10 s, the hanging source 2 s: the server's timeout comes first, while
     // the handler waits for the source.
     let status = client(gateway.addr)
@@ -339,7 +339,7 @@ async fn over_its_lookup_limit_the_gateway_refuses_at_once_and_records_it() {
         ..LimitsConfig::default()
     };
     let gateway = start(limits, Arc::clone(&hanging)).await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let held: Vec<_> = (0..2)
         .map(|_| {
             let addr = gateway.addr;
@@ -426,7 +426,7 @@ async fn one_address_cannot_take_every_connection() {
     LookupServiceClient::new(channel)
         .lookup(lookup_of(
             "jobcenter",
-            three_department_citizen(),
+            all_department_citizen(),
             Duration::from_secs(5),
         ))
         .await

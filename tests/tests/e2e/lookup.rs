@@ -1,4 +1,4 @@
-//! End-to-end lookups: the three reference sources and the gateway on loopback, called through
+//! End-to-end lookups: the four reference sources and the gateway on loopback, called through
 //! the generated gRPC client.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
-async fn a_citizen_with_cases_in_three_departments_is_shown_at_tier_1_elsewhere_and_in_full_at_home()
- {
+async fn a_citizen_with_cases_in_four_departments_is_shown_at_tier_1_elsewhere_and_in_full_at_home()
+{
     let m = start_municipal().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let token = token(Department::Jobcenter);
     let response = m
         .gateway
@@ -34,7 +34,10 @@ async fn a_citizen_with_cases_in_three_departments_is_shown_at_tier_1_elsewhere_
         .iter()
         .map(|s| s.source_id.as_str())
         .collect();
-    assert_eq!(ids, ["child-welfare", "jobcenter", "integration"]);
+    assert_eq!(
+        ids,
+        ["child-welfare", "jobcenter", "integration", "adult-social"]
+    );
     for source in &response.sources {
         assert_eq!(source.status(), SourceStatus::Ok, "{source:?}");
         assert!(source.as_of.is_some());
@@ -125,19 +128,19 @@ async fn a_citizen_without_cases_gets_an_explicit_empty_answer_from_every_source
     );
     req.get_mut().break_glass_reason = BREAK_GLASS_REASON.into();
     let response = client.lookup(req).await.unwrap().into_inner();
-    assert_eq!(response.sources.len(), 3);
+    assert_eq!(response.sources.len(), 4);
     for source in &response.sources {
         assert_eq!(source.status(), SourceStatus::Ok);
         assert!(source.cases.is_empty());
         assert!(source.as_of.is_some());
     }
-    assert_eq!(m.calls(), 1 + 3);
+    assert_eq!(m.calls(), 1 + 4);
 }
 
 #[tokio::test]
 async fn the_dashed_notation_is_the_same_citizen() {
     let m = start_municipal().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let dashed = format!("{}-{}", &cpr[..6], &cpr[6..]);
     let token = token(Department::Integration);
     let mut client = m.gateway.client().await;
@@ -163,7 +166,7 @@ async fn a_source_filter_answers_for_the_named_sources_only() {
     let m = start_municipal().await;
     let token = token(Department::Jobcenter);
     let mut req = request(
-        three_department_citizen(),
+        all_department_citizen(),
         Purpose::Coordinate,
         Some(&token),
         None,
@@ -200,7 +203,7 @@ async fn the_stream_yields_one_message_per_source() {
         .client()
         .await
         .lookup_stream(request(
-            three_department_citizen(),
+            all_department_citizen(),
             Purpose::PrepareMeeting,
             Some(&token),
             None,
@@ -215,7 +218,10 @@ async fn the_stream_yields_one_message_per_source() {
         seen.push(result.source_id);
     }
     seen.sort();
-    assert_eq!(seen, ["child-welfare", "integration", "jobcenter"]);
+    assert_eq!(
+        seen,
+        ["adult-social", "child-welfare", "integration", "jobcenter"]
+    );
 }
 
 #[tokio::test]
@@ -235,7 +241,7 @@ async fn the_stream_delivers_fast_sources_before_a_slow_one_times_out() {
         .client()
         .await
         .lookup_stream(request(
-            three_department_citizen(),
+            all_department_citizen(),
             Purpose::PrepareMeeting,
             Some(&token),
             None,

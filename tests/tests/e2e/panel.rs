@@ -238,7 +238,7 @@ async fn pages_carry_the_security_headers_and_the_session_cookie_is_locked_down(
 #[tokio::test]
 async fn a_form_without_the_csrf_token_or_from_another_origin_changes_nothing() {
     let panel = start_panel().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let mut agent = Agent::new(&panel);
 
     // Signing in needs the session's token too.
@@ -307,7 +307,7 @@ async fn a_form_without_the_csrf_token_or_from_another_origin_changes_nothing() 
 #[tokio::test]
 async fn a_deep_link_without_a_valid_purpose_looks_nothing_up_and_asks_for_one() {
     let panel = start_panel().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let mut agent = Agent::new(&panel);
     agent
         .sign_in(&caseworker_id(Department::ChildWelfare))
@@ -330,7 +330,7 @@ async fn a_deep_link_without_a_valid_purpose_looks_nothing_up_and_asks_for_one()
 #[tokio::test]
 async fn a_deep_link_keeps_the_cpr_out_of_urls_survives_sign_in_and_streams_once() {
     let panel = start_panel().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let mut agent = Agent::new(&panel);
 
     let link = agent
@@ -364,7 +364,10 @@ async fn a_deep_link_keeps_the_cpr_out_of_urls_survives_sign_in_and_streams_once
         stream.headers[header::CONTENT_TYPE].to_str().unwrap(),
         "text/event-stream"
     );
-    assert_eq!(events(&stream.body), ["kilde", "kilde", "kilde", "faerdig"]);
+    assert_eq!(
+        events(&stream.body),
+        ["kilde", "kilde", "kilde", "kilde", "faerdig"]
+    );
     assert_eq!(lookups_of(&panel, cpr).len(), 1);
     // The audit log names the panel as the calling system.
     let records = lookup_records(&panel, cpr);
@@ -390,7 +393,7 @@ async fn a_deep_link_keeps_the_cpr_out_of_urls_survives_sign_in_and_streams_once
 #[tokio::test]
 async fn a_link_from_an_unknown_site_waits_for_a_click() {
     let panel = start_panel().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let mut agent = Agent::new(&panel);
     agent.sign_in(&caseworker_id(Department::Jobcenter)).await;
     let link = agent
@@ -802,7 +805,7 @@ async fn a_break_the_glass_reason_too_long_for_a_request_is_refused_at_the_form_
 #[tokio::test]
 async fn the_auditor_exports_csv_and_a_caseworker_cannot_search_the_log() {
     let panel = start_panel().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let mut worker = Agent::new(&panel);
     worker.sign_in(&caseworker_id(Department::Jobcenter)).await;
     let lookup = worker
@@ -991,7 +994,7 @@ async fn untrusted_text_in_tokens_is_refused_or_kept_exactly_and_shown_escaped()
     use samblik_gateway::context::Credentials;
     use samblik_proto::v1::{LookupRequest, Purpose};
     let panel = start_panel().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let worker = caseworker(Department::Jobcenter);
     let code = &municipality().municipality.code;
     let token_of = |name: &str, sub: &str| {

@@ -4,7 +4,7 @@
 //! `target/tmp/panel-screenshots/`).
 //!
 //! One test walks the whole story, because each step needs the state the one before left:
-//! a caseworker looks a citizen up in three departments, asks for more, the owning department
+//! a caseworker looks a citizen up in four departments, asks for more, the owning department
 //! approves, the case shows at the new tier; consent is recorded and withdrawn; a department
 //! goes down; the auditor finds it all.
 
@@ -13,7 +13,7 @@
 use fantoccini::{Client, Locator};
 use samblik_synth::Department;
 use samblik_tests::panel::{AUDITOR, Browser, RunningPanel, start_browser, start_panel};
-use samblik_tests::{caseworker, three_department_citizen};
+use samblik_tests::{all_department_citizen, caseworker};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -118,7 +118,7 @@ async fn a_caseworker_and_an_auditor_work_through_the_panel_in_chromium() {
         return;
     };
     let mut panel = start_panel().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let child_welfare = caseworker(Department::ChildWelfare).id.clone();
     let jobcenter = caseworker(Department::Jobcenter).id.clone();
     let mut first_card_ms = Vec::new();
@@ -128,12 +128,12 @@ async fn a_caseworker_and_an_auditor_work_through_the_panel_in_chromium() {
     open(&b, &panel, "/log-ind", "button[data-user]").await;
     b.screenshot("sign-in").await;
 
-    // Sign in as a child-welfare caseworker and look up a citizen with cases in all three
-    // departments: three department cards, each answered.
+    // Sign in as a child-welfare caseworker and look up a citizen with cases in all four
+    // departments: four department cards, each answered.
     sign_in(&b, &panel, &child_welfare).await;
     b.screenshot("signed-in").await;
     first_card_ms.push(look_up(&b, &panel, cpr).await);
-    for source in ["child-welfare", "jobcenter", "integration"] {
+    for source in ["child-welfare", "jobcenter", "integration", "adult-social"] {
         assert_eq!(card_status(&b, source).await, "svaret", "{source}");
     }
     assert!(
@@ -144,7 +144,7 @@ async fn a_caseworker_and_an_auditor_work_through_the_panel_in_chromium() {
         tiers(&b, "jobcenter").await.iter().all(|t| t == "1"),
         "others at tier 1"
     );
-    b.screenshot("three-departments").await;
+    b.screenshot("four-departments").await;
 
     // The page weight of a lookup page (document, style sheet, script; no images).
     let weight = b

@@ -25,7 +25,7 @@ fn panicking_caller() -> String {
 
 /// A citizen with a jobcenter case, so the jobcenter caller has a relation.
 fn jobcenter_citizen() -> &'static str {
-    three_department_citizen()
+    all_department_citizen()
 }
 
 #[tokio::test]

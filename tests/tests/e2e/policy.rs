@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use samblik_audit::{Action, Outcome};
+use samblik_gateway::config::Config;
 use samblik_proto::v1::access_request_service_client::AccessRequestServiceClient;
 use samblik_proto::v1::audit_service_client::AuditServiceClient;
 use samblik_proto::v1::consent_service_client::ConsentServiceClient;
@@ -12,7 +13,7 @@ use samblik_proto::v1::{
     AccessRequest, AuditFilter, Case, CaseType, Consent, ConsentKind, DecideAccessRequest,
     Existence, FileAccessRequest, ListAccessRequests, ListConsentsRequest, LookupResponse,
     MyAccessLogRequest, Purpose, RecordConsentRequest, RequestState, RequestView,
-    SearchAuditRequest, Selected, SourceResult, Tier, WithdrawConsentRequest,
+    SearchAuditRequest, Selected, SourceResult, SourceStatus, Tier, WithdrawConsentRequest,
 };
 use samblik_synth::Department;
 use samblik_tests::*;
@@ -110,7 +111,7 @@ fn tiers(result: &SourceResult) -> Vec<Tier> {
 #[tokio::test]
 async fn consent_lifts_other_departments_to_tier_2_and_withdrawal_drops_them_on_the_next_call() {
     let m = start_municipal().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let jobcenter = token(Department::Jobcenter);
     let channel = m.gateway.channel().await;
 
@@ -207,7 +208,7 @@ async fn consent_lifts_other_departments_to_tier_2_and_withdrawal_drops_them_on_
 #[tokio::test]
 async fn a_negative_consent_hides_the_department_without_a_trace() {
     let m = start_municipal().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let jobcenter = token(Department::Jobcenter);
     let channel = m.gateway.channel().await;
     record(
@@ -349,7 +350,7 @@ async fn decide(
 async fn an_access_request_approved_by_the_owning_department_lifts_exactly_that_case_until_it_expires()
  {
     let m = start_municipal().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let jobcenter = token(Department::Jobcenter);
     let child_welfare = token(Department::ChildWelfare);
     let integration = token(Department::Integration);
@@ -509,7 +510,7 @@ async fn an_access_request_approved_by_the_owning_department_lifts_exactly_that_
 #[tokio::test]
 async fn bad_consents_are_refused_and_change_nothing() {
     let m = start_municipal().await;
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let jobcenter = token(Department::Jobcenter);
     let channel = m.gateway.channel().await;
     let now = SystemTime::now();
@@ -551,9 +552,9 @@ async fn bad_consents_are_refused_and_change_nothing() {
     assert_eq!(refused, 4);
 }
 
-/// A child-welfare source that holds an honour-related-conflict case and a case of a citizen
-/// with address protection.
-fn sensitive_cases(cpr: &str) -> Vec<Case> {
+/// A child-welfare source's case of a citizen with address protection, and an adult-social
+/// source's honour-related-conflict (SL § 12 a) case.
+fn sensitive_cases(cpr: &str) -> (Vec<Case>, Vec<Case>) {
     let case = |id: &str, code: &str, flags: &[&str]| Case {
         case_id: id.into(),
         subject_cpr: cpr.into(),
@@ -581,27 +582,40 @@ fn sensitive_cases(cpr: &str) -> Vec<Case> {
         sensitivity: flags.iter().map(|f| (*f).to_owned()).collect(),
         disclosure: None,
     };
-    vec![
-        case("BF-2026-000001", "SL-140", &["address-protection"]),
-        case("BF-2026-000002", "SL-12a", &[]),
-    ]
+    (
+        vec![case("BF-2026-000001", "SL-140", &["address-protection"])],
+        vec![case("VO-2026-000001", "SL-12a", &[])],
+    )
+}
+
+/// A jobcenter reference source and scripted child-welfare and adult-social sources holding
+/// [`sensitive_cases`], with a gateway config over the three.
+async fn sensitive_municipality(cpr: &str) -> (Vec<RunningSource>, Config) {
+    let (child_welfare, adult_social) = sensitive_cases(cpr);
+    let jobcenter_source = start_source(reference(Department::Jobcenter)).await;
+    let child_welfare = start_source(Arc::new(Scripted {
+        cases: child_welfare,
+    }))
+    .await;
+    let adult_social = start_source(Arc::new(Scripted {
+        cases: adult_social,
+    }))
+    .await;
+    let config = gateway_config(
+        &[
+            SourceSpec::at("child-welfare", child_welfare.addr),
+            SourceSpec::at("jobcenter", jobcenter_source.addr),
+            SourceSpec::at("adult-social", adult_social.addr),
+        ],
+        3_000,
+    );
+    (vec![jobcenter_source, child_welfare, adult_social], config)
 }
 
 #[tokio::test]
 async fn sensitive_cases_vanish_addresses_stay_protected_and_field_sets_apply() {
-    let cpr = three_department_citizen();
-    let jobcenter_source = start_source(reference(Department::Jobcenter)).await;
-    let scripted = start_source(Arc::new(Scripted {
-        cases: sensitive_cases(cpr),
-    }))
-    .await;
-    let mut config = gateway_config(
-        &[
-            SourceSpec::at("child-welfare", scripted.addr),
-            SourceSpec::at("jobcenter", jobcenter_source.addr),
-        ],
-        3_000,
-    );
+    let cpr = all_department_citizen();
+    let (_sources, mut config) = sensitive_municipality(cpr).await;
     // Child welfare shares goals, not the situation, at tier 2.
     config.policy.field_sets = vec![samblik_gateway::config::FieldSetConfig {
         source: "child-welfare".into(),
@@ -618,9 +632,26 @@ async fn sensitive_cases_vanish_addresses_stay_protected_and_field_sets_apply() 
     )
     .await
     .unwrap();
+    // The citizen's consent to share the adult-social area's data with the jobcenter does not
+    // reach the SL § 12 a case.
+    let adult_social_to_jobcenter = Consent {
+        from_departments: vec!["adult-social".into()],
+        ..child_welfare_to_jobcenter(Tier::Full)
+    };
+    record(
+        &gateway.channel().await,
+        &jobcenter,
+        cpr,
+        adult_social_to_jobcenter,
+    )
+    .await
+    .unwrap();
     let answer = look(&gateway, &jobcenter, cpr).await;
-    let cw = source(&answer, "child-welfare");
     // The SL § 12 a case is not there at all.
+    let adult_social = source(&answer, "adult-social");
+    assert_eq!(adult_social.status(), SourceStatus::Ok, "{adult_social:?}");
+    assert!(adult_social.cases.is_empty(), "{adult_social:?}");
+    let cw = source(&answer, "child-welfare");
     assert_eq!(cw.cases.len(), 1, "{cw:?}");
     let case = &cw.cases[0];
     assert_eq!(case.case_id, "BF-2026-000001");
@@ -790,7 +821,7 @@ async fn filing_an_access_request_needs_a_relation_and_a_case_the_source_holds_f
     assert!(denied.message().contains("no open case"), "{denied:?}");
 
     // A related caller: the case must be one the named source holds for this citizen.
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     assert!(open_in(cpr, Department::Jobcenter));
     let shown = look(&m.gateway, &jobcenter, cpr).await;
     let visible = source(&shown, "child-welfare").cases[0].case_id.clone();
@@ -887,35 +918,24 @@ async fn filing_an_access_request_needs_a_relation_and_a_case_the_source_holds_f
 
 #[tokio::test]
 async fn an_access_request_for_a_hidden_case_is_refused_exactly_as_for_a_missing_one() {
-    let cpr = three_department_citizen();
-    let jobcenter_source = start_source(reference(Department::Jobcenter)).await;
-    let scripted = start_source(Arc::new(Scripted {
-        cases: sensitive_cases(cpr),
-    }))
-    .await;
-    let config = gateway_config(
-        &[
-            SourceSpec::at("child-welfare", scripted.addr),
-            SourceSpec::at("jobcenter", jobcenter_source.addr),
-        ],
-        3_000,
-    );
+    let cpr = all_department_citizen();
+    let (_sources, config) = sensitive_municipality(cpr).await;
     let gateway = TestGateway::from_config(config).start().await;
     let channel = gateway.channel().await;
     let jobcenter = token(Department::Jobcenter);
-    // BF-2026-000002 is an SL § 12 a case: hidden from the jobcenter, so it must not be
+    // VO-2026-000001 is an SL § 12 a case: hidden from the jobcenter, so it must not be
     // told apart from a case that does not exist.
     let hidden = file_as(
         &channel,
         &jobcenter,
-        filing(cpr, "child-welfare", "BF-2026-000002", Tier::Selected),
+        filing(cpr, "adult-social", "VO-2026-000001", Tier::Selected),
     )
     .await
     .unwrap_err();
     let missing = file_as(
         &channel,
         &jobcenter,
-        filing(cpr, "child-welfare", "BF-2026-000003", Tier::Selected),
+        filing(cpr, "adult-social", "VO-2026-000002", Tier::Selected),
     )
     .await
     .unwrap_err();
@@ -1087,7 +1107,7 @@ async fn registry_calls_fail_closed_while_the_callers_own_department_is_down() {
     let mut m = start_municipal().await;
     let channel = m.gateway.channel().await;
     let jobcenter = token(Department::Jobcenter);
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     assert!(open_in(cpr, Department::Jobcenter));
 
     // While the jobcenter's source answers, the jobcenter is the citizen's caseworker: it
@@ -1180,7 +1200,7 @@ async fn a_citizen_lists_exactly_their_own_consents() {
     let m = start_municipal().await;
     let channel = m.gateway.channel().await;
     let jobcenter = token(Department::Jobcenter);
-    let cpr = three_department_citizen();
+    let cpr = all_department_citizen();
     let (other, _) = jobcenter_only_citizen();
     let mine = record(
         &channel,

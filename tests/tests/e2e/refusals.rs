@@ -138,7 +138,7 @@ async fn every_service_refuses_with_a_reason() {
     let channel = m.gateway.channel().await;
     let jobcenter = token(Department::Jobcenter);
 
-    let refused = refused_lookup(&m, three_department_citizen(), None).await;
+    let refused = refused_lookup(&m, all_department_citizen(), None).await;
     assert_refused(&m, &refused, UNAUTHENTICATED);
 
     let refused = AuditServiceClient::new(channel.clone())

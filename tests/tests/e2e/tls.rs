@@ -161,7 +161,7 @@ async fn lookup(
 ) -> Result<LookupResponse, tonic::Status> {
     client
         .lookup(request(
-            three_department_citizen(),
+            all_department_citizen(),
             Purpose::PrepareMeeting,
             Some(&token(Department::Jobcenter)),
             None,
@@ -260,14 +260,14 @@ async fn a_source_with_a_wrong_certificate_is_unavailable_and_nothing_from_it_is
     assert!(!refused.message().contains("certificate"));
     // Breaking the glass, each source is reported unavailable.
     let mut req = request(
-        three_department_citizen(),
+        all_department_citizen(),
         Purpose::PrepareMeeting,
         Some(&token(Department::Jobcenter)),
         None,
     );
     req.get_mut().break_glass_reason = BREAK_GLASS_REASON.into();
     let answer = client.lookup(req).await.unwrap().into_inner();
-    assert_eq!(answer.sources.len(), 3);
+    assert_eq!(answer.sources.len(), Department::ALL.len());
     for source in &answer.sources {
         assert_eq!(source.status(), SourceStatus::Unavailable, "{source:?}");
         assert!(source.cases.is_empty());
@@ -381,7 +381,7 @@ fn lookup_request(
     x_system: Option<&str>,
 ) -> tonic::Request<samblik_proto::v1::LookupRequest> {
     let mut req = request(
-        three_department_citizen(),
+        all_department_citizen(),
         purpose,
         Some(&token(Department::Jobcenter)),
         None,
@@ -428,7 +428,7 @@ async fn every_audit_record_names_the_system_of_the_client_certificate_and_never
     // A refusal names the system too, and so do the other services.
     let refused = fagsystem
         .lookup(request(
-            three_department_citizen(),
+            all_department_citizen(),
             Purpose::PrepareMeeting,
             None,
             None,
@@ -446,7 +446,7 @@ async fn every_audit_record_names_the_system_of_the_client_certificate_and_never
     let listed = consents
         .list_consents(authed(
             ListConsentsRequest {
-                cpr: three_department_citizen().to_owned(),
+                cpr: all_department_citizen().to_owned(),
             },
             &token(Department::Jobcenter),
         ))
@@ -488,6 +488,7 @@ async fn a_restricted_system_asks_only_its_sources_and_only_for_its_purposes() {
             ("child-welfare".to_owned(), SourceStatus::Denied),
             ("jobcenter".to_owned(), SourceStatus::Ok),
             ("integration".to_owned(), SourceStatus::Ok),
+            ("adult-social".to_owned(), SourceStatus::Denied),
         ]
     );
     assert!(answer.sources[0].cases.is_empty());

@@ -97,9 +97,15 @@ pub fn start_jobcenter_source(data: &Path) -> (Running, String) {
 /// `samblik serve --config config`, its audit store's URL in `SAMBLIK_AUDIT_DATABASE_URL`;
 /// returns it with its gRPC address, once it listens.
 pub fn start_serve(config: &Path, database_url: &str) -> (Running, String) {
+    start_serve_with(config, database_url, &[])
+}
+
+/// As [`start_serve`], with `extra` arguments to `samblik serve`.
+pub fn start_serve_with(config: &Path, database_url: &str, extra: &[&str]) -> (Running, String) {
     let mut gateway = Running(
         Command::new(SAMBLIK)
             .args(["serve", "--config", config.to_str().unwrap()])
+            .args(extra)
             .env("SAMBLIK_AUDIT_DATABASE_URL", database_url)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
