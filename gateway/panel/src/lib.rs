@@ -185,7 +185,7 @@ async fn outer_layer(State(panel): State<Arc<Panel>>, request: Request, next: Ne
     );
     async move {
         let started = Instant::now();
-        let mut response = next.run(request).await;
+        let mut response = contained(next.run(request)).await;
         let headers = response.headers_mut();
         for (name, value) in &panel.security_headers {
             headers.insert(name.clone(), value.clone());
@@ -203,6 +203,28 @@ async fn outer_layer(State(panel): State<Arc<Panel>>, request: Request, next: Ne
     }
     .instrument(span)
     .await
+}
+
+/// The rest of the request, with a panic in any handler answered as a 500 page that names an
+/// error id, logged with that id (never the panic's message, which may hold whatever the handler
+/// held); the connection and the process go on serving. A lookup's audit record is durable
+/// before the pipeline answers, so a panic after that leaves the record as it is.
+async fn contained(rest: impl Future<Output = Response>) -> Response {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(rest).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => {
+            let error_id = uuid::Uuid::new_v4().simple().to_string();
+            tracing::error!(error_id = %error_id, "a panel request panicked; answered 500");
+            pages::problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Der opstod en fejl i Samblik",
+                &format!(
+                    "Siden kunne ikke vises. Prøv igen; sker det igen, så giv driften fejl-id {error_id}."
+                ),
+            )
+        }
+    }
 }
 
 /// Finds or starts the request's session; refuses a state-changing request that does not come
@@ -347,4 +369,47 @@ pub fn panel_tls(
 /// Refuses with a page when the session has no signed-in user: to the sign-in page.
 fn sign_in_redirect() -> Response {
     axum::response::Redirect::to("/log-ind").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500_with_an_error_id_and_the_rest_go_on() {
+        let app = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    panic!("a handler that held 0101901234");
+                    #[allow(unreachable_code)]
+                    "never"
+                }),
+            )
+            .route("/ok", get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn(|request: Request, next: Next| {
+                contained(next.run(request))
+            }));
+        let get = |path: &str| {
+            let request = Request::get(path).body(Body::empty()).unwrap();
+            app.clone().oneshot(request)
+        };
+        let boom = get("/boom").await.unwrap();
+        assert_eq!(boom.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(boom.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let page = String::from_utf8_lossy(&body);
+        assert!(page.contains("fejl-id "), "{page}");
+        assert!(
+            !page.contains("0101901234"),
+            "the panic's message reached the page"
+        );
+        // The same service answers the next request.
+        let ok = get("/ok").await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+    }
 }
